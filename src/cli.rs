@@ -1,0 +1,368 @@
+//! Command-line arguments and dispatch. Clap types stay here; each command
+//! turns them into plain values before calling the library.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::error::{Error, Report, Result, exit};
+use crate::plan::{PlanOptions, plan};
+use crate::report::{Ui, num, plan_text, print_json};
+use crate::rowtokens::Target;
+use crate::spec::{self, Format, units};
+use crate::split::{SplitLimits, split};
+use crate::stats::summarize;
+use crate::tokenize::Counter;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  runtime error (I/O, state store, network)
+  2  usage error, invalid spec or input; `plan --detailed-exitcode` with work to do
+  3  finished, but some rows failed after all retries
+  4  halted by policy (failure rate, budget, chunk failure)
+  5  still running (after `apply --detach`, or `status --exit-status`)";
+
+/// Grade, score or classify large sets of text with an LLM through provider batch APIs.
+///
+/// Write a job spec (YAML), `plan` it to see requests, chunks, tokens and cost
+/// before any money is spent, then `apply` it.
+#[derive(Debug, Parser)]
+#[command(name = "batchgrader", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Folder holding every job's state.
+    #[arg(
+        long,
+        global = true,
+        env = "BATCHGRADER_STATE",
+        default_value = "state"
+    )]
+    state: PathBuf,
+    /// Machine-readable JSON on stdout (human text still goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print only errors on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// No colours or styles (also with the NO_COLOR environment variable).
+    #[arg(long, global = true)]
+    no_color: bool,
+    /// Price table to use instead of config/pricing.csv (or the built-in prices).
+    #[arg(long, global = true, env = "BATCHGRADER_PRICING", value_name = "CSV")]
+    pricing: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a spec against the schema and the semantic rules; every problem is named with FILE:LINE:COL.
+    Validate { spec: PathBuf },
+    /// Print the JSON Schema of the job spec (schemas/job-spec.schema.json is this output).
+    Schema,
+    /// Read inputs, render requests, count tokens, chunk, estimate cost, and save the plan.
+    Plan {
+        spec: PathBuf,
+        /// Exit 2 when there is work to do and 0 when every row is already graded.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Token statistics per row of a spec's inputs (as requests) or of a data file.
+    Tokens {
+        /// A job spec (.yaml) or a CSV/JSON/JSONL file.
+        target: PathBuf,
+        #[command(flatten)]
+        count: CountArgs,
+        /// Report how many rows are over this many tokens.
+        #[arg(long, value_name = "TOKENS")]
+        limit: Option<u64>,
+    },
+    /// Split an input into files under a token, row or byte limit (same format, rows verbatim).
+    Split {
+        /// A job spec (.yaml) or a CSV/JSON/JSONL file.
+        target: PathBuf,
+        #[command(flatten)]
+        count: CountArgs,
+        /// Folder for the parts, named <stem>.part-NNNN.<ext>.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Most tokens per part.
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        /// Most rows per part.
+        #[arg(long)]
+        max_rows: Option<u64>,
+        /// Most bytes of rows per part, e.g. 190MB.
+        #[arg(long, value_parser = parse_size_arg)]
+        max_bytes: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CountArgs {
+    /// Model whose tokenizer counts (default: the spec's model, or gpt-4o-mini for a file).
+    #[arg(long)]
+    model: Option<String>,
+    /// For a data file: count only this column (default: every cell).
+    #[arg(long)]
+    column: Option<String>,
+    /// Input format when the file extension does not tell.
+    #[arg(long, value_parser = parse_format_arg)]
+    format: Option<Format>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    units::parse_size(s)
+}
+
+fn parse_format_arg(s: &str) -> Result<Format, String> {
+    match s {
+        "csv" => Ok(Format::Csv),
+        "json" => Ok(Format::Json),
+        "jsonl" => Ok(Format::Jsonl),
+        other => Err(format!("unknown format `{other}`; use csv, json or jsonl")),
+    }
+}
+
+/// Run the command line; returns the process exit code.
+pub fn run(cli: Cli) -> u8 {
+    let ui = Ui::new(cli.global.json, cli.global.quiet, cli.global.no_color);
+    match dispatch(&cli, &ui) {
+        Ok(code) => code,
+        Err(e) => {
+            ui.error(&Report(&e).to_string());
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Schema => {
+            print!("{}", spec::schema_json());
+            Ok(exit::SUCCESS)
+        }
+        Command::Validate { spec: path } => validate(path, ui),
+        Command::Plan {
+            spec: path,
+            detailed_exitcode,
+        } => {
+            let opts = PlanOptions {
+                state_root: &g.state,
+                pricing: g.pricing.as_deref(),
+            };
+            let planned = plan(path, &opts, ui)?;
+            let p = &planned.plan;
+            for w in &p.warnings {
+                ui.warn(w);
+            }
+            let dir = planned.job_dir.display().to_string();
+            if ui.json {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    job: &'a str,
+                    changed: bool,
+                    state_dir: &'a str,
+                    #[serde(flatten)]
+                    plan: &'a crate::state::PlanRecord,
+                }
+                print_json(&Out {
+                    job: &p_name(path, &planned),
+                    changed: planned.changed,
+                    state_dir: &dir,
+                    plan: p,
+                });
+            }
+            let job = p_name(path, &planned);
+            ui.info(&plan_text(ui, &job, p, planned.changed, &dir));
+            if p.outstanding > 0 {
+                ui.info(&format!(
+                    "{} request{} planned; the request files are under {}/chunks/.",
+                    num(p.outstanding),
+                    if p.outstanding == 1 { "" } else { "s" },
+                    dir
+                ));
+            } else {
+                ui.info("Every row is already graded; nothing to submit.");
+            }
+            Ok(if *detailed_exitcode && p.outstanding > 0 {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            })
+        }
+        Command::Tokens {
+            target,
+            count,
+            limit,
+        } => tokens(target, count, *limit, ui),
+        Command::Split {
+            target,
+            count,
+            out_dir,
+            max_tokens,
+            max_rows,
+            max_bytes,
+        } => {
+            let t = resolve_target(target, count, ui)?;
+            let counter = Counter::new(t.encoding)?;
+            let bar = ui.progress(t.total_bytes(), "splitting");
+            let parts = split(
+                &t,
+                &counter,
+                SplitLimits {
+                    max_tokens: *max_tokens,
+                    max_rows: *max_rows,
+                    max_bytes: *max_bytes,
+                },
+                out_dir,
+                |b| bar.set_position(b),
+            )?;
+            bar.finish_and_clear();
+            if ui.json {
+                print_json(&parts);
+            }
+            for p in &parts {
+                ui.info(&format!(
+                    "{}  {} rows, {} tokens",
+                    p.path,
+                    num(p.rows),
+                    num(p.tokens)
+                ));
+            }
+            ui.info(&format!(
+                "{} part{} written.",
+                parts.len(),
+                if parts.len() == 1 { "" } else { "s" }
+            ));
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+fn p_name(path: &Path, planned: &crate::plan::Planned) -> String {
+    planned.job_dir.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn validate(path: &Path, ui: &Ui) -> Result<u8> {
+    let checked = spec::load(path)?;
+    if ui.json {
+        print_json(&serde_json::json!({"valid": true, "spec": checked.spec}));
+    }
+    ui.info(&format!(
+        "{}: valid job spec `{}`",
+        path.display(),
+        checked.spec.name
+    ));
+    Ok(exit::SUCCESS)
+}
+
+fn resolve_target(target: &Path, count: &CountArgs, ui: &Ui) -> Result<Target> {
+    let t = Target::resolve(
+        target,
+        count.model.as_deref(),
+        count.column.as_deref(),
+        count.format,
+    )?;
+    if t.guessed {
+        ui.warn(&format!(
+            "no known tokenizer for model `{}`; counting with {}",
+            t.model, t.encoding
+        ));
+    }
+    Ok(t)
+}
+
+fn tokens(target: &Path, count: &CountArgs, limit: Option<u64>, ui: &Ui) -> Result<u8> {
+    let t = resolve_target(target, count, ui)?;
+    let counter = Counter::new(t.encoding)?;
+    let bar = ui.progress(t.total_bytes(), "counting");
+    let mut counts: Vec<u64> = Vec::new();
+    let mut first_over: Vec<String> = Vec::new();
+    t.for_each(
+        &counter,
+        false,
+        |b| bar.set_position(b),
+        |row, n, sources| {
+            counts.push(n);
+            if let Some(l) = limit
+                && n > l
+                && first_over.len() < 10
+            {
+                first_over.push(format!(
+                    "{} (row {}): {} tokens",
+                    crate::input::row_place(sources, row),
+                    row.number,
+                    num(n)
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    if counts.is_empty() {
+        return Err(Error::usage(format!(
+            "{}: the input has no rows",
+            t.input_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let stats = summarize(&counts, |i| (i + 1).to_string(), limit);
+    if ui.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            model: &'a str,
+            encoding: String,
+            #[serde(flatten)]
+            stats: &'a crate::stats::TokenStats,
+        }
+        print_json(&Out {
+            model: &t.model,
+            encoding: t.encoding.to_string(),
+            stats: &stats,
+        });
+    }
+    let mut s = format!(
+        "{}\n  {:<8}{}\n  {:<8}{}\n  {:<8}{:.1}\n  {:<8}{}\n  {:<8}{}\n  {:<8}{} (row {})\n",
+        ui.bold(&format!("Tokens per row ({}, {})", t.model, t.encoding)),
+        "rows",
+        num(stats.rows),
+        "total",
+        num(stats.total),
+        "mean",
+        stats.mean,
+        "p50",
+        num(stats.p50),
+        "p95",
+        num(stats.p95),
+        "max",
+        num(stats.max),
+        stats.max_row.as_deref().unwrap_or("-"),
+    );
+    if let Some(l) = limit {
+        s.push_str(&format!(
+            "  {} rows over {} tokens\n",
+            num(stats.over_limit),
+            num(l)
+        ));
+        for line in &first_over {
+            s.push_str(&format!("    {line}\n"));
+        }
+    }
+    ui.info(s.trim_end());
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,701 @@
+//! Streaming readers for the inputs: CSV with a header row, a JSON array of
+//! objects, or JSONL. Rows come out one at a time, so memory stays flat
+//! however large the file is.
+//!
+//! Cells are the exact strings in the file: no type guessing (`007` stays
+//! `007`), an empty cell stays empty, JSON numbers keep their text, and
+//! nested JSON values render as compact JSON. A JSON `null` is an empty cell.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::spec::Format;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot read input {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot tell the format of input {}: the name does not end in .csv, .json or .jsonl", path.display())]
+    UnknownFormat { path: PathBuf },
+    #[error("{}:{line}: {message}", path.display())]
+    Bad {
+        path: PathBuf,
+        /// Line, or element number for JSON arrays (then `line` is 0 and the message says which).
+        line: u64,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    BadFile { path: PathBuf, message: String },
+}
+
+impl InputError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            InputError::UnknownFormat { .. } => {
+                Some("set `input.format: csv|json|jsonl` in the spec".into())
+            }
+            InputError::Open { .. } => Some("paths in a spec are relative to the spec file".into()),
+            _ => None,
+        }
+    }
+}
+
+/// One input file and how to read it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
+impl Source {
+    pub fn new(path: &Path, forced: Option<Format>) -> Result<Source, InputError> {
+        let format = forced.or_else(|| Format::from_path(path)).ok_or_else(|| {
+            InputError::UnknownFormat {
+                path: path.to_path_buf(),
+            }
+        })?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            format,
+        })
+    }
+}
+
+/// Column names of a CSV file, with a name → index map.
+#[derive(Debug)]
+pub struct Header {
+    pub names: Vec<String>,
+    index: HashMap<String, usize>,
+    /// The header's bytes as in the file, when the reader keeps raw text.
+    pub raw: Option<String>,
+}
+
+impl Header {
+    fn new(names: Vec<String>) -> Self {
+        let mut index = HashMap::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            index.entry(n.clone()).or_insert(i);
+        }
+        Header {
+            names,
+            index,
+            raw: None,
+        }
+    }
+}
+
+/// The cells of one row.
+#[derive(Debug)]
+pub enum Fields {
+    Csv {
+        header: Arc<Header>,
+        record: csv::StringRecord,
+    },
+    Object(Vec<(String, String)>),
+}
+
+/// One input row.
+#[derive(Debug)]
+pub struct Row {
+    /// 1-based number across all input files, in reading order.
+    pub number: u64,
+    /// Index of the source file.
+    pub file: usize,
+    /// Where the row starts: a 1-based line (CSV, JSONL) or element number (JSON).
+    pub line: u64,
+    pub fields: Fields,
+    /// The row's text as in the file, when the reader was asked to keep it.
+    pub raw: Option<String>,
+}
+
+impl Row {
+    /// The cell under `name`, if the row has that column.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match &self.fields {
+            Fields::Csv { header, record } => header.index.get(name).and_then(|&i| record.get(i)),
+            Fields::Object(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str()),
+        }
+    }
+
+    pub fn column_names(&self) -> Vec<&str> {
+        match &self.fields {
+            Fields::Csv { header, .. } => header.names.iter().map(String::as_str).collect(),
+            Fields::Object(pairs) => pairs.iter().map(|(k, _)| k.as_str()).collect(),
+        }
+    }
+
+    /// Every (column, cell) pair in file order.
+    pub fn cells(&self) -> Vec<(&str, &str)> {
+        match &self.fields {
+            Fields::Csv { header, record } => header
+                .names
+                .iter()
+                .map(String::as_str)
+                .zip(record.iter())
+                .collect(),
+            Fields::Object(pairs) => pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// Where a row is, for messages: `data/essays.csv:17` or `data/x.json element 4`.
+pub fn row_place(sources: &[Source], row: &Row) -> String {
+    place(sources, row.file, row.line)
+}
+
+/// Same as `row_place`, from a file index and line.
+pub fn place(sources: &[Source], file: usize, line: u64) -> String {
+    let src = &sources[file];
+    match src.format {
+        Format::Json => format!("{} element {line}", src.path.display()),
+        _ => format!("{}:{line}", src.path.display()),
+    }
+}
+
+/// Counts bytes read, for progress reporting.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+type JsonMsg = Result<(u64, Vec<(String, String)>, Option<String>), InputError>;
+
+enum FileReader {
+    Csv {
+        rdr: csv::Reader<Counting<File>>,
+        header: Arc<Header>,
+        record: csv::StringRecord,
+        // A second handle that follows the parser to copy each record's bytes.
+        raw: Option<(BufReader<File>, u64)>,
+    },
+    Jsonl {
+        rdr: BufReader<Counting<File>>,
+        line: u64,
+        buf: Vec<u8>,
+    },
+    JsonArray {
+        rx: mpsc::Receiver<JsonMsg>,
+    },
+}
+
+/// Reads every row of every source in order.
+pub struct RowReader {
+    sources: Vec<Source>,
+    next_file: usize,
+    current: Option<FileReader>,
+    number: u64,
+    keep_raw: bool,
+    bytes: Arc<AtomicU64>,
+}
+
+impl RowReader {
+    pub fn new(sources: Vec<Source>, keep_raw: bool) -> Self {
+        RowReader {
+            sources,
+            next_file: 0,
+            current: None,
+            number: 0,
+            keep_raw,
+            bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// Bytes consumed so far, across files.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Total size of all sources in bytes (for a progress bar).
+    pub fn total_bytes(&self) -> u64 {
+        self.sources
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    fn open_next(&mut self) -> Result<bool, InputError> {
+        let Some(src) = self.sources.get(self.next_file).cloned() else {
+            return Ok(false);
+        };
+        self.next_file += 1;
+        let open = || {
+            File::open(&src.path).map_err(|source| InputError::Open {
+                path: src.path.clone(),
+                source,
+            })
+        };
+        let counting = Counting {
+            inner: open()?,
+            count: self.bytes.clone(),
+        };
+        let reader = match src.format {
+            Format::Csv => {
+                let mut rdr = csv::ReaderBuilder::new()
+                    .has_headers(true)
+                    .flexible(false)
+                    .from_reader(counting);
+                let names: Vec<String> = match rdr.headers() {
+                    Ok(h) => h.iter().map(str::to_string).collect(),
+                    Err(e) => return Err(csv_error(&src.path, e)),
+                };
+                if names.is_empty() || (names.len() == 1 && names[0].is_empty()) {
+                    return Err(InputError::BadFile {
+                        path: src.path.clone(),
+                        message: "the file is empty: a CSV input needs a header row".into(),
+                    });
+                }
+                let mut seen = HashMap::new();
+                for (i, n) in names.iter().enumerate() {
+                    if n.is_empty() {
+                        return Err(InputError::Bad {
+                            path: src.path.clone(),
+                            line: 1,
+                            message: format!("header column {} has no name", i + 1),
+                        });
+                    }
+                    if let Some(prev) = seen.insert(n.clone(), i) {
+                        return Err(InputError::Bad {
+                            path: src.path.clone(),
+                            line: 1,
+                            message: format!(
+                                "column `{n}` appears twice in the header (columns {} and {})",
+                                prev + 1,
+                                i + 1
+                            ),
+                        });
+                    }
+                }
+                let mut header = Header::new(names);
+                let raw = if self.keep_raw {
+                    let mut file = BufReader::new(open()?);
+                    let mut at = 0;
+                    let end = rdr.position().byte();
+                    header.raw = Some(copy_span(&mut file, &mut at, 0, end).map_err(|source| {
+                        InputError::Open {
+                            path: src.path.clone(),
+                            source,
+                        }
+                    })?);
+                    Some((file, at))
+                } else {
+                    None
+                };
+                FileReader::Csv {
+                    rdr,
+                    header: Arc::new(header),
+                    record: csv::StringRecord::new(),
+                    raw,
+                }
+            }
+            Format::Jsonl => FileReader::Jsonl {
+                rdr: BufReader::with_capacity(1 << 16, counting),
+                line: 0,
+                buf: Vec::new(),
+            },
+            Format::Json => {
+                let (tx, rx) = mpsc::sync_channel(1024);
+                let path = src.path.clone();
+                let keep_raw = self.keep_raw;
+                std::thread::spawn(move || {
+                    read_json_array(
+                        BufReader::with_capacity(1 << 16, counting),
+                        &path,
+                        keep_raw,
+                        tx,
+                    )
+                });
+                FileReader::JsonArray { rx }
+            }
+        };
+        self.current = Some(reader);
+        Ok(true)
+    }
+
+    fn next_in_current(&mut self) -> Option<Result<Row, InputError>> {
+        let file = self.next_file - 1;
+        let path = &self.sources[file].path;
+        let keep_raw = self.keep_raw;
+        let reader = self.current.as_mut()?;
+        let (line, fields, raw) = match reader {
+            FileReader::Csv {
+                rdr,
+                header,
+                record,
+                raw,
+            } => {
+                let start = rdr.position().byte();
+                match rdr.read_record(record) {
+                    Ok(false) => return None,
+                    Ok(true) => {}
+                    Err(e) => return Some(Err(csv_error(path, e))),
+                }
+                let line = record.position().map_or(0, |p| p.line());
+                let end = rdr.position().byte();
+                let raw_text = match raw {
+                    Some((file, at)) => match copy_span(file, at, start, end) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            return Some(Err(InputError::Open {
+                                path: path.clone(),
+                                source: e,
+                            }));
+                        }
+                    },
+                    None => None,
+                };
+                (
+                    line,
+                    Fields::Csv {
+                        header: header.clone(),
+                        record: record.clone(),
+                    },
+                    raw_text,
+                )
+            }
+            FileReader::Jsonl { rdr, line, buf } => loop {
+                buf.clear();
+                match rdr.read_until(b'\n', buf) {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(source) => {
+                        return Some(Err(InputError::Open {
+                            path: path.clone(),
+                            source,
+                        }));
+                    }
+                }
+                *line += 1;
+                let text = match std::str::from_utf8(buf) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Some(Err(InputError::Bad {
+                            path: path.clone(),
+                            line: *line,
+                            message: format!(
+                                "not valid UTF-8 (byte {} of the line); save the file as UTF-8",
+                                e.valid_up_to() + 1
+                            ),
+                        }));
+                    }
+                };
+                let trimmed = text.trim_end_matches(['\n', '\r']);
+                if trimmed.trim().is_empty() {
+                    continue;
+                }
+                match parse_object(trimmed) {
+                    Ok(pairs) => {
+                        let raw = keep_raw.then(|| trimmed.to_string());
+                        break (*line, Fields::Object(pairs), raw);
+                    }
+                    Err(e) => {
+                        return Some(Err(InputError::Bad {
+                            path: path.clone(),
+                            line: *line,
+                            message: json_message(&e),
+                        }));
+                    }
+                }
+            },
+            FileReader::JsonArray { rx } => match rx.recv() {
+                Err(_) => return None,
+                Ok(Err(e)) => return Some(Err(e)),
+                Ok(Ok((element, pairs, raw))) => (element, Fields::Object(pairs), raw),
+            },
+        };
+        self.number += 1;
+        Some(Ok(Row {
+            number: self.number,
+            file,
+            line,
+            fields,
+            raw,
+        }))
+    }
+}
+
+impl Iterator for RowReader {
+    type Item = Result<Row, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_some() {
+                match self.next_in_current() {
+                    Some(item) => {
+                        if item.is_err() {
+                            // Stop after the first error: later rows would be misnumbered.
+                            self.current = None;
+                            self.next_file = self.sources.len();
+                        }
+                        return Some(item);
+                    }
+                    None => self.current = None,
+                }
+            }
+            match self.open_next() {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) => {
+                    self.next_file = self.sources.len();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+fn copy_span(
+    file: &mut BufReader<File>,
+    at: &mut u64,
+    start: u64,
+    end: u64,
+) -> std::io::Result<String> {
+    if *at < start {
+        std::io::copy(&mut file.by_ref().take(start - *at), &mut std::io::sink())?;
+        *at = start;
+    }
+    let mut bytes = vec![0; (end - start) as usize];
+    file.read_exact(&mut bytes)?;
+    *at = end;
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> InputError {
+    let line = e.position().map_or(0, |p| p.line());
+    let message = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!(
+            "row has {len} field{}, the header has {expected_len}; check for a missing or extra comma, or an unclosed quote",
+            if *len == 1 { "" } else { "s" }
+        ),
+        csv::ErrorKind::Utf8 { err, .. } => format!(
+            "not valid UTF-8 (field {}); save the file as UTF-8",
+            err.field() + 1
+        ),
+        csv::ErrorKind::Io(io) => format!("read failed: {io}"),
+        _ => e.to_string(),
+    };
+    if line == 0 {
+        InputError::BadFile {
+            path: path.to_path_buf(),
+            message,
+        }
+    } else {
+        InputError::Bad {
+            path: path.to_path_buf(),
+            line,
+            message,
+        }
+    }
+}
+
+fn json_message(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let msg = match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    if msg.starts_with("invalid type") {
+        format!("{msg}: every row must be a JSON object")
+    } else {
+        msg
+    }
+}
+
+/// One JSON object as (key, cell) pairs in file order.
+struct RowObject(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for RowObject {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RowObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RowObject, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    pairs.push((k, cell_text(v.get()).map_err(de::Error::custom)?));
+                }
+                Ok(RowObject(pairs))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn parse_object(text: &str) -> Result<Vec<(String, String)>, serde_json::Error> {
+    serde_json::from_str::<RowObject>(text).map(|o| o.0)
+}
+
+/// A JSON value's text as a cell.
+pub fn cell_text(raw: &str) -> Result<String, serde_json::Error> {
+    let raw = raw.trim();
+    Ok(match raw.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(raw)?,
+        Some(b'{') | Some(b'[') => minify(raw),
+        _ if raw == "null" => String::new(),
+        _ => raw.to_string(),
+    })
+}
+
+/// Compact JSON text without re-parsing numbers (which would change their text).
+fn minify(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut in_str = false;
+    let mut escaped = false;
+    for c in raw.chars() {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn read_json_array(
+    reader: BufReader<Counting<File>>,
+    path: &Path,
+    keep_raw: bool,
+    tx: mpsc::SyncSender<JsonMsg>,
+) {
+    struct Elements<'a> {
+        tx: &'a mpsc::SyncSender<JsonMsg>,
+        keep_raw: bool,
+        count: &'a mut u64,
+    }
+    impl<'de> DeserializeSeed<'de> for Elements<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Elements<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array of objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            loop {
+                *self.count += 1;
+                let (pairs, raw) = if self.keep_raw {
+                    // `split` copies elements verbatim, so keep the exact text.
+                    let Some(raw) = seq.next_element::<Box<RawValue>>()? else {
+                        *self.count -= 1;
+                        return Ok(());
+                    };
+                    let pairs = parse_object(raw.get()).map_err(de::Error::custom)?;
+                    (pairs, Some(raw.get().to_string()))
+                } else {
+                    let Some(obj) = seq.next_element::<RowObject>()? else {
+                        *self.count -= 1;
+                        return Ok(());
+                    };
+                    (obj.0, None)
+                };
+                if self.tx.send(Ok((*self.count, pairs, raw))).is_err() {
+                    return Err(de::Error::custom("reader closed"));
+                }
+            }
+        }
+    }
+    let mut count = 0u64;
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let result = Elements {
+        tx: &tx,
+        keep_raw,
+        count: &mut count,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    if let Err(e) = result {
+        let message = if count == 0 {
+            format!(
+                "{} (line {}); a JSON input must be an array of objects",
+                json_message(&e),
+                e.line()
+            )
+        } else {
+            format!(
+                "element {count}: {} (line {}, column {})",
+                json_message(&e),
+                e.line(),
+                e.column()
+            )
+        };
+        let _ = tx.send(Err(InputError::Bad {
+            path: path.to_path_buf(),
+            line: e.line() as u64,
+            message,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_keep_their_text() {
+        let cases = [
+            (r#""007""#, "007"),
+            (r#""""#, ""),
+            ("12.50", "12.50"),
+            ("1e3", "1e3"),
+            ("-0", "-0"),
+            ("true", "true"),
+            ("null", ""),
+            (
+                r#"{ "a" : [1, 2.0] , "b":"x y" }"#,
+                r#"{"a":[1,2.0],"b":"x y"}"#,
+            ),
+            (r#""line\nbreak \u00e9""#, "line\nbreak é"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(cell_text(raw).unwrap(), want, "{raw}");
+        }
+    }
+}

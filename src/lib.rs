@@ -1,0 +1,20 @@
+//! batchgrader: grade, score or classify large sets of text with an LLM
+//! through provider batch APIs, with a plan you can read before paying and
+//! a state that survives crashes.
+
+pub mod chunking;
+pub mod cli;
+pub mod cost;
+pub mod error;
+pub mod input;
+pub mod plan;
+pub mod prompt;
+pub mod report;
+pub mod rowtokens;
+pub mod spec;
+pub mod split;
+pub mod state;
+pub mod stats;
+pub mod tokenize;
+
+pub use cli::{Cli, run};

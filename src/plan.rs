@@ -1,0 +1,575 @@
+//! `plan`: read the inputs, render one request per row, count tokens,
+//! chunk, estimate cost, and save the plan in the job's state.
+//!
+//! This is the I/O shell; the decisions live in pure functions
+//! (`chunking::pack`, `fingerprint`, `cost::estimate`). Nothing in the job's
+//! state changes until the new plan is complete: chunk files are written to
+//! a scratch folder and the plan record switches in one write at the end, so
+//! a bad input or an interrupted run leaves the previous plan intact.
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::chunking::{self, Item, Limits};
+use crate::cost::{self, PriceTable, PricingError};
+use crate::error::{Error, Result};
+use crate::input::{InputError, Row, RowReader, Source, place, row_place};
+use crate::prompt::{Prompt, PromptError, RequestBuilder, batch_line};
+use crate::report::Ui;
+use crate::spec::{self, CheckedSpec};
+use crate::state::{self, ChunkRecord, JobRecord, JobStore, PlanRecord, RequestRecord};
+use crate::tokenize::{Counter, encoding_for_model};
+
+/// Bumped when the way requests are rendered or chunked changes, so an
+/// older plan is never taken for a current one.
+const PLAN_FORMAT: &str = "batchgrader-plan-1";
+
+/// Rows rendered and counted together on the thread pool.
+const BATCH_ROWS: usize = 4096;
+
+pub struct PlanOptions<'a> {
+    pub state_root: &'a Path,
+    pub pricing: Option<&'a Path>,
+}
+
+/// What `plan` did.
+pub struct Planned {
+    pub plan: PlanRecord,
+    /// False when the saved plan already matched: nothing was rewritten.
+    pub changed: bool,
+    pub job_dir: PathBuf,
+}
+
+/// Hash of a request body: the identity of a request across re-plans.
+pub fn fingerprint(body: &str) -> String {
+    let digest = Sha256::digest(body.as_bytes());
+    hex(&digest[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Plan the job a spec describes (or confirm the saved plan still holds).
+pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
+    let spec = spec::load(spec_path)?;
+    let prices = PriceTable::load(opts.pricing)?;
+    let price = prices.lookup(&spec.spec.model).cloned();
+    if price.is_none() {
+        if spec.spec.halt.max_cost_usd.is_some() {
+            return Err(PricingError::Unpriced {
+                model: spec.spec.model.clone(),
+                source_name: prices.source_name.clone(),
+            }
+            .into());
+        }
+        ui.warn(&format!(
+            "model `{}` has no price in {}; the plan has no cost estimate",
+            spec.spec.model, prices.source_name
+        ));
+    }
+    let prompt = Prompt::load(&spec)?;
+    let sources = spec
+        .inputs
+        .iter()
+        .map(|p| Source::new(p, spec.spec.input.format))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan_hash = plan_hash(&spec, &prompt, &sources, price.as_ref())?;
+    let (limits, limit_warnings) = Limits::from_spec(
+        spec.spec.chunking.max_requests,
+        spec.max_bytes,
+        spec.spec.chunking.max_tokens,
+        spec.spec.chunking.chunks,
+    );
+
+    let store = JobStore::open(opts.state_root, &spec.spec.name)?;
+    let job = job_record(&spec, store.job()?.map(|j| j.created_at));
+    let previous = store.plan()?;
+    if let Some(prev) = &previous
+        && prev.plan_hash == plan_hash
+        && chunk_files_intact(store.dir(), prev)
+    {
+        store.put_job(&job)?;
+        return Ok(Planned {
+            plan: prev.clone(),
+            changed: false,
+            job_dir: store.dir().to_path_buf(),
+        });
+    }
+
+    let (encoding, guessed) = encoding_for_model(&spec.spec.model);
+    if guessed {
+        ui.warn(&format!(
+            "no known tokenizer for model `{}`; counting with {encoding}, so token counts are estimates",
+            spec.spec.model
+        ));
+    }
+    let counter = Counter::new(encoding)?;
+    let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
+    let scratch = store.dir().join(format!("tmp-plan-{generation}"));
+    clean_scratch(store.dir())?;
+    store.discard_generation(generation)?;
+
+    let built = build(
+        &spec, &prompt, sources, &counter, &limits, &store, generation, &scratch, ui,
+    );
+    let mut built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            let _ = store.discard_generation(generation);
+            return Err(e);
+        }
+    };
+    built.warnings.splice(0..0, limit_warnings);
+    let request_params = &spec.spec.request;
+    let max_output = request_params
+        .get("max_completion_tokens")
+        .or_else(|| request_params.get("max_tokens"))
+        .and_then(serde_json::Value::as_u64);
+    let estimate = price.as_ref().map(|p| {
+        cost::estimate(
+            p,
+            built.outstanding,
+            built.prompt_tokens,
+            spec.spec.output.expected_output_tokens,
+            max_output,
+        )
+    });
+    if let (Some(budget), Some(e)) = (spec.spec.halt.max_cost_usd, &estimate) {
+        match e.high {
+            Some(high) if high > budget => built.warnings.push(format!(
+                "the upper cost bound {} is above halt.max_cost_usd {}; apply will refuse to start",
+                cost::usd(high),
+                cost::usd(budget)
+            )),
+            None => built.warnings.push(
+                "halt.max_cost_usd is set but the request sets no max_tokens, so the cost has no upper bound"
+                    .into(),
+            ),
+            _ => {}
+        }
+    }
+    let plan = PlanRecord {
+        generation,
+        plan_hash,
+        created_at: state::now_secs(),
+        model: spec.spec.model.clone(),
+        encoding,
+        rows: built.rows,
+        outstanding: built.outstanding,
+        already_done: built.rows - built.outstanding,
+        prompt_tokens: built.prompt_tokens,
+        bytes: built.chunks.iter().map(|c| c.bytes).sum(),
+        chunks: built.chunks,
+        price,
+        estimate,
+        warnings: built.warnings,
+    };
+    let chunks_dir = store.dir().join("chunks");
+    let final_dir = chunks_dir.join(format!("plan-{generation}"));
+    let install = std::fs::create_dir_all(&chunks_dir)
+        .and_then(|()| std::fs::rename(&scratch, &final_dir))
+        .map_err(|e| Error::io("move chunk files into", &final_dir, e));
+    if let Err(e) = install.and_then(|()| Ok(store.commit_plan(&job, &plan)?)) {
+        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = std::fs::remove_dir_all(&final_dir);
+        let _ = store.discard_generation(generation);
+        return Err(e);
+    }
+    if let Some(prev) = previous {
+        let _ = std::fs::remove_dir_all(chunks_dir.join(format!("plan-{}", prev.generation)));
+    }
+    Ok(Planned {
+        plan,
+        changed: true,
+        job_dir: store.dir().to_path_buf(),
+    })
+}
+
+struct Built {
+    rows: u64,
+    outstanding: u64,
+    prompt_tokens: u64,
+    chunks: Vec<ChunkRecord>,
+    warnings: Vec<String>,
+}
+
+struct Rendered {
+    line: String,
+    fingerprint: String,
+    tokens: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    spec: &CheckedSpec,
+    prompt: &Prompt,
+    sources: Vec<Source>,
+    counter: &Counter,
+    limits: &Limits,
+    store: &JobStore,
+    generation: u64,
+    scratch: &Path,
+    ui: &Ui,
+) -> Result<Built> {
+    std::fs::create_dir_all(scratch).map_err(|e| Error::io("create", scratch, e))?;
+    let spool_path = scratch.join("requests.jsonl");
+    let mut spool = BufWriter::with_capacity(
+        1 << 20,
+        File::create(&spool_path).map_err(|e| Error::io("create", &spool_path, e))?,
+    );
+    let builder = RequestBuilder::new(
+        &spec.spec.model,
+        prompt.system.as_deref(),
+        &spec.spec.request,
+    );
+    let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
+    let done = store.result_fingerprints()?;
+    let id_column = spec.spec.input.id.as_deref();
+
+    let mut reader = RowReader::new(sources.clone(), false);
+    let sources = &sources[..];
+    let bar = ui.progress(reader.total_bytes(), "reading");
+    let mut ids = IdCheck::default();
+    let mut items: Vec<Item> = Vec::new();
+    let mut checked_files: HashSet<usize> = HashSet::new();
+    let mut rows = 0u64;
+    let mut prompt_tokens = 0u64;
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    let mut records: Vec<RequestRecord> = Vec::with_capacity(BATCH_ROWS);
+    loop {
+        batch.clear();
+        for row in reader.by_ref().take(BATCH_ROWS) {
+            let row = row?;
+            if checked_files.insert(row.file) {
+                check_columns(spec, prompt, sources, &row)?;
+            }
+            batch.push(row);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let rendered: Vec<Result<Rendered, String>> = batch
+            .par_iter()
+            .map(|row| {
+                let user = prompt.user.render(|k| row.get(k))?;
+                let body = builder.body(&user);
+                let fingerprint = fingerprint(&body);
+                let tokens = fixed_tokens + counter.count(&user) as u64;
+                let line = batch_line(&state::custom_id(row.number), &body);
+                Ok(Rendered {
+                    line,
+                    fingerprint,
+                    tokens,
+                })
+            })
+            .collect();
+        records.clear();
+        for (row, r) in batch.iter().zip(rendered) {
+            let r = r.map_err(|name| missing_column(spec, sources, row, &name))?;
+            let key = match id_column {
+                Some(col) => {
+                    let key = row.get(col).unwrap_or_default();
+                    ids.check(key, row, sources)?;
+                    key.to_string()
+                }
+                None => row.number.to_string(),
+            };
+            rows += 1;
+            let seq = if done.contains(&r.fingerprint) {
+                None
+            } else {
+                let item = Item {
+                    tokens: r.tokens,
+                    bytes: r.line.len() as u64 + 1,
+                };
+                chunking::check_item(&item, 0, limits).map_err(|e| name_row(e, sources, row))?;
+                spool
+                    .write_all(r.line.as_bytes())
+                    .and_then(|()| spool.write_all(b"\n"))
+                    .map_err(|e| Error::io("write", &spool_path, e))?;
+                prompt_tokens += r.tokens;
+                items.push(item);
+                Some(items.len() as u64 - 1)
+            };
+            records.push(RequestRecord {
+                row: row.number,
+                key,
+                fingerprint: r.fingerprint,
+                tokens: r.tokens,
+                seq,
+            });
+        }
+        store.put_requests(generation, &records)?;
+        bar.set_position(reader.bytes_read());
+    }
+    bar.finish_and_clear();
+    if rows == 0 {
+        let names: Vec<String> = sources
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect();
+        return Err(InputError::BadFile {
+            path: PathBuf::from(names.join(", ")),
+            message: "the input has no rows to grade".into(),
+        }
+        .into());
+    }
+    spool
+        .flush()
+        .map_err(|e| Error::io("write", &spool_path, e))?;
+    drop(spool);
+    let packing = chunking::pack(&items, limits)?;
+    let mut warnings = Vec::new();
+    warnings.extend(packing.warning);
+    let chunks = write_chunks(&spool_path, scratch, &packing.spans, generation)?;
+    std::fs::remove_file(&spool_path).map_err(|e| Error::io("remove", &spool_path, e))?;
+    Ok(Built {
+        rows,
+        outstanding: items.len() as u64,
+        prompt_tokens,
+        chunks,
+        warnings,
+    })
+}
+
+fn name_row(e: chunking::ChunkError, sources: &[Source], row: &Row) -> Error {
+    match e {
+        chunking::ChunkError::TooLarge {
+            unit, value, limit, ..
+        } => chunking::ChunkError::RowTooLarge {
+            place: format!("{} (row {})", row_place(sources, row), row.number),
+            unit,
+            value,
+            limit,
+        }
+        .into(),
+        other => other.into(),
+    }
+}
+
+/// Copy the spooled request lines into one file per chunk.
+fn write_chunks(
+    spool_path: &Path,
+    dir: &Path,
+    spans: &[chunking::Span],
+    generation: u64,
+) -> Result<Vec<ChunkRecord>> {
+    let mut lines = BufReader::with_capacity(
+        1 << 20,
+        File::open(spool_path).map_err(|e| Error::io("read", spool_path, e))?,
+    );
+    let mut out = Vec::with_capacity(spans.len());
+    let mut line = Vec::new();
+    for (index, span) in spans.iter().enumerate() {
+        let name = format!("chunk-{:05}.jsonl", index + 1);
+        let path = dir.join(&name);
+        let mut w = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&path).map_err(|e| Error::io("create", &path, e))?,
+        );
+        let mut hasher = Sha256::new();
+        for _ in span.start..span.end {
+            line.clear();
+            lines
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io("read", spool_path, e))?;
+            hasher.update(&line);
+            w.write_all(&line)
+                .map_err(|e| Error::io("write", &path, e))?;
+        }
+        w.into_inner()
+            .map_err(|e| Error::io("write", &path, e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io("write", &path, e))?;
+        out.push(ChunkRecord {
+            index: index as u32 + 1,
+            file: format!("chunks/plan-{generation}/{name}"),
+            requests: span.requests() as u64,
+            bytes: span.bytes,
+            tokens: span.tokens,
+            sha256: hex(&hasher.finalize()),
+            first_seq: span.start as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// The template's placeholders and the id column must exist in every file.
+fn check_columns(spec: &CheckedSpec, prompt: &Prompt, sources: &[Source], row: &Row) -> Result<()> {
+    for name in prompt.user.placeholders() {
+        if row.get(name).is_none() {
+            return Err(missing_column(spec, sources, row, name));
+        }
+    }
+    if let Some(id) = spec.spec.input.id.as_deref()
+        && row.get(id).is_none()
+    {
+        return Err(Error::usage_with_hint(
+            format!(
+                "{}: input.id: column `{id}` is not in {}; the columns are: {}",
+                spec.file.display(),
+                row_place(sources, row),
+                row.column_names().join(", ")
+            ),
+            "set `input.id` to a column of the input, or remove it to key rows by number",
+        ));
+    }
+    Ok(())
+}
+
+fn missing_column(spec: &CheckedSpec, sources: &[Source], row: &Row, name: &str) -> Error {
+    PromptError::MissingColumn {
+        spec: spec.file.clone(),
+        name: name.to_string(),
+        place: row_place(sources, row),
+        columns: row.column_names().iter().map(|s| s.to_string()).collect(),
+    }
+    .into()
+}
+
+/// Finds duplicate row keys in one pass with 128 bits per key, so memory
+/// stays small on millions of rows.
+#[derive(Default)]
+struct IdCheck {
+    seen: HashMap<u128, (u64, usize, u64)>,
+}
+
+impl IdCheck {
+    fn check(&mut self, key: &str, row: &Row, sources: &[Source]) -> Result<()> {
+        if key.is_empty() {
+            return Err(InputError::Bad {
+                path: sources[row.file].path.clone(),
+                line: row.line,
+                message: format!("row {} has an empty id (input.id)", row.number),
+            }
+            .into());
+        }
+        let h = key_hash(key);
+        match self.seen.get(&h) {
+            Some(&(first_row, file, line)) => Err(InputError::Bad {
+                path: sources[row.file].path.clone(),
+                line: row.line,
+                message: format!(
+                    "duplicate id `{key}`: row {} has the same id as row {first_row} ({})",
+                    row.number,
+                    place(sources, file, line)
+                ),
+            }
+            .into()),
+            None => {
+                self.seen.insert(h, (row.number, row.file, row.line));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn key_hash(key: &str) -> u128 {
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    0u8.hash(&mut a);
+    key.hash(&mut a);
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    1u8.hash(&mut b);
+    key.hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// Hash of everything that decides the requests and their chunks.
+fn plan_hash(
+    spec: &CheckedSpec,
+    prompt: &Prompt,
+    sources: &[Source],
+    price: Option<&cost::Price>,
+) -> Result<String> {
+    #[derive(Serialize)]
+    struct Inputs<'a> {
+        format: &'static str,
+        model: &'a str,
+        system: Option<&'a str>,
+        user: &'a str,
+        request: &'a serde_json::Map<String, serde_json::Value>,
+        input: &'a spec::Input,
+        chunking: &'a spec::Chunking,
+        expected_output_tokens: Option<u64>,
+        price: Option<&'a cost::Price>,
+    }
+    let head = Inputs {
+        format: PLAN_FORMAT,
+        model: &spec.spec.model,
+        system: prompt.system.as_deref(),
+        user: &prompt.user_text,
+        request: &spec.spec.request,
+        input: &spec.spec.input,
+        chunking: &spec.spec.chunking,
+        expected_output_tokens: spec.spec.output.expected_output_tokens,
+        price,
+    };
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&head).expect("plain data serializes"));
+    for src in sources {
+        let mut f = File::open(&src.path).map_err(|source| InputError::Open {
+            path: src.path.clone(),
+            source,
+        })?;
+        h.update(b"\0file\0");
+        std::io::copy(&mut f, &mut h).map_err(|source| InputError::Open {
+            path: src.path.clone(),
+            source,
+        })?;
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn job_record(spec: &CheckedSpec, created_at: Option<u64>) -> JobRecord {
+    let now = state::now_secs();
+    JobRecord {
+        name: spec.spec.name.clone(),
+        spec_file: std::path::absolute(&spec.file)
+            .unwrap_or_else(|_| spec.file.clone())
+            .display()
+            .to_string(),
+        spec: serde_json::to_value(&spec.spec).expect("a spec serializes"),
+        created_at: created_at.unwrap_or(now),
+        updated_at: now,
+    }
+}
+
+fn chunk_files_intact(dir: &Path, plan: &PlanRecord) -> bool {
+    plan.chunks
+        .iter()
+        .all(|c| std::fs::metadata(dir.join(&c.file)).is_ok_and(|m| m.len() == c.bytes))
+}
+
+/// Remove scratch folders an interrupted plan left behind.
+fn clean_scratch(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("tmp-plan-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_stable_and_short() {
+        let a = fingerprint("{\"model\":\"m\"}");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, fingerprint("{\"model\":\"m\"}"));
+        assert_ne!(a, fingerprint("{\"model\":\"n\"}"));
+    }
+}

@@ -1,0 +1,979 @@
+//! The job spec: YAML → checked `JobSpec`.
+//!
+//! Loading goes raw → validated in one place: parse the YAML, check it
+//! against the JSON Schema derived from these types (so the schema file and
+//! the code cannot disagree), run the semantic checks the schema cannot
+//! express, then deserialize. Every problem found is reported, each with
+//! `FILE:LINE:COL: field.path: message`.
+
+mod locate;
+pub mod units;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use locate::{Seg, dotted};
+
+/// The spec format version this binary reads.
+pub const SPEC_VERSION: u32 = 1;
+
+/// Hard ceilings of the OpenAI Batch API: whatever the spec says, a chunk
+/// never holds more requests or bytes than this.
+pub const PROVIDER_MAX_REQUESTS: u64 = 50_000;
+pub const PROVIDER_MAX_BYTES: u64 = 200_000_000;
+
+/// A batchgrader job: inputs, prompt, model, chunking, concurrency and halt policy.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "batchgrader job spec (version 1)")]
+pub struct JobSpec {
+    /// Spec format version. Only 1 exists.
+    #[schemars(range(min = 1, max = 1))]
+    pub version: u32,
+    /// Job id: lowercase letters, digits, `_` and `-`. State lives in `<state>/<name>/`.
+    #[schemars(regex(pattern = r"^[a-z0-9_-]+$"), length(min = 1, max = 64))]
+    pub name: String,
+    /// Where requests are sent.
+    #[serde(default)]
+    pub provider: Provider,
+    /// Model name sent in every request, e.g. `gpt-4o-mini`.
+    #[schemars(length(min = 1))]
+    pub model: String,
+    /// The rows to grade.
+    pub input: Input,
+    /// The system prompt and the per-row user template.
+    pub prompt: Prompt,
+    /// Extra Chat Completions parameters merged into every request body
+    /// (`temperature`, `max_tokens`, `response_format`, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub request: Map<String, Value>,
+    /// Where graded rows are written and how answers are parsed.
+    pub output: Output,
+    /// Limits per chunk (one chunk is one provider batch).
+    #[serde(default)]
+    pub chunking: Chunking,
+    /// How many batches may run at once.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// How often batch status is checked.
+    #[serde(default)]
+    pub poll: Poll,
+    /// Resubmission of failed, expired or missing requests.
+    #[serde(default)]
+    pub retry: Retry,
+    /// When to stop early.
+    #[serde(default)]
+    pub halt: Halt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI and OpenAI-compatible servers (Azure, LiteLLM).
+    #[default]
+    Openai,
+    /// Anthropic Message Batches.
+    Anthropic,
+    /// The built-in simulated OpenAI-compatible server (offline, for demos and tests).
+    Simulated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderMode {
+    /// Files + Batches API, at the batch discount.
+    #[default]
+    Batch,
+    /// Concurrent `/chat/completions` calls, for servers without a batch API.
+    Direct,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// `openai` (default), `anthropic` or `simulated`.
+    #[serde(default)]
+    pub kind: ProviderKind,
+    /// `batch` (default) or `direct`.
+    #[serde(default)]
+    pub mode: ProviderMode,
+    /// API base URL, e.g. `https://api.openai.com/v1`. The env var `OPENAI_BASE_URL` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Name of the environment variable that holds the API key (default `OPENAI_API_KEY`).
+    /// The key itself never appears in a spec, a state file or a log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub api_key_env: Option<String>,
+}
+
+/// One path or a list of paths.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Json,
+    Jsonl,
+}
+
+impl Format {
+    /// The format a file name implies, if any.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Format::Csv),
+            "json" => Some(Format::Json),
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Jsonl => "jsonl",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// Input file(s), relative to the spec file. CSV needs a header row; JSON is an array of objects; JSONL one object per line.
+    pub path: OneOrMany,
+    /// Format of every input file; by default taken from each file's extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// Column holding a unique row key. Default: the row number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prompt {
+    /// System prompt text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// File holding the system prompt, relative to the spec file (instead of `system`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_file: Option<String>,
+    /// File of examples appended to the system prompt, relative to the spec file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples_file: Option<String>,
+    /// User message template; `{{ column }}` is replaced by the row's cell.
+    #[schemars(length(min = 1))]
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParseMode {
+    /// The answer as it came.
+    #[default]
+    Text,
+    /// The first number in the answer.
+    Number,
+    /// One of `output.labels`.
+    Label,
+    /// The answer parsed as JSON.
+    Json,
+    /// The first capture group of `output.pattern`.
+    Regex,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Output file, relative to the spec file; format by extension unless `format` is set.
+    pub path: String,
+    /// Output format; default from the extension of `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// Column that receives the model's answer (default `answer`).
+    #[serde(default = "default_field")]
+    #[schemars(length(min = 1))]
+    pub field: String,
+    /// How the answer is parsed: text, number, label, json or regex.
+    #[serde(default)]
+    pub parse: ParseMode,
+    /// Allowed answers when `parse: label`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Regular expression for `parse: regex`; the first capture group is the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Expected answer length in tokens, for the middle of the cost estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_output_tokens: Option<u64>,
+    /// Add prompt/completion token columns to the output.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+fn default_field() -> String {
+    "answer".into()
+}
+
+/// A byte size: an integer number of bytes or a string such as `190MB`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(#[schemars(range(min = 1))] u64),
+    Text(#[schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]+)?\s*[A-Za-z]*\s*$"))] String),
+}
+
+impl Size {
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(0) => Err("size must be at least 1 byte".into()),
+            Size::Bytes(b) => Ok(*b),
+            Size::Text(t) => units::parse_size(t),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Chunking {
+    /// Most requests in one chunk (the provider's 50,000 is the ceiling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_requests: Option<u64>,
+    /// Most bytes of request JSONL in one chunk, e.g. `190MB` (200 MB is the ceiling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Size>,
+    /// Most prompt tokens in one chunk; keep it under your enqueued-token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tokens: Option<u64>,
+    /// Force this many chunks of near-equal size (limits still apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub chunks: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    /// Most batches submitted and not yet ended at any time (default 4).
+    #[serde(default = "default_in_flight")]
+    #[schemars(range(min = 1))]
+    pub max_batches_in_flight: u32,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            max_batches_in_flight: default_in_flight(),
+        }
+    }
+}
+
+fn default_in_flight() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Poll {
+    /// First wait between status checks (default `30s`).
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// Longest wait between status checks as the wait grows (default `5m`).
+    #[serde(default = "default_max_interval")]
+    pub max_interval: String,
+}
+
+impl Default for Poll {
+    fn default() -> Self {
+        Poll {
+            interval: default_interval(),
+            max_interval: default_max_interval(),
+        }
+    }
+}
+
+fn default_interval() -> String {
+    "30s".into()
+}
+fn default_max_interval() -> String {
+    "5m".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts per request in all, counting the first (default 3).
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: default_attempts(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+/// A rate: `"5%"` or a fraction such as `0.05`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Rate {
+    Fraction(#[schemars(range(min = 0.0, max = 1.0))] f64),
+    Percent(#[schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$"))] String),
+}
+
+impl Rate {
+    pub fn fraction(&self) -> Result<f64, String> {
+        match self {
+            Rate::Fraction(f) => units::parse_fraction(*f),
+            Rate::Percent(s) => units::parse_percent_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Halt {
+    /// Stop the job when a chunk's batch fails.
+    #[serde(default)]
+    pub on_chunk_failure: bool,
+    /// Stop when API failures plus parse failures exceed this share of submitted rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_rate: Option<Rate>,
+    /// Refuse to start above this estimated upper bound (USD); stop when actual spend passes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_cost_usd: Option<f64>,
+}
+
+/// A spec that passed every check, with its paths resolved against the
+/// spec file's folder and its units parsed.
+#[derive(Debug, Clone)]
+pub struct CheckedSpec {
+    pub spec: JobSpec,
+    /// The spec file, as given.
+    pub file: PathBuf,
+    pub inputs: Vec<PathBuf>,
+    pub output_path: PathBuf,
+    pub system_file: Option<PathBuf>,
+    pub examples_file: Option<PathBuf>,
+    pub max_bytes: Option<u64>,
+    pub poll_interval: Duration,
+    pub poll_max_interval: Duration,
+    pub max_failure_rate: Option<f64>,
+}
+
+/// One problem in a spec, placed in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted field path, `(root)` for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read spec {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl SpecError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SpecError::Read { .. } => None,
+            SpecError::Invalid { problems, .. } => Some(format!(
+                "{} problem{} in the spec; `batchgrader schema` prints every allowed key",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            )),
+        }
+    }
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                path.display(),
+                p.line,
+                p.column,
+                p.field,
+                p.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The JSON Schema of the job spec, as `batchgrader schema` prints it.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(JobSpec);
+    let mut s = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
+    s.push('\n');
+    s
+}
+
+/// Read and check a spec file.
+pub fn load(path: &Path) -> Result<CheckedSpec, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check(path, &text)
+}
+
+/// Check spec text; `path` names the file in messages and anchors relative paths.
+pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
+    let invalid = |problems: Vec<Problem>| SpecError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let yaml: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let msg = strip_yaml_location(&e.to_string());
+            return Err(invalid(vec![Problem {
+                line,
+                column,
+                field: "(root)".into(),
+                message: format!("invalid YAML: {msg}"),
+            }]));
+        }
+    };
+    if yaml.is_null() {
+        return Err(invalid(vec![Problem {
+            line: 1,
+            column: 1,
+            field: "(root)".into(),
+            message: "the spec is empty; start from specs/demo.yaml".into(),
+        }]));
+    }
+    let json: Value = match serde_json::to_value(&yaml) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(invalid(vec![Problem {
+                line: 1,
+                column: 1,
+                field: "(root)".into(),
+                message: format!("unsupported YAML value: {e} (keys must be strings, no tags)"),
+            }]));
+        }
+    };
+    let locator = locate::Locator::new(text);
+    let mut problems = schema_problems(&json, &locator);
+    if problems.is_empty() {
+        problems.extend(semantic_problems(&json, &locator));
+    }
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| (p.line, p.column));
+        return Err(invalid(problems));
+    }
+    let spec: JobSpec = serde_json::from_value(json).map_err(|e| {
+        invalid(vec![Problem {
+            line: 1,
+            column: 1,
+            field: "(root)".into(),
+            message: e.to_string(),
+        }])
+    })?;
+    Ok(resolve(path, spec))
+}
+
+fn strip_yaml_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn problem_at(locator: &locate::Locator, path: &[Seg], message: String) -> Problem {
+    let (line, column) = locator.locate(path);
+    Problem {
+        line,
+        column,
+        field: dotted(path),
+        message,
+    }
+}
+
+fn schema_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
+    use jsonschema::error::ValidationErrorKind;
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let schema: Value = serde_json::to_value(schemars::schema_for!(JobSpec))
+            .expect("a schema always serializes");
+        jsonschema::validator_for(&schema).expect("the derived schema is valid")
+    });
+    let mut out = Vec::new();
+    for err in validator.iter_errors(json) {
+        let base = locate::from_pointer(err.instance_path().as_str());
+        match err.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                for key in unexpected {
+                    let mut path = base.clone();
+                    path.push(Seg::Key(key.clone()));
+                    let allowed = allowed_keys(json_at(json, &base));
+                    let mut msg = format!("unknown key `{key}`");
+                    if let Some(s) = closest(key, &allowed) {
+                        msg.push_str(&format!("; did you mean `{s}`?"));
+                    }
+                    out.push(problem_at(locator, &path, msg));
+                }
+            }
+            ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or("?").to_string();
+                let (line, column) = locator.locate(&base);
+                let mut path = base.clone();
+                path.push(Seg::Key(name.clone()));
+                out.push(Problem {
+                    line,
+                    column,
+                    field: dotted(&path),
+                    message: "required field is missing".into(),
+                });
+            }
+            _ => {
+                let msg = err.to_string();
+                out.push(problem_at(locator, &base, friendlier(&msg, &base)));
+            }
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// Keys that the schema allows next to an unknown one, for suggestions.
+fn allowed_keys(_obj: Option<&Value>) -> Vec<&'static str> {
+    // The union of every key in the spec is small; suggesting from it is
+    // good enough and keeps this independent of the schema's layout.
+    vec![
+        "version",
+        "name",
+        "provider",
+        "kind",
+        "mode",
+        "base_url",
+        "api_key_env",
+        "model",
+        "input",
+        "path",
+        "format",
+        "id",
+        "prompt",
+        "system",
+        "system_file",
+        "examples_file",
+        "user",
+        "request",
+        "output",
+        "field",
+        "parse",
+        "labels",
+        "pattern",
+        "expected_output_tokens",
+        "include_usage",
+        "chunking",
+        "max_requests",
+        "max_bytes",
+        "max_tokens",
+        "chunks",
+        "concurrency",
+        "max_batches_in_flight",
+        "poll",
+        "interval",
+        "max_interval",
+        "retry",
+        "max_attempts",
+        "halt",
+        "on_chunk_failure",
+        "max_failure_rate",
+        "max_cost_usd",
+    ]
+}
+
+fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(key, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn friendlier(msg: &str, path: &[Seg]) -> String {
+    let field = dotted(path);
+    if msg.contains("is not valid under any of the schemas listed in the 'anyOf'") {
+        return match field.as_str() {
+            "input.path" => "expected a path or a list of paths".into(),
+            f if f.ends_with("max_bytes") => {
+                "expected a size: bytes as an integer, or text such as 190MB".into()
+            }
+            f if f.ends_with("max_failure_rate") => {
+                "expected a percentage such as \"5%\" or a fraction such as 0.05".into()
+            }
+            _ => msg.to_string(),
+        };
+    }
+    msg.to_string()
+}
+
+fn json_at<'a>(json: &'a Value, path: &[Seg]) -> Option<&'a Value> {
+    let mut cur = json;
+    for seg in path {
+        cur = match seg {
+            Seg::Key(k) => cur.get(k)?,
+            Seg::Index(i) => cur.get(*i)?,
+        };
+    }
+    Some(cur)
+}
+
+fn key_path(keys: &[&str]) -> Vec<Seg> {
+    keys.iter().map(|k| Seg::Key((*k).to_string())).collect()
+}
+
+/// Checks the schema cannot express: units, exclusive fields, reserved request keys.
+fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut check = |keys: &[&str], f: &dyn Fn(&Value) -> Result<(), String>| {
+        let path = key_path(keys);
+        if let Some(v) = json_at(json, &path)
+            && let Err(msg) = f(v)
+        {
+            out.push(problem_at(locator, &path, msg));
+        }
+    };
+    check(&["chunking", "max_bytes"], &|v| {
+        let size: Size = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        size.bytes().map(|_| ())
+    });
+    for key in ["interval", "max_interval"] {
+        check(&["poll", key], &|v| {
+            units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
+        });
+    }
+    check(&["halt", "max_failure_rate"], &|v| {
+        let rate: Rate = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        rate.fraction().map(|_| ())
+    });
+    check(&["version"], &|v| {
+        if v.as_u64() == Some(u64::from(SPEC_VERSION)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "this batchgrader reads spec version {SPEC_VERSION}"
+            ))
+        }
+    });
+    if let Some(prompt) = json.get("prompt")
+        && prompt.get("system").is_some()
+        && prompt.get("system_file").is_some()
+    {
+        out.push(problem_at(
+            locator,
+            &key_path(&["prompt", "system_file"]),
+            "set `system` or `system_file`, not both".into(),
+        ));
+    }
+    if let Some(req) = json.get("request").and_then(Value::as_object) {
+        for (key, value) in req {
+            let reason = match key.as_str() {
+                "model" => Some("set the model with the top-level `model` key"),
+                "messages" => Some("messages come from `prompt`"),
+                "stream" if value != &Value::Bool(false) => Some("batch requests cannot stream"),
+                "n" if value.as_u64().is_some_and(|n| n > 1) => {
+                    Some("one answer per row: `n` must be 1")
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                out.push(problem_at(
+                    locator,
+                    &key_path(&["request", key]),
+                    format!("`{key}` cannot be set here: {reason}"),
+                ));
+            }
+        }
+    }
+    let output = json.get("output");
+    let parse = output.and_then(|o| o.get("parse")).and_then(Value::as_str);
+    if parse == Some("label")
+        && output
+            .and_then(|o| o.get("labels"))
+            .and_then(Value::as_array)
+            .is_none_or(|l| l.is_empty())
+    {
+        out.push(problem_at(
+            locator,
+            &key_path(&["output", "parse"]),
+            "`parse: label` needs a non-empty `output.labels` list".into(),
+        ));
+    }
+    if parse == Some("regex") {
+        match output
+            .and_then(|o| o.get("pattern"))
+            .and_then(Value::as_str)
+        {
+            None => out.push(problem_at(
+                locator,
+                &key_path(&["output", "parse"]),
+                "`parse: regex` needs `output.pattern`".into(),
+            )),
+            Some("") => out.push(problem_at(
+                locator,
+                &key_path(&["output", "pattern"]),
+                "`output.pattern` is empty".into(),
+            )),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
+    let base = file.parent().unwrap_or(Path::new(""));
+    let rel = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    // Checked above; the fallbacks cannot be reached.
+    let max_bytes = spec
+        .chunking
+        .max_bytes
+        .as_ref()
+        .and_then(|s| s.bytes().ok());
+    let max_failure_rate = spec
+        .halt
+        .max_failure_rate
+        .as_ref()
+        .and_then(|r| r.fraction().ok());
+    CheckedSpec {
+        inputs: spec.input.path.to_vec().iter().map(|p| rel(p)).collect(),
+        output_path: rel(&spec.output.path),
+        system_file: spec.prompt.system_file.as_deref().map(rel),
+        examples_file: spec.prompt.examples_file.as_deref().map(rel),
+        max_bytes,
+        poll_interval: units::parse_duration(&spec.poll.interval)
+            .unwrap_or(Duration::from_secs(30)),
+        poll_max_interval: units::parse_duration(&spec.poll.max_interval)
+            .unwrap_or(Duration::from_secs(300)),
+        max_failure_rate,
+        file: file.to_path_buf(),
+        spec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "version: 1
+name: t
+model: gpt-4o-mini
+input:
+  path: in.csv
+prompt:
+  user: \"{{ text }}\"
+output:
+  path: out.csv
+";
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match check(Path::new("spec.yaml"), text) {
+            Ok(_) => vec![],
+            Err(SpecError::Invalid { problems, .. }) => problems,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let c = check(Path::new("dir/spec.yaml"), MINIMAL).unwrap();
+        assert_eq!(c.spec.provider.kind, ProviderKind::Openai);
+        assert_eq!(c.spec.concurrency.max_batches_in_flight, 4);
+        assert_eq!(c.spec.retry.max_attempts, 3);
+        assert_eq!(c.spec.output.field, "answer");
+        assert_eq!(c.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.poll_max_interval, Duration::from_secs(300));
+        assert_eq!(c.inputs, vec![PathBuf::from("dir/in.csv")]);
+        assert_eq!(c.output_path, PathBuf::from("dir/out.csv"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let text = "version: 1
+name: Bad Name
+model: gpt-4o-mini
+input:
+  path: in.csv
+  colour: red
+prompt:
+  user: x
+output:
+  path: out.csv
+chunking:
+  max_requests: \"many\"
+";
+        let got = problems(text);
+        let summary: Vec<(usize, usize, &str)> = got
+            .iter()
+            .map(|p| (p.line, p.column, p.field.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (2, 1, "name"),
+                (6, 3, "input.colour"),
+                (12, 3, "chunking.max_requests")
+            ],
+            "{got:#?}"
+        );
+        assert!(got[1].message.contains("unknown key `colour`"));
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let got = problems("version: 1\nname: t\n");
+        let fields: Vec<&str> = got.iter().map(|p| p.field.as_str()).collect();
+        for f in ["model", "input", "prompt", "output"] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_checks() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "chunking:\n  max_bytes: 12 parsecs\n",
+                "chunking.max_bytes",
+                "unit",
+            ),
+            (
+                "chunking:\n  max_bytes: 0\n",
+                "chunking.max_bytes",
+                "size",
+            ),
+            ("poll:\n  interval: soon\n", "poll.interval", "duration"),
+            (
+                "halt:\n  max_failure_rate: 5\n",
+                "halt.max_failure_rate",
+                "percentage",
+            ),
+            (
+                "halt:\n  max_failure_rate: \"150%\"\n",
+                "halt.max_failure_rate",
+                "between",
+            ),
+            ("request:\n  model: x\n", "request.model", "top-level"),
+            ("request:\n  stream: true\n", "request.stream", "stream"),
+            ("version: 2\n", "version", ""),
+        ];
+        for (extra, field, needle) in cases {
+            let text = if extra.starts_with("version") {
+                MINIMAL.replacen("version: 1\n", extra, 1)
+            } else {
+                format!("{MINIMAL}{extra}")
+            };
+            let got = problems(&text);
+            assert!(
+                got.iter()
+                    .any(|p| p.field == *field && p.message.contains(needle)),
+                "{extra:?}: {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn units_accepted() {
+        let text = format!(
+            "{MINIMAL}chunking:\n  max_bytes: 190MB\npoll: {{ interval: 10s, max_interval: 2m }}\nhalt:\n  max_failure_rate: 5%\n"
+        );
+        let c = check(Path::new("s.yaml"), &text).unwrap();
+        assert_eq!(c.max_bytes, Some(190_000_000));
+        assert_eq!(c.poll_interval, Duration::from_secs(10));
+        assert_eq!(c.max_failure_rate, Some(0.05));
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_position() {
+        let got = problems("version: 1\nname: [unclosed\n");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].line >= 2, "{got:?}");
+        assert!(got[0].message.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn unknown_key_suggests() {
+        let got = problems(&format!(
+            "{MINIMAL}concurency:\n  max_batches_in_flight: 2\n"
+        ));
+        assert!(
+            got[0].message.contains("did you mean `concurrency`"),
+            "{got:?}"
+        );
+    }
+}

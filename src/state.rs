@@ -1,0 +1,498 @@
+//! The persistent state of a job: `<state>/<job>/`.
+//!
+//! Layout: `db/` (sled), `chunks/plan-<generation>/chunk-NNNNN.jsonl` (the
+//! request files a plan made), `lock` (held while a command writes), and
+//! later `results/`, `status.json` and `events.jsonl`.
+//!
+//! sled stays behind this module's API. Plans are written by generation: the
+//! requests of a new plan are stored under a new generation number, flushed,
+//! and only then does the single `plan` record switch to it, so a crash at
+//! any point leaves either the old plan or the new one, never a mix.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{Estimate, Price};
+use crate::error::exit;
+use crate::tokenize::Encoding;
+
+/// Version of the on-disk layout. A binary refuses state newer than it knows.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("job `{job}` is in use by another batchgrader process ({holder})")]
+    Locked { job: String, holder: String },
+    #[error(
+        "state of job `{job}` has format version {found}; this batchgrader understands up to {FORMAT_VERSION}"
+    )]
+    TooNew { job: String, found: u32 },
+    #[error("state store {} failed: {message}", dir.display())]
+    Db { dir: PathBuf, message: String },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state of job `{job}` is damaged: {message}")]
+    Corrupt { job: String, message: String },
+    #[error("no job `{job}` in {}", root.display())]
+    NoJob { job: String, root: PathBuf },
+}
+
+impl StateError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StateError::NoJob { .. } => exit::USAGE,
+            _ => exit::RUNTIME,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Locked { .. } => Some(
+                "wait for it to finish, or use `batchgrader status` to watch it; if no such process exists, the lock is released automatically"
+                    .into(),
+            ),
+            StateError::TooNew { .. } => Some("upgrade batchgrader to work on this job".into()),
+            StateError::NoJob { .. } => {
+                Some("run `batchgrader plan SPEC` first, or pass --state to point at the right folder".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn db_err(dir: &Path) -> impl Fn(sled::Error) -> StateError + '_ {
+    move |e| StateError::Db {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// What the job is: written by `plan`, read by commands that take no spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub name: String,
+    /// Absolute path of the spec file the job was planned from.
+    pub spec_file: String,
+    /// The spec as JSON, so `resume` needs no spec file.
+    pub spec: serde_json::Value,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// One chunk of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// 1-based; chunk N's file is `chunk-0000N.jsonl`.
+    pub index: u32,
+    /// Path of the request file, relative to the job folder.
+    pub file: String,
+    pub requests: u64,
+    pub bytes: u64,
+    pub tokens: u64,
+    pub sha256: String,
+    /// Position of the chunk's first request among the plan's outstanding requests.
+    pub first_seq: u64,
+}
+
+/// A saved plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub generation: u64,
+    /// Hash over spec, prompt files, inputs, price and plan format.
+    pub plan_hash: String,
+    pub created_at: u64,
+    pub model: String,
+    pub encoding: Encoding,
+    pub rows: u64,
+    /// Requests to submit (rows whose fingerprint has no result yet).
+    pub outstanding: u64,
+    /// Rows whose fingerprint already has a result.
+    pub already_done: u64,
+    pub prompt_tokens: u64,
+    pub bytes: u64,
+    pub chunks: Vec<ChunkRecord>,
+    pub price: Option<Price>,
+    pub estimate: Option<Estimate>,
+    pub warnings: Vec<String>,
+}
+
+/// One row's request, as the plan recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// 1-based input row number; the custom id is `r<row>`.
+    #[serde(skip)]
+    pub row: u64,
+    /// The row key: the `input.id` cell, or the row number.
+    #[serde(rename = "k")]
+    pub key: String,
+    /// Hash of the request body.
+    #[serde(rename = "f")]
+    pub fingerprint: String,
+    #[serde(rename = "t")]
+    pub tokens: u64,
+    /// Position among outstanding requests; absent when already graded.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The custom id of a row: deterministic and within `^[A-Za-z0-9_-]{1,64}$`.
+pub fn custom_id(row: u64) -> String {
+    format!("r{row}")
+}
+
+/// A result kept by request fingerprint (filled by `apply`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    pub answer: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// An open job folder, locked for this process.
+pub struct JobStore {
+    name: String,
+    dir: PathBuf,
+    db: sled::Db,
+    requests: sled::Tree,
+    results: sled::Tree,
+    _lock: File,
+}
+
+const KEY_VERSION: &[u8] = b"format_version";
+const KEY_JOB: &[u8] = b"job";
+const KEY_PLAN: &[u8] = b"plan";
+
+/// The folder of a job under a state root.
+pub fn job_dir(root: &Path, job: &str) -> PathBuf {
+    root.join(job)
+}
+
+impl JobStore {
+    /// Open (creating if needed) the job's folder and take its lock.
+    pub fn open(root: &Path, job: &str) -> Result<JobStore, StateError> {
+        let dir = job_dir(root, job);
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            action: "create state folder",
+            path: dir.clone(),
+            source,
+        })?;
+        let lock = take_lock(&dir, job)?;
+        let db_dir = dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_dir)
+            .cache_capacity(16 << 20)
+            .open()
+            .map_err(db_err(&db_dir))?;
+        let version = db.get(KEY_VERSION).map_err(db_err(&db_dir))?;
+        match version {
+            None => {
+                db.insert(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(db_err(&db_dir))?;
+            }
+            Some(v) => {
+                let found = v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
+                    StateError::Corrupt {
+                        job: job.into(),
+                        message: "format version is unreadable".into(),
+                    }
+                })?;
+                if found > FORMAT_VERSION {
+                    return Err(StateError::TooNew {
+                        job: job.into(),
+                        found,
+                    });
+                }
+            }
+        }
+        let requests = db.open_tree("requests").map_err(db_err(&db_dir))?;
+        let results = db.open_tree("results").map_err(db_err(&db_dir))?;
+        Ok(JobStore {
+            name: job.to_string(),
+            dir,
+            db,
+            requests,
+            results,
+            _lock: lock,
+        })
+    }
+
+    /// Open an existing job; an error naming the job when there is none.
+    pub fn open_existing(root: &Path, job: &str) -> Result<JobStore, StateError> {
+        if !job_dir(root, job).join("db").exists() {
+            return Err(StateError::NoJob {
+                job: job.into(),
+                root: root.to_path_buf(),
+            });
+        }
+        JobStore::open(root, job)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn err(&self) -> impl Fn(sled::Error) -> StateError + '_ {
+        db_err(&self.dir)
+    }
+
+    fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StateError> {
+        match self.db.get(key).map_err(self.err())? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        job: self.name.clone(),
+                        message: format!("record `{}`: {e}", String::from_utf8_lossy(key)),
+                    })
+            }
+        }
+    }
+
+    pub fn job(&self) -> Result<Option<JobRecord>, StateError> {
+        self.get_json(KEY_JOB)
+    }
+
+    pub fn plan(&self) -> Result<Option<PlanRecord>, StateError> {
+        self.get_json(KEY_PLAN)
+    }
+
+    /// Fingerprints that already have a result.
+    pub fn result_fingerprints(&self) -> Result<HashSet<String>, StateError> {
+        let mut out = HashSet::new();
+        for kv in self.results.iter() {
+            let (k, _) = kv.map_err(self.err())?;
+            out.insert(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn result(&self, fingerprint: &str) -> Result<Option<ResultRecord>, StateError> {
+        match self.results.get(fingerprint).map_err(self.err())? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt {
+                    job: self.name.clone(),
+                    message: format!("result {fingerprint}: {e}"),
+                }),
+        }
+    }
+
+    /// Keep a result by fingerprint, durably.
+    pub fn record_result(
+        &self,
+        fingerprint: &str,
+        result: &ResultRecord,
+    ) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(result).expect("records serialize");
+        self.results
+            .insert(fingerprint, bytes)
+            .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Store a batch of request records under `generation` (not yet visible).
+    pub fn put_requests(
+        &self,
+        generation: u64,
+        records: &[RequestRecord],
+    ) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            batch.insert(
+                request_key(generation, r.row).to_vec(),
+                serde_json::to_vec(r).expect("records serialize"),
+            );
+        }
+        self.requests.apply_batch(batch).map_err(self.err())
+    }
+
+    /// The request records of a generation, in row order.
+    pub fn requests(
+        &self,
+        generation: u64,
+    ) -> impl Iterator<Item = Result<RequestRecord, StateError>> + '_ {
+        self.requests
+            .scan_prefix(generation.to_be_bytes())
+            .map(move |kv| {
+                let (k, v) = kv.map_err(self.err())?;
+                let mut r: RequestRecord =
+                    serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
+                        job: self.name.clone(),
+                        message: format!("request record: {e}"),
+                    })?;
+                r.row = u64::from_be_bytes(k[8..16].try_into().expect("16-byte keys"));
+                Ok(r)
+            })
+    }
+
+    /// Drop request records of a generation that never became the plan.
+    pub fn discard_generation(&self, generation: u64) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.requests.scan_prefix(generation.to_be_bytes()).keys() {
+            batch.remove(kv.map_err(self.err())?);
+        }
+        self.requests.apply_batch(batch).map_err(self.err())
+    }
+
+    /// Make `plan` the job's plan: flush its requests, switch the plan
+    /// record in one write, then drop the previous generation.
+    pub fn commit_plan(&self, job: &JobRecord, plan: &PlanRecord) -> Result<(), StateError> {
+        let previous = self.plan()?.map(|p| p.generation);
+        self.db.flush().map_err(self.err())?;
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_JOB, serde_json::to_vec(job).expect("records serialize"));
+        batch.insert(
+            KEY_PLAN,
+            serde_json::to_vec(plan).expect("records serialize"),
+        );
+        self.db.apply_batch(batch).map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        if let Some(old) = previous.filter(|g| *g != plan.generation) {
+            self.discard_generation(old)?;
+            self.db.flush().map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// Update only the job record (e.g. a new spec path with an unchanged plan).
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), StateError> {
+        self.db
+            .insert(KEY_JOB, serde_json::to_vec(job).expect("records serialize"))
+            .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+}
+
+fn request_key(generation: u64, row: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&generation.to_be_bytes());
+    k[8..].copy_from_slice(&row.to_be_bytes());
+    k
+}
+
+/// Take the job's lock file. The OS releases it when the process dies, so a
+/// crash never leaves a stale lock; the file's text names the holder.
+fn take_lock(dir: &Path, job: &str) -> Result<File, StateError> {
+    let path = dir.join("lock");
+    let io = |action, source| StateError::Io {
+        action,
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io("open lock file", e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(StateError::Locked {
+                job: job.into(),
+                holder: if holder.is_empty() {
+                    "holder unknown".into()
+                } else {
+                    holder.to_string()
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", e)),
+    }
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    file.set_len(0).map_err(|e| io("write lock file", e))?;
+    file.rewind().map_err(|e| io("write lock file", e))?;
+    write!(file, "pid {} since {since}", std::process::id())
+        .map_err(|e| io("write lock file", e))?;
+    file.flush().map_err(|e| io("write lock file", e))?;
+    Ok(file)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_is_refused_with_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _a = JobStore::open(tmp.path(), "j").unwrap();
+        let err = JobStore::open(tmp.path(), "j").err().unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("in use"), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(_a);
+        JobStore::open(tmp.path(), "j").unwrap();
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let s = JobStore::open(tmp.path(), "j").unwrap();
+            s.db.insert(KEY_VERSION, &(FORMAT_VERSION + 1).to_be_bytes())
+                .unwrap();
+            s.db.flush().unwrap();
+        }
+        let err = JobStore::open(tmp.path(), "j").err().unwrap();
+        assert!(matches!(err, StateError::TooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn requests_round_trip_by_generation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = JobStore::open(tmp.path(), "j").unwrap();
+        let rec = |row| RequestRecord {
+            row,
+            key: format!("k{row}"),
+            fingerprint: format!("f{row}"),
+            tokens: row * 10,
+            seq: (row % 2 == 0).then_some(row),
+        };
+        s.put_requests(1, &[rec(2), rec(1), rec(300)]).unwrap();
+        s.put_requests(2, &[rec(7)]).unwrap();
+        let got: Vec<RequestRecord> = s.requests(1).map(Result::unwrap).collect();
+        assert_eq!(got, vec![rec(1), rec(2), rec(300)]);
+        s.discard_generation(1).unwrap();
+        assert_eq!(s.requests(1).count(), 0);
+        assert_eq!(s.requests(2).count(), 1);
+    }
+
+    #[test]
+    fn custom_ids_match_the_provider_pattern() {
+        for row in [1, 42, u64::MAX] {
+            let id = custom_id(row);
+            assert!(
+                id.len() <= 64
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            );
+        }
+    }
+}
