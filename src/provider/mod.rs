@@ -1,0 +1,1 @@
+//! OpenAI-compatible batch provider: HTTP client, wire types, retry classification.
