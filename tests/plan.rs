@@ -1,0 +1,227 @@
+//! `plan`, `validate` and `schema` through the real binary.
+
+mod common;
+
+use common::{Sandbox, chunk_lines, repo, spec, user_text};
+
+#[test]
+fn schema_file_matches_the_binary() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["schema"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let committed = std::fs::read_to_string(repo().join("schemas/job-spec.schema.json")).unwrap();
+    assert!(
+        run.stdout == committed,
+        "schemas/job-spec.schema.json drifted from the Rust types; regenerate it with `cargo run -- schema > schemas/job-spec.schema.json`"
+    );
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_place() {
+    let sb = Sandbox::new();
+    sb.write(
+        "bad.yaml",
+        "version: 1\nname: Not Valid\nmodel: gpt-4o-mini\ninput:\n  path: x.csv\n  colour: red\nprompt:\n  user: hi\noutput:\n  path: o.csv\npoll:\n  interval: soon\n",
+    );
+    let run = sb.run(&["validate", "bad.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    for expected in [
+        "bad.yaml:2:1: name:",
+        "bad.yaml:6:3: input.colour: unknown key `colour`",
+    ] {
+        assert!(
+            run.stderr.contains(expected),
+            "missing {expected:?} in {run:?}"
+        );
+    }
+    // Semantic checks run once the schema passes.
+    sb.write(
+        "bad2.yaml",
+        "version: 1\nname: ok\nmodel: m\ninput:\n  path: x.csv\nprompt:\n  user: hi\noutput:\n  path: o.csv\npoll:\n  interval: soon\n",
+    );
+    let run = sb.run(&["validate", "bad2.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("bad2.yaml:11:3: poll.interval:"),
+        "{run:?}"
+    );
+
+    let run = sb.run(&[
+        "validate",
+        &repo().join("specs/demo.yaml").display().to_string(),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn csv_cells_reach_the_prompt_verbatim() {
+    let sb = Sandbox::new();
+    sb.write(
+        "in.csv",
+        "id,a,b\n007,,\"say \"\"hi\"\", then\nnewline\"\n0.50,héllo 世界 🎉,plain\n",
+    );
+    sb.write(
+        "s.yaml",
+        spec("cells", "in.csv", "[{{ id }}][{{ a }}][{{ b }}]", ""),
+    );
+    let run = sb.run(&["plan", "s.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = chunk_lines(&sb, "cells");
+    let users: Vec<String> = lines.iter().map(user_text).collect();
+    assert_eq!(
+        users,
+        vec![
+            "[007][][say \"hi\", then\nnewline]",
+            "[0.50][héllo 世界 🎉][plain]"
+        ]
+    );
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r1", "r2"]);
+}
+
+#[test]
+fn json_and_jsonl_cells_keep_their_text() {
+    let sb = Sandbox::new();
+    let rows = [
+        r#"{"n": 1.50, "s": "007", "nested": {"k": [1, 2.0, "x"]}, "z": null, "t": true}"#,
+        r#"{"n": -0, "s": "", "nested": [], "z": "é", "t": false}"#,
+    ];
+    sb.write("in.jsonl", format!("{}\n\n{}\r\n", rows[0], rows[1]));
+    sb.write("in.json", format!("[\n  {},\n  {}\n]\n", rows[0], rows[1]));
+    let want = vec![
+        r#"1.50|007|{"k":[1,2.0,"x"]}||true"#.to_string(),
+        r#"-0||[]|é|false"#.to_string(),
+    ];
+    for file in ["in.jsonl", "in.json"] {
+        let job = file.replace('.', "-");
+        sb.write(
+            &format!("{job}.yaml"),
+            spec(
+                &job,
+                file,
+                "{{ n }}|{{ s }}|{{ nested }}|{{ z }}|{{ t }}",
+                "",
+            ),
+        );
+        let run = sb.run(&["plan", &format!("{job}.yaml")]);
+        assert_eq!(run.code, 0, "{file}: {run:?}");
+        let users: Vec<String> = chunk_lines(&sb, &job).iter().map(user_text).collect();
+        assert_eq!(users, want, "{file}");
+    }
+}
+
+#[test]
+fn several_inputs_are_read_in_order() {
+    let sb = Sandbox::new();
+    sb.write("a.csv", "t\none\ntwo\n");
+    sb.write("b.jsonl", "{\"t\": \"three\"}\n");
+    sb.write("s.yaml", spec("multi", "[a.csv, b.jsonl]", "{{ t }}", ""));
+    let run = sb.run(&["plan", "s.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let users: Vec<String> = chunk_lines(&sb, "multi").iter().map(user_text).collect();
+    assert_eq!(users, ["one", "two", "three"]);
+}
+
+#[test]
+fn missing_placeholder_column_is_named_with_the_columns() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", "id,essay\n1,x\n");
+    sb.write("s.yaml", spec("tpl", "in.csv", "Grade {{ esay }}", ""));
+    let run = sb.run(&["plan", "s.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("{{ esay }}"), "{run:?}");
+    assert!(run.stderr.contains("the columns are: id, essay"), "{run:?}");
+    assert!(run.stderr.contains("in.csv"), "{run:?}");
+
+    sb.write("s2.yaml", spec("tpl2", "in.csv", "Grade {{ essay", ""));
+    let run = sb.run(&["plan", "s2.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("never closed"), "{run:?}");
+}
+
+#[test]
+fn duplicate_ids_name_the_value_and_both_rows() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", "key,t\na,1\nb,2\na,3\n");
+    sb.write(
+        "s.yaml",
+        spec("dup", "in.csv", "{{ t }}", "").replace(
+            "input:\n  path: in.csv\n",
+            "input:\n  path: in.csv\n  id: key\n",
+        ),
+    );
+    let run = sb.run(&["plan", "s.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("duplicate id `a`"), "{run:?}");
+    assert!(run.stderr.contains("row 3"), "{run:?}");
+    assert!(run.stderr.contains("row 1"), "{run:?}");
+    assert!(run.stderr.contains("in.csv:4"), "{run:?}");
+}
+
+#[test]
+fn forced_chunk_count_and_limits() {
+    let sb = Sandbox::new();
+    let mut csv = String::from("t\n");
+    for i in 0..10 {
+        csv.push_str(&format!("row {i}\n"));
+    }
+    sb.write("in.csv", &csv);
+    sb.write(
+        "s.yaml",
+        spec("forced", "in.csv", "{{ t }}", "chunking:\n  chunks: 3\n"),
+    );
+    let run = sb.run(&["plan", "s.yaml", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v = run.json();
+    let sizes: Vec<u64> = v["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [4, 3, 3]);
+    // A byte limit smaller than one request names the row.
+    sb.write(
+        "s2.yaml",
+        spec("tiny", "in.csv", "{{ t }}", "chunking:\n  max_bytes: 50\n"),
+    );
+    let run = sb.run(&["plan", "s2.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("in.csv:2 (row 1)"), "{run:?}");
+    // Limits over the provider ceiling are lowered, with a warning.
+    sb.write(
+        "s3.yaml",
+        spec(
+            "ceiling",
+            "in.csv",
+            "{{ t }}",
+            "chunking:\n  max_requests: 90000\n",
+        ),
+    );
+    let run = sb.run(&["plan", "s3.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("above the provider limit; using 50000"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn demo_spec_plans_out_of_the_box() {
+    let sb = Sandbox::new();
+    let spec = repo().join("specs/demo.yaml");
+    let run = sb.run(&["plan", &spec.display().to_string(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v = run.json();
+    assert_eq!(v["rows"], 300);
+    assert_eq!(v["outstanding"], 300);
+    assert_eq!(v["chunks"].as_array().unwrap().len(), 3);
+    assert!(v["estimate"]["low"].as_f64().unwrap() > 0.0);
+    assert!(
+        run.stderr.contains("300 to grade, 0 already graded"),
+        "{run:?}"
+    );
+}
