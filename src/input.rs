@@ -474,6 +474,9 @@ impl Iterator for RowReader {
     }
 }
 
+/// Copy the bytes of one record, `start..end`, from the follower handle.
+/// The CSV parser ends a record at the `\r` of a `\r\n` and leaves the
+/// `\n` to the next one; the record's text takes its whole line end.
 fn copy_span(
     file: &mut BufReader<File>,
     at: &mut u64,
@@ -484,9 +487,14 @@ fn copy_span(
         std::io::copy(&mut file.by_ref().take(start - *at), &mut std::io::sink())?;
         *at = start;
     }
-    let mut bytes = vec![0; (end - start) as usize];
+    let mut bytes = vec![0; end.saturating_sub(*at) as usize];
     file.read_exact(&mut bytes)?;
-    *at = end;
+    *at = (*at).max(end);
+    if bytes.last() == Some(&b'\r') && file.fill_buf()?.first() == Some(&b'\n') {
+        file.consume(1);
+        bytes.push(b'\n');
+        *at += 1;
+    }
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 

@@ -77,6 +77,7 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
         ));
     }
     let prompt = Prompt::load(&spec)?;
+    check_output_path(&spec)?;
     let sources = spec
         .inputs
         .iter()
@@ -528,6 +529,54 @@ fn plan_hash(
         })?;
     }
     Ok(hex(&h.finalize()))
+}
+
+/// The output is written at the end of `apply`; find out now, before any
+/// money is spent, whether it can be.
+fn check_output_path(spec: &CheckedSpec) -> Result<()> {
+    let out = &spec.output_path;
+    let fail = |why: String| {
+        Error::usage_with_hint(
+            format!(
+                "{}: output.path: {} {why}",
+                spec.file.display(),
+                out.display()
+            ),
+            "choose an output path in a folder you can write to",
+        )
+    };
+    if out.is_dir() {
+        return Err(fail("is a folder".into()));
+    }
+    if spec.spec.output.format.is_none() && spec::Format::from_path(out).is_none() {
+        return Err(fail(
+            "has no .csv, .json or .jsonl extension; set output.format".into(),
+        ));
+    }
+    // The nearest folder that exists must accept a new file.
+    let mut dir = out.parent().unwrap_or(Path::new("."));
+    while !dir.as_os_str().is_empty() && !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new(""));
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !dir.is_dir() {
+        return Err(fail(format!(
+            "cannot be created: {} is not a folder",
+            dir.display()
+        )));
+    }
+    let probe = dir.join(format!(".batchgrader-write-test-{}", std::process::id()));
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(fail(format!("cannot be written: {e}"))),
+    }
 }
 
 fn job_record(spec: &CheckedSpec, created_at: Option<u64>) -> JobRecord {

@@ -218,6 +218,22 @@ fn bad_input_never_damages_the_saved_plan() {
             "duplicate id `k1`",
         ),
         ("empty id", "in.csv", b"id,text\n,a\n".to_vec(), "empty id"),
+        (
+            "output path is a folder",
+            "s.yaml",
+            good_spec
+                .replace("path: out/job.csv", "path: state")
+                .into_bytes(),
+            "output.path",
+        ),
+        (
+            "output path under a file",
+            "s.yaml",
+            good_spec
+                .replace("path: out/job.csv", "path: in.csv/x.csv")
+                .into_bytes(),
+            "is not a folder",
+        ),
     ];
     for (what, file, contents, needle) in cases {
         sb.write(file, &contents);

@@ -912,11 +912,7 @@ chunking:
                 "chunking.max_bytes",
                 "unit",
             ),
-            (
-                "chunking:\n  max_bytes: 0\n",
-                "chunking.max_bytes",
-                "size",
-            ),
+            ("chunking:\n  max_bytes: 0\n", "chunking.max_bytes", "size"),
             ("poll:\n  interval: soon\n", "poll.interval", "duration"),
             (
                 "halt:\n  max_failure_rate: 5\n",

@@ -1,0 +1,119 @@
+//! Token counts against OpenAI's own tiktoken (values in
+//! tests/fixtures/tiktoken_expected.json, made by tests/fixtures/gen/), and
+//! the `tokens` command.
+
+mod common;
+
+use batchgrader::tokenize::{Counter, Encoding, encoding_for_model};
+use common::{Sandbox, repo, spec};
+use serde_json::Value;
+
+fn fixture() -> Value {
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/tiktoken_expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn string_counts_match_tiktoken() {
+    let f = fixture();
+    let o200k = Counter::new(Encoding::O200kBase).unwrap();
+    let cl100k = Counter::new(Encoding::Cl100kBase).unwrap();
+    let cases = f["strings"].as_array().unwrap();
+    assert!(cases.len() >= 30);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            o200k.count(text) as u64,
+            case["o200k_base"].as_u64().unwrap(),
+            "o200k {text:?}"
+        );
+        assert_eq!(
+            cl100k.count(text) as u64,
+            case["cl100k_base"].as_u64().unwrap(),
+            "cl100k {text:?}"
+        );
+    }
+}
+
+#[test]
+fn chat_counts_match_the_cookbook_with_tiktoken() {
+    let f = fixture();
+    for case in f["chats"].as_array().unwrap() {
+        let model = case["model"].as_str().unwrap();
+        let (encoding, guessed) = encoding_for_model(model);
+        assert!(!guessed, "{model}");
+        assert_eq!(
+            encoding.to_string(),
+            case["encoding"].as_str().unwrap(),
+            "{model}"
+        );
+        let counter = Counter::new(encoding).unwrap();
+        let messages: Vec<(&str, &str)> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let want = case["tokens"].as_u64().unwrap();
+        assert_eq!(
+            counter.chat_tokens(messages.iter().copied()) as u64,
+            want,
+            "{model} {messages:?}"
+        );
+        // The plan counts a system + user request as a fixed part plus the
+        // user text; that shortcut must give the same number.
+        if let [("system", system), ("user", user)] = messages.as_slice() {
+            let shortcut = counter.fixed_chat_tokens(Some(system)) + counter.count(user);
+            assert_eq!(shortcut as u64, want, "{model} shortcut");
+        }
+        if let [("user", user)] = messages.as_slice() {
+            let shortcut = counter.fixed_chat_tokens(None) + counter.count(user);
+            assert_eq!(shortcut as u64, want, "{model} shortcut without system");
+        }
+    }
+}
+
+#[test]
+fn tokens_command_reports_per_row_statistics() {
+    let sb = Sandbox::new();
+    let texts = [
+        "one",
+        "two words",
+        "three words here",
+        "a much longer row of text than the others",
+    ];
+    let mut csv = String::from("id,text\n");
+    for (i, t) in texts.iter().enumerate() {
+        csv.push_str(&format!("{i},{t}\n"));
+    }
+    sb.write("in.csv", &csv);
+    let counter = Counter::new(Encoding::O200kBase).unwrap();
+    let counts: Vec<u64> = texts.iter().map(|t| counter.count(t) as u64).collect();
+
+    let run = sb.run(&[
+        "tokens", "in.csv", "--column", "text", "--limit", "3", "--json",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v = run.json();
+    assert_eq!(v["rows"], 4);
+    assert_eq!(v["total"], counts.iter().sum::<u64>());
+    assert_eq!(v["max"], *counts.iter().max().unwrap());
+    assert_eq!(v["max_row"], "4");
+    assert_eq!(
+        v["over_limit"],
+        counts.iter().filter(|c| **c > 3).count() as u64
+    );
+    assert_eq!(v["encoding"], "o200k_base");
+
+    // With a spec, rows are counted as the requests the plan sends.
+    sb.write("s.yaml", spec("tok", "in.csv", "Grade: {{ text }}", ""));
+    let tokens = sb.run(&["tokens", "s.yaml", "--json"]);
+    assert_eq!(tokens.code, 0, "{tokens:?}");
+    let plan = sb.run(&["plan", "s.yaml", "--json"]);
+    assert_eq!(tokens.json()["total"], plan.json()["prompt_tokens"]);
+
+    let bad = sb.run(&["tokens", "in.csv", "--column", "nope"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("no column `nope`"), "{bad:?}");
+}
