@@ -2,11 +2,13 @@
 //! through provider batch APIs, with a plan you can read before paying and
 //! a state that survives crashes.
 
+pub mod apply;
 pub mod chunking;
 pub mod cli;
 pub mod cost;
 pub mod error;
 pub mod input;
+pub mod output;
 pub mod plan;
 pub mod prompt;
 pub mod provider;
@@ -17,6 +19,7 @@ pub mod spec;
 pub mod split;
 pub mod state;
 pub mod stats;
+pub mod status;
 pub mod tokenize;
 
 pub use cli::{Cli, run};

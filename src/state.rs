@@ -156,6 +156,74 @@ pub struct ResultRecord {
     pub output_tokens: u64,
 }
 
+/// A request that failed, kept by fingerprint (filled by `apply`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// Error code (`batch_expired`, `server_error`, `not_executed`, an HTTP status...).
+    pub code: String,
+    pub message: String,
+    /// Whether sending it again may succeed.
+    pub retryable: bool,
+    /// How many batch attempts included this request.
+    pub attempts: u32,
+}
+
+/// Where a unit of work (one batch attempt) is in the apply protocol.
+/// Each phase is recorded before the next side effect starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Request file written and hashed; nothing sent.
+    Planned,
+    /// File uploaded; `file_id` recorded.
+    Uploaded,
+    /// About to create the batch: after a crash here, look for it before creating.
+    Creating,
+    /// Batch created; `batch_id` recorded; polling.
+    Submitted,
+    /// Batch reached a terminal state; result file ids recorded.
+    Ended,
+    /// Result files downloaded to `results/`.
+    Downloaded,
+    /// Every line accounted for in the results and failures.
+    Merged,
+}
+
+/// One batch attempt: a chunk of the plan, or a retry chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    /// 1-based, unique within the plan generation.
+    pub id: u32,
+    /// 1 for the plan's chunks, then 2, 3... for retry chunks.
+    pub attempt: u32,
+    /// Request file, relative to the job folder.
+    pub file: String,
+    pub sha256: String,
+    pub requests: u64,
+    pub bytes: u64,
+    pub tokens: u64,
+    pub phase: Phase,
+    /// Batches created for this unit so far (more than one only after `token_limit_exceeded`).
+    pub creates: u32,
+    pub file_id: Option<String>,
+    pub batch_id: Option<String>,
+    /// Provider status as last seen (`validating`, `in_progress`, ...).
+    pub remote_status: Option<String>,
+    pub completed: u64,
+    pub failed: u64,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    /// Why the batch failed as a whole (validation errors), if it did.
+    pub batch_error: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub submitted_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    /// Not before this time (Unix seconds) is the unit submitted again (after `token_limit_exceeded`).
+    pub not_before: Option<u64>,
+}
+
 /// An open job folder, locked for this process.
 pub struct JobStore {
     name: String,
@@ -163,6 +231,8 @@ pub struct JobStore {
     db: sled::Db,
     requests: sled::Tree,
     results: sled::Tree,
+    failures: sled::Tree,
+    units: sled::Tree,
     _lock: File,
 }
 
@@ -214,12 +284,16 @@ impl JobStore {
         }
         let requests = db.open_tree("requests").map_err(db_err(&db_dir))?;
         let results = db.open_tree("results").map_err(db_err(&db_dir))?;
+        let failures = db.open_tree("failures").map_err(db_err(&db_dir))?;
+        let units = db.open_tree("units").map_err(db_err(&db_dir))?;
         Ok(JobStore {
             name: job.to_string(),
             dir,
             db,
             requests,
             results,
+            failures,
+            units,
             _lock: lock,
         })
     }
@@ -301,6 +375,74 @@ impl JobStore {
         Ok(())
     }
 
+    pub fn failure(&self, fingerprint: &str) -> Result<Option<FailureRecord>, StateError> {
+        match self.failures.get(fingerprint).map_err(self.err())? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt {
+                    job: self.name.clone(),
+                    message: format!("failure {fingerprint}: {e}"),
+                }),
+        }
+    }
+
+    /// Record the outcome of every line of one unit's results in one write:
+    /// successes go to results (and clear an old failure), failures to
+    /// failures. Then the unit's new record. Flushed before returning.
+    pub fn merge_outcomes(
+        &self,
+        successes: &[(String, ResultRecord)],
+        failures: &[(String, FailureRecord)],
+        unit: &UnitRecord,
+        generation: u64,
+    ) -> Result<(), StateError> {
+        let mut ok = sled::Batch::default();
+        let mut bad = sled::Batch::default();
+        for (fp, r) in successes {
+            ok.insert(
+                fp.as_bytes(),
+                serde_json::to_vec(r).expect("records serialize"),
+            );
+            bad.remove(fp.as_bytes());
+        }
+        for (fp, f) in failures {
+            bad.insert(
+                fp.as_bytes(),
+                serde_json::to_vec(f).expect("records serialize"),
+            );
+        }
+        self.results.apply_batch(ok).map_err(self.err())?;
+        self.failures.apply_batch(bad).map_err(self.err())?;
+        self.put_unit(generation, unit)
+    }
+
+    /// All units of a plan generation, by id.
+    pub fn units(&self, generation: u64) -> Result<Vec<UnitRecord>, StateError> {
+        let mut out = Vec::new();
+        for kv in self.units.scan_prefix(generation.to_be_bytes()) {
+            let (_, v) = kv.map_err(self.err())?;
+            out.push(serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
+                job: self.name.clone(),
+                message: format!("unit record: {e}"),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Record a unit's new state durably: the crash protocol relies on this
+    /// write reaching the disk before the next side effect.
+    pub fn put_unit(&self, generation: u64, unit: &UnitRecord) -> Result<(), StateError> {
+        let mut key = [0u8; 12];
+        key[..8].copy_from_slice(&generation.to_be_bytes());
+        key[8..].copy_from_slice(&unit.id.to_be_bytes());
+        self.units
+            .insert(key, serde_json::to_vec(unit).expect("records serialize"))
+            .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+
     /// Store a batch of request records under `generation` (not yet visible).
     pub fn put_requests(
         &self,
@@ -360,6 +502,11 @@ impl JobStore {
         self.db.flush().map_err(self.err())?;
         if let Some(old) = previous.filter(|g| *g != plan.generation) {
             self.discard_generation(old)?;
+            let mut batch = sled::Batch::default();
+            for k in self.units.scan_prefix(old.to_be_bytes()).keys() {
+                batch.remove(k.map_err(self.err())?);
+            }
+            self.units.apply_batch(batch).map_err(self.err())?;
             self.db.flush().map_err(self.err())?;
         }
         Ok(())

@@ -784,7 +784,15 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
                 &key_path(&["output", "pattern"]),
                 "`output.pattern` is empty".into(),
             )),
-            Some(_) => {}
+            Some(p) => {
+                if let Err(e) = regex::Regex::new(p) {
+                    out.push(problem_at(
+                        locator,
+                        &key_path(&["output", "pattern"]),
+                        format!("not a valid regular expression: {e}"),
+                    ));
+                }
+            }
         }
     }
     out

@@ -1,0 +1,203 @@
+//! `output.parse`: turning a model's answer into the value written to the
+//! output. Pure; a parse failure is counted apart from API failures.
+
+use regex::Regex;
+
+use crate::spec::ParseMode;
+
+/// How to parse answers, built once per job.
+#[derive(Debug, Clone)]
+pub struct Parser {
+    mode: ParseMode,
+    labels: Vec<String>,
+    pattern: Option<Regex>,
+}
+
+impl Parser {
+    /// `pattern` is checked when the spec is loaded; an invalid one is an error here.
+    pub fn new(
+        mode: ParseMode,
+        labels: &[String],
+        pattern: Option<&str>,
+    ) -> Result<Parser, String> {
+        let pattern =
+            match (mode, pattern) {
+                (ParseMode::Regex, Some(p)) => Some(Regex::new(p).map_err(|e| {
+                    format!("output.pattern is not a valid regular expression: {e}")
+                })?),
+                (ParseMode::Regex, None) => return Err("parse: regex needs output.pattern".into()),
+                _ => None,
+            };
+        Ok(Parser {
+            mode,
+            labels: labels.to_vec(),
+            pattern,
+        })
+    }
+
+    pub fn mode(&self) -> ParseMode {
+        self.mode
+    }
+
+    /// The value for the output column, or why the answer does not parse.
+    pub fn parse(&self, answer: &str) -> Result<String, String> {
+        let a = answer.trim();
+        match self.mode {
+            ParseMode::Text => Ok(a.to_string()),
+            ParseMode::Number => {
+                first_number(a).ok_or_else(|| format!("no number in the answer {}", quote(a)))
+            }
+            ParseMode::Label => self.label(a),
+            ParseMode::Json => {
+                let body = strip_fences(a);
+                serde_json::from_str::<serde_json::Value>(body)
+                    .map(|v| v.to_string())
+                    .map_err(|e| format!("the answer is not JSON ({e}): {}", quote(a)))
+            }
+            ParseMode::Regex => {
+                let re = self.pattern.as_ref().expect("checked in new");
+                re.captures(a)
+                    .map(|c| {
+                        c.get(1)
+                            .or_else(|| c.get(0))
+                            .map_or("", |m| m.as_str())
+                            .to_string()
+                    })
+                    .ok_or_else(|| format!("output.pattern does not match the answer {}", quote(a)))
+            }
+        }
+    }
+
+    fn label(&self, a: &str) -> Result<String, String> {
+        let cleaned = a.trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace());
+        if let Some(l) = self.labels.iter().find(|l| l.eq_ignore_ascii_case(cleaned)) {
+            return Ok(l.clone());
+        }
+        // One label named as a whole word in a longer answer ("Label: spam.").
+        let lower = a.to_lowercase();
+        let found: Vec<&String> = self
+            .labels
+            .iter()
+            .filter(|l| contains_word(&lower, &l.to_lowercase()))
+            .collect();
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "the answer {} is none of the labels {}",
+                quote(a),
+                self.labels.join(", ")
+            )),
+            many => Err(format!(
+                "the answer {} names several labels ({})",
+                quote(a),
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+fn quote(a: &str) -> String {
+    const MAX: usize = 80;
+    if a.chars().count() > MAX {
+        format!("{:?}…", a.chars().take(MAX).collect::<String>())
+    } else {
+        format!("{a:?}")
+    }
+}
+
+fn contains_word(hay: &str, word: &str) -> bool {
+    if word.is_empty() {
+        return false;
+    }
+    hay.match_indices(word).any(|(i, _)| {
+        let before = hay[..i].chars().next_back();
+        let after = hay[i + word.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// The first number in the text, as written (`7`, `-2.5`, `8.0`).
+fn first_number(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let neg = bytes[i] == b'-' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        if bytes[i].is_ascii_digit() || neg {
+            let start = i;
+            i += usize::from(neg);
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            return Some(s[start..i].to_string());
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Models often wrap JSON in a Markdown code fence.
+fn strip_fences(a: &str) -> &str {
+    let Some(rest) = a.strip_prefix("```") else {
+        return a;
+    };
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+    rest.strip_suffix("```").unwrap_or(rest).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(mode: ParseMode) -> Parser {
+        Parser::new(mode, &["spam".into(), "ham".into()], Some(r"Grade: (\d+)")).unwrap()
+    }
+
+    #[test]
+    fn table() {
+        let cases: &[(ParseMode, &str, Result<&str, ()>)] = &[
+            (ParseMode::Text, "  hello \n", Ok("hello")),
+            (ParseMode::Number, "7", Ok("7")),
+            (ParseMode::Number, "Grade: 8.5/10", Ok("8.5")),
+            (ParseMode::Number, "-2 points", Ok("-2")),
+            (ParseMode::Number, "10.", Ok("10")),
+            (ParseMode::Number, "no idea", Err(())),
+            (ParseMode::Number, "", Err(())),
+            (ParseMode::Label, "Spam", Ok("spam")),
+            (ParseMode::Label, "\"ham\".", Ok("ham")),
+            (ParseMode::Label, "I think this is spam.", Ok("spam")),
+            (ParseMode::Label, "spammy", Err(())),
+            (ParseMode::Label, "spam or ham", Err(())),
+            (ParseMode::Json, "{\"grade\": 7}", Ok("{\"grade\":7}")),
+            (
+                ParseMode::Json,
+                "```json\n{\"grade\": 7}\n```",
+                Ok("{\"grade\":7}"),
+            ),
+            (ParseMode::Json, "grade 7", Err(())),
+            (ParseMode::Regex, "Grade: 9 because", Ok("9")),
+            (ParseMode::Regex, "nine", Err(())),
+        ];
+        for (mode, answer, want) in cases {
+            let got = p(*mode).parse(answer);
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(*w), "{mode:?} {answer:?}"),
+                Err(()) => assert!(got.is_err(), "{mode:?} {answer:?} gave {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_pattern_is_an_error() {
+        assert!(Parser::new(ParseMode::Regex, &[], Some("(")).is_err());
+        assert!(Parser::new(ParseMode::Regex, &[], None).is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! Writing the graded output: every input row, in input order, its columns
+//! verbatim, then the answer columns. Used by `apply` at the end and by
+//! `export`. The file is written to a temporary name beside the target and
+//! renamed into place, so a reader never sees half a file.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::input::{Fields, Row, RowReader, Source};
+use crate::spec::Format;
+
+/// What became of one row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowResult {
+    pub status: RowStatus,
+    /// The parsed value (or the answer for `parse: text`).
+    pub value: String,
+    /// The answer as the model wrote it.
+    pub raw: String,
+    /// Why the row failed or did not parse.
+    pub error: String,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowStatus {
+    Ok,
+    ParseError,
+    Failed,
+    #[default]
+    NotGraded,
+}
+
+impl RowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Ok => "ok",
+            RowStatus::ParseError => "parse_error",
+            RowStatus::Failed => "failed",
+            RowStatus::NotGraded => "not_graded",
+        }
+    }
+}
+
+/// The columns added after the input's own.
+#[derive(Debug, Clone)]
+pub struct AddedColumns {
+    pub field: String,
+    /// Add `<field>_raw` (when the answer is parsed).
+    pub raw: bool,
+    /// Add `<field>_input_tokens` and `<field>_output_tokens`.
+    pub usage: bool,
+}
+
+impl AddedColumns {
+    pub fn names(&self) -> Vec<String> {
+        let f = &self.field;
+        let mut v = vec![f.clone(), format!("{f}_status")];
+        if self.raw {
+            v.push(format!("{f}_raw"));
+        }
+        v.push(format!("{f}_error"));
+        if self.usage {
+            v.push(format!("{f}_input_tokens"));
+            v.push(format!("{f}_output_tokens"));
+        }
+        v
+    }
+
+    fn values(&self, r: &RowResult) -> Vec<String> {
+        let mut v = vec![r.value.clone(), r.status.as_str().to_string()];
+        if self.raw {
+            v.push(r.raw.clone());
+        }
+        v.push(r.error.clone());
+        if self.usage {
+            v.push(r.input_tokens.map(|t| t.to_string()).unwrap_or_default());
+            v.push(r.output_tokens.map(|t| t.to_string()).unwrap_or_default());
+        }
+        v
+    }
+}
+
+/// Counts of what was written.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Written {
+    pub rows: u64,
+    pub ok: u64,
+    pub parse_errors: u64,
+    pub failed: u64,
+    pub not_graded: u64,
+}
+
+/// Write `path` in `format` from the inputs and each row's result.
+pub fn write(
+    sources: &[Source],
+    path: &Path,
+    format: Format,
+    added: &AddedColumns,
+    mut result_of: impl FnMut(&Row) -> Result<RowResult>,
+) -> Result<Written> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+    }
+    let tmp = temp_path(path);
+    let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let outcome = write_rows(sources, format, added, &mut result_of, &mut w, &tmp);
+    let finished = outcome.and_then(|written| {
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))?;
+        Ok(written)
+    });
+    if finished.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    finished
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or("output".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_rows(
+    sources: &[Source],
+    format: Format,
+    added: &AddedColumns,
+    result_of: &mut impl FnMut(&Row) -> Result<RowResult>,
+    w: &mut impl Write,
+    tmp: &Path,
+) -> Result<Written> {
+    let io = |e| Error::io("write", tmp, e);
+    let names = added.names();
+    // CSV to CSV is spliced byte for byte when every input shares one header;
+    // anything else goes through the cells.
+    let csv_verbatim = format == Format::Csv && same_csv_headers(sources)?;
+    let columns = if format == Format::Csv && !csv_verbatim {
+        Some(union_columns(sources)?)
+    } else {
+        None
+    };
+    let mut written = Written::default();
+    if format == Format::Json {
+        w.write_all(b"[\n").map_err(io)?;
+    }
+    let mut header_done = false;
+    for row in RowReader::new(sources.to_vec(), true) {
+        let row = row?;
+        let r = result_of(&row)?;
+        let values = added.values(&r);
+        match format {
+            Format::Csv => {
+                if !header_done {
+                    header_done = true;
+                    let header = match (&columns, &row.fields) {
+                        (None, Fields::Csv { header, .. }) => {
+                            splice_csv(header.raw.as_deref().unwrap_or_default(), &names)
+                        }
+                        (Some(cols), _) => csv_line(cols.iter().chain(names.iter())),
+                        (None, Fields::Object(_)) => unreachable!("verbatim CSV needs CSV inputs"),
+                    };
+                    w.write_all(header.as_bytes()).map_err(io)?;
+                }
+                let line = match &columns {
+                    None => splice_csv(row.raw.as_deref().unwrap_or_default(), &values),
+                    Some(cols) => csv_line(
+                        cols.iter()
+                            .map(|c| row.get(c).unwrap_or_default().to_string())
+                            .chain(values.iter().cloned()),
+                    ),
+                };
+                w.write_all(line.as_bytes()).map_err(io)?;
+            }
+            Format::Jsonl | Format::Json => {
+                if format == Format::Json && written.rows > 0 {
+                    w.write_all(b",\n").map_err(io)?;
+                }
+                let obj = json_row(&row, &names, &values);
+                w.write_all(obj.as_bytes()).map_err(io)?;
+                if format == Format::Jsonl {
+                    w.write_all(b"\n").map_err(io)?;
+                }
+            }
+        }
+        written.rows += 1;
+        match r.status {
+            RowStatus::Ok => written.ok += 1,
+            RowStatus::ParseError => written.parse_errors += 1,
+            RowStatus::Failed => written.failed += 1,
+            RowStatus::NotGraded => written.not_graded += 1,
+        }
+    }
+    if format == Format::Json {
+        w.write_all(if written.rows > 0 { b"\n]\n" } else { b"]\n" })
+            .map_err(io)?;
+    }
+    Ok(written)
+}
+
+fn same_csv_headers(sources: &[Source]) -> Result<bool> {
+    if sources.iter().any(|s| s.format != Format::Csv) {
+        return Ok(false);
+    }
+    let mut first: Option<Vec<String>> = None;
+    for s in sources {
+        let mut rdr = csv::Reader::from_path(&s.path)
+            .map_err(|e| Error::usage(format!("{}: {e}", s.path.display())))?;
+        let names: Vec<String> = rdr
+            .headers()
+            .map_err(|e| Error::usage(format!("{}: {e}", s.path.display())))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        match &first {
+            None => first = Some(names),
+            Some(f) if *f != names => return Ok(false),
+            Some(_) => {}
+        }
+    }
+    Ok(true)
+}
+
+/// Every column of every row, in order of first appearance.
+fn union_columns(sources: &[Source]) -> Result<Vec<String>> {
+    let mut cols: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for row in RowReader::new(sources.to_vec(), false) {
+        let row = row?;
+        for name in row.column_names() {
+            if seen.insert(name.to_string()) {
+                cols.push(name.to_string());
+            }
+        }
+    }
+    Ok(cols)
+}
+
+/// A raw CSV record with fields appended before its line end.
+fn splice_csv(raw: &str, extra: &[String]) -> String {
+    let body = raw.trim_end_matches(['\r', '\n']);
+    let end = &raw[body.len()..];
+    let end = if end.is_empty() { "\n" } else { end };
+    let mut out = String::with_capacity(raw.len() + 32);
+    out.push_str(body);
+    for v in extra {
+        out.push(',');
+        out.push_str(&csv_field(v));
+    }
+    out.push_str(end);
+    out
+}
+
+fn csv_line<'a>(fields: impl Iterator<Item = impl AsRef<str> + 'a>) -> String {
+    let mut out = String::new();
+    for (i, f) in fields.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&csv_field(f.as_ref()));
+    }
+    out.push('\n');
+    out
+}
+
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) || v.starts_with(' ') || v.ends_with(' ') {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_string()
+    }
+}
+
+/// A JSON object for the row: the input object's text spliced (so numbers
+/// and nesting stay as written), or the cells as strings for CSV input.
+fn json_row(row: &Row, names: &[String], values: &[String]) -> String {
+    let mut extra = String::new();
+    for (k, v) in names.iter().zip(values) {
+        extra.push_str(&serde_json::to_string(k).expect("strings serialize"));
+        extra.push(':');
+        extra.push_str(&serde_json::to_string(v).expect("strings serialize"));
+        extra.push(',');
+    }
+    extra.pop();
+    match (&row.fields, row.raw.as_deref()) {
+        (Fields::Object(_), Some(raw)) => {
+            let body = raw.trim();
+            let inner = body[1..body.len() - 1].trim();
+            if inner.is_empty() {
+                format!("{{{extra}}}")
+            } else {
+                format!("{{{inner},{extra}}}")
+            }
+        }
+        _ => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in row.cells() {
+                map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            let mut s = serde_json::Value::Object(map).to_string();
+            s.pop();
+            if s.len() > 1 {
+                s.push(',');
+            }
+            format!("{s}{extra}}}")
+        }
+    }
+}
+
+/// The output format: the spec's `output.format`, else the path's extension.
+pub fn format_for(path: &Path, explicit: Option<Format>) -> Result<Format> {
+    explicit.or_else(|| Format::from_path(path)).ok_or_else(|| {
+        Error::usage_with_hint(
+            format!("cannot tell the output format of {}", path.display()),
+            "use a .csv, .json or .jsonl name, or set output.format",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_splicing_keeps_line_ends() {
+        assert_eq!(
+            splice_csv("a,b\r\n", &["x".into(), "y,z".into()]),
+            "a,b,x,\"y,z\"\r\n"
+        );
+        assert_eq!(
+            splice_csv("a,\"q\"\"\"\n", &["1".into()]),
+            "a,\"q\"\"\",1\n"
+        );
+        assert_eq!(splice_csv("last", &["1".into()]), "last,1\n");
+    }
+
+    #[test]
+    fn column_names() {
+        let a = AddedColumns {
+            field: "grade".into(),
+            raw: true,
+            usage: true,
+        };
+        assert_eq!(
+            a.names(),
+            [
+                "grade",
+                "grade_status",
+                "grade_raw",
+                "grade_error",
+                "grade_input_tokens",
+                "grade_output_tokens"
+            ]
+        );
+        let b = AddedColumns {
+            field: "g".into(),
+            raw: false,
+            usage: false,
+        };
+        assert_eq!(b.names(), ["g", "g_status", "g_error"]);
+    }
+}

@@ -1,0 +1,215 @@
+//! The status snapshot: `<state>/<job>/status.json`, rewritten atomically by
+//! `apply` after every transition, so `status` answers at once, even while
+//! `apply` holds the job's lock, without opening the database.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::usd;
+use crate::report::{Ui, num};
+use crate::spec::units::human_bytes;
+use crate::state::{Phase, UnitRecord};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Planned; nothing submitted yet.
+    Planned,
+    /// An `apply` or `resume` is working on it now.
+    Running,
+    /// Batches are out but no process is watching them (after --detach or Ctrl-C).
+    Detached,
+    /// Stopped by the halt policy.
+    Halted,
+    /// Every request has a final outcome and the output is written.
+    Finished,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitStatus {
+    pub id: u32,
+    pub attempt: u32,
+    pub phase: Phase,
+    pub batch_id: Option<String>,
+    pub remote_status: Option<String>,
+    pub requests: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    pub tokens: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub submitted_at: Option<u64>,
+    pub ended_at: Option<u64>,
+}
+
+impl From<&UnitRecord> for UnitStatus {
+    fn from(u: &UnitRecord) -> Self {
+        UnitStatus {
+            id: u.id,
+            attempt: u.attempt,
+            phase: u.phase,
+            batch_id: u.batch_id.clone(),
+            remote_status: u.remote_status.clone(),
+            requests: u.requests,
+            completed: u.completed,
+            failed: u.failed,
+            bytes: u.bytes,
+            tokens: u.tokens,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cost_usd: u.cost_usd,
+            submitted_at: u.submitted_at,
+            ended_at: u.ended_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub rows: u64,
+    pub to_grade: u64,
+    pub already_done: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub job: String,
+    pub state: RunState,
+    /// The process working on the job, while `state` is `running`.
+    pub pid: Option<u32>,
+    pub updated_at: u64,
+    pub started_at: Option<u64>,
+    pub model: String,
+    pub totals: Totals,
+    pub estimated_cost_usd: Option<f64>,
+    pub actual_cost_usd: f64,
+    pub output_path: Option<String>,
+    pub message: Option<String>,
+    pub units: Vec<UnitStatus>,
+}
+
+pub fn path(job_dir: &Path) -> PathBuf {
+    job_dir.join("status.json")
+}
+
+/// Replace the snapshot atomically (write a temp file, then rename).
+pub fn write(job_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let tmp = job_dir.join(".status.json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(snap).expect("snapshot serializes"),
+    )?;
+    std::fs::rename(&tmp, path(job_dir))
+}
+
+pub fn read(job_dir: &Path) -> std::io::Result<Option<Snapshot>> {
+    match std::fs::read(path(job_dir)) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn phase_word(u: &UnitStatus) -> String {
+    match u.phase {
+        Phase::Planned => "planned".into(),
+        Phase::Uploaded => "uploaded".into(),
+        Phase::Creating => "submitting".into(),
+        Phase::Submitted => u
+            .remote_status
+            .clone()
+            .unwrap_or_else(|| "submitted".into()),
+        Phase::Ended => format!(
+            "{} (downloading)",
+            u.remote_status.as_deref().unwrap_or("ended")
+        ),
+        Phase::Downloaded => "merging".into(),
+        Phase::Merged => u.remote_status.clone().unwrap_or_else(|| "merged".into()),
+    }
+}
+
+fn elapsed(u: &UnitStatus, now: u64) -> String {
+    match (u.submitted_at, u.ended_at) {
+        (Some(s), Some(e)) => {
+            humantime::format_duration(std::time::Duration::from_secs(e.saturating_sub(s)))
+                .to_string()
+        }
+        (Some(s), None) => {
+            humantime::format_duration(std::time::Duration::from_secs(now.saturating_sub(s)))
+                .to_string()
+        }
+        _ => "-".into(),
+    }
+}
+
+/// The chunk table and totals, for `status` and the live view of `apply`.
+pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
+    let mut out = String::new();
+    let state = match s.state {
+        RunState::Running => format!("running (pid {})", s.pid.unwrap_or(0)),
+        RunState::Planned => "planned, not submitted".into(),
+        RunState::Detached => "batches out, no process watching (run `batchgrader resume`)".into(),
+        RunState::Halted => "halted by policy".into(),
+        RunState::Finished => "finished".into(),
+    };
+    out.push_str(&format!(
+        "{} {}  {}\n",
+        ui.bold("job"),
+        ui.bold(&s.job),
+        state
+    ));
+    let t = &s.totals;
+    out.push_str(&format!(
+        "  rows {}: {} graded, {} failed, {} pending{}\n",
+        num(t.rows),
+        num(t.succeeded + t.already_done),
+        num(t.failed),
+        num(t.pending),
+        if t.already_done > 0 {
+            format!(" ({} from earlier runs)", num(t.already_done))
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&format!(
+        "  cost {} so far{}\n",
+        usd(s.actual_cost_usd),
+        s.estimated_cost_usd
+            .map(|e| format!(", estimated {}", usd(e)))
+            .unwrap_or_default()
+    ));
+    if !s.units.is_empty() {
+        out.push_str(&ui.dim(&format!(
+            "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}\n",
+            "chunk", "try", "state", "done/requests", "tokens", "size", "cost", "elapsed"
+        )));
+        for u in &s.units {
+            out.push_str(&format!(
+                "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}\n",
+                u.id,
+                u.attempt,
+                phase_word(u),
+                format!("{}/{}", num(u.completed + u.failed), num(u.requests)),
+                num(u.tokens),
+                human_bytes(u.bytes),
+                usd(u.cost_usd),
+                elapsed(u, now)
+            ));
+        }
+    }
+    if let Some(m) = &s.message {
+        out.push_str(&format!("  {m}\n"));
+    }
+    if let Some(p) = &s.output_path {
+        out.push_str(&format!("  output {p}\n"));
+    }
+    out
+}
