@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::error::{Error, Report, Result, exit};
+use crate::jobs;
 use crate::plan::{PlanOptions, plan};
 use crate::report::{Ui, num, plan_text, print_json};
 use crate::rowtokens::Target;
@@ -74,6 +75,75 @@ enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
     },
+    /// Plan if needed, then submit, poll, download and merge; write the output.
+    ///
+    /// Safe to interrupt at any moment: `batchgrader resume` continues where it stopped,
+    /// without submitting anything twice.
+    Apply {
+        /// The job spec; without it, the job in the state folder is applied as planned.
+        spec: Option<PathBuf>,
+        /// Submit what may be submitted, then exit 5; `resume` collects later.
+        #[arg(long)]
+        detach: bool,
+        /// Do not ask before submitting a large job (a terminal asks above $10).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Continue a job from its state alone (no spec needed).
+    Resume {
+        /// Job name; default: the only job in the state folder.
+        job: Option<String>,
+        /// Submit what may be submitted, then exit 5.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Chunks, states, counts, tokens and cost; works while `apply` runs.
+    Status {
+        /// Job name; default: the only job in the state folder.
+        job: Option<String>,
+        /// Redraw every 2 seconds until the job finishes.
+        #[arg(long)]
+        watch: bool,
+        /// Exit 5 while the job is unfinished, 4 when halted, 0 when finished.
+        #[arg(long)]
+        exit_status: bool,
+    },
+    /// Write the output file again from the state, in any format.
+    Export {
+        /// Job name; default: the only job in the state folder.
+        job: Option<String>,
+        /// Where to write; the format follows the extension (.csv, .json, .jsonl).
+        /// Default: the spec's output.path.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the simulated OpenAI-compatible server alone (Files, Batches, Chat Completions).
+    SimulateServer {
+        /// Port on 127.0.0.1 (0 picks a free one; the URL is printed on stdout).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Keep files and batches here, so a restarted server continues them.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Require this bearer token (default: accept any).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Time a batch spends validating.
+        #[arg(long, default_value = "200ms", value_parser = parse_duration_arg)]
+        validating: std::time::Duration,
+        /// Time a batch spends in progress.
+        #[arg(long, default_value = "2s", value_parser = parse_duration_arg)]
+        in_progress: std::time::Duration,
+        /// Time a batch spends finalizing.
+        #[arg(long, default_value = "200ms", value_parser = parse_duration_arg)]
+        finalizing: std::time::Duration,
+        /// Share of requests that fail with a server error (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        request_failure_rate: f64,
+        /// Share of API calls answered 500 or 429 first (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        http_error_rate: f64,
+    },
     /// Token statistics per row of a spec's inputs (as requests) or of a data file.
     Tokens {
         /// A job spec (.yaml) or a CSV/JSON/JSONL file.
@@ -120,6 +190,10 @@ struct CountArgs {
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     units::parse_size(s)
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    units::parse_duration(s)
 }
 
 fn parse_format_arg(s: &str) -> Result<Format, String> {
@@ -175,20 +249,19 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
                     plan: &'a crate::state::PlanRecord,
                 }
                 print_json(&Out {
-                    job: &p_name(path, &planned),
+                    job: &planned.job,
                     changed: planned.changed,
                     state_dir: &dir,
                     plan: p,
                 });
             }
-            let job = p_name(path, &planned);
-            ui.info(&plan_text(ui, &job, p, planned.changed, &dir));
+            ui.info(&plan_text(ui, &planned.job, p, planned.changed, &dir));
             if p.outstanding > 0 {
                 ui.info(&format!(
-                    "{} request{} planned; the request files are under {}/chunks/.",
+                    "Next: `batchgrader apply {}` submits {} request{}.",
+                    path.display(),
                     num(p.outstanding),
-                    if p.outstanding == 1 { "" } else { "s" },
-                    dir
+                    if p.outstanding == 1 { "" } else { "s" }
                 ));
             } else {
                 ui.info("Every row is already graded; nothing to submit.");
@@ -198,6 +271,70 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             } else {
                 exit::SUCCESS
             })
+        }
+        Command::Apply { spec, detach, yes } => jobs::apply(
+            jobs::ApplyArgs {
+                spec: spec.as_deref(),
+                job: None,
+                detach: *detach,
+                yes: *yes,
+                resume: false,
+            },
+            &g.state,
+            g.pricing.as_deref(),
+            ui,
+        ),
+        Command::Resume { job, detach } => jobs::apply(
+            jobs::ApplyArgs {
+                spec: None,
+                job: job.as_deref(),
+                detach: *detach,
+                yes: true,
+                resume: true,
+            },
+            &g.state,
+            g.pricing.as_deref(),
+            ui,
+        ),
+        Command::Status {
+            job,
+            watch,
+            exit_status,
+        } => jobs::status(&g.state, job.as_deref(), *watch, *exit_status, ui),
+        Command::Export { job, out } => jobs::export(&g.state, job.as_deref(), out.as_deref(), ui),
+        Command::SimulateServer {
+            port,
+            data_dir,
+            api_key,
+            validating,
+            in_progress,
+            finalizing,
+            request_failure_rate,
+            http_error_rate,
+        } => {
+            for (name, v) in [
+                ("--request-failure-rate", request_failure_rate),
+                ("--http-error-rate", http_error_rate),
+            ] {
+                if !(0.0..=1.0).contains(v) {
+                    return Err(Error::usage(format!(
+                        "{name} must be between 0 and 1, got {v}"
+                    )));
+                }
+            }
+            jobs::simulate_server(
+                crate::simulate::SimConfig {
+                    data_dir: data_dir.clone(),
+                    api_key: api_key.clone(),
+                    validating: *validating,
+                    in_progress: *in_progress,
+                    finalizing: *finalizing,
+                    request_failure_rate: *request_failure_rate,
+                    http_error_rate: *http_error_rate,
+                    seed: 0,
+                },
+                *port,
+            )
         }
         Command::Tokens {
             target,
@@ -246,13 +383,6 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             Ok(exit::SUCCESS)
         }
     }
-}
-
-fn p_name(path: &Path, planned: &crate::plan::Planned) -> String {
-    planned.job_dir.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
 }
 
 fn validate(path: &Path, ui: &Ui) -> Result<u8> {

@@ -40,6 +40,8 @@ pub enum Error {
     Chunking(#[from] crate::chunking::ChunkError),
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenize::TokenizerError),
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
     /// A problem with what the user asked for that no module owns.
     #[error("{message}")]
     Usage {
@@ -88,6 +90,7 @@ impl Error {
             | Error::Chunking(_)
             | Error::Usage { .. } => exit::USAGE,
             Error::State(e) => e.exit_code(),
+            Error::Provider(e) => e.exit_code(),
             Error::Tokenizer(_) | Error::Io { .. } => exit::RUNTIME,
         }
     }
@@ -102,6 +105,7 @@ impl Error {
             Error::State(e) => e.hint(),
             Error::Pricing(e) => e.hint(),
             Error::Chunking(e) => e.hint(),
+            Error::Provider(e) => e.hint().map(str::to_string),
             Error::Tokenizer(_) | Error::Io { .. } => None,
         }
     }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cost;
 pub mod error;
 pub mod input;
+pub mod jobs;
 pub mod output;
 pub mod plan;
 pub mod prompt;

@@ -42,6 +42,7 @@ pub struct PlanOptions<'a> {
 
 /// What `plan` did.
 pub struct Planned {
+    pub job: String,
     pub plan: PlanRecord,
     /// False when the saved plan already matched: nothing was rewritten.
     pub changed: bool,
@@ -100,12 +101,16 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
     {
         store.put_job(&job)?;
         return Ok(Planned {
+            job: spec.spec.name.clone(),
             plan: prev.clone(),
             changed: false,
             job_dir: store.dir().to_path_buf(),
         });
     }
 
+    if let Some(prev) = &previous {
+        refuse_if_in_flight(&store, prev)?;
+    }
     let (encoding, guessed) = encoding_for_model(&spec.spec.model);
     if guessed {
         ui.warn(&format!(
@@ -190,10 +195,40 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
         let _ = std::fs::remove_dir_all(chunks_dir.join(format!("plan-{}", prev.generation)));
     }
     Ok(Planned {
+        job: spec.spec.name.clone(),
         plan,
         changed: true,
         job_dir: store.dir().to_path_buf(),
     })
+}
+
+/// A new plan would orphan batches of the current one that are out or
+/// whose results are not merged yet.
+fn refuse_if_in_flight(store: &JobStore, prev: &PlanRecord) -> Result<()> {
+    let busy = store
+        .units(prev.generation)?
+        .into_iter()
+        .filter(|u| !matches!(u.phase, state::Phase::Planned | state::Phase::Merged))
+        .count();
+    if busy > 0 {
+        return Err(Error::usage_with_hint(
+            format!(
+                "the spec or inputs of job `{}` changed, but {busy} batch{} of the current plan {} still out",
+                prev_name(store),
+                if busy == 1 { "" } else { "es" },
+                if busy == 1 { "is" } else { "are" }
+            ),
+            "finish them first with `batchgrader resume`, then plan again (graded rows are kept)",
+        ));
+    }
+    Ok(())
+}
+
+fn prev_name(store: &JobStore) -> String {
+    store
+        .dir()
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 struct Built {

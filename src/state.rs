@@ -222,6 +222,9 @@ pub struct UnitRecord {
     pub ended_at: Option<u64>,
     /// Not before this time (Unix seconds) is the unit submitted again (after `token_limit_exceeded`).
     pub not_before: Option<u64>,
+    /// The batch's usage is in the `usage.jsonl` ledger.
+    #[serde(default)]
+    pub ledger_written: bool,
 }
 
 /// An open job folder, locked for this process.
@@ -441,6 +444,26 @@ impl JobStore {
             .map_err(self.err())?;
         self.db.flush().map_err(self.err())?;
         Ok(())
+    }
+
+    /// One request record of a generation.
+    pub fn request(&self, generation: u64, row: u64) -> Result<Option<RequestRecord>, StateError> {
+        match self
+            .requests
+            .get(request_key(generation, row))
+            .map_err(self.err())?
+        {
+            None => Ok(None),
+            Some(v) => {
+                let mut r: RequestRecord =
+                    serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
+                        job: self.name.clone(),
+                        message: format!("request record: {e}"),
+                    })?;
+                r.row = row;
+                Ok(Some(r))
+            }
+        }
     }
 
     /// Store a batch of request records under `generation` (not yet visible).

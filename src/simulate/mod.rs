@@ -1,1 +1,155 @@
 //! The simulated OpenAI-compatible provider (Files, Batches, Chat Completions) on 127.0.0.1.
+//!
+//! It speaks the wire protocol of `reference/provider-apis.md` so that the
+//! real HTTP client can be tested (and demoed) offline. Answers are
+//! deterministic functions of each request, batches move through their
+//! lifecycle on the wall clock, and everything it produces is marked as
+//! simulated (`system_fingerprint: "batchgrader-simulated"`, ids with `sim`).
+//!
+//! With a `data_dir`, files and batches survive a restart: a batch's status is
+//! computed from its creation time, so a new server carries on where the old
+//! one stopped.
+
+mod answers;
+mod api_error;
+mod app;
+mod batch_file;
+mod hash;
+mod routes;
+mod state;
+mod store;
+mod wire;
+
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use app::App;
+
+/// How long `shutdown` waits for open connections (a long download, say).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Persist files and batches here, so a restarted server continues the
+    /// same batches; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// When set, `Authorization: Bearer <key>` must match exactly; otherwise
+    /// any non-empty bearer token is accepted.
+    pub api_key: Option<String>,
+    /// Time a batch stays in `validating`.
+    pub validating: Duration,
+    /// Time from `in_progress` until every request is done.
+    pub in_progress: Duration,
+    pub finalizing: Duration,
+    /// Fraction of batch requests that end as HTTP 500 lines in the error file.
+    pub request_failure_rate: f64,
+    /// Fraction of `/v1` calls answered 500 or 429 (alternately) before doing
+    /// anything, to exercise client retries.
+    pub http_error_rate: f64,
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            data_dir: None,
+            api_key: None,
+            validating: Duration::from_millis(200),
+            in_progress: Duration::from_secs(1),
+            finalizing: Duration::from_millis(200),
+            request_failure_rate: 0.0,
+            http_error_rate: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A running simulated provider. Dropping it stops serving; prefer
+/// [`SimServer::shutdown`], which also waits for background work to finish.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    app: Arc<App>,
+    server: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl SimServer {
+    /// Binds `127.0.0.1:port` (0 picks a free port) and serves on the current
+    /// tokio runtime.
+    pub async fn start(config: SimConfig, port: u16) -> io::Result<SimServer> {
+        let app = App::open(config)?;
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let addr = listener.local_addr()?;
+        let mut stop = app.shutdown_signal();
+        let router = routes::router(app.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        });
+        app.resume_drivers();
+        Ok(SimServer {
+            addr,
+            app,
+            server: Some(server),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Stops accepting calls, lets open ones finish (for a few seconds), and
+    /// waits for the batch workers, leaving `data_dir` consistent.
+    pub async fn shutdown(mut self) {
+        self.app.stop().await;
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        // Graceful: the server and the workers see the signal and wind down.
+        self.app.signal_stop();
+    }
+}
+
+/// For `batchgrader simulate-server`: serves until Ctrl-C or SIGTERM.
+pub async fn run_forever(config: SimConfig, port: u16) -> io::Result<()> {
+    let server = SimServer::start(config, port).await?;
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "simulate-server listening on {}", server.base_url())?;
+    stdout.flush()?;
+    drop(stdout);
+    termination().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn termination() -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

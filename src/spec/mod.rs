@@ -110,6 +110,49 @@ pub struct Provider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub api_key_env: Option<String>,
+    /// Behaviour of the simulated provider (`kind: simulated` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<Simulated>,
+}
+
+/// How the simulated provider behaves: its batches' timing and failure injection.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Simulated {
+    /// Time a batch spends validating (default `200ms`).
+    #[serde(default = "default_sim_validating")]
+    pub validating: String,
+    /// Time a batch spends in progress; its request counts grow over it (default `2s`).
+    #[serde(default = "default_sim_in_progress")]
+    pub in_progress: String,
+    /// Time a batch spends finalizing (default `200ms`).
+    #[serde(default = "default_sim_validating")]
+    pub finalizing: String,
+    /// Share of requests that fail with a server error, e.g. `2%` (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_failure_rate: Option<Rate>,
+    /// Share of API calls answered with 500 or 429 first, to exercise retries (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_error_rate: Option<Rate>,
+}
+
+impl Default for Simulated {
+    fn default() -> Self {
+        Simulated {
+            validating: default_sim_validating(),
+            in_progress: default_sim_in_progress(),
+            finalizing: default_sim_validating(),
+            request_failure_rate: None,
+            http_error_rate: None,
+        }
+    }
+}
+
+fn default_sim_validating() -> String {
+    "200ms".into()
+}
+fn default_sim_in_progress() -> String {
+    "2s".into()
 }
 
 /// One path or a list of paths.
@@ -599,6 +642,12 @@ fn allowed_keys(_obj: Option<&Value>) -> Vec<&'static str> {
         "mode",
         "base_url",
         "api_key_env",
+        "simulated",
+        "validating",
+        "in_progress",
+        "finalizing",
+        "request_failure_rate",
+        "http_error_rate",
         "model",
         "input",
         "path",
@@ -712,6 +761,17 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
         });
     }
+    for key in ["validating", "in_progress", "finalizing"] {
+        check(&["provider", "simulated", key], &|v| {
+            units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
+        });
+    }
+    for key in ["request_failure_rate", "http_error_rate"] {
+        check(&["provider", "simulated", key], &|v| {
+            let rate: Rate = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+            rate.fraction().map(|_| ())
+        });
+    }
     check(&["halt", "max_failure_rate"], &|v| {
         let rate: Rate = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         rate.fraction().map(|_| ())
@@ -796,6 +856,22 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// Rebuild a checked spec from the copy saved in the job's state (for
+/// `resume`, which needs no spec file). Paths resolve against the folder of
+/// the spec file the job was planned from, as they did then.
+pub fn from_saved(spec_file: &Path, value: Value) -> Result<CheckedSpec, SpecError> {
+    let spec: JobSpec = serde_json::from_value(value).map_err(|e| SpecError::Invalid {
+        path: spec_file.to_path_buf(),
+        problems: vec![Problem {
+            line: 1,
+            column: 1,
+            field: "(saved spec)".into(),
+            message: format!("the spec saved in the state cannot be read: {e}"),
+        }],
+    })?;
+    Ok(resolve(spec_file, spec))
 }
 
 fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {

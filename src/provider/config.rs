@@ -1,0 +1,338 @@
+//! Client configuration: base URL, key, optional organization and project
+//! headers, attempt budget and timeouts (provider-apis §1).
+//!
+//! The key comes from an environment variable named by the spec
+//! (`api_key_env`); it is held in [`Secret`] so that no `Debug` or `Display`
+//! of the configuration can print it.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::error::ProviderError;
+use super::retry::DEFAULT_MAX_ATTEMPTS;
+
+/// The public OpenAI endpoint (§1).
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// Overrides the spec's base URL, as in the SDK (§1).
+pub const BASE_URL_ENV: &str = "OPENAI_BASE_URL";
+/// Sent as `OpenAI-Organization` when set (§1).
+pub const ORG_ENV: &str = "OPENAI_ORG_ID";
+/// Sent as `OpenAI-Project` when set (§1).
+pub const PROJECT_ENV: &str = "OPENAI_PROJECT_ID";
+
+const OPERATION: &str = "configure provider";
+
+/// A secret string whose `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself: only for building the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// E.g. `https://api.openai.com/v1`; paths such as `/batches` go after it.
+    /// A query string (Azure's `?api-version=`) is kept on every request.
+    pub base_url: String,
+    pub api_key: Secret,
+    /// Name of the variable the key came from, for messages.
+    pub api_key_env: String,
+    pub organization: Option<String>,
+    pub project: Option<String>,
+    /// Attempts per call, first try included.
+    pub max_attempts: u32,
+    /// Total time for one control-plane request; for uploads and downloads,
+    /// the longest stall allowed (see `OpenAiClient`).
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with the default budget: 5 attempts, 120 s per request,
+    /// 10 s to connect.
+    pub fn new(
+        base_url: impl Into<String>,
+        api_key: Secret,
+        api_key_env: impl Into<String>,
+    ) -> Self {
+        ClientConfig {
+            base_url: base_url.into(),
+            api_key,
+            api_key_env: api_key_env.into(),
+            organization: None,
+            project: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            request_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Reads the key from `api_key_env`, the base URL from `OPENAI_BASE_URL`,
+    /// else `base_url_from_spec`, else the OpenAI default, and the optional
+    /// `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID`.
+    pub fn from_env(
+        base_url_from_spec: Option<&str>,
+        api_key_env: &str,
+    ) -> Result<ClientConfig, ProviderError> {
+        ClientConfig::from_lookup(base_url_from_spec, api_key_env, |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// `from_env` over any variable lookup, so it can be tested without
+    /// touching the process environment.
+    pub fn from_lookup(
+        base_url_from_spec: Option<&str>,
+        api_key_env: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<ClientConfig, ProviderError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(key) = get(api_key_env) else {
+            return Err(ProviderError::config(
+                OPERATION,
+                format!(
+                    "environment variable {api_key_env} is not set or is empty; it must hold the API key"
+                ),
+                Some(format!(
+                    "export {api_key_env}=<your key>, or name another variable in the spec's `provider.api_key_env`"
+                )),
+            ));
+        };
+        // A header value must be visible ASCII; say so without showing the key.
+        if !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(ProviderError::config(
+                OPERATION,
+                format!(
+                    "the value of {api_key_env} contains characters that cannot be sent in an HTTP header"
+                ),
+                Some(format!(
+                    "check that {api_key_env} holds only the key, without quotes or spaces"
+                )),
+            ));
+        }
+        let base_url = get(BASE_URL_ENV)
+            .or_else(|| {
+                base_url_from_spec
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        validate_base_url(&base_url)?;
+        let mut config = ClientConfig::new(base_url, Secret::new(key), api_key_env);
+        config.organization = get(ORG_ENV);
+        config.project = get(PROJECT_ENV);
+        Ok(config)
+    }
+
+    /// True for `http://` base URLs: no TLS, so no CA certificates are needed.
+    pub fn is_plain_http(&self) -> bool {
+        self.base_url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    }
+}
+
+/// The base URL must be an absolute `http` or `https` URL.
+pub(crate) fn validate_base_url(base: &str) -> Result<(), ProviderError> {
+    match reqwest::Url::parse(base) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+        _ => Err(ProviderError::config(
+            OPERATION,
+            format!("base URL `{base}` is not an http(s) URL"),
+            Some(format!(
+                "set `provider.base_url` or {BASE_URL_ENV} to something like {DEFAULT_BASE_URL}"
+            )),
+        )),
+    }
+}
+
+/// Percent-encodes one path segment. Ids are opaque and may be long
+/// base64-ish strings with `=`, `/` or `+` (LiteLLM, §1, §6.2), so everything
+/// outside RFC 3986's unreserved set is escaped.
+pub fn encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `base` + `/` + `path`, keeping a query string of the base (Azure's
+/// `?api-version=`, §6.3) after the path. `path` must already be encoded.
+pub(crate) fn join_url(base: &str, path: &str) -> Result<reqwest::Url, ProviderError> {
+    let (prefix, query) = match base.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (base, None),
+    };
+    let mut s = format!(
+        "{}/{}",
+        prefix.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        s.push('?');
+        s.push_str(q);
+    }
+    reqwest::Url::parse(&s).map_err(|e| {
+        ProviderError::config(
+            OPERATION,
+            format!("cannot build a URL from `{base}`: {e}"),
+            None,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn base_url_precedence() {
+        let cases = [
+            (&[("K", "sk-1")][..], None, DEFAULT_BASE_URL),
+            (
+                &[("K", "sk-1")][..],
+                Some("http://spec/v1"),
+                "http://spec/v1",
+            ),
+            (
+                &[("K", "sk-1"), (BASE_URL_ENV, "http://env/v1")][..],
+                Some("http://spec/v1"),
+                "http://env/v1",
+            ),
+            (
+                &[("K", "sk-1"), (BASE_URL_ENV, "  ")][..],
+                Some("http://spec/v1"),
+                "http://spec/v1",
+            ),
+        ];
+        for (vars, spec, want) in cases {
+            let c = ClientConfig::from_lookup(spec, "K", lookup(vars)).unwrap();
+            assert_eq!(c.base_url, want);
+        }
+    }
+
+    #[test]
+    fn key_org_project() {
+        let c = ClientConfig::from_lookup(
+            None,
+            "MY_KEY",
+            lookup(&[
+                ("MY_KEY", " sk-abc\n"),
+                (ORG_ENV, "org-1"),
+                (PROJECT_ENV, "proj_2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api_key.expose(), "sk-abc");
+        assert_eq!(c.api_key_env, "MY_KEY");
+        assert_eq!(c.organization.as_deref(), Some("org-1"));
+        assert_eq!(c.project.as_deref(), Some("proj_2"));
+        assert!(!format!("{c:?}").contains("sk-abc"));
+        assert_eq!(format!("{}", c.api_key), "***");
+    }
+
+    #[test]
+    fn missing_or_bad_key_names_the_variable() {
+        for vars in [&[][..], &[("MY_KEY", "")][..], &[("MY_KEY", "sk one")][..]] {
+            let e = ClientConfig::from_lookup(None, "MY_KEY", lookup(vars)).unwrap_err();
+            assert!(e.to_string().contains("MY_KEY"), "{e}");
+            assert!(e.hint().unwrap().contains("MY_KEY"));
+            assert!(!e.to_string().contains("sk one"));
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        }
+        let e = ClientConfig::from_lookup(None, "MY_KEY", lookup(&[])).unwrap_err();
+        assert!(e.hint().unwrap().contains("export MY_KEY="));
+    }
+
+    #[test]
+    fn bad_base_url() {
+        for bad in ["ftp://x/v1", "not a url", "/v1"] {
+            let e = ClientConfig::from_lookup(Some(bad), "K", lookup(&[("K", "k")])).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn path_segments() {
+        let cases = [
+            ("batch_abc123", "batch_abc123"),
+            ("file-0a1B~.x", "file-0a1B~.x"),
+            ("bGl0ZWxsbTpjdXN0b20=", "bGl0ZWxsbTpjdXN0b20%3D"),
+            ("a/b+c d", "a%2Fb%2Bc%20d"),
+            ("..", ".."),
+            ("é", "%C3%A9"),
+            ("?#%", "%3F%23%25"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(encode_path_segment(raw), want);
+        }
+    }
+
+    #[test]
+    fn url_joining() {
+        let cases = [
+            ("http://h:1/v1", "batches", "http://h:1/v1/batches"),
+            ("http://h:1/v1/", "/batches", "http://h:1/v1/batches"),
+            (
+                "https://r.openai.azure.com/openai?api-version=2024-10-21",
+                "files/file-1/content",
+                "https://r.openai.azure.com/openai/files/file-1/content?api-version=2024-10-21",
+            ),
+            (
+                "http://h/v1",
+                "files/a%2Fb%3D",
+                "http://h/v1/files/a%2Fb%3D",
+            ),
+        ];
+        for (base, path, want) in cases {
+            assert_eq!(join_url(base, path).unwrap().as_str(), want);
+        }
+    }
+
+    #[test]
+    fn plain_http() {
+        let c = ClientConfig::new("HTTP://127.0.0.1:9/v1", Secret::new("k"), "K");
+        assert!(c.is_plain_http());
+        let c = ClientConfig::new(DEFAULT_BASE_URL, Secret::new("k"), "K");
+        assert!(!c.is_plain_http());
+    }
+}

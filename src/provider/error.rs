@@ -1,0 +1,344 @@
+//! `ProviderError`: what failed, where (HTTP status, `x-request-id`), what the
+//! server said, whether trying again may help, and what the user can do.
+//!
+//! The message never contains the API key or the `Authorization` header: the
+//! client scrubs the key out of anything the server echoes back (see
+//! `redact`), and `Secret` prints as `***`.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::types::ApiError;
+use crate::error::exit;
+
+/// The broad class of a failure; callers branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad local configuration: missing key, bad base URL, bad argument.
+    Config,
+    /// 401: the key was refused.
+    Auth,
+    /// 403: the key may not do this.
+    Permission,
+    /// Out of credit or over a spend limit (§4.1).
+    Quota,
+    /// 404.
+    NotFound,
+    /// Another status that retrying cannot change (400, 422, ...), or
+    /// `x-should-retry: false`.
+    Rejected,
+    /// 429 after every attempt.
+    RateLimited,
+    /// 408, 409 or 5xx after every attempt.
+    Server,
+    /// The server asked to wait longer than the client will (§4.3).
+    RetryAfterTooLong,
+    /// Timeout, connection failure, broken body.
+    Transport,
+    /// A 2xx whose body is not what the protocol promises.
+    Protocol,
+    /// A local file could not be read or written.
+    Io,
+}
+
+#[derive(Debug)]
+struct Inner {
+    operation: String,
+    kind: ErrorKind,
+    status: Option<u16>,
+    request_id: Option<String>,
+    api: Option<ApiError>,
+    detail: Option<String>,
+    attempts: u32,
+    unclear: bool,
+    hint: Option<String>,
+}
+
+/// A failed provider call. Boxed so that `Result<_, ProviderError>` stays small.
+#[derive(thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ProviderError(Box<Inner>);
+
+impl fmt::Debug for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Same fields as Inner; the key is never in any of them.
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl ProviderError {
+    pub(crate) fn new(operation: impl Into<String>, kind: ErrorKind) -> Self {
+        ProviderError(Box::new(Inner {
+            operation: operation.into(),
+            kind,
+            status: None,
+            request_id: None,
+            api: None,
+            detail: None,
+            attempts: 1,
+            unclear: false,
+            hint: None,
+        }))
+    }
+
+    /// A configuration problem found before any request.
+    pub(crate) fn config(
+        operation: impl Into<String>,
+        detail: impl Into<String>,
+        hint: Option<String>,
+    ) -> Self {
+        ProviderError::new(operation, ErrorKind::Config)
+            .with_detail(detail)
+            .with_hint(hint)
+    }
+
+    pub(crate) fn with_status(mut self, status: Option<u16>) -> Self {
+        self.0.status = status;
+        self
+    }
+
+    pub(crate) fn with_request_id(mut self, id: Option<String>) -> Self {
+        self.0.request_id = id;
+        self
+    }
+
+    pub(crate) fn with_api(mut self, api: Option<ApiError>) -> Self {
+        self.0.api = api;
+        self
+    }
+
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.0.detail = Some(detail.into());
+        self
+    }
+
+    pub(crate) fn with_attempts(mut self, attempts: u32) -> Self {
+        self.0.attempts = attempts;
+        self
+    }
+
+    pub(crate) fn with_hint(mut self, hint: Option<String>) -> Self {
+        self.0.hint = hint;
+        self
+    }
+
+    /// Marks a create whose outcome is unknown: the batch may exist (§4.3
+    /// "Idempotency", §8.4).
+    pub(crate) fn into_unclear(mut self) -> Self {
+        self.0.unclear = true;
+        self.0.hint = Some(
+            "the batch may have been created anyway; look for a batch whose metadata matches \
+             before creating another (`batchgrader resume` does this)"
+                .into(),
+        );
+        self
+    }
+
+    /// What was being done, e.g. `create batch` or `retrieve batch batch_abc`.
+    pub fn operation(&self) -> &str {
+        &self.0.operation
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// The HTTP status of the last response, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        self.0.status
+    }
+
+    /// The `x-request-id` of the last response: quote it to the provider's support.
+    pub fn request_id(&self) -> Option<&str> {
+        self.0.request_id.as_deref()
+    }
+
+    /// The provider's error message, type and code, when the body had them.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        self.0.api.as_ref()
+    }
+
+    /// Attempts made before giving up.
+    pub fn attempts(&self) -> u32 {
+        self.0.attempts
+    }
+
+    /// True when running the command again later may succeed with no change
+    /// from the user (rate limits, server errors, network trouble).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.0.kind,
+            ErrorKind::RateLimited
+                | ErrorKind::Server
+                | ErrorKind::RetryAfterTooLong
+                | ErrorKind::Transport
+        )
+    }
+
+    /// True when the request may have taken effect although it failed: only
+    /// `create batch` after a timeout, a broken connection or a 5xx. The caller
+    /// must list batches and adopt a match before creating again.
+    pub fn is_unclear(&self) -> bool {
+        self.0.unclear
+    }
+
+    /// 401 or 403: the key is wrong or lacks permission.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.0.kind, ErrorKind::Auth | ErrorKind::Permission)
+    }
+
+    /// Out of credit or over a spend limit.
+    pub fn is_quota(&self) -> bool {
+        self.0.kind == ErrorKind::Quota
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.0.kind == ErrorKind::NotFound
+    }
+
+    /// DESIGN §2/§9: a missing or refused key is bad input (2); the rest are
+    /// runtime faults (1).
+    pub fn exit_code(&self) -> u8 {
+        match self.0.kind {
+            ErrorKind::Config | ErrorKind::Auth | ErrorKind::Permission => exit::USAGE,
+            _ => exit::RUNTIME,
+        }
+    }
+
+    /// What the user can do next, for a line of its own under the error.
+    pub fn hint(&self) -> Option<&str> {
+        self.0.hint.as_deref()
+    }
+
+    /// `create batch failed: HTTP 401 invalid_api_key (request req_123): Incorrect API key provided`
+    fn render(&self) -> String {
+        let i = &self.0;
+        let mut s = format!("{} failed", i.operation);
+        if i.attempts > 1 {
+            s.push_str(&format!(" after {} attempts", i.attempts));
+        }
+        s.push(':');
+        if let Some(status) = i.status {
+            s.push_str(&format!(" HTTP {status}"));
+            if let Some(code) = i.api.as_ref().and_then(ApiError::code_or_type) {
+                s.push_str(&format!(" {code}"));
+            }
+        }
+        if let Some(id) = &i.request_id {
+            s.push_str(&format!(" (request {id})"));
+        }
+        let message = i
+            .api
+            .as_ref()
+            .and_then(|a| a.message.as_deref())
+            .or(i.detail.as_deref());
+        match (message, i.status.is_some() || i.request_id.is_some()) {
+            (Some(m), true) => s.push_str(&format!(": {m}")),
+            (Some(m), false) => s.push_str(&format!(" {m}")),
+            (None, _) => {}
+        }
+        if i.api.as_ref().and_then(|a| a.message.as_ref()).is_some()
+            && let Some(d) = &i.detail
+        {
+            s.push_str(&format!("; {d}"));
+        }
+        s
+    }
+}
+
+/// Replaces every occurrence of `secret` in `text` with `***`. A server may
+/// echo the key back (OpenAI masks it, others need not); it must never reach a
+/// log or a terminal.
+pub(crate) fn redact(text: &str, secret: &str) -> String {
+    if secret.len() < 4 {
+        return text.to_string();
+    }
+    text.replace(secret, "***")
+}
+
+/// A wait as people read it: `1h 30m`, `45s`.
+pub(crate) fn human_wait(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: &str, message: &str) -> Option<ApiError> {
+        Some(ApiError {
+            message: Some(message.into()),
+            kind: Some("invalid_request_error".into()),
+            code: Some(code.into()),
+            param: None,
+        })
+    }
+
+    #[test]
+    fn display_table() {
+        let cases = [
+            (
+                ProviderError::new("create batch", ErrorKind::Auth)
+                    .with_status(Some(401))
+                    .with_request_id(Some("req_123".into()))
+                    .with_api(api("invalid_api_key", "Incorrect API key provided"))
+                    .with_detail("the API key in OPENAI_API_KEY was refused"),
+                "create batch failed: HTTP 401 invalid_api_key (request req_123): Incorrect API key provided; the API key in OPENAI_API_KEY was refused",
+            ),
+            (
+                ProviderError::new("retrieve batch", ErrorKind::Server)
+                    .with_status(Some(503))
+                    .with_attempts(5)
+                    .with_detail("upstream connect error"),
+                "retrieve batch failed after 5 attempts: HTTP 503: upstream connect error",
+            ),
+            (
+                ProviderError::new("upload file", ErrorKind::Transport)
+                    .with_attempts(3)
+                    .with_detail("timed out after 120s"),
+                "upload file failed after 3 attempts: timed out after 120s",
+            ),
+            (
+                ProviderError::config(
+                    "configure client",
+                    "environment variable OPENAI_API_KEY is not set",
+                    None,
+                ),
+                "configure client failed: environment variable OPENAI_API_KEY is not set",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn classes_and_exit_codes() {
+        let e = ProviderError::new("x", ErrorKind::Quota);
+        assert!(e.is_quota() && !e.is_auth() && !e.is_retryable());
+        assert_eq!(e.exit_code(), exit::RUNTIME);
+        let e = ProviderError::new("x", ErrorKind::Permission);
+        assert!(e.is_auth());
+        assert_eq!(e.exit_code(), exit::USAGE);
+        let e = ProviderError::new("create batch", ErrorKind::Server).into_unclear();
+        assert!(e.is_unclear() && e.is_retryable());
+        assert!(e.hint().unwrap().contains("metadata"));
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact("bad key sk-secret-123 given", "sk-secret-123"),
+            "bad key *** given"
+        );
+        assert_eq!(redact("abc", ""), "abc");
+    }
+
+    #[test]
+    fn error_is_small() {
+        assert_eq!(
+            std::mem::size_of::<ProviderError>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+}

@@ -1,0 +1,655 @@
+//! Classification of one line of a batch output or error file (provider-apis §3.8).
+//!
+//! The order matters and is the whole point of this module: a non-null `error`
+//! first (a non-HTTP failure such as `batch_expired`), then a 2xx
+//! `response.status_code` (success), else an HTTP failure whose reason is in
+//! `response.body.error`. A request that got an HTTP error has `error: null`,
+//! so reading `error` alone would count it as a success.
+//!
+//! The caller splits the file into lines; this module accepts a trailing `\r`
+//! (CRLF files) and reports blank lines as [`LineParseError::Blank`] so they
+//! can be skipped (§2.3).
+
+use serde_json::Value;
+
+use super::types::{ApiError, is_quota_code, lenient};
+
+/// What one result line says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineOutcome {
+    Success(LineSuccess),
+    Failure(LineFailure),
+}
+
+impl LineOutcome {
+    pub fn custom_id(&self) -> &str {
+        match self {
+            LineOutcome::Success(s) => &s.custom_id,
+            LineOutcome::Failure(f) => &f.custom_id,
+        }
+    }
+}
+
+/// A request that got a 2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineSuccess {
+    pub custom_id: String,
+    /// The per-line `id`; Azure omits it (§3.8).
+    pub line_id: Option<String>,
+    pub status: u16,
+    /// `choices[0].message.content` (or the Responses API's output text).
+    pub content: String,
+    /// `length` or `content_filter` mean the answer may be incomplete (§3.8).
+    pub finish_reason: Option<String>,
+    pub usage: TokenUsage,
+    pub request_id: Option<String>,
+    /// Why `content` is empty or odd (null content, refusal, tool call, no choices).
+    pub note: Option<String>,
+}
+
+/// Token counts of one request; 0 when the server sent none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A request that did not get a usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineFailure {
+    pub custom_id: String,
+    pub line_id: Option<String>,
+    /// `error.code`, `response.body.error.code` or `.type`, or `http_<status>`.
+    pub code: String,
+    pub message: String,
+    pub status: Option<u16>,
+    /// Whether sending the request again may succeed; see [`failure_is_retryable`].
+    pub retryable: bool,
+    pub request_id: Option<String>,
+}
+
+/// A line that cannot be classified at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineParseError {
+    #[error("blank line")]
+    Blank,
+    #[error("line is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("line is not a JSON object")]
+    NotObject,
+    #[error("line has no `custom_id`")]
+    MissingCustomId,
+    #[error("line for `{custom_id}` has neither an `error` nor a `response.status_code`")]
+    NoOutcome { custom_id: String },
+}
+
+/// Code given to a failure whose `error` is a bare string (vLLM, §6.1).
+pub const STRING_ERROR_CODE: &str = "request_error";
+
+/// Failure codes and error types that a later attempt may cure.
+///
+/// `batch_expired`/`batch_cancelled` never ran (§3.6); the rest are the
+/// server-side and rate-limit kinds of OpenAI and, for proxies that pass
+/// them through, Anthropic (§5.5).
+const RETRYABLE_CODES: &[&str] = &[
+    "batch_expired",
+    "batch_cancelled",
+    "rate_limit_exceeded",
+    "rate_limit_error",
+    "server_error",
+    "api_error",
+    "overloaded_error",
+    "timeout",
+    "timeout_error",
+];
+
+/// The pure retry rule for one failed request (DESIGN §5 step 6).
+///
+/// Quota codes are final even on a 429: more attempts cannot add credit (§4.1).
+/// Otherwise a retryable code, or a status of 408, 409, 429 or 5xx, makes the
+/// failure retryable; every other 4xx (400, 401, 403, 404, 422) is final.
+pub fn failure_is_retryable(codes: &[&str], status: Option<u16>) -> bool {
+    if codes.iter().any(|c| is_quota_code(c)) {
+        return false;
+    }
+    if codes.iter().any(|c| RETRYABLE_CODES.contains(c)) {
+        return true;
+    }
+    matches!(status, Some(408 | 409 | 429 | 500..=599))
+}
+
+/// Classifies one line of an output or error file.
+pub fn classify_line(line: &str) -> Result<LineOutcome, LineParseError> {
+    let line = line
+        .trim_end_matches(['\r', '\n'])
+        .trim_start_matches('\u{feff}');
+    if line.trim().is_empty() {
+        return Err(LineParseError::Blank);
+    }
+    let v: Value =
+        serde_json::from_str(line).map_err(|e| LineParseError::NotJson(e.to_string()))?;
+    let obj = v.as_object().ok_or(LineParseError::NotObject)?;
+    let custom_id = obj
+        .get("custom_id")
+        .and_then(lenient::value_to_id)
+        .ok_or(LineParseError::MissingCustomId)?;
+    let line_id = obj.get("id").and_then(lenient::value_to_id);
+    let response = obj.get("response").filter(|r| r.is_object());
+    let status = response
+        .and_then(|r| r.get("status_code"))
+        .and_then(lenient::value_to_u64)
+        .and_then(|s| u16::try_from(s).ok());
+    let request_id = response
+        .and_then(|r| r.get("request_id"))
+        .and_then(lenient::value_to_id);
+
+    // 1. A non-null `error` is a failure, whatever the response says.
+    if let Some(err) = obj.get("error").and_then(meaningful_error) {
+        let (code, message, code_status) = describe_line_error(err);
+        let status = status.or(code_status);
+        let retryable = failure_is_retryable(&[code.as_str()], status);
+        return Ok(LineOutcome::Failure(LineFailure {
+            custom_id,
+            line_id,
+            code,
+            message,
+            status,
+            retryable,
+            request_id,
+        }));
+    }
+
+    let Some(status) = status else {
+        return Err(LineParseError::NoOutcome { custom_id });
+    };
+    let body = response.and_then(|r| r.get("body"));
+
+    // 2. A 2xx status is a success; the body is the endpoint's normal response.
+    if (200..300).contains(&status) {
+        let answer = extract_answer(body);
+        return Ok(LineOutcome::Success(LineSuccess {
+            custom_id,
+            line_id,
+            status,
+            content: answer.content,
+            finish_reason: answer.finish_reason,
+            usage: extract_usage(body),
+            request_id,
+            note: answer.note,
+        }));
+    }
+
+    // 3. Anything else is an HTTP failure described by `body.error`.
+    let api = body.and_then(ApiError::from_value);
+    let code = api
+        .as_ref()
+        .and_then(|e| e.code_or_type().map(str::to_string))
+        .unwrap_or_else(|| format!("http_{status}"));
+    let message = api
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let mut codes = vec![code.as_str()];
+    if let Some(kind) = api.as_ref().and_then(|e| e.kind.as_deref()) {
+        codes.push(kind);
+    }
+    let retryable = failure_is_retryable(&codes, Some(status));
+    Ok(LineOutcome::Failure(LineFailure {
+        custom_id,
+        line_id,
+        code,
+        message,
+        status: Some(status),
+        retryable,
+        request_id,
+    }))
+}
+
+/// `error` counts only when it says something: null, `""` and `{}` do not.
+fn meaningful_error(v: &Value) -> Option<&Value> {
+    match v {
+        Value::Null => None,
+        Value::String(s) if s.trim().is_empty() => None,
+        Value::Object(m) if m.is_empty() => None,
+        _ => Some(v),
+    }
+}
+
+/// `(code, message, status carried in an integer code)` of a line's `error`,
+/// which may be OpenAI's `{code, message}`, vLLM's string or its object with
+/// an integer `code` (§6.1).
+fn describe_line_error(err: &Value) -> (String, String, Option<u16>) {
+    if let Value::String(s) = err {
+        return (STRING_ERROR_CODE.to_string(), s.clone(), None);
+    }
+    let Some(api) = ApiError::from_value(err) else {
+        return (STRING_ERROR_CODE.to_string(), err.to_string(), None);
+    };
+    let numeric = api.numeric_code().filter(|c| (100..=599).contains(c));
+    let code = match (&api.code, numeric) {
+        // An integer code is an HTTP status; the type names the failure better.
+        (_, Some(n)) => api.kind.clone().unwrap_or_else(|| format!("http_{n}")),
+        (Some(c), None) => c.clone(),
+        (None, None) => api
+            .kind
+            .clone()
+            .unwrap_or_else(|| STRING_ERROR_CODE.to_string()),
+    };
+    let message = api.message.clone().unwrap_or_else(|| code.clone());
+    (code, message, numeric)
+}
+
+struct Answer {
+    content: String,
+    finish_reason: Option<String>,
+    note: Option<String>,
+}
+
+/// The answer text of a chat completion, or of a Responses API body.
+fn extract_answer(body: Option<&Value>) -> Answer {
+    let Some(body) = body.filter(|b| b.is_object()) else {
+        return Answer {
+            content: String::new(),
+            finish_reason: None,
+            note: Some("response has no body".into()),
+        };
+    };
+    if let Some(choice) = body.get("choices").and_then(|c| c.get(0)) {
+        let finish_reason = choice.get("finish_reason").and_then(lenient::value_to_id);
+        let message = choice.get("message");
+        let (content, note) = match message.and_then(|m| m.get("content")) {
+            Some(Value::String(s)) => (s.clone(), None),
+            // Some servers send content parts instead of a string.
+            Some(Value::Array(parts)) => (join_text_parts(parts), None),
+            _ => (String::new(), Some(null_content_note(message))),
+        };
+        return Answer {
+            content,
+            finish_reason,
+            note,
+        };
+    }
+    // Responses API: output[].content[] parts of type `output_text`.
+    if let Some(output) = body.get("output").and_then(Value::as_array) {
+        let text: String = output
+            .iter()
+            .filter_map(|item| item.get("content").and_then(Value::as_array))
+            .map(|parts| join_text_parts(parts))
+            .collect();
+        let finish_reason = body
+            .get("incomplete_details")
+            .and_then(|d| d.get("reason"))
+            .and_then(lenient::value_to_id);
+        let note = text
+            .is_empty()
+            .then(|| "response output has no text".to_string());
+        return Answer {
+            content: text,
+            finish_reason,
+            note,
+        };
+    }
+    Answer {
+        content: String::new(),
+        finish_reason: None,
+        note: Some("response body has no choices".into()),
+    }
+}
+
+fn join_text_parts(parts: &[Value]) -> String {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Value::String(s) => Some(s.as_str()),
+            _ => p.get("text").and_then(Value::as_str),
+        })
+        .collect()
+}
+
+fn null_content_note(message: Option<&Value>) -> String {
+    let refusal = message
+        .and_then(|m| m.get("refusal"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    if let Some(r) = refusal {
+        return format!("content is null; the model refused: {r}");
+    }
+    let has_tool_calls = message
+        .and_then(|m| m.get("tool_calls"))
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if has_tool_calls {
+        return "content is null; the answer is a tool call".into();
+    }
+    "content is null".into()
+}
+
+fn extract_usage(body: Option<&Value>) -> TokenUsage {
+    let usage = body.and_then(|b| b.get("usage"));
+    let count = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| {
+                usage
+                    .and_then(|u| u.get(*n))
+                    .and_then(lenient::value_to_u64)
+            })
+            .unwrap_or(0)
+    };
+    TokenUsage {
+        prompt_tokens: count(&["prompt_tokens", "input_tokens"]),
+        completion_tokens: count(&["completion_tokens", "output_tokens"]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn success(line: &str) -> LineSuccess {
+        match classify_line(line) {
+            Ok(LineOutcome::Success(s)) => s,
+            other => panic!("expected success, got {other:?} for {line}"),
+        }
+    }
+
+    fn failure(line: &str) -> LineFailure {
+        match classify_line(line) {
+            Ok(LineOutcome::Failure(f)) => f,
+            other => panic!("expected failure, got {other:?} for {line}"),
+        }
+    }
+
+    const OPENAI_OK: &str = r#"{"id": "batch_req_123", "custom_id": "r1", "response": {"status_code": 200, "request_id": "req_abc", "body": {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [{"index": 0, "message": {"role": "assistant", "content": "7", "refusal": null}, "logprobs": null, "finish_reason": "stop"}], "usage": {"prompt_tokens": 120, "completion_tokens": 1, "total_tokens": 121}}}, "error": null}"#;
+
+    #[test]
+    fn successes() {
+        // (name, line, content, finish_reason, prompt, completion, request_id, line_id, note)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            u64,
+            u64,
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let cases: [Case; 7] = [
+            (
+                "openai",
+                OPENAI_OK,
+                "7",
+                Some("stop"),
+                120,
+                1,
+                Some("req_abc"),
+                Some("batch_req_123"),
+                None,
+            ),
+            (
+                "azure: no id, content filter results",
+                r#"{"custom_id": "task-0", "response": {"body": {"choices": [{"content_filter_results": {"hate": {"filtered": false, "severity": "safe"}}, "finish_reason": "stop", "index": 0, "logprobs": null, "message": {"content": "Hello", "role": "assistant"}}], "created": 1718740405, "id": "chatcmpl-9bbc", "model": "gpt-4o-2024-05-13", "object": "chat.completion", "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}], "system_fingerprint": "fp_1", "usage": {"completion_tokens": 9, "prompt_tokens": 20, "total_tokens": 29}}, "request_id": "6e3f4a7c", "status_code": 200}, "error": null}"#,
+                "Hello",
+                Some("stop"),
+                20,
+                9,
+                Some("6e3f4a7c"),
+                None,
+                None,
+            ),
+            (
+                "vllm success",
+                r#"{"id":"vllm-0a1b","custom_id":"r2","response":{"status_code":200,"request_id":"vllm-batch-9","body":{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"B"},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"total_tokens":6,"completion_tokens":1}}},"error":null}"#,
+                "B",
+                Some("length"),
+                5,
+                1,
+                Some("vllm-batch-9"),
+                Some("vllm-0a1b"),
+                None,
+            ),
+            (
+                "null content with refusal",
+                r#"{"custom_id":"r3","response":{"status_code":200,"body":{"choices":[{"message":{"content":null,"refusal":"I can't help"},"finish_reason":"stop"}]}}}"#,
+                "",
+                Some("stop"),
+                0,
+                0,
+                None,
+                None,
+                Some("content is null; the model refused: I can't help"),
+            ),
+            (
+                "no usage, string status code, content parts",
+                r#"{"custom_id":"r4","response":{"status_code":"201","body":{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]}}}"#,
+                "ab",
+                None,
+                0,
+                0,
+                None,
+                None,
+                None,
+            ),
+            (
+                "responses api",
+                r#"{"custom_id":"r5","response":{"status_code":200,"body":{"object":"response","output":[{"type":"reasoning","content":[]},{"type":"message","content":[{"type":"output_text","text":"yes"}]}],"usage":{"input_tokens":11,"output_tokens":2}}}}"#,
+                "yes",
+                None,
+                11,
+                2,
+                None,
+                None,
+                None,
+            ),
+            (
+                "2xx without a body",
+                r#"{"custom_id":"r6","response":{"status_code":200,"body":null},"error":null}"#,
+                "",
+                None,
+                0,
+                0,
+                None,
+                None,
+                Some("response has no body"),
+            ),
+        ];
+        for (name, line, content, finish, prompt, completion, req, line_id, note) in cases {
+            let s = success(line);
+            assert_eq!(s.content, content, "{name}");
+            assert_eq!(s.finish_reason.as_deref(), finish, "{name}");
+            assert_eq!(s.usage.prompt_tokens, prompt, "{name}");
+            assert_eq!(s.usage.completion_tokens, completion, "{name}");
+            assert_eq!(s.request_id.as_deref(), req, "{name}");
+            assert_eq!(s.line_id.as_deref(), line_id, "{name}");
+            assert_eq!(s.note.as_deref(), note, "{name}");
+        }
+    }
+
+    #[test]
+    fn failures() {
+        // (name, line, code, message, status, retryable)
+        type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Option<u16>, bool);
+        let cases: [Case; 12] = [
+            (
+                "openai http 400 in the error file, error null (§3.8)",
+                r#"{"id": "batch_req_456", "custom_id": "r7", "response": {"status_code": 400, "request_id": "req_x", "body": {"error": {"message": "Invalid 'max_tokens'", "type": "invalid_request_error", "param": "max_tokens", "code": null}}}, "error": null}"#,
+                "invalid_request_error",
+                "Invalid 'max_tokens'",
+                Some(400),
+                false,
+            ),
+            (
+                "openai http 500",
+                r#"{"custom_id":"r8","response":{"status_code":500,"request_id":"req_y","body":{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}},"error":null}"#,
+                "server_error",
+                "The server had an error",
+                Some(500),
+                true,
+            ),
+            (
+                "http 503 without a body",
+                r#"{"custom_id":"r9","response":{"status_code":503,"body":null},"error":null}"#,
+                "http_503",
+                "HTTP 503",
+                Some(503),
+                true,
+            ),
+            (
+                "batch_expired (§3.6)",
+                r#"{"id":"batch_req_1","custom_id":"r10","response":null,"error":{"code":"batch_expired","message":"This request could not be executed before the completion window expired."}}"#,
+                "batch_expired",
+                "This request could not be executed before the completion window expired.",
+                None,
+                true,
+            ),
+            (
+                "batch_cancelled",
+                r#"{"custom_id":"r11","response":null,"error":{"code":"batch_cancelled","message":"cancelled"}}"#,
+                "batch_cancelled",
+                "cancelled",
+                None,
+                true,
+            ),
+            (
+                "error wins over a 200 status",
+                r#"{"custom_id":"r12","response":{"status_code":200,"body":{"choices":[]}},"error":{"code":"server_error","message":"x"}}"#,
+                "server_error",
+                "x",
+                Some(200),
+                true,
+            ),
+            (
+                "vllm string error",
+                r#"{"id":"vllm-1","custom_id":"r13","response":{"status_code":400,"request_id":"vllm-batch-1","body":null},"error":"Streaming is not supported in batch mode"}"#,
+                STRING_ERROR_CODE,
+                "Streaming is not supported in batch mode",
+                Some(400),
+                false,
+            ),
+            (
+                "vllm nested error with int code",
+                r#"{"id":"vllm-2","custom_id":"r14","response":{"status_code":404,"request_id":"vllm-batch-2","body":null},"error":{"error":{"message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}}}"#,
+                "NotFoundError",
+                "The model `x` does not exist.",
+                Some(404),
+                false,
+            ),
+            (
+                "vllm old flat error, int code, no response",
+                r#"{"custom_id":"r15","response":null,"error":{"object":"error","message":"overloaded","type":"ServiceUnavailableError","param":null,"code":503}}"#,
+                "ServiceUnavailableError",
+                "overloaded",
+                Some(503),
+                true,
+            ),
+            (
+                "429 rate limit line",
+                r#"{"custom_id":"r16","response":{"status_code":429,"body":{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}},"error":null}"#,
+                "rate_limit_exceeded",
+                "slow down",
+                Some(429),
+                true,
+            ),
+            (
+                "429 insufficient_quota is final",
+                r#"{"custom_id":"r17","response":{"status_code":429,"body":{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}},"error":null}"#,
+                "insufficient_quota",
+                "You exceeded your current quota",
+                Some(429),
+                false,
+            ),
+            (
+                "422",
+                r#"{"custom_id":"r18","response":{"status_code":422,"body":{"detail":"unprocessable"}},"error":null}"#,
+                "http_422",
+                "unprocessable",
+                Some(422),
+                false,
+            ),
+        ];
+        for (name, line, code, message, status, retryable) in cases {
+            let f = failure(line);
+            assert_eq!(f.code, code, "{name}");
+            assert_eq!(f.message, message, "{name}");
+            assert_eq!(f.status, status, "{name}");
+            assert_eq!(f.retryable, retryable, "{name}");
+        }
+    }
+
+    #[test]
+    fn empty_error_values_fall_through_to_the_status() {
+        for err in [r#""""#, "{}", "null"] {
+            let line = format!(
+                r#"{{"custom_id":"r","response":{{"status_code":200,"body":{{"choices":[{{"message":{{"content":"ok"}}}}]}}}},"error":{err}}}"#
+            );
+            assert_eq!(success(&line).content, "ok", "{err}");
+        }
+    }
+
+    #[test]
+    fn line_endings_and_bad_lines() {
+        assert_eq!(success(&format!("{OPENAI_OK}\r")).content, "7");
+        assert_eq!(success(&format!("\u{feff}{OPENAI_OK}\r\n")).content, "7");
+        let cases: [(&str, LineParseError); 6] = [
+            ("", LineParseError::Blank),
+            ("  \r", LineParseError::Blank),
+            ("[1,2]", LineParseError::NotObject),
+            (
+                r#"{"response":{"status_code":200}}"#,
+                LineParseError::MissingCustomId,
+            ),
+            (
+                r#"{"custom_id":"","response":{"status_code":200}}"#,
+                LineParseError::MissingCustomId,
+            ),
+            (
+                r#"{"custom_id":"r","response":null,"error":null}"#,
+                LineParseError::NoOutcome {
+                    custom_id: "r".into(),
+                },
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(classify_line(line), Err(want), "{line:?}");
+        }
+        assert!(matches!(
+            classify_line("{not json"),
+            Err(LineParseError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn retry_rule_table() {
+        let cases: [(&[&str], Option<u16>, bool); 16] = [
+            (&["batch_expired"], None, true),
+            (&["batch_cancelled"], None, true),
+            (&["rate_limit_exceeded"], Some(429), true),
+            (&["server_error"], None, true),
+            (&["timeout"], None, true),
+            (&["http_408"], Some(408), true),
+            (&["http_409"], Some(409), true),
+            (&["http_429"], Some(429), true),
+            (&["http_500"], Some(500), true),
+            (&["http_599"], Some(599), true),
+            (&["invalid_request_error"], Some(400), false),
+            (&["invalid_api_key"], Some(401), false),
+            (&["http_403"], Some(403), false),
+            (&["http_404"], Some(404), false),
+            (&["http_422"], Some(422), false),
+            (
+                &["insufficient_quota", "insufficient_quota"],
+                Some(429),
+                false,
+            ),
+        ];
+        for (codes, status, want) in cases {
+            assert_eq!(
+                failure_is_retryable(codes, status),
+                want,
+                "{codes:?} {status:?}"
+            );
+        }
+    }
+}

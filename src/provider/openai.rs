@@ -1,0 +1,945 @@
+//! `OpenAiClient`: the Files and Batches calls of provider-apis §2–§3 (and a
+//! plain chat completion for direct mode, §7) over reqwest with rustls.
+//!
+//! Every call goes through one loop, `OpenAiClient::execute`, which asks the
+//! pure classifier in `retry` what to do after each failed attempt. The one
+//! exception is `create batch`: the SDKs send no idempotency key (§4.3), so a
+//! timeout, a broken connection or a 5xx there is returned as an *unclear*
+//! error instead of being retried, and the caller looks for the batch by its
+//! metadata before creating another (§8.4, DESIGN §5 step 3).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::multipart::{Form, Part};
+use reqwest::{Method, Response, Url};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+
+use super::config::{
+    ClientConfig, ORG_ENV, PROJECT_ENV, encode_path_segment, join_url, validate_base_url,
+};
+use super::error::{ErrorKind, ProviderError, human_wait, redact};
+use super::retry::{self, Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure};
+use super::types::{ApiError, Batch, BatchList, FileDeleted, FileObject};
+
+/// Error bodies are read up to this size; the rest says nothing new.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Uploads get `request_timeout` plus the time this slow a link would need.
+const MIN_UPLOAD_BYTES_PER_SEC: u64 = 128 * 1024;
+/// `GET /batches` allows 1..=100 (§3.1).
+const LIST_LIMIT_MAX: u32 = 100;
+/// Metadata limits (§3.2).
+const METADATA_MAX_PAIRS: usize = 16;
+const METADATA_MAX_KEY: usize = 64;
+const METADATA_MAX_VALUE: usize = 512;
+
+/// Whether a failed attempt may be replayed blindly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    Safe,
+    /// `POST /batches`: only failures that prove nothing was created are retried.
+    CreateBatch,
+}
+
+enum Payload<'a> {
+    Empty,
+    Json(String),
+    /// Re-opened on every attempt, streamed with its length.
+    Upload {
+        path: &'a Path,
+        filename: &'a str,
+    },
+}
+
+enum Sink<'a> {
+    Text,
+    /// Streamed to `<dest>.tmp`, then fsynced and renamed.
+    File(&'a Path),
+}
+
+struct Call<'a> {
+    op: String,
+    method: Method,
+    url: Url,
+    payload: Payload<'a>,
+    accept: &'static str,
+    sink: Sink<'a>,
+    replay: Replay,
+    /// Direct mode: a final non-2xx answer is returned as data, because it
+    /// belongs to one row, not to the run.
+    final_status_is_data: bool,
+}
+
+struct Reply {
+    status: u16,
+    request_id: Option<String>,
+    body: String,
+}
+
+enum Done {
+    Text(Reply),
+    File(u64),
+}
+
+enum Attempt {
+    Done(Done),
+    /// A local problem (file unreadable, disk full): retrying cannot help.
+    Fatal(ProviderError),
+    Transport {
+        failure: TransportFailure,
+        detail: String,
+        request_id: Option<String>,
+    },
+    Http {
+        status: u16,
+        headers: RetryHeaders,
+        request_id: Option<String>,
+        body: String,
+    },
+}
+
+/// An OpenAI-compatible Files + Batches client.
+#[derive(Debug, Clone)]
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    config: ClientConfig,
+    policy: RetryPolicy,
+}
+
+impl OpenAiClient {
+    pub fn new(config: ClientConfig) -> Result<OpenAiClient, ProviderError> {
+        const OP: &str = "configure provider";
+        validate_base_url(&config.base_url)?;
+        let env = &config.api_key_env;
+        let mut headers = HeaderMap::new();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose()))
+            .map_err(|_| {
+                ProviderError::config(
+                    OP,
+                    format!("the value of {env} cannot be sent in an HTTP header"),
+                    Some(format!("check that {env} holds only the key")),
+                )
+            })?;
+        // Keeps the header out of reqwest's and hyper's Debug output.
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        for (name, value, var) in [
+            ("openai-organization", &config.organization, ORG_ENV),
+            ("openai-project", &config.project, PROJECT_ENV),
+        ] {
+            if let Some(v) = value {
+                let v = HeaderValue::from_str(v).map_err(|_| {
+                    ProviderError::config(OP, format!("{var} is not a valid header value"), None)
+                })?;
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("batchgrader/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout);
+        if config.is_plain_http() {
+            // Plain http needs no roots; loading the platform's would fail on a
+            // machine without CA certificates (crate notes, reqwest).
+            builder = builder.tls_certs_only(Vec::<reqwest::Certificate>::new());
+        }
+        let http = builder.build().map_err(|e| {
+            ProviderError::config(
+                OP,
+                format!("cannot set up the HTTP client: {}", error_chain(&e)),
+                Some(
+                    "https needs the system's CA certificates; install them (e.g. the \
+                     ca-certificates package)"
+                        .into(),
+                ),
+            )
+        })?;
+        let policy = RetryPolicy {
+            max_attempts: config.max_attempts.max(1),
+            ..RetryPolicy::default()
+        };
+        Ok(OpenAiClient {
+            http,
+            config,
+            policy,
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// `POST /files` with `purpose=batch` (§2.1). Retried like any call: a
+    /// duplicate upload costs nothing and expires after 30 days.
+    pub async fn upload_batch_file(
+        &self,
+        path: &Path,
+        filename: &str,
+    ) -> Result<FileObject, ProviderError> {
+        let op = format!("upload file {filename}");
+        // OpenAI refuses a batch input whose name does not end in .jsonl (§2.1).
+        if !filename.ends_with(".jsonl") {
+            return Err(ProviderError::config(
+                op,
+                format!("file name `{filename}` must end in .jsonl"),
+                None,
+            ));
+        }
+        let call = Call {
+            payload: Payload::Upload { path, filename },
+            ..self.call(op, Method::POST, "files")?
+        };
+        let reply = self.execute_text(&call).await?;
+        self.parse(&call.op, &reply)
+    }
+
+    /// `POST /batches` with `completion_window: "24h"` (§3.2).
+    ///
+    /// An error with `is_unclear()` means the batch may exist: list batches
+    /// and adopt the one with this metadata before creating again.
+    pub async fn create_batch(
+        &self,
+        input_file_id: &str,
+        endpoint: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Batch, ProviderError> {
+        let op = format!("create batch from {input_file_id}");
+        check_metadata(&op, metadata)?;
+        let mut body = serde_json::json!({
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": "24h",
+        });
+        if !metadata.is_empty() {
+            body["metadata"] = serde_json::json!(metadata);
+        }
+        let call = Call {
+            payload: Payload::Json(body.to_string()),
+            replay: Replay::CreateBatch,
+            ..self.call(op, Method::POST, "batches")?
+        };
+        let reply = self.execute_text(&call).await?;
+        // The server answered 2xx: the batch exists even if we cannot read it.
+        self.parse(&call.op, &reply)
+            .map_err(ProviderError::into_unclear)
+    }
+
+    /// `GET /batches/{id}`.
+    pub async fn retrieve_batch(&self, id: &str) -> Result<Batch, ProviderError> {
+        let call = self.call(
+            format!("retrieve batch {id}"),
+            Method::GET,
+            &format!("batches/{}", encode_path_segment(id)),
+        )?;
+        let reply = self.execute_text(&call).await?;
+        self.parse(&call.op, &reply)
+    }
+
+    /// `GET /batches?after=&limit=` (limit clamped to 1..=100, §3.1).
+    pub async fn list_batches(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<BatchList, ProviderError> {
+        let mut call = self.call("list batches".to_string(), Method::GET, "batches")?;
+        {
+            let mut q = call.url.query_pairs_mut();
+            if let Some(a) = after {
+                q.append_pair("after", a);
+            }
+            q.append_pair("limit", &limit.clamp(1, LIST_LIMIT_MAX).to_string());
+        }
+        let reply = self.execute_text(&call).await?;
+        self.parse(&call.op, &reply)
+    }
+
+    /// Walks `GET /batches` page by page (`after` = id of the last entry,
+    /// §3.1) and returns the first batch whose metadata `matches`.
+    ///
+    /// Stops when `has_more` is false, a page is empty, or a cursor repeats.
+    /// The spec promises no order, so `stop_before_created_at` ends the walk
+    /// only after a whole page of batches created before it.
+    pub async fn find_batch_by_metadata(
+        &self,
+        matches: impl Fn(&BTreeMap<String, String>) -> bool,
+        stop_before_created_at: Option<i64>,
+    ) -> Result<Option<Batch>, ProviderError> {
+        let mut after: Option<String> = None;
+        let mut cursors = HashSet::new();
+        loop {
+            let page = self.list_batches(after.as_deref(), LIST_LIMIT_MAX).await?;
+            let found = page
+                .data
+                .iter()
+                .find(|b| b.metadata.as_ref().is_some_and(&matches));
+            if let Some(b) = found {
+                return Ok(Some(b.clone()));
+            }
+            let raw_empty = page.data.is_empty() && page.skipped == 0;
+            let all_older = stop_before_created_at.is_some_and(|cutoff| {
+                !page.data.is_empty()
+                    && page
+                        .data
+                        .iter()
+                        .all(|b| b.created_at.is_some_and(|c| c < cutoff))
+            });
+            if !page.has_more || raw_empty || all_older {
+                return Ok(None);
+            }
+            match page.next_after {
+                Some(c) if cursors.insert(c.clone()) => after = Some(c),
+                // A server that repeats a cursor would keep us here forever.
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// `POST /batches/{id}/cancel` (§3.1). Idempotent, so retried normally.
+    pub async fn cancel_batch(&self, id: &str) -> Result<Batch, ProviderError> {
+        let call = self.call(
+            format!("cancel batch {id}"),
+            Method::POST,
+            &format!("batches/{}/cancel", encode_path_segment(id)),
+        )?;
+        let reply = self.execute_text(&call).await?;
+        self.parse(&call.op, &reply)
+    }
+
+    /// `GET /files/{id}/content` streamed to `<dest>.tmp`, fsynced, then
+    /// renamed to `dest` (§2.3). Returns the number of bytes written. A stall
+    /// longer than `request_timeout` counts as a timeout and is retried.
+    pub async fn download_file(&self, id: &str, dest: &Path) -> Result<u64, ProviderError> {
+        let call = Call {
+            accept: "application/binary",
+            sink: Sink::File(dest),
+            ..self.call(
+                format!("download file {id}"),
+                Method::GET,
+                &format!("files/{}/content", encode_path_segment(id)),
+            )?
+        };
+        match self.execute(&call).await? {
+            Done::File(n) => Ok(n),
+            Done::Text(_) => Err(ProviderError::new(call.op, ErrorKind::Protocol)),
+        }
+    }
+
+    /// `DELETE /files/{id}` (§2.4). An empty 2xx body counts as deleted.
+    pub async fn delete_file(&self, id: &str) -> Result<FileDeleted, ProviderError> {
+        let call = self.call(
+            format!("delete file {id}"),
+            Method::DELETE,
+            &format!("files/{}", encode_path_segment(id)),
+        )?;
+        let reply = self.execute_text(&call).await?;
+        if reply.body.trim().is_empty() {
+            return Ok(FileDeleted {
+                id: Some(id.to_string()),
+                deleted: true,
+            });
+        }
+        self.parse(&call.op, &reply)
+    }
+
+    /// `POST /chat/completions` for direct mode (§7): returns the status and
+    /// body of the last answer. Retryable failures are retried first; a final
+    /// or exhausted non-2xx answer is returned as data for the row. Refused
+    /// keys, quota, overlong Retry-After and network failures are errors,
+    /// because they concern the whole run.
+    pub async fn chat_completion(&self, body: &str) -> Result<(u16, String), ProviderError> {
+        let call = Call {
+            payload: Payload::Json(body.to_string()),
+            final_status_is_data: true,
+            ..self.call(
+                "chat completion".to_string(),
+                Method::POST,
+                "chat/completions",
+            )?
+        };
+        let reply = self.execute_text(&call).await?;
+        Ok((reply.status, reply.body))
+    }
+
+    /// A call with the defaults: JSON in and out, safe to replay.
+    fn call<'a>(&self, op: String, method: Method, path: &str) -> Result<Call<'a>, ProviderError> {
+        Ok(Call {
+            op,
+            method,
+            url: join_url(&self.config.base_url, path)?,
+            payload: Payload::Empty,
+            accept: "application/json",
+            sink: Sink::Text,
+            replay: Replay::Safe,
+            final_status_is_data: false,
+        })
+    }
+
+    fn parse<T: DeserializeOwned>(&self, op: &str, reply: &Reply) -> Result<T, ProviderError> {
+        serde_json::from_str(&reply.body).map_err(|e| {
+            ProviderError::new(op, ErrorKind::Protocol)
+                .with_status(Some(reply.status))
+                .with_request_id(reply.request_id.clone())
+                .with_detail(format!(
+                    "unexpected response body ({e}): {}",
+                    snippet(&self.redact(&reply.body))
+                ))
+                .with_hint(Some(format!(
+                    "check that {} is an OpenAI-compatible API",
+                    self.display_base_url()
+                )))
+        })
+    }
+
+    async fn execute_text(&self, call: &Call<'_>) -> Result<Reply, ProviderError> {
+        match self.execute(call).await? {
+            Done::Text(r) => Ok(r),
+            Done::File(_) => Err(ProviderError::new(call.op.clone(), ErrorKind::Protocol)),
+        }
+    }
+
+    /// The retry loop. Sleeping and reading the clock happen here, nowhere else.
+    async fn execute(&self, call: &Call<'_>) -> Result<Done, ProviderError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (decision, error) = match self.attempt(call).await {
+                Attempt::Done(done) => return Ok(done),
+                Attempt::Fatal(e) => return Err(e.with_attempts(attempt)),
+                Attempt::Transport {
+                    failure,
+                    detail,
+                    request_id,
+                } => {
+                    let err = ProviderError::new(call.op.clone(), ErrorKind::Transport)
+                        .with_request_id(request_id)
+                        .with_detail(detail)
+                        .with_attempts(attempt)
+                        .with_hint(Some(format!(
+                            "check the network and that {} is reachable",
+                            self.display_base_url()
+                        )));
+                    // Only a refused connection proves the request never left.
+                    if call.replay == Replay::CreateBatch && failure != TransportFailure::Connect {
+                        return Err(err.into_unclear());
+                    }
+                    let outcome = Outcome::Transport(failure);
+                    (self.decide(&outcome, attempt), err)
+                }
+                Attempt::Http {
+                    status,
+                    headers,
+                    request_id,
+                    body,
+                } => {
+                    if call.replay == Replay::CreateBatch && status >= 500 {
+                        let err = self.http_error(call, None, status, request_id, &body, attempt);
+                        return Err(err.into_unclear());
+                    }
+                    let outcome = Outcome::Http {
+                        status,
+                        headers: &headers,
+                        body: &body,
+                    };
+                    let decision = self.decide(&outcome, attempt);
+                    if let Decision::GiveUp(reason) = &decision {
+                        let row_level = !matches!(
+                            reason,
+                            Reason::Quota
+                                | Reason::Unauthorized
+                                | Reason::Forbidden
+                                | Reason::RetryAfterTooLong { .. }
+                        );
+                        if call.final_status_is_data && row_level {
+                            return Ok(Done::Text(Reply {
+                                status,
+                                request_id,
+                                body,
+                            }));
+                        }
+                    }
+                    let reason = match &decision {
+                        Decision::GiveUp(r) => Some(r),
+                        Decision::Retry { .. } => None,
+                    };
+                    let err = self.http_error(call, reason, status, request_id, &body, attempt);
+                    (decision, err)
+                }
+            };
+            match decision {
+                Decision::Retry { after } => tokio::time::sleep(after).await,
+                Decision::GiveUp(_) => return Err(error),
+            }
+        }
+    }
+
+    fn decide(&self, outcome: &Outcome<'_>, attempt: u32) -> Decision {
+        retry::classify(
+            outcome,
+            attempt,
+            &self.policy,
+            clock_jitter(),
+            SystemTime::now(),
+        )
+    }
+
+    /// One request, start to finish.
+    async fn attempt(&self, call: &Call<'_>) -> Attempt {
+        let timeout = self.config.request_timeout;
+        let mut req = self
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .header(ACCEPT, call.accept);
+        let mut total = Some(timeout);
+        match &call.payload {
+            Payload::Empty => {}
+            Payload::Json(body) => {
+                req = req
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            Payload::Upload { path, filename } => {
+                let file = match tokio::fs::File::open(path).await {
+                    Ok(f) => f,
+                    Err(e) => return Attempt::Fatal(io_error(&call.op, "open", path, &e)),
+                };
+                let len = match file.metadata().await {
+                    Ok(m) => m.len(),
+                    Err(e) => return Attempt::Fatal(io_error(&call.op, "read", path, &e)),
+                };
+                let part = match Part::stream_with_length(file, len)
+                    .file_name(filename.to_string())
+                    .mime_str("application/jsonl")
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Attempt::Fatal(
+                            ProviderError::new(call.op.clone(), ErrorKind::Protocol)
+                                .with_detail(e.to_string()),
+                        );
+                    }
+                };
+                req = req.multipart(Form::new().text("purpose", "batch").part("file", part));
+                total = Some(timeout + Duration::from_secs(len / MIN_UPLOAD_BYTES_PER_SEC));
+            }
+        }
+        let downloading = matches!(call.sink, Sink::File(_));
+        if downloading {
+            // No total deadline for a body of hundreds of MB; stalls are timed instead.
+            total = None;
+        }
+        if let Some(t) = total {
+            req = req.timeout(t);
+        }
+        let sent = if downloading {
+            match tokio::time::timeout(timeout, req.send()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Attempt::Transport {
+                        failure: TransportFailure::Timeout,
+                        detail: format!("no response within {}", human_wait(timeout)),
+                        request_id: None,
+                    };
+                }
+            }
+        } else {
+            req.send().await
+        };
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => return transport_attempt(&e, None),
+        };
+        let status = response.status().as_u16();
+        let request_id = request_id_of(response.headers());
+        if !(200..300).contains(&status) {
+            let headers = retry_headers_of(response.headers());
+            let body = read_capped(&mut response, MAX_ERROR_BODY, timeout).await;
+            return Attempt::Http {
+                status,
+                headers,
+                request_id,
+                body,
+            };
+        }
+        match call.sink {
+            Sink::Text => match response.bytes().await {
+                Ok(bytes) => Attempt::Done(Done::Text(Reply {
+                    status,
+                    request_id,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                })),
+                Err(e) => transport_attempt(&e, request_id),
+            },
+            Sink::File(dest) => stream_to_file(&call.op, response, dest, request_id, timeout).await,
+        }
+    }
+
+    /// Builds the error for a non-2xx answer; `reason` is `None` for an
+    /// unclear create.
+    fn http_error(
+        &self,
+        call: &Call<'_>,
+        reason: Option<&Reason>,
+        status: u16,
+        request_id: Option<String>,
+        body: &str,
+        attempts: u32,
+    ) -> ProviderError {
+        let api = ApiError::from_body(body).map(|a| ApiError {
+            message: a.message.map(|m| self.redact(&m)),
+            ..a
+        });
+        let kind = match reason {
+            Some(Reason::Quota) => ErrorKind::Quota,
+            Some(Reason::Unauthorized) => ErrorKind::Auth,
+            Some(Reason::Forbidden) => ErrorKind::Permission,
+            Some(Reason::NotFound) => ErrorKind::NotFound,
+            Some(Reason::Rejected | Reason::ServerSaidNo) => ErrorKind::Rejected,
+            Some(Reason::RetryAfterTooLong { .. }) => ErrorKind::RetryAfterTooLong,
+            Some(Reason::Exhausted { .. }) | None if status == 429 => ErrorKind::RateLimited,
+            Some(Reason::Exhausted { .. }) | None => ErrorKind::Server,
+        };
+        let env = &self.config.api_key_env;
+        let base = self.display_base_url();
+        let detail = match reason {
+            Some(Reason::Unauthorized) => Some(format!("the API key in {env} was refused")),
+            Some(Reason::RetryAfterTooLong { wait }) => Some(format!(
+                "the server asked to wait {} before retrying",
+                human_wait(*wait)
+            )),
+            _ if api.as_ref().is_some_and(|a| a.message.is_some()) => None,
+            _ => Some(snippet(&self.redact(body))).filter(|s| !s.is_empty()),
+        };
+        let hint = match (kind, reason) {
+            (ErrorKind::Auth, _) => Some(format!(
+                "check that {env} holds a valid, active key for {base}"
+            )),
+            (ErrorKind::Permission, _) => Some(format!(
+                "the key in {env} may not do this; check its permissions and the project and \
+                 organization it belongs to ({PROJECT_ENV}, {ORG_ENV})"
+            )),
+            (ErrorKind::Quota, _) => Some(self.quota_hint()),
+            (ErrorKind::NotFound, _) => Some(format!(
+                "check the id (files expire after 30 days); a server without the Files and \
+                 Batches API, such as plain vLLM, also answers 404: use `mode: direct` for it \
+                 ({base})"
+            )),
+            (ErrorKind::RetryAfterTooLong, Some(Reason::RetryAfterTooLong { wait })) => {
+                Some(format!("run the command again in {}", human_wait(*wait)))
+            }
+            (ErrorKind::RateLimited, _) => {
+                Some("the provider is rate limiting; run the command again later".into())
+            }
+            (ErrorKind::Server, _) => {
+                Some("the provider is having trouble; run the command again later".into())
+            }
+            _ => None,
+        };
+        let mut err = ProviderError::new(call.op.clone(), kind)
+            .with_status(Some(status))
+            .with_request_id(request_id)
+            .with_api(api)
+            .with_attempts(attempts)
+            .with_hint(hint);
+        if let Some(d) = detail {
+            err = err.with_detail(d);
+        }
+        err
+    }
+
+    fn quota_hint(&self) -> String {
+        let openai = Url::parse(&self.config.base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.ends_with("openai.com")))
+            .unwrap_or(false);
+        if openai {
+            "the account is out of credit or over its spend limit: add credit or raise the limit \
+             on your billing page (https://platform.openai.com/settings/organization/billing), \
+             then run the command again"
+                .into()
+        } else {
+            "the account is out of credit or over its spend limit: add credit or raise the limit \
+             on your provider's billing page, then run the command again"
+                .into()
+        }
+    }
+
+    fn redact(&self, text: &str) -> String {
+        redact(text, self.config.api_key.expose())
+    }
+
+    /// The base URL without any user or password in it.
+    fn display_base_url(&self) -> String {
+        match Url::parse(&self.config.base_url) {
+            Ok(mut u) => {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.to_string()
+            }
+            Err(_) => self.config.base_url.clone(),
+        }
+    }
+}
+
+/// OpenAI's `x-request-id`; Anthropic-style `request-id` and Azure's
+/// `apim-request-id` as fallbacks.
+fn request_id_of(headers: &HeaderMap) -> Option<String> {
+    ["x-request-id", "request-id", "apim-request-id"]
+        .iter()
+        .find_map(|n| headers.get(*n)?.to_str().ok())
+        .map(str::to_string)
+        .filter(|s| !s.is_empty())
+}
+
+fn retry_headers_of(headers: &HeaderMap) -> RetryHeaders {
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    RetryHeaders {
+        retry_after_ms: get("retry-after-ms"),
+        retry_after: get("retry-after"),
+        should_retry: get("x-should-retry"),
+    }
+}
+
+fn transport_attempt(e: &reqwest::Error, request_id: Option<String>) -> Attempt {
+    // A connect timeout is both; it still proves the request was not sent.
+    let failure = if e.is_connect() {
+        TransportFailure::Connect
+    } else if e.is_timeout() {
+        TransportFailure::Timeout
+    } else {
+        TransportFailure::Other
+    };
+    Attempt::Transport {
+        failure,
+        detail: error_chain(e),
+        request_id,
+    }
+}
+
+/// `Display` of an error and its sources, joined, without repeats.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+/// Reads at most `cap` bytes of an error body; a failure keeps what was read.
+async fn read_capped(response: &mut Response, cap: usize, stall: Duration) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    while buf.len() < cap {
+        match tokio::time::timeout(stall, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(cap);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Streams a 2xx body to `<dest>.tmp`, then fsync + rename, so `dest` is
+/// either absent or complete after a crash.
+async fn stream_to_file(
+    op: &str,
+    mut response: Response,
+    dest: &Path,
+    request_id: Option<String>,
+    stall: Duration,
+) -> Attempt {
+    let tmp = tmp_path(dest);
+    let mut file = match tokio::fs::File::create(&tmp).await {
+        Ok(f) => f,
+        Err(e) => return Attempt::Fatal(io_error(op, "create", &tmp, &e)),
+    };
+    let mut written = 0u64;
+    loop {
+        let chunk = match tokio::time::timeout(stall, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return transport_attempt(&e, request_id);
+            }
+            Err(_) => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Attempt::Transport {
+                    failure: TransportFailure::Timeout,
+                    detail: format!(
+                        "download stalled for {} after {written} bytes",
+                        human_wait(stall)
+                    ),
+                    request_id,
+                };
+            }
+        };
+        if let Err(e) = file.write_all(&chunk).await {
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Attempt::Fatal(io_error(op, "write", &tmp, &e));
+        }
+        written += chunk.len() as u64;
+    }
+    let synced = match file.flush().await {
+        Ok(()) => file.sync_all().await,
+        Err(e) => Err(e),
+    };
+    drop(file);
+    if let Err(e) = synced {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Attempt::Fatal(io_error(op, "write", &tmp, &e));
+    }
+    if let Err(e) = tokio::fs::rename(&tmp, dest).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Attempt::Fatal(io_error(op, "rename into", dest, &e));
+    }
+    sync_parent(dest).await;
+    Attempt::Done(Done::File(written))
+}
+
+/// Makes the rename durable. Best effort: not every platform can open a directory.
+async fn sync_parent(path: &Path) {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if let Ok(dir) = tokio::fs::File::open(&parent).await {
+        let _ = dir.sync_all().await;
+    }
+}
+
+/// `dest` with `.tmp` appended to its file name.
+fn tmp_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    dest.with_file_name(name)
+}
+
+fn io_error(op: &str, action: &str, path: &Path, e: &std::io::Error) -> ProviderError {
+    ProviderError::new(op, ErrorKind::Io)
+        .with_detail(format!("cannot {action} {}: {e}", path.display()))
+}
+
+/// The first 200 characters of a body, on one line.
+fn snippet(body: &str) -> String {
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// A jitter value in [0, 1) from the clock; the classifier itself stays pure.
+fn clock_jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+/// Metadata limits of §3.2, checked before spending a request on them.
+fn check_metadata(op: &str, metadata: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+    let problem = if metadata.len() > METADATA_MAX_PAIRS {
+        Some(format!(
+            "metadata has {} pairs; at most {METADATA_MAX_PAIRS} are allowed",
+            metadata.len()
+        ))
+    } else if let Some(k) = metadata
+        .keys()
+        .find(|k| k.chars().count() > METADATA_MAX_KEY)
+    {
+        Some(format!(
+            "metadata key `{k}` is longer than {METADATA_MAX_KEY} characters"
+        ))
+    } else {
+        metadata
+            .iter()
+            .find(|(_, v)| v.chars().count() > METADATA_MAX_VALUE)
+            .map(|(k, _)| {
+                format!("metadata value of `{k}` is longer than {METADATA_MAX_VALUE} characters")
+            })
+    };
+    match problem {
+        Some(p) => Err(ProviderError::config(op, p, None)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_limits() {
+        let ok: BTreeMap<String, String> = (0..16).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert!(check_metadata("create batch", &ok).is_ok());
+        let too_many: BTreeMap<String, String> =
+            (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+        let long_key = BTreeMap::from([("k".repeat(65), "v".to_string())]);
+        let long_value = BTreeMap::from([("k".to_string(), "v".repeat(513))]);
+        for m in [too_many, long_key, long_value] {
+            let e = check_metadata("create batch", &m).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+        }
+    }
+
+    #[test]
+    fn tmp_path_appends() {
+        assert_eq!(
+            tmp_path(Path::new("/a/b/out.jsonl")),
+            PathBuf::from("/a/b/out.jsonl.tmp")
+        );
+        assert_eq!(tmp_path(Path::new("x")), PathBuf::from("x.tmp"));
+    }
+
+    #[test]
+    fn snippets_are_short_single_lines() {
+        assert_eq!(snippet("a\n  b\tc"), "a b c");
+        let long = "é".repeat(300);
+        let s = snippet(&long);
+        assert_eq!(s.chars().count(), 201);
+        assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn jitter_in_range() {
+        let j = clock_jitter();
+        assert!((0.0..1.0).contains(&j));
+    }
+
+    #[test]
+    fn clients_build_for_http_and_https() {
+        use super::super::config::Secret;
+        for base in ["http://127.0.0.1:9/v1", "https://api.openai.com/v1"] {
+            let c = OpenAiClient::new(ClientConfig::new(base, Secret::new("sk-x"), "K"));
+            assert!(c.is_ok(), "{base}: {:?}", c.err());
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        use super::super::config::Secret;
+        let c = OpenAiClient::new(ClientConfig::new(
+            "http://127.0.0.1:9/v1",
+            Secret::new("sk-very-secret"),
+            "K",
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+}

@@ -1,0 +1,417 @@
+//! Shared server state, persistence, and the per-batch background drivers.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::SimConfig;
+use super::api_error::{ApiError, ErrorBody};
+use super::batch_file::{self, RunClock, RunContext};
+use super::hash::{hash64, unit};
+use super::state::{
+    BatchRecord, Db, FILE_LIFETIME_SECS, FileRecord, LineError, Outcome, Step, Validated,
+    Validation, next_step,
+};
+use super::store::{self, Blobs};
+
+/// How long the `retry-after-ms` of an injected 429 is.
+const INJECTED_RETRY_AFTER_MS: u64 = 50;
+/// A driver whose step failed (disk full…) tries again after this.
+const DRIVER_RETRY: Duration = Duration::from_secs(1);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct App {
+    pub config: SimConfig,
+    db: Mutex<Db>,
+    pub blobs: Blobs,
+    /// Serialises `state.json` writes so an older snapshot never lands last.
+    persist_lock: tokio::sync::Mutex<()>,
+    /// Mixed into ids so that two memory-only servers never hand out the same id.
+    nonce: u64,
+    request_ids: AtomicU64,
+    api_calls: AtomicU64,
+    injected: AtomicU64,
+    /// Running drivers, by batch id; a cancel wakes the batch's driver.
+    drivers: Mutex<HashMap<String, Arc<Notify>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl App {
+    pub fn open(config: SimConfig) -> io::Result<Arc<App>> {
+        let db = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                store::load_db(dir)?.unwrap_or_else(Db::new)
+            }
+            None => Db::new(),
+        };
+        let blobs = Blobs::open(config.data_dir.as_deref())?;
+        let nonce = hash64(&[
+            b"nonce",
+            &now_ms().to_le_bytes(),
+            &std::process::id().to_le_bytes(),
+        ]);
+        Ok(Arc::new(App {
+            config,
+            db: Mutex::new(db),
+            blobs,
+            persist_lock: tokio::sync::Mutex::new(()),
+            nonce,
+            request_ids: AtomicU64::new(0),
+            api_calls: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+            drivers: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            shutdown: watch::Sender::new(false),
+        }))
+    }
+
+    pub fn db(&self) -> MutexGuard<'_, Db> {
+        guard(&self.db)
+    }
+
+    pub async fn persist(&self) -> io::Result<()> {
+        let Some(dir) = &self.config.data_dir else {
+            return Ok(());
+        };
+        let _writer = self.persist_lock.lock().await;
+        let json = serde_json::to_vec(&*self.db()).map_err(io::Error::other)?;
+        store::save_db(dir, json).await
+    }
+
+    /// A fresh id such as `file-sim-…`; `db` supplies the sequence number.
+    pub fn new_id(&self, db: &mut Db, prefix: &str) -> (String, u64) {
+        let seq = db.take_seq();
+        let h = hash64(&[
+            prefix.as_bytes(),
+            &self.nonce.to_le_bytes(),
+            &seq.to_le_bytes(),
+        ]);
+        (format!("{prefix}{h:016x}"), seq)
+    }
+
+    pub fn next_request_id(&self) -> String {
+        format!(
+            "req_sim_{}",
+            self.request_ids.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    /// The error to answer instead of serving this call, if one is due.
+    /// Driven by a call counter, so a given sequence of calls always sees the
+    /// same errors.
+    pub fn injected_error(&self) -> Option<ApiError> {
+        let rate = self.config.http_error_rate;
+        if rate <= 0.0 {
+            return None;
+        }
+        let call = self.api_calls.fetch_add(1, Ordering::Relaxed);
+        let roll = unit(hash64(&[
+            b"http",
+            &self.config.seed.to_le_bytes(),
+            &call.to_le_bytes(),
+        ]));
+        if roll >= rate {
+            return None;
+        }
+        let error = if self
+            .injected
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(2)
+        {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorBody {
+                    message: "The server had an error while processing your request. \
+                              (simulated)"
+                        .into(),
+                    kind: "server_error".into(),
+                    param: None,
+                    code: None,
+                },
+            )
+        } else {
+            ApiError {
+                retry_after_ms: Some(INJECTED_RETRY_AFTER_MS),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorBody {
+                        message: "Rate limit reached for requests (simulated).".into(),
+                        kind: "requests".into(),
+                        param: None,
+                        code: Some("rate_limit_exceeded".into()),
+                    },
+                )
+            }
+        };
+        Some(error)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Starts drivers for every batch that still owes work (after a restart).
+    pub fn resume_drivers(self: &Arc<Self>) {
+        let now = now_ms();
+        let pending: Vec<String> = self
+            .db()
+            .batches
+            .values()
+            .filter(|b| next_step(b, now) != Step::Done)
+            .map(|b| b.id.clone())
+            .collect();
+        pending.iter().for_each(|id| self.wake_driver(id));
+    }
+
+    /// Wakes the batch's driver, or starts one if none is running.
+    pub fn wake_driver(self: &Arc<Self>, id: &str) {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let mut drivers = guard(&self.drivers);
+        if let Some(notify) = drivers.get(id) {
+            notify.notify_one();
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        drivers.insert(id.to_string(), notify.clone());
+        let task = tokio::spawn(drive(self.clone(), id.to_string(), notify));
+        let mut tasks = guard(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    pub fn signal_stop(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Stops the drivers; each finishes the step it is in, so no half-written
+    /// result is left for the next server on the same data directory.
+    pub async fn stop(&self) {
+        self.signal_stop();
+        let tasks = std::mem::take(&mut *guard(&self.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The driver leaves only when the batch owes nothing. The check happens
+    /// under the driver-map lock, so a cancel that lands meanwhile either is
+    /// seen here or finds no driver and starts a new one.
+    fn retire_if_done(&self, id: &str) -> bool {
+        let mut drivers = guard(&self.drivers);
+        let done = match self.db().batches.get(id) {
+            Some(batch) => next_step(batch, now_ms()) == Step::Done,
+            None => true,
+        };
+        if done {
+            drivers.remove(id);
+        }
+        done
+    }
+
+    fn retire(&self, id: &str) {
+        guard(&self.drivers).remove(id);
+    }
+
+    async fn validate(self: &Arc<Self>, id: &str) -> io::Result<()> {
+        let Some(batch) = self.db().batches.get(id).cloned() else {
+            return Ok(());
+        };
+        let app = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let ctx = run_context(&batch);
+            match app.blobs.reader(&batch.input_file_id) {
+                Ok(reader) => batch_file::validate(reader, &ctx),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Validation::Invalid {
+                    errors: vec![LineError {
+                        code: "invalid_file".into(),
+                        message: "The input file was deleted before the batch could read it."
+                            .into(),
+                        line: None,
+                    }],
+                }),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if let Some(batch) = self.db().batches.get_mut(id)
+            && batch.validated.is_none()
+        {
+            batch.validated = Some(Validated {
+                done_ms: now_ms(),
+                result,
+            });
+        }
+        self.persist().await
+    }
+
+    async fn materialize(self: &Arc<Self>, id: &str, executed: u64) -> io::Result<()> {
+        let (batch, output_id, error_id) = {
+            let mut db = self.db();
+            let Some(batch) = db.batches.get(id).cloned() else {
+                return Ok(());
+            };
+            let (output_id, _) = self.new_id(&mut db, "file-sim-");
+            let (error_id, _) = self.new_id(&mut db, "file-sim-");
+            (batch, output_id, error_id)
+        };
+        let app = self.clone();
+        let (out_name, err_name) = (output_id.clone(), error_id.clone());
+        let results = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let ctx = run_context(&batch);
+            let (start_ms, span_ms) = batch.run_window().unwrap_or_default();
+            let clock = RunClock { start_ms, span_ms };
+            let reader = match app.blobs.reader(&batch.input_file_id) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Box::new(io::empty()) as Box<dyn io::BufRead + Send>
+                }
+                other => other?,
+            };
+            let results = batch_file::run(reader, &ctx, batch.total(), executed, &clock)?;
+            let output_bytes = results.output.len() as u64;
+            let error_bytes = results.errors.len() as u64;
+            if output_bytes > 0 {
+                app.blobs.put(&out_name, results.output)?;
+            }
+            if error_bytes > 0 {
+                app.blobs.put(&err_name, results.errors)?;
+            }
+            Ok((output_bytes, error_bytes, results.counts, results.usage))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let (output_bytes, error_bytes, counts, usage) = results;
+
+        let now = now_ms();
+        let mut unused = Vec::new();
+        let mut stale = Vec::new();
+        {
+            let mut db = self.db();
+            let still_wanted = db
+                .batches
+                .get(id)
+                .is_some_and(|b| next_step(b, now) == Step::Materialize { executed });
+            if still_wanted {
+                let created_at = now / 1000;
+                let add_file = |db: &mut Db, file_id: &str, bytes: u64, kind: &str| {
+                    if bytes == 0 {
+                        return None;
+                    }
+                    let seq = db.take_seq();
+                    db.files.insert(
+                        file_id.to_string(),
+                        FileRecord {
+                            id: file_id.to_string(),
+                            seq,
+                            bytes,
+                            created_at,
+                            expires_at: Some(created_at + FILE_LIFETIME_SECS),
+                            filename: format!("{id}_{kind}.jsonl"),
+                            purpose: "batch_output".into(),
+                        },
+                    );
+                    Some(file_id.to_string())
+                };
+                let output_file_id = add_file(&mut db, &output_id, output_bytes, "output");
+                let error_file_id = add_file(&mut db, &error_id, error_bytes, "error");
+                let outcome = Outcome {
+                    ready_ms: now,
+                    executed,
+                    output_file_id,
+                    error_file_id,
+                    counts,
+                    usage,
+                };
+                let previous = db
+                    .batches
+                    .get_mut(id)
+                    .and_then(|batch| batch.outcome.replace(outcome));
+                if let Some(previous) = previous {
+                    stale.extend(previous.output_file_id);
+                    stale.extend(previous.error_file_id);
+                }
+                for file_id in &stale {
+                    db.files.remove(file_id);
+                }
+            } else {
+                unused.extend([output_id, error_id]);
+            }
+        }
+        self.persist().await?;
+        for file_id in unused.iter().chain(&stale) {
+            self.blobs.remove(file_id).await?;
+        }
+        Ok(())
+    }
+}
+
+fn run_context(batch: &BatchRecord) -> RunContext<'_> {
+    RunContext {
+        batch_id: &batch.id,
+        endpoint: &batch.endpoint,
+        seed: batch.seed,
+        request_failure_rate: batch.request_failure_rate,
+    }
+}
+
+/// Does a batch's background work when it falls due: validation right after
+/// creation, the result files when the run ends or a cancel arrives.
+async fn drive(app: Arc<App>, id: String, notify: Arc<Notify>) {
+    let mut shutdown = app.shutdown_signal();
+    loop {
+        if *shutdown.borrow() {
+            app.retire(&id);
+            return;
+        }
+        let step = match app.db().batches.get(&id) {
+            Some(batch) => next_step(batch, now_ms()),
+            None => Step::Done,
+        };
+        let result = match step {
+            Step::Done => {
+                if app.retire_if_done(&id) {
+                    return;
+                }
+                continue;
+            }
+            Step::WaitUntil(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = notify.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            Step::Validate => app.validate(&id).await,
+            Step::Materialize { executed } => app.materialize(&id, executed).await,
+        };
+        if let Err(e) = result {
+            eprintln!("simulate-server: batch {id}: {e}; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(DRIVER_RETRY) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
