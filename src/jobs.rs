@@ -17,7 +17,7 @@ use crate::provider::{ClientConfig, OpenAiClient, Secret};
 use crate::report::{Ui, num, plan_text, print_json};
 use crate::simulate::{SimConfig, SimServer};
 use crate::spec::{self, CheckedSpec, ProviderKind, ProviderMode, units};
-use crate::state::{self, JobStore, StateError};
+use crate::state::{self, JobStore};
 use crate::status::{self, RunState, Snapshot};
 
 /// The job a command means: the one named, else the only job in the state folder.
@@ -161,13 +161,7 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
         }
         _ => resolve_job(state_root, args.job)?,
     };
-    let store = JobStore::open_existing(state_root, &job).map_err(|e| match e {
-        StateError::Locked { job, holder } => Error::usage_with_hint(
-            format!("job `{job}` is being applied by another process ({holder})"),
-            "watch it with `batchgrader status`; run `batchgrader resume` once it has stopped",
-        ),
-        other => other.into(),
-    })?;
+    let store = JobStore::open_existing(state_root, &job)?;
     let spec = match args.spec {
         Some(p) if !args.resume => spec::load(p)?,
         _ => saved_spec(&store)?,

@@ -25,7 +25,9 @@ pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("job `{job}` is in use by another batchgrader process ({holder})")]
+    #[error(
+        "job `{job}` is in use by another batchgrader process ({holder}); it may be applying the job right now"
+    )]
     Locked { job: String, holder: String },
     #[error(
         "state of job `{job}` has format version {found}; this batchgrader understands up to {FORMAT_VERSION}"

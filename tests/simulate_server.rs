@@ -274,6 +274,7 @@ async fn big_batch_is_shuffled_and_failures_go_to_the_error_file() {
         SimConfig {
             request_failure_rate: 0.2,
             seed: 3,
+            in_progress: Duration::from_millis(300),
             ..fast()
         },
         0,

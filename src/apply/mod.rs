@@ -159,6 +159,14 @@ impl<'a> Runner<'a> {
     /// Run the job until it is finished, detached, interrupted or halted.
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
         let mut units = self.ensure_units()?;
+        // A run killed between merging a chunk and writing its usage line
+        // finishes that bookkeeping first.
+        for u in units.iter_mut() {
+            if u.phase == Phase::Merged && !u.ledger_written {
+                self.write_ledger(u)?;
+                self.clean_remote(u).await;
+            }
+        }
         if let Some(ending) = self.check_budget_before_start(&units)? {
             return self.finish(ending).await;
         }
@@ -390,6 +398,8 @@ impl<'a> Runner<'a> {
         let meta = self.metadata(u);
         match self.client.create_batch(&file_id, CHAT_URL, &meta).await {
             Ok(batch) => {
+                // The batch exists but is not recorded: the case `recover` is for.
+                kill_point("create-sent");
                 self.adopt(u, &batch.id, batch.status.as_str())?;
                 self.event(Some(u.id), &format!("submitted as batch {}", batch.id));
                 kill_point("create");

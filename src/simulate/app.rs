@@ -96,6 +96,22 @@ impl App {
         store::save_db(dir, json).await
     }
 
+    /// Saves the state and (for a new or cancelled batch) wakes its driver,
+    /// in a task of its own: if the client hangs up, axum drops the handler
+    /// future, and a half-done commit would leave a batch no driver runs.
+    pub async fn commit(self: &Arc<Self>, wake: Option<String>) -> io::Result<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let saved = app.persist().await;
+            if let Some(id) = wake {
+                app.wake_driver(&id);
+            }
+            saved
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// A fresh id such as `file-sim-…`; `db` supplies the sequence number.
     pub fn new_id(&self, db: &mut Db, prefix: &str) -> (String, u64) {
         let seq = db.take_seq();

@@ -33,7 +33,7 @@ use app::App;
 /// How long `shutdown` waits for open connections (a long download, say).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SimConfig {
     /// Persist files and batches here, so a restarted server continues the
     /// same batches; `None` keeps everything in memory.
@@ -52,6 +52,22 @@ pub struct SimConfig {
     /// anything, to exercise client retries.
     pub http_error_rate: f64,
     pub seed: u64,
+}
+
+/// By hand, so that a key never reaches a log.
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("data_dir", &self.data_dir)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("validating", &self.validating)
+            .field("in_progress", &self.in_progress)
+            .field("finalizing", &self.finalizing)
+            .field("request_failure_rate", &self.request_failure_rate)
+            .field("http_error_rate", &self.http_error_rate)
+            .field("seed", &self.seed)
+            .finish()
+    }
 }
 
 impl Default for SimConfig {

@@ -65,7 +65,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/batches/{id}", get(retrieve_batch))
         .route("/batches/{id}/cancel", post(cancel_batch))
         .route("/chat/completions", post(chat_completions))
-        .method_not_allowed_fallback(wrong_method)
+        .method_not_allowed_fallback(wrong_method_v1)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Layers run outside-in from the last one: auth, then error injection.
         .layer(middleware::from_fn_with_state(app.clone(), inject_errors))
@@ -142,15 +142,24 @@ async fn unknown_url(request: Request) -> ApiError {
     )
 }
 
-async fn wrong_method(request: Request) -> ApiError {
+fn method_error(request: &Request, prefix: &str) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         ErrorBody::invalid_request(format!(
-            "Invalid method for URL ({} {})",
+            "Invalid method for URL ({} {prefix}{})",
             request.method(),
             request.uri().path()
         )),
     )
+}
+
+async fn wrong_method(request: Request) -> ApiError {
+    method_error(&request, "")
+}
+
+/// Nesting strips `/v1` from the path this handler sees.
+async fn wrong_method_v1(request: Request) -> ApiError {
+    method_error(&request, "/v1")
 }
 
 /// A path id; a malformed one is a 400 envelope instead of axum's plain text.
@@ -281,7 +290,7 @@ async fn upload_file(
         db.files.insert(id, record);
         db.counters.files_uploaded += 1;
     }
-    app.persist().await?;
+    app.commit(None).await?;
     ok(object)
 }
 
@@ -490,7 +499,7 @@ async fn delete_file(State(app): AppState, Id(id): Id) -> ApiResult {
         db.files.remove(&id).ok_or_else(|| no_such_file(&id))?;
         db.counters.files_deleted += 1;
     }
-    app.persist().await?;
+    app.commit(None).await?;
     app.blobs.remove(&id).await?;
     ok(json!({ "id": id, "object": "file", "deleted": true }))
 }
@@ -616,7 +625,7 @@ async fn create_batch(State(app): AppState, body: Result<Bytes, BytesRejection>)
     let metadata = check_metadata(body.get("metadata"))?;
 
     let now = now_ms();
-    let object = {
+    let (id, object) = {
         let mut db = app.db();
         let file = db
             .files
@@ -658,9 +667,8 @@ async fn create_batch(State(app): AppState, body: Result<Bytes, BytesRejection>)
         db.counters.batches_created += 1;
         (id, object)
     };
-    app.persist().await?;
-    app.wake_driver(&object.0);
-    ok(object.1)
+    app.commit(Some(id)).await?;
+    ok(object)
 }
 
 async fn retrieve_batch(State(app): AppState, Id(id): Id) -> ApiResult {
@@ -713,8 +721,7 @@ async fn cancel_batch(State(app): AppState, Id(id): Id) -> ApiResult {
         }
         object
     };
-    app.persist().await?;
-    app.wake_driver(&id);
+    app.commit(Some(id)).await?;
     ok(object)
 }
 

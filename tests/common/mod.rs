@@ -10,6 +10,8 @@ pub struct Sandbox {
 
 pub struct Run {
     pub code: i32,
+    /// The signal that ended the process, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -75,8 +77,10 @@ impl Sandbox {
             cmd.env(k, v);
         }
         let out: Output = cmd.output().expect("run batchgrader");
+        use std::os::unix::process::ExitStatusExt;
         Run {
             code: out.status.code().unwrap_or(-1),
+            signal: out.status.signal(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }

@@ -1,0 +1,489 @@
+//! `apply`, `resume`, `status`, `export` against the simulated provider run
+//! as a separate process (`batchgrader simulate-server`), through the real
+//! HTTP client. The server outlives the `apply` processes these tests kill.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+use serde_json::Value;
+
+const KEY_ENV: &str = "BG_TEST_KEY";
+const KEY: &str = "sk-test-not-a-real-key-4242";
+
+/// A simulated provider in its own process.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(sb: &Sandbox, extra: &[&str]) -> Server {
+        let data = sb.path("server-data");
+        // Short batch timings, unless the test sets its own.
+        let mut args: Vec<&str> = vec!["simulate-server", "--port", "0"];
+        for (flag, value) in [
+            ("--validating", "50ms"),
+            ("--in-progress", "300ms"),
+            ("--finalizing", "50ms"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start simulate-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("simulate-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    fn stats(&self) -> Value {
+        let base = self.url.trim_end_matches("/v1");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            reqwest::get(format!("{base}/_sim/stats"))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 25 rows with cells that must survive verbatim, in chunks of 10.
+fn job(sb: &Sandbox, server: &Server, extra: &str) {
+    let mut csv = String::from("id,text,note\n");
+    for i in 1..=25 {
+        let text = match i {
+            3 => "\"quoted, \"\"with\"\" comma\"".to_string(),
+            7 => "\"two\nlines\"".to_string(),
+            11 => "café ☕".to_string(),
+            _ => format!("answer number {i}"),
+        };
+        let note = if i % 5 == 0 {
+            String::new()
+        } else {
+            format!("00{i}")
+        };
+        csv.push_str(&format!("{i:03},{text},{note}\n"));
+    }
+    sb.write("in.csv", csv);
+    sb.write(
+        "job.yaml",
+        format!(
+            "version: 1
+name: crash
+provider:
+  kind: openai
+  base_url: {url}
+  api_key_env: {KEY_ENV}
+model: gpt-4o-mini
+input:
+  path: in.csv
+  id: id
+prompt:
+  system: Grade the answer from 0 to 10. Reply with the number only.
+  user: \"{{{{ text }}}}\"
+request:
+  max_tokens: 4
+output:
+  path: out/graded.csv
+  field: grade
+  parse: number
+chunking:
+  max_requests: 10
+concurrency:
+  max_batches_in_flight: 2
+poll:
+  interval: 100ms
+  max_interval: 200ms
+{extra}",
+            url = server.url
+        ),
+    );
+}
+
+fn bg(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> common::Run {
+    let mut e = vec![(KEY_ENV, KEY)];
+    e.extend_from_slice(env);
+    sb.run_env(args, &e)
+}
+
+/// Batches per (chunk, attempt, submit) on the server: each must be 1.
+fn assert_one_batch_per_chunk_attempt(server: &Server, chunks: usize) {
+    let stats = server.stats();
+    let batches = stats["batches"].as_array().unwrap();
+    let mut seen = HashSet::new();
+    for b in batches {
+        let m = &b["metadata"];
+        let key = (
+            m["batchgrader_chunk"].as_str().unwrap().to_string(),
+            m["batchgrader_attempt"].as_str().unwrap().to_string(),
+            m["batchgrader_submit"].as_str().unwrap().to_string(),
+        );
+        assert!(
+            seen.insert(key.clone()),
+            "two batches for {key:?}: {stats:#}"
+        );
+    }
+    assert_eq!(batches.len(), chunks, "{stats:#}");
+    assert_eq!(stats["batches_created"], chunks as u64);
+}
+
+/// The output of an uninterrupted run, made once per test process.
+fn reference_output() -> String {
+    static REF: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REF.get_or_init(|| {
+        let sb = Sandbox::new();
+        let server = Server::start(&sb, &[]);
+        job(&sb, &server, "");
+        let run = bg(&sb, &["apply", "job.yaml"], &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_one_batch_per_chunk_attempt(&server, 3);
+        sb.read("out/graded.csv")
+    })
+    .clone()
+}
+
+#[test]
+fn several_chunks_with_shuffled_results_come_out_in_input_order() {
+    let out = reference_output();
+    let mut rdr = csv::Reader::from_reader(out.as_bytes());
+    let headers: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        headers,
+        [
+            "id",
+            "text",
+            "note",
+            "grade",
+            "grade_status",
+            "grade_raw",
+            "grade_error"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 25);
+    for (i, r) in rows.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(&r[0], format!("{n:03}"), "row {n} id verbatim, in order");
+        assert_eq!(&r[4], "ok", "row {n}");
+        let grade: u32 = r[3]
+            .parse()
+            .unwrap_or_else(|_| panic!("row {n}: grade {:?}", &r[3]));
+        assert!(grade <= 10);
+    }
+    assert_eq!(&rows[2][1], "quoted, \"with\" comma");
+    assert_eq!(&rows[6][1], "two\nlines");
+    assert_eq!(&rows[10][1], "café ☕");
+    assert_eq!(&rows[4][2], "", "empty cell stays empty");
+    assert_eq!(&rows[0][2], "001", "leading zeros stay");
+    // The CSV input's own bytes are kept: the quoted field is written as it was.
+    assert!(
+        out.contains("003,\"quoted, \"\"with\"\" comma\",003,"),
+        "{out}"
+    );
+}
+
+fn crash_then_resume(point: &str) {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    job(&sb, &server, "");
+    let killed = bg(
+        &sb,
+        &["apply", "job.yaml"],
+        &[("BATCHGRADER_TEST_KILL_AT", point)],
+    );
+    assert_eq!(
+        killed.signal,
+        Some(9),
+        "the process was not killed at {point}: {killed:?}"
+    );
+    let resumed = bg(&sb, &["resume"], &[]);
+    assert_eq!(
+        resumed.code, 0,
+        "resume after a kill at {point}: {resumed:?}"
+    );
+    assert_one_batch_per_chunk_attempt(&server, 3);
+    assert_eq!(
+        sb.read("out/graded.csv"),
+        reference_output(),
+        "output after a kill at {point}"
+    );
+    // The usage ledger has each batch once.
+    let ledger = sb.read("state/usage.jsonl");
+    let ids: Vec<String> = ledger
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["batch_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), 3, "{ledger}");
+    assert_eq!(unique.len(), 3, "{ledger}");
+}
+
+#[test]
+fn kill_after_upload() {
+    crash_then_resume("upload");
+}
+
+#[test]
+fn kill_after_create_intent() {
+    crash_then_resume("create-intent");
+}
+
+#[test]
+fn kill_after_create_before_recording_it() {
+    crash_then_resume("create-sent");
+}
+
+#[test]
+fn kill_after_create() {
+    crash_then_resume("create");
+}
+
+#[test]
+fn kill_while_polling() {
+    crash_then_resume("poll");
+}
+
+#[test]
+fn kill_while_downloading() {
+    crash_then_resume("download");
+}
+
+#[test]
+fn kill_after_merging_a_chunk() {
+    crash_then_resume("ingest");
+}
+
+#[test]
+fn kill_while_writing_the_output() {
+    crash_then_resume("output");
+}
+
+fn spawn_apply(sb: &Sandbox) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+        .current_dir(sb.dir.path())
+        .env(KEY_ENV, KEY)
+        .env("NO_COLOR", "1")
+        .env_remove("BATCHGRADER_STATE")
+        .args(["apply", "job.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn status_answers_while_apply_runs_and_a_second_apply_is_refused() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--in-progress", "3s"]);
+    job(&sb, &server, "");
+    let mut child = spawn_apply(&sb);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        assert!(Instant::now() < deadline, "apply never reported running");
+        std::thread::sleep(Duration::from_millis(100));
+        let s = sb.run(&["status", "--json"]);
+        if s.code == 0
+            && s.json()["state"] == "running"
+            && s.json()["units"].as_array().is_some_and(|u| !u.is_empty())
+        {
+            break s;
+        }
+    };
+    let v = status.json();
+    assert_eq!(v["job"], "crash");
+    assert_eq!(v["pid"], child.id());
+    assert_eq!(v["totals"]["rows"], 25);
+    let human = sb.run(&["status"]);
+    assert!(human.stderr.contains("running (pid"), "{human:?}");
+    let second = bg(&sb, &["apply", "job.yaml"], &[]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("in use by another batchgrader process (pid"),
+        "{second:?}"
+    );
+    let unfinished = sb.run(&["status", "--exit-status"]);
+    assert_eq!(unfinished.code, 5, "{unfinished:?}");
+    assert!(child.wait().unwrap().success());
+    let done = sb.run(&["status", "--json", "--exit-status"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert_eq!(done.json()["state"], "finished");
+    assert_eq!(done.json()["totals"]["succeeded"], 25);
+}
+
+#[test]
+fn detach_then_resume_collects() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    job(&sb, &server, "");
+    let detached = bg(&sb, &["apply", "job.yaml", "--detach"], &[]);
+    assert_eq!(detached.code, 5, "{detached:?}");
+    assert!(!sb.path("out/graded.csv").exists());
+    let s = sb.run(&["status", "--json"]);
+    assert_eq!(s.json()["state"], "detached", "{s:?}");
+    let resumed = bg(&sb, &["resume", "--json"], &[]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    let summary = resumed.json();
+    assert_eq!(summary["ending"], "finished");
+    assert_eq!(summary["graded"], 25);
+    assert_one_batch_per_chunk_attempt(&server, 3);
+    assert_eq!(sb.read("out/graded.csv"), reference_output());
+}
+
+#[test]
+fn export_in_each_format() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    job(&sb, &server, "");
+    assert_eq!(bg(&sb, &["apply", "job.yaml"], &[]).code, 0);
+    let csv_out = sb.read("out/graded.csv");
+    let grades: Vec<String> = csv::Reader::from_reader(csv_out.as_bytes())
+        .records()
+        .map(|r| r.unwrap()[3].to_string())
+        .collect();
+    let run = sb.run(&["export", "--out", "again.csv"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sb.read("again.csv"), csv_out);
+    let run = sb.run(&["export", "crash", "--out", "x.jsonl"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<Value> = sb
+        .read("x.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 25);
+    assert_eq!(lines[0]["id"], "001");
+    assert_eq!(lines[6]["text"], "two\nlines");
+    let run = sb.run(&["export", "--out", "x.json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let arr: Value = serde_json::from_str(&sb.read("x.json")).unwrap();
+    let json_grades: Vec<String> = arr
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["grade"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(json_grades, grades);
+    let jsonl_grades: Vec<String> = lines
+        .iter()
+        .map(|o| o["grade"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(jsonl_grades, grades);
+}
+
+#[test]
+fn failed_requests_are_retried_and_reported() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--request-failure-rate", "0.4"]);
+    job(&sb, &server, "retry:\n  max_attempts: 2\n");
+    let run = bg(&sb, &["apply", "job.yaml", "--json"], &[]);
+    let summary = run.json();
+    let failed = summary["failed"].as_u64().unwrap();
+    assert_eq!(summary["graded"].as_u64().unwrap() + failed, 25, "{run:?}");
+    assert_eq!(run.code, if failed > 0 { 3 } else { 0 }, "{run:?}");
+    // Second attempts happened, and only for failed requests.
+    let stats = server.stats();
+    let retries = stats["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["metadata"]["batchgrader_attempt"] == "2")
+        .count();
+    assert!(retries >= 1, "{stats:#}");
+    let out = sb.read("out/graded.csv");
+    let statuses: Vec<String> = csv::Reader::from_reader(out.as_bytes())
+        .records()
+        .map(|r| r.unwrap()[4].to_string())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "failed").count() as u64,
+        failed
+    );
+    for r in csv::Reader::from_reader(out.as_bytes()).records() {
+        let r = r.unwrap();
+        if &r[4] == "failed" {
+            assert!(
+                r[6].contains("server_error") || r[6].contains("500"),
+                "{:?}",
+                r
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wrong_key_stops_before_anything_is_submitted() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--api-key", "the-right-key"]);
+    job(&sb, &server, "");
+    let run = bg(&sb, &["apply", "job.yaml"], &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains(KEY_ENV), "{run:?}");
+    assert!(!run.stderr.contains(KEY), "the key leaked: {run:?}");
+    assert_eq!(server.stats()["batches_created"], 0);
+    // The key is in no state file either.
+    for entry in walk(&sb.path("state")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+            "key in {}",
+            entry.display()
+        );
+    }
+    // A missing key names the variable.
+    let run = sb.run(&["apply", "job.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains(KEY_ENV), "{run:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
