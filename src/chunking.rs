@@ -233,9 +233,19 @@ impl Packer {
         closed
     }
 
-    /// The last, partly filled chunk.
-    pub fn finish(self) -> Option<Span> {
-        (self.cur.requests() > 0).then_some(self.cur)
+    /// The last, partly filled chunk (taken: a second call returns `None`).
+    pub fn finish(&mut self) -> Option<Span> {
+        let end = self.cur.end;
+        let last = std::mem::replace(
+            &mut self.cur,
+            Span {
+                start: end,
+                end,
+                tokens: 0,
+                bytes: 0,
+            },
+        );
+        (last.requests() > 0).then_some(last)
     }
 }
 

@@ -190,7 +190,8 @@ enum FileReader {
     Csv {
         rdr: csv::Reader<Counting<File>>,
         header: Arc<Header>,
-        record: csv::StringRecord,
+        /// Sizes of the last record, to allocate the next one in one go.
+        hint: (usize, usize),
         // A second handle that follows the parser to copy each record's bytes.
         raw: Option<(BufReader<File>, u64)>,
     },
@@ -314,7 +315,7 @@ impl RowReader {
                 FileReader::Csv {
                     rdr,
                     header: Arc::new(header),
-                    record: csv::StringRecord::new(),
+                    hint: (256, 8),
                     raw,
                 }
             }
@@ -351,11 +352,12 @@ impl RowReader {
             FileReader::Csv {
                 rdr,
                 header,
-                record,
+                hint,
                 raw,
             } => {
                 let start = rdr.position().byte();
-                match rdr.read_record(record) {
+                let mut record = csv::StringRecord::with_capacity(hint.0, hint.1);
+                match rdr.read_record(&mut record) {
                     Ok(false) => return None,
                     Ok(true) => {}
                     Err(e) => return Some(Err(csv_error(path, e))),
@@ -374,11 +376,12 @@ impl RowReader {
                     },
                     None => None,
                 };
+                *hint = (record.as_slice().len(), record.len());
                 (
                     line,
                     Fields::Csv {
                         header: header.clone(),
-                        record: record.clone(),
+                        record,
                     },
                     raw_text,
                 )

@@ -18,14 +18,16 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::chunking::{self, Item, Limits};
+use crate::chunking::{self, Item, Limits, Packer};
 use crate::cost::{self, PriceTable, PricingError};
 use crate::error::{Error, Result};
 use crate::input::{InputError, Row, RowReader, Source, place, row_place};
 use crate::prompt::{Prompt, PromptError, RequestBuilder, batch_line};
 use crate::report::Ui;
 use crate::spec::{self, CheckedSpec};
-use crate::state::{self, ChunkRecord, JobRecord, JobStore, PlanRecord, RequestRecord};
+use crate::state::{
+    self, ChunkRecord, JobRecord, JobStore, PlanRecord, RequestRecord, RequestWriter,
+};
 use crate::tokenize::{Counter, encoding_for_model};
 
 /// Bumped when the way requests are rendered or chunked changes, so an
@@ -122,7 +124,6 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
     let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
     let scratch = store.dir().join(format!("tmp-plan-{generation}"));
     clean_scratch(store.dir())?;
-    store.discard_generation(generation)?;
 
     let built = build(
         &spec, &prompt, sources, &counter, &limits, &store, generation, &scratch, ui,
@@ -131,7 +132,6 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
         Ok(b) => b,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&scratch);
-            let _ = store.discard_generation(generation);
             return Err(e);
         }
     };
@@ -181,14 +181,13 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
         warnings: built.warnings,
     };
     let chunks_dir = store.dir().join("chunks");
-    let final_dir = chunks_dir.join(format!("plan-{generation}"));
+    let final_dir = store.plan_dir(generation);
     let install = std::fs::create_dir_all(&chunks_dir)
         .and_then(|()| std::fs::rename(&scratch, &final_dir))
         .map_err(|e| Error::io("move chunk files into", &final_dir, e));
     if let Err(e) = install.and_then(|()| Ok(store.commit_plan(&job, &plan)?)) {
         let _ = std::fs::remove_dir_all(&scratch);
         let _ = std::fs::remove_dir_all(&final_dir);
-        let _ = store.discard_generation(generation);
         return Err(e);
     }
     if let Some(prev) = previous {
@@ -245,6 +244,89 @@ struct Rendered {
     tokens: u64,
 }
 
+/// Where the request lines go while rows stream in.
+enum Lines {
+    /// Greedy chunking needs no totals: lines go straight into chunk files.
+    Direct(ChunkFiles),
+    /// A forced chunk count needs the total first: lines are spooled, then split.
+    Spool { w: BufWriter<File>, path: PathBuf },
+}
+
+/// Chunk files written as requests arrive, cut by the same `Packer` rule
+/// that `chunking::pack` applies.
+struct ChunkFiles {
+    packer: Packer,
+    dir: PathBuf,
+    generation: u64,
+    open: Option<(BufWriter<File>, Sha256, PathBuf)>,
+    done: Vec<ChunkRecord>,
+}
+
+impl ChunkFiles {
+    fn new(limits: Limits, dir: &Path, generation: u64) -> Self {
+        ChunkFiles {
+            packer: Packer::new(limits, 0),
+            dir: dir.to_path_buf(),
+            generation,
+            open: None,
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, line: &str, item: Item) -> Result<()> {
+        if let Some(span) = self.packer.push(item) {
+            self.close(span)?;
+        }
+        let index = self.done.len() + 1;
+        if self.open.is_none() {
+            let path = self.dir.join(chunk_name(index));
+            let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            self.open = Some((BufWriter::with_capacity(1 << 20, f), Sha256::new(), path));
+        }
+        let (w, h, path) = self.open.as_mut().expect("opened above");
+        h.update(line.as_bytes());
+        h.update(b"\n");
+        w.write_all(line.as_bytes())
+            .and_then(|()| w.write_all(b"\n"))
+            .map_err(|e| Error::io("write", path.as_path(), e))
+    }
+
+    fn close(&mut self, span: chunking::Span) -> Result<()> {
+        let (w, h, path) = self.open.take().expect("a span closes an open file");
+        w.into_inner()
+            .map_err(|e| Error::io("write", &path, e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io("write", &path, e))?;
+        let index = self.done.len() as u32 + 1;
+        self.done
+            .push(chunk_record(index, self.generation, span, &h.finalize()));
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<ChunkRecord>> {
+        if let Some(span) = self.packer.finish() {
+            self.close(span)?;
+        }
+        Ok(self.done)
+    }
+}
+
+fn chunk_name(index: usize) -> String {
+    format!("chunk-{index:05}.jsonl")
+}
+
+fn chunk_record(index: u32, generation: u64, span: chunking::Span, sha: &[u8]) -> ChunkRecord {
+    ChunkRecord {
+        index,
+        file: format!("chunks/plan-{generation}/{}", chunk_name(index as usize)),
+        requests: span.requests() as u64,
+        bytes: span.bytes,
+        tokens: span.tokens,
+        sha256: hex(sha),
+        first_seq: span.start as u64,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build(
     spec: &CheckedSpec,
@@ -258,17 +340,25 @@ fn build(
     ui: &Ui,
 ) -> Result<Built> {
     std::fs::create_dir_all(scratch).map_err(|e| Error::io("create", scratch, e))?;
-    let spool_path = scratch.join("requests.jsonl");
-    let mut spool = BufWriter::with_capacity(
-        1 << 20,
-        File::create(&spool_path).map_err(|e| Error::io("create", &spool_path, e))?,
-    );
+    let mut lines = match limits.forced_chunks {
+        None => Lines::Direct(ChunkFiles::new(*limits, scratch, generation)),
+        Some(_) => {
+            let path = scratch.join("spool.jsonl");
+            let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            Lines::Spool {
+                w: BufWriter::with_capacity(1 << 20, f),
+                path,
+            }
+        }
+    };
+    let mut records = RequestWriter::create(scratch)
+        .map_err(|e| Error::io("create request records in", scratch, e))?;
     let builder = RequestBuilder::new(
         &spec.spec.model,
         prompt.system.as_deref(),
         &spec.spec.request,
     );
-    let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
+    let fixed_tokens = counter.fixed_chat_tokens_on_pool(prompt.system.as_deref()) as u64;
     let done = store.result_fingerprints()?;
     let id_column = spec.spec.input.id.as_deref();
 
@@ -277,11 +367,11 @@ fn build(
     let bar = ui.progress(reader.total_bytes(), "reading");
     let mut ids = IdCheck::default();
     let mut items: Vec<Item> = Vec::new();
+    let mut outstanding = 0u64;
     let mut checked_files: HashSet<usize> = HashSet::new();
     let mut rows = 0u64;
     let mut prompt_tokens = 0u64;
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
-    let mut records: Vec<RequestRecord> = Vec::with_capacity(BATCH_ROWS);
     loop {
         batch.clear();
         for row in reader.by_ref().take(BATCH_ROWS) {
@@ -309,7 +399,6 @@ fn build(
                 })
             })
             .collect();
-        records.clear();
         for (row, r) in batch.iter().zip(rendered) {
             let r = r.map_err(|name| missing_column(spec, sources, row, &name))?;
             let key = match id_column {
@@ -321,7 +410,7 @@ fn build(
                 None => row.number.to_string(),
             };
             rows += 1;
-            let seq = if done.contains(&r.fingerprint) {
+            let seq = if done.contains(&fingerprint_bits(&r.fingerprint)) {
                 None
             } else {
                 let item = Item {
@@ -329,23 +418,30 @@ fn build(
                     bytes: r.line.len() as u64 + 1,
                 };
                 chunking::check_item(&item, 0, limits).map_err(|e| name_row(e, sources, row))?;
-                spool
-                    .write_all(r.line.as_bytes())
-                    .and_then(|()| spool.write_all(b"\n"))
-                    .map_err(|e| Error::io("write", &spool_path, e))?;
+                match &mut lines {
+                    Lines::Direct(c) => c.push(&r.line, item)?,
+                    Lines::Spool { w, path } => w
+                        .write_all(r.line.as_bytes())
+                        .and_then(|()| w.write_all(b"\n"))
+                        .map_err(|e| Error::io("write", path.as_path(), e))?,
+                }
+                if limits.forced_chunks.is_some() {
+                    items.push(item);
+                }
                 prompt_tokens += r.tokens;
-                items.push(item);
-                Some(items.len() as u64 - 1)
+                outstanding += 1;
+                Some(outstanding - 1)
             };
-            records.push(RequestRecord {
-                row: row.number,
-                key,
-                fingerprint: r.fingerprint,
-                tokens: r.tokens,
-                seq,
-            });
+            records
+                .push(&RequestRecord {
+                    row: row.number,
+                    key,
+                    fingerprint: r.fingerprint,
+                    tokens: r.tokens,
+                    seq,
+                })
+                .map_err(|e| Error::io("write request records in", scratch, e))?;
         }
-        store.put_requests(generation, &records)?;
         bar.set_position(reader.bytes_read());
     }
     bar.finish_and_clear();
@@ -360,22 +456,34 @@ fn build(
         }
         .into());
     }
-    spool
-        .flush()
-        .map_err(|e| Error::io("write", &spool_path, e))?;
-    drop(spool);
-    let packing = chunking::pack(&items, limits)?;
+    records
+        .finish()
+        .map_err(|e| Error::io("write request records in", scratch, e))?;
     let mut warnings = Vec::new();
-    warnings.extend(packing.warning);
-    let chunks = write_chunks(&spool_path, scratch, &packing.spans, generation)?;
-    std::fs::remove_file(&spool_path).map_err(|e| Error::io("remove", &spool_path, e))?;
+    let chunks = match lines {
+        Lines::Direct(c) => c.finish()?,
+        Lines::Spool { w, path } => {
+            w.into_inner()
+                .map_err(|e| Error::io("write", &path, e.into_error()))?;
+            let packing = chunking::pack(&items, limits)?;
+            warnings.extend(packing.warning);
+            let chunks = write_chunks(&path, scratch, &packing.spans, generation)?;
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            chunks
+        }
+    };
     Ok(Built {
         rows,
-        outstanding: items.len() as u64,
+        outstanding,
         prompt_tokens,
         chunks,
         warnings,
     })
+}
+
+/// The first 128 bits of a fingerprint, for compact sets.
+pub fn fingerprint_bits(fp: &str) -> u128 {
+    u128::from_str_radix(fp.get(..32).unwrap_or(fp), 16).unwrap_or(0)
 }
 
 fn name_row(e: chunking::ChunkError, sources: &[Source], row: &Row) -> Error {
@@ -406,9 +514,8 @@ fn write_chunks(
     );
     let mut out = Vec::with_capacity(spans.len());
     let mut line = Vec::new();
-    for (index, span) in spans.iter().enumerate() {
-        let name = format!("chunk-{:05}.jsonl", index + 1);
-        let path = dir.join(&name);
+    for (i, span) in spans.iter().enumerate() {
+        let path = dir.join(chunk_name(i + 1));
         let mut w = BufWriter::with_capacity(
             1 << 20,
             File::create(&path).map_err(|e| Error::io("create", &path, e))?,
@@ -427,15 +534,12 @@ fn write_chunks(
             .map_err(|e| Error::io("write", &path, e.into_error()))?
             .sync_all()
             .map_err(|e| Error::io("write", &path, e))?;
-        out.push(ChunkRecord {
-            index: index as u32 + 1,
-            file: format!("chunks/plan-{generation}/{name}"),
-            requests: span.requests() as u64,
-            bytes: span.bytes,
-            tokens: span.tokens,
-            sha256: hex(&hasher.finalize()),
-            first_seq: span.start as u64,
-        });
+        out.push(chunk_record(
+            i as u32 + 1,
+            generation,
+            *span,
+            &hasher.finalize(),
+        ));
     }
     Ok(out)
 }

@@ -108,6 +108,13 @@ impl Counter {
             + self.message_tokens("user", "")
             + REPLY_PRIMING
     }
+
+    /// `fixed_chat_tokens`, counted on a rayon pool thread. The tokenizer's
+    /// regex keeps a scratch pool that is fastest for the first thread that
+    /// uses it; that thread should be one of the threads that count rows.
+    pub fn fixed_chat_tokens_on_pool(&self, system: Option<&str>) -> usize {
+        rayon::join(|| self.fixed_chat_tokens(system), || ()).0
+    }
 }
 
 #[cfg(test)]

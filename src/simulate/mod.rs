@@ -14,6 +14,8 @@ mod answers;
 mod api_error;
 mod app;
 mod batch_file;
+mod batches_api;
+mod files_api;
 mod hash;
 mod routes;
 mod state;

@@ -123,6 +123,12 @@ pub fn chunk_lines(sb: &Sandbox, job: &str) -> Vec<serde_json::Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("chunk-")
+        })
         .collect();
     files.sort();
     let mut out = Vec::new();

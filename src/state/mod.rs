@@ -1,18 +1,23 @@
 //! The persistent state of a job: `<state>/<job>/`.
 //!
-//! Layout: `db/` (sled), `chunks/plan-<generation>/chunk-NNNNN.jsonl` (the
-//! request files a plan made), `lock` (held while a command writes), and
-//! later `results/`, `status.json` and `events.jsonl`.
+//! Layout: `db/` (sled: job, plan, units, results and failures by
+//! fingerprint), `chunks/plan-<generation>/` (the plan's request files
+//! `chunk-NNNNN.jsonl` and its per-row records `requests.idx`/`.keys`),
+//! `results/` (downloaded result files), `status.json`, `events.jsonl`, and
+//! `lock` (held while a command works on the job).
 //!
-//! sled stays behind this module's API. Plans are written by generation: the
-//! requests of a new plan are stored under a new generation number, flushed,
-//! and only then does the single `plan` record switch to it, so a crash at
-//! any point leaves either the old plan or the new one, never a mix.
+//! sled stays behind this module's API. Plans are written by generation: a
+//! new plan's files are complete on disk before the single `plan` record
+//! switches to it, so a crash at any point leaves either the old plan or the
+//! new one, never a mix.
+
+mod requests;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -127,23 +132,21 @@ pub struct PlanRecord {
 }
 
 /// One row's request, as the plan recorded it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RequestRecord {
     /// 1-based input row number; the custom id is `r<row>`.
-    #[serde(skip)]
     pub row: u64,
     /// The row key: the `input.id` cell, or the row number.
-    #[serde(rename = "k")]
     pub key: String,
-    /// Hash of the request body.
-    #[serde(rename = "f")]
+    /// Hash of the request body (32 hex digits).
     pub fingerprint: String,
-    #[serde(rename = "t")]
     pub tokens: u64,
-    /// Position among outstanding requests; absent when already graded.
-    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    /// Position among outstanding requests; `None` when already graded.
     pub seq: Option<u64>,
 }
+
+/// Writes a new plan's request records into its folder.
+pub use requests::Writer as RequestWriter;
 
 /// The custom id of a row: deterministic and within `^[A-Za-z0-9_-]{1,64}$`.
 pub fn custom_id(row: u64) -> String {
@@ -234,10 +237,11 @@ pub struct JobStore {
     name: String,
     dir: PathBuf,
     db: sled::Db,
-    requests: sled::Tree,
     results: sled::Tree,
     failures: sled::Tree,
     units: sled::Tree,
+    /// Open request files of one generation, for lookups by row.
+    lookup: Mutex<Option<(u64, requests::Lookup)>>,
     _lock: File,
 }
 
@@ -287,7 +291,6 @@ impl JobStore {
                 }
             }
         }
-        let requests = db.open_tree("requests").map_err(db_err(&db_dir))?;
         let results = db.open_tree("results").map_err(db_err(&db_dir))?;
         let failures = db.open_tree("failures").map_err(db_err(&db_dir))?;
         let units = db.open_tree("units").map_err(db_err(&db_dir))?;
@@ -295,10 +298,10 @@ impl JobStore {
             name: job.to_string(),
             dir,
             db,
-            requests,
             results,
             failures,
             units,
+            lookup: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -344,12 +347,18 @@ impl JobStore {
         self.get_json(KEY_PLAN)
     }
 
-    /// Fingerprints that already have a result.
-    pub fn result_fingerprints(&self) -> Result<HashSet<String>, StateError> {
+    /// Fingerprints that already have a result, as 128-bit numbers (a
+    /// million of them fit in a few tens of MB).
+    pub fn result_fingerprints(&self) -> Result<HashSet<u128>, StateError> {
         let mut out = HashSet::new();
         for kv in self.results.iter() {
             let (k, _) = kv.map_err(self.err())?;
-            out.insert(String::from_utf8_lossy(&k).into_owned());
+            if let Some(n) = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|h| u128::from_str_radix(h, 16).ok())
+            {
+                out.insert(n);
+            }
         }
         Ok(out)
     }
@@ -448,40 +457,27 @@ impl JobStore {
         Ok(())
     }
 
-    /// One request record of a generation.
-    pub fn request(&self, generation: u64, row: u64) -> Result<Option<RequestRecord>, StateError> {
-        match self
-            .requests
-            .get(request_key(generation, row))
-            .map_err(self.err())?
-        {
-            None => Ok(None),
-            Some(v) => {
-                let mut r: RequestRecord =
-                    serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
-                        job: self.name.clone(),
-                        message: format!("request record: {e}"),
-                    })?;
-                r.row = row;
-                Ok(Some(r))
-            }
-        }
+    /// The folder of a plan generation: its chunk and request files.
+    pub fn plan_dir(&self, generation: u64) -> PathBuf {
+        self.dir.join("chunks").join(format!("plan-{generation}"))
     }
 
-    /// Store a batch of request records under `generation` (not yet visible).
-    pub fn put_requests(
-        &self,
-        generation: u64,
-        records: &[RequestRecord],
-    ) -> Result<(), StateError> {
-        let mut batch = sled::Batch::default();
-        for r in records {
-            batch.insert(
-                request_key(generation, r.row).to_vec(),
-                serde_json::to_vec(r).expect("records serialize"),
-            );
+    /// One request record of the current plan's generation.
+    pub fn request(&self, generation: u64, row: u64) -> Result<Option<RequestRecord>, StateError> {
+        let io = |source| StateError::Io {
+            action: "read request records in",
+            path: self.plan_dir(generation),
+            source,
+        };
+        let mut cached = self.lookup.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.as_ref().is_none_or(|(g, _)| *g != generation) {
+            *cached = Some((
+                generation,
+                requests::Lookup::open(&self.plan_dir(generation)).map_err(io)?,
+            ));
         }
-        self.requests.apply_batch(batch).map_err(self.err())
+        let (_, lookup) = cached.as_ref().expect("just set");
+        lookup.get(row).map_err(io)
     }
 
     /// The request records of a generation, in row order.
@@ -489,31 +485,37 @@ impl JobStore {
         &self,
         generation: u64,
     ) -> impl Iterator<Item = Result<RequestRecord, StateError>> + '_ {
-        self.requests
-            .scan_prefix(generation.to_be_bytes())
-            .map(move |kv| {
-                let (k, v) = kv.map_err(self.err())?;
-                let mut r: RequestRecord =
-                    serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
-                        job: self.name.clone(),
-                        message: format!("request record: {e}"),
-                    })?;
-                r.row = u64::from_be_bytes(k[8..16].try_into().expect("16-byte keys"));
-                Ok(r)
-            })
+        let dir = self.plan_dir(generation);
+        let err = move |source| StateError::Io {
+            action: "read request records in",
+            path: dir.clone(),
+            source,
+        };
+        let records = requests::Records::open(&self.plan_dir(generation));
+        let (records, first_err) = match records {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(err.clone()(e))),
+        };
+        first_err.map(Err).into_iter().chain(
+            records
+                .into_iter()
+                .flatten()
+                .map(move |r| r.map_err(err.clone())),
+        )
     }
 
-    /// Drop request records of a generation that never became the plan.
-    pub fn discard_generation(&self, generation: u64) -> Result<(), StateError> {
+    /// Drop the units of a generation that is no longer the plan.
+    fn discard_units(&self, generation: u64) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
-        for kv in self.requests.scan_prefix(generation.to_be_bytes()).keys() {
-            batch.remove(kv.map_err(self.err())?);
+        for k in self.units.scan_prefix(generation.to_be_bytes()).keys() {
+            batch.remove(k.map_err(self.err())?);
         }
-        self.requests.apply_batch(batch).map_err(self.err())
+        self.units.apply_batch(batch).map_err(self.err())
     }
 
-    /// Make `plan` the job's plan: flush its requests, switch the plan
-    /// record in one write, then drop the previous generation.
+    /// Make `plan` the job's plan (its files are already in `plan_dir`):
+    /// switch the plan record in one write, then drop the previous
+    /// generation's units.
     pub fn commit_plan(&self, job: &JobRecord, plan: &PlanRecord) -> Result<(), StateError> {
         let previous = self.plan()?.map(|p| p.generation);
         self.db.flush().map_err(self.err())?;
@@ -526,12 +528,7 @@ impl JobStore {
         self.db.apply_batch(batch).map_err(self.err())?;
         self.db.flush().map_err(self.err())?;
         if let Some(old) = previous.filter(|g| *g != plan.generation) {
-            self.discard_generation(old)?;
-            let mut batch = sled::Batch::default();
-            for k in self.units.scan_prefix(old.to_be_bytes()).keys() {
-                batch.remove(k.map_err(self.err())?);
-            }
-            self.units.apply_batch(batch).map_err(self.err())?;
+            self.discard_units(old)?;
             self.db.flush().map_err(self.err())?;
         }
         Ok(())
@@ -545,13 +542,6 @@ impl JobStore {
         self.db.flush().map_err(self.err())?;
         Ok(())
     }
-}
-
-fn request_key(generation: u64, row: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&generation.to_be_bytes());
-    k[8..].copy_from_slice(&row.to_be_bytes());
-    k
 }
 
 /// Take the job's lock file. The OS releases it when the process dies, so a
@@ -633,26 +623,6 @@ mod tests {
         }
         let err = JobStore::open(tmp.path(), "j").err().unwrap();
         assert!(matches!(err, StateError::TooNew { .. }), "{err}");
-    }
-
-    #[test]
-    fn requests_round_trip_by_generation() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = JobStore::open(tmp.path(), "j").unwrap();
-        let rec = |row| RequestRecord {
-            row,
-            key: format!("k{row}"),
-            fingerprint: format!("f{row}"),
-            tokens: row * 10,
-            seq: (row % 2 == 0).then_some(row),
-        };
-        s.put_requests(1, &[rec(2), rec(1), rec(300)]).unwrap();
-        s.put_requests(2, &[rec(7)]).unwrap();
-        let got: Vec<RequestRecord> = s.requests(1).map(Result::unwrap).collect();
-        assert_eq!(got, vec![rec(1), rec(2), rec(300)]);
-        s.discard_generation(1).unwrap();
-        assert_eq!(s.requests(1).count(), 0);
-        assert_eq!(s.requests(2).count(), 1);
     }
 
     #[test]
