@@ -247,7 +247,7 @@ struct Rendered {
 /// Where the request lines go while rows stream in.
 enum Lines {
     /// Greedy chunking needs no totals: lines go straight into chunk files.
-    Direct(ChunkFiles),
+    Direct(Box<ChunkFiles>),
     /// A forced chunk count needs the total first: lines are spooled, then split.
     Spool { w: BufWriter<File>, path: PathBuf },
 }
@@ -341,7 +341,7 @@ fn build(
 ) -> Result<Built> {
     std::fs::create_dir_all(scratch).map_err(|e| Error::io("create", scratch, e))?;
     let mut lines = match limits.forced_chunks {
-        None => Lines::Direct(ChunkFiles::new(*limits, scratch, generation)),
+        None => Lines::Direct(Box::new(ChunkFiles::new(*limits, scratch, generation))),
         Some(_) => {
             let path = scratch.join("spool.jsonl");
             let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
