@@ -487,3 +487,43 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_resume_finishes() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--in-progress", "2s"]);
+    job(&sb, &server, "");
+    let child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+        .current_dir(sb.dir.path())
+        .env(KEY_ENV, KEY)
+        .env("NO_COLOR", "1")
+        .env_remove("BATCHGRADER_STATE")
+        .args(["apply", "job.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "apply never submitted a batch");
+        std::thread::sleep(Duration::from_millis(100));
+        if server.stats()["batches_created"].as_u64().unwrap() >= 1 {
+            break;
+        }
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("batchgrader resume"), "{stderr}");
+    let s = sb.run(&["status", "--json"]);
+    assert_eq!(s.json()["state"], "detached", "{s:?}");
+    let resumed = bg(&sb, &["resume"], &[]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_one_batch_per_chunk_attempt(&server, 3);
+    assert_eq!(sb.read("out/graded.csv"), reference_output());
+}
