@@ -170,6 +170,15 @@ pub fn place(sources: &[Source], file: usize, line: u64) -> String {
     }
 }
 
+/// Total size of the sources in bytes, for progress bars.
+pub fn total_bytes(sources: &[Source]) -> u64 {
+    sources
+        .iter()
+        .filter_map(|s| std::fs::metadata(&s.path).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Counts bytes read, for progress reporting.
 struct Counting<R> {
     inner: R,
@@ -238,11 +247,7 @@ impl RowReader {
 
     /// Total size of all sources in bytes (for a progress bar).
     pub fn total_bytes(&self) -> u64 {
-        self.sources
-            .iter()
-            .filter_map(|s| std::fs::metadata(&s.path).ok())
-            .map(|m| m.len())
-            .sum()
+        total_bytes(&self.sources)
     }
 
     fn open_next(&mut self) -> Result<bool, InputError> {

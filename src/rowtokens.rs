@@ -149,10 +149,6 @@ impl Target {
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.sources
-            .iter()
-            .filter_map(|s| std::fs::metadata(&s.path).ok())
-            .map(|m| m.len())
-            .sum()
+        crate::input::total_bytes(&self.sources)
     }
 }

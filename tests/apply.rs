@@ -296,7 +296,8 @@ fn kill_while_writing_the_output() {
     crash_then_resume("output");
 }
 
-fn spawn_apply(sb: &Sandbox) -> Child {
+/// `apply job.yaml` in the background; stderr piped when asked for.
+fn spawn_apply(sb: &Sandbox, stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_batchgrader"))
         .current_dir(sb.dir.path())
         .env(KEY_ENV, KEY)
@@ -304,7 +305,7 @@ fn spawn_apply(sb: &Sandbox) -> Child {
         .env_remove("BATCHGRADER_STATE")
         .args(["apply", "job.yaml"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }
@@ -314,7 +315,7 @@ fn status_answers_while_apply_runs_and_a_second_apply_is_refused() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &["--in-progress", "3s"]);
     job(&sb, &server, "");
-    let mut child = spawn_apply(&sb);
+    let mut child = spawn_apply(&sb, Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         assert!(Instant::now() < deadline, "apply never reported running");
@@ -493,16 +494,7 @@ fn ctrl_c_stops_cleanly_and_resume_finishes() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &["--in-progress", "2s"]);
     job(&sb, &server, "");
-    let child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
-        .current_dir(sb.dir.path())
-        .env(KEY_ENV, KEY)
-        .env("NO_COLOR", "1")
-        .env_remove("BATCHGRADER_STATE")
-        .args(["apply", "job.yaml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_apply(&sb, Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "apply never submitted a batch");

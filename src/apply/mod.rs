@@ -294,32 +294,15 @@ impl<'a> Runner<'a> {
         }
         let mut units = Vec::with_capacity(self.plan.chunks.len());
         for c in &self.plan.chunks {
-            let u = UnitRecord {
-                id: c.index,
-                attempt: 1,
-                file: c.file.clone(),
-                sha256: c.sha256.clone(),
-                requests: c.requests,
-                bytes: c.bytes,
-                tokens: c.tokens,
-                phase: Phase::Planned,
-                creates: 0,
-                file_id: None,
-                batch_id: None,
-                remote_status: None,
-                completed: 0,
-                failed: 0,
-                output_file_id: None,
-                error_file_id: None,
-                batch_error: None,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-                submitted_at: None,
-                ended_at: None,
-                not_before: None,
-                ledger_written: false,
-            };
+            let u = UnitRecord::planned(
+                c.index,
+                1,
+                c.file.clone(),
+                c.sha256.clone(),
+                c.requests,
+                c.bytes,
+                c.tokens,
+            );
             self.store.put_unit(self.generation(), &u)?;
             units.push(u);
         }
@@ -852,32 +835,15 @@ impl<'a> Runner<'a> {
                 .map_err(|e| Error::io("write", &path, e.into_error()))?
                 .sync_all()
                 .map_err(|e| Error::io("write", &path, e))?;
-            let u = UnitRecord {
+            let u = UnitRecord::planned(
                 id,
                 attempt,
-                file: format!("chunks/plan-{}/{name}", self.generation()),
-                sha256: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-                requests: span.requests() as u64,
-                bytes: span.bytes,
-                tokens: 0,
-                phase: Phase::Planned,
-                creates: 0,
-                file_id: None,
-                batch_id: None,
-                remote_status: None,
-                completed: 0,
-                failed: 0,
-                output_file_id: None,
-                error_file_id: None,
-                batch_error: None,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-                submitted_at: None,
-                ended_at: None,
-                not_before: None,
-                ledger_written: false,
-            };
+                format!("chunks/plan-{}/{name}", self.generation()),
+                h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+                span.requests() as u64,
+                span.bytes,
+                0,
+            );
             self.store.put_unit(self.generation(), &u)?;
             self.event(
                 Some(id),

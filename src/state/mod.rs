@@ -232,6 +232,46 @@ pub struct UnitRecord {
     pub ledger_written: bool,
 }
 
+impl UnitRecord {
+    /// A unit that has not been sent anywhere yet.
+    pub fn planned(
+        id: u32,
+        attempt: u32,
+        file: String,
+        sha256: String,
+        requests: u64,
+        bytes: u64,
+        tokens: u64,
+    ) -> Self {
+        UnitRecord {
+            id,
+            attempt,
+            file,
+            sha256,
+            requests,
+            bytes,
+            tokens,
+            phase: Phase::Planned,
+            creates: 0,
+            file_id: None,
+            batch_id: None,
+            remote_status: None,
+            completed: 0,
+            failed: 0,
+            output_file_id: None,
+            error_file_id: None,
+            batch_error: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            submitted_at: None,
+            ended_at: None,
+            not_before: None,
+            ledger_written: false,
+        }
+    }
+}
+
 /// An open job folder, locked for this process.
 pub struct JobStore {
     name: String,
