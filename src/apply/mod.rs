@@ -41,7 +41,7 @@ use crate::provider::{LineOutcome, OpenAiClient, classify_line};
 use crate::report::Ui;
 use crate::spec::{CheckedSpec, ParseMode};
 use crate::state::{
-    self, FailureRecord, JobStore, Phase, PlanRecord, ResultRecord, UnitRecord, custom_id,
+    self, FailureRecord, JobStore, Outcome, Phase, PlanRecord, ResultRecord, UnitRecord, custom_id,
 };
 use crate::status::{self, RunState, Snapshot, Totals, UnitStatus};
 use machine::{Action, RequestState, UnitView};
@@ -765,16 +765,13 @@ impl<'a> Runner<'a> {
             if r.seq.is_none() {
                 continue;
             }
-            let state = if self.store.result(&r.fingerprint)?.is_some() {
-                RequestState::Succeeded
-            } else {
-                match self.store.failure(&r.fingerprint)? {
-                    Some(f) => RequestState::Failed {
-                        retryable: f.retryable,
-                        attempts: f.attempts,
-                    },
-                    None => RequestState::Pending,
-                }
+            let state = match self.store.outcome(&r.fingerprint)? {
+                Some(Outcome::Success(_)) => RequestState::Succeeded,
+                Some(Outcome::Failure(f)) => RequestState::Failed {
+                    retryable: f.retryable,
+                    attempts: f.attempts,
+                },
+                None => RequestState::Pending,
             };
             if machine::should_retry(state, max_attempts) {
                 rows.insert(custom_id(r.row));
@@ -910,16 +907,20 @@ impl<'a> Runner<'a> {
             if r.seq.is_none() {
                 continue;
             }
-            if let Some(res) = self.store.result(&r.fingerprint)? {
-                seen += 1;
-                bad += u64::from(parser.parse(&res.answer).is_err());
-            } else if let Some(f) = self.store.failure(&r.fingerprint)? {
-                seen += 1;
-                let state = RequestState::Failed {
-                    retryable: f.retryable,
-                    attempts: f.attempts,
-                };
-                bad += u64::from(!machine::should_retry(state, max_attempts));
+            match self.store.outcome(&r.fingerprint)? {
+                Some(Outcome::Success(res)) => {
+                    seen += 1;
+                    bad += u64::from(parser.parse(&res.answer).is_err());
+                }
+                Some(Outcome::Failure(f)) => {
+                    seen += 1;
+                    let state = RequestState::Failed {
+                        retryable: f.retryable,
+                        attempts: f.attempts,
+                    };
+                    bad += u64::from(!machine::should_retry(state, max_attempts));
+                }
+                None => {}
             }
         }
         const MIN_ROWS: u64 = 20;
@@ -1121,7 +1122,8 @@ pub fn write_output_to(
         if req.row != row.number || req.key != key {
             return Err(input_changed(spec));
         }
-        if let Some(res) = store.result(&req.fingerprint)? {
+        let outcome = store.outcome(&req.fingerprint)?;
+        if let Some(Outcome::Success(res)) = outcome {
             let mut r = RowResult {
                 raw: res.answer.clone(),
                 input_tokens: Some(res.input_tokens),
@@ -1143,7 +1145,7 @@ pub fn write_output_to(
             }
             return Ok(r);
         }
-        if let Some(f) = store.failure(&req.fingerprint)? {
+        if let Some(Outcome::Failure(f)) = outcome {
             return Ok(RowResult {
                 status: RowStatus::Failed,
                 error: format!("{}: {}", f.code, f.message),

@@ -1,8 +1,9 @@
 //! The persistent state of a job: `<state>/<job>/`.
 //!
-//! Layout: `db/` (sled: job, plan, units, results and failures by
-//! fingerprint), `chunks/plan-<generation>/` (the plan's request files
-//! `chunk-NNNNN.jsonl` and its per-row records `requests.idx`/`.keys`),
+//! Layout: `db/` (sled: job, plan, units), `outcomes.jsonl` (results and
+//! failures by request fingerprint), `chunks/plan-<generation>/` (the plan's
+//! request files `chunk-NNNNN.jsonl` and its per-row records
+//! `requests.idx`/`.keys`),
 //! `results/` (downloaded result files), `status.json`, `events.jsonl`, and
 //! `lock` (held while a command works on the job).
 //!
@@ -11,6 +12,7 @@
 //! switches to it, so a crash at any point leaves either the old plan or the
 //! new one, never a mix.
 
+mod outcomes;
 mod requests;
 
 use std::collections::HashSet;
@@ -145,6 +147,8 @@ pub struct RequestRecord {
     pub seq: Option<u64>,
 }
 
+pub use outcomes::Outcome;
+
 /// Writes a new plan's request records into its folder.
 pub use requests::Writer as RequestWriter;
 
@@ -277,8 +281,7 @@ pub struct JobStore {
     name: String,
     dir: PathBuf,
     db: sled::Db,
-    results: sled::Tree,
-    failures: sled::Tree,
+    outcomes: Mutex<outcomes::Log>,
     units: sled::Tree,
     /// Open request files of one generation, for lookups by row.
     lookup: Mutex<Option<(u64, requests::Lookup)>>,
@@ -331,15 +334,17 @@ impl JobStore {
                 }
             }
         }
-        let results = db.open_tree("results").map_err(db_err(&db_dir))?;
-        let failures = db.open_tree("failures").map_err(db_err(&db_dir))?;
+        let outcomes = outcomes::Log::open(&dir).map_err(|source| StateError::Io {
+            action: "read",
+            path: dir.join(outcomes::FILE),
+            source,
+        })?;
         let units = db.open_tree("units").map_err(db_err(&db_dir))?;
         Ok(JobStore {
             name: job.to_string(),
             dir,
             db,
-            results,
-            failures,
+            outcomes: Mutex::new(outcomes),
             units,
             lookup: Mutex::new(None),
             _lock: lock,
@@ -387,32 +392,43 @@ impl JobStore {
         self.get_json(KEY_PLAN)
     }
 
+    fn outcomes(&self) -> std::sync::MutexGuard<'_, outcomes::Log> {
+        self.outcomes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn outcome_io(&self, source: std::io::Error) -> StateError {
+        StateError::Io {
+            action: "use",
+            path: self.dir.join(outcomes::FILE),
+            source,
+        }
+    }
+
     /// Fingerprints that already have a result, as 128-bit numbers (a
     /// million of them fit in a few tens of MB).
     pub fn result_fingerprints(&self) -> Result<HashSet<u128>, StateError> {
-        let mut out = HashSet::new();
-        for kv in self.results.iter() {
-            let (k, _) = kv.map_err(self.err())?;
-            if let Some(n) = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|h| u128::from_str_radix(h, 16).ok())
-            {
-                out.insert(n);
-            }
-        }
-        Ok(out)
+        Ok(self.outcomes().successes().clone())
+    }
+
+    /// The latest outcome of a request, by fingerprint.
+    pub fn outcome(&self, fingerprint: &str) -> Result<Option<Outcome>, StateError> {
+        self.outcomes()
+            .get(fingerprint)
+            .map_err(|e| self.outcome_io(e))
     }
 
     pub fn result(&self, fingerprint: &str) -> Result<Option<ResultRecord>, StateError> {
-        match self.results.get(fingerprint).map_err(self.err())? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt {
-                    job: self.name.clone(),
-                    message: format!("result {fingerprint}: {e}"),
-                }),
-        }
+        Ok(match self.outcome(fingerprint)? {
+            Some(Outcome::Success(r)) => Some(r),
+            _ => None,
+        })
+    }
+
+    pub fn failure(&self, fingerprint: &str) -> Result<Option<FailureRecord>, StateError> {
+        Ok(match self.outcome(fingerprint)? {
+            Some(Outcome::Failure(f)) => Some(f),
+            _ => None,
+        })
     }
 
     /// Keep a result by fingerprint, durably.
@@ -421,29 +437,13 @@ impl JobStore {
         fingerprint: &str,
         result: &ResultRecord,
     ) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(result).expect("records serialize");
-        self.results
-            .insert(fingerprint, bytes)
-            .map_err(self.err())?;
-        self.db.flush().map_err(self.err())?;
-        Ok(())
+        self.outcomes()
+            .append(&[(fingerprint.to_string(), Outcome::Success(result.clone()))])
+            .map_err(|e| self.outcome_io(e))
     }
 
-    pub fn failure(&self, fingerprint: &str) -> Result<Option<FailureRecord>, StateError> {
-        match self.failures.get(fingerprint).map_err(self.err())? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt {
-                    job: self.name.clone(),
-                    message: format!("failure {fingerprint}: {e}"),
-                }),
-        }
-    }
-
-    /// Record the outcome of every line of one unit's results in one write:
-    /// successes go to results (and clear an old failure), failures to
-    /// failures. Then the unit's new record. Flushed before returning.
+    /// Record the outcome of every line of one unit's results (durably, in
+    /// one append), then the unit's new record.
     pub fn merge_outcomes(
         &self,
         successes: &[(String, ResultRecord)],
@@ -451,23 +451,18 @@ impl JobStore {
         unit: &UnitRecord,
         generation: u64,
     ) -> Result<(), StateError> {
-        let mut ok = sled::Batch::default();
-        let mut bad = sled::Batch::default();
-        for (fp, r) in successes {
-            ok.insert(
-                fp.as_bytes(),
-                serde_json::to_vec(r).expect("records serialize"),
-            );
-            bad.remove(fp.as_bytes());
-        }
-        for (fp, f) in failures {
-            bad.insert(
-                fp.as_bytes(),
-                serde_json::to_vec(f).expect("records serialize"),
-            );
-        }
-        self.results.apply_batch(ok).map_err(self.err())?;
-        self.failures.apply_batch(bad).map_err(self.err())?;
+        let entries: Vec<(String, Outcome)> = successes
+            .iter()
+            .map(|(fp, r)| (fp.clone(), Outcome::Success(r.clone())))
+            .chain(
+                failures
+                    .iter()
+                    .map(|(fp, f)| (fp.clone(), Outcome::Failure(f.clone()))),
+            )
+            .collect();
+        self.outcomes()
+            .append(&entries)
+            .map_err(|e| self.outcome_io(e))?;
         self.put_unit(generation, unit)
     }
 
