@@ -171,7 +171,8 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
             "job `{job}` has no plan; run `batchgrader plan SPEC`"
         ))
     })?;
-    if plan.outstanding > 0 && !args.yes && !confirm(ui, &plan)? {
+    let started = !store.units(plan.generation)?.is_empty();
+    if plan.outstanding > 0 && !started && !args.yes && !confirm(ui, &plan)? {
         ui.info("Nothing submitted.");
         return Ok(exit::SUCCESS);
     }

@@ -14,6 +14,20 @@ pub struct UnitView {
     pub not_before_ms: Option<u64>,
     /// When the next status check is due (ms); `None` means now.
     pub next_poll_ms: Option<u64>,
+    /// Prompt tokens the unit enqueues at the provider.
+    pub tokens: u64,
+}
+
+/// Limits on what may be out at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub max_in_flight: usize,
+    /// Enqueued-token budget (`chunking.max_tokens`): a unit is not
+    /// submitted while the tokens out plus its own would pass it, unless
+    /// nothing is out (a unit alone never exceeds it; the plan made sure).
+    pub token_budget: Option<u64>,
+    /// False after `--detach` has submitted what it could.
+    pub submit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +61,12 @@ fn in_flight(phase: Phase) -> bool {
 /// recovery), then status checks that are due, then new submissions while
 /// fewer than `max_in_flight` batches are out. Ordered by unit id within
 /// each kind, so runs are reproducible.
-pub fn step(units: &[UnitView], now_ms: u64, max_in_flight: usize, submit: bool) -> Step {
+pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
+    let Admission {
+        max_in_flight,
+        token_budget,
+        submit,
+    } = admission;
     let mut units = units.to_vec();
     units.sort_by_key(|u| u.id);
     let mut actions = Vec::new();
@@ -65,17 +84,25 @@ pub fn step(units: &[UnitView], now_ms: u64, max_in_flight: usize, submit: bool)
         }
     }
     let mut busy = units.iter().filter(|u| in_flight(u.phase)).count();
+    let mut enqueued: u64 = units
+        .iter()
+        .filter(|u| in_flight(u.phase))
+        .map(|u| u.tokens)
+        .sum();
     if submit {
         for u in &units {
             let waiting = matches!(u.phase, Phase::Planned | Phase::Uploaded);
-            // An uploaded unit already holds its slot in `busy`.
+            // An uploaded unit already holds its slot and its tokens.
             let needs_slot = u.phase == Phase::Planned;
             if waiting && u.not_before_ms.is_none_or(|t| t <= now_ms) {
                 if needs_slot {
-                    if busy >= max_in_flight {
+                    let over_budget =
+                        token_budget.is_some_and(|b| busy > 0 && enqueued + u.tokens > b);
+                    if busy >= max_in_flight || over_budget {
                         continue;
                     }
                     busy += 1;
+                    enqueued += u.tokens;
                 }
                 actions.push(Action::Submit(u.id));
             }
@@ -151,6 +178,15 @@ mod tests {
             phase,
             not_before_ms: None,
             next_poll_ms: None,
+            tokens: 100,
+        }
+    }
+
+    fn adm(max_in_flight: usize, submit: bool) -> Admission {
+        Admission {
+            max_in_flight,
+            token_budget: None,
+            submit,
         }
     }
 
@@ -208,7 +244,7 @@ mod tests {
             ),
         ];
         for (units, max, submit, want, merged) in cases {
-            let s = step(&units, 1000, max, submit);
+            let s = step(&units, 1000, adm(max, submit));
             assert_eq!(s.actions, want, "{units:?}");
             assert_eq!(s.all_merged, merged, "{units:?}");
         }
@@ -222,11 +258,36 @@ mod tests {
         b.next_poll_ms = Some(3000);
         let mut c = u(3, Uploaded);
         c.not_before_ms = Some(2500);
-        let s = step(&[a, b, c], 1000, 4, true);
+        let s = step(&[a, b, c], 1000, adm(4, true));
         assert!(s.actions.is_empty());
         assert_eq!(s.wake_at_ms, Some(2500));
-        let s = step(&[a, b, c], 3000, 4, true);
+        let s = step(&[a, b, c], 3000, adm(4, true));
         assert_eq!(s.actions, vec![Poll(2), Submit(3)]);
+    }
+
+    #[test]
+    fn token_budget_admission() {
+        let budget = |b| Admission {
+            max_in_flight: 10,
+            token_budget: Some(b),
+            submit: true,
+        };
+        let fresh = [u(1, Planned), u(2, Planned), u(3, Planned)];
+        // 100 tokens each: a budget of 250 lets two out.
+        assert_eq!(
+            step(&fresh, 0, budget(250)).actions,
+            vec![Submit(1), Submit(2)]
+        );
+        // One is out already: room for one more.
+        let one_out = [u(1, Submitted), u(2, Planned), u(3, Planned)];
+        assert_eq!(
+            step(&one_out, 0, budget(250)).actions,
+            vec![Poll(1), Submit(2)]
+        );
+        // A unit bigger than the budget still goes when nothing is out.
+        let mut big = u(1, Planned);
+        big.tokens = 1000;
+        assert_eq!(step(&[big], 0, budget(250)).actions, vec![Submit(1)]);
     }
 
     #[test]

@@ -177,12 +177,14 @@ impl<'a> Runner<'a> {
             self.write_status(&units, RunState::Running, None);
             let now = Instant::now();
             let views: Vec<UnitView> = units.iter().map(|u| self.view(u, now)).collect();
-            let submit = true;
             let step = machine::step(
                 &views,
                 now_ms_since(self.started, now),
-                self.spec.spec.concurrency.max_batches_in_flight as usize,
-                submit,
+                machine::Admission {
+                    max_in_flight: self.spec.spec.concurrency.max_batches_in_flight as usize,
+                    token_budget: self.spec.spec.chunking.max_tokens,
+                    submit: true,
+                },
             );
             if step.all_merged {
                 if let Some(reason) = self.halt_reason(&units, true)? {
@@ -275,6 +277,7 @@ impl<'a> Runner<'a> {
             phase: u.phase,
             not_before_ms,
             next_poll_ms: self.polls.get(&u.id).map(|(t, _)| to_ms(*t)),
+            tokens: u.tokens,
         }
     }
 
@@ -759,7 +762,8 @@ impl<'a> Runner<'a> {
     /// Retryable failures with attempts left go into new units.
     fn plan_retries(&mut self, units: &[UnitRecord]) -> Result<Vec<UnitRecord>> {
         let max_attempts = self.spec.spec.retry.max_attempts;
-        let mut rows: HashSet<String> = HashSet::new();
+        // Custom id → prompt tokens of each request to send again.
+        let mut rows: HashMap<String, u64> = HashMap::new();
         for r in self.store.requests(self.generation()) {
             let r = r?;
             if r.seq.is_none() {
@@ -774,7 +778,7 @@ impl<'a> Runner<'a> {
                 None => RequestState::Pending,
             };
             if machine::should_retry(state, max_attempts) {
-                rows.insert(custom_id(r.row));
+                rows.insert(custom_id(r.row), r.tokens);
             }
         }
         if rows.is_empty() {
@@ -788,28 +792,28 @@ impl<'a> Runner<'a> {
             .join(format!("chunks/plan-{}", self.generation()));
         // Lines come from the plan's own chunk files, so a retry sends
         // exactly the bytes the first attempt sent.
-        let mut lines: Vec<String> = Vec::new();
+        let mut lines: Vec<(String, u64)> = Vec::new();
         for c in &self.plan.chunks {
             let path = self.store.dir().join(&c.file);
             let f = File::open(&path).map_err(|e| Error::io("read", &path, e))?;
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(|e| Error::io("read", &path, e))?;
-                if line_custom_id(&line).is_some_and(|id| rows.contains(id)) {
-                    lines.push(line);
+                if let Some(&tokens) = line_custom_id(&line).and_then(|id| rows.get(id)) {
+                    lines.push((line, tokens));
                 }
             }
         }
         let items: Vec<Item> = lines
             .iter()
-            .map(|l| Item {
-                tokens: 0,
+            .map(|(l, tokens)| Item {
+                tokens: *tokens,
                 bytes: l.len() as u64 + 1,
             })
             .collect();
         let (limits, _) = Limits::from_spec(
             self.spec.spec.chunking.max_requests,
             self.spec.max_bytes,
-            None,
+            self.spec.spec.chunking.max_tokens,
             None,
         );
         let packing = crate::chunking::pack(&items, &limits)?;
@@ -821,7 +825,7 @@ impl<'a> Runner<'a> {
             let mut w =
                 BufWriter::new(File::create(&path).map_err(|e| Error::io("create", &path, e))?);
             let mut h = Sha256::new();
-            for l in &lines[span.start..span.end] {
+            for (l, _) in &lines[span.start..span.end] {
                 w.write_all(l.as_bytes())
                     .and_then(|()| w.write_all(b"\n"))
                     .map_err(|e| Error::io("write", &path, e))?;
@@ -839,7 +843,7 @@ impl<'a> Runner<'a> {
                 h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
                 span.requests() as u64,
                 span.bytes,
-                0,
+                span.tokens,
             );
             self.store.put_unit(self.generation(), &u)?;
             self.event(
