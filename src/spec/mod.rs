@@ -881,7 +881,7 @@ fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            base.join(p)
+            lexical_clean(&base.join(p))
         }
     };
     // Checked above; the fallbacks cannot be reached.
@@ -911,9 +911,48 @@ fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
     }
 }
 
+/// `specs/../out/x.csv` → `out/x.csv`, without touching the file system
+/// (the path may not exist yet), so messages show the path people expect.
+fn lexical_clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        PathBuf::from(".")
+    } else {
+        out.iter().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_cleaned_lexically() {
+        let cases = [
+            ("specs/../out/x.csv", "out/x.csv"),
+            ("./a/./b.csv", "a/b.csv"),
+            ("../up.csv", "../up.csv"),
+            ("a/../../b.csv", "../b.csv"),
+            ("/abs/../x", "/x"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                lexical_clean(Path::new(input)),
+                PathBuf::from(want),
+                "{input}"
+            );
+        }
+    }
 
     const MINIMAL: &str = "version: 1
 name: t
