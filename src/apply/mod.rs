@@ -158,6 +158,12 @@ impl<'a> Runner<'a> {
 
     /// Run the job until it is finished, detached, interrupted or halted.
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
+        prune_events(self.store.dir(), KEEP_EVENT_RUNS);
+        append_event(
+            self.store.dir(),
+            None,
+            &format!("run started (pid {})", std::process::id()),
+        );
         let mut units = self.ensure_units()?;
         // A run killed between merging a chunk and writing its usage line
         // finishes that bookkeeping first.
@@ -1201,6 +1207,34 @@ fn line_custom_id(line: &str) -> Option<&str> {
     rest.split('"').next()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_keep_the_last_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        for run in 0..15 {
+            prune_events(dir.path(), 10);
+            append_event(dir.path(), None, &format!("run started (pid {run})"));
+            append_event(dir.path(), Some(1), &format!("work of run {run}"));
+        }
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        assert_eq!(text.matches(RUN_MARK).count(), 10);
+        assert!(text.contains("work of run 14") && text.contains("work of run 5"));
+        assert!(!text.contains("work of run 4\""), "{text}");
+    }
+
+    #[test]
+    fn custom_ids_of_our_lines() {
+        assert_eq!(
+            line_custom_id(r#"{"custom_id":"r12","method":"POST"}"#),
+            Some("r12")
+        );
+        assert_eq!(line_custom_id(r#"{"method":"POST"}"#), None);
+    }
+}
+
 fn verify_sha256(path: &Path, want: &str) -> Result<()> {
     let mut f = File::open(path).map_err(|e| Error::io("read", path, e))?;
     let mut h = Sha256::new();
@@ -1216,6 +1250,30 @@ fn verify_sha256(path: &Path, want: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `events.jsonl` keeps the events of this many runs.
+const KEEP_EVENT_RUNS: usize = 10;
+const RUN_MARK: &str = "\"event\":\"run started";
+
+/// Drop the events of all but the last `keep - 1` runs (this run adds one).
+fn prune_events(dir: &Path, keep: usize) {
+    let path = dir.join("events.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let starts: Vec<usize> = text
+        .match_indices(RUN_MARK)
+        .map(|(i, _)| text[..i].rfind('\n').map_or(0, |n| n + 1))
+        .collect();
+    if starts.len() < keep {
+        return;
+    }
+    let from = starts[starts.len() + 1 - keep];
+    let tmp = dir.join(".events.jsonl.tmp");
+    if std::fs::write(&tmp, &text[from..]).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
 }
 
 /// One line in `events.jsonl`: what happened, when.
