@@ -1207,34 +1207,6 @@ fn line_custom_id(line: &str) -> Option<&str> {
     rest.split('"').next()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_keep_the_last_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        for run in 0..15 {
-            prune_events(dir.path(), 10);
-            append_event(dir.path(), None, &format!("run started (pid {run})"));
-            append_event(dir.path(), Some(1), &format!("work of run {run}"));
-        }
-        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
-        assert_eq!(text.matches(RUN_MARK).count(), 10);
-        assert!(text.contains("work of run 14") && text.contains("work of run 5"));
-        assert!(!text.contains("work of run 4\""), "{text}");
-    }
-
-    #[test]
-    fn custom_ids_of_our_lines() {
-        assert_eq!(
-            line_custom_id(r#"{"custom_id":"r12","method":"POST"}"#),
-            Some("r12")
-        );
-        assert_eq!(line_custom_id(r#"{"method":"POST"}"#), None);
-    }
-}
-
 fn verify_sha256(path: &Path, want: &str) -> Result<()> {
     let mut f = File::open(path).map_err(|e| Error::io("read", path, e))?;
     let mut h = Sha256::new();
@@ -1296,5 +1268,33 @@ fn append_event(dir: &Path, unit: Option<u32>, msg: &str) {
         .open(dir.join("events.jsonl"))
     {
         let _ = writeln!(f, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_keep_the_last_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        for run in 0..15 {
+            prune_events(dir.path(), 10);
+            append_event(dir.path(), None, &format!("run started (pid {run})"));
+            append_event(dir.path(), Some(1), &format!("work of run {run}"));
+        }
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        assert_eq!(text.matches(RUN_MARK).count(), 10);
+        assert!(text.contains("work of run 14") && text.contains("work of run 5"));
+        assert!(!text.contains("work of run 4\""), "{text}");
+    }
+
+    #[test]
+    fn custom_ids_of_our_lines() {
+        assert_eq!(
+            line_custom_id(r#"{"custom_id":"r12","method":"POST"}"#),
+            Some("r12")
+        );
+        assert_eq!(line_custom_id(r#"{"method":"POST"}"#), None);
     }
 }
