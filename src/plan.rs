@@ -7,7 +7,6 @@
 //! a scratch folder and the plan record switches in one write at the end, so
 //! a bad input or an interrupted run leaves the previous plan intact.
 
-use std::collections::HashMap;
 use std::collections::HashSet;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -365,7 +364,7 @@ fn build(
     let mut reader = RowReader::new(sources.clone(), false);
     let sources = &sources[..];
     let bar = ui.progress(reader.total_bytes(), "reading");
-    let mut ids = IdCheck::default();
+    let mut ids = id_column.map(|c| IdCheck::new(sources, c));
     let mut items: Vec<Item> = Vec::new();
     let mut outstanding = 0u64;
     let mut checked_files: HashSet<usize> = HashSet::new();
@@ -401,13 +400,13 @@ fn build(
             .collect();
         for (row, r) in batch.iter().zip(rendered) {
             let r = r.map_err(|name| missing_column(spec, sources, row, &name))?;
-            let key = match id_column {
-                Some(col) => {
+            let key = match (&mut ids, id_column) {
+                (Some(ids), Some(col)) => {
                     let key = row.get(col).unwrap_or_default();
-                    ids.check(key, row, sources)?;
+                    ids.check(key, row)?;
                     key.to_string()
                 }
-                None => row.number.to_string(),
+                _ => row.number.to_string(),
             };
             rows += 1;
             let seq = if done.contains(&fingerprint_bits(&r.fingerprint)) {
@@ -577,15 +576,28 @@ fn missing_column(spec: &CheckedSpec, sources: &[Source], row: &Row, name: &str)
     .into()
 }
 
-/// Finds duplicate row keys in one pass with 128 bits per key, so memory
-/// stays small on millions of rows.
-#[derive(Default)]
-struct IdCheck {
-    seen: HashMap<u128, (u64, usize, u64)>,
+/// Finds duplicate row keys keeping only a 64-bit hash per key (a million
+/// rows cost ~16 MB). A repeated hash is confirmed by reading the input again
+/// up to that row: that happens only for a real duplicate (which ends the
+/// plan anyway) or a hash collision (about once in 10^13 plans of a million
+/// rows), so the common path never pays for it.
+struct IdCheck<'a> {
+    seen: HashSet<u64>,
+    sources: &'a [Source],
+    column: &'a str,
 }
 
-impl IdCheck {
-    fn check(&mut self, key: &str, row: &Row, sources: &[Source]) -> Result<()> {
+impl<'a> IdCheck<'a> {
+    fn new(sources: &'a [Source], column: &'a str) -> Self {
+        IdCheck {
+            seen: HashSet::new(),
+            sources,
+            column,
+        }
+    }
+
+    fn check(&mut self, key: &str, row: &Row) -> Result<()> {
+        let sources = self.sources;
         if key.is_empty() {
             return Err(InputError::Bad {
                 path: sources[row.file].path.clone(),
@@ -594,9 +606,11 @@ impl IdCheck {
             }
             .into());
         }
-        let h = key_hash(key);
-        match self.seen.get(&h) {
-            Some(&(first_row, file, line)) => Err(InputError::Bad {
+        if self.seen.insert(key_hash(key)) {
+            return Ok(());
+        }
+        match self.first_row_with(key, row.number)? {
+            Some((first_row, file, line)) => Err(InputError::Bad {
                 path: sources[row.file].path.clone(),
                 line: row.line,
                 message: format!(
@@ -606,22 +620,29 @@ impl IdCheck {
                 ),
             }
             .into()),
-            None => {
-                self.seen.insert(h, (row.number, row.file, row.line));
-                Ok(())
+            None => Ok(()),
+        }
+    }
+
+    /// The first row before `before` whose key is `key`.
+    fn first_row_with(&self, key: &str, before: u64) -> Result<Option<(u64, usize, u64)>> {
+        for row in RowReader::new(self.sources.to_vec(), false) {
+            let row = row?;
+            if row.number >= before {
+                break;
+            }
+            if row.get(self.column) == Some(key) {
+                return Ok(Some((row.number, row.file, row.line)));
             }
         }
+        Ok(None)
     }
 }
 
-fn key_hash(key: &str) -> u128 {
-    let mut a = std::collections::hash_map::DefaultHasher::new();
-    0u8.hash(&mut a);
-    key.hash(&mut a);
-    let mut b = std::collections::hash_map::DefaultHasher::new();
-    1u8.hash(&mut b);
-    key.hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+fn key_hash(key: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// Hash of everything that decides the requests and their chunks.
