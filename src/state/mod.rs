@@ -281,7 +281,8 @@ pub struct JobStore {
     name: String,
     dir: PathBuf,
     db: sled::Db,
-    outcomes: Mutex<outcomes::Log>,
+    /// Loaded on first use: `plan` and `status` never need the index.
+    outcomes: Mutex<Option<outcomes::Log>>,
     units: sled::Tree,
     /// Open request files of one generation, for lookups by row.
     lookup: Mutex<Option<(u64, requests::Lookup)>>,
@@ -334,17 +335,12 @@ impl JobStore {
                 }
             }
         }
-        let outcomes = outcomes::Log::open(&dir).map_err(|source| StateError::Io {
-            action: "read",
-            path: dir.join(outcomes::FILE),
-            source,
-        })?;
         let units = db.open_tree("units").map_err(db_err(&db_dir))?;
         Ok(JobStore {
             name: job.to_string(),
             dir,
             db,
-            outcomes: Mutex::new(outcomes),
+            outcomes: Mutex::new(None),
             units,
             lookup: Mutex::new(None),
             _lock: lock,
@@ -392,29 +388,32 @@ impl JobStore {
         self.get_json(KEY_PLAN)
     }
 
-    fn outcomes(&self) -> std::sync::MutexGuard<'_, outcomes::Log> {
-        self.outcomes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn outcome_io(&self, source: std::io::Error) -> StateError {
-        StateError::Io {
+    /// Run `f` on the outcome log, loading it on first use.
+    fn with_outcomes<T>(
+        &self,
+        f: impl FnOnce(&mut outcomes::Log) -> std::io::Result<T>,
+    ) -> Result<T, StateError> {
+        let io = |source| StateError::Io {
             action: "use",
             path: self.dir.join(outcomes::FILE),
             source,
+        };
+        let mut guard = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(outcomes::Log::open(&self.dir).map_err(io)?);
         }
+        f(guard.as_mut().expect("loaded above")).map_err(io)
     }
 
     /// Fingerprints that already have a result, as 128-bit numbers (a
     /// million of them fit in a few tens of MB).
     pub fn result_fingerprints(&self) -> Result<HashSet<u128>, StateError> {
-        Ok(self.outcomes().successes().clone())
+        self.with_outcomes(|log| Ok(log.successes().clone()))
     }
 
     /// The latest outcome of a request, by fingerprint.
     pub fn outcome(&self, fingerprint: &str) -> Result<Option<Outcome>, StateError> {
-        self.outcomes()
-            .get(fingerprint)
-            .map_err(|e| self.outcome_io(e))
+        self.with_outcomes(|log| log.get(fingerprint))
     }
 
     pub fn result(&self, fingerprint: &str) -> Result<Option<ResultRecord>, StateError> {
@@ -437,9 +436,8 @@ impl JobStore {
         fingerprint: &str,
         result: &ResultRecord,
     ) -> Result<(), StateError> {
-        self.outcomes()
-            .append(&[(fingerprint.to_string(), Outcome::Success(result.clone()))])
-            .map_err(|e| self.outcome_io(e))
+        let entry = (fingerprint.to_string(), Outcome::Success(result.clone()));
+        self.with_outcomes(|log| log.append(&[entry]))
     }
 
     /// Record the outcome of every line of one unit's results (durably, in
@@ -460,9 +458,7 @@ impl JobStore {
                     .map(|(fp, f)| (fp.clone(), Outcome::Failure(f.clone()))),
             )
             .collect();
-        self.outcomes()
-            .append(&entries)
-            .map_err(|e| self.outcome_io(e))?;
+        self.with_outcomes(|log| log.append(&entries))?;
         self.put_unit(generation, unit)
     }
 
