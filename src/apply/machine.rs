@@ -53,7 +53,7 @@ pub struct Step {
 }
 
 /// Units that hold a provider batch slot.
-fn in_flight(phase: Phase) -> bool {
+pub fn in_flight(phase: Phase) -> bool {
     matches!(phase, Phase::Uploaded | Phase::Creating | Phase::Submitted)
 }
 

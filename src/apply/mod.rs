@@ -256,15 +256,7 @@ impl<'a> Runner<'a> {
     }
 
     fn has_submittable(&self, units: &[UnitRecord]) -> bool {
-        let in_flight = units
-            .iter()
-            .filter(|u| {
-                matches!(
-                    u.phase,
-                    Phase::Uploaded | Phase::Creating | Phase::Submitted
-                )
-            })
-            .count();
+        let in_flight = units.iter().filter(|u| machine::in_flight(u.phase)).count();
         units
             .iter()
             .any(|u| u.phase == Phase::Uploaded && u.not_before.is_none())

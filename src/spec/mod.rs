@@ -600,9 +600,8 @@ fn schema_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
                 for key in unexpected {
                     let mut path = base.clone();
                     path.push(Seg::Key(key.clone()));
-                    let allowed = allowed_keys(json_at(json, &base));
                     let mut msg = format!("unknown key `{key}`");
-                    if let Some(s) = closest(key, &allowed) {
+                    if let Some(s) = closest(key, KNOWN_KEYS) {
                         msg.push_str(&format!("; did you mean `{s}`?"));
                     }
                     out.push(problem_at(locator, &path, msg));
@@ -630,60 +629,57 @@ fn schema_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
     out
 }
 
-/// Keys that the schema allows next to an unknown one, for suggestions.
-fn allowed_keys(_obj: Option<&Value>) -> Vec<&'static str> {
-    // The union of every key in the spec is small; suggesting from it is
-    // good enough and keeps this independent of the schema's layout.
-    vec![
-        "version",
-        "name",
-        "provider",
-        "kind",
-        "mode",
-        "base_url",
-        "api_key_env",
-        "simulated",
-        "validating",
-        "in_progress",
-        "finalizing",
-        "request_failure_rate",
-        "http_error_rate",
-        "model",
-        "input",
-        "path",
-        "format",
-        "id",
-        "prompt",
-        "system",
-        "system_file",
-        "examples_file",
-        "user",
-        "request",
-        "output",
-        "field",
-        "parse",
-        "labels",
-        "pattern",
-        "expected_output_tokens",
-        "include_usage",
-        "chunking",
-        "max_requests",
-        "max_bytes",
-        "max_tokens",
-        "chunks",
-        "concurrency",
-        "max_batches_in_flight",
-        "poll",
-        "interval",
-        "max_interval",
-        "retry",
-        "max_attempts",
-        "halt",
-        "on_chunk_failure",
-        "max_failure_rate",
-        "max_cost_usd",
-    ]
-}
+/// Every key a spec may use, for "did you mean" suggestions. The set is
+/// small enough that suggesting from all of it beats walking the schema.
+const KNOWN_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "provider",
+    "kind",
+    "mode",
+    "base_url",
+    "api_key_env",
+    "simulated",
+    "validating",
+    "in_progress",
+    "finalizing",
+    "request_failure_rate",
+    "http_error_rate",
+    "model",
+    "input",
+    "path",
+    "format",
+    "id",
+    "prompt",
+    "system",
+    "system_file",
+    "examples_file",
+    "user",
+    "request",
+    "output",
+    "field",
+    "parse",
+    "labels",
+    "pattern",
+    "expected_output_tokens",
+    "include_usage",
+    "chunking",
+    "max_requests",
+    "max_bytes",
+    "max_tokens",
+    "chunks",
+    "concurrency",
+    "max_batches_in_flight",
+    "poll",
+    "interval",
+    "max_interval",
+    "retry",
+    "max_attempts",
+    "halt",
+    "on_chunk_failure",
+    "max_failure_rate",
+    "max_cost_usd",
+];
 
 fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
