@@ -21,9 +21,9 @@ Exit codes:
   0  success
   1  runtime error (I/O, state store, network)
   2  usage error, invalid spec or input; `plan --detailed-exitcode` with work to do
-  3  finished, but some rows failed after all retries
-  4  halted by policy (failure rate, budget, chunk failure)
-  5  still running (after `apply --detach`, or `status --exit-status`)";
+  3  finished, but some rows failed, did not parse, or were not graded
+  4  halted by policy (failure rate, budget, chunk failure) or by `cancel`
+  5  still running (after `apply --detach` or Ctrl-C, or `status --exit-status`)";
 
 /// Grade, score or classify large sets of text with an LLM through provider batch APIs.
 ///
@@ -107,6 +107,11 @@ enum Command {
         /// Exit 5 while the job is unfinished, 4 when halted, 0 when finished.
         #[arg(long)]
         exit_status: bool,
+    },
+    /// Cancel the job's batches that are out; `resume` then collects partial results.
+    Cancel {
+        /// Job name; default: the only job in the state folder.
+        job: Option<String>,
     },
     /// Write the output file again from the state, in any format.
     Export {
@@ -301,6 +306,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             watch,
             exit_status,
         } => jobs::status(&g.state, job.as_deref(), *watch, *exit_status, ui),
+        Command::Cancel { job } => jobs::cancel(&g.state, job.as_deref(), ui),
         Command::Export { job, out } => jobs::export(&g.state, job.as_deref(), out.as_deref(), ui),
         Command::SimulateServer {
             port,

@@ -171,6 +171,11 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
             "job `{job}` has no plan; run `batchgrader plan SPEC`"
         ))
     })?;
+    if !args.resume && store.cancelled_at()?.is_some() {
+        // `apply` is the user asking for the job to run again.
+        store.set_cancelled(None)?;
+        ui.info("The job was cancelled; applying it again.");
+    }
     let started = !store.units(plan.generation)?.is_empty();
     if plan.outstanding > 0 && !started && !args.yes && !confirm(ui, &plan)? {
         ui.info("Nothing submitted.");
@@ -444,6 +449,43 @@ pub fn export(state_root: &Path, job: Option<&str>, out: Option<&Path>, ui: &Ui)
         num(w.parse_errors),
         num(w.failed),
         num(w.not_graded)
+    ));
+    Ok(exit::SUCCESS)
+}
+
+/// `cancel [JOB]`: stop the job's batches that are out.
+pub fn cancel(state_root: &Path, job: Option<&str>, ui: &Ui) -> Result<u8> {
+    let job = resolve_job(state_root, job)?;
+    let store = JobStore::open_existing(state_root, &job)?;
+    let spec = saved_spec(&store)?;
+    let plan = store
+        .plan()?
+        .ok_or_else(|| Error::usage(format!("job `{job}` has no plan yet")))?;
+    let rt = runtime()?;
+    let n = rt.block_on(async {
+        let (client, server) = connect(&spec, store.dir()).await?;
+        let mut runner = Runner::new(
+            &store,
+            &spec,
+            &plan,
+            &client,
+            ui,
+            ApplyOptions::default(),
+            Arc::new(AtomicBool::new(false)),
+            server.is_some(),
+        );
+        let n = runner.cancel().await;
+        if let Some(s) = server {
+            s.shutdown().await;
+        }
+        n
+    })?;
+    if ui.json {
+        print_json(&serde_json::json!({"job": job, "batches_cancelled": n}));
+    }
+    ui.info(&format!(
+        "Cancelled job `{job}`: asked {n} batch{} to stop. `batchgrader resume` collects what they finished (nothing new is submitted); `batchgrader apply SPEC` starts the job again.",
+        if n == 1 { "" } else { "es" }
     ));
     Ok(exit::SUCCESS)
 }

@@ -519,3 +519,45 @@ fn ctrl_c_stops_cleanly_and_resume_finishes() {
     assert_one_batch_per_chunk_attempt(&server, 3);
     assert_eq!(sb.read("out/graded.csv"), reference_output());
 }
+
+#[test]
+fn cancel_stops_batches_and_resume_submits_nothing_new() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--in-progress", "5s"]);
+    job(&sb, &server, "");
+    let detached = bg(&sb, &["apply", "job.yaml", "--detach"], &[]);
+    assert_eq!(detached.code, 5, "{detached:?}");
+    let cancelled = bg(&sb, &["cancel"], &[]);
+    assert_eq!(cancelled.code, 0, "{cancelled:?}");
+    assert!(
+        cancelled.stderr.contains("asked 2 batches to stop"),
+        "{cancelled:?}"
+    );
+    assert_eq!(server.stats()["batches_cancelled"], 2);
+    let s = sb.run(&["status", "--json"]);
+    assert_eq!(s.json()["state"], "halted", "{s:?}");
+    // Resume collects what the cancelled batches finished and submits nothing.
+    let resumed = bg(&sb, &["resume", "--json"], &[]);
+    assert_eq!(resumed.code, 4, "{resumed:?}");
+    assert_eq!(
+        server.stats()["batches_created"],
+        2,
+        "nothing new was submitted"
+    );
+    let summary = resumed.json();
+    assert_eq!(summary["rows"], 25);
+    assert_eq!(
+        summary["graded"].as_u64().unwrap()
+            + summary["failed"].as_u64().unwrap()
+            + summary["not_graded"].as_u64().unwrap(),
+        25
+    );
+    assert!(
+        summary["not_graded"].as_u64().unwrap() >= 5,
+        "chunk 3 was never sent: {summary}"
+    );
+    // `apply` starts the job again and finishes it.
+    let again = bg(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(again.json()["graded"], 25);
+}

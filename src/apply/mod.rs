@@ -176,6 +176,9 @@ impl<'a> Runner<'a> {
         if let Some(ending) = self.check_budget_before_start(&units)? {
             return self.finish(ending).await;
         }
+        // After `batchgrader cancel`, collect what the cancelled batches
+        // finished, but submit nothing new and retry nothing.
+        let cancelled = self.store.cancelled_at()?.is_some();
         loop {
             if self.interrupted.load(Ordering::SeqCst) {
                 return self.finish(Ending::Interrupted).await;
@@ -189,9 +192,22 @@ impl<'a> Runner<'a> {
                 machine::Admission {
                     max_in_flight: self.spec.spec.concurrency.max_batches_in_flight as usize,
                     token_budget: self.spec.spec.chunking.max_tokens,
-                    submit: true,
+                    submit: !cancelled,
                 },
             );
+            let collecting = units.iter().any(|u| {
+                matches!(
+                    u.phase,
+                    Phase::Creating | Phase::Submitted | Phase::Ended | Phase::Downloaded
+                )
+            });
+            if cancelled && !collecting {
+                return self
+                    .finish(Ending::Halted(
+                        "the job was cancelled with `batchgrader cancel`; `batchgrader apply SPEC` starts it again".into(),
+                    ))
+                    .await;
+            }
             if step.all_merged {
                 if let Some(reason) = self.halt_reason(&units, true)? {
                     return self.finish(Ending::Halted(reason)).await;
@@ -929,7 +945,44 @@ impl<'a> Runner<'a> {
         Ok((seen >= MIN_ROWS).then(|| bad as f64 / seen as f64))
     }
 
-    async fn cancel_in_flight(&self, units: &mut [UnitRecord]) {
+    /// `batchgrader cancel`: stop the batches that are out and mark the job
+    /// cancelled, so that `resume` collects partial results but submits
+    /// nothing new. Returns how many batches were asked to stop.
+    pub async fn cancel(&mut self) -> Result<usize> {
+        let mut units = self.ensure_units()?;
+        for u in units.iter_mut() {
+            // A create may have happened before a crash: find it to cancel
+            // it, or make sure none will be made.
+            if u.phase == Phase::Creating {
+                let want = self.metadata(u);
+                let found = self
+                    .client
+                    .find_batch_by_metadata(|m| want.iter().all(|(k, v)| m.get(k) == Some(v)), None)
+                    .await?;
+                match found {
+                    Some(b) => self.adopt(u, &b.id, b.status.as_str())?,
+                    None => {
+                        u.phase = Phase::Uploaded;
+                        self.store.put_unit(self.generation(), u)?;
+                    }
+                }
+            }
+        }
+        self.store.set_cancelled(Some(state::now_secs()))?;
+        let out = units.iter().filter(|u| u.phase == Phase::Submitted).count();
+        self.cancel_in_flight(&mut units).await;
+        let snap = self.snapshot(
+            &units,
+            RunState::Halted,
+            Some("cancelled: `batchgrader resume` collects what the batches finished; `batchgrader apply SPEC` starts the job again".into()),
+            None,
+        );
+        status::write(self.store.dir(), &snap)
+            .map_err(|e| Error::io("write", status::path(self.store.dir()), e))?;
+        Ok(out)
+    }
+
+    pub async fn cancel_in_flight(&self, units: &mut [UnitRecord]) {
         for u in units.iter_mut() {
             if u.phase == Phase::Submitted
                 && let Some(id) = &u.batch_id

@@ -292,6 +292,7 @@ pub struct JobStore {
 const KEY_VERSION: &[u8] = b"format_version";
 const KEY_JOB: &[u8] = b"job";
 const KEY_PLAN: &[u8] = b"plan";
+const KEY_CANCELLED: &[u8] = b"cancelled";
 
 /// The folder of a job under a state root.
 pub fn job_dir(root: &Path, job: &str) -> PathBuf {
@@ -562,6 +563,28 @@ impl JobStore {
             self.discard_units(old)?;
             self.db.flush().map_err(self.err())?;
         }
+        Ok(())
+    }
+
+    /// When `cancel` stopped the job (Unix seconds); `None` while it may run.
+    pub fn cancelled_at(&self) -> Result<Option<u64>, StateError> {
+        self.get_json(KEY_CANCELLED)
+    }
+
+    /// Record (or clear) that the user cancelled the job.
+    pub fn set_cancelled(&self, at: Option<u64>) -> Result<(), StateError> {
+        match at {
+            Some(t) => self
+                .db
+                .insert(
+                    KEY_CANCELLED,
+                    serde_json::to_vec(&t).expect("numbers serialize"),
+                )
+                .map(|_| ()),
+            None => self.db.remove(KEY_CANCELLED).map(|_| ()),
+        }
+        .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
         Ok(())
     }
 
