@@ -310,11 +310,7 @@ impl JobStore {
         })?;
         let lock = take_lock(&dir, job)?;
         let db_dir = dir.join("db");
-        let db = sled::Config::new()
-            .path(&db_dir)
-            .cache_capacity(16 << 20)
-            .open()
-            .map_err(db_err(&db_dir))?;
+        let db = open_db(&db_dir)?;
         let version = db.get(KEY_VERSION).map_err(db_err(&db_dir))?;
         match version {
             None => {
@@ -595,6 +591,30 @@ impl JobStore {
             .map_err(self.err())?;
         self.db.flush().map_err(self.err())?;
         Ok(())
+    }
+}
+
+/// Open the sled database. Our own lock is already held, so the only other
+/// holder of sled's lock can be this process's previous handle, whose
+/// background flusher releases it a moment after the handle is dropped
+/// (`apply` plans, closes the store, then opens it again): wait for that.
+fn open_db(db_dir: &Path) -> Result<sled::Db, StateError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new()
+            .path(db_dir)
+            .cache_capacity(16 << 20)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(db_err(db_dir)(e)),
+        }
     }
 }
 
