@@ -113,6 +113,12 @@ enum Command {
         /// Job name; default: the only job in the state folder.
         job: Option<String>,
     },
+    /// Token usage and spend over time, by day, model and job (from <state>/usage.jsonl).
+    Costs {
+        /// Only batches merged within this long, e.g. 7d, 24h.
+        #[arg(long, value_parser = parse_duration_arg)]
+        since: Option<std::time::Duration>,
+    },
     /// Write the output file again from the state, in any format.
     Export {
         /// Job name; default: the only job in the state folder.
@@ -307,6 +313,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             exit_status,
         } => jobs::status(&g.state, job.as_deref(), *watch, *exit_status, ui),
         Command::Cancel { job } => jobs::cancel(&g.state, job.as_deref(), ui),
+        Command::Costs { since } => costs(&g.state, *since, ui),
         Command::Export { job, out } => jobs::export(&g.state, job.as_deref(), out.as_deref(), ui),
         Command::SimulateServer {
             port,
@@ -389,6 +396,54 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             Ok(exit::SUCCESS)
         }
     }
+}
+
+fn costs(state_root: &Path, since: Option<std::time::Duration>, ui: &Ui) -> Result<u8> {
+    use crate::cost::usd;
+    let entries = crate::costs::read(state_root)
+        .map_err(|e| Error::io("read", state_root.join("usage.jsonl"), e))?;
+    let cutoff = since.map(|d| crate::state::now_secs().saturating_sub(d.as_secs()));
+    let r = crate::costs::aggregate(&entries, cutoff);
+    if ui.json {
+        print_json(&r);
+    }
+    let mut s = format!(
+        "{} {} in {} batch{}: {} input and {} output tokens\n",
+        ui.bold("Spend"),
+        usd(r.total.cost_usd),
+        num(r.total.batches),
+        if r.total.batches == 1 { "" } else { "es" },
+        num(r.total.input_tokens),
+        num(r.total.output_tokens)
+    );
+    for (title, group) in [
+        ("day", &r.by_day),
+        ("model", &r.by_model),
+        ("job", &r.by_job),
+    ] {
+        if group.is_empty() {
+            continue;
+        }
+        s.push_str(&ui.dim(&format!("  by {title}\n")));
+        for (k, v) in group {
+            s.push_str(&format!(
+                "    {:<28} {:>10} {:>14} in {:>12} out\n",
+                k,
+                usd(v.cost_usd),
+                num(v.input_tokens),
+                num(v.output_tokens)
+            ));
+        }
+    }
+    if r.simulated.batches > 0 {
+        s.push_str(&ui.dim(&format!(
+            "  plus {} simulated batch{} (no real spend)\n",
+            num(r.simulated.batches),
+            if r.simulated.batches == 1 { "" } else { "es" }
+        )));
+    }
+    ui.info(s.trim_end());
+    Ok(exit::SUCCESS)
 }
 
 fn validate(path: &Path, ui: &Ui) -> Result<u8> {

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod chunking;
 pub mod cli;
 pub mod cost;
+pub mod costs;
 pub mod error;
 pub mod input;
 pub mod jobs;

@@ -381,6 +381,13 @@ fn export_in_each_format() {
         .records()
         .map(|r| r.unwrap()[3].to_string())
         .collect();
+    // The spend ledger has the job's three batches.
+    let costs = sb.run(&["costs", "--json"]);
+    assert_eq!(costs.code, 0, "{costs:?}");
+    let c = costs.json();
+    assert_eq!(c["total"]["batches"], 3, "{c:#}");
+    assert_eq!(c["by_job"]["crash"]["batches"], 3);
+    assert!(c["total"]["input_tokens"].as_u64().unwrap() > 0);
     let run = sb.run(&["export", "--out", "again.csv"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(sb.read("again.csv"), csv_out);

@@ -1,0 +1,145 @@
+//! `costs`: token usage and spend over time, from the ledger `apply` keeps
+//! in `<state>/usage.jsonl` (one line per batch, written once). Reads no
+//! job database, so it works while jobs run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One ledger line.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Entry {
+    pub ts: u64,
+    pub job: String,
+    pub batch_id: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    #[serde(default)]
+    pub simulated: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Sum {
+    pub batches: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Sum {
+    fn add(&mut self, e: &Entry) {
+        self.batches += 1;
+        self.input_tokens += e.input_tokens;
+        self.output_tokens += e.output_tokens;
+        self.cost_usd += e.cost_usd;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub since: Option<u64>,
+    pub total: Sum,
+    /// Simulated runs are kept apart: they cost nothing real.
+    pub simulated: Sum,
+    pub by_day: BTreeMap<String, Sum>,
+    pub by_model: BTreeMap<String, Sum>,
+    pub by_job: BTreeMap<String, Sum>,
+}
+
+/// UTC calendar day of a Unix time, `2026-11-27`.
+fn day(ts: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ts);
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
+}
+
+/// Pure aggregation: entries at or after `since` (Unix seconds), real spend
+/// by day, model and job; simulated batches summed apart.
+pub fn aggregate(entries: &[Entry], since: Option<u64>) -> Report {
+    let mut r = Report {
+        since,
+        ..Report::default()
+    };
+    for e in entries.iter().filter(|e| since.is_none_or(|s| e.ts >= s)) {
+        if e.simulated {
+            r.simulated.add(e);
+            continue;
+        }
+        r.total.add(e);
+        r.by_day.entry(day(e.ts)).or_default().add(e);
+        r.by_model.entry(e.model.clone()).or_default().add(e);
+        r.by_job.entry(e.job.clone()).or_default().add(e);
+    }
+    r
+}
+
+/// Read the ledger; a missing file is an empty ledger, a bad line is skipped
+/// (a line torn by a crash must not hide the rest).
+pub fn read(state_root: &Path) -> std::io::Result<Vec<Entry>> {
+    let text = match std::fs::read_to_string(state_root.join("usage.jsonl")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(ts: u64, job: &str, model: &str, cost: f64, simulated: bool) -> Entry {
+        Entry {
+            ts,
+            job: job.into(),
+            batch_id: format!("b{ts}"),
+            model: model.into(),
+            input_tokens: 100,
+            output_tokens: 10,
+            cost_usd: cost,
+            simulated,
+        }
+    }
+
+    #[test]
+    fn aggregates_by_day_model_and_job() {
+        let day1 = 1_795_800_000; // 2026-11-27
+        let day2 = day1 + 86_400;
+        let entries = [
+            e(day1, "a", "gpt-4o-mini", 1.0, false),
+            e(day1 + 60, "b", "gpt-4o-mini", 2.0, false),
+            e(day2, "a", "gpt-4.1", 4.0, false),
+            e(day2, "demo", "gpt-4o-mini", 9.0, true),
+        ];
+        let r = aggregate(&entries, None);
+        assert_eq!(r.total.batches, 3);
+        assert!((r.total.cost_usd - 7.0).abs() < 1e-9);
+        assert_eq!(r.simulated.batches, 1);
+        assert_eq!(r.by_day.len(), 2);
+        assert!((r.by_day[&day(day1)].cost_usd - 3.0).abs() < 1e-9);
+        assert!((r.by_model["gpt-4o-mini"].cost_usd - 3.0).abs() < 1e-9);
+        assert!((r.by_job["a"].cost_usd - 5.0).abs() < 1e-9);
+        assert_eq!(r.by_job["a"].input_tokens, 200);
+        let recent = aggregate(&entries, Some(day2));
+        assert_eq!(recent.total.batches, 1);
+        assert!(!recent.by_job.contains_key("b"));
+        assert_eq!(day(day1), "2026-11-27");
+    }
+
+    #[test]
+    fn torn_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("usage.jsonl"),
+            "{\"ts\":1,\"job\":\"j\",\"batch_id\":\"b\",\"model\":\"m\",\"input_tokens\":1,\"output_tokens\":1,\"cost_usd\":0.5}\n{\"ts\":2,\"jo",
+        )
+        .unwrap();
+        assert_eq!(read(dir.path()).unwrap().len(), 1);
+        assert!(read(&dir.path().join("none")).unwrap().is_empty());
+    }
+}
