@@ -154,6 +154,9 @@ enum Command {
         /// Share of API calls answered 500 or 429 first (0 to 1).
         #[arg(long, default_value_t = 0.0)]
         http_error_rate: f64,
+        /// Answer `metadata: null` on batches, like servers that do not keep it.
+        #[arg(long)]
+        drop_metadata: bool,
     },
     /// Token statistics per row of a spec's inputs (as requests) or of a data file.
     Tokens {
@@ -324,6 +327,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             finalizing,
             request_failure_rate,
             http_error_rate,
+            drop_metadata,
         } => {
             for (name, v) in [
                 ("--request-failure-rate", request_failure_rate),
@@ -345,6 +349,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
                     request_failure_rate: *request_failure_rate,
                     http_error_rate: *http_error_rate,
                     seed: 0,
+                    drop_metadata: *drop_metadata,
                 },
                 *port,
             )

@@ -90,6 +90,7 @@ async fn connect(spec: &CheckedSpec, job_dir: &Path) -> Result<(OpenAiClient, Op
             request_failure_rate: rate(&s.request_failure_rate),
             http_error_rate: rate(&s.http_error_rate),
             seed: 0,
+            drop_metadata: false,
         };
         let server = SimServer::start(config, 0).await.map_err(|e| {
             Error::io(

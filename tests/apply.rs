@@ -568,3 +568,23 @@ fn cancel_stops_batches_and_resume_submits_nothing_new() {
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(again.json()["graded"], 25);
 }
+
+#[test]
+fn a_batch_created_before_a_crash_is_found_on_a_server_that_drops_metadata() {
+    // Some OpenAI-compatible servers do not echo metadata; the unit's own
+    // uploaded file identifies its batch instead.
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--drop-metadata"]);
+    job(&sb, &server, "");
+    let killed = bg(
+        &sb,
+        &["apply", "job.yaml"],
+        &[("BATCHGRADER_TEST_KILL_AT", "create-sent")],
+    );
+    assert_eq!(killed.signal, Some(9), "{killed:?}");
+    let resumed = bg(&sb, &["resume"], &[]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert!(resumed.stderr.contains("adopted batch"), "{resumed:?}");
+    assert_one_batch_per_chunk_attempt(&server, 3);
+    assert_eq!(sb.read("out/graded.csv"), reference_output());
+}

@@ -432,10 +432,7 @@ impl<'a> Runner<'a> {
     /// or create it if none does.
     async fn recover(&mut self, u: &mut UnitRecord) -> Result<()> {
         let want = self.metadata(u);
-        let found = self
-            .client
-            .find_batch_by_metadata(|m| want.iter().all(|(k, v)| m.get(k) == Some(v)), None)
-            .await?;
+        let found = self.find_created(u).await?;
         match found {
             Some(batch) => {
                 self.adopt(u, &batch.id, batch.status.as_str())?;
@@ -459,6 +456,31 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+    }
+
+    /// The batch this unit's latest create made, if the provider has it: the
+    /// one carrying the unit's metadata, or, for servers that do not echo
+    /// metadata, the one built from the unit's uploaded file (a file is
+    /// uploaded per unit, so only this unit's batches use it; after a
+    /// `token_limit_exceeded` the earlier batch of that file has failed).
+    async fn find_created(&self, u: &UnitRecord) -> Result<Option<crate::provider::Batch>> {
+        let want = self.metadata(u);
+        let file_id = u.file_id.clone();
+        let found = self
+            .client
+            .find_batch(
+                |b| match &b.metadata {
+                    Some(m) if !m.is_empty() => want.iter().all(|(k, v)| m.get(k) == Some(v)),
+                    _ => {
+                        file_id.is_some()
+                            && b.input_file_id == file_id
+                            && b.status != crate::provider::BatchStatus::Failed
+                    }
+                },
+                None,
+            )
+            .await?;
+        Ok(found)
     }
 
     fn schedule_poll(&mut self, id: u32, fresh: bool) {
@@ -954,11 +976,7 @@ impl<'a> Runner<'a> {
             // A create may have happened before a crash: find it to cancel
             // it, or make sure none will be made.
             if u.phase == Phase::Creating {
-                let want = self.metadata(u);
-                let found = self
-                    .client
-                    .find_batch_by_metadata(|m| want.iter().all(|(k, v)| m.get(k) == Some(v)), None)
-                    .await?;
+                let found = self.find_created(u).await?;
                 match found {
                     Some(b) => self.adopt(u, &b.id, b.status.as_str())?,
                     None => {

@@ -267,14 +267,25 @@ impl OpenAiClient {
         matches: impl Fn(&BTreeMap<String, String>) -> bool,
         stop_before_created_at: Option<i64>,
     ) -> Result<Option<Batch>, ProviderError> {
+        self.find_batch(
+            |b| b.metadata.as_ref().is_some_and(&matches),
+            stop_before_created_at,
+        )
+        .await
+    }
+
+    /// Like `find_batch_by_metadata`, with any test on the whole batch (for
+    /// servers that do not echo metadata, the input file id identifies it).
+    pub async fn find_batch(
+        &self,
+        matches: impl Fn(&Batch) -> bool,
+        stop_before_created_at: Option<i64>,
+    ) -> Result<Option<Batch>, ProviderError> {
         let mut after: Option<String> = None;
         let mut cursors = HashSet::new();
         loop {
             let page = self.list_batches(after.as_deref(), LIST_LIMIT_MAX).await?;
-            let found = page
-                .data
-                .iter()
-                .find(|b| b.metadata.as_ref().is_some_and(&matches));
+            let found = page.data.iter().find(|b| matches(b));
             if let Some(b) = found {
                 return Ok(Some(b.clone()));
             }

@@ -191,7 +191,7 @@ pub(super) async fn create_batch(
             cancel_ms: None,
             outcome: None,
         };
-        let object = batch_object(&record, &view(&record, now));
+        let object = shown(&app, batch_object(&record, &view(&record, now)));
         db.batches.insert(id.clone(), record);
         db.counters.batches_created += 1;
         (id, object)
@@ -203,7 +203,16 @@ pub(super) async fn create_batch(
 pub(super) async fn retrieve_batch(State(app): AppState, Id(id): Id) -> ApiResult {
     let db = app.db();
     let batch = db.batches.get(&id).ok_or_else(|| no_such_batch(&id))?;
-    ok(batch_object(batch, &view(batch, now_ms())))
+    ok(shown(&app, batch_object(batch, &view(batch, now_ms()))))
+}
+
+/// A Batch object as this server shows it: some OpenAI-compatible servers
+/// do not echo `metadata`, and `drop_metadata` plays one.
+fn shown(app: &App, mut object: Value) -> Value {
+    if app.config.drop_metadata {
+        object["metadata"] = Value::Null;
+    }
+    object
 }
 
 fn newest_first(app: &App) -> Vec<BatchRecord> {
@@ -224,7 +233,7 @@ pub(super) async fn list_batches(State(app): AppState, q: QueryMap) -> ApiResult
     let now = now_ms();
     ok(list(
         page.iter()
-            .map(|b| batch_object(b, &view(b, now)))
+            .map(|b| shown(&app, batch_object(b, &view(b, now))))
             .collect(),
         has_more,
     ))
@@ -244,7 +253,7 @@ pub(super) async fn cancel_batch(State(app): AppState, Id(id): Id) -> ApiResult 
         }
         let first = batch.cancel_ms.is_none();
         batch.cancel_ms.get_or_insert(now);
-        let object = batch_object(batch, &view(batch, now));
+        let object = shown(&app, batch_object(batch, &view(batch, now)));
         if first {
             db.counters.batches_cancelled += 1;
         }

@@ -54,6 +54,9 @@ pub struct SimConfig {
     /// anything, to exercise client retries.
     pub http_error_rate: f64,
     pub seed: u64,
+    /// Answer `metadata: null` on every Batch object, as some
+    /// OpenAI-compatible servers do (metadata is still kept for `/_sim/stats`).
+    pub drop_metadata: bool,
 }
 
 /// By hand, so that a key never reaches a log.
@@ -68,6 +71,7 @@ impl std::fmt::Debug for SimConfig {
             .field("request_failure_rate", &self.request_failure_rate)
             .field("http_error_rate", &self.http_error_rate)
             .field("seed", &self.seed)
+            .field("drop_metadata", &self.drop_metadata)
             .finish()
     }
 }
@@ -83,6 +87,7 @@ impl Default for SimConfig {
             request_failure_rate: 0.0,
             http_error_rate: 0.0,
             seed: 0,
+            drop_metadata: false,
         }
     }
 }
