@@ -59,6 +59,45 @@ fn saved_spec(store: &JobStore) -> Result<CheckedSpec> {
     Ok(spec::from_saved(Path::new(&job.spec_file), job.spec)?)
 }
 
+/// The job's current plan, or an error saying how to make one.
+fn current_plan(store: &JobStore, job: &str) -> Result<state::PlanRecord> {
+    store.plan()?.ok_or_else(|| {
+        Error::usage_with_hint(
+            format!("job `{job}` has no plan yet"),
+            "run `batchgrader plan SPEC` or `batchgrader apply SPEC`",
+        )
+    })
+}
+
+/// Connect to the spec's provider, let `f` drive a runner, then stop the
+/// simulated server (if any) whatever `f` returned.
+async fn with_runner<T>(
+    store: &JobStore,
+    spec: &CheckedSpec,
+    plan: &state::PlanRecord,
+    ui: &Ui,
+    opts: ApplyOptions,
+    interrupted: Arc<AtomicBool>,
+    f: impl AsyncFnOnce(&mut Runner<'_>) -> Result<T>,
+) -> Result<T> {
+    let (client, server) = connect(spec, store.dir()).await?;
+    let mut runner = Runner::new(
+        store,
+        spec,
+        plan,
+        &client,
+        ui,
+        opts,
+        interrupted,
+        server.is_some(),
+    );
+    let out = f(&mut runner).await;
+    if let Some(s) = server {
+        s.shutdown().await;
+    }
+    out
+}
+
 /// A client for the spec's provider; for `simulated`, the server it talks to.
 async fn connect(spec: &CheckedSpec, job_dir: &Path) -> Result<(OpenAiClient, Option<SimServer>)> {
     let p = &spec.spec.provider;
@@ -167,11 +206,7 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
         Some(p) if !args.resume => spec::load(p)?,
         _ => saved_spec(&store)?,
     };
-    let plan = store.plan()?.ok_or_else(|| {
-        Error::usage(format!(
-            "job `{job}` has no plan; run `batchgrader plan SPEC`"
-        ))
-    })?;
+    let plan = current_plan(&store, &job)?;
     if !args.resume && store.cancelled_at()?.is_some() {
         // `apply` is the user asking for the job to run again.
         store.set_cancelled(None)?;
@@ -191,25 +226,19 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
                 flag.store(true, Ordering::SeqCst);
             }
         });
-        let (client, server) = connect(&spec, store.dir()).await?;
-        let simulated = server.is_some();
-        let mut runner = Runner::new(
+        let opts = ApplyOptions {
+            detach: args.detach,
+        };
+        with_runner(
             &store,
             &spec,
             &plan,
-            &client,
             ui,
-            ApplyOptions {
-                detach: args.detach,
-            },
+            opts,
             interrupted.clone(),
-            simulated,
-        );
-        let out = runner.run().await;
-        if let Some(s) = server {
-            s.shutdown().await;
-        }
-        out
+            async |r| r.run().await,
+        )
+        .await
     });
     let (ending, summary) = match result {
         Ok(r) => r,
@@ -383,9 +412,7 @@ fn read_snapshot(state_root: &Path, job: &str, dir: &Path) -> Result<Snapshot> {
     }
     // Planned but never applied: build the snapshot from the plan.
     let store = JobStore::open_existing(state_root, job)?;
-    let plan = store
-        .plan()?
-        .ok_or_else(|| Error::usage(format!("job `{job}` has no plan yet")))?;
+    let plan = current_plan(&store, job)?;
     Ok(Snapshot {
         job: job.to_string(),
         state: RunState::Planned,
@@ -422,9 +449,7 @@ pub fn export(state_root: &Path, job: Option<&str>, out: Option<&Path>, ui: &Ui)
     let job = resolve_job(state_root, job)?;
     let store = JobStore::open_existing(state_root, &job)?;
     let spec = saved_spec(&store)?;
-    let plan = store
-        .plan()?
-        .ok_or_else(|| Error::usage(format!("job `{job}` has no plan yet")))?;
+    let plan = current_plan(&store, &job)?;
     let path = out.map_or_else(|| spec.output_path.clone(), Path::to_path_buf);
     let (w, _) = crate::apply::write_output_to(
         &store,
@@ -459,28 +484,17 @@ pub fn cancel(state_root: &Path, job: Option<&str>, ui: &Ui) -> Result<u8> {
     let job = resolve_job(state_root, job)?;
     let store = JobStore::open_existing(state_root, &job)?;
     let spec = saved_spec(&store)?;
-    let plan = store
-        .plan()?
-        .ok_or_else(|| Error::usage(format!("job `{job}` has no plan yet")))?;
+    let plan = current_plan(&store, &job)?;
     let rt = runtime()?;
-    let n = rt.block_on(async {
-        let (client, server) = connect(&spec, store.dir()).await?;
-        let mut runner = Runner::new(
-            &store,
-            &spec,
-            &plan,
-            &client,
-            ui,
-            ApplyOptions::default(),
-            Arc::new(AtomicBool::new(false)),
-            server.is_some(),
-        );
-        let n = runner.cancel().await;
-        if let Some(s) = server {
-            s.shutdown().await;
-        }
-        n
-    })?;
+    let n = rt.block_on(with_runner(
+        &store,
+        &spec,
+        &plan,
+        ui,
+        ApplyOptions::default(),
+        Arc::new(AtomicBool::new(false)),
+        async |r| r.cancel().await,
+    ))?;
     if ui.json {
         print_json(&serde_json::json!({"job": job, "batches_cancelled": n}));
     }
