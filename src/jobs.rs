@@ -435,6 +435,8 @@ fn read_snapshot(state_root: &Path, job: &str, dir: &Path) -> Result<Snapshot> {
         actual_cost_usd: 0.0,
         output_path: None,
         message: Some("planned; run `batchgrader apply` to submit".into()),
+        receipt: status::Receipt::default(),
+        outage_since: None,
         units: vec![],
     })
 }

@@ -43,6 +43,34 @@ pub struct UnitStatus {
     pub cost_usd: f64,
     pub submitted_at: Option<u64>,
     pub ended_at: Option<u64>,
+    /// Set while the chunk is parked after a transient provider failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+}
+
+/// A chunk waiting out a transient provider failure (HTTP 429/5xx, network)
+/// before its step is tried again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// The step that failed (`upload`, `create`, `status`, `download`, `delete`, `cancel`).
+    pub step: String,
+    /// Failures in a row of this chunk's steps.
+    pub failures: u32,
+    /// When the first of them happened (Unix seconds).
+    pub since: u64,
+    /// When the step is tried again (Unix seconds).
+    pub retry_at: u64,
+    /// The last error, as shown to the user (no secrets).
+    pub last_error: String,
+}
+
+/// What was paid, at batch prices, beside what the same tokens cost at
+/// standard prices (the receipt of the final summary and `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub paid_usd: f64,
+    pub standard_usd: f64,
+    pub saved_usd: f64,
 }
 
 impl From<&UnitRecord> for UnitStatus {
@@ -63,6 +91,7 @@ impl From<&UnitRecord> for UnitStatus {
             cost_usd: u.cost_usd,
             submitted_at: u.submitted_at,
             ended_at: u.ended_at,
+            backoff: None,
         }
     }
 }
@@ -91,6 +120,13 @@ pub struct Snapshot {
     pub actual_cost_usd: f64,
     pub output_path: Option<String>,
     pub message: Option<String>,
+    /// Paid at batch prices against standard prices.
+    #[serde(default)]
+    pub receipt: Receipt,
+    /// Since when every provider call has been failing transiently (Unix
+    /// seconds); `None` while the provider answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_since: Option<u64>,
     pub units: Vec<UnitStatus>,
 }
 

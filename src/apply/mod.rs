@@ -85,6 +85,8 @@ pub struct Summary {
     pub distribution: Vec<(String, u64)>,
     pub simulated: bool,
     pub message: Option<String>,
+    /// Paid at batch prices, what standard prices would have cost, the difference.
+    pub receipt: crate::status::Receipt,
 }
 
 /// Where the process may be killed on purpose, for the crash-safety tests.
@@ -1071,6 +1073,8 @@ impl<'a> Runner<'a> {
             actual_cost_usd: units.iter().map(|u| u.cost_usd).sum(),
             output_path: output,
             message,
+            receipt: crate::status::Receipt::default(),
+            outage_since: None,
             units: units.iter().map(UnitStatus::from).collect(),
         }
     }
@@ -1133,6 +1137,7 @@ impl<'a> Runner<'a> {
             distribution: dist,
             simulated: self.simulated,
             message,
+            receipt: snap.receipt,
         };
         Ok((ending, summary))
     }
