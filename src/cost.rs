@@ -182,6 +182,11 @@ pub fn actual(price: &Price, input_tokens: u64, output_tokens: u64) -> f64 {
         / 1e6
 }
 
+/// What the same tokens cost at standard (non-batch) prices, for the receipt.
+pub fn standard(price: &Price, input_tokens: u64, output_tokens: u64) -> f64 {
+    (input_tokens as f64 * price.input_per_1m + output_tokens as f64 * price.output_per_1m) / 1e6
+}
+
 /// Render USD for people: `$0.0123` below a dollar, `$12.34` above.
 pub fn usd(v: f64) -> String {
     if v < 1.0 {

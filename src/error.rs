@@ -90,7 +90,8 @@ impl Error {
             | Error::Chunking(_)
             | Error::Usage { .. } => exit::USAGE,
             Error::State(e) => e.exit_code(),
-            Error::Provider(e) => e.exit_code(),
+            Error::Provider(e) if e.is_setup_fault() => exit::USAGE,
+            Error::Provider(_) => exit::RUNTIME,
             Error::Tokenizer(_) | Error::Io { .. } => exit::RUNTIME,
         }
     }

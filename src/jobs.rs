@@ -13,7 +13,7 @@ use crate::apply::{ApplyOptions, Ending, Runner, Summary};
 use crate::cost::usd;
 use crate::error::{Error, Result, exit};
 use crate::plan::{PlanOptions, plan};
-use crate::provider::{ClientConfig, OpenAiClient, Secret};
+use crate::provider::{ClientConfig, OpenAiBatches, OpenAiClient, Secret};
 use crate::report::{Ui, num, plan_text, print_json};
 use crate::simulate::{SimConfig, SimServer};
 use crate::spec::{self, CheckedSpec, ProviderKind, ProviderMode, units};
@@ -78,14 +78,20 @@ async fn with_runner<T>(
     ui: &Ui,
     opts: ApplyOptions,
     interrupted: Arc<AtomicBool>,
-    f: impl AsyncFnOnce(&mut Runner<'_>) -> Result<T>,
+    f: impl AsyncFnOnce(&mut Runner<'_, OpenAiBatches>) -> Result<T>,
 ) -> Result<T> {
     let (client, server) = connect(spec, store.dir()).await?;
+    let name = if server.is_some() {
+        "simulated"
+    } else {
+        "openai"
+    };
+    let backend = OpenAiBatches::new(client, name);
     let mut runner = Runner::new(
         store,
         spec,
         plan,
-        &client,
+        &backend,
         ui,
         opts,
         interrupted,

@@ -416,7 +416,10 @@ async fn create_batch_401_message() {
             "create batch from file-1 failed: HTTP 401 invalid_api_key (request req_123): Incorrect API key provided: sk-tes*************cdef.; the API key in {KEY_ENV} was refused"
         )
     );
-    assert_eq!(e.exit_code(), 2);
+    assert!(
+        e.is_setup_fault(),
+        "a refused key is the setup's fault (exit 2)"
+    );
     assert_no_key(&e);
 }
 

@@ -277,7 +277,7 @@ mod tests {
             assert!(e.to_string().contains("MY_KEY"), "{e}");
             assert!(e.hint().unwrap().contains("MY_KEY"));
             assert!(!e.to_string().contains("sk one"));
-            assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+            assert!(e.is_setup_fault());
         }
         let e = ClientConfig::from_lookup(None, "MY_KEY", lookup(&[])).unwrap_err();
         assert!(e.hint().unwrap().contains("export MY_KEY="));

@@ -8,8 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::types::ApiError;
-use crate::error::exit;
+use super::openai::types::ApiError;
 
 /// The broad class of a failure; callers branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +121,14 @@ impl ProviderError {
         self
     }
 
+    /// Reclassifies a failure, for a backend that knows better than the
+    /// status code (Azure's fail-fast `token_limit_exceeded` is a 400 that
+    /// passes with time).
+    pub(crate) fn into_kind(mut self, kind: ErrorKind) -> Self {
+        self.0.kind = kind;
+        self
+    }
+
     /// Marks a create whose outcome is unknown: the batch may exist (§4.3
     /// "Idempotency", §8.4).
     pub(crate) fn into_unclear(mut self) -> Self {
@@ -196,13 +203,13 @@ impl ProviderError {
         self.0.kind == ErrorKind::NotFound
     }
 
-    /// DESIGN §2/§9: a missing or refused key is bad input (2); the rest are
-    /// runtime faults (1).
-    pub fn exit_code(&self) -> u8 {
-        match self.0.kind {
-            ErrorKind::Config | ErrorKind::Auth | ErrorKind::Permission => exit::USAGE,
-            _ => exit::RUNTIME,
-        }
+    /// A missing or refused key, or a bad base URL: the user's setup is at
+    /// fault (DESIGN §9 gives such input exit code 2), not the run.
+    pub fn is_setup_fault(&self) -> bool {
+        matches!(
+            self.0.kind,
+            ErrorKind::Config | ErrorKind::Auth | ErrorKind::Permission
+        )
     }
 
     /// What the user can do next, for a line of its own under the error.
@@ -316,10 +323,10 @@ mod tests {
     fn classes_and_exit_codes() {
         let e = ProviderError::new("x", ErrorKind::Quota);
         assert!(e.is_quota() && !e.is_auth() && !e.is_retryable());
-        assert_eq!(e.exit_code(), exit::RUNTIME);
+        assert!(!e.is_setup_fault());
         let e = ProviderError::new("x", ErrorKind::Permission);
         assert!(e.is_auth());
-        assert_eq!(e.exit_code(), exit::USAGE);
+        assert!(e.is_setup_fault());
         let e = ProviderError::new("create batch", ErrorKind::Server).into_unclear();
         assert!(e.is_unclear() && e.is_retryable());
         assert!(e.hint().unwrap().contains("metadata"));

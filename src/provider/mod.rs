@@ -1,26 +1,33 @@
-//! OpenAI-compatible batch provider: HTTP client, wire types, retry
-//! classification and result-line classification.
+//! Providers behind one seam.
 //!
-//! Everything here follows `reference/provider-apis.md` (cited as §n). The
-//! pure parts (`types`, `lines`, `retry`) hold the decisions and are
-//! table-tested; `openai` is the thin async shell around reqwest.
+//! `batch` is the seam the runner drives ([`BatchBackend`], in the runner's
+//! own terms); `openai` implements it for OpenAI's Files + Batches protocol
+//! (and Azure, LiteLLM, any server of that protocol). Shared by every
+//! backend: `config` (base URL, key as a [`Secret`]), `retry` (the one
+//! retry classifier) and `error` ([`ProviderError`]).
+//!
+//! Everything here follows `reference/provider-apis.md` (cited as §n), the
+//! public API references and SDK files it names.
 
+pub mod batch;
 pub mod config;
 pub mod error;
-pub mod lines;
 pub mod openai;
 pub mod retry;
-pub mod types;
 
+pub use batch::{
+    BatchBackend, BatchLimits, BilledUsage, EndKind, RemoteBatch, RemoteState, ResultLine,
+    ResultRef, StepClass, SubmitIdentity,
+};
 pub use config::{ClientConfig, DEFAULT_BASE_URL, Secret, encode_path_segment};
 pub use error::{ErrorKind, ProviderError};
-pub use lines::{
+pub use openai::lines::{
     LineFailure, LineOutcome, LineParseError, LineSuccess, TokenUsage, classify_line,
     failure_is_retryable,
 };
-pub use openai::OpenAiClient;
-pub use retry::{Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure};
-pub use types::{
+pub use openai::types::{
     ApiError, Batch, BatchError, BatchErrors, BatchList, BatchStatus, BatchUsage, FileDeleted,
     FileObject, RequestCounts,
 };
+pub use openai::{OpenAiBatches, OpenAiClient};
+pub use retry::{Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure};

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::types::ApiError;
+use super::openai::types::ApiError;
 
 /// Attempts in all (first try included) for the long-running CLI.
 /// The SDK makes 3 (`DEFAULT_MAX_RETRIES = 2`, §4.3).

@@ -375,14 +375,24 @@ pub struct Retry {
     #[serde(default = "default_attempts")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: u32,
+    /// A chunk whose provider calls keep failing transiently (rate limits,
+    /// server errors, network) for this long becomes a failed chunk, e.g.
+    /// `30m` (default `1h`).
+    #[serde(default = "default_give_up_after")]
+    pub give_up_after: String,
 }
 
 impl Default for Retry {
     fn default() -> Self {
         Retry {
             max_attempts: default_attempts(),
+            give_up_after: default_give_up_after(),
         }
     }
+}
+
+fn default_give_up_after() -> String {
+    "1h".into()
 }
 
 fn default_attempts() -> u32 {
@@ -436,6 +446,8 @@ pub struct CheckedSpec {
     pub poll_interval: Duration,
     pub poll_max_interval: Duration,
     pub max_failure_rate: Option<f64>,
+    /// `retry.give_up_after`.
+    pub give_up_after: Duration,
 }
 
 /// One problem in a spec, placed in the file.
@@ -675,6 +687,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max_interval",
     "retry",
     "max_attempts",
+    "give_up_after",
     "halt",
     "on_chunk_failure",
     "max_failure_rate",
@@ -768,6 +781,9 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             rate.fraction().map(|_| ())
         });
     }
+    check(&["retry", "give_up_after"], &|v| {
+        units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
+    });
     check(&["halt", "max_failure_rate"], &|v| {
         let rate: Rate = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         rate.fraction().map(|_| ())
@@ -902,6 +918,8 @@ fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
         poll_max_interval: units::parse_duration(&spec.poll.max_interval)
             .unwrap_or(Duration::from_secs(300)),
         max_failure_rate,
+        give_up_after: units::parse_duration(&spec.retry.give_up_after)
+            .unwrap_or(Duration::from_secs(3600)),
         file: file.to_path_buf(),
         spec,
     }

@@ -12,6 +12,9 @@
 //! switches to it, so a crash at any point leaves either the old plan or the
 //! new one, never a mix.
 
+pub mod chunkfile;
+pub mod journal;
+pub mod layout;
 mod outcomes;
 mod requests;
 
@@ -25,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::{Estimate, Price};
 use crate::error::exit;
+pub use crate::provider::batch::{BilledUsage, EndKind, ResultRef};
 use crate::tokenize::Encoding;
+pub use layout::Layout;
 
 /// Version of the on-disk layout. A binary refuses state newer than it knows.
 pub const FORMAT_VERSION: u32 = 1;
@@ -220,7 +225,10 @@ pub struct UnitRecord {
     pub remote_status: Option<String>,
     pub completed: u64,
     pub failed: u64,
+    /// Read from units recorded before `results` (which replaces them).
+    #[serde(default, skip_serializing)]
     pub output_file_id: Option<String>,
+    #[serde(default, skip_serializing)]
     pub error_file_id: Option<String>,
     /// Why the batch failed as a whole (validation errors), if it did.
     pub batch_error: Option<String>,
@@ -234,6 +242,45 @@ pub struct UnitRecord {
     /// The batch's usage is in the `usage.jsonl` ledger.
     #[serde(default)]
     pub ledger_written: bool,
+    /// How the batch ended, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<EndKind>,
+    /// Result files to fetch once the batch has ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<ResultRef>,
+    /// Usage as the provider billed it for the batch, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed: Option<BilledUsage>,
+    /// What this unit's tokens cost at standard (non-batch) prices.
+    #[serde(default)]
+    pub standard_cost_usd: f64,
+    /// When the intent to create the current submit was recorded (Unix s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_at: Option<u64>,
+    /// Set while a step of this unit waits out a transient provider failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Set when the unit was given up (its steps kept failing for longer
+    /// than `retry.give_up_after`): a failed chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_up: Option<String>,
+}
+
+/// A unit waiting out a transient provider failure (HTTP 429/5xx, network)
+/// before its step is tried again; recorded so that `status` shows it and a
+/// restart keeps counting from where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// The step that failed (`upload`, `create`, `find`, `status`, `download`, `cancel`).
+    pub step: String,
+    /// Failures in a row of this unit's steps.
+    pub failures: u32,
+    /// When the first of them happened (Unix seconds).
+    pub since: u64,
+    /// When the step is tried again (Unix seconds).
+    pub retry_at: u64,
+    /// The last error, as shown to the user (no secrets).
+    pub last_error: String,
 }
 
 impl UnitRecord {
@@ -272,7 +319,38 @@ impl UnitRecord {
             ended_at: None,
             not_before: None,
             ledger_written: false,
+            end: None,
+            results: Vec::new(),
+            billed: None,
+            standard_cost_usd: 0.0,
+            intent_at: None,
+            backoff: None,
+            given_up: None,
         }
+    }
+
+    /// The same unit in another phase (tests and table cases).
+    pub fn with_phase(mut self, phase: Phase) -> Self {
+        self.phase = phase;
+        self
+    }
+
+    /// Result files named by a unit recorded before `results` existed.
+    fn upgrade(mut self) -> Self {
+        if self.results.is_empty() {
+            for (name, id) in [
+                ("output", &self.output_file_id),
+                ("errors", &self.error_file_id),
+            ] {
+                if let Some(id) = id.as_ref().filter(|i| !i.is_empty()) {
+                    self.results.push(ResultRef {
+                        name: name.into(),
+                        id: id.clone(),
+                    });
+                }
+            }
+        }
+        self
     }
 }
 
@@ -286,6 +364,7 @@ pub struct JobStore {
     units: sled::Tree,
     /// Open request files of one generation, for lookups by row.
     lookup: Mutex<Option<(u64, requests::Lookup)>>,
+    layout: Layout,
     _lock: File,
 }
 
@@ -340,6 +419,7 @@ impl JobStore {
             outcomes: Mutex::new(None),
             units,
             lookup: Mutex::new(None),
+            layout: Layout::new(root, job),
             _lock: lock,
         })
     }
@@ -357,6 +437,11 @@ impl JobStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Every path of the job folder.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     fn err(&self) -> impl Fn(sled::Error) -> StateError + '_ {
@@ -464,10 +549,11 @@ impl JobStore {
         let mut out = Vec::new();
         for kv in self.units.scan_prefix(generation.to_be_bytes()) {
             let (_, v) = kv.map_err(self.err())?;
-            out.push(serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
+            let u: UnitRecord = serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
                 job: self.name.clone(),
                 message: format!("unit record: {e}"),
-            })?);
+            })?;
+            out.push(u.upgrade());
         }
         Ok(out)
     }
@@ -487,7 +573,7 @@ impl JobStore {
 
     /// The folder of a plan generation: its chunk and request files.
     pub fn plan_dir(&self, generation: u64) -> PathBuf {
-        self.dir.join("chunks").join(format!("plan-{generation}"))
+        self.layout.plan_dir(generation)
     }
 
     /// One request record of the current plan's generation.

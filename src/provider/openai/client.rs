@@ -18,12 +18,14 @@ use reqwest::{Method, Response, Url};
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
-use super::config::{
+use super::types::{ApiError, Batch, BatchList, FileDeleted, FileObject};
+use crate::provider::config::{
     ClientConfig, ORG_ENV, PROJECT_ENV, encode_path_segment, join_url, validate_base_url,
 };
-use super::error::{ErrorKind, ProviderError, human_wait, redact};
-use super::retry::{self, Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure};
-use super::types::{ApiError, Batch, BatchList, FileDeleted, FileObject};
+use crate::provider::error::{ErrorKind, ProviderError, human_wait, redact};
+use crate::provider::retry::{
+    self, Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure,
+};
 
 /// Error bodies are read up to this size; the rest says nothing new.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -935,7 +937,7 @@ mod tests {
 
     #[test]
     fn clients_build_for_http_and_https() {
-        use super::super::config::Secret;
+        use crate::provider::config::Secret;
         for base in ["http://127.0.0.1:9/v1", "https://api.openai.com/v1"] {
             let c = OpenAiClient::new(ClientConfig::new(base, Secret::new("sk-x"), "K"));
             assert!(c.is_ok(), "{base}: {:?}", c.err());
@@ -944,7 +946,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_key() {
-        use super::super::config::Secret;
+        use crate::provider::config::Secret;
         let c = OpenAiClient::new(ClientConfig::new(
             "http://127.0.0.1:9/v1",
             Secret::new("sk-very-secret"),

@@ -1,0 +1,1091 @@
+//! The decisions of `apply`, as pure functions over plain data. The shell in
+//! `apply/runner.rs` reads the state and the clock, asks these, performs
+//! the side effects they name and records each transition. Nothing here
+//! sleeps, reads the clock or does I/O, so every branch is table-tested.
+
+use crate::provider::{EndKind, RemoteState, StepClass};
+use crate::state::{Backoff, Phase, UnitRecord};
+use crate::status::{Receipt, Totals};
+
+// ---------------------------------------------------------------- the loop
+
+/// What the shell knows about one unit when deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitView {
+    pub id: u32,
+    pub phase: Phase,
+    /// Not to be submitted before this time (ms), after a requeue.
+    pub not_before_ms: Option<u64>,
+    /// When the next status check is due (ms); `None` means now.
+    pub next_poll_ms: Option<u64>,
+    /// Parked after a transient failure until this time (ms).
+    pub parked_until_ms: Option<u64>,
+    /// Prompt tokens the unit enqueues at the provider.
+    pub tokens: u64,
+}
+
+/// Limits on what may be out at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub max_in_flight: usize,
+    /// Enqueued-token budget (`chunking.max_tokens`): a unit is not
+    /// submitted while the tokens out plus its own would pass it, unless
+    /// nothing is out (a unit alone never exceeds it; the plan made sure).
+    pub token_budget: Option<u64>,
+    /// False after `cancel`, or once the halt policy has spoken.
+    pub submit: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Look for a batch this unit's submit may have made; adopt it or create one.
+    Recover(u32),
+    /// Stage the unit's file (if not yet) and create its batch.
+    Submit(u32),
+    Poll(u32),
+    Download(u32),
+    Ingest(u32),
+}
+
+impl Action {
+    pub fn unit(self) -> u32 {
+        match self {
+            Action::Recover(id)
+            | Action::Submit(id)
+            | Action::Poll(id)
+            | Action::Download(id)
+            | Action::Ingest(id) => id,
+        }
+    }
+}
+
+/// The next step of the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Work to do now, in this order.
+    pub actions: Vec<Action>,
+    /// Nothing to do before this time (ms), when `actions` is empty and work remains.
+    pub wake_at_ms: Option<u64>,
+    /// Every unit is merged.
+    pub all_merged: bool,
+}
+
+impl Step {
+    /// `--detach` is done once nothing but status checks (or nothing) is
+    /// left to do now: what could be submitted is out.
+    pub fn detach_done(&self) -> bool {
+        self.actions.iter().all(|a| matches!(a, Action::Poll(_)))
+    }
+}
+
+/// Units that hold a provider batch slot.
+pub fn in_flight(phase: Phase) -> bool {
+    matches!(phase, Phase::Uploaded | Phase::Creating | Phase::Submitted)
+}
+
+/// Decide what to do now. Finishing work comes first (ingest, download,
+/// recovery), then status checks that are due, then new submissions while
+/// fewer than `max_in_flight` batches are out. No submission is made while
+/// a batch has ended but is not merged yet: its results must be judged by
+/// the halt policy before more is spent. A parked unit does nothing until
+/// its time comes. Ordered by unit id within each kind, so runs are
+/// reproducible.
+pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
+    let Admission {
+        max_in_flight,
+        token_budget,
+        submit,
+    } = admission;
+    let mut units = units.to_vec();
+    units.sort_by_key(|u| u.id);
+    let parked = |u: &UnitView| u.parked_until_ms.is_some_and(|t| t > now_ms);
+    let mut actions = Vec::new();
+    for u in units.iter().filter(|u| !parked(u)) {
+        match u.phase {
+            Phase::Downloaded => actions.push(Action::Ingest(u.id)),
+            Phase::Ended => actions.push(Action::Download(u.id)),
+            Phase::Creating => actions.push(Action::Recover(u.id)),
+            _ => {}
+        }
+    }
+    for u in units.iter().filter(|u| !parked(u)) {
+        if u.phase == Phase::Submitted && u.next_poll_ms.is_none_or(|t| t <= now_ms) {
+            actions.push(Action::Poll(u.id));
+        }
+    }
+    let unjudged = units
+        .iter()
+        .any(|u| matches!(u.phase, Phase::Ended | Phase::Downloaded));
+    let mut busy = units.iter().filter(|u| in_flight(u.phase)).count();
+    let mut enqueued: u64 = units
+        .iter()
+        .filter(|u| in_flight(u.phase))
+        .map(|u| u.tokens)
+        .sum();
+    if submit && !unjudged {
+        for u in units.iter().filter(|u| !parked(u)) {
+            let waiting = matches!(u.phase, Phase::Planned | Phase::Uploaded);
+            // An uploaded unit already holds its slot and its tokens.
+            let needs_slot = u.phase == Phase::Planned;
+            if waiting && u.not_before_ms.is_none_or(|t| t <= now_ms) {
+                if needs_slot {
+                    let over_budget =
+                        token_budget.is_some_and(|b| busy > 0 && enqueued + u.tokens > b);
+                    if busy >= max_in_flight || over_budget {
+                        continue;
+                    }
+                    busy += 1;
+                    enqueued += u.tokens;
+                }
+                actions.push(Action::Submit(u.id));
+            }
+        }
+    }
+    let all_merged = units.iter().all(|u| u.phase == Phase::Merged);
+    let wake_at_ms = if actions.is_empty() && !all_merged {
+        units
+            .iter()
+            .filter_map(|u| {
+                let due = match u.phase {
+                    Phase::Submitted => Some(u.next_poll_ms.unwrap_or(now_ms)),
+                    Phase::Planned | Phase::Uploaded if submit => u.not_before_ms,
+                    Phase::Merged => None,
+                    _ => None,
+                };
+                match u.parked_until_ms.filter(|t| *t > now_ms) {
+                    Some(p) if u.phase != Phase::Merged => Some(due.map_or(p, |d| d.max(p))),
+                    _ => due,
+                }
+            })
+            .min()
+    } else {
+        None
+    };
+    Step {
+        actions,
+        wake_at_ms,
+        all_merged,
+    }
+}
+
+// ---------------------------------------------------------- step failures
+
+/// What a failed provider step means for its unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepVerdict {
+    /// Wait, recorded in the unit, then try the step again; the other units go on.
+    Park(Backoff),
+    /// The unit's steps have failed for longer than `retry.give_up_after`:
+    /// it becomes a failed chunk.
+    GiveUp { reason: String },
+    /// Retrying cannot help: stop the run with the error.
+    Stop,
+}
+
+/// The wait after `failures` transient failures in a row: 1, 2, 4 ... s,
+/// at most 5 minutes, so a long outage costs few calls and a short one
+/// little time.
+pub fn park_secs(failures: u32) -> u64 {
+    (1u64 << failures.saturating_sub(1).min(16)).min(300)
+}
+
+/// Decide what a failed step means. Transient and unclear failures park the
+/// unit with a growing, bounded wait; the unit that keeps failing for
+/// `give_up_after_secs` is given up; a final failure stops the run.
+pub fn on_step_error(
+    class: StepClass,
+    step: &str,
+    error: &str,
+    previous: Option<&Backoff>,
+    now_secs: u64,
+    give_up_after_secs: u64,
+) -> StepVerdict {
+    if class == StepClass::Final {
+        return StepVerdict::Stop;
+    }
+    let failures = previous.map_or(0, |b| b.failures) + 1;
+    let since = previous.map_or(now_secs, |b| b.since);
+    if now_secs.saturating_sub(since) >= give_up_after_secs {
+        return StepVerdict::GiveUp {
+            reason: format!(
+                "its provider calls kept failing for {} (retry.give_up_after); last, {step}: {error}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    now_secs.saturating_sub(since)
+                ))
+            ),
+        };
+    }
+    StepVerdict::Park(Backoff {
+        step: step.to_string(),
+        failures,
+        since,
+        retry_at: now_secs + park_secs(failures),
+        last_error: error.to_string(),
+    })
+}
+
+/// The live view's outage line: once every call has been failing for a
+/// while, say so, and say what the user can do.
+pub fn outage_line(outage_since: Option<u64>, now_secs: u64) -> Option<String> {
+    const AFTER_SECS: u64 = 10;
+    let down = now_secs.saturating_sub(outage_since?);
+    (down >= AFTER_SECS).then(|| {
+        format!(
+            "provider not answering for {}, retrying; Ctrl-C stops, `batchgrader resume` continues",
+            short_duration(down)
+        )
+    })
+}
+
+/// `45s`, `3m`, `2h 5m`: minutes are precise enough for an outage.
+pub fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if (s % 3600) / 60 == 0 => format!("{}h", s / 3600),
+        s => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+// ------------------------------------------------------- remote state
+
+/// What the runner does with a batch's reported state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusVerdict {
+    /// Still running: record the label and counts, poll again later.
+    KeepPolling,
+    /// The provider would not run it now: stage nothing new, submit the same
+    /// file again after `wait_secs`.
+    Requeue { wait_secs: u64 },
+    /// Ended: fetch the results, then account for every request.
+    Fetch,
+}
+
+/// The meaning of a reported state. A requeue waits the poll interval,
+/// doubling with each refused submit, at most 30 minutes: the enqueued-token
+/// quota frees as other batches end (OpenAI Batch FAQ).
+pub fn on_status(state: &RemoteState, submits: u32, poll_interval_secs: u64) -> StatusVerdict {
+    match state {
+        RemoteState::Running { .. } => StatusVerdict::KeepPolling,
+        RemoteState::Requeue { .. } => StatusVerdict::Requeue {
+            wait_secs: (poll_interval_secs.max(1) << submits.saturating_sub(1).min(16)).min(1800),
+        },
+        RemoteState::Ended { .. } => StatusVerdict::Fetch,
+    }
+}
+
+/// The outcome given to a request that is in no result line of its ended
+/// batch: `(code, message, retryable)`. A batch refused as a whole means our
+/// file is at fault and sending it again will not help; otherwise the
+/// request simply did not run (provider-apis §3.5: trust the lines, not
+/// `request_counts`).
+pub fn missing_line(end: &EndKind) -> (String, String, bool) {
+    match end {
+        EndKind::Failed { reason } => ("batch_failed".into(), reason.clone(), false),
+        EndKind::Expired => (
+            "batch_expired".into(),
+            "the batch expired before this request ran".into(),
+            true,
+        ),
+        EndKind::Cancelled => (
+            "batch_cancelled".into(),
+            "the batch was cancelled before this request ran".into(),
+            true,
+        ),
+        EndKind::Completed => (
+            "not_executed".into(),
+            "the batch ended without a result for this request".into(),
+            true,
+        ),
+    }
+}
+
+// ------------------------------------------------------------ requests
+
+/// What is known of one outstanding request after its latest attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    Succeeded {
+        parsed: bool,
+    },
+    Failed {
+        retryable: bool,
+        attempts: u32,
+    },
+    /// In no merged unit yet.
+    Pending,
+}
+
+/// Should this request be sent again? Retryable failures are, until
+/// `max_attempts` attempts in all have been made.
+pub fn should_retry(state: RequestState, max_attempts: u32) -> bool {
+    match state {
+        RequestState::Failed {
+            retryable: true,
+            attempts,
+        } => attempts < max_attempts,
+        _ => false,
+    }
+}
+
+/// The requests of a job counted by where they stand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Answered and parsed.
+    pub graded: u64,
+    /// Answered, but the answer did not parse.
+    pub parse_failures: u64,
+    /// Failed with no attempt left (or not retryable).
+    pub api_failures: u64,
+    /// No final outcome yet (not sent, running, or to be retried).
+    pub pending: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, state: RequestState, max_attempts: u32) {
+        match state {
+            RequestState::Succeeded { parsed: true } => self.graded += 1,
+            RequestState::Succeeded { parsed: false } => self.parse_failures += 1,
+            s @ RequestState::Failed { .. } if should_retry(s, max_attempts) => self.pending += 1,
+            RequestState::Failed { .. } => self.api_failures += 1,
+            RequestState::Pending => self.pending += 1,
+        }
+    }
+
+    /// Requests with a final outcome.
+    pub fn settled(&self) -> u64 {
+        self.graded + self.parse_failures + self.api_failures
+    }
+}
+
+// ---------------------------------------------------------------- halt
+
+/// `halt:` of the spec, resolved.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HaltPolicy {
+    pub on_chunk_failure: bool,
+    pub max_failure_rate: Option<f64>,
+    pub max_cost_usd: Option<f64>,
+}
+
+/// A unit that failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkFailure {
+    pub unit: u32,
+    pub batch_id: Option<String>,
+    pub what: String,
+}
+
+/// The units that count as failed chunks: refused or expired batches, and
+/// units given up after `retry.give_up_after`.
+pub fn chunk_failures(units: &[UnitRecord]) -> Vec<ChunkFailure> {
+    units
+        .iter()
+        .filter(|u| u.phase == Phase::Merged)
+        .filter_map(|u| {
+            let what = match (&u.given_up, &u.end) {
+                (Some(r), _) => format!("given up: {r}"),
+                (None, Some(EndKind::Failed { reason })) => format!("failed: {reason}"),
+                (None, Some(EndKind::Expired)) => "expired".to_string(),
+                _ => return None,
+            };
+            Some(ChunkFailure {
+                unit: u.id,
+                batch_id: u.batch_id.clone(),
+                what,
+            })
+        })
+        .collect()
+}
+
+/// Should the job stop? Checked after every merge and before every
+/// submission, so that nothing more is spent once the policy is passed.
+/// The failure rate counts final API failures and parse failures (shown
+/// apart) over the requests with a final outcome.
+pub fn halt(
+    policy: &HaltPolicy,
+    tally: &Tally,
+    spent_usd: f64,
+    failures: &[ChunkFailure],
+) -> Option<String> {
+    if let Some(budget) = policy.max_cost_usd
+        && spent_usd > budget
+    {
+        return Some(format!(
+            "spend {} passed halt.max_cost_usd {}",
+            crate::cost::usd(spent_usd),
+            crate::cost::usd(budget)
+        ));
+    }
+    if policy.on_chunk_failure
+        && let Some(f) = failures.first()
+    {
+        return Some(format!(
+            "chunk {} (batch {}) {} (halt.on_chunk_failure)",
+            f.unit,
+            f.batch_id.as_deref().unwrap_or("-"),
+            f.what
+        ));
+    }
+    if let Some(max) = policy.max_failure_rate {
+        let settled = tally.settled();
+        let bad = tally.api_failures + tally.parse_failures;
+        if settled > 0 && bad as f64 / settled as f64 > max {
+            return Some(format!(
+                "failure rate {:.1}% ({} API failures, {} parse failures of {} answered requests) is above halt.max_failure_rate {:.1}%",
+                bad as f64 * 100.0 / settled as f64,
+                tally.api_failures,
+                tally.parse_failures,
+                settled,
+                max * 100.0
+            ));
+        }
+    }
+    None
+}
+
+/// `halt.max_cost_usd` refuses a start whose upper estimate is above it, or
+/// that has no upper bound at all. `untouched`: nothing was submitted yet.
+pub fn halt_before_start(
+    policy: &HaltPolicy,
+    estimate_high: Option<f64>,
+    has_estimate: bool,
+    untouched: bool,
+) -> Option<String> {
+    let budget = policy.max_cost_usd?;
+    if !untouched || !has_estimate {
+        return None;
+    }
+    match estimate_high {
+        Some(high) if high > budget => Some(format!(
+            "the estimated cost, up to {}, is above halt.max_cost_usd {}; nothing was submitted. Raise the budget or lower request.max_tokens",
+            crate::cost::usd(high),
+            crate::cost::usd(budget)
+        )),
+        None => Some(format!(
+            "halt.max_cost_usd {} is set, but the request sets no max_tokens, so the cost has no upper bound; nothing was submitted. Set request.max_tokens",
+            crate::cost::usd(budget)
+        )),
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------- snapshot
+
+/// The totals of the status snapshot, from the plan's counts and the tally.
+pub fn totals(rows: u64, to_grade: u64, already_done: u64, tally: &Tally) -> Totals {
+    let succeeded = tally.graded + tally.parse_failures;
+    let failed = tally.api_failures;
+    Totals {
+        rows,
+        to_grade,
+        already_done,
+        succeeded,
+        failed,
+        pending: to_grade.saturating_sub(succeeded + failed),
+    }
+}
+
+/// Paid at batch prices against what standard prices would have cost.
+pub fn receipt(units: &[UnitRecord]) -> Receipt {
+    let paid: f64 = units.iter().map(|u| u.cost_usd).sum();
+    let standard: f64 = units.iter().map(|u| u.standard_cost_usd).sum();
+    Receipt {
+        paid_usd: paid,
+        standard_usd: standard,
+        saved_usd: (standard - paid).max(0.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+    use Phase::*;
+
+    fn u(id: u32, phase: Phase) -> UnitView {
+        UnitView {
+            id,
+            phase,
+            not_before_ms: None,
+            next_poll_ms: None,
+            parked_until_ms: None,
+            tokens: 100,
+        }
+    }
+
+    fn parked(mut v: UnitView, until: u64) -> UnitView {
+        v.parked_until_ms = Some(until);
+        v
+    }
+
+    fn adm(max_in_flight: usize, submit: bool) -> Admission {
+        Admission {
+            max_in_flight,
+            token_budget: None,
+            submit,
+        }
+    }
+
+    #[test]
+    fn step_table() {
+        // (case, units, max in flight, submit allowed, expected actions, all merged)
+        type Case = (&'static str, Vec<UnitView>, usize, bool, Vec<Action>, bool);
+        let cases: Vec<Case> = vec![
+            ("nothing", vec![], 2, true, vec![], true),
+            (
+                "all merged",
+                vec![u(1, Merged), u(2, Merged)],
+                2,
+                true,
+                vec![],
+                true,
+            ),
+            (
+                "fresh plan: as many submissions as slots",
+                vec![u(1, Planned), u(2, Planned), u(3, Planned)],
+                2,
+                true,
+                vec![Submit(1), Submit(2)],
+                false,
+            ),
+            (
+                "an uploaded unit holds a slot and goes first",
+                vec![u(1, Uploaded), u(2, Planned), u(3, Planned)],
+                2,
+                true,
+                vec![Submit(1), Submit(2)],
+                false,
+            ),
+            (
+                "crash between intent and record: recover, the slot is taken",
+                vec![u(1, Creating), u(2, Planned)],
+                1,
+                true,
+                vec![Recover(1)],
+                false,
+            ),
+            (
+                "finishing work first; nothing new while a batch is unjudged",
+                vec![
+                    u(1, Downloaded),
+                    u(2, Ended),
+                    u(3, Submitted),
+                    u(4, Planned),
+                ],
+                4,
+                true,
+                vec![Ingest(1), Download(2), Poll(3)],
+                false,
+            ),
+            (
+                "one in flight, its batch ended: merge before the next submit",
+                vec![u(1, Ended), u(2, Planned)],
+                1,
+                true,
+                vec![Download(1)],
+                false,
+            ),
+            (
+                "merged: the next one goes",
+                vec![u(1, Merged), u(2, Planned)],
+                1,
+                true,
+                vec![Submit(2)],
+                false,
+            ),
+            (
+                "submissions off (cancel, halt): polls only",
+                vec![u(1, Submitted), u(2, Planned)],
+                4,
+                false,
+                vec![Poll(1)],
+                false,
+            ),
+            (
+                "a parked unit waits, the others go on",
+                vec![parked(u(1, Creating), 5000), u(2, Submitted), u(3, Planned)],
+                3,
+                true,
+                vec![Poll(2), Submit(3)],
+                false,
+            ),
+            (
+                "a parked unit whose time has come acts",
+                vec![parked(u(1, Creating), 1000), parked(u(2, Submitted), 999)],
+                3,
+                true,
+                vec![Recover(1), Poll(2)],
+                false,
+            ),
+            (
+                "a parked planned unit does not take a slot",
+                vec![parked(u(1, Planned), 9000), u(2, Planned)],
+                1,
+                true,
+                vec![Submit(2)],
+                false,
+            ),
+        ];
+        for (name, units, max, submit, want, merged) in cases {
+            let s = step(&units, 1000, adm(max, submit));
+            assert_eq!(s.actions, want, "{name}");
+            assert_eq!(s.all_merged, merged, "{name}");
+        }
+    }
+
+    #[test]
+    fn waits_for_the_earliest_due_time() {
+        let mut a = u(1, Submitted);
+        a.next_poll_ms = Some(5000);
+        let mut b = u(2, Submitted);
+        b.next_poll_ms = Some(3000);
+        let mut c = u(3, Uploaded);
+        c.not_before_ms = Some(2500);
+        let s = step(&[a, b, c], 1000, adm(4, true));
+        assert!(s.actions.is_empty());
+        assert_eq!(s.wake_at_ms, Some(2500));
+        let s = step(&[a, b, c], 3000, adm(4, true));
+        assert_eq!(s.actions, vec![Poll(2), Submit(3)]);
+        // A parked unit wakes the loop when its wait ends, not before.
+        let p = parked(u(4, Creating), 4000);
+        let s = step(&[a, p], 1000, adm(4, true));
+        assert_eq!(s.wake_at_ms, Some(4000));
+        // A parked unit whose poll is due later than its park waits for the poll.
+        let mut q = parked(u(5, Submitted), 2000);
+        q.next_poll_ms = Some(3500);
+        assert_eq!(step(&[q], 1000, adm(4, true)).wake_at_ms, Some(3500));
+    }
+
+    #[test]
+    fn detach_is_done_when_only_polls_remain() {
+        let s = step(&[u(1, Planned), u(2, Planned)], 0, adm(1, true));
+        assert!(!s.detach_done());
+        let s = step(&[u(1, Submitted), u(2, Planned)], 0, adm(1, true));
+        assert_eq!(s.actions, vec![Poll(1)]);
+        assert!(s.detach_done());
+        let s = step(&[u(1, Ended)], 0, adm(1, true));
+        assert!(!s.detach_done());
+    }
+
+    #[test]
+    fn token_budget_admission() {
+        let budget = |b| Admission {
+            max_in_flight: 10,
+            token_budget: Some(b),
+            submit: true,
+        };
+        let fresh = [u(1, Planned), u(2, Planned), u(3, Planned)];
+        // 100 tokens each: a budget of 250 lets two out.
+        assert_eq!(
+            step(&fresh, 0, budget(250)).actions,
+            vec![Submit(1), Submit(2)]
+        );
+        let one_out = [u(1, Submitted), u(2, Planned), u(3, Planned)];
+        assert_eq!(
+            step(&one_out, 0, budget(250)).actions,
+            vec![Poll(1), Submit(2)]
+        );
+        // A unit bigger than the budget still goes when nothing is out.
+        let mut big = u(1, Planned);
+        big.tokens = 1000;
+        assert_eq!(step(&[big], 0, budget(250)).actions, vec![Submit(1)]);
+    }
+
+    #[test]
+    fn step_error_table() {
+        let prev = |failures, since| Backoff {
+            step: "create".into(),
+            failures,
+            since,
+            retry_at: 0,
+            last_error: "x".into(),
+        };
+        let park = |failures, since, retry_at| {
+            StepVerdict::Park(Backoff {
+                step: "status".into(),
+                failures,
+                since,
+                retry_at,
+                last_error: "HTTP 503".into(),
+            })
+        };
+        let now = 10_000;
+        let cases: Vec<(&str, StepClass, Option<Backoff>, StepVerdict)> = vec![
+            ("final stops", StepClass::Final, None, StepVerdict::Stop),
+            (
+                "final stops even when parked before",
+                StepClass::Final,
+                Some(prev(3, now - 10)),
+                StepVerdict::Stop,
+            ),
+            (
+                "first transient parks 1 s",
+                StepClass::Transient,
+                None,
+                park(1, now, now + 1),
+            ),
+            (
+                "unclear parks too",
+                StepClass::Unclear,
+                None,
+                park(1, now, now + 1),
+            ),
+            (
+                "the wait grows and the first failure's time is kept",
+                StepClass::Transient,
+                Some(prev(3, now - 100)),
+                park(4, now - 100, now + 8),
+            ),
+            (
+                "bounded at 5 minutes",
+                StepClass::Transient,
+                Some(prev(20, now - 3000)),
+                park(21, now - 3000, now + 300),
+            ),
+        ];
+        for (name, class, previous, want) in cases {
+            let got = on_step_error(class, "status", "HTTP 503", previous.as_ref(), now, 3600);
+            assert_eq!(got, want, "{name}");
+        }
+        let gave_up = on_step_error(
+            StepClass::Transient,
+            "status",
+            "HTTP 503",
+            Some(&prev(40, now - 3600)),
+            now,
+            3600,
+        );
+        match gave_up {
+            StepVerdict::GiveUp { reason } => {
+                assert!(
+                    reason.contains("1h") && reason.contains("HTTP 503"),
+                    "{reason}"
+                )
+            }
+            other => panic!("not given up: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn park_waits() {
+        let waits: Vec<u64> = (1..=11).map(park_secs).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(park_secs(u32::MAX), 300);
+    }
+
+    #[test]
+    fn outage_lines() {
+        assert_eq!(outage_line(None, 100), None);
+        assert_eq!(outage_line(Some(95), 100), None);
+        let line = outage_line(Some(0), 200).unwrap();
+        assert!(
+            line.starts_with("provider not answering for 3m, retrying"),
+            "{line}"
+        );
+        assert!(line.contains("Ctrl-C stops, `batchgrader resume` continues"));
+        let cases = [
+            (5, "5s"),
+            (60, "1m"),
+            (185, "3m"),
+            (3600, "1h"),
+            (7500, "2h 5m"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(short_duration(secs), want);
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        let running = RemoteState::Running {
+            label: "in_progress".into(),
+            done: 1,
+            failed: 0,
+        };
+        let requeue = RemoteState::Requeue {
+            label: "failed".into(),
+            reason: "token_limit_exceeded".into(),
+        };
+        let ended = RemoteState::Ended {
+            label: "completed".into(),
+            end: EndKind::Completed,
+            results: vec![],
+            usage: None,
+        };
+        assert_eq!(on_status(&running, 1, 30), StatusVerdict::KeepPolling);
+        assert_eq!(on_status(&ended, 1, 30), StatusVerdict::Fetch);
+        let waits: Vec<StatusVerdict> = [1, 2, 3, 10, 40]
+            .iter()
+            .map(|n| on_status(&requeue, *n, 30))
+            .collect();
+        let w = |s| StatusVerdict::Requeue { wait_secs: s };
+        assert_eq!(waits, [w(30), w(60), w(120), w(1800), w(1800)]);
+        // A sub-second poll interval still waits a second.
+        assert_eq!(on_status(&requeue, 1, 0), w(1));
+    }
+
+    #[test]
+    fn missing_line_table() {
+        let cases = [
+            (EndKind::Completed, "not_executed", true),
+            (EndKind::Expired, "batch_expired", true),
+            (EndKind::Cancelled, "batch_cancelled", true),
+            (
+                EndKind::Failed {
+                    reason: "invalid_json_line (line 3): bad".into(),
+                },
+                "batch_failed",
+                false,
+            ),
+        ];
+        for (end, code, retryable) in cases {
+            let (c, m, r) = missing_line(&end);
+            assert_eq!((c.as_str(), r), (code, retryable), "{end:?}");
+            assert!(!m.is_empty());
+        }
+        let (_, m, _) = missing_line(&EndKind::Failed {
+            reason: "invalid_json_line (line 3): bad".into(),
+        });
+        assert!(m.contains("line 3"));
+    }
+
+    #[test]
+    fn retry_and_tally() {
+        let failed = |retryable, attempts| RequestState::Failed {
+            retryable,
+            attempts,
+        };
+        let cases = [
+            (RequestState::Succeeded { parsed: true }, 3, false),
+            (RequestState::Pending, 3, false),
+            (failed(true, 1), 3, true),
+            (failed(true, 3), 3, false),
+            (failed(false, 1), 3, false),
+            (failed(true, 1), 1, false),
+        ];
+        for (state, max, want) in cases {
+            assert_eq!(should_retry(state, max), want, "{state:?} max {max}");
+        }
+        let mut t = Tally::default();
+        for s in [
+            RequestState::Succeeded { parsed: true },
+            RequestState::Succeeded { parsed: true },
+            RequestState::Succeeded { parsed: false },
+            failed(true, 1),
+            failed(true, 3),
+            failed(false, 1),
+            RequestState::Pending,
+        ] {
+            t.add(s, 3);
+        }
+        assert_eq!(
+            t,
+            Tally {
+                graded: 2,
+                parse_failures: 1,
+                api_failures: 2,
+                pending: 2
+            }
+        );
+        assert_eq!(t.settled(), 5);
+    }
+
+    fn unit(id: u32, phase: Phase) -> UnitRecord {
+        UnitRecord::planned(id, 1, format!("c{id}"), String::new(), 10, 100, 50).with_phase(phase)
+    }
+
+    #[test]
+    fn halt_table() {
+        let tally = |graded, parse_failures, api_failures| Tally {
+            graded,
+            parse_failures,
+            api_failures,
+            pending: 0,
+        };
+        let rate = |r| HaltPolicy {
+            max_failure_rate: Some(r),
+            ..HaltPolicy::default()
+        };
+        let failed_chunk = vec![ChunkFailure {
+            unit: 2,
+            batch_id: Some("batch_x".into()),
+            what: "expired".into(),
+        }];
+        let on_chunk = HaltPolicy {
+            on_chunk_failure: true,
+            ..HaltPolicy::default()
+        };
+        let budget = HaltPolicy {
+            max_cost_usd: Some(1.0),
+            ..HaltPolicy::default()
+        };
+        // (case, policy, tally, spent, chunk failures, expected text in the reason)
+        type Case = (
+            &'static str,
+            HaltPolicy,
+            Tally,
+            f64,
+            Vec<ChunkFailure>,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no policy",
+                HaltPolicy::default(),
+                tally(0, 0, 10),
+                99.0,
+                failed_chunk.clone(),
+                None,
+            ),
+            ("rate below", rate(0.10), tally(95, 2, 3), 0.0, vec![], None),
+            (
+                "rate equal is not above",
+                rate(0.10),
+                tally(9, 0, 1),
+                0.0,
+                vec![],
+                None,
+            ),
+            (
+                "rate above, API and parse failures named apart",
+                rate(0.10),
+                tally(7, 1, 2),
+                0.0,
+                vec![],
+                Some(
+                    "failure rate 30.0% (2 API failures, 1 parse failures of 10 answered requests)",
+                ),
+            ),
+            (
+                "rate with nothing answered",
+                rate(0.0),
+                tally(0, 0, 0),
+                0.0,
+                vec![],
+                None,
+            ),
+            (
+                "chunk failure ignored without the flag",
+                HaltPolicy::default(),
+                tally(1, 0, 0),
+                0.0,
+                failed_chunk.clone(),
+                None,
+            ),
+            (
+                "chunk failure with the flag",
+                on_chunk,
+                tally(1, 0, 0),
+                0.0,
+                failed_chunk.clone(),
+                Some("chunk 2 (batch batch_x) expired (halt.on_chunk_failure)"),
+            ),
+            (
+                "spend under budget",
+                budget,
+                tally(1, 0, 0),
+                0.99,
+                vec![],
+                None,
+            ),
+            (
+                "spend over budget",
+                budget,
+                tally(1, 0, 0),
+                1.01,
+                vec![],
+                Some("spend $1.01 passed halt.max_cost_usd $1.00"),
+            ),
+        ];
+        for (name, policy, t, spent, failures, want) in cases {
+            let got = halt(&policy, &t, spent, &failures);
+            match want {
+                None => assert_eq!(got, None, "{name}"),
+                Some(w) => {
+                    let got = got.unwrap_or_else(|| panic!("{name}: no halt"));
+                    assert!(got.contains(w), "{name}: {got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn halt_before_start_table() {
+        let budget = HaltPolicy {
+            max_cost_usd: Some(5.0),
+            ..HaltPolicy::default()
+        };
+        let cases = [
+            (
+                "no budget",
+                HaltPolicy::default(),
+                Some(99.0),
+                true,
+                true,
+                false,
+            ),
+            ("under", budget, Some(4.0), true, true, false),
+            ("over", budget, Some(6.0), true, true, true),
+            ("no upper bound", budget, None, true, true, true),
+            ("already started", budget, Some(6.0), true, false, false),
+            ("no price known", budget, None, false, true, false),
+        ];
+        for (name, policy, high, has_estimate, untouched, halts) in cases {
+            assert_eq!(
+                halt_before_start(&policy, high, has_estimate, untouched).is_some(),
+                halts,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_failures_table() {
+        let mut expired = unit(1, Merged);
+        expired.end = Some(EndKind::Expired);
+        let mut refused = unit(2, Merged);
+        refused.end = Some(EndKind::Failed {
+            reason: "invalid_json_line".into(),
+        });
+        let mut given_up = unit(3, Merged);
+        given_up.given_up = Some("calls kept failing".into());
+        let mut fine = unit(4, Merged);
+        fine.end = Some(EndKind::Completed);
+        let mut running = unit(5, Submitted);
+        running.end = Some(EndKind::Expired);
+        let got = chunk_failures(&[expired, refused, given_up, fine, running]);
+        let what: Vec<(u32, &str)> = got.iter().map(|f| (f.unit, f.what.as_str())).collect();
+        assert_eq!(
+            what,
+            [
+                (1, "expired"),
+                (2, "failed: invalid_json_line"),
+                (3, "given up: calls kept failing")
+            ]
+        );
+    }
+
+    #[test]
+    fn totals_and_receipt() {
+        let t = Tally {
+            graded: 6,
+            parse_failures: 1,
+            api_failures: 2,
+            pending: 1,
+        };
+        let got = totals(12, 10, 2, &t);
+        assert_eq!(
+            (got.succeeded, got.failed, got.pending, got.already_done),
+            (7, 2, 1, 2)
+        );
+        let mut a = unit(1, Merged);
+        a.cost_usd = 0.5;
+        a.standard_cost_usd = 1.0;
+        let mut b = unit(2, Merged);
+        b.cost_usd = 0.25;
+        b.standard_cost_usd = 0.5;
+        let r = receipt(&[a, b]);
+        assert_eq!((r.paid_usd, r.standard_usd, r.saved_usd), (0.75, 1.5, 0.75));
+    }
+}

@@ -1,0 +1,143 @@
+//! The two append-only logs a job keeps beside its database: `events.jsonl`
+//! (what happened, when; the last few runs) and the state root's
+//! `usage.jsonl` ledger (tokens and cost once per batch, read by `costs`).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// `events.jsonl` keeps the events of this many runs.
+pub const KEEP_EVENT_RUNS: usize = 10;
+const RUN_MARK: &str = "\"event\":\"run started";
+
+/// Start a run's events: drop all but the last `KEEP_EVENT_RUNS - 1` runs,
+/// then record this one.
+pub fn start_run(events: &Path) {
+    prune(events, KEEP_EVENT_RUNS);
+    append_event(
+        events,
+        None,
+        &format!("run started (pid {})", std::process::id()),
+    );
+}
+
+fn prune(path: &Path, keep: usize) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let starts: Vec<usize> = text
+        .match_indices(RUN_MARK)
+        .map(|(i, _)| text[..i].rfind('\n').map_or(0, |n| n + 1))
+        .collect();
+    if starts.len() < keep {
+        return;
+    }
+    let from = starts[starts.len() + 1 - keep];
+    let tmp = path.with_extension("jsonl.tmp");
+    if std::fs::write(&tmp, &text[from..]).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// One line in `events.jsonl`. Events are for people; a failure to write
+/// one never stops a job.
+pub fn append_event(path: &Path, chunk: Option<u32>, msg: &str) {
+    #[derive(Serialize)]
+    struct Ev<'a> {
+        ts: String,
+        chunk: Option<u32>,
+        event: &'a str,
+    }
+    let line = serde_json::to_string(&Ev {
+        ts: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        chunk,
+        event: msg,
+    })
+    .expect("events serialize");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// One batch's usage in the ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerEntry<'a> {
+    pub ts: u64,
+    pub job: &'a str,
+    pub batch_id: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    /// What the same tokens cost at standard (non-batch) prices.
+    pub standard_cost_usd: f64,
+    pub simulated: bool,
+}
+
+/// Append the entry unless the ledger already has one for its batch (a
+/// crash between the append and the unit's flag leaves the line written).
+pub fn record_usage_once(ledger: &Path, entry: &LedgerEntry<'_>) -> std::io::Result<()> {
+    let needle = format!("\"batch_id\":{}", serde_json::json!(entry.batch_id));
+    let already = std::fs::read_to_string(ledger)
+        .map(|t| t.lines().any(|l| l.contains(&needle)))
+        .unwrap_or(false);
+    if already {
+        return Ok(());
+    }
+    let line = serde_json::to_string(entry).expect("entries serialize");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger)?;
+    writeln!(f, "{line}")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_keep_the_last_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        for run in 0..15 {
+            prune(&p, 10);
+            append_event(&p, None, &format!("run started (pid {run})"));
+            append_event(&p, Some(1), &format!("work of run {run}"));
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.matches(RUN_MARK).count(), 10);
+        assert!(text.contains("work of run 14") && text.contains("work of run 5"));
+        assert!(!text.contains("work of run 4\""), "{text}");
+    }
+
+    #[test]
+    fn usage_is_recorded_once_per_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("usage.jsonl");
+        let e = |batch_id| LedgerEntry {
+            ts: 1,
+            job: "j",
+            batch_id,
+            provider: "openai",
+            model: "m",
+            input_tokens: 10,
+            output_tokens: 2,
+            cost_usd: 0.5,
+            standard_cost_usd: 1.0,
+            simulated: false,
+        };
+        record_usage_once(&p, &e("b1")).unwrap();
+        record_usage_once(&p, &e("b1")).unwrap();
+        record_usage_once(&p, &e("b12")).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+    }
+}

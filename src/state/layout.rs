@@ -1,0 +1,128 @@
+//! Every path of a job folder, named once. Nothing outside `state` builds a
+//! path inside `<state>/<job>/` by hand.
+//!
+//! ```text
+//! <state>/usage.jsonl                         the usage ledger, across jobs
+//! <state>/<job>/db/                           sled: job, plan, units
+//!               lock                          held while a command works on the job
+//!               outcomes.jsonl                results and failures by fingerprint
+//!               chunks/plan-<g>/chunk-NNNNN.jsonl     the plan's request files
+//!               chunks/plan-<g>/retry-<a>-NNNNN.jsonl retry chunks of attempt a
+//!               chunks/plan-<g>/requests.idx|.keys    per-row request records
+//!               tmp-plan-<g>/                 a plan being written
+//!               results/unit-<id>-<submit>-<name>.jsonl  fetched result files
+//!               status.json                   the snapshot `status` reads
+//!               events.jsonl                  what happened, when
+//!               simulated/                    the in-process simulated provider's data
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The layout of one job folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(state_root: &Path, job: &str) -> Layout {
+        Layout {
+            root: state_root.to_path_buf(),
+            dir: state_root.join(job),
+        }
+    }
+
+    /// The job folder itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("db")
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    pub fn status(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+
+    pub fn events(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
+    }
+
+    /// The usage ledger that `costs` reads, shared by every job of the root.
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join("usage.jsonl")
+    }
+
+    pub fn results_dir(&self) -> PathBuf {
+        self.dir.join("results")
+    }
+
+    /// A fetched result file of one submit of a unit.
+    pub fn result_file(&self, unit: u32, submit: u32, name: &str) -> PathBuf {
+        self.results_dir()
+            .join(format!("unit-{unit}-{submit}-{name}.jsonl"))
+    }
+
+    pub fn simulated(&self) -> PathBuf {
+        self.dir.join("simulated")
+    }
+
+    pub fn chunks_root(&self) -> PathBuf {
+        self.dir.join("chunks")
+    }
+
+    /// The folder of a plan generation: its chunk and request files.
+    pub fn plan_dir(&self, generation: u64) -> PathBuf {
+        self.chunks_root().join(format!("plan-{generation}"))
+    }
+
+    /// Where a plan is written before it becomes the plan.
+    pub fn plan_scratch(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("tmp-plan-{generation}"))
+    }
+
+    /// A plan chunk's file, relative to the job folder (as unit records keep it).
+    pub fn chunk_rel(generation: u64, index: u32) -> String {
+        format!("chunks/plan-{generation}/chunk-{index:05}.jsonl")
+    }
+
+    /// A retry chunk's file, relative to the job folder.
+    pub fn retry_chunk_rel(generation: u64, attempt: u32, id: u32) -> String {
+        format!("chunks/plan-{generation}/retry-{attempt}-{id:05}.jsonl")
+    }
+
+    /// A path the unit records keep relative to the job folder, made whole.
+    pub fn resolve(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let l = Layout::new(Path::new("/s"), "job");
+        assert_eq!(l.dir(), Path::new("/s/job"));
+        assert_eq!(l.ledger(), Path::new("/s/usage.jsonl"));
+        assert_eq!(
+            l.result_file(3, 2, "output"),
+            Path::new("/s/job/results/unit-3-2-output.jsonl")
+        );
+        assert_eq!(
+            l.resolve(&Layout::chunk_rel(4, 12)),
+            Path::new("/s/job/chunks/plan-4/chunk-00012.jsonl")
+        );
+        assert_eq!(
+            l.resolve(&Layout::retry_chunk_rel(4, 2, 7)),
+            l.plan_dir(4).join("retry-2-00007.jsonl")
+        );
+    }
+}
