@@ -5,80 +5,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Sandbox;
+use common::sim::Server;
 use serde_json::Value;
 
 const KEY_ENV: &str = "BG_TEST_KEY";
 const KEY: &str = "sk-test-not-a-real-key-4242";
-
-/// A simulated provider in its own process.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(sb: &Sandbox, extra: &[&str]) -> Server {
-        let data = sb.path("server-data");
-        // Short batch timings, unless the test sets its own.
-        let mut args: Vec<&str> = vec!["simulate-server", "--port", "0"];
-        for (flag, value) in [
-            ("--validating", "50ms"),
-            ("--in-progress", "300ms"),
-            ("--finalizing", "50ms"),
-        ] {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
-            .args(&args)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start simulate-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("simulate-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server { child, url }
-    }
-
-    fn stats(&self) -> Value {
-        let base = self.url.trim_end_matches("/v1");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            reqwest::get(format!("{base}/_sim/stats"))
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// 25 rows with cells that must survive verbatim, in chunks of 10.
 fn job(sb: &Sandbox, server: &Server, extra: &str) {

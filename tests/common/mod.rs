@@ -1,6 +1,8 @@
 //! A small harness: a temp folder with files, and the real binary run in it.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

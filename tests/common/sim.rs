@@ -1,0 +1,75 @@
+//! The simulated provider in its own process (`batchgrader simulate-server`),
+//! so that it outlives the `apply` processes a test kills.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use super::Sandbox;
+
+/// A simulated provider in its own process.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(sb: &Sandbox, extra: &[&str]) -> Server {
+        let data = sb.path("server-data");
+        // Short batch timings, unless the test sets its own.
+        let mut args: Vec<&str> = vec!["simulate-server", "--port", "0"];
+        for (flag, value) in [
+            ("--validating", "50ms"),
+            ("--in-progress", "300ms"),
+            ("--finalizing", "50ms"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start simulate-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("simulate-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    /// `/_sim/stats`: what the server saw and made.
+    pub fn stats(&self) -> Value {
+        let base = self.url.trim_end_matches("/v1");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            reqwest::get(format!("{base}/_sim/stats"))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,184 @@
+//! The fault model and the halt policy, end to end: the real binary against
+//! the simulated provider in its own process, through the real HTTP client.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::Sandbox;
+use common::sim::Server;
+use serde_json::Value;
+
+const KEY_ENV: &str = "BG_TEST_KEY";
+const KEY: &str = "sk-test-not-a-real-key-4242";
+
+/// `rows` rows of `text`, in chunks of `chunk` requests, `in_flight` at once.
+fn job(
+    sb: &Sandbox,
+    server: &Server,
+    rows: usize,
+    text: &str,
+    chunk: u32,
+    in_flight: u32,
+    extra: &str,
+) {
+    let mut csv = String::from("id,text\n");
+    for i in 1..=rows {
+        csv.push_str(&format!("{i},{text} {i}\n"));
+    }
+    sb.write("in.csv", csv);
+    sb.write(
+        "job.yaml",
+        format!(
+            "version: 1
+name: faults
+provider:
+  kind: openai
+  base_url: {url}
+  api_key_env: {KEY_ENV}
+model: gpt-4o-mini
+input:
+  path: in.csv
+  id: id
+prompt:
+  system: Grade the answer from 0 to 10. Reply with the number only.
+  user: \"{{{{ text }}}}\"
+request:
+  max_tokens: 4
+output:
+  path: out/graded.csv
+  field: grade
+  parse: number
+chunking:
+  max_requests: {chunk}
+concurrency:
+  max_batches_in_flight: {in_flight}
+poll:
+  interval: 100ms
+  max_interval: 200ms
+{extra}",
+            url = server.url
+        ),
+    );
+}
+
+fn apply(sb: &Sandbox) -> common::Run {
+    sb.run_env(&["apply", "job.yaml", "--json"], &[(KEY_ENV, KEY)])
+}
+
+/// The output's `grade_status` column, by row id.
+fn statuses(sb: &Sandbox) -> HashMap<String, String> {
+    let out = sb.read("out/graded.csv");
+    let mut r = csv::Reader::from_reader(out.as_bytes());
+    let header = r.headers().unwrap().clone();
+    let col = header.iter().position(|h| h == "grade_status").unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (rec[0].to_string(), rec[col].to_string())
+        })
+        .collect()
+}
+
+fn batches(stats: &Value) -> &Vec<Value> {
+    stats["batches"].as_array().unwrap()
+}
+
+#[test]
+fn failure_rate_passed_in_the_first_chunk_creates_no_second_batch() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--request-failure-rate", "0.5"]);
+    job(
+        &sb,
+        &server,
+        30,
+        "answer",
+        10,
+        1,
+        "retry:\n  max_attempts: 1\nhalt:\n  max_failure_rate: 10%\n",
+    );
+    let run = apply(&sb);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("failure rate"), "{run:?}");
+    let stats = server.stats();
+    assert_eq!(stats["batches_created"], 1, "{stats:#}");
+    // The output holds what the one chunk graded; the rest is not graded.
+    let s = statuses(&sb);
+    assert_eq!(s.len(), 30);
+    let summary = run.json();
+    let graded = s.values().filter(|v| *v == "ok").count() as u64;
+    let failed = s.values().filter(|v| *v == "failed").count() as u64;
+    assert_eq!(graded + failed, 10, "{s:?}");
+    assert!(failed >= 2, "the sample must pass 10%: {s:?}");
+    assert_eq!(summary["graded"], graded);
+    assert_eq!(summary["ending"], "halted");
+}
+
+#[test]
+fn budget_passed_mid_run_stops_before_the_next_batch() {
+    // The simulated provider counts about a token per 4 characters, far
+    // more than the tokenizer finds in runs of one letter: the estimate's
+    // upper bound passes the start check, the actual spend does not.
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    let text = "a".repeat(4000);
+    job(
+        &sb,
+        &server,
+        30,
+        &text,
+        10,
+        1,
+        "halt:\n  max_cost_usd: 0.0013\n",
+    );
+    let plan = sb.run_env(&["plan", "job.yaml", "--json"], &[]);
+    let high = plan.json()["estimate"]["high"].as_f64().unwrap();
+    assert!(high < 0.0013, "the start check must pass: {high}");
+    let run = apply(&sb);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("passed halt.max_cost_usd"), "{run:?}");
+    let stats = server.stats();
+    assert_eq!(stats["batches_created"], 2, "{stats:#}");
+    let summary = run.json();
+    assert!(summary["actual_cost_usd"].as_f64().unwrap() > 0.0013);
+    assert_eq!(summary["graded"], 20, "{summary:#}");
+    assert_eq!(statuses(&sb).len(), 30);
+    // The receipt: batch prices are half the standard ones here.
+    let r = &summary["receipt"];
+    let (paid, standard) = (
+        r["paid_usd"].as_f64().unwrap(),
+        r["standard_usd"].as_f64().unwrap(),
+    );
+    assert!((standard - 2.0 * paid).abs() < 1e-9, "{r}");
+    assert!(
+        (r["saved_usd"].as_f64().unwrap() - paid).abs() < 1e-9,
+        "{r}"
+    );
+}
+
+#[test]
+fn a_storm_of_429_and_5xx_does_not_abort_the_job() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--http-error-rate", "0.4"]);
+    job(&sb, &server, 40, "answer", 5, 3, "");
+    let run = apply(&sb);
+    assert_eq!(run.code, 0, "{run:?}");
+    let s = statuses(&sb);
+    assert!(s.values().all(|v| v == "ok"), "{s:?}");
+    assert_eq!(s.len(), 40);
+    // One batch per chunk: every unclear create was looked for first.
+    let stats = server.stats();
+    let mut per_chunk: HashMap<String, u32> = HashMap::new();
+    for b in batches(&stats) {
+        *per_chunk
+            .entry(
+                b["metadata"]["batchgrader_chunk"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default() += 1;
+    }
+    assert_eq!(per_chunk.len(), 8, "{stats:#}");
+    assert!(per_chunk.values().all(|n| *n == 1), "{per_chunk:?}");
+}
