@@ -124,9 +124,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         for u in units.iter_mut() {
             if u.phase == Phase::Merged && !u.ledger_written && u.given_up.is_none() {
                 self.write_ledger(u)?;
-                self.clean_remote(u).await;
+                u.cleanup_pending = true;
             }
         }
+        self.clean_pending(&mut units).await?;
         let untouched = units
             .iter()
             .all(|u| u.phase == Phase::Planned && u.attempt == 1);
@@ -707,7 +708,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         );
         kill_point("ingest");
         self.write_ledger(u)?;
-        self.clean_remote(u).await;
+        if !self.clean_remote(u).await {
+            u.cleanup_pending = true;
+            self.put(u)?;
+        }
         Ok(())
     }
 
@@ -741,19 +745,42 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     }
 
     /// Delete the provider's copies once they are safely merged; they would
-    /// otherwise count against storage for 30 days. Failures only warn.
-    async fn clean_remote(&self, u: &UnitRecord) {
+    /// otherwise count against storage for 30 days (OpenAPI spec,
+    /// `FileExpirationAfter`), and Azure caps a resource at 500 batch files.
+    /// True when done: deleted, or already gone. A failure is harmless to
+    /// the job; a transient one is tried again at the next start and finish.
+    async fn clean_remote(&self, u: &UnitRecord) -> bool {
         let batch_id = u.batch_id.as_deref().unwrap_or_default();
-        if let Err(e) = self
+        match self
             .backend
             .clean_up(u.file_id.as_deref(), batch_id, &u.results)
             .await
         {
-            self.event(
-                Some(u.id),
-                &format!("could not delete the provider's files (harmless): {e}"),
-            );
+            Ok(()) => true,
+            Err(e) if e.is_not_found() => true,
+            Err(e) => {
+                let again = e.step_class() != crate::provider::StepClass::Final;
+                self.event(
+                    Some(u.id),
+                    &format!(
+                        "could not delete the provider's files (harmless{}): {e}",
+                        if again { "; tried again later" } else { "" }
+                    ),
+                );
+                !again
+            }
         }
+    }
+
+    /// Retry the clean-ups that failed transiently before.
+    async fn clean_pending(&mut self, units: &mut [UnitRecord]) -> Result<()> {
+        for u in units.iter_mut().filter(|u| u.cleanup_pending) {
+            if self.clean_remote(u).await {
+                u.cleanup_pending = false;
+                self.put(u)?;
+            }
+        }
+        Ok(())
     }
 
     /// Every outstanding request of the plan, counted by where it stands.
@@ -892,14 +919,54 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         Ok(out)
     }
 
+    /// Ask every batch that is out to stop. A transient failure is tried
+    /// again with the usual backoff for up to a minute per batch: a batch
+    /// left running is money spent after the user (or the policy) said stop.
     pub async fn cancel_in_flight(&self, units: &mut [UnitRecord]) {
+        const CANCEL_GIVE_UP_SECS: u64 = 60;
         for u in units.iter_mut() {
-            if u.phase == Phase::Submitted
-                && let Some(id) = &u.batch_id
-            {
-                match self.backend.cancel(id).await {
-                    Ok(()) => self.event(Some(u.id), &format!("cancelled batch {id}")),
-                    Err(e) => self.event(Some(u.id), &format!("could not cancel batch {id}: {e}")),
+            let (Phase::Submitted, Some(id)) = (u.phase, u.batch_id.clone()) else {
+                continue;
+            };
+            let mut backoff = None;
+            loop {
+                let e = match self.backend.cancel(&id).await {
+                    Ok(()) => {
+                        self.event(Some(u.id), &format!("cancelled batch {id}"));
+                        break;
+                    }
+                    Err(e) => e,
+                };
+                let now = state::now_secs();
+                match decide::on_step_error(
+                    e.step_class(),
+                    "cancel",
+                    &e.to_string(),
+                    backoff.as_ref(),
+                    now,
+                    CANCEL_GIVE_UP_SECS,
+                ) {
+                    StepVerdict::Park(b) => {
+                        self.event(
+                            Some(u.id),
+                            &format!(
+                                "cancel of batch {id} failed ({e}); retrying in {}",
+                                decide::short_duration(b.retry_at.saturating_sub(now))
+                            ),
+                        );
+                        tokio::time::sleep(Duration::from_secs(b.retry_at.saturating_sub(now)))
+                            .await;
+                        backoff = Some(b);
+                    }
+                    StepVerdict::Stop | StepVerdict::GiveUp { .. } => {
+                        self.event(
+                            Some(u.id),
+                            &format!(
+                                "could not cancel batch {id}: {e}; cancel it by hand (it may still run and be billed)"
+                            ),
+                        );
+                        break;
+                    }
                 }
             }
         }
@@ -961,7 +1028,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// Write the output (unless interrupted or detached with work left),
     /// the final status, and the summary.
     async fn finish(&mut self, ending: Ending) -> Result<(Ending, Summary)> {
-        let units = self.store.units(self.generation())?;
+        let mut units = self.store.units(self.generation())?;
+        if ending == Ending::Finished {
+            self.clean_pending(&mut units).await?;
+        }
         self.tally = self.scan_tally()?;
         let (state, message) = match &ending {
             Ending::Finished => (RunState::Finished, None),

@@ -260,6 +260,10 @@ pub struct UnitRecord {
     /// Set while a step of this unit waits out a transient provider failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// The provider's copies of a merged unit's files are still to be
+    /// deleted (an earlier delete failed transiently).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleanup_pending: bool,
     /// Set when the unit was given up (its steps kept failing for longer
     /// than `retry.give_up_after`): a failed chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +329,7 @@ impl UnitRecord {
             standard_cost_usd: 0.0,
             intent_at: None,
             backoff: None,
+            cleanup_pending: false,
             given_up: None,
         }
     }
