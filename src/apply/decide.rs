@@ -275,10 +275,11 @@ pub fn on_status(state: &RemoteState, submits: u32, poll_interval_secs: u64) -> 
 }
 
 /// The outcome given to a request that is in no result line of its ended
-/// batch: `(code, message, retryable)`. A batch refused as a whole means our
+/// batch: `(code, message, retryable)`; none of them ran. A batch refused as a whole means our
 /// file is at fault and sending it again will not help; otherwise the
-/// request simply did not run (provider-apis §3.5: trust the lines, not
-/// `request_counts`).
+/// request simply did not run (trust the lines, not `request_counts`, which
+/// need not add up on expired or cancelled batches: warmbly/warmbly#333,
+/// BerriAI/litellm#36034).
 pub fn missing_line(end: &EndKind) -> (String, String, bool) {
     match end {
         EndKind::Failed { reason } => ("batch_failed".into(), reason.clone(), false),
@@ -311,19 +312,36 @@ pub enum RequestState {
     Failed {
         retryable: bool,
         attempts: u32,
+        /// False when the latest failure is of a request that never ran.
+        ran: bool,
     },
     /// In no merged unit yet.
     Pending,
 }
 
+/// How many times more rounds than `max_attempts` a request that never
+/// ran (expired, cancelled, not executed) may be sent: it was not tried, so
+/// it should not use up its attempts, but a provider that never runs it
+/// must not keep the job going forever.
+pub const NEVER_RAN_FACTOR: u32 = 3;
+
 /// Should this request be sent again? Retryable failures are, until
-/// `max_attempts` attempts in all have been made.
+/// `max_attempts` attempts in all have been made; failures of requests
+/// that never ran, until `NEVER_RAN_FACTOR` times that.
 pub fn should_retry(state: RequestState, max_attempts: u32) -> bool {
     match state {
         RequestState::Failed {
             retryable: true,
             attempts,
-        } => attempts < max_attempts,
+            ran,
+        } => {
+            let cap = if ran {
+                max_attempts
+            } else {
+                max_attempts.saturating_mul(NEVER_RAN_FACTOR)
+            };
+            attempts < cap
+        }
         _ => false,
     }
 }
@@ -855,17 +873,36 @@ mod tests {
         let failed = |retryable, attempts| RequestState::Failed {
             retryable,
             attempts,
+            ran: true,
+        };
+        let never_ran = |attempts| RequestState::Failed {
+            retryable: true,
+            attempts,
+            ran: false,
         };
         let cases = [
-            (RequestState::Succeeded { parsed: true }, 3, false),
-            (RequestState::Pending, 3, false),
-            (failed(true, 1), 3, true),
-            (failed(true, 3), 3, false),
-            (failed(false, 1), 3, false),
-            (failed(true, 1), 1, false),
+            (
+                "succeeded",
+                RequestState::Succeeded { parsed: true },
+                3,
+                false,
+            ),
+            ("pending", RequestState::Pending, 3, false),
+            ("retryable, attempts left", failed(true, 1), 3, true),
+            ("retryable, attempts spent", failed(true, 3), 3, false),
+            ("final", failed(false, 1), 3, false),
+            ("one attempt only", failed(true, 1), 1, false),
+            ("never ran: past max_attempts", never_ran(3), 3, true),
+            (
+                "never ran: up to three times as many rounds",
+                never_ran(8),
+                3,
+                true,
+            ),
+            ("never ran: then final", never_ran(9), 3, false),
         ];
-        for (state, max, want) in cases {
-            assert_eq!(should_retry(state, max), want, "{state:?} max {max}");
+        for (name, state, max, want) in cases {
+            assert_eq!(should_retry(state, max), want, "{name}");
         }
         let mut t = Tally::default();
         for s in [

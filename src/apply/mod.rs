@@ -3,7 +3,7 @@
 //! Architecture: `decide` decides (pure functions over plain data), the
 //! shell in `runner` acts, through the provider seam
 //! (`provider::BatchBackend`). Every transition of a unit is written to
-//! the state store and flushed *before* the next side effect (DESIGN 5):
+//! the state store and flushed *before* the next side effect (ARCHITECTURE.md, "Crash protocol"):
 //!
 //! ```text
 //! planned ─upload→ uploaded ─record intent→ creating ─create→ submitted ─poll…→ ended

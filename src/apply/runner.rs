@@ -375,6 +375,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     message: format!("chunk {} was given up: {reason}", u.id),
                     retryable: false,
                     attempts: u.attempt,
+                    ran: false,
                 },
             ));
         }
@@ -646,11 +647,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let Some(req) = self.request_of(id)? else {
                 continue;
             };
-            let failure = |code, message, retryable| FailureRecord {
+            let failure = |code, message, retryable, ran| FailureRecord {
                 code,
                 message,
                 retryable,
                 attempts: u.attempt,
+                ran,
             };
             match seen.remove(id) {
                 Some(ResultLine::Success {
@@ -674,11 +676,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     code,
                     message,
                     retryable,
+                    ran,
                     ..
-                }) => failures.push((req.fingerprint, failure(code, message, retryable))),
+                }) => failures.push((req.fingerprint, failure(code, message, retryable, ran))),
                 None => {
                     let (code, message, retryable) = decide::missing_line(&end);
-                    failures.push((req.fingerprint, failure(code, message, retryable)));
+                    failures.push((req.fingerprint, failure(code, message, retryable, false)));
                 }
             }
         }
@@ -1118,6 +1121,7 @@ fn request_state(outcome: Option<Outcome>, parser: &answer::Parser) -> RequestSt
         Some(Outcome::Failure(f)) => RequestState::Failed {
             retryable: f.retryable,
             attempts: f.attempts,
+            ran: f.ran,
         },
         None => RequestState::Pending,
     }

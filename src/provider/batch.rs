@@ -121,6 +121,9 @@ pub enum ResultLine {
         message: String,
         /// Whether sending the request again may succeed.
         retryable: bool,
+        /// False when the request never ran (its batch expired or was
+        /// cancelled before it).
+        ran: bool,
     },
 }
 

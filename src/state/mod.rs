@@ -180,6 +180,15 @@ pub struct FailureRecord {
     pub retryable: bool,
     /// How many batch attempts included this request.
     pub attempts: u32,
+    /// False when the request never ran (its batch expired or was cancelled
+    /// first, or it is in no result line): such a failure says nothing about
+    /// the request, so it is retried beyond `retry.max_attempts` (to a bound).
+    #[serde(default = "ran_default", skip_serializing_if = "Clone::clone")]
+    pub ran: bool,
+}
+
+fn ran_default() -> bool {
+    true
 }
 
 /// Where a unit of work (one batch attempt) is in the apply protocol.

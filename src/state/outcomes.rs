@@ -185,6 +185,7 @@ mod tests {
             message: "m".into(),
             retryable: true,
             attempts: 1,
+            ran: true,
         })
     }
 

@@ -173,6 +173,12 @@ pub fn remote_state(b: &Batch) -> RemoteState {
     }
 }
 
+/// Error-file codes of requests that never ran: the batch expired or was
+/// cancelled before them (warmbly/warmbly#333, llm-d/llm-d-batch-gateway#221).
+pub fn never_ran(code: &str) -> bool {
+    matches!(code, "batch_expired" | "batch_cancelled")
+}
+
 fn remote(b: &Batch) -> RemoteBatch {
     RemoteBatch {
         id: b.id.clone(),
@@ -256,6 +262,7 @@ impl BatchBackend for OpenAiBatches {
                 output_tokens: s.usage.completion_tokens,
             },
             LineOutcome::Failure(f) => ResultLine::Failure {
+                ran: !never_ran(&f.code),
                 custom_id: f.custom_id,
                 code: f.code,
                 message: f.message,
