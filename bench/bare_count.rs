@@ -1,6 +1,6 @@
 //! Benchmark baseline for `bench/plan`: the bare work of counting o200k_base
-//! tokens of every `text` cell of a CSV on two threads. DESIGN §8 wants
-//! `batchgrader plan` within 1.3x of this time.
+//! tokens of every `text` cell of a CSV on two threads. The performance
+//! budget wants `batchgrader plan` within 1.3x of this time.
 //!
 //!     bare_count ROWS.csv        (prints `rows N` and `tokens N`)
 //!

@@ -147,7 +147,7 @@ impl PriceTable {
     }
 }
 
-/// The cost range of DESIGN 4, in USD at batch prices.
+/// The cost range (README.md, "Tokens and cost"), in USD at batch prices.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     /// Prompt tokens only.

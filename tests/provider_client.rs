@@ -63,7 +63,8 @@ fn meta(job: &str, chunk: usize) -> BTreeMap<String, String> {
     ])
 }
 
-/// The apply protocol for create (DESIGN §5 step 3): on an unclear failure,
+/// The apply protocol for create (ARCHITECTURE.md, "Crash protocol", step
+/// 3): on an unclear failure,
 /// adopt a batch with our metadata before creating again. Also returns how
 /// many unclear failures it met.
 async fn create_or_adopt(

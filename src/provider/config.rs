@@ -1,5 +1,6 @@
 //! Client configuration: base URL, key, optional organization and project
-//! headers, attempt budget and timeouts (provider-apis §1).
+//! headers, attempt budget and timeouts (OpenAPI spec `servers`;
+//! openai-python `_client.py`).
 //!
 //! The key comes from an environment variable named by the spec
 //! (`api_key_env`); it is held in [`Secret`] so that no `Debug` or `Display`
@@ -11,13 +12,13 @@ use std::time::Duration;
 use super::error::ProviderError;
 use super::retry::DEFAULT_MAX_ATTEMPTS;
 
-/// The public OpenAI endpoint (§1).
+/// The public OpenAI endpoint (OpenAPI spec, `servers`).
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-/// Overrides the spec's base URL, as in the SDK (§1).
+/// Overrides the spec's base URL, as in the SDK (openai-python `_client.py`).
 pub const BASE_URL_ENV: &str = "OPENAI_BASE_URL";
-/// Sent as `OpenAI-Organization` when set (§1).
+/// Sent as `OpenAI-Organization` when set (openai-python `_client.py`).
 pub const ORG_ENV: &str = "OPENAI_ORG_ID";
-/// Sent as `OpenAI-Project` when set (§1).
+/// Sent as `OpenAI-Project` when set (openai-python `_client.py`).
 pub const PROJECT_ENV: &str = "OPENAI_PROJECT_ID";
 
 const OPERATION: &str = "configure provider";
@@ -172,7 +173,7 @@ pub(crate) fn validate_base_url(base: &str) -> Result<(), ProviderError> {
 }
 
 /// Percent-encodes one path segment. Ids are opaque and may be long
-/// base64-ish strings with `=`, `/` or `+` (LiteLLM, §1, §6.2), so everything
+/// base64-ish strings with `=`, `/` or `+` (a LiteLLM proxy's), so everything
 /// outside RFC 3986's unreserved set is escaped.
 pub fn encode_path_segment(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
@@ -187,7 +188,8 @@ pub fn encode_path_segment(segment: &str) -> String {
 }
 
 /// `base` + `/` + `path`, keeping a query string of the base (Azure's
-/// `?api-version=`, §6.3) after the path. `path` must already be encoded.
+/// `?api-version=`, see openai-python `lib/azure.py`) after the path. `path`
+/// must already be encoded.
 pub(crate) fn join_url(base: &str, path: &str) -> Result<reqwest::Url, ProviderError> {
     let (prefix, query) = match base.split_once('?') {
         Some((p, q)) => (p, Some(q)),

@@ -19,7 +19,7 @@ pub enum ErrorKind {
     Auth,
     /// 403: the key may not do this.
     Permission,
-    /// Out of credit or over a spend limit (§4.1).
+    /// Out of credit or over a spend limit (`insufficient_quota`).
     Quota,
     /// 404.
     NotFound,
@@ -30,7 +30,8 @@ pub enum ErrorKind {
     RateLimited,
     /// 408, 409 or 5xx after every attempt.
     Server,
-    /// The server asked to wait longer than the client will (§4.3).
+    /// The server asked to wait longer than the client will (as in
+    /// openai-python `_base_client.py`, `_should_retry`).
     RetryAfterTooLong,
     /// Timeout, connection failure, broken body.
     Transport,
@@ -129,8 +130,9 @@ impl ProviderError {
         self
     }
 
-    /// Marks a create whose outcome is unknown: the batch may exist (§4.3
-    /// "Idempotency", §8.4).
+    /// Marks a create whose outcome is unknown: the batch may exist, since no
+    /// idempotency key is sent (openai-python `_base_client.py`,
+    /// `_idempotency_header`).
     pub(crate) fn into_unclear(mut self) -> Self {
         self.0.unclear = true;
         self.0.hint = Some(
@@ -204,7 +206,7 @@ impl ProviderError {
     }
 
     /// A missing or refused key, or a bad base URL: the user's setup is at
-    /// fault (DESIGN §9 gives such input exit code 2), not the run.
+    /// fault (exit code 2, README.md "Exit codes"), not the run.
     pub fn is_setup_fault(&self) -> bool {
         matches!(
             self.0.kind,

@@ -6,8 +6,10 @@
 //! backend: `config` (base URL, key as a [`Secret`]), `retry` (the one
 //! retry classifier) and `error` ([`ProviderError`]).
 //!
-//! Everything here follows `reference/provider-apis.md` (cited as §n), the
-//! public API references and SDK files it names.
+//! Comments cite the public references behind each wire detail: OpenAI's
+//! OpenAPI spec (`openai/openai-openapi`), the official SDKs' source files,
+//! the Azure OpenAI batch docs and, where the docs are silent, named GitHub
+//! issues.
 
 pub mod batch;
 pub mod config;

@@ -1,21 +1,23 @@
-//! The one retry classifier for every HTTP call (DESIGN §6, provider-apis §4.3, §8.7).
+//! The one retry classifier for every HTTP call.
 //!
 //! Pure: the attempt outcome, the attempt number, a jitter value and "now" come
 //! in as values; a [`Decision`] comes out. Sleeping, the clock and randomness
 //! stay in the client. The rules follow openai-python's `_should_retry` and
-//! `_calculate_retry_timeout` (§4.3) with two deliberate differences:
-//! `insufficient_quota` is never retried (§4.1; DESIGN §6), and the attempt
-//! budget is larger because batchgrader runs for hours (§8.7).
+//! `_calculate_retry_timeout` (`src/openai/_base_client.py`) with two
+//! deliberate differences: `insufficient_quota` is never retried (more
+//! attempts cannot add credit), and the attempt budget is larger because
+//! batchgrader runs for hours.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::openai::types::ApiError;
 
 /// Attempts in all (first try included) for the long-running CLI.
-/// The SDK makes 3 (`DEFAULT_MAX_RETRIES = 2`, §4.3).
+/// The SDK makes 3 (`DEFAULT_MAX_RETRIES = 2`, openai-python `_constants.py`).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
-/// Tunables of the classifier. The defaults are the SDK's constants (§4.3).
+/// Tunables of the classifier. The defaults are the SDK's constants
+/// (openai-python `_constants.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -48,7 +50,8 @@ pub enum TransportFailure {
     Other,
 }
 
-/// The headers that steer retries (§4.2), as raw text.
+/// The headers that steer retries, as raw text (openai-python
+/// `_parse_retry_after_header`, `_should_retry`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryHeaders {
     /// `retry-after-ms`: non-standard, milliseconds, takes precedence.
@@ -82,17 +85,19 @@ pub enum Decision {
 pub enum Reason {
     /// Retryable, but every attempt of the budget is spent.
     Exhausted { attempts: u32 },
-    /// The server asked for a wait longer than the policy allows (§4.3 step 1).
+    /// The server asked for a wait longer than the policy allows (openai-python
+    /// `_should_retry`).
     RetryAfterTooLong { wait: Duration },
     /// `x-should-retry: false`.
     ServerSaidNo,
-    /// Out of credit or over a spend limit (§4.1).
+    /// Out of credit or over a spend limit (`insufficient_quota`).
     Quota,
     /// 401: the key was refused.
     Unauthorized,
     /// 403: the key may not do this (permission, project, organization).
     Forbidden,
-    /// 404: wrong id, expired file, or a server without this API (§4.1, §6.1).
+    /// 404: wrong id, expired file, or a server without this API (a stock vLLM
+    /// server has no `/v1/files`, BerriAI/litellm#17996).
     NotFound,
     /// Any other status that retrying cannot change (400, 422, 3xx, ...).
     Rejected,
@@ -109,7 +114,7 @@ impl Reason {
 }
 
 /// Statuses retried by default: 408 (request timeout), 409 (the SDK treats it
-/// as a lock timeout), 429 and every 5xx (§4.1, §4.3 step 3).
+/// as a lock timeout), 429 and every 5xx (openai-python `_should_retry`).
 pub fn status_is_retryable(status: u16) -> bool {
     matches!(status, 408 | 409 | 429 | 500..=599)
 }
@@ -126,7 +131,8 @@ pub fn classify(
     now: SystemTime,
 ) -> Decision {
     let server_wait = match outcome {
-        // The SDK retries every connection-level failure, POST included (§4.3).
+        // The SDK retries every connection-level failure, POST included
+        // (openai-python `_base_client.py`, `request`).
         Outcome::Transport(_) => None,
         Outcome::Http {
             status,
@@ -156,7 +162,7 @@ pub fn classify(
 /// `None` when the response is worth another attempt.
 fn final_reason(status: u16, headers: &RetryHeaders, body: &str) -> Option<Reason> {
     // Quota is checked before `x-should-retry`: no server hint can add credit,
-    // and retrying would bury the one message the user needs (DESIGN §6).
+    // and retrying would bury the message that tells the user what to do.
     if ApiError::from_body(body).is_some_and(|e| e.is_quota()) {
         return Some(Reason::Quota);
     }
@@ -198,7 +204,8 @@ pub fn backoff(policy: &RetryPolicy, retries_done: u32, jitter: f64) -> Duration
 }
 
 /// The server-requested wait: `retry-after-ms`, then `retry-after` in seconds,
-/// then `retry-after` as an HTTP date (§4.2). A date in the past means 0.
+/// then `retry-after` as an HTTP date (openai-python
+/// `_parse_retry_after_header`). A date in the past means 0.
 pub fn retry_after(headers: &RetryHeaders, now: SystemTime) -> Option<Duration> {
     let secs = |s: &str| {
         s.trim()

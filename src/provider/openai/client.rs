@@ -1,12 +1,15 @@
-//! `OpenAiClient`: the Files and Batches calls of provider-apis §2–§3 (and a
-//! plain chat completion for direct mode, §7) over reqwest with rustls.
+//! `OpenAiClient`: the Files and Batches calls of OpenAI's API (OpenAPI spec,
+//! `/files` and `/batches` paths; and a plain chat completion for direct
+//! mode) over reqwest with rustls.
 //!
 //! Every call goes through one loop, `OpenAiClient::execute`, which asks the
 //! pure classifier in `retry` what to do after each failed attempt. The one
-//! exception is `create batch`: the SDKs send no idempotency key (§4.3), so a
+//! exception is `create batch`: the SDKs send no idempotency key
+//! (openai-python `_base_client.py`, `_idempotency_header`), so a
 //! timeout, a broken connection or a 5xx there is returned as an *unclear*
 //! error instead of being retried, and the caller looks for the batch by its
-//! metadata before creating another (§8.4, DESIGN §5 step 3).
+//! metadata before creating another (ARCHITECTURE.md, "Crash protocol",
+//! step 3).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,9 +34,9 @@ use crate::provider::retry::{
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Uploads get `request_timeout` plus the time this slow a link would need.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 128 * 1024;
-/// `GET /batches` allows 1..=100 (§3.1).
+/// `GET /batches` allows 1..=100 (OpenAPI spec, `limit` of `/batches`).
 const LIST_LIMIT_MAX: u32 = 100;
-/// Metadata limits (§3.2).
+/// Metadata limits (OpenAPI spec, `Metadata`).
 const METADATA_MAX_PAIRS: usize = 16;
 const METADATA_MAX_KEY: usize = 64;
 const METADATA_MAX_VALUE: usize = 512;
@@ -144,8 +147,9 @@ impl OpenAiClient {
             .user_agent(concat!("batchgrader/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout);
         if config.is_plain_http() {
-            // Plain http needs no roots; loading the platform's would fail on a
-            // machine without CA certificates (crate notes, reqwest).
+            // Plain http needs no roots; with the platform's, reqwest fails to
+            // build a client on a machine without CA certificates, even for
+            // http.
             builder = builder.tls_certs_only(Vec::<reqwest::Certificate>::new());
         }
         let http = builder.build().map_err(|e| {
@@ -174,15 +178,17 @@ impl OpenAiClient {
         &self.config
     }
 
-    /// `POST /files` with `purpose=batch` (§2.1). Retried like any call: a
-    /// duplicate upload costs nothing and expires after 30 days.
+    /// `POST /files` with `purpose=batch` (OpenAPI spec, `CreateFileRequest`).
+    /// Retried like any call: a duplicate upload costs nothing and expires
+    /// after 30 days.
     pub async fn upload_batch_file(
         &self,
         path: &Path,
         filename: &str,
     ) -> Result<FileObject, ProviderError> {
         let op = format!("upload file {filename}");
-        // OpenAI refuses a batch input whose name does not end in .jsonl (§2.1).
+        // OpenAI refuses a batch input whose name does not end in .jsonl (the
+        // error is quoted in BerriAI/litellm#37527).
         if !filename.ends_with(".jsonl") {
             return Err(ProviderError::config(
                 op,
@@ -198,7 +204,8 @@ impl OpenAiClient {
         self.parse(&call.op, &reply)
     }
 
-    /// `POST /batches` with `completion_window: "24h"` (§3.2).
+    /// `POST /batches` with `completion_window: "24h"` (OpenAPI spec,
+    /// `CreateBatchRequest`).
     ///
     /// An error with `is_unclear()` means the batch may exist: list batches
     /// and adopt the one with this metadata before creating again.
@@ -240,7 +247,8 @@ impl OpenAiClient {
         self.parse(&call.op, &reply)
     }
 
-    /// `GET /batches?after=&limit=` (limit clamped to 1..=100, §3.1).
+    /// `GET /batches?after=&limit=` (limit clamped to 1..=100, as the OpenAPI
+    /// spec allows).
     pub async fn list_batches(
         &self,
         after: Option<&str>,
@@ -258,8 +266,9 @@ impl OpenAiClient {
         self.parse(&call.op, &reply)
     }
 
-    /// Walks `GET /batches` page by page (`after` = id of the last entry,
-    /// §3.1) and returns the first batch whose metadata `matches`.
+    /// Walks `GET /batches` page by page (`after` = id of the last entry, as
+    /// openai-python's `SyncCursorPage`) and returns the first batch whose
+    /// metadata `matches`.
     ///
     /// Stops when `has_more` is false, a page is empty, or a cursor repeats.
     /// The spec promises no order, so `stop_before_created_at` ends the walk
@@ -310,7 +319,8 @@ impl OpenAiClient {
         }
     }
 
-    /// `POST /batches/{id}/cancel` (§3.1). Idempotent, so retried normally.
+    /// `POST /batches/{id}/cancel` (OpenAPI spec, `/batches/{batch_id}/cancel`).
+    /// Idempotent, so retried normally.
     pub async fn cancel_batch(&self, id: &str) -> Result<Batch, ProviderError> {
         let call = self.call(
             format!("cancel batch {id}"),
@@ -322,7 +332,7 @@ impl OpenAiClient {
     }
 
     /// `GET /files/{id}/content` streamed to `<dest>.tmp`, fsynced, then
-    /// renamed to `dest` (§2.3). Returns the number of bytes written. A stall
+    /// renamed to `dest`. Returns the number of bytes written. A stall
     /// longer than `request_timeout` counts as a timeout and is retried.
     pub async fn download_file(&self, id: &str, dest: &Path) -> Result<u64, ProviderError> {
         let call = Call {
@@ -340,7 +350,8 @@ impl OpenAiClient {
         }
     }
 
-    /// `DELETE /files/{id}` (§2.4). An empty 2xx body counts as deleted.
+    /// `DELETE /files/{id}` (OpenAPI spec, `DeleteFileResponse`). An empty 2xx
+    /// body counts as deleted.
     pub async fn delete_file(&self, id: &str) -> Result<FileDeleted, ProviderError> {
         let call = self.call(
             format!("delete file {id}"),
@@ -357,7 +368,7 @@ impl OpenAiClient {
         self.parse(&call.op, &reply)
     }
 
-    /// `POST /chat/completions` for direct mode (§7): returns the status and
+    /// `POST /chat/completions` for direct mode: returns the status and
     /// body of the last answer. Retryable failures are retried first; a final
     /// or exhausted non-2xx answer is returned as data for the row. Refused
     /// keys, quota, overlong Retry-After and network failures are errors,
@@ -865,7 +876,8 @@ fn clock_jitter() -> f64 {
     f64::from(nanos % 1_000_000) / 1_000_000.0
 }
 
-/// Metadata limits of §3.2, checked before spending a request on them.
+/// Metadata limits of the OpenAPI spec's `Metadata`, checked before spending
+/// a request on them.
 fn check_metadata(op: &str, metadata: &BTreeMap<String, String>) -> Result<(), ProviderError> {
     let problem = if metadata.len() > METADATA_MAX_PAIRS {
         Some(format!(

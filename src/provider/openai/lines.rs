@@ -1,4 +1,5 @@
-//! Classification of one line of a batch output or error file (provider-apis §3.8).
+//! Classification of one line of a batch output or error file
+//! (`BatchRequestOutput` of the 2025-04 OpenAPI spec; openai/openai-openapi#302).
 //!
 //! The order matters and is the whole point of this module: a non-null `error`
 //! first (a non-HTTP failure such as `batch_expired`), then a 2xx
@@ -8,7 +9,7 @@
 //!
 //! The caller splits the file into lines; this module accepts a trailing `\r`
 //! (CRLF files) and reports blank lines as [`LineParseError::Blank`] so they
-//! can be skipped (§2.3).
+//! can be skipped.
 
 use serde_json::Value;
 
@@ -34,12 +35,12 @@ impl LineOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineSuccess {
     pub custom_id: String,
-    /// The per-line `id`; Azure omits it (§3.8).
+    /// The per-line `id`; Azure omits it (Azure OpenAI batch docs).
     pub line_id: Option<String>,
     pub status: u16,
     /// `choices[0].message.content` (or the Responses API's output text).
     pub content: String,
-    /// `length` or `content_filter` mean the answer may be incomplete (§3.8).
+    /// `length` or `content_filter` mean the answer may be incomplete.
     pub finish_reason: Option<String>,
     pub usage: TokenUsage,
     pub request_id: Option<String>,
@@ -83,14 +84,16 @@ pub enum LineParseError {
     NoOutcome { custom_id: String },
 }
 
-/// Code given to a failure whose `error` is a bare string (vLLM, §6.1).
+/// Code given to a failure whose `error` is a bare string (vLLM's
+/// `run_batch.py`).
 pub const STRING_ERROR_CODE: &str = "request_error";
 
 /// Failure codes and error types that a later attempt may cure.
 ///
-/// `batch_expired`/`batch_cancelled` never ran (§3.6); the rest are the
-/// server-side and rate-limit kinds of OpenAI and, for proxies that pass
-/// them through, Anthropic (§5.5).
+/// `batch_expired`/`batch_cancelled` never ran (warmbly/warmbly#333,
+/// llm-d/llm-d-batch-gateway#221); the rest are the server-side and
+/// rate-limit kinds of OpenAI and, for proxies that pass them through,
+/// Anthropic (anthropic-sdk-python `types/shared/error_type.py`).
 const RETRYABLE_CODES: &[&str] = &[
     "batch_expired",
     "batch_cancelled",
@@ -103,9 +106,10 @@ const RETRYABLE_CODES: &[&str] = &[
     "timeout_error",
 ];
 
-/// The pure retry rule for one failed request (DESIGN §5 step 6).
+/// The pure retry rule for one failed request (README.md, "Apply: what
+/// happens, and what you see").
 ///
-/// Quota codes are final even on a 429: more attempts cannot add credit (§4.1).
+/// Quota codes are final even on a 429: more attempts cannot add credit.
 /// Otherwise a retryable code, or a status of 408, 409, 429 or 5xx, makes the
 /// failure retryable; every other 4xx (400, 401, 403, 404, 422) is final.
 pub fn failure_is_retryable(codes: &[&str], status: Option<u16>) -> bool {
@@ -217,7 +221,7 @@ fn meaningful_error(v: &Value) -> Option<&Value> {
 
 /// `(code, message, status carried in an integer code)` of a line's `error`,
 /// which may be OpenAI's `{code, message}`, vLLM's string or its object with
-/// an integer `code` (§6.1).
+/// an integer `code`.
 fn describe_line_error(err: &Value) -> (String, String, Option<u16>) {
     if let Value::String(s) = err {
         return (STRING_ERROR_CODE.to_string(), s.clone(), None);
@@ -473,7 +477,7 @@ mod tests {
         type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Option<u16>, bool);
         let cases: [Case; 12] = [
             (
-                "openai http 400 in the error file, error null (§3.8)",
+                "openai http 400 in the error file, error null (openai/openai-openapi#302)",
                 r#"{"id": "batch_req_456", "custom_id": "r7", "response": {"status_code": 400, "request_id": "req_x", "body": {"error": {"message": "Invalid 'max_tokens'", "type": "invalid_request_error", "param": "max_tokens", "code": null}}}, "error": null}"#,
                 "invalid_request_error",
                 "Invalid 'max_tokens'",
@@ -497,7 +501,7 @@ mod tests {
                 true,
             ),
             (
-                "batch_expired (§3.6)",
+                "batch_expired (warmbly/warmbly#333)",
                 r#"{"id":"batch_req_1","custom_id":"r10","response":null,"error":{"code":"batch_expired","message":"This request could not be executed before the completion window expired."}}"#,
                 "batch_expired",
                 "This request could not be executed before the completion window expired.",

@@ -1,6 +1,6 @@
 //! OpenAI's Files + Batches protocol behind the provider seam. The same wire
 //! protocol serves Azure OpenAI, LiteLLM proxies, llm-d's batch gateway and
-//! the simulated provider (provider-apis §3, §6).
+//! the simulated provider.
 //!
 //! `client` is the HTTP shell, `types` the lenient wire types, `lines` the
 //! result-line classifier; this file maps them onto [`BatchBackend`] with
@@ -24,12 +24,12 @@ use lines::{LineOutcome, classify_line};
 use types::{Batch, BatchStatus};
 
 /// The endpoint every request line of a chunk names (`url`) and the batch is
-/// created for; they must be equal or the batch fails with `url_mismatch`
-/// (provider-apis §3.7).
+/// created for; they must be equal or the batch fails with `url_mismatch`.
 pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
 
-/// 50,000 requests and 200 MB per input file (OpenAPI `CreateBatchRequest`;
-/// §3.9). Azure allows 100,000 requests; the lower bound serves both.
+/// 50,000 requests and 200 MB per input file (OpenAPI spec,
+/// `CreateBatchRequest`). Azure allows 100,000 requests (Azure OpenAI batch
+/// limits); the lower bound serves both.
 pub const LIMITS: BatchLimits = BatchLimits {
     max_requests: 50_000,
     max_bytes: 200 * 1000 * 1000,
@@ -64,7 +64,8 @@ impl OpenAiBatches {
     }
 }
 
-/// The metadata a create carries (≤ 16 pairs, §3.2): enough to recognise the
+/// The metadata a create carries (≤ 16 pairs, OpenAPI spec `Metadata`):
+/// enough to recognise the
 /// batch after a crash or an unclear answer.
 pub fn metadata(id: &SubmitIdentity) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -92,7 +93,7 @@ pub fn batch_is_ours(b: &Batch, staged: Option<&str>, id: &SubmitIdentity) -> bo
     }
 }
 
-/// A batch object in the runner's terms (§3.4–§3.6).
+/// A batch object in the runner's terms.
 pub fn remote_state(b: &Batch) -> RemoteState {
     let label = b.status.as_str().to_string();
     if !b.status.is_terminal() {
@@ -149,7 +150,8 @@ pub fn remote_state(b: &Batch) -> RemoteState {
         _ => EndKind::Completed,
     };
     // Either id may be null (or "" on Azure), and a completed batch whose
-    // every request failed has only an error file (§3.6).
+    // every request failed has only an error file
+    // (ProjectTech4DevAI/kaapi-backend#723).
     let results = [("output", &b.output_file_id), ("errors", &b.error_file_id)]
         .into_iter()
         .filter_map(|(name, id)| {
@@ -281,7 +283,8 @@ impl BatchBackend for OpenAiBatches {
         _batch_id: &str,
         results: &[ResultRef],
     ) -> Result<(), ProviderError> {
-        // Batch files count against storage for 30 days unless deleted (§2.4).
+        // Batch files count against storage for 30 days unless deleted (OpenAPI
+        // spec, `FileExpirationAfter`).
         let mut first_err = None;
         for id in staged
             .into_iter()

@@ -3,7 +3,7 @@
 //! The same client talks to OpenAI, Azure OpenAI, LiteLLM proxies and home-grown
 //! servers, so every field the spec does not strictly need is optional, and a
 //! field with an unexpected shape becomes `None` instead of failing the whole
-//! object (provider-apis §8.8). Only `id` and `status` of a batch are required:
+//! object. Only `id` and `status` of a batch are required:
 //! without them the object cannot be tracked at all.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-/// A file object (`POST /files`, `GET /files/{id}`), provider-apis §2.1.
+/// A file object (`POST /files`, `GET /files/{id}`; OpenAPI spec, `OpenAIFile`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct FileObject {
     #[serde(deserialize_with = "lenient::id")]
@@ -36,7 +36,7 @@ pub struct FileObject {
     pub status_details: Option<String>,
 }
 
-/// Answer of `DELETE /files/{id}`, provider-apis §2.4.
+/// Answer of `DELETE /files/{id}` (OpenAPI spec, `DeleteFileResponse`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct FileDeleted {
     #[serde(default, deserialize_with = "lenient::opt_string")]
@@ -45,10 +45,11 @@ pub struct FileDeleted {
     pub deleted: bool,
 }
 
-/// Lifecycle state of a batch, provider-apis §3.4.
+/// Lifecycle state of a batch (OpenAPI spec, `Batch.status`).
 ///
 /// Parsed case-insensitively because Azure's REST examples show `"Validating"`
-/// (§6.3); values this client does not know are kept, not rejected.
+/// (Azure OpenAI batch REST docs); values this client does not know are kept,
+/// not rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BatchStatus {
     Validating,
@@ -99,7 +100,7 @@ impl BatchStatus {
         }
     }
 
-    /// `completed`, `failed`, `expired` and `cancelled` end a batch (§3.4).
+    /// `completed`, `failed`, `expired` and `cancelled` end a batch.
     /// An unknown status is not terminal: the caller keeps polling and decides
     /// for itself how long to tolerate it.
     pub fn is_terminal(&self) -> bool {
@@ -132,8 +133,9 @@ impl Serialize for BatchStatus {
     }
 }
 
-/// `request_counts` of a batch. Azure's old REST examples send nulls (§6.3),
-/// and the counts need not add up on expired or cancelled batches (§3.5).
+/// `request_counts` of a batch. Azure's old REST examples send nulls (Azure
+/// OpenAI batch REST docs), and the counts need not add up on expired or
+/// cancelled batches (warmbly/warmbly#333, BerriAI/litellm#36034).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RequestCounts {
     #[serde(default, deserialize_with = "lenient::opt_u64")]
@@ -144,7 +146,7 @@ pub struct RequestCounts {
     pub failed: Option<u64>,
 }
 
-/// One validation error of a failed batch (`BatchError`, §3.3).
+/// One validation error of a failed batch (OpenAPI spec, `BatchError`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct BatchError {
     #[serde(default, deserialize_with = "lenient::opt_string")]
@@ -168,7 +170,7 @@ pub struct BatchErrors {
 }
 
 /// Token usage of a whole batch; only filled for batches created after
-/// 2025-09-07 (§3.3).
+/// 2025-09-07 (OpenAPI spec, `Batch.usage`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct BatchUsage {
     #[serde(default, deserialize_with = "lenient::opt_u64")]
@@ -195,7 +197,7 @@ pub struct OutputTokensDetails {
     pub reasoning_tokens: Option<u64>,
 }
 
-/// The batch object, every field of provider-apis §3.3.
+/// The batch object, every field of the OpenAPI spec's `Batch`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Batch {
     #[serde(deserialize_with = "lenient::id")]
@@ -203,7 +205,7 @@ pub struct Batch {
     pub status: BatchStatus,
     #[serde(default, deserialize_with = "lenient::opt_string")]
     pub object: Option<String>,
-    /// Azure may send `null` here despite the spec (§3.3, §6.3).
+    /// Azure may send `null` here despite the spec (Azure OpenAI batch docs).
     #[serde(default, deserialize_with = "lenient::opt_string")]
     pub endpoint: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_string")]
@@ -214,10 +216,10 @@ pub struct Batch {
     pub input_file_id: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_string")]
     pub completion_window: Option<String>,
-    /// `""` (Azure) is normalised to `None` (§3.6).
+    /// `""` (Azure OpenAI batch docs' example) is normalised to `None`.
     #[serde(default, deserialize_with = "lenient::opt_id")]
     pub output_file_id: Option<String>,
-    /// `""` (Azure) is normalised to `None` (§3.6).
+    /// `""` (Azure OpenAI batch docs' example) is normalised to `None`.
     #[serde(default, deserialize_with = "lenient::opt_id")]
     pub error_file_id: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_timestamp")]
@@ -253,7 +255,7 @@ impl Batch {
     }
 }
 
-/// One page of `GET /batches` (§3.1).
+/// One page of `GET /batches` (OpenAPI spec, `ListBatchesResponse`).
 ///
 /// An entry that is not a usable batch is skipped (and counted) rather than
 /// failing the page: one odd batch must not hide the one `find_batch_by_metadata`
@@ -267,7 +269,7 @@ pub struct BatchList {
     /// Entries of `data` that could not be read as batches.
     pub skipped: usize,
     /// The `after` cursor for the next page: the id of the last raw entry,
-    /// as the SDK pages (§3.1), falling back to `last_id`.
+    /// as openai-python's `SyncCursorPage` pages, falling back to `last_id`.
     pub next_after: Option<String>,
 }
 
@@ -308,7 +310,8 @@ impl<'de> Deserialize<'de> for BatchList {
     }
 }
 
-/// The error envelope of an HTTP error body, read leniently (§1, §7).
+/// The error envelope of an HTTP error body, read leniently (OpenAPI spec,
+/// `ErrorResponse`).
 ///
 /// Accepts OpenAI's `{"error":{message,type,param,code}}`, vLLM's integer
 /// `code` and its old flat `{object:"error",message,type,code}`, Anthropic's
@@ -324,7 +327,7 @@ pub struct ApiError {
     pub param: Option<String>,
 }
 
-/// Codes and types that mean "no money left", whatever the HTTP status (§4.1).
+/// Codes and types that mean "no money left", whatever the HTTP status.
 const QUOTA_CODES: &[&str] = &[
     "insufficient_quota",
     "billing_hard_limit_reached",
@@ -379,13 +382,13 @@ impl ApiError {
         self.code.as_deref().or(self.kind.as_deref())
     }
 
-    /// An integer `code` (vLLM puts the HTTP status there, §6.1).
+    /// An integer `code` (vLLM puts the HTTP status there).
     pub fn numeric_code(&self) -> Option<u16> {
         self.code.as_deref()?.parse().ok()
     }
 
     /// True when the error says the account is out of credit or over its spend
-    /// limit: retrying cannot help (§4.1, DESIGN §6).
+    /// limit: retrying cannot help.
     pub fn is_quota(&self) -> bool {
         [self.code.as_deref(), self.kind.as_deref()]
             .into_iter()
@@ -421,7 +424,8 @@ pub(crate) mod lenient {
         }
     }
 
-    /// An id: like `value_to_string` but `""` means "no id" (Azure, §3.6).
+    /// An id: like `value_to_string` but `""` means "no id" (Azure OpenAI
+    /// batch docs' example output).
     pub fn value_to_id(v: &Value) -> Option<String> {
         value_to_string(v).filter(|s| !s.is_empty())
     }
@@ -439,7 +443,7 @@ pub(crate) mod lenient {
     }
 
     /// Unix seconds from an int, a float, a numeric string or an RFC 3339
-    /// string (Azure's old REST examples, §6.3).
+    /// string (Azure OpenAI batch REST docs, old preview examples).
     pub fn value_to_timestamp(v: &Value) -> Option<i64> {
         match v {
             Value::Number(n) => n
@@ -646,7 +650,8 @@ mod tests {
 
     #[test]
     fn azure_quirks_are_tolerated() {
-        // §6.3: endpoint null, "" file ids, capitalised status, ISO created_at, null counts.
+        // Azure OpenAI batch docs' examples: endpoint null, "" file ids,
+        // capitalised status, ISO created_at, null counts.
         let b: Batch = serde_json::from_value(json!({
             "id": "batch_6287c8a4-5e38-4d5f-8a6c-2b3a1c0c1e0b",
             "endpoint": null,
