@@ -92,6 +92,26 @@ impl Default for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// The server a job spec's `provider.simulated` block describes. The spec
+    /// was validated, so a value that does not parse keeps the default.
+    pub fn from_spec(s: &crate::spec::Simulated, data_dir: Option<PathBuf>) -> SimConfig {
+        use crate::spec::{Rate, units};
+        let defaults = SimConfig::default();
+        let duration = |v: &str, default: Duration| units::parse_duration(v).unwrap_or(default);
+        let rate = |r: &Option<Rate>| r.as_ref().and_then(|r| r.fraction().ok()).unwrap_or(0.0);
+        SimConfig {
+            data_dir,
+            validating: duration(&s.validating, defaults.validating),
+            in_progress: duration(&s.in_progress, defaults.in_progress),
+            finalizing: duration(&s.finalizing, defaults.finalizing),
+            request_failure_rate: rate(&s.request_failure_rate),
+            http_error_rate: rate(&s.http_error_rate),
+            ..defaults
+        }
+    }
+}
+
 /// A running simulated provider. Dropping it stops serving; prefer
 /// [`SimServer::shutdown`], which also waits for background work to finish.
 pub struct SimServer {
@@ -174,5 +194,46 @@ async fn termination() -> io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Rate, Simulated};
+
+    #[test]
+    fn from_spec_maps_every_key() {
+        let spec = Simulated {
+            validating: "1s".into(),
+            in_progress: "3s".into(),
+            finalizing: "40ms".into(),
+            request_failure_rate: Some(Rate::Percent("2%".into())),
+            http_error_rate: Some(Rate::Fraction(0.25)),
+        };
+        let dir = PathBuf::from("/tmp/sim");
+        let c = SimConfig::from_spec(&spec, Some(dir.clone()));
+        assert_eq!(c.data_dir, Some(dir));
+        assert_eq!(
+            (c.validating, c.in_progress, c.finalizing),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(3),
+                Duration::from_millis(40)
+            )
+        );
+        assert_eq!(c.request_failure_rate, 0.02);
+        assert_eq!(c.http_error_rate, 0.25);
+        assert_eq!((c.api_key, c.seed, c.drop_metadata), (None, 0, false));
+    }
+
+    #[test]
+    fn from_spec_defaults() {
+        let c = SimConfig::from_spec(&Simulated::default(), None);
+        assert_eq!(c.data_dir, None);
+        assert_eq!(c.validating, Duration::from_millis(200));
+        assert_eq!(c.in_progress, Duration::from_secs(2));
+        assert_eq!(c.request_failure_rate, 0.0);
+        assert_eq!(c.http_error_rate, 0.0);
     }
 }
