@@ -350,6 +350,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
                     http_error_rate: *http_error_rate,
                     seed: 0,
                     drop_metadata: *drop_metadata,
+                    ..crate::simulate::SimConfig::default()
                 },
                 *port,
             )

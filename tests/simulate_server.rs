@@ -814,3 +814,149 @@ async fn a_restarted_server_continues_the_same_batches() {
     assert_eq!(listed, vec![done_id.as_str(), running_id.as_str()]);
     second.shutdown().await;
 }
+
+/// One call to every `/v1` route, with ids that need not exist: an injected
+/// error comes before the lookup.
+async fn call_every_route(api: &Api) -> Vec<(String, reqwest::Response)> {
+    let form = Form::new().text("purpose", "batch").part(
+        "file",
+        Part::bytes(jsonl(1).into_bytes()).file_name("chunk-0.jsonl"),
+    );
+    let create =
+        json!({"input_file_id": "file-x", "endpoint": ENDPOINT, "completion_window": "24h"});
+    let calls = vec![
+        ("upload", api.post("/files").multipart(form)),
+        ("list files", api.get("/files")),
+        ("retrieve file", api.get("/files/file-x")),
+        ("file content", api.get("/files/file-x/content")),
+        (
+            "delete file",
+            api.http
+                .delete(format!("{}/files/file-x", api.base))
+                .bearer_auth(KEY),
+        ),
+        ("create batch", api.post("/batches").json(&create)),
+        ("list batches", api.get("/batches")),
+        ("retrieve batch", api.get("/batches/batch_x")),
+        ("cancel batch", api.post("/batches/batch_x/cancel")),
+        ("chat", api.post("/chat/completions").json(&request_body(0))),
+    ];
+    let mut responses = Vec::new();
+    for (name, call) in calls {
+        responses.push((name.to_string(), call.send().await.unwrap()));
+    }
+    responses
+}
+
+#[tokio::test]
+async fn rate_limited_calls_carry_retry_after_headers_on_every_route() {
+    let server = SimServer::start(
+        SimConfig {
+            rate_limit_rate: 1.0,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let responses = call_every_route(&api).await;
+    let calls = responses.len();
+    for (name, response) in responses {
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{name}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["retry-after"], "1", "{name}");
+        assert_eq!(headers["retry-after-ms"], "50", "{name}");
+        let e = error(response, StatusCode::TOO_MANY_REQUESTS).await;
+        assert_eq!(e["code"], "rate_limit_exceeded", "{name}");
+    }
+    // Nothing was done, and the stats endpoint is never limited.
+    let stats = api.stats().await;
+    assert_eq!(stats["injected_429"], calls);
+    assert_eq!(stats["injected_5xx"], 0);
+    for counter in ["files_uploaded", "batches_created", "chat_completions"] {
+        assert_eq!(stats[counter], 0, "{counter}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_errors_are_500_502_and_503_before_anything_is_done() {
+    let server = SimServer::start(
+        SimConfig {
+            server_error_rate: 1.0,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let mut statuses = HashSet::new();
+    for (name, response) in call_every_route(&api).await {
+        assert!(response.status().is_server_error(), "{name}");
+        statuses.insert(response.status());
+        assert!(!response.headers().contains_key("retry-after"), "{name}");
+        let status = response.status();
+        assert_eq!(error(response, status).await["type"], "server_error");
+    }
+    for _ in 0..50 {
+        let response = api.get("/batches").send().await.unwrap();
+        statuses.insert(response.status());
+    }
+    let expected: HashSet<StatusCode> = [
+        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::BAD_GATEWAY,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ]
+    .into();
+    assert_eq!(statuses, expected);
+    let stats = api.stats().await;
+    assert_eq!(stats["injected_5xx"], 60);
+    assert_eq!(stats["injected_429"], 0);
+    assert_eq!(stats["files_uploaded"], 0);
+    server.shutdown().await;
+}
+
+/// Which of 40 calls to `GET /files` got through.
+async fn pass_fail_pattern(api: &Api) -> Vec<bool> {
+    let mut pattern = Vec::new();
+    for _ in 0..40 {
+        let response = api.get("/files").send().await.unwrap();
+        pattern.push(response.status() == StatusCode::OK);
+    }
+    pattern
+}
+
+#[tokio::test]
+async fn a_restarted_server_injects_errors_into_other_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        server_error_rate: 0.25,
+        rate_limit_rate: 0.25,
+        seed: 5,
+        ..fast()
+    };
+    let first = SimServer::start(config.clone(), 0).await.unwrap();
+    let before = pass_fail_pattern(&Api::new(&first)).await;
+    first.shutdown().await;
+    let second = SimServer::start(config, 0).await.unwrap();
+    let api = Api::new(&second);
+    let after = pass_fail_pattern(&api).await;
+    for pattern in [&before, &after] {
+        assert!(
+            pattern.contains(&true) && pattern.contains(&false),
+            "{pattern:?}"
+        );
+    }
+    // Identical by chance once in 2^40 runs.
+    assert_ne!(before, after);
+    // The counts of both servers add up, kept in the data directory.
+    let stats = api.stats().await;
+    let failed = before.iter().chain(&after).filter(|ok| !**ok).count() as u64;
+    let injected =
+        stats["injected_429"].as_u64().unwrap() + stats["injected_5xx"].as_u64().unwrap();
+    assert_eq!(injected, failed);
+    second.shutdown().await;
+}

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::StatusCode;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::SimConfig;
-use super::api_error::{ApiError, ErrorBody};
+use super::api_error::ApiError;
 use super::batch_file::{self, RunClock, RunContext};
+use super::faults::{CallFault, CallRates, call_fault};
 use super::hash::{hash64, unit};
 use super::state::{
     BatchRecord, Db, FILE_LIFETIME_SECS, FileRecord, LineError, Outcome, Step, Validated,
@@ -20,8 +20,6 @@ use super::state::{
 };
 use super::store::{self, Blobs};
 
-/// How long the `retry-after-ms` of an injected 429 is.
-const INJECTED_RETRY_AFTER_MS: u64 = 50;
 /// A driver whose step failed (disk full…) tries again after this.
 const DRIVER_RETRY: Duration = Duration::from_secs(1);
 
@@ -37,15 +35,28 @@ pub struct App {
     pub blobs: Blobs,
     /// Serialises `state.json` writes so an older snapshot never lands last.
     persist_lock: tokio::sync::Mutex<()>,
-    /// Mixed into ids so that two memory-only servers never hand out the same id.
+    /// Drawn anew by every server: mixed into ids, so that two memory-only
+    /// servers never hand out the same id, and into the injected-error draw.
     nonce: u64,
     request_ids: AtomicU64,
     api_calls: AtomicU64,
-    injected: AtomicU64,
     /// Running drivers, by batch id; a cancel wakes the batch's driver.
     drivers: Mutex<HashMap<String, Arc<Notify>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
+}
+
+/// A value no other server (in this process, another one, or a restart)
+/// shares: std's `RandomState` keys come from the OS and change with every
+/// instance; the clock, pid and a counter are added for good measure.
+fn server_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SERVERS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ms());
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(SERVERS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,11 +74,7 @@ impl App {
             None => Db::new(),
         };
         let blobs = Blobs::open(config.data_dir.as_deref())?;
-        let nonce = hash64(&[
-            b"nonce",
-            &now_ms().to_le_bytes(),
-            &std::process::id().to_le_bytes(),
-        ]);
+        let nonce = server_nonce();
         Ok(Arc::new(App {
             config,
             db: Mutex::new(db),
@@ -76,7 +83,6 @@ impl App {
             nonce,
             request_ids: AtomicU64::new(0),
             api_calls: AtomicU64::new(0),
-            injected: AtomicU64::new(0),
             drivers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             shutdown: watch::Sender::new(false),
@@ -131,53 +137,30 @@ impl App {
     }
 
     /// The error to answer instead of serving this call, if one is due.
-    /// Driven by a call counter, so a given sequence of calls always sees the
-    /// same errors.
+    /// The draw mixes in the server's `nonce`, so a restarted server (the
+    /// in-process one restarts with every `resume`) fails other calls than
+    /// the last one did, as a real provider would.
     pub fn injected_error(&self) -> Option<ApiError> {
-        let rate = self.config.http_error_rate;
-        if rate <= 0.0 {
-            return None;
-        }
-        let call = self.api_calls.fetch_add(1, Ordering::Relaxed);
-        let roll = unit(hash64(&[
-            b"http",
-            &self.config.seed.to_le_bytes(),
-            &call.to_le_bytes(),
-        ]));
-        if roll >= rate {
-            return None;
-        }
-        let error = if self
-            .injected
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(2)
-        {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorBody {
-                    message: "The server had an error while processing your request. \
-                              (simulated)"
-                        .into(),
-                    kind: "server_error".into(),
-                    param: None,
-                    code: None,
-                },
-            )
-        } else {
-            ApiError {
-                retry_after_ms: Some(INJECTED_RETRY_AFTER_MS),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorBody {
-                        message: "Rate limit reached for requests (simulated).".into(),
-                        kind: "requests".into(),
-                        param: None,
-                        code: Some("rate_limit_exceeded".into()),
-                    },
-                )
-            }
+        let config = &self.config;
+        let rates = CallRates {
+            rate_limit: config.rate_limit_rate,
+            server_error: config.server_error_rate,
+            either: config.http_error_rate,
         };
-        Some(error)
+        if !rates.any() {
+            return None;
+        }
+        let call = self.api_calls.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+        let (seed, nonce) = (config.seed.to_le_bytes(), self.nonce.to_le_bytes());
+        let roll = unit(hash64(&[b"http", &seed, &nonce, &call]));
+        let pick = hash64(&[b"http-status", &seed, &nonce, &call]);
+        let fault = call_fault(&rates, roll, pick)?;
+        let mut db = self.db();
+        match fault {
+            CallFault::RateLimit => db.counters.injected_429 += 1,
+            CallFault::ServerError(_) => db.counters.injected_5xx += 1,
+        }
+        Some(fault.error())
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -220,12 +203,16 @@ impl App {
     }
 
     /// Stops the drivers; each finishes the step it is in, so no half-written
-    /// result is left for the next server on the same data directory.
+    /// result is left for the next server on the same data directory. The
+    /// last save keeps the counters that change without one (injected errors).
     pub async fn stop(&self) {
         self.signal_stop();
         let tasks = std::mem::take(&mut *guard(&self.tasks));
         for task in tasks {
             let _ = task.await;
+        }
+        if let Err(e) = self.persist().await {
+            eprintln!("simulate-server: saving the state on shutdown: {e}");
         }
     }
 

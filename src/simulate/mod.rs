@@ -15,6 +15,7 @@ mod api_error;
 mod app;
 mod batch_file;
 mod batches_api;
+mod faults;
 mod files_api;
 mod hash;
 mod routes;
@@ -50,9 +51,18 @@ pub struct SimConfig {
     pub finalizing: Duration,
     /// Fraction of batch requests that end as HTTP 500 lines in the error file.
     pub request_failure_rate: f64,
-    /// Fraction of `/v1` calls answered 500 or 429 (alternately) before doing
-    /// anything, to exercise client retries.
+    /// Fraction of `/v1` calls answered 500 or 429 (half each) before doing
+    /// anything, to exercise client retries. Kept for older specs; the two
+    /// rates below say which fault is meant.
     pub http_error_rate: f64,
+    /// Fraction of `/v1` calls answered HTTP 429 `rate_limit_exceeded` (with
+    /// `retry-after` and `retry-after-ms`) before doing anything.
+    pub rate_limit_rate: f64,
+    /// Fraction of `/v1` calls answered HTTP 500, 502 or 503 before doing anything.
+    pub server_error_rate: f64,
+    /// Seeds what must be reproducible: output order and `request_failure_rate`.
+    /// The injected HTTP errors do not use it alone: they also mix in a value
+    /// drawn when the server starts, so a restarted server fails other calls.
     pub seed: u64,
     /// Answer `metadata: null` on every Batch object, as some
     /// OpenAI-compatible servers do (metadata is still kept for `/_sim/stats`).
@@ -70,6 +80,8 @@ impl std::fmt::Debug for SimConfig {
             .field("finalizing", &self.finalizing)
             .field("request_failure_rate", &self.request_failure_rate)
             .field("http_error_rate", &self.http_error_rate)
+            .field("rate_limit_rate", &self.rate_limit_rate)
+            .field("server_error_rate", &self.server_error_rate)
             .field("seed", &self.seed)
             .field("drop_metadata", &self.drop_metadata)
             .finish()
@@ -86,6 +98,8 @@ impl Default for SimConfig {
             finalizing: Duration::from_millis(200),
             request_failure_rate: 0.0,
             http_error_rate: 0.0,
+            rate_limit_rate: 0.0,
+            server_error_rate: 0.0,
             seed: 0,
             drop_metadata: false,
         }

@@ -264,6 +264,8 @@ async fn stats(State(app): AppState) -> ApiResult {
         "batches_created": counters.batches_created,
         "batches_cancelled": counters.batches_cancelled,
         "chat_completions": counters.chat_completions,
+        "injected_429": counters.injected_429,
+        "injected_5xx": counters.injected_5xx,
         "batches": batches,
     }))
 }

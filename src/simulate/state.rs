@@ -152,13 +152,20 @@ pub struct FileRecord {
     pub purpose: String,
 }
 
+/// Lifetime counts, for `/_sim/stats`. Fields added later default to 0, so
+/// an older `state.json` still loads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub files_uploaded: u64,
     pub files_deleted: u64,
     pub batches_created: u64,
     pub batches_cancelled: u64,
     pub chat_completions: u64,
+    /// Calls answered with an injected 429 or 5xx. They reach the disk with
+    /// the next save (an injected error changes nothing else).
+    pub injected_429: u64,
+    pub injected_5xx: u64,
 }
 
 /// Everything that is saved to `state.json`.
