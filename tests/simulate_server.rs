@@ -960,3 +960,40 @@ async fn a_restarted_server_injects_errors_into_other_calls() {
     assert_eq!(injected, failed);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_create_that_answers_500_still_made_its_batch() {
+    let server = SimServer::start(
+        SimConfig {
+            create_commit_error_rate: 1.0,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let file = api.upload(&jsonl(3)).await;
+    let metadata = json!({"job": "dup", "chunk": "0"});
+    let body = json!({"input_file_id": file["id"], "endpoint": ENDPOINT,
+        "completion_window": "24h", "metadata": metadata});
+    let response = api.post("/batches").json(&body).send().await.unwrap();
+    let e = error(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(e["type"], "server_error");
+
+    // The batch exists: listed with its metadata, and it runs to the end.
+    let listed = ok_json(api.get("/batches").send().await.unwrap()).await;
+    let data = listed["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{listed:#}");
+    assert_eq!(data[0]["metadata"], metadata);
+    assert_eq!(data[0]["input_file_id"], file["id"]);
+    let id = data[0]["id"].as_str().unwrap();
+    let batch = api.wait_for(id, "completed").await;
+    assert_accounted(&api, &batch, 3).await;
+
+    let stats = api.stats().await;
+    assert_eq!(stats["batches_created"], 1);
+    assert_eq!(stats["create_commit_errors"], 1);
+    assert_eq!(stats["injected_5xx"], 0);
+    server.shutdown().await;
+}

@@ -163,6 +163,19 @@ impl App {
         Some(fault.error())
     }
 
+    /// Whether the create that made batch number `seq` answers 500 once the
+    /// batch is saved. Drawn like the injected HTTP errors.
+    pub fn create_commit_fails(&self, seq: u64) -> bool {
+        let rate = self.config.create_commit_error_rate;
+        rate > 0.0
+            && unit(hash64(&[
+                b"commit",
+                &self.config.seed.to_le_bytes(),
+                &self.nonce.to_le_bytes(),
+                &seq.to_le_bytes(),
+            ])) < rate
+    }
+
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }

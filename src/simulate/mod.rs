@@ -60,6 +60,10 @@ pub struct SimConfig {
     pub rate_limit_rate: f64,
     /// Fraction of `/v1` calls answered HTTP 500, 502 or 503 before doing anything.
     pub server_error_rate: f64,
+    /// Fraction of `POST /v1/batches` that create the batch (it runs and is
+    /// listed) and then answer 500: a client that retries blindly makes a
+    /// duplicate.
+    pub create_commit_error_rate: f64,
     /// Seeds what must be reproducible: output order and `request_failure_rate`.
     /// The injected HTTP errors do not use it alone: they also mix in a value
     /// drawn when the server starts, so a restarted server fails other calls.
@@ -82,6 +86,7 @@ impl std::fmt::Debug for SimConfig {
             .field("http_error_rate", &self.http_error_rate)
             .field("rate_limit_rate", &self.rate_limit_rate)
             .field("server_error_rate", &self.server_error_rate)
+            .field("create_commit_error_rate", &self.create_commit_error_rate)
             .field("seed", &self.seed)
             .field("drop_metadata", &self.drop_metadata)
             .finish()
@@ -100,6 +105,7 @@ impl Default for SimConfig {
             http_error_rate: 0.0,
             rate_limit_rate: 0.0,
             server_error_rate: 0.0,
+            create_commit_error_rate: 0.0,
             seed: 0,
             drop_metadata: false,
         }

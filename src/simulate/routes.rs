@@ -266,6 +266,7 @@ async fn stats(State(app): AppState) -> ApiResult {
         "chat_completions": counters.chat_completions,
         "injected_429": counters.injected_429,
         "injected_5xx": counters.injected_5xx,
+        "create_commit_errors": counters.create_commit_errors,
         "batches": batches,
     }))
 }

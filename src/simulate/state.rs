@@ -166,6 +166,8 @@ pub struct Counters {
     /// the next save (an injected error changes nothing else).
     pub injected_429: u64,
     pub injected_5xx: u64,
+    /// Creates that saved their batch and then answered 500.
+    pub create_commit_errors: u64,
 }
 
 /// Everything that is saved to `state.json`.
