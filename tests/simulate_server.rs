@@ -997,3 +997,153 @@ async fn a_create_that_answers_500_still_made_its_batch() {
     assert_eq!(stats["injected_5xx"], 0);
     server.shutdown().await;
 }
+
+async fn create_id(api: &Api, file: &Value, metadata: Value) -> String {
+    let created = api.create(file["id"].as_str().unwrap(), metadata).await;
+    assert_eq!(created["status"], "validating", "{created:#}");
+    created["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn every_nth_batch_fails_with_token_limit_exceeded_counting_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        token_limit_every: 2,
+        ..fast()
+    };
+    let first = SimServer::start(config.clone(), 0).await.unwrap();
+    let api = Api::new(&first);
+    let file = api.upload(&jsonl(4)).await;
+    let one = create_id(&api, &file, json!({"n": "1"})).await;
+    api.wait_for(&one, "completed").await;
+    first.shutdown().await;
+
+    // The second create over the server's life, though the first of this process.
+    let second = SimServer::start(config, 0).await.unwrap();
+    let api = Api::new(&second);
+    let two = create_id(&api, &file, json!({"n": "2"})).await;
+    let three = create_id(&api, &file, json!({"n": "3"})).await;
+    let failed = api.wait_for(&two, "failed").await;
+    assert!(failed["failed_at"].is_u64());
+    assert_eq!(failed["output_file_id"], Value::Null);
+    assert_eq!(failed["error_file_id"], Value::Null);
+    assert_eq!(
+        failed["request_counts"],
+        json!({"total": 0, "completed": 0, "failed": 0})
+    );
+    assert_eq!(failed["usage"]["total_tokens"], 0);
+    let errors = failed["errors"]["data"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["code"], "token_limit_exceeded");
+    assert_eq!(errors[0]["line"], Value::Null);
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Enqueued token limit reached for gpt-4o-mini"),
+        "{message}"
+    );
+    assert!(message.contains("2,000,000 enqueued tokens"), "{message}");
+    api.wait_for(&three, "completed").await;
+
+    let stats = api.stats().await;
+    assert_eq!(stats["batches_created"], 3);
+    assert_eq!(stats["token_limit_failures"], 1);
+    let statuses: Vec<&str> = stats["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["completed", "failed", "completed"]);
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_nth_batch_expires_with_half_its_output() {
+    let server = SimServer::start(
+        SimConfig {
+            expire_every: 1,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let n = 20;
+    let file = api.upload(&jsonl(n)).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "expired").await;
+    assert!(batch["expired_at"].is_u64());
+    for field in ["completed_at", "failed_at", "cancelled_at", "finalizing_at"] {
+        assert!(batch[field].is_null(), "{field}");
+    }
+    let (output, errors) = assert_accounted(&api, &batch, n).await;
+    assert_eq!((output.len(), errors.len()), (n / 2, n / 2));
+    for line in &output {
+        assert_eq!(line["response"]["status_code"], 200);
+    }
+    for line in &errors {
+        assert_eq!(line["error"]["code"], "batch_expired");
+        assert!(line["error"]["message"].is_string());
+        assert_eq!(line["response"], Value::Null);
+    }
+    // Expired requests are neither completed nor failed (as OpenAI counts).
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": n, "completed": n / 2, "failed": 0})
+    );
+    // Billed for the work that was done, and only that.
+    let billed: u64 = output
+        .iter()
+        .map(|l| {
+            l["response"]["body"]["usage"]["prompt_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(batch["usage"]["input_tokens"], billed);
+    assert_eq!(api.stats().await["expired_batches"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_limit_and_expiry_share_the_create_count() {
+    let server = SimServer::start(
+        SimConfig {
+            token_limit_every: 3,
+            expire_every: 2,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let file = api.upload(&jsonl(2)).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(create_id(&api, &file, json!({"i": i.to_string()})).await);
+    }
+    // 6 is due for both: the token limit wins.
+    let expected = [
+        "completed",
+        "expired",
+        "failed",
+        "expired",
+        "completed",
+        "failed",
+    ];
+    for (id, status) in ids.iter().zip(expected) {
+        api.wait_for(id, status).await;
+    }
+    let stats = api.stats().await;
+    assert_eq!(
+        (
+            stats["token_limit_failures"].as_u64(),
+            stats["expired_batches"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    server.shutdown().await;
+}

@@ -11,12 +11,12 @@ use tokio::task::JoinHandle;
 
 use super::SimConfig;
 use super::api_error::ApiError;
-use super::batch_file::{self, RunClock, RunContext};
-use super::faults::{CallFault, CallRates, call_fault};
+use super::batch_file::{self, RunClock, RunContext, Unrun};
+use super::faults::{CallFault, CallRates, call_fault, token_limit_error};
 use super::hash::{hash64, unit};
 use super::state::{
-    BatchRecord, Db, FILE_LIFETIME_SECS, FileRecord, LineError, Outcome, Step, Validated,
-    Validation, next_step,
+    BatchFault, BatchRecord, Db, FILE_LIFETIME_SECS, FileRecord, LineError, Outcome, Step,
+    Validated, Validation, next_step,
 };
 use super::store::{self, Blobs};
 
@@ -252,6 +252,7 @@ impl App {
         let Some(batch) = self.db().batches.get(id).cloned() else {
             return Ok(());
         };
+        let batch_fault = batch.fault;
         let app = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let ctx = run_context(&batch);
@@ -270,6 +271,16 @@ impl App {
         })
         .await
         .map_err(io::Error::other)??;
+        // A file that is broken on its own reports that; a good one meets the
+        // full quota.
+        let result = match result {
+            Validation::Valid { model, .. } if batch_fault == Some(BatchFault::TokenLimit) => {
+                Validation::Invalid {
+                    errors: vec![token_limit_error(model.as_deref())],
+                }
+            }
+            other => other,
+        };
         if let Some(batch) = self.db().batches.get_mut(id)
             && batch.validated.is_none()
         {
@@ -387,6 +398,12 @@ fn run_context(batch: &BatchRecord) -> RunContext<'_> {
         endpoint: &batch.endpoint,
         seed: batch.seed,
         request_failure_rate: batch.request_failure_rate,
+        // Requests left over without a cancel are those an expiry stopped.
+        unrun: if batch.cancel_ms.is_some() {
+            Unrun::Cancelled
+        } else {
+            Unrun::Expired
+        },
     }
 }
 

@@ -26,6 +26,16 @@ pub struct RunContext<'a> {
     pub endpoint: &'a str,
     pub seed: u64,
     pub request_failure_rate: f64,
+    /// Why the requests past `executed` did not run.
+    pub unrun: Unrun,
+}
+
+/// What stopped a request from running; its line goes to the error file with
+/// `response: null` and this `error.code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unrun {
+    Cancelled,
+    Expired,
 }
 
 struct Request {
@@ -272,7 +282,7 @@ pub fn run(
         let pos = u64::from(pos);
         let created_ms = clock.start_ms + clock.span_ms * pos / total.max(1);
         let entry = if pos >= executed {
-            (Kind::Failure, cancelled_line(ctx, &request))
+            (Kind::Failure, unrun_line(ctx, &request))
         } else if let Some((status, error)) = failure(ctx, &request) {
             counts.failed += 1;
             (Kind::Failure, error_line(ctx, &request, status, &error))
@@ -352,15 +362,25 @@ fn error_line(ctx: &RunContext, request: &Request, status: u16, error: &ErrorBod
     .to_string()
 }
 
-fn cancelled_line(ctx: &RunContext, request: &Request) -> String {
+/// `batch_cancelled` (llm-d/llm-d-batch-gateway #221 copies OpenAI's lines)
+/// or `batch_expired` (warmbly/warmbly PR #333 shows an expired OpenAI batch
+/// whose unfinished requests came back this way).
+fn unrun_line(ctx: &RunContext, request: &Request) -> String {
+    let (code, message) = match ctx.unrun {
+        Unrun::Cancelled => (
+            "batch_cancelled",
+            "This request was not executed because the batch was cancelled.",
+        ),
+        Unrun::Expired => (
+            "batch_expired",
+            "This request could not be executed before the completion window expired.",
+        ),
+    };
     json!({
         "id": line_id(ctx, request),
         "custom_id": request.custom_id,
         "response": null,
-        "error": {
-            "code": "batch_cancelled",
-            "message": "This request was not executed because the batch was cancelled.",
-        },
+        "error": { "code": code, "message": message },
     })
     .to_string()
 }
@@ -378,6 +398,7 @@ mod tests {
             endpoint: ENDPOINT,
             seed: 7,
             request_failure_rate: rate,
+            unrun: Unrun::Cancelled,
         }
     }
 
@@ -607,6 +628,18 @@ mod tests {
                 failed: 0
             }
         );
+
+        let expired = RunContext {
+            unrun: Unrun::Expired,
+            ..ctx(0.0)
+        };
+        let r = run(file(n).as_bytes(), &expired, n as u64, 25, &CLOCK).unwrap();
+        let errs = lines(&r.errors);
+        assert_eq!((lines(&r.output).len(), errs.len()), (25, 25));
+        for line in &errs {
+            assert_eq!(line["error"]["code"], "batch_expired");
+            assert_eq!(line["response"], Value::Null);
+        }
 
         // The requests that ran are the same ones a full run does first.
         let full = run(file(n).as_bytes(), &ctx(0.0), n as u64, n as u64, &CLOCK).unwrap();

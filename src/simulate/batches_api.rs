@@ -12,7 +12,7 @@ use super::app::{App, now_ms};
 use super::faults::server_error;
 use super::files_api::no_such_file;
 use super::routes::{ApiResult, AppState, Id, QueryMap, json_body, limit, ok, page, query};
-use super::state::{BatchRecord, Timing, view};
+use super::state::{BatchRecord, Timing, batch_fault, view};
 use super::wire::{batch_object, list};
 
 const SUPPORTED_ENDPOINT: &str = "/v1/chat/completions";
@@ -174,6 +174,12 @@ pub(super) async fn create_batch(
         }
         let (id, seq) = app.new_id(&mut db, "batch_sim_");
         let config = &app.config;
+        db.counters.batches_created += 1;
+        let fault = batch_fault(
+            db.counters.batches_created,
+            config.token_limit_every,
+            config.expire_every,
+        );
         let record = BatchRecord {
             id: id.clone(),
             seq,
@@ -192,10 +198,10 @@ pub(super) async fn create_batch(
             validated: None,
             cancel_ms: None,
             outcome: None,
+            fault,
         };
         let object = shown(&app, batch_object(&record, &view(&record, now)));
         db.batches.insert(id.clone(), record);
-        db.counters.batches_created += 1;
         let commit_fails = app.create_commit_fails(seq);
         db.counters.create_commit_errors += u64::from(commit_fails);
         (id, object, commit_fails)

@@ -4,6 +4,7 @@
 use axum::http::StatusCode;
 
 use super::api_error::{ApiError, ErrorBody};
+use super::state::LineError;
 
 /// The wait an injected 429 asks for. OpenAI sends `retry-after` in seconds;
 /// openai-python reads the non-standard `retry-after-ms` first
@@ -114,6 +115,23 @@ pub fn server_error(status: StatusCode) -> ApiError {
             code: None,
         },
     )
+}
+
+/// What a batch over the enqueued-token quota shows in `errors.data`. OpenAI
+/// reports it this way, after the create was accepted (openai/openai-python
+/// issues #1643 and #2084 quote the message, with a 2,000,000-token limit for
+/// gpt-4o-mini).
+pub fn token_limit_error(model: Option<&str>) -> LineError {
+    LineError {
+        code: "token_limit_exceeded".into(),
+        message: format!(
+            "Enqueued token limit reached for {} in organization org-simulated. Limit: \
+             2,000,000 enqueued tokens. Please try again once some in_progress batches have \
+             been completed. (simulated)",
+            model.unwrap_or("this model")
+        ),
+        line: None,
+    }
 }
 
 #[cfg(test)]

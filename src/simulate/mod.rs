@@ -64,6 +64,14 @@ pub struct SimConfig {
     /// listed) and then answer 500: a client that retries blindly makes a
     /// duplicate.
     pub create_commit_error_rate: f64,
+    /// Every Nth batch created (N, 2N, ...; counted over the server's life,
+    /// kept in `data_dir`) fails validation with `token_limit_exceeded`, as
+    /// OpenAI reports a full enqueued-token quota; 0 = never.
+    pub token_limit_every: u64,
+    /// Every Nth batch created, counted like `token_limit_every` (the same
+    /// ordinal; a batch due for both fails with the token limit), ends
+    /// `expired` after running only the first half of its requests; 0 = never.
+    pub expire_every: u64,
     /// Seeds what must be reproducible: output order and `request_failure_rate`.
     /// The injected HTTP errors do not use it alone: they also mix in a value
     /// drawn when the server starts, so a restarted server fails other calls.
@@ -87,6 +95,8 @@ impl std::fmt::Debug for SimConfig {
             .field("rate_limit_rate", &self.rate_limit_rate)
             .field("server_error_rate", &self.server_error_rate)
             .field("create_commit_error_rate", &self.create_commit_error_rate)
+            .field("token_limit_every", &self.token_limit_every)
+            .field("expire_every", &self.expire_every)
             .field("seed", &self.seed)
             .field("drop_metadata", &self.drop_metadata)
             .finish()
@@ -106,6 +116,8 @@ impl Default for SimConfig {
             rate_limit_rate: 0.0,
             server_error_rate: 0.0,
             create_commit_error_rate: 0.0,
+            token_limit_every: 0,
+            expire_every: 0,
             seed: 0,
             drop_metadata: false,
         }

@@ -23,7 +23,7 @@ use super::files_api::{
     MAX_BATCH_FILE_BYTES, delete_file, file_content, list_files, retrieve_file, upload_file,
 };
 use super::hash::hash64;
-use super::state::{BatchRecord, view};
+use super::state::{BatchRecord, Status, view};
 
 /// Room for the multipart framing around the largest allowed file.
 const BODY_LIMIT: usize = MAX_BATCH_FILE_BYTES as usize + (1 << 20);
@@ -245,15 +245,26 @@ async fn stats(State(app): AppState) -> ApiResult {
     let db = app.db();
     let mut batches: Vec<&BatchRecord> = db.batches.values().collect();
     batches.sort_by_key(|b| b.seq);
+    let (mut token_limit_failures, mut expired_batches) = (0u64, 0u64);
     let batches: Vec<Value> = batches
         .into_iter()
         .map(|b| {
+            let view = view(b, now);
+            let token_limited = view
+                .errors
+                .iter()
+                .flatten()
+                .any(|e| e.code == "token_limit_exceeded");
+            token_limit_failures += u64::from(token_limited);
+            expired_batches += u64::from(view.status == Status::Expired);
             json!({
                 "id": b.id,
-                "status": view(b, now).status.as_str(),
+                "status": view.status.as_str(),
                 "metadata": b.metadata,
                 "input_file_id": b.input_file_id,
                 "created_at": b.created_ms / 1000,
+                "created_at_ms": b.created_ms,
+                "ended_at_ms": view.ended_at(),
             })
         })
         .collect();
@@ -267,6 +278,8 @@ async fn stats(State(app): AppState) -> ApiResult {
         "injected_429": counters.injected_429,
         "injected_5xx": counters.injected_5xx,
         "create_commit_errors": counters.create_commit_errors,
+        "token_limit_failures": token_limit_failures,
+        "expired_batches": expired_batches,
         "batches": batches,
     }))
 }
