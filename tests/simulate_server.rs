@@ -1147,3 +1147,57 @@ async fn token_limit_and_expiry_share_the_create_count() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_flaked_request_fails_once_and_succeeds_when_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        request_flake_rate: 1.0,
+        ..fast()
+    };
+    let first = SimServer::start(config.clone(), 0).await.unwrap();
+    let api = Api::new(&first);
+    let file = api.upload(&jsonl(4)).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "completed").await;
+    assert_eq!(batch["output_file_id"], Value::Null);
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 0, "failed": 4})
+    );
+    let (_, errors) = assert_accounted(&api, &batch, 4).await;
+    for line in &errors {
+        let status = line["response"]["status_code"].as_u64().unwrap();
+        assert!(status == 500 || status == 503, "{line}");
+        assert_eq!(line["response"]["body"]["error"]["type"], "server_error");
+        assert_eq!(line["error"], Value::Null);
+    }
+    assert_eq!(api.stats().await["flaked_requests"], 4);
+    first.shutdown().await;
+
+    // The same four lines (and a new one) in a new batch, on a restarted server.
+    let second = SimServer::start(config, 0).await.unwrap();
+    let api = Api::new(&second);
+    let file = api.upload(&jsonl(5)).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "completed").await;
+    let (output, errors) = assert_accounted(&api, &batch, 5).await;
+    let mut succeeded = custom_ids(&output);
+    succeeded.sort();
+    assert_eq!(succeeded, ["r0", "r1", "r2", "r3"]);
+    assert_eq!(custom_ids(&errors), ["r4"]);
+
+    // The same custom_id with another body is another request: it flakes.
+    let edited = json!({"custom_id": "r1", "method": "POST", "url": ENDPOINT,
+        "body": request_body(99)})
+    .to_string()
+        + "\n";
+    let file = api.upload(&edited).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "completed").await;
+    let (_, errors) = assert_accounted(&api, &batch, 1).await;
+    assert_eq!(custom_ids(&errors), ["r1"]);
+    assert_eq!(api.stats().await["flaked_requests"], 6);
+    second.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! Shared server state, persistence, and the per-batch background drivers.
 
 use std::collections::HashMap;
+use std::collections::btree_map::Entry;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::SimConfig;
 use super::api_error::ApiError;
-use super::batch_file::{self, RunClock, RunContext, Unrun};
+use super::batch_file::{self, Flakes, RunClock, RunContext, Unrun};
 use super::faults::{CallFault, CallRates, call_fault, token_limit_error};
 use super::hash::{hash64, unit};
 use super::state::{
@@ -249,13 +250,18 @@ impl App {
     }
 
     async fn validate(self: &Arc<Self>, id: &str) -> io::Result<()> {
-        let Some(batch) = self.db().batches.get(id).cloned() else {
-            return Ok(());
+        let (batch, flakes) = {
+            let db = self.db();
+            let Some(batch) = db.batches.get(id).cloned() else {
+                return Ok(());
+            };
+            let flakes = flakes(&db, &batch);
+            (batch, flakes)
         };
         let batch_fault = batch.fault;
         let app = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let ctx = run_context(&batch);
+            let ctx = run_context(&batch, &flakes);
             match app.blobs.reader(&batch.input_file_id) {
                 Ok(reader) => batch_file::validate(reader, &ctx),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Validation::Invalid {
@@ -293,19 +299,20 @@ impl App {
     }
 
     async fn materialize(self: &Arc<Self>, id: &str, executed: u64) -> io::Result<()> {
-        let (batch, output_id, error_id) = {
+        let (batch, flakes, output_id, error_id) = {
             let mut db = self.db();
             let Some(batch) = db.batches.get(id).cloned() else {
                 return Ok(());
             };
+            let flakes = flakes(&db, &batch);
             let (output_id, _) = self.new_id(&mut db, "file-sim-");
             let (error_id, _) = self.new_id(&mut db, "file-sim-");
-            (batch, output_id, error_id)
+            (batch, flakes, output_id, error_id)
         };
         let app = self.clone();
         let (out_name, err_name) = (output_id.clone(), error_id.clone());
         let results = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let ctx = run_context(&batch);
+            let ctx = run_context(&batch, &flakes);
             let (start_ms, span_ms) = batch.run_window().unwrap_or_default();
             let clock = RunClock { start_ms, span_ms };
             let reader = match app.blobs.reader(&batch.input_file_id) {
@@ -323,11 +330,17 @@ impl App {
             if error_bytes > 0 {
                 app.blobs.put(&err_name, results.errors)?;
             }
-            Ok((output_bytes, error_bytes, results.counts, results.usage))
+            Ok((
+                output_bytes,
+                error_bytes,
+                results.counts,
+                results.usage,
+                results.flaked,
+            ))
         })
         .await
         .map_err(io::Error::other)??;
-        let (output_bytes, error_bytes, counts, usage) = results;
+        let (output_bytes, error_bytes, counts, usage, flaked) = results;
 
         let now = now_ms();
         let mut unused = Vec::new();
@@ -380,6 +393,14 @@ impl App {
                 for file_id in &stale {
                     db.files.remove(file_id);
                 }
+                // Saved with the outcome: the request succeeds from now on,
+                // in any other batch and after a restart.
+                for key in flaked {
+                    if let Entry::Vacant(entry) = db.flaked.entry(key) {
+                        entry.insert(id.to_string());
+                        db.counters.flaked_requests += 1;
+                    }
+                }
             } else {
                 unused.extend([output_id, error_id]);
             }
@@ -392,7 +413,21 @@ impl App {
     }
 }
 
-fn run_context(batch: &BatchRecord) -> RunContext<'_> {
+/// What `batch_file` needs to know of the flakes so far. Copied only when
+/// this batch can flake at all.
+fn flakes(db: &Db, batch: &BatchRecord) -> Flakes {
+    let rate = batch.request_flake_rate;
+    Flakes {
+        rate,
+        done: if rate > 0.0 {
+            db.flaked.clone()
+        } else {
+            Default::default()
+        },
+    }
+}
+
+fn run_context<'a>(batch: &'a BatchRecord, flakes: &'a Flakes) -> RunContext<'a> {
     RunContext {
         batch_id: &batch.id,
         endpoint: &batch.endpoint,
@@ -404,6 +439,7 @@ fn run_context(batch: &BatchRecord) -> RunContext<'_> {
         } else {
             Unrun::Expired
         },
+        flakes,
     }
 }
 

@@ -50,7 +50,13 @@ pub struct SimConfig {
     pub in_progress: Duration,
     pub finalizing: Duration,
     /// Fraction of batch requests that end as HTTP 500 lines in the error file.
+    /// The draw depends on the batch and the request, so such a request fails
+    /// every time it is in that batch.
     pub request_failure_rate: f64,
+    /// Fraction of batch requests that fail once, as an HTTP 500 or 503 line:
+    /// the next time this server runs the same `custom_id` with the same body
+    /// (in another batch, also after a restart with `data_dir`) it succeeds.
+    pub request_flake_rate: f64,
     /// Fraction of `/v1` calls answered 500 or 429 (half each) before doing
     /// anything, to exercise client retries. Kept for older specs; the two
     /// rates below say which fault is meant.
@@ -91,6 +97,7 @@ impl std::fmt::Debug for SimConfig {
             .field("in_progress", &self.in_progress)
             .field("finalizing", &self.finalizing)
             .field("request_failure_rate", &self.request_failure_rate)
+            .field("request_flake_rate", &self.request_flake_rate)
             .field("http_error_rate", &self.http_error_rate)
             .field("rate_limit_rate", &self.rate_limit_rate)
             .field("server_error_rate", &self.server_error_rate)
@@ -112,6 +119,7 @@ impl Default for SimConfig {
             in_progress: Duration::from_secs(1),
             finalizing: Duration::from_millis(200),
             request_failure_rate: 0.0,
+            request_flake_rate: 0.0,
             http_error_rate: 0.0,
             rate_limit_rate: 0.0,
             server_error_rate: 0.0,

@@ -278,6 +278,7 @@ async fn stats(State(app): AppState) -> ApiResult {
         "injected_429": counters.injected_429,
         "injected_5xx": counters.injected_5xx,
         "create_commit_errors": counters.create_commit_errors,
+        "flaked_requests": counters.flaked_requests,
         "token_limit_failures": token_limit_failures,
         "expired_batches": expired_batches,
         "batches": batches,

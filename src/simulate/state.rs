@@ -160,6 +160,8 @@ pub struct BatchRecord {
     pub timing: Timing,
     /// Frozen with the timing, for the same reason.
     pub request_failure_rate: f64,
+    #[serde(default)]
+    pub request_flake_rate: f64,
     pub seed: u64,
     pub validated: Option<Validated>,
     pub cancel_ms: Option<u64>,
@@ -196,6 +198,8 @@ pub struct Counters {
     pub injected_5xx: u64,
     /// Creates that saved their batch and then answered 500.
     pub create_commit_errors: u64,
+    /// Batch requests that failed once (`request_flake_rate`).
+    pub flaked_requests: u64,
 }
 
 /// Everything that is saved to `state.json`.
@@ -206,6 +210,10 @@ pub struct Db {
     pub counters: Counters,
     pub files: std::collections::BTreeMap<String, FileRecord>,
     pub batches: std::collections::BTreeMap<String, BatchRecord>,
+    /// Requests that flaked once (by `batch_file::flake_key`), each with the
+    /// batch that flaked it.
+    #[serde(default)]
+    pub flaked: std::collections::BTreeMap<String, String>,
 }
 
 pub const DB_VERSION: u32 = 1;
@@ -520,6 +528,7 @@ mod tests {
                 finalizing_ms: 100,
             },
             request_failure_rate: 0.0,
+            request_flake_rate: 0.0,
             seed: 0,
             validated: None,
             cancel_ms: None,
@@ -1007,11 +1016,19 @@ mod tests {
     }
 
     #[test]
-    fn records_without_a_fault_field_still_load() {
+    fn state_from_before_the_faults_still_loads() {
         let mut json = serde_json::to_value(batch()).unwrap();
-        json.as_object_mut().unwrap().remove("fault");
+        let object = json.as_object_mut().unwrap();
+        object.remove("fault");
+        object.remove("request_flake_rate");
         let b: BatchRecord = serde_json::from_value(json).unwrap();
-        assert_eq!(b.fault, None);
+        assert_eq!((b.fault, b.request_flake_rate), (None, 0.0));
+        let db: Db = serde_json::from_str(
+            r#"{"version": 1, "next_seq": 4, "counters": {},
+            "files": {}, "batches": {}}"#,
+        )
+        .unwrap();
+        assert!(db.flaked.is_empty());
         let counters: Counters = serde_json::from_str(r#"{"batches_created": 3}"#).unwrap();
         assert_eq!((counters.batches_created, counters.injected_429), (3, 0));
     }
