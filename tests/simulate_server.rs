@@ -1201,3 +1201,93 @@ async fn a_flaked_request_fails_once_and_succeeds_when_sent_again() {
     assert_eq!(api.stats().await["flaked_requests"], 6);
     second.shutdown().await;
 }
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn stats_describe_each_batch_and_the_totals() {
+    let server = SimServer::start(
+        SimConfig {
+            in_progress: Duration::from_millis(400),
+            token_limit_every: 2,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let file = api.upload(&jsonl(3)).await;
+    let metadata = json!({"job": "stats", "chunk": "0"});
+    let before = unix_ms();
+    let id = create_id(&api, &file, metadata.clone()).await;
+    let after = unix_ms();
+    let other_file = api.upload(&jsonl(5)).await;
+    let limited = create_id(&api, &other_file, json!({"job": "stats", "chunk": "1"})).await;
+
+    let stats = api.stats().await;
+    let running = &stats["batches"][0];
+    assert_eq!(running["id"], id.as_str());
+    assert_ne!(running["status"], "completed");
+    assert_eq!(running["ended_at_ms"], Value::Null);
+    let created = running["created_at_ms"].as_u64().unwrap();
+    assert!(
+        (before..=after).contains(&created),
+        "{before} {created} {after}"
+    );
+    assert_eq!(running["created_at"], created / 1000);
+
+    let batch = api.wait_for(&id, "completed").await;
+    api.wait_for(&limited, "failed").await;
+    let stats = api.stats().await;
+    let done = &stats["batches"][0];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["metadata"], metadata);
+    assert_eq!(done["input_file_id"], file["id"]);
+    assert_eq!(done["fault"], Value::Null);
+    let ended = done["ended_at_ms"].as_u64().unwrap();
+    assert!(ended >= created + 400, "{created} {ended}");
+    assert_eq!(batch["completed_at"], ended / 1000);
+    let mut ids: Vec<&str> = done["custom_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["r0", "r1", "r2"]);
+    let billed = json!({
+        "input_tokens": batch["usage"]["input_tokens"],
+        "output_tokens": batch["usage"]["output_tokens"],
+    });
+    assert!(billed["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(done["usage"], billed);
+
+    let failed = &stats["batches"][1];
+    assert_eq!(failed["fault"], "token_limit");
+    assert_eq!(failed["custom_ids"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        failed["usage"],
+        json!({"input_tokens": 0, "output_tokens": 0})
+    );
+    assert!(failed["ended_at_ms"].is_u64());
+    // Only the completed batch was billed.
+    assert_eq!(stats["usage"], billed);
+    for (counter, value) in [
+        ("batches_created", 2),
+        ("token_limit_failures", 1),
+        ("expired_batches", 0),
+        ("injected_429", 0),
+        ("injected_5xx", 0),
+        ("create_commit_errors", 0),
+        ("flaked_requests", 0),
+    ] {
+        assert_eq!(stats[counter], value, "{counter}");
+    }
+    server.shutdown().await;
+}

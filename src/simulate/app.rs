@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::collections::btree_map::Entry;
-use std::io;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -263,7 +263,15 @@ impl App {
         let result = tokio::task::spawn_blocking(move || {
             let ctx = run_context(&batch, &flakes);
             match app.blobs.reader(&batch.input_file_id) {
-                Ok(reader) => batch_file::validate(reader, &ctx),
+                Ok(reader) => {
+                    let mut ids = Vec::new();
+                    let result = batch_file::validate(reader, &ctx, &mut ids)?;
+                    // Kept apart from `state.json`, which is rewritten often:
+                    // only `/_sim/stats` reads them.
+                    app.blobs
+                        .put(&custom_ids_blob(&batch.id), ids.join("\n").into_bytes())?;
+                    Ok(result)
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Validation::Invalid {
                     errors: vec![LineError {
                         code: "invalid_file".into(),
@@ -411,6 +419,24 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Where the `custom_id`s of a validated batch are kept (one a line). Not a
+/// file id, so no Files endpoint can reach it.
+pub fn custom_ids_blob(batch_id: &str) -> String {
+    format!("{batch_id}.custom_ids")
+}
+
+/// The `custom_id`s of a batch, `None` until it has been validated.
+pub fn read_custom_ids(app: &App, batch_id: &str) -> io::Result<Option<Vec<String>>> {
+    let mut reader = match app.blobs.reader(&custom_ids_blob(batch_id)) {
+        Ok(reader) => reader,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    reader.read_to_string(&mut text)?;
+    Ok(Some(text.lines().map(String::from).collect()))
 }
 
 /// What `batch_file` needs to know of the flakes so far. Copied only when

@@ -199,15 +199,21 @@ fn failure(ctx: &RunContext, request: &Request) -> Option<Failure> {
     })
 }
 
-/// The asynchronous validation OpenAI does after `POST /batches`.
-pub fn validate(reader: impl BufRead, ctx: &RunContext) -> io::Result<Validation> {
-    validate_with_limit(reader, ctx, MAX_REQUESTS)
+/// The asynchronous validation OpenAI does after `POST /batches`. The
+/// `custom_id`s it reads (each once, in file order) land in `ids`.
+pub fn validate(
+    reader: impl BufRead,
+    ctx: &RunContext,
+    ids: &mut Vec<String>,
+) -> io::Result<Validation> {
+    validate_with_limit(reader, ctx, MAX_REQUESTS, ids)
 }
 
 fn validate_with_limit(
     reader: impl BufRead,
     ctx: &RunContext,
     max_requests: u64,
+    ids: &mut Vec<String>,
 ) -> io::Result<Validation> {
     let mut errors = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -257,6 +263,7 @@ fn validate_with_limit(
                     );
                 } else {
                     seen.insert(request.custom_id.clone(), line);
+                    ids.push(request.custom_id.clone());
                 }
                 if let Some(name) = request.body.get("model").and_then(Value::as_str) {
                     match &model {
@@ -465,6 +472,31 @@ mod tests {
     use std::collections::HashSet;
 
     const ENDPOINT: &str = "/v1/chat/completions";
+
+    fn validate(reader: impl BufRead, ctx: &RunContext) -> io::Result<Validation> {
+        super::validate(reader, ctx, &mut Vec::new())
+    }
+
+    fn validate_with_limit(
+        reader: impl BufRead,
+        ctx: &RunContext,
+        max_requests: u64,
+    ) -> io::Result<Validation> {
+        super::validate_with_limit(reader, ctx, max_requests, &mut Vec::new())
+    }
+
+    #[test]
+    fn validation_lists_each_custom_id_once() {
+        let content = format!(
+            "{}\n{}\n{}\n",
+            line("b", "m"),
+            line("a", "m"),
+            line("b", "m")
+        );
+        let mut ids = Vec::new();
+        super::validate(content.as_bytes(), &ctx(0.0), &mut ids).unwrap();
+        assert_eq!(ids, ["b", "a"]);
+    }
 
     static NO_FLAKES: Flakes = Flakes {
         rate: 0.0,
