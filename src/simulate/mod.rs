@@ -146,7 +146,13 @@ impl SimConfig {
             in_progress: duration(&s.in_progress, defaults.in_progress),
             finalizing: duration(&s.finalizing, defaults.finalizing),
             request_failure_rate: rate(&s.request_failure_rate),
+            request_flake_rate: rate(&s.request_flake_rate),
             http_error_rate: rate(&s.http_error_rate),
+            rate_limit_rate: rate(&s.rate_limit_rate),
+            server_error_rate: rate(&s.server_error_rate),
+            create_commit_error_rate: rate(&s.create_commit_error_rate),
+            token_limit_every: s.token_limit_every.unwrap_or(0),
+            expire_every: s.expire_every.unwrap_or(0),
             ..defaults
         }
     }
@@ -250,6 +256,12 @@ mod tests {
             finalizing: "40ms".into(),
             request_failure_rate: Some(Rate::Percent("2%".into())),
             http_error_rate: Some(Rate::Fraction(0.25)),
+            rate_limit_rate: Some(Rate::Percent("5%".into())),
+            server_error_rate: Some(Rate::Fraction(0.1)),
+            create_commit_error_rate: Some(Rate::Fraction(0.5)),
+            token_limit_every: Some(3),
+            expire_every: Some(4),
+            request_flake_rate: Some(Rate::Percent("1%".into())),
         };
         let dir = PathBuf::from("/tmp/sim");
         let c = SimConfig::from_spec(&spec, Some(dir.clone()));
@@ -264,6 +276,16 @@ mod tests {
         );
         assert_eq!(c.request_failure_rate, 0.02);
         assert_eq!(c.http_error_rate, 0.25);
+        assert_eq!(
+            (
+                c.rate_limit_rate,
+                c.server_error_rate,
+                c.create_commit_error_rate
+            ),
+            (0.05, 0.1, 0.5)
+        );
+        assert_eq!((c.token_limit_every, c.expire_every), (3, 4));
+        assert_eq!(c.request_flake_rate, 0.01);
         assert_eq!((c.api_key, c.seed, c.drop_metadata), (None, 0, false));
     }
 
@@ -275,5 +297,13 @@ mod tests {
         assert_eq!(c.in_progress, Duration::from_secs(2));
         assert_eq!(c.request_failure_rate, 0.0);
         assert_eq!(c.http_error_rate, 0.0);
+        let off = (
+            c.rate_limit_rate,
+            c.server_error_rate,
+            c.create_commit_error_rate,
+            c.request_flake_rate,
+        );
+        assert_eq!(off, (0.0, 0.0, 0.0, 0.0));
+        assert_eq!((c.token_limit_every, c.expire_every), (0, 0));
     }
 }
