@@ -36,6 +36,15 @@ impl Api {
         }
     }
 
+    /// A server this test did not start in-process (`http://…/v1`).
+    fn at(base: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+            root: base.trim_end_matches("/v1").to_string(),
+        }
+    }
+
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.base))
@@ -1290,4 +1299,91 @@ async fn stats_describe_each_batch_and_the_totals() {
         assert_eq!(stats[counter], value, "{counter}");
     }
     server.shutdown().await;
+}
+
+/// `batchgrader simulate-server` in its own process, stopped when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    api: Api,
+}
+
+impl ServerProcess {
+    fn start(flags: &[&str]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+            .args(["simulate-server", "--port", "0", "--validating", "10ms"])
+            .args(["--in-progress", "100ms", "--finalizing", "10ms"])
+            .args(flags)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("simulate-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let api = Api::at(base);
+        ServerProcess { child, api }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn simulate_server_flags_play_the_faults() {
+    let limited = ServerProcess::start(&["--rate-limit-rate", "100%"]);
+    let response = limited.api.get("/files").send().await.unwrap();
+    assert_eq!(response.headers()["retry-after-ms"], "50");
+    error(response, StatusCode::TOO_MANY_REQUESTS).await;
+    drop(limited);
+
+    let failing = ServerProcess::start(&["--server-error-rate", "1"]);
+    let response = failing.api.get("/files").send().await.unwrap();
+    assert!(response.status().is_server_error());
+    drop(failing);
+
+    let creates = ServerProcess::start(&[
+        "--create-commit-error-rate",
+        "100%",
+        "--token-limit-every",
+        "1",
+    ]);
+    let api = &creates.api;
+    let file = api.upload(&jsonl(2)).await;
+    let body = json!({"input_file_id": file["id"], "endpoint": ENDPOINT,
+        "completion_window": "24h"});
+    let response = api.post("/batches").json(&body).send().await.unwrap();
+    error(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let listed = ok_json(api.get("/batches").send().await.unwrap()).await;
+    let id = listed["data"][0]["id"].as_str().unwrap();
+    let batch = api.wait_for(id, "failed").await;
+    assert_eq!(batch["errors"]["data"][0]["code"], "token_limit_exceeded");
+    drop(creates);
+
+    let expiring = ServerProcess::start(&["--expire-every", "1", "--request-flake-rate", "1"]);
+    let api = &expiring.api;
+    let file = api.upload(&jsonl(4)).await;
+    let id = create_id(api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "expired").await;
+    // Two ran and flaked, two did not run.
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 0, "failed": 2})
+    );
+    let (_, errors) = assert_accounted(api, &batch, 4).await;
+    let expired = errors
+        .iter()
+        .filter(|l| l["error"]["code"] == "batch_expired")
+        .count();
+    assert_eq!(expired, 2);
+    assert_eq!(api.stats().await["flaked_requests"], 2);
 }
