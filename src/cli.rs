@@ -148,12 +148,31 @@ enum Command {
         /// Time a batch spends finalizing.
         #[arg(long, default_value = "200ms", value_parser = parse_duration_arg)]
         finalizing: std::time::Duration,
-        /// Share of requests that fail with a server error (0 to 1).
-        #[arg(long, default_value_t = 0.0)]
+        /// Share of requests that fail with a server error every time (5% or 0.05).
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
         request_failure_rate: f64,
-        /// Share of API calls answered 500 or 429 first (0 to 1).
-        #[arg(long, default_value_t = 0.0)]
+        /// Share of requests that fail once (HTTP 500/503 line) and succeed when sent again.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
+        request_flake_rate: f64,
+        /// Share of API calls answered 500 or 429 first (half each).
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
         http_error_rate: f64,
+        /// Share of API calls answered 429 rate_limit_exceeded, with retry-after headers.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
+        rate_limit_rate: f64,
+        /// Share of API calls answered 500, 502 or 503.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
+        server_error_rate: f64,
+        /// Share of batch creates that make the batch, then answer 500.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
+        create_commit_error_rate: f64,
+        /// Every Nth batch created fails with token_limit_exceeded (0: never).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        token_limit_every: u64,
+        /// Every Nth batch created expires with half its requests done (0: never;
+        /// counted like --token-limit-every, which wins when both are due).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        expire_every: u64,
         /// Answer `metadata: null` on batches, like servers that do not keep it.
         #[arg(long)]
         drop_metadata: bool,
@@ -208,6 +227,24 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     units::parse_duration(s)
+}
+
+/// A share as the spec takes it: `5%` or a fraction such as `0.05`.
+fn parse_rate_arg(s: &str) -> Result<f64, String> {
+    if s.trim().ends_with('%') {
+        return units::parse_percent_str(s);
+    }
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a rate; write e.g. 5% or 0.05"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is not between 0 and 1; write a percentage as e.g. 5%"
+        ))
+    }
 }
 
 fn parse_format_arg(s: &str) -> Result<Format, String> {
@@ -326,34 +363,34 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             in_progress,
             finalizing,
             request_failure_rate,
+            request_flake_rate,
             http_error_rate,
+            rate_limit_rate,
+            server_error_rate,
+            create_commit_error_rate,
+            token_limit_every,
+            expire_every,
             drop_metadata,
-        } => {
-            for (name, v) in [
-                ("--request-failure-rate", request_failure_rate),
-                ("--http-error-rate", http_error_rate),
-            ] {
-                if !(0.0..=1.0).contains(v) {
-                    return Err(Error::usage(format!(
-                        "{name} must be between 0 and 1, got {v}"
-                    )));
-                }
-            }
-            jobs::simulate_server(
-                crate::simulate::SimConfig {
-                    data_dir: data_dir.clone(),
-                    api_key: api_key.clone(),
-                    validating: *validating,
-                    in_progress: *in_progress,
-                    finalizing: *finalizing,
-                    request_failure_rate: *request_failure_rate,
-                    http_error_rate: *http_error_rate,
-                    seed: 0,
-                    drop_metadata: *drop_metadata,
-                },
-                *port,
-            )
-        }
+        } => jobs::simulate_server(
+            crate::simulate::SimConfig {
+                data_dir: data_dir.clone(),
+                api_key: api_key.clone(),
+                validating: *validating,
+                in_progress: *in_progress,
+                finalizing: *finalizing,
+                request_failure_rate: *request_failure_rate,
+                request_flake_rate: *request_flake_rate,
+                http_error_rate: *http_error_rate,
+                rate_limit_rate: *rate_limit_rate,
+                server_error_rate: *server_error_rate,
+                create_commit_error_rate: *create_commit_error_rate,
+                token_limit_every: *token_limit_every,
+                expire_every: *expire_every,
+                seed: 0,
+                drop_metadata: *drop_metadata,
+            },
+            *port,
+        ),
         Command::Tokens {
             target,
             count,
@@ -561,4 +598,64 @@ fn tokens(target: &Path, count: &CountArgs, limit: Option<u64>, ui: &Ui) -> Resu
     }
     ui.info(s.trim_end());
     Ok(exit::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_args_take_a_percentage_or_a_fraction() {
+        assert_eq!(parse_rate_arg("5%"), Ok(0.05));
+        assert_eq!(parse_rate_arg(" 0.25 "), Ok(0.25));
+        assert_eq!(parse_rate_arg("0"), Ok(0.0));
+        assert_eq!(parse_rate_arg("100%"), Ok(1.0));
+        for bad in ["1.5", "-0.1", "150%", "often", ""] {
+            assert!(parse_rate_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn simulate_server_fault_flags() {
+        let cli = Cli::try_parse_from([
+            "batchgrader",
+            "simulate-server",
+            "--rate-limit-rate",
+            "5%",
+            "--server-error-rate",
+            "0.1",
+            "--create-commit-error-rate",
+            "50%",
+            "--request-flake-rate",
+            "0.02",
+            "--token-limit-every",
+            "3",
+            "--expire-every",
+            "4",
+        ])
+        .unwrap();
+        let Command::SimulateServer {
+            rate_limit_rate,
+            server_error_rate,
+            create_commit_error_rate,
+            request_flake_rate,
+            token_limit_every,
+            expire_every,
+            http_error_rate,
+            ..
+        } = cli.command
+        else {
+            panic!("not simulate-server");
+        };
+        assert_eq!(
+            (rate_limit_rate, server_error_rate, create_commit_error_rate),
+            (0.05, 0.1, 0.5)
+        );
+        assert_eq!(request_flake_rate, 0.02);
+        assert_eq!((token_limit_every, expire_every), (3, 4));
+        assert_eq!(http_error_rate, 0.0);
+        let refused =
+            Cli::try_parse_from(["batchgrader", "simulate-server", "--expire-every", "x"]);
+        assert!(refused.is_err());
+    }
 }

@@ -16,7 +16,7 @@ use crate::plan::{PlanOptions, plan};
 use crate::provider::{ClientConfig, OpenAiBatches, OpenAiClient, Secret};
 use crate::report::{Ui, num, plan_text, print_json};
 use crate::simulate::{SimConfig, SimServer};
-use crate::spec::{self, CheckedSpec, ProviderKind, ProviderMode, units};
+use crate::spec::{self, CheckedSpec, ProviderKind, ProviderMode};
 use crate::state::{self, JobStore};
 use crate::status::{self, RunState, Snapshot};
 
@@ -123,20 +123,7 @@ async fn connect(spec: &CheckedSpec, job_dir: &Path) -> Result<(OpenAiClient, Op
     }
     if p.kind == ProviderKind::Simulated {
         let s = p.simulated.clone().unwrap_or_default();
-        let dur = |v: &str| units::parse_duration(v).unwrap_or(Duration::from_millis(200));
-        let rate =
-            |r: &Option<spec::Rate>| r.as_ref().and_then(|r| r.fraction().ok()).unwrap_or(0.0);
-        let config = SimConfig {
-            data_dir: Some(job_dir.join("simulated")),
-            api_key: None,
-            validating: dur(&s.validating),
-            in_progress: dur(&s.in_progress),
-            finalizing: dur(&s.finalizing),
-            request_failure_rate: rate(&s.request_failure_rate),
-            http_error_rate: rate(&s.http_error_rate),
-            seed: 0,
-            drop_metadata: false,
-        };
+        let config = SimConfig::from_spec(&s, Some(job_dir.join("simulated")));
         let server = SimServer::start(config, 0).await.map_err(|e| {
             Error::io(
                 "start the simulated provider in",

@@ -36,6 +36,15 @@ impl Api {
         }
     }
 
+    /// A server this test did not start in-process (`http://…/v1`).
+    fn at(base: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+            root: base.trim_end_matches("/v1").to_string(),
+        }
+    }
+
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.base))
@@ -813,4 +822,568 @@ async fn a_restarted_server_continues_the_same_batches() {
         .collect();
     assert_eq!(listed, vec![done_id.as_str(), running_id.as_str()]);
     second.shutdown().await;
+}
+
+/// One call to every `/v1` route, with ids that need not exist: an injected
+/// error comes before the lookup.
+async fn call_every_route(api: &Api) -> Vec<(String, reqwest::Response)> {
+    let form = Form::new().text("purpose", "batch").part(
+        "file",
+        Part::bytes(jsonl(1).into_bytes()).file_name("chunk-0.jsonl"),
+    );
+    let create =
+        json!({"input_file_id": "file-x", "endpoint": ENDPOINT, "completion_window": "24h"});
+    let calls = vec![
+        ("upload", api.post("/files").multipart(form)),
+        ("list files", api.get("/files")),
+        ("retrieve file", api.get("/files/file-x")),
+        ("file content", api.get("/files/file-x/content")),
+        (
+            "delete file",
+            api.http
+                .delete(format!("{}/files/file-x", api.base))
+                .bearer_auth(KEY),
+        ),
+        ("create batch", api.post("/batches").json(&create)),
+        ("list batches", api.get("/batches")),
+        ("retrieve batch", api.get("/batches/batch_x")),
+        ("cancel batch", api.post("/batches/batch_x/cancel")),
+        ("chat", api.post("/chat/completions").json(&request_body(0))),
+    ];
+    let mut responses = Vec::new();
+    for (name, call) in calls {
+        responses.push((name.to_string(), call.send().await.unwrap()));
+    }
+    responses
+}
+
+#[tokio::test]
+async fn rate_limited_calls_carry_retry_after_headers_on_every_route() {
+    let server = SimServer::start(
+        SimConfig {
+            rate_limit_rate: 1.0,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let responses = call_every_route(&api).await;
+    let calls = responses.len();
+    for (name, response) in responses {
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{name}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["retry-after"], "1", "{name}");
+        assert_eq!(headers["retry-after-ms"], "50", "{name}");
+        let e = error(response, StatusCode::TOO_MANY_REQUESTS).await;
+        assert_eq!(e["code"], "rate_limit_exceeded", "{name}");
+    }
+    // Nothing was done, and the stats endpoint is never limited.
+    let stats = api.stats().await;
+    assert_eq!(stats["injected_429"], calls);
+    assert_eq!(stats["injected_5xx"], 0);
+    for counter in ["files_uploaded", "batches_created", "chat_completions"] {
+        assert_eq!(stats[counter], 0, "{counter}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_errors_are_500_502_and_503_before_anything_is_done() {
+    let server = SimServer::start(
+        SimConfig {
+            server_error_rate: 1.0,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let mut statuses = HashSet::new();
+    for (name, response) in call_every_route(&api).await {
+        assert!(response.status().is_server_error(), "{name}");
+        statuses.insert(response.status());
+        assert!(!response.headers().contains_key("retry-after"), "{name}");
+        let status = response.status();
+        assert_eq!(error(response, status).await["type"], "server_error");
+    }
+    for _ in 0..50 {
+        let response = api.get("/batches").send().await.unwrap();
+        statuses.insert(response.status());
+    }
+    let expected: HashSet<StatusCode> = [
+        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::BAD_GATEWAY,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ]
+    .into();
+    assert_eq!(statuses, expected);
+    let stats = api.stats().await;
+    assert_eq!(stats["injected_5xx"], 60);
+    assert_eq!(stats["injected_429"], 0);
+    assert_eq!(stats["files_uploaded"], 0);
+    server.shutdown().await;
+}
+
+/// Which of 40 calls to `GET /files` got through.
+async fn pass_fail_pattern(api: &Api) -> Vec<bool> {
+    let mut pattern = Vec::new();
+    for _ in 0..40 {
+        let response = api.get("/files").send().await.unwrap();
+        pattern.push(response.status() == StatusCode::OK);
+    }
+    pattern
+}
+
+#[tokio::test]
+async fn a_restarted_server_injects_errors_into_other_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        server_error_rate: 0.25,
+        rate_limit_rate: 0.25,
+        seed: 5,
+        ..fast()
+    };
+    let first = SimServer::start(config.clone(), 0).await.unwrap();
+    let before = pass_fail_pattern(&Api::new(&first)).await;
+    first.shutdown().await;
+    let second = SimServer::start(config, 0).await.unwrap();
+    let api = Api::new(&second);
+    let after = pass_fail_pattern(&api).await;
+    for pattern in [&before, &after] {
+        assert!(
+            pattern.contains(&true) && pattern.contains(&false),
+            "{pattern:?}"
+        );
+    }
+    // Identical by chance once in 2^40 runs.
+    assert_ne!(before, after);
+    // The counts of both servers add up, kept in the data directory.
+    let stats = api.stats().await;
+    let failed = before.iter().chain(&after).filter(|ok| !**ok).count() as u64;
+    let injected =
+        stats["injected_429"].as_u64().unwrap() + stats["injected_5xx"].as_u64().unwrap();
+    assert_eq!(injected, failed);
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_create_that_answers_500_still_made_its_batch() {
+    let server = SimServer::start(
+        SimConfig {
+            create_commit_error_rate: 1.0,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let file = api.upload(&jsonl(3)).await;
+    let metadata = json!({"job": "dup", "chunk": "0"});
+    let body = json!({"input_file_id": file["id"], "endpoint": ENDPOINT,
+        "completion_window": "24h", "metadata": metadata});
+    let response = api.post("/batches").json(&body).send().await.unwrap();
+    let e = error(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(e["type"], "server_error");
+
+    // The batch exists: listed with its metadata, and it runs to the end.
+    let listed = ok_json(api.get("/batches").send().await.unwrap()).await;
+    let data = listed["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{listed:#}");
+    assert_eq!(data[0]["metadata"], metadata);
+    assert_eq!(data[0]["input_file_id"], file["id"]);
+    let id = data[0]["id"].as_str().unwrap();
+    let batch = api.wait_for(id, "completed").await;
+    assert_accounted(&api, &batch, 3).await;
+
+    let stats = api.stats().await;
+    assert_eq!(stats["batches_created"], 1);
+    assert_eq!(stats["create_commit_errors"], 1);
+    assert_eq!(stats["injected_5xx"], 0);
+    server.shutdown().await;
+}
+
+async fn create_id(api: &Api, file: &Value, metadata: Value) -> String {
+    let created = api.create(file["id"].as_str().unwrap(), metadata).await;
+    assert_eq!(created["status"], "validating", "{created:#}");
+    created["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn every_nth_batch_fails_with_token_limit_exceeded_counting_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        token_limit_every: 2,
+        ..fast()
+    };
+    let first = SimServer::start(config.clone(), 0).await.unwrap();
+    let api = Api::new(&first);
+    let file = api.upload(&jsonl(4)).await;
+    let one = create_id(&api, &file, json!({"n": "1"})).await;
+    api.wait_for(&one, "completed").await;
+    first.shutdown().await;
+
+    // The second create over the server's life, though the first of this process.
+    let second = SimServer::start(config, 0).await.unwrap();
+    let api = Api::new(&second);
+    let two = create_id(&api, &file, json!({"n": "2"})).await;
+    let three = create_id(&api, &file, json!({"n": "3"})).await;
+    let failed = api.wait_for(&two, "failed").await;
+    assert!(failed["failed_at"].is_u64());
+    assert_eq!(failed["output_file_id"], Value::Null);
+    assert_eq!(failed["error_file_id"], Value::Null);
+    assert_eq!(
+        failed["request_counts"],
+        json!({"total": 0, "completed": 0, "failed": 0})
+    );
+    assert_eq!(failed["usage"]["total_tokens"], 0);
+    let errors = failed["errors"]["data"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["code"], "token_limit_exceeded");
+    assert_eq!(errors[0]["line"], Value::Null);
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Enqueued token limit reached for gpt-4o-mini"),
+        "{message}"
+    );
+    assert!(message.contains("2,000,000 enqueued tokens"), "{message}");
+    api.wait_for(&three, "completed").await;
+
+    let stats = api.stats().await;
+    assert_eq!(stats["batches_created"], 3);
+    assert_eq!(stats["token_limit_failures"], 1);
+    let statuses: Vec<&str> = stats["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["completed", "failed", "completed"]);
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_nth_batch_expires_with_half_its_output() {
+    let server = SimServer::start(
+        SimConfig {
+            expire_every: 1,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let n = 20;
+    let file = api.upload(&jsonl(n)).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "expired").await;
+    assert!(batch["expired_at"].is_u64());
+    for field in ["completed_at", "failed_at", "cancelled_at", "finalizing_at"] {
+        assert!(batch[field].is_null(), "{field}");
+    }
+    let (output, errors) = assert_accounted(&api, &batch, n).await;
+    assert_eq!((output.len(), errors.len()), (n / 2, n / 2));
+    for line in &output {
+        assert_eq!(line["response"]["status_code"], 200);
+    }
+    for line in &errors {
+        assert_eq!(line["error"]["code"], "batch_expired");
+        assert!(line["error"]["message"].is_string());
+        assert_eq!(line["response"], Value::Null);
+    }
+    // Expired requests are neither completed nor failed (as OpenAI counts).
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": n, "completed": n / 2, "failed": 0})
+    );
+    // Billed for the work that was done, and only that.
+    let billed: u64 = output
+        .iter()
+        .map(|l| {
+            l["response"]["body"]["usage"]["prompt_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(batch["usage"]["input_tokens"], billed);
+    assert_eq!(api.stats().await["expired_batches"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_limit_and_expiry_share_the_create_count() {
+    let server = SimServer::start(
+        SimConfig {
+            token_limit_every: 3,
+            expire_every: 2,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let file = api.upload(&jsonl(2)).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(create_id(&api, &file, json!({"i": i.to_string()})).await);
+    }
+    // 6 is due for both: the token limit wins.
+    let expected = [
+        "completed",
+        "expired",
+        "failed",
+        "expired",
+        "completed",
+        "failed",
+    ];
+    for (id, status) in ids.iter().zip(expected) {
+        api.wait_for(id, status).await;
+    }
+    let stats = api.stats().await;
+    assert_eq!(
+        (
+            stats["token_limit_failures"].as_u64(),
+            stats["expired_batches"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flaked_request_fails_once_and_succeeds_when_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        request_flake_rate: 1.0,
+        ..fast()
+    };
+    let first = SimServer::start(config.clone(), 0).await.unwrap();
+    let api = Api::new(&first);
+    let file = api.upload(&jsonl(4)).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "completed").await;
+    assert_eq!(batch["output_file_id"], Value::Null);
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 0, "failed": 4})
+    );
+    let (_, errors) = assert_accounted(&api, &batch, 4).await;
+    for line in &errors {
+        let status = line["response"]["status_code"].as_u64().unwrap();
+        assert!(status == 500 || status == 503, "{line}");
+        assert_eq!(line["response"]["body"]["error"]["type"], "server_error");
+        assert_eq!(line["error"], Value::Null);
+    }
+    assert_eq!(api.stats().await["flaked_requests"], 4);
+    first.shutdown().await;
+
+    // The same four lines (and a new one) in a new batch, on a restarted server.
+    let second = SimServer::start(config, 0).await.unwrap();
+    let api = Api::new(&second);
+    let file = api.upload(&jsonl(5)).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "completed").await;
+    let (output, errors) = assert_accounted(&api, &batch, 5).await;
+    let mut succeeded = custom_ids(&output);
+    succeeded.sort();
+    assert_eq!(succeeded, ["r0", "r1", "r2", "r3"]);
+    assert_eq!(custom_ids(&errors), ["r4"]);
+
+    // The same custom_id with another body is another request: it flakes.
+    let edited = json!({"custom_id": "r1", "method": "POST", "url": ENDPOINT,
+        "body": request_body(99)})
+    .to_string()
+        + "\n";
+    let file = api.upload(&edited).await;
+    let id = create_id(&api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "completed").await;
+    let (_, errors) = assert_accounted(&api, &batch, 1).await;
+    assert_eq!(custom_ids(&errors), ["r1"]);
+    assert_eq!(api.stats().await["flaked_requests"], 6);
+    second.shutdown().await;
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn stats_describe_each_batch_and_the_totals() {
+    let server = SimServer::start(
+        SimConfig {
+            in_progress: Duration::from_millis(400),
+            token_limit_every: 2,
+            ..fast()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let file = api.upload(&jsonl(3)).await;
+    let metadata = json!({"job": "stats", "chunk": "0"});
+    let before = unix_ms();
+    let id = create_id(&api, &file, metadata.clone()).await;
+    let after = unix_ms();
+    let other_file = api.upload(&jsonl(5)).await;
+    let limited = create_id(&api, &other_file, json!({"job": "stats", "chunk": "1"})).await;
+
+    let stats = api.stats().await;
+    let running = &stats["batches"][0];
+    assert_eq!(running["id"], id.as_str());
+    assert_ne!(running["status"], "completed");
+    assert_eq!(running["ended_at_ms"], Value::Null);
+    let created = running["created_at_ms"].as_u64().unwrap();
+    assert!(
+        (before..=after).contains(&created),
+        "{before} {created} {after}"
+    );
+    assert_eq!(running["created_at"], created / 1000);
+
+    let batch = api.wait_for(&id, "completed").await;
+    api.wait_for(&limited, "failed").await;
+    let stats = api.stats().await;
+    let done = &stats["batches"][0];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["metadata"], metadata);
+    assert_eq!(done["input_file_id"], file["id"]);
+    assert_eq!(done["fault"], Value::Null);
+    let ended = done["ended_at_ms"].as_u64().unwrap();
+    assert!(ended >= created + 400, "{created} {ended}");
+    assert_eq!(batch["completed_at"], ended / 1000);
+    let mut ids: Vec<&str> = done["custom_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["r0", "r1", "r2"]);
+    let billed = json!({
+        "input_tokens": batch["usage"]["input_tokens"],
+        "output_tokens": batch["usage"]["output_tokens"],
+    });
+    assert!(billed["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(done["usage"], billed);
+
+    let failed = &stats["batches"][1];
+    assert_eq!(failed["fault"], "token_limit");
+    assert_eq!(failed["custom_ids"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        failed["usage"],
+        json!({"input_tokens": 0, "output_tokens": 0})
+    );
+    assert!(failed["ended_at_ms"].is_u64());
+    // Only the completed batch was billed.
+    assert_eq!(stats["usage"], billed);
+    for (counter, value) in [
+        ("batches_created", 2),
+        ("token_limit_failures", 1),
+        ("expired_batches", 0),
+        ("injected_429", 0),
+        ("injected_5xx", 0),
+        ("create_commit_errors", 0),
+        ("flaked_requests", 0),
+    ] {
+        assert_eq!(stats[counter], value, "{counter}");
+    }
+    server.shutdown().await;
+}
+
+/// `batchgrader simulate-server` in its own process, stopped when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    api: Api,
+}
+
+impl ServerProcess {
+    fn start(flags: &[&str]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+            .args(["simulate-server", "--port", "0", "--validating", "10ms"])
+            .args(["--in-progress", "100ms", "--finalizing", "10ms"])
+            .args(flags)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("simulate-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let api = Api::at(base);
+        ServerProcess { child, api }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn simulate_server_flags_play_the_faults() {
+    let limited = ServerProcess::start(&["--rate-limit-rate", "100%"]);
+    let response = limited.api.get("/files").send().await.unwrap();
+    assert_eq!(response.headers()["retry-after-ms"], "50");
+    error(response, StatusCode::TOO_MANY_REQUESTS).await;
+    drop(limited);
+
+    let failing = ServerProcess::start(&["--server-error-rate", "1"]);
+    let response = failing.api.get("/files").send().await.unwrap();
+    assert!(response.status().is_server_error());
+    drop(failing);
+
+    let creates = ServerProcess::start(&[
+        "--create-commit-error-rate",
+        "100%",
+        "--token-limit-every",
+        "1",
+    ]);
+    let api = &creates.api;
+    let file = api.upload(&jsonl(2)).await;
+    let body = json!({"input_file_id": file["id"], "endpoint": ENDPOINT,
+        "completion_window": "24h"});
+    let response = api.post("/batches").json(&body).send().await.unwrap();
+    error(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let listed = ok_json(api.get("/batches").send().await.unwrap()).await;
+    let id = listed["data"][0]["id"].as_str().unwrap();
+    let batch = api.wait_for(id, "failed").await;
+    assert_eq!(batch["errors"]["data"][0]["code"], "token_limit_exceeded");
+    drop(creates);
+
+    let expiring = ServerProcess::start(&["--expire-every", "1", "--request-flake-rate", "1"]);
+    let api = &expiring.api;
+    let file = api.upload(&jsonl(4)).await;
+    let id = create_id(api, &file, json!({})).await;
+    let batch = api.wait_for(&id, "expired").await;
+    // Two ran and flaked, two did not run.
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 0, "failed": 2})
+    );
+    let (_, errors) = assert_accounted(api, &batch, 4).await;
+    let expired = errors
+        .iter()
+        .filter(|l| l["error"]["code"] == "batch_expired")
+        .count();
+    assert_eq!(expired, 2);
+    assert_eq!(api.stats().await["flaked_requests"], 2);
 }

@@ -110,9 +110,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body.envelope())).into_response();
         if let Some(ms) = self.retry_after_ms {
-            response
-                .headers_mut()
-                .insert("retry-after-ms", HeaderValue::from(ms));
+            // Both forms, as a client may read either: the standard header in
+            // whole seconds (rounded up, so it never asks for less) and the
+            // `-ms` one that openai-python prefers.
+            let headers = response.headers_mut();
+            headers.insert("retry-after-ms", HeaderValue::from(ms));
+            headers.insert("retry-after", HeaderValue::from(ms.div_ceil(1000)));
         }
         response
     }

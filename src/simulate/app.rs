@@ -1,27 +1,26 @@
 //! Shared server state, persistence, and the per-batch background drivers.
 
 use std::collections::HashMap;
-use std::io;
+use std::collections::btree_map::Entry;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::StatusCode;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::SimConfig;
-use super::api_error::{ApiError, ErrorBody};
-use super::batch_file::{self, RunClock, RunContext};
+use super::api_error::ApiError;
+use super::batch_file::{self, Flakes, RunClock, RunContext, Unrun};
+use super::faults::{CallFault, CallRates, call_fault, token_limit_error};
 use super::hash::{hash64, unit};
 use super::state::{
-    BatchRecord, Db, FILE_LIFETIME_SECS, FileRecord, LineError, Outcome, Step, Validated,
-    Validation, next_step,
+    BatchFault, BatchRecord, Db, FILE_LIFETIME_SECS, FileRecord, LineError, Outcome, Step,
+    Validated, Validation, next_step,
 };
 use super::store::{self, Blobs};
 
-/// How long the `retry-after-ms` of an injected 429 is.
-const INJECTED_RETRY_AFTER_MS: u64 = 50;
 /// A driver whose step failed (disk full…) tries again after this.
 const DRIVER_RETRY: Duration = Duration::from_secs(1);
 
@@ -37,15 +36,28 @@ pub struct App {
     pub blobs: Blobs,
     /// Serialises `state.json` writes so an older snapshot never lands last.
     persist_lock: tokio::sync::Mutex<()>,
-    /// Mixed into ids so that two memory-only servers never hand out the same id.
+    /// Drawn anew by every server: mixed into ids, so that two memory-only
+    /// servers never hand out the same id, and into the injected-error draw.
     nonce: u64,
     request_ids: AtomicU64,
     api_calls: AtomicU64,
-    injected: AtomicU64,
     /// Running drivers, by batch id; a cancel wakes the batch's driver.
     drivers: Mutex<HashMap<String, Arc<Notify>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
+}
+
+/// A value no other server (in this process, another one, or a restart)
+/// shares: std's `RandomState` keys come from the OS and change with every
+/// instance; the clock, pid and a counter are added for good measure.
+fn server_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SERVERS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ms());
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(SERVERS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,11 +75,7 @@ impl App {
             None => Db::new(),
         };
         let blobs = Blobs::open(config.data_dir.as_deref())?;
-        let nonce = hash64(&[
-            b"nonce",
-            &now_ms().to_le_bytes(),
-            &std::process::id().to_le_bytes(),
-        ]);
+        let nonce = server_nonce();
         Ok(Arc::new(App {
             config,
             db: Mutex::new(db),
@@ -76,7 +84,6 @@ impl App {
             nonce,
             request_ids: AtomicU64::new(0),
             api_calls: AtomicU64::new(0),
-            injected: AtomicU64::new(0),
             drivers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             shutdown: watch::Sender::new(false),
@@ -131,53 +138,43 @@ impl App {
     }
 
     /// The error to answer instead of serving this call, if one is due.
-    /// Driven by a call counter, so a given sequence of calls always sees the
-    /// same errors.
+    /// The draw mixes in the server's `nonce`, so a restarted server (the
+    /// in-process one restarts with every `resume`) fails other calls than
+    /// the last one did, as a real provider would.
     pub fn injected_error(&self) -> Option<ApiError> {
-        let rate = self.config.http_error_rate;
-        if rate <= 0.0 {
-            return None;
-        }
-        let call = self.api_calls.fetch_add(1, Ordering::Relaxed);
-        let roll = unit(hash64(&[
-            b"http",
-            &self.config.seed.to_le_bytes(),
-            &call.to_le_bytes(),
-        ]));
-        if roll >= rate {
-            return None;
-        }
-        let error = if self
-            .injected
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(2)
-        {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorBody {
-                    message: "The server had an error while processing your request. \
-                              (simulated)"
-                        .into(),
-                    kind: "server_error".into(),
-                    param: None,
-                    code: None,
-                },
-            )
-        } else {
-            ApiError {
-                retry_after_ms: Some(INJECTED_RETRY_AFTER_MS),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorBody {
-                        message: "Rate limit reached for requests (simulated).".into(),
-                        kind: "requests".into(),
-                        param: None,
-                        code: Some("rate_limit_exceeded".into()),
-                    },
-                )
-            }
+        let config = &self.config;
+        let rates = CallRates {
+            rate_limit: config.rate_limit_rate,
+            server_error: config.server_error_rate,
+            either: config.http_error_rate,
         };
-        Some(error)
+        if !rates.any() {
+            return None;
+        }
+        let call = self.api_calls.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+        let (seed, nonce) = (config.seed.to_le_bytes(), self.nonce.to_le_bytes());
+        let roll = unit(hash64(&[b"http", &seed, &nonce, &call]));
+        let pick = hash64(&[b"http-status", &seed, &nonce, &call]);
+        let fault = call_fault(&rates, roll, pick)?;
+        let mut db = self.db();
+        match fault {
+            CallFault::RateLimit => db.counters.injected_429 += 1,
+            CallFault::ServerError(_) => db.counters.injected_5xx += 1,
+        }
+        Some(fault.error())
+    }
+
+    /// Whether the create that made batch number `seq` answers 500 once the
+    /// batch is saved. Drawn like the injected HTTP errors.
+    pub fn create_commit_fails(&self, seq: u64) -> bool {
+        let rate = self.config.create_commit_error_rate;
+        rate > 0.0
+            && unit(hash64(&[
+                b"commit",
+                &self.config.seed.to_le_bytes(),
+                &self.nonce.to_le_bytes(),
+                &seq.to_le_bytes(),
+            ])) < rate
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -220,12 +217,16 @@ impl App {
     }
 
     /// Stops the drivers; each finishes the step it is in, so no half-written
-    /// result is left for the next server on the same data directory.
+    /// result is left for the next server on the same data directory. The
+    /// last save keeps the counters that change without one (injected errors).
     pub async fn stop(&self) {
         self.signal_stop();
         let tasks = std::mem::take(&mut *guard(&self.tasks));
         for task in tasks {
             let _ = task.await;
+        }
+        if let Err(e) = self.persist().await {
+            eprintln!("simulate-server: saving the state on shutdown: {e}");
         }
     }
 
@@ -249,14 +250,28 @@ impl App {
     }
 
     async fn validate(self: &Arc<Self>, id: &str) -> io::Result<()> {
-        let Some(batch) = self.db().batches.get(id).cloned() else {
-            return Ok(());
+        let (batch, flakes) = {
+            let db = self.db();
+            let Some(batch) = db.batches.get(id).cloned() else {
+                return Ok(());
+            };
+            let flakes = flakes(&db, &batch);
+            (batch, flakes)
         };
+        let batch_fault = batch.fault;
         let app = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let ctx = run_context(&batch);
+            let ctx = run_context(&batch, &flakes);
             match app.blobs.reader(&batch.input_file_id) {
-                Ok(reader) => batch_file::validate(reader, &ctx),
+                Ok(reader) => {
+                    let mut ids = Vec::new();
+                    let result = batch_file::validate(reader, &ctx, &mut ids)?;
+                    // Kept apart from `state.json`, which is rewritten often:
+                    // only `/_sim/stats` reads them.
+                    app.blobs
+                        .put(&custom_ids_blob(&batch.id), ids.join("\n").into_bytes())?;
+                    Ok(result)
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Validation::Invalid {
                     errors: vec![LineError {
                         code: "invalid_file".into(),
@@ -270,6 +285,16 @@ impl App {
         })
         .await
         .map_err(io::Error::other)??;
+        // A file that is broken on its own reports that; a good one meets the
+        // full quota.
+        let result = match result {
+            Validation::Valid { model, .. } if batch_fault == Some(BatchFault::TokenLimit) => {
+                Validation::Invalid {
+                    errors: vec![token_limit_error(model.as_deref())],
+                }
+            }
+            other => other,
+        };
         if let Some(batch) = self.db().batches.get_mut(id)
             && batch.validated.is_none()
         {
@@ -282,19 +307,20 @@ impl App {
     }
 
     async fn materialize(self: &Arc<Self>, id: &str, executed: u64) -> io::Result<()> {
-        let (batch, output_id, error_id) = {
+        let (batch, flakes, output_id, error_id) = {
             let mut db = self.db();
             let Some(batch) = db.batches.get(id).cloned() else {
                 return Ok(());
             };
+            let flakes = flakes(&db, &batch);
             let (output_id, _) = self.new_id(&mut db, "file-sim-");
             let (error_id, _) = self.new_id(&mut db, "file-sim-");
-            (batch, output_id, error_id)
+            (batch, flakes, output_id, error_id)
         };
         let app = self.clone();
         let (out_name, err_name) = (output_id.clone(), error_id.clone());
         let results = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let ctx = run_context(&batch);
+            let ctx = run_context(&batch, &flakes);
             let (start_ms, span_ms) = batch.run_window().unwrap_or_default();
             let clock = RunClock { start_ms, span_ms };
             let reader = match app.blobs.reader(&batch.input_file_id) {
@@ -312,11 +338,17 @@ impl App {
             if error_bytes > 0 {
                 app.blobs.put(&err_name, results.errors)?;
             }
-            Ok((output_bytes, error_bytes, results.counts, results.usage))
+            Ok((
+                output_bytes,
+                error_bytes,
+                results.counts,
+                results.usage,
+                results.flaked,
+            ))
         })
         .await
         .map_err(io::Error::other)??;
-        let (output_bytes, error_bytes, counts, usage) = results;
+        let (output_bytes, error_bytes, counts, usage, flaked) = results;
 
         let now = now_ms();
         let mut unused = Vec::new();
@@ -369,6 +401,14 @@ impl App {
                 for file_id in &stale {
                     db.files.remove(file_id);
                 }
+                // Saved with the outcome: the request succeeds from now on,
+                // in any other batch and after a restart.
+                for key in flaked {
+                    if let Entry::Vacant(entry) = db.flaked.entry(key) {
+                        entry.insert(id.to_string());
+                        db.counters.flaked_requests += 1;
+                    }
+                }
             } else {
                 unused.extend([output_id, error_id]);
             }
@@ -381,12 +421,51 @@ impl App {
     }
 }
 
-fn run_context(batch: &BatchRecord) -> RunContext<'_> {
+/// Where the `custom_id`s of a validated batch are kept (one a line). Not a
+/// file id, so no Files endpoint can reach it.
+pub fn custom_ids_blob(batch_id: &str) -> String {
+    format!("{batch_id}.custom_ids")
+}
+
+/// The `custom_id`s of a batch, `None` until it has been validated.
+pub fn read_custom_ids(app: &App, batch_id: &str) -> io::Result<Option<Vec<String>>> {
+    let mut reader = match app.blobs.reader(&custom_ids_blob(batch_id)) {
+        Ok(reader) => reader,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    reader.read_to_string(&mut text)?;
+    Ok(Some(text.lines().map(String::from).collect()))
+}
+
+/// What `batch_file` needs to know of the flakes so far. Copied only when
+/// this batch can flake at all.
+fn flakes(db: &Db, batch: &BatchRecord) -> Flakes {
+    let rate = batch.request_flake_rate;
+    Flakes {
+        rate,
+        done: if rate > 0.0 {
+            db.flaked.clone()
+        } else {
+            Default::default()
+        },
+    }
+}
+
+fn run_context<'a>(batch: &'a BatchRecord, flakes: &'a Flakes) -> RunContext<'a> {
     RunContext {
         batch_id: &batch.id,
         endpoint: &batch.endpoint,
         seed: batch.seed,
         request_failure_rate: batch.request_failure_rate,
+        // Requests left over without a cancel are those an expiry stopped.
+        unrun: if batch.cancel_ms.is_some() {
+            Unrun::Cancelled
+        } else {
+            Unrun::Expired
+        },
+        flakes,
     }
 }
 

@@ -5,14 +5,14 @@
 //! in memory (they are much smaller than prompts), because they are written in
 //! a shuffled order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};
 
 use serde_json::{Value, json};
 
 use super::answers::{check_request, complete, completion_json};
 use super::api_error::ErrorBody;
-use super::hash::{SplitMix64, hash64, unit};
+use super::hash::{SplitMix64, hash_json, hash64, unit};
 use super::state::{Counts, LineError, Usage, Validation};
 
 /// OpenAI's cap on requests per batch.
@@ -26,6 +26,52 @@ pub struct RunContext<'a> {
     pub endpoint: &'a str,
     pub seed: u64,
     pub request_failure_rate: f64,
+    /// Why the requests past `executed` did not run.
+    pub unrun: Unrun,
+    pub flakes: &'a Flakes,
+}
+
+/// Requests that fail once (`request_flake_rate`): those whose draw falls
+/// under the rate, unless another batch already flaked them. The batch that
+/// did keeps flaking them, so writing its files again gives the same lines.
+#[derive(Clone, Debug, Default)]
+pub struct Flakes {
+    pub rate: f64,
+    /// Flaked requests (by [`flake_key`]) and the batch that flaked each.
+    pub done: BTreeMap<String, String>,
+}
+
+/// One request as the server has seen it: its `custom_id` and its body (key
+/// order aside), so an edited request is a new one.
+pub fn flake_key(custom_id: &str, body: &Value) -> String {
+    let body = hash_json(b"body", body);
+    format!(
+        "{:016x}",
+        hash64(&[b"flake-key", custom_id.as_bytes(), &body.to_le_bytes()])
+    )
+}
+
+impl Flakes {
+    fn flakes(&self, ctx: &RunContext, request: &Request) -> Option<String> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let key = flake_key(&request.custom_id, &request.body);
+        let roll = unit(hash64(&[b"flake", &ctx.seed.to_le_bytes(), key.as_bytes()]));
+        let first = match self.done.get(&key) {
+            None => true,
+            Some(batch) => batch == ctx.batch_id,
+        };
+        (roll < self.rate && first).then_some(key)
+    }
+}
+
+/// What stopped a request from running; its line goes to the error file with
+/// `response: null` and this `error.code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unrun {
+    Cancelled,
+    Expired,
 }
 
 struct Request {
@@ -98,9 +144,20 @@ fn for_each_line(
 }
 
 /// How a request that runs ends, when it does not succeed.
-fn failure(ctx: &RunContext, request: &Request) -> Option<(u16, ErrorBody)> {
+struct Failure {
+    status: u16,
+    error: ErrorBody,
+    /// Set when this is a one-time failure: the request's flake key.
+    flake: Option<String>,
+}
+
+fn failure(ctx: &RunContext, request: &Request) -> Option<Failure> {
     if let Err(error) = check_request(&request.body) {
-        return Some((400, error));
+        return Some(Failure {
+            status: 400,
+            error,
+            flake: None,
+        });
     }
     let roll = unit(hash64(&[
         b"fail",
@@ -108,28 +165,55 @@ fn failure(ctx: &RunContext, request: &Request) -> Option<(u16, ErrorBody)> {
         ctx.batch_id.as_bytes(),
         request.custom_id.as_bytes(),
     ]));
-    (roll < ctx.request_failure_rate).then(|| {
-        (
-            500,
-            ErrorBody {
+    if roll < ctx.request_failure_rate {
+        return Some(Failure {
+            status: 500,
+            error: ErrorBody {
                 message: "simulated server error".into(),
                 kind: "server_error".into(),
                 param: None,
                 code: None,
             },
-        )
+            flake: None,
+        });
+    }
+    let key = ctx.flakes.flakes(ctx, request)?;
+    // A passing fault of the kind openai-python retries (any 5xx); in a
+    // batch it is an HTTP error line (openai/openai-openapi issue #302).
+    let status = if hash64(&[b"flake-status", key.as_bytes()]).is_multiple_of(2) {
+        500
+    } else {
+        503
+    };
+    Some(Failure {
+        status,
+        error: ErrorBody {
+            message: "The server had an error processing your request. Sorry about that! You \
+                      can retry your request. (simulated)"
+                .into(),
+            kind: "server_error".into(),
+            param: None,
+            code: None,
+        },
+        flake: Some(key),
     })
 }
 
-/// The asynchronous validation OpenAI does after `POST /batches`.
-pub fn validate(reader: impl BufRead, ctx: &RunContext) -> io::Result<Validation> {
-    validate_with_limit(reader, ctx, MAX_REQUESTS)
+/// The asynchronous validation OpenAI does after `POST /batches`. The
+/// `custom_id`s it reads (each once, in file order) land in `ids`.
+pub fn validate(
+    reader: impl BufRead,
+    ctx: &RunContext,
+    ids: &mut Vec<String>,
+) -> io::Result<Validation> {
+    validate_with_limit(reader, ctx, MAX_REQUESTS, ids)
 }
 
 fn validate_with_limit(
     reader: impl BufRead,
     ctx: &RunContext,
     max_requests: u64,
+    ids: &mut Vec<String>,
 ) -> io::Result<Validation> {
     let mut errors = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -179,6 +263,7 @@ fn validate_with_limit(
                     );
                 } else {
                     seen.insert(request.custom_id.clone(), line);
+                    ids.push(request.custom_id.clone());
                 }
                 if let Some(name) = request.body.get("model").and_then(Value::as_str) {
                     match &model {
@@ -229,6 +314,8 @@ pub struct Results {
     pub errors: Vec<u8>,
     pub counts: Counts,
     pub usage: Usage,
+    /// Flake keys of the requests that failed once here.
+    pub flaked: Vec<String>,
 }
 
 enum Kind {
@@ -260,6 +347,7 @@ pub fn run(
         ..Counts::default()
     };
     let mut usage = Usage::default();
+    let mut flaked = Vec::new();
     for_each_line(reader, |raw, line| {
         let index = (line - 1) as usize;
         let Some(&pos) = position.get(index) else {
@@ -272,10 +360,12 @@ pub fn run(
         let pos = u64::from(pos);
         let created_ms = clock.start_ms + clock.span_ms * pos / total.max(1);
         let entry = if pos >= executed {
-            (Kind::Failure, cancelled_line(ctx, &request))
-        } else if let Some((status, error)) = failure(ctx, &request) {
+            (Kind::Failure, unrun_line(ctx, &request))
+        } else if let Some(failure) = failure(ctx, &request) {
             counts.failed += 1;
-            (Kind::Failure, error_line(ctx, &request, status, &error))
+            flaked.extend(failure.flake);
+            let line = error_line(ctx, &request, failure.status, &failure.error);
+            (Kind::Failure, line)
         } else {
             counts.completed += 1;
             let (line, prompt, completion) = success_line(ctx, &request, created_ms / 1000);
@@ -301,6 +391,7 @@ pub fn run(
         errors,
         counts,
         usage,
+        flaked,
     })
 }
 
@@ -352,15 +443,25 @@ fn error_line(ctx: &RunContext, request: &Request, status: u16, error: &ErrorBod
     .to_string()
 }
 
-fn cancelled_line(ctx: &RunContext, request: &Request) -> String {
+/// `batch_cancelled` (llm-d/llm-d-batch-gateway #221 copies OpenAI's lines)
+/// or `batch_expired` (warmbly/warmbly PR #333 shows an expired OpenAI batch
+/// whose unfinished requests came back this way).
+fn unrun_line(ctx: &RunContext, request: &Request) -> String {
+    let (code, message) = match ctx.unrun {
+        Unrun::Cancelled => (
+            "batch_cancelled",
+            "This request was not executed because the batch was cancelled.",
+        ),
+        Unrun::Expired => (
+            "batch_expired",
+            "This request could not be executed before the completion window expired.",
+        ),
+    };
     json!({
         "id": line_id(ctx, request),
         "custom_id": request.custom_id,
         "response": null,
-        "error": {
-            "code": "batch_cancelled",
-            "message": "This request was not executed because the batch was cancelled.",
-        },
+        "error": { "code": code, "message": message },
     })
     .to_string()
 }
@@ -372,12 +473,44 @@ mod tests {
 
     const ENDPOINT: &str = "/v1/chat/completions";
 
+    fn validate(reader: impl BufRead, ctx: &RunContext) -> io::Result<Validation> {
+        super::validate(reader, ctx, &mut Vec::new())
+    }
+
+    fn validate_with_limit(
+        reader: impl BufRead,
+        ctx: &RunContext,
+        max_requests: u64,
+    ) -> io::Result<Validation> {
+        super::validate_with_limit(reader, ctx, max_requests, &mut Vec::new())
+    }
+
+    #[test]
+    fn validation_lists_each_custom_id_once() {
+        let content = format!(
+            "{}\n{}\n{}\n",
+            line("b", "m"),
+            line("a", "m"),
+            line("b", "m")
+        );
+        let mut ids = Vec::new();
+        super::validate(content.as_bytes(), &ctx(0.0), &mut ids).unwrap();
+        assert_eq!(ids, ["b", "a"]);
+    }
+
+    static NO_FLAKES: Flakes = Flakes {
+        rate: 0.0,
+        done: BTreeMap::new(),
+    };
+
     fn ctx(rate: f64) -> RunContext<'static> {
         RunContext {
             batch_id: "batch_sim_test",
             endpoint: ENDPOINT,
             seed: 7,
             request_failure_rate: rate,
+            unrun: Unrun::Cancelled,
+            flakes: &NO_FLAKES,
         }
     }
 
@@ -568,6 +701,80 @@ mod tests {
     }
 
     #[test]
+    fn flakes_fail_once_per_request() {
+        let n = 40;
+        let all = Flakes {
+            rate: 1.0,
+            done: BTreeMap::new(),
+        };
+        let c = RunContext {
+            flakes: &all,
+            ..ctx(0.0)
+        };
+        let Validation::Valid { failures, .. } = validate(file(n).as_bytes(), &c).unwrap() else {
+            panic!("invalid");
+        };
+        assert_eq!(failures, n as u64);
+        let r = run(file(n).as_bytes(), &c, n as u64, n as u64, &CLOCK).unwrap();
+        assert_eq!(r.flaked.len(), n);
+        assert_eq!(r.counts.failed, n as u64);
+        assert!(r.output.is_empty());
+        let errs = lines(&r.errors);
+        let statuses: HashSet<u64> = errs
+            .iter()
+            .map(|l| l["response"]["status_code"].as_u64().unwrap())
+            .collect();
+        assert_eq!(statuses, HashSet::from([500, 503]));
+        for line in &errs {
+            assert_eq!(line["error"], Value::Null);
+            assert_eq!(line["response"]["body"]["error"]["type"], "server_error");
+        }
+
+        // Flaked by another batch: they succeed. By this one: same lines again.
+        let by = |batch: &str| Flakes {
+            rate: 1.0,
+            done: r.flaked.iter().map(|k| (k.clone(), batch.into())).collect(),
+        };
+        let elsewhere = by("batch_other");
+        let c = RunContext {
+            flakes: &elsewhere,
+            ..ctx(0.0)
+        };
+        let again = run(file(n).as_bytes(), &c, n as u64, n as u64, &CLOCK).unwrap();
+        assert!(again.errors.is_empty() && again.flaked.is_empty());
+        assert_eq!(again.counts.completed, n as u64);
+        let here = by("batch_sim_test");
+        let c = RunContext {
+            flakes: &here,
+            ..ctx(0.0)
+        };
+        let rerun = run(file(n).as_bytes(), &c, n as u64, n as u64, &CLOCK).unwrap();
+        assert_eq!(rerun.errors, r.errors);
+
+        // About the configured share flakes.
+        let some = Flakes {
+            rate: 0.3,
+            done: BTreeMap::new(),
+        };
+        let c = RunContext {
+            flakes: &some,
+            ..ctx(0.0)
+        };
+        let r = run(file(300).as_bytes(), &c, 300, 300, &CLOCK).unwrap();
+        assert!((50..=130).contains(&r.flaked.len()), "{}", r.flaked.len());
+    }
+
+    #[test]
+    fn flake_key_follows_custom_id_and_body() {
+        let a = json!({"model": "m", "temperature": 0});
+        let b = json!({"temperature": 0, "model": "m"});
+        let c = json!({"model": "m", "temperature": 1});
+        assert_eq!(flake_key("r1", &a), flake_key("r1", &b));
+        assert_ne!(flake_key("r1", &a), flake_key("r2", &a));
+        assert_ne!(flake_key("r1", &a), flake_key("r1", &c));
+    }
+
+    #[test]
     fn bad_requests_become_400_lines() {
         let bad = json!({"custom_id": "z", "method": "POST", "url": ENDPOINT,
             "body": {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}});
@@ -607,6 +814,18 @@ mod tests {
                 failed: 0
             }
         );
+
+        let expired = RunContext {
+            unrun: Unrun::Expired,
+            ..ctx(0.0)
+        };
+        let r = run(file(n).as_bytes(), &expired, n as u64, 25, &CLOCK).unwrap();
+        let errs = lines(&r.errors);
+        assert_eq!((lines(&r.output).len(), errs.len()), (25, 25));
+        for line in &errs {
+            assert_eq!(line["error"]["code"], "batch_expired");
+            assert_eq!(line["response"], Value::Null);
+        }
 
         // The requests that ran are the same ones a full run does first.
         let full = run(file(n).as_bytes(), &ctx(0.0), n as u64, n as u64, &CLOCK).unwrap();

@@ -4,13 +4,15 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use super::api_error::{ApiError, ErrorBody};
 use super::app::{App, now_ms};
+use super::faults::server_error;
 use super::files_api::no_such_file;
 use super::routes::{ApiResult, AppState, Id, QueryMap, json_body, limit, ok, page, query};
-use super::state::{BatchRecord, Timing, view};
+use super::state::{BatchRecord, Timing, batch_fault, view};
 use super::wire::{batch_object, list};
 
 const SUPPORTED_ENDPOINT: &str = "/v1/chat/completions";
@@ -154,7 +156,7 @@ pub(super) async fn create_batch(
     let metadata = check_metadata(body.get("metadata"))?;
 
     let now = now_ms();
-    let (id, object) = {
+    let (id, object, commit_fails) = {
         let mut db = app.db();
         let file = db
             .files
@@ -172,6 +174,12 @@ pub(super) async fn create_batch(
         }
         let (id, seq) = app.new_id(&mut db, "batch_sim_");
         let config = &app.config;
+        db.counters.batches_created += 1;
+        let fault = batch_fault(
+            db.counters.batches_created,
+            config.token_limit_every,
+            config.expire_every,
+        );
         let record = BatchRecord {
             id: id.clone(),
             seq,
@@ -186,17 +194,29 @@ pub(super) async fn create_batch(
                 finalizing_ms: config.finalizing.as_millis() as u64,
             },
             request_failure_rate: config.request_failure_rate,
+            request_flake_rate: config.request_flake_rate,
             seed: config.seed,
             validated: None,
             cancel_ms: None,
             outcome: None,
+            fault,
         };
         let object = shown(&app, batch_object(&record, &view(&record, now)));
         db.batches.insert(id.clone(), record);
-        db.counters.batches_created += 1;
-        (id, object)
+        let commit_fails = app.create_commit_fails(seq);
+        db.counters.create_commit_errors += u64::from(commit_fails);
+        (id, object, commit_fails)
     };
     app.commit(Some(id)).await?;
+    if commit_fails {
+        // The batch is saved and its driver runs; only the answer is lost,
+        // as when a create times out or meets a 5xx on the way back. The
+        // SDKs send no idempotency key on this call (openai-python
+        // `_base_client.py`: `_idempotency_header` stays unset for the OpenAI
+        // client), so only a client that looks before retrying stays clear
+        // of a duplicate.
+        return Err(server_error(StatusCode::INTERNAL_SERVER_ERROR));
+    }
     ok(object)
 }
 

@@ -15,6 +15,7 @@ mod api_error;
 mod app;
 mod batch_file;
 mod batches_api;
+mod faults;
 mod files_api;
 mod hash;
 mod routes;
@@ -49,10 +50,37 @@ pub struct SimConfig {
     pub in_progress: Duration,
     pub finalizing: Duration,
     /// Fraction of batch requests that end as HTTP 500 lines in the error file.
+    /// The draw depends on the batch and the request, so such a request fails
+    /// every time it is in that batch.
     pub request_failure_rate: f64,
-    /// Fraction of `/v1` calls answered 500 or 429 (alternately) before doing
-    /// anything, to exercise client retries.
+    /// Fraction of batch requests that fail once, as an HTTP 500 or 503 line:
+    /// the next time this server runs the same `custom_id` with the same body
+    /// (in another batch, also after a restart with `data_dir`) it succeeds.
+    pub request_flake_rate: f64,
+    /// Fraction of `/v1` calls answered 500 or 429 (half each) before doing
+    /// anything, to exercise client retries. Kept for older specs; the two
+    /// rates below say which fault is meant.
     pub http_error_rate: f64,
+    /// Fraction of `/v1` calls answered HTTP 429 `rate_limit_exceeded` (with
+    /// `retry-after` and `retry-after-ms`) before doing anything.
+    pub rate_limit_rate: f64,
+    /// Fraction of `/v1` calls answered HTTP 500, 502 or 503 before doing anything.
+    pub server_error_rate: f64,
+    /// Fraction of `POST /v1/batches` that create the batch (it runs and is
+    /// listed) and then answer 500: a client that retries blindly makes a
+    /// duplicate.
+    pub create_commit_error_rate: f64,
+    /// Every Nth batch created (N, 2N, ...; counted over the server's life,
+    /// kept in `data_dir`) fails validation with `token_limit_exceeded`, as
+    /// OpenAI reports a full enqueued-token quota; 0 = never.
+    pub token_limit_every: u64,
+    /// Every Nth batch created, counted like `token_limit_every` (the same
+    /// ordinal; a batch due for both fails with the token limit), ends
+    /// `expired` after running only the first half of its requests; 0 = never.
+    pub expire_every: u64,
+    /// Seeds what must be reproducible: output order and `request_failure_rate`.
+    /// The injected HTTP errors do not use it alone: they also mix in a value
+    /// drawn when the server starts, so a restarted server fails other calls.
     pub seed: u64,
     /// Answer `metadata: null` on every Batch object, as some
     /// OpenAI-compatible servers do (metadata is still kept for `/_sim/stats`).
@@ -69,7 +97,13 @@ impl std::fmt::Debug for SimConfig {
             .field("in_progress", &self.in_progress)
             .field("finalizing", &self.finalizing)
             .field("request_failure_rate", &self.request_failure_rate)
+            .field("request_flake_rate", &self.request_flake_rate)
             .field("http_error_rate", &self.http_error_rate)
+            .field("rate_limit_rate", &self.rate_limit_rate)
+            .field("server_error_rate", &self.server_error_rate)
+            .field("create_commit_error_rate", &self.create_commit_error_rate)
+            .field("token_limit_every", &self.token_limit_every)
+            .field("expire_every", &self.expire_every)
             .field("seed", &self.seed)
             .field("drop_metadata", &self.drop_metadata)
             .finish()
@@ -85,9 +119,41 @@ impl Default for SimConfig {
             in_progress: Duration::from_secs(1),
             finalizing: Duration::from_millis(200),
             request_failure_rate: 0.0,
+            request_flake_rate: 0.0,
             http_error_rate: 0.0,
+            rate_limit_rate: 0.0,
+            server_error_rate: 0.0,
+            create_commit_error_rate: 0.0,
+            token_limit_every: 0,
+            expire_every: 0,
             seed: 0,
             drop_metadata: false,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The server a job spec's `provider.simulated` block describes. The spec
+    /// was validated, so a value that does not parse keeps the default.
+    pub fn from_spec(s: &crate::spec::Simulated, data_dir: Option<PathBuf>) -> SimConfig {
+        use crate::spec::{Rate, units};
+        let defaults = SimConfig::default();
+        let duration = |v: &str, default: Duration| units::parse_duration(v).unwrap_or(default);
+        let rate = |r: &Option<Rate>| r.as_ref().and_then(|r| r.fraction().ok()).unwrap_or(0.0);
+        SimConfig {
+            data_dir,
+            validating: duration(&s.validating, defaults.validating),
+            in_progress: duration(&s.in_progress, defaults.in_progress),
+            finalizing: duration(&s.finalizing, defaults.finalizing),
+            request_failure_rate: rate(&s.request_failure_rate),
+            request_flake_rate: rate(&s.request_flake_rate),
+            http_error_rate: rate(&s.http_error_rate),
+            rate_limit_rate: rate(&s.rate_limit_rate),
+            server_error_rate: rate(&s.server_error_rate),
+            create_commit_error_rate: rate(&s.create_commit_error_rate),
+            token_limit_every: s.token_limit_every.unwrap_or(0),
+            expire_every: s.expire_every.unwrap_or(0),
+            ..defaults
         }
     }
 }
@@ -174,5 +240,70 @@ async fn termination() -> io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Rate, Simulated};
+
+    #[test]
+    fn from_spec_maps_every_key() {
+        let spec = Simulated {
+            validating: "1s".into(),
+            in_progress: "3s".into(),
+            finalizing: "40ms".into(),
+            request_failure_rate: Some(Rate::Percent("2%".into())),
+            http_error_rate: Some(Rate::Fraction(0.25)),
+            rate_limit_rate: Some(Rate::Percent("5%".into())),
+            server_error_rate: Some(Rate::Fraction(0.1)),
+            create_commit_error_rate: Some(Rate::Fraction(0.5)),
+            token_limit_every: Some(3),
+            expire_every: Some(4),
+            request_flake_rate: Some(Rate::Percent("1%".into())),
+        };
+        let dir = PathBuf::from("/tmp/sim");
+        let c = SimConfig::from_spec(&spec, Some(dir.clone()));
+        assert_eq!(c.data_dir, Some(dir));
+        assert_eq!(
+            (c.validating, c.in_progress, c.finalizing),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(3),
+                Duration::from_millis(40)
+            )
+        );
+        assert_eq!(c.request_failure_rate, 0.02);
+        assert_eq!(c.http_error_rate, 0.25);
+        assert_eq!(
+            (
+                c.rate_limit_rate,
+                c.server_error_rate,
+                c.create_commit_error_rate
+            ),
+            (0.05, 0.1, 0.5)
+        );
+        assert_eq!((c.token_limit_every, c.expire_every), (3, 4));
+        assert_eq!(c.request_flake_rate, 0.01);
+        assert_eq!((c.api_key, c.seed, c.drop_metadata), (None, 0, false));
+    }
+
+    #[test]
+    fn from_spec_defaults() {
+        let c = SimConfig::from_spec(&Simulated::default(), None);
+        assert_eq!(c.data_dir, None);
+        assert_eq!(c.validating, Duration::from_millis(200));
+        assert_eq!(c.in_progress, Duration::from_secs(2));
+        assert_eq!(c.request_failure_rate, 0.0);
+        assert_eq!(c.http_error_rate, 0.0);
+        let off = (
+            c.rate_limit_rate,
+            c.server_error_rate,
+            c.create_commit_error_rate,
+            c.request_flake_rate,
+        );
+        assert_eq!(off, (0.0, 0.0, 0.0, 0.0));
+        assert_eq!((c.token_limit_every, c.expire_every), (0, 0));
     }
 }

@@ -17,13 +17,13 @@ use serde_json::{Map, Value, json};
 
 use super::answers::{check_request, complete, completion_json};
 use super::api_error::{ApiError, ErrorBody};
-use super::app::{App, now_ms};
+use super::app::{App, now_ms, read_custom_ids};
 use super::batches_api::{cancel_batch, create_batch, list_batches, retrieve_batch};
 use super::files_api::{
     MAX_BATCH_FILE_BYTES, delete_file, file_content, list_files, retrieve_file, upload_file,
 };
 use super::hash::hash64;
-use super::state::{BatchRecord, view};
+use super::state::{BatchRecord, Status, Usage, view};
 
 /// Room for the multipart framing around the largest allowed file.
 const BODY_LIMIT: usize = MAX_BATCH_FILE_BYTES as usize + (1 << 20);
@@ -240,30 +240,77 @@ async fn chat_completions(State(app): AppState, body: Result<Bytes, BytesRejecti
 
 // ---------------------------------------------------------------- stats
 
+/// What a test needs to prove a client behaved: every batch with its
+/// contents, timing and billed usage, and the count of every injected fault.
 async fn stats(State(app): AppState) -> ApiResult {
     let now = now_ms();
-    let db = app.db();
-    let mut batches: Vec<&BatchRecord> = db.batches.values().collect();
-    batches.sort_by_key(|b| b.seq);
-    let batches: Vec<Value> = batches
-        .into_iter()
-        .map(|b| {
-            json!({
-                "id": b.id,
-                "status": view(b, now).status.as_str(),
-                "metadata": b.metadata,
-                "input_file_id": b.input_file_id,
-                "created_at": b.created_ms / 1000,
+    let (mut batches, mut body) = {
+        let db = app.db();
+        let mut records: Vec<&BatchRecord> = db.batches.values().collect();
+        records.sort_by_key(|b| b.seq);
+        let (mut token_limit_failures, mut expired_batches) = (0u64, 0u64);
+        let mut total = Usage::default();
+        let batches: Vec<(String, Value)> = records
+            .into_iter()
+            .map(|b| {
+                let view = view(b, now);
+                let token_limited = view
+                    .errors
+                    .iter()
+                    .flatten()
+                    .any(|e| e.code == "token_limit_exceeded");
+                token_limit_failures += u64::from(token_limited);
+                expired_batches += u64::from(view.status == Status::Expired);
+                // What the API bills: the succeeded lines of an ended batch.
+                total.add(view.usage.input_tokens, view.usage.output_tokens);
+                let entry = json!({
+                    "id": b.id,
+                    "status": view.status.as_str(),
+                    "metadata": b.metadata,
+                    "input_file_id": b.input_file_id,
+                    "created_at": b.created_ms / 1000,
+                    "created_at_ms": b.created_ms,
+                    "ended_at_ms": view.ended_at(),
+                    "fault": b.fault,
+                    "custom_ids": null,
+                    "usage": usage_json(view.usage),
+                });
+                (b.id.clone(), entry)
             })
-        })
-        .collect();
-    let counters = db.counters;
-    ok(json!({
-        "files_uploaded": counters.files_uploaded,
-        "files_deleted": counters.files_deleted,
-        "batches_created": counters.batches_created,
-        "batches_cancelled": counters.batches_cancelled,
-        "chat_completions": counters.chat_completions,
-        "batches": batches,
-    }))
+            .collect();
+        let counters = db.counters;
+        let body = json!({
+            "files_uploaded": counters.files_uploaded,
+            "files_deleted": counters.files_deleted,
+            "batches_created": counters.batches_created,
+            "batches_cancelled": counters.batches_cancelled,
+            "chat_completions": counters.chat_completions,
+            "usage": usage_json(total),
+            "injected_429": counters.injected_429,
+            "injected_5xx": counters.injected_5xx,
+            "create_commit_errors": counters.create_commit_errors,
+            "token_limit_failures": token_limit_failures,
+            "expired_batches": expired_batches,
+            "flaked_requests": counters.flaked_requests,
+        });
+        (batches, body)
+    };
+    let reader = app.clone();
+    let ids = batches.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    let custom_ids = tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .map(|id| read_custom_ids(&reader, id))
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    for ((_, entry), ids) in batches.iter_mut().zip(custom_ids) {
+        entry["custom_ids"] = json!(ids);
+    }
+    body["batches"] = Value::Array(batches.into_iter().map(|(_, entry)| entry).collect());
+    ok(body)
+}
+
+fn usage_json(usage: Usage) -> Value {
+    json!({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens})
 }

@@ -80,6 +80,31 @@ impl Usage {
     }
 }
 
+/// A fault a batch is chosen for when it is created (`token_limit_every`,
+/// `expire_every`); frozen into its record, like its timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchFault {
+    /// Validation fails with `token_limit_exceeded`: no file, no usage.
+    TokenLimit,
+    /// The completion window runs out when half the requests have run.
+    Expire,
+}
+
+/// The fault for the `ordinal`-th batch created (from 1): every Nth one per
+/// setting (0 = never). Both settings count the same creates; a batch due
+/// for both fails validation, the earlier of the two faults in a batch's life.
+pub fn batch_fault(ordinal: u64, token_limit_every: u64, expire_every: u64) -> Option<BatchFault> {
+    let due = |every: u64| every > 0 && ordinal > 0 && ordinal.is_multiple_of(every);
+    if due(token_limit_every) {
+        Some(BatchFault::TokenLimit)
+    } else if due(expire_every) {
+        Some(BatchFault::Expire)
+    } else {
+        None
+    }
+}
+
 /// One entry of a failed batch's `errors.data`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineError {
@@ -135,10 +160,15 @@ pub struct BatchRecord {
     pub timing: Timing,
     /// Frozen with the timing, for the same reason.
     pub request_failure_rate: f64,
+    #[serde(default)]
+    pub request_flake_rate: f64,
     pub seed: u64,
     pub validated: Option<Validated>,
     pub cancel_ms: Option<u64>,
     pub outcome: Option<Outcome>,
+    /// Absent in records written before faults existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<BatchFault>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,13 +182,24 @@ pub struct FileRecord {
     pub purpose: String,
 }
 
+/// Lifetime counts, for `/_sim/stats`. Fields added later default to 0, so
+/// an older `state.json` still loads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub files_uploaded: u64,
     pub files_deleted: u64,
     pub batches_created: u64,
     pub batches_cancelled: u64,
     pub chat_completions: u64,
+    /// Calls answered with an injected 429 or 5xx. They reach the disk with
+    /// the next save (an injected error changes nothing else).
+    pub injected_429: u64,
+    pub injected_5xx: u64,
+    /// Creates that saved their batch and then answered 500.
+    pub create_commit_errors: u64,
+    /// Batch requests that failed once (`request_flake_rate`).
+    pub flaked_requests: u64,
 }
 
 /// Everything that is saved to `state.json`.
@@ -169,6 +210,10 @@ pub struct Db {
     pub counters: Counters,
     pub files: std::collections::BTreeMap<String, FileRecord>,
     pub batches: std::collections::BTreeMap<String, BatchRecord>,
+    /// Requests that flaked once (by `batch_file::flake_key`), each with the
+    /// batch that flaked it.
+    #[serde(default)]
+    pub flaked: std::collections::BTreeMap<String, String>,
 }
 
 pub const DB_VERSION: u32 = 1;
@@ -224,22 +269,37 @@ impl BatchRecord {
             .map(|(s, _)| (s.validated_at, s.in_progress_end - s.validated_at))
     }
 
+    /// How many of `total` requests can run before the batch ends: all, or
+    /// for a batch chosen to expire the first half (in processing order).
+    fn run_limit(&self, total: u64) -> u64 {
+        match self.fault {
+            Some(BatchFault::Expire) => total / 2,
+            _ => total,
+        }
+    }
+
+    fn expires(&self) -> bool {
+        self.fault == Some(BatchFault::Expire)
+    }
+
     /// How many requests have run by `t`: they finish at an even pace over
-    /// the `in_progress` phase.
+    /// the `in_progress` phase (an expiring batch stalls at its limit).
     fn done_at(&self, t: u64) -> u64 {
         match self.schedule() {
-            Some((s, Validation::Valid { total, .. })) => done_count(*total, &s, t),
+            Some((s, Validation::Valid { total, .. })) => {
+                done_count(*total, &s, t).min(self.run_limit(*total))
+            }
             _ => 0,
         }
     }
 
-    /// The number of requests a finished batch runs: all of them, or those
-    /// done when the cancel came.
+    /// The number of requests a finished batch runs: all of them (up to an
+    /// expiry), or those done when the cancel came.
     fn to_execute(&self) -> Option<u64> {
         let (_, result) = self.schedule()?;
         match (self.cancel_ms, result) {
             (Some(c), _) => Some(self.done_at(c)),
-            (None, Validation::Valid { total, .. }) => Some(*total),
+            (None, Validation::Valid { total, .. }) => Some(self.run_limit(*total)),
             (None, Validation::Invalid { .. }) => None,
         }
     }
@@ -257,9 +317,10 @@ fn done_count(total: u64, s: &Schedule, t: u64) -> u64 {
     }
 }
 
-/// Failures spread evenly over the run, so the counts grow together.
-fn counts_at(total: u64, failures: u64, s: &Schedule, t: u64) -> Counts {
-    let done = done_count(total, s, t);
+/// Failures spread evenly over the run, so the counts grow together; no more
+/// than `limit` requests are ever done.
+fn counts_at(total: u64, failures: u64, limit: u64, s: &Schedule, t: u64) -> Counts {
+    let done = done_count(total, s, t).min(limit);
     let failed = (u128::from(done) * u128::from(failures))
         .checked_div(u128::from(total))
         .unwrap_or(0) as u64;
@@ -284,6 +345,7 @@ pub struct View {
     pub finalizing_at: Option<u64>,
     pub completed_at: Option<u64>,
     pub failed_at: Option<u64>,
+    pub expired_at: Option<u64>,
     pub cancelling_at: Option<u64>,
     pub cancelled_at: Option<u64>,
 }
@@ -302,6 +364,7 @@ impl View {
             finalizing_at: None,
             completed_at: None,
             failed_at: None,
+            expired_at: None,
             cancelling_at: None,
             cancelled_at: None,
         }
@@ -313,6 +376,14 @@ impl View {
         self.usage = outcome.usage;
         self.output_file_id = outcome.output_file_id.clone();
         self.error_file_id = outcome.error_file_id.clone();
+    }
+
+    /// When the batch reached a terminal state, if it has.
+    pub fn ended_at(&self) -> Option<u64> {
+        self.completed_at
+            .or(self.failed_at)
+            .or(self.expired_at)
+            .or(self.cancelled_at)
     }
 }
 
@@ -342,9 +413,23 @@ pub fn view(batch: &BatchRecord, now: u64) -> View {
             total, failures, ..
         } => {
             view.in_progress_at = Some(s.validated_at);
-            view.counts = counts_at(*total, *failures, &s, now);
+            let limit = batch.run_limit(*total);
+            view.counts = counts_at(*total, *failures, limit, &s, now);
             if now < s.in_progress_end {
                 view.status = Status::InProgress;
+                return view;
+            }
+            if batch.expires() {
+                // The window ran out with work left. No `finalizing` on the
+                // way: the docs do not promise one for `expired`.
+                view.status = Status::InProgress;
+                if let Some(outcome) = &batch.outcome {
+                    let expired_at = s.in_progress_end.max(outcome.ready_ms);
+                    if now >= expired_at {
+                        view.finish(Status::Expired, outcome);
+                        view.expired_at = Some(expired_at);
+                    }
+                }
                 return view;
             }
             view.status = Status::Finalizing;
@@ -374,9 +459,9 @@ fn cancelled_view(batch: &BatchRecord, mut view: View, cancel: u64, now: u64) ->
     {
         if cancel >= s.validated_at {
             view.in_progress_at = Some(s.validated_at);
-            view.counts = counts_at(*total, *failures, &s, cancel);
+            view.counts = counts_at(*total, *failures, batch.run_limit(*total), &s, cancel);
         }
-        if cancel >= s.in_progress_end {
+        if cancel >= s.in_progress_end && !batch.expires() {
             view.finalizing_at = Some(s.in_progress_end);
         }
     }
@@ -443,10 +528,12 @@ mod tests {
                 finalizing_ms: 100,
             },
             request_failure_rate: 0.0,
+            request_flake_rate: 0.0,
             seed: 0,
             validated: None,
             cancel_ms: None,
             outcome: None,
+            fault: None,
         }
     }
 
@@ -838,6 +925,112 @@ mod tests {
             };
             assert_eq!(next_step(&b, T0 + at), step, "{name}");
         }
+    }
+
+    #[test]
+    fn batch_fault_every_nth() {
+        use BatchFault::{Expire, TokenLimit};
+        let cases = [
+            (1, 0, 0, None),
+            (5, 0, 0, None),
+            (1, 1, 0, Some(TokenLimit)),
+            (1, 2, 0, None),
+            (2, 2, 0, Some(TokenLimit)),
+            (3, 2, 0, None),
+            (4, 2, 0, Some(TokenLimit)),
+            (3, 0, 3, Some(Expire)),
+            // Both due: the token limit, which strikes first in a batch's life.
+            (3, 3, 4, Some(TokenLimit)),
+            (4, 3, 4, Some(Expire)),
+            (8, 3, 4, Some(Expire)),
+            (12, 3, 4, Some(TokenLimit)),
+            (7, 3, 4, None),
+            (0, 1, 1, None),
+        ];
+        for (ordinal, token_limit_every, expire_every, expected) in cases {
+            assert_eq!(
+                batch_fault(ordinal, token_limit_every, expire_every),
+                expected,
+                "{ordinal} {token_limit_every} {expire_every}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_expiring_batch_stalls_at_half_and_expires_at_the_end_of_its_run() {
+        let expiring = |outcome: Option<Outcome>| BatchRecord {
+            validated: valid(T0 + 10),
+            outcome,
+            fault: Some(BatchFault::Expire),
+            ..batch()
+        };
+        let b = expiring(None);
+        // Half of 10 requests can run; the counts stop growing there.
+        assert_eq!(view(&b, T0 + 400).counts, counts(10, 3, 0));
+        for at in [600, 900, 1099] {
+            let v = view(&b, T0 + at);
+            assert_eq!((v.status, v.counts), (Status::InProgress, counts(10, 4, 1)));
+        }
+        assert_eq!(next_step(&b, T0 + 50), Step::WaitUntil(T0 + 1100));
+        assert_eq!(next_step(&b, T0 + 1100), Step::Materialize { executed: 5 });
+        // Until its files are written it is still in progress, never finalizing.
+        let v = view(&b, T0 + 1500);
+        assert_eq!((v.status, v.finalizing_at), (Status::InProgress, None));
+
+        let b = expiring(outcome(T0 + 1120, 5));
+        assert_eq!(next_step(&b, T0 + 1120), Step::Done);
+        assert_eq!(view(&b, T0 + 1110).status, Status::InProgress);
+        let v = view(&b, T0 + 1120);
+        assert_eq!(v.status, Status::Expired);
+        assert_eq!(v.expired_at, Some(T0 + 1120));
+        assert_eq!(v.ended_at(), Some(T0 + 1120));
+        assert_eq!(v.counts, counts(10, 3, 2));
+        assert_eq!(v.output_file_id.as_deref(), Some("file-out"));
+        assert_eq!((v.completed_at, v.finalizing_at), (None, None));
+
+        // A cancel before the expiry wins, with what had run by then.
+        let cancelled = BatchRecord {
+            cancel_ms: Some(T0 + 300),
+            ..expiring(None)
+        };
+        assert_eq!(
+            next_step(&cancelled, T0 + 300),
+            Step::Materialize { executed: 2 }
+        );
+    }
+
+    #[test]
+    fn ended_at_is_the_terminal_timestamp() {
+        let done = BatchRecord {
+            validated: valid(T0 + 10),
+            outcome: outcome(T0 + 1100, 10),
+            ..batch()
+        };
+        assert_eq!(view(&done, T0 + 500).ended_at(), None);
+        assert_eq!(view(&done, T0 + 5000).ended_at(), Some(T0 + 1200));
+        let failed = BatchRecord {
+            validated: invalid(T0 + 10),
+            ..batch()
+        };
+        assert_eq!(view(&failed, T0 + 5000).ended_at(), Some(T0 + 100));
+    }
+
+    #[test]
+    fn state_from_before_the_faults_still_loads() {
+        let mut json = serde_json::to_value(batch()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("fault");
+        object.remove("request_flake_rate");
+        let b: BatchRecord = serde_json::from_value(json).unwrap();
+        assert_eq!((b.fault, b.request_flake_rate), (None, 0.0));
+        let db: Db = serde_json::from_str(
+            r#"{"version": 1, "next_seq": 4, "counters": {},
+            "files": {}, "batches": {}}"#,
+        )
+        .unwrap();
+        assert!(db.flaked.is_empty());
+        let counters: Counters = serde_json::from_str(r#"{"batches_created": 3}"#).unwrap();
+        assert_eq!((counters.batches_created, counters.injected_429), (3, 0));
     }
 
     #[test]

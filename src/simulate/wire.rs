@@ -47,7 +47,7 @@ pub fn batch_object(batch: &BatchRecord, view: &View) -> Value {
         "finalizing_at": view.finalizing_at.map(secs),
         "completed_at": view.completed_at.map(secs),
         "failed_at": view.failed_at.map(secs),
-        "expired_at": null,
+        "expired_at": view.expired_at.map(secs),
         "cancelling_at": view.cancelling_at.map(secs),
         "cancelled_at": view.cancelled_at.map(secs),
         "request_counts": {

@@ -111,7 +111,11 @@ pub struct Provider {
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub api_key_env: Option<String>,
     /// Behaviour of the simulated provider (`kind: simulated` only).
+    // The schema says "an object" rather than "an object or null", so that a
+    // mistake inside the block is reported at its key (with a suggestion for
+    // a misspelt one) instead of as a mismatch of the whole block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Simulated")]
     pub simulated: Option<Simulated>,
 }
 
@@ -134,6 +138,30 @@ pub struct Simulated {
     /// Share of API calls answered with 500 or 429 first, to exercise retries (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_error_rate: Option<Rate>,
+    /// Share of API calls answered HTTP 429 `rate_limit_exceeded`, with `retry-after` and
+    /// `retry-after-ms`, before anything is done (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rate: Option<Rate>,
+    /// Share of API calls answered HTTP 500, 502 or 503 before anything is done (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_error_rate: Option<Rate>,
+    /// Share of batch creates that make the batch and then answer 500, as a create that
+    /// times out does; a blind retry would make a duplicate (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_commit_error_rate: Option<Rate>,
+    /// Every Nth batch created fails validation with `token_limit_exceeded` and no files
+    /// (0 or absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_limit_every: Option<u64>,
+    /// Every Nth batch created (the same count as `token_limit_every`, which wins when both
+    /// are due) ends `expired` with the first half of its requests done and the rest as
+    /// `batch_expired` lines (0 or absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_every: Option<u64>,
+    /// Share of requests in batches that fail once with HTTP 500 or 503 and succeed when the
+    /// same `custom_id` and body is sent again (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_flake_rate: Option<Rate>,
 }
 
 impl Default for Simulated {
@@ -144,6 +172,12 @@ impl Default for Simulated {
             finalizing: default_sim_validating(),
             request_failure_rate: None,
             http_error_rate: None,
+            rate_limit_rate: None,
+            server_error_rate: None,
+            create_commit_error_rate: None,
+            token_limit_every: None,
+            expire_every: None,
+            request_flake_rate: None,
         }
     }
 }
@@ -657,6 +691,12 @@ const KNOWN_KEYS: &[&str] = &[
     "finalizing",
     "request_failure_rate",
     "http_error_rate",
+    "rate_limit_rate",
+    "server_error_rate",
+    "create_commit_error_rate",
+    "token_limit_every",
+    "expire_every",
+    "request_flake_rate",
     "model",
     "input",
     "path",
@@ -726,7 +766,7 @@ fn friendlier(msg: &str, path: &[Seg]) -> String {
             f if f.ends_with("max_bytes") => {
                 "expected a size: bytes as an integer, or text such as 190MB".into()
             }
-            f if f.ends_with("max_failure_rate") => {
+            f if f.ends_with("_rate") => {
                 "expected a percentage such as \"5%\" or a fraction such as 0.05".into()
             }
             _ => msg.to_string(),
@@ -749,6 +789,16 @@ fn json_at<'a>(json: &'a Value, path: &[Seg]) -> Option<&'a Value> {
 fn key_path(keys: &[&str]) -> Vec<Seg> {
     keys.iter().map(|k| Seg::Key((*k).to_string())).collect()
 }
+
+/// The `provider.simulated` keys that take a [`Rate`].
+const SIMULATED_RATE_KEYS: [&str; 6] = [
+    "request_failure_rate",
+    "http_error_rate",
+    "rate_limit_rate",
+    "server_error_rate",
+    "create_commit_error_rate",
+    "request_flake_rate",
+];
 
 /// Checks the schema cannot express: units, exclusive fields, reserved request keys.
 fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
@@ -775,7 +825,7 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
         });
     }
-    for key in ["request_failure_rate", "http_error_rate"] {
+    for key in SIMULATED_RATE_KEYS {
         check(&["provider", "simulated", key], &|v| {
             let rate: Rate = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
             rate.fraction().map(|_| ())
@@ -1089,6 +1139,57 @@ chunking:
         assert_eq!(c.max_bytes, Some(190_000_000));
         assert_eq!(c.poll_interval, Duration::from_secs(10));
         assert_eq!(c.max_failure_rate, Some(0.05));
+    }
+
+    #[test]
+    fn simulated_fault_keys() {
+        let text = format!(
+            "{MINIMAL}provider:
+  kind: simulated
+  simulated:
+    rate_limit_rate: 5%
+    server_error_rate: 0.1
+    create_commit_error_rate: \"50%\"
+    token_limit_every: 3
+    expire_every: 0
+    request_flake_rate: 0.02
+"
+        );
+        let c = check(Path::new("s.yaml"), &text).unwrap();
+        let s = c.spec.provider.simulated.unwrap();
+        let rate = |r: &Option<Rate>| r.as_ref().unwrap().fraction().unwrap();
+        assert_eq!(rate(&s.rate_limit_rate), 0.05);
+        assert_eq!(rate(&s.server_error_rate), 0.1);
+        assert_eq!(rate(&s.create_commit_error_rate), 0.5);
+        assert_eq!(rate(&s.request_flake_rate), 0.02);
+        assert_eq!((s.token_limit_every, s.expire_every), (Some(3), Some(0)));
+
+        let bad = [
+            ("rate_limit_rate: 120%", "rate_limit_rate", "between"),
+            (
+                "request_flake_rate: often",
+                "request_flake_rate",
+                "percentage",
+            ),
+            ("server_error_rate: 2", "server_error_rate", "percentage"),
+            ("token_limit_every: -1", "token_limit_every", "minimum"),
+            ("expire_every: 1.5", "expire_every", "integer"),
+            (
+                "expire_evry: 2",
+                "expire_evry",
+                "did you mean `expire_every`",
+            ),
+        ];
+        for (line, key, needle) in bad {
+            let text = format!("{MINIMAL}provider:\n  kind: simulated\n  simulated:\n    {line}\n");
+            let got = problems(&text);
+            let field = format!("provider.simulated.{key}");
+            assert!(
+                got.iter()
+                    .any(|p| p.field == field && p.message.contains(needle)),
+                "{line}: {got:#?}"
+            );
+        }
     }
 
     #[test]
