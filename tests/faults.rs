@@ -182,3 +182,129 @@ fn a_storm_of_429_and_5xx_does_not_abort_the_job() {
     assert_eq!(per_chunk.len(), 8, "{stats:#}");
     assert!(per_chunk.values().all(|n| *n == 1), "{per_chunk:?}");
 }
+
+/// Every (custom id → batches) interval must be disjoint: no request is live
+/// in two batches at once.
+fn assert_never_live_twice(stats: &Value) {
+    let mut live: HashMap<String, Vec<(u64, u64, String)>> = HashMap::new();
+    for b in batches(stats) {
+        let start = b["created_at_ms"].as_u64().unwrap();
+        let end = b["ended_at_ms"].as_u64().unwrap_or(u64::MAX);
+        for id in b["custom_ids"].as_array().into_iter().flatten() {
+            live.entry(id.as_str().unwrap().to_string())
+                .or_default()
+                .push((start, end, b["id"].as_str().unwrap().to_string()));
+        }
+    }
+    for (id, mut spans) in live {
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(
+                w[0].1 <= w[1].0,
+                "request {id} was live in {} and {} at once",
+                w[0].2,
+                w[1].2
+            );
+        }
+    }
+}
+
+/// The ledger's tokens for this job, summed over its lines.
+fn ledger_tokens(sb: &Sandbox) -> (u64, u64) {
+    sb.read("state/usage.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .fold((0, 0), |(i, o), e| {
+            (
+                i + e["input_tokens"].as_u64().unwrap(),
+                o + e["output_tokens"].as_u64().unwrap(),
+            )
+        })
+}
+
+fn fault_storm(server_errors: &str, rows: usize) {
+    let sb = Sandbox::new();
+    let server = Server::start(
+        &sb,
+        &[
+            "--rate-limit-rate",
+            "15%",
+            "--server-error-rate",
+            server_errors,
+            "--request-flake-rate",
+            "5%",
+            "--create-commit-error-rate",
+            "10%",
+            "--expire-every",
+            "3",
+            "--token-limit-every",
+            "4",
+        ],
+    );
+    job(&sb, &server, rows, "answer", 6, 3, "");
+    let run = apply(&sb);
+    assert_eq!(run.code, 0, "{run:?}");
+    let s = statuses(&sb);
+    assert_eq!(s.len(), rows);
+    assert!(s.values().all(|v| v == "ok"), "{s:?}");
+    let stats = server.stats();
+    // The faults happened.
+    for counter in [
+        "injected_429",
+        "injected_5xx",
+        "expired_batches",
+        "token_limit_failures",
+    ] {
+        assert!(stats[counter].as_u64().unwrap() > 0, "{counter}: {stats:#}");
+    }
+    assert_never_live_twice(&stats);
+    let usage = &stats["usage"];
+    assert_eq!(
+        ledger_tokens(&sb),
+        (
+            usage["input_tokens"].as_u64().unwrap(),
+            usage["output_tokens"].as_u64().unwrap()
+        ),
+        "the ledger records what the provider billed"
+    );
+    // What the user saw in CI: parked chunks and their retries.
+    assert!(
+        run.stderr.contains("retrying in") || stats["injected_5xx"].as_u64().unwrap() < 3,
+        "{run:?}"
+    );
+}
+
+#[test]
+fn acceptance_fault_storm_finishes_with_every_row_graded() {
+    fault_storm("10%", 60);
+}
+
+#[test]
+fn acceptance_fault_storm_with_half_the_calls_failing_finishes_too() {
+    fault_storm("50%", 30);
+}
+
+#[test]
+fn chunk_failure_halts_with_on_chunk_failure() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--expire-every", "2"]);
+    job(
+        &sb,
+        &server,
+        30,
+        "answer",
+        10,
+        1,
+        "halt:\n  on_chunk_failure: true\n",
+    );
+    let run = apply(&sb);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("halt.on_chunk_failure"), "{run:?}");
+    assert!(run.stderr.contains("chunk 2"), "{run:?}");
+    // Chunk 1 graded, chunk 2 expired half done, chunk 3 never created.
+    let stats = server.stats();
+    assert_eq!(stats["batches_created"], 2, "{stats:#}");
+    let s = statuses(&sb);
+    let graded = s.values().filter(|v| *v == "ok").count();
+    assert_eq!(graded, 15, "{s:?}");
+}
