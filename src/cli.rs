@@ -1,12 +1,14 @@
 //! Command-line arguments and dispatch. Clap types stay here; each command
 //! turns them into plain values before calling the library.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::error::{Error, Report, Result, exit};
+use crate::error::{Error, Report, Result};
+use crate::exit::{self, Code, Convention};
 use crate::jobs;
 use crate::plan::{PlanOptions, plan};
 use crate::report::{Ui, num, plan_text, print_json};
@@ -16,21 +18,15 @@ use crate::split::{SplitLimits, split};
 use crate::stats::summarize;
 use crate::tokenize::Counter;
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  success
-  1  runtime error (I/O, state store, network)
-  2  usage error, invalid spec or input; `plan --detailed-exitcode` with work to do
-  3  finished, but some rows failed, did not parse, or were not graded
-  4  halted by policy (failure rate, budget, chunk failure) or by `cancel`
-  5  still running (after `apply --detach` or Ctrl-C, or `status --exit-status`)";
+/// Help text wraps at this width (also clap's `max_term_width`).
+const HELP_WIDTH: usize = 100;
 
 /// Grade, score or classify large sets of text with an LLM through provider batch APIs.
 ///
 /// Write a job spec (YAML), `plan` it to see requests, chunks, tokens and cost
 /// before any money is spent, then `apply` it.
 #[derive(Debug, Parser)]
-#[command(name = "batchgrader", version, after_help = EXIT_CODES, max_term_width = 100)]
+#[command(name = "batchgrader", version, max_term_width = HELP_WIDTH)]
 pub struct Cli {
     #[command(flatten)]
     global: Global,
@@ -71,7 +67,8 @@ enum Command {
     /// Read inputs, render requests, count tokens, chunk, estimate cost, and save the plan.
     Plan {
         spec: PathBuf,
-        /// Exit 2 when there is work to do and 0 when every row is already graded.
+        /// Exit 2 when there is work to do, 0 when every row is already graded, and 1 on any
+        /// error (Terraform's convention).
         #[arg(long)]
         detailed_exitcode: bool,
     },
@@ -219,24 +216,55 @@ fn parse_format_arg(s: &str) -> Result<Format, String> {
     }
 }
 
-/// Run the command line; returns the process exit code.
-pub fn run(cli: Cli) -> u8 {
+/// Parse the command line, with the exit-code table in `--help`.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = Cli::command()
+        .after_help(exit::help_text(HELP_WIDTH))
+        .try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// Run the command line `args` (program name first); returns the process
+/// exit code.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match parse(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return exit::for_arguments(!e.use_stderr()).value();
+        }
+    };
     let ui = Ui::new(cli.global.json, cli.global.quiet, cli.global.no_color);
+    let convention = match cli.command {
+        Command::Plan {
+            detailed_exitcode: true,
+            ..
+        } => Convention::DetailedPlan,
+        _ => Convention::Standard,
+    };
     match dispatch(&cli, &ui) {
-        Ok(code) => code,
+        Ok(code) => code.value(),
         Err(e) => {
             ui.error(&Report(&e).to_string());
-            e.exit_code()
+            exit::for_error(&e, convention).value()
         }
     }
 }
 
-fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
+fn dispatch(cli: &Cli, ui: &Ui) -> Result<Code> {
     let g = &cli.global;
     match &cli.command {
         Command::Schema => {
             print!("{}", spec::schema_json());
-            Ok(exit::SUCCESS)
+            Ok(Code::Success)
         }
         Command::Validate { spec: path } => validate(path, ui),
         Command::Plan {
@@ -280,11 +308,7 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
             } else {
                 ui.info("Every row is already graded; nothing to submit.");
             }
-            Ok(if *detailed_exitcode && p.outstanding > 0 {
-                exit::USAGE
-            } else {
-                exit::SUCCESS
-            })
+            Ok(exit::for_plan(p.outstanding, *detailed_exitcode))
         }
         Command::Apply { spec, detach, yes } => jobs::apply(
             jobs::ApplyArgs {
@@ -398,12 +422,12 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<u8> {
                 parts.len(),
                 if parts.len() == 1 { "" } else { "s" }
             ));
-            Ok(exit::SUCCESS)
+            Ok(Code::Success)
         }
     }
 }
 
-fn costs(state_root: &Path, since: Option<std::time::Duration>, ui: &Ui) -> Result<u8> {
+fn costs(state_root: &Path, since: Option<std::time::Duration>, ui: &Ui) -> Result<Code> {
     use crate::cost::usd;
     let entries = crate::costs::read(state_root)
         .map_err(|e| Error::io("read", state_root.join("usage.jsonl"), e))?;
@@ -448,10 +472,10 @@ fn costs(state_root: &Path, since: Option<std::time::Duration>, ui: &Ui) -> Resu
         )));
     }
     ui.info(s.trim_end());
-    Ok(exit::SUCCESS)
+    Ok(Code::Success)
 }
 
-fn validate(path: &Path, ui: &Ui) -> Result<u8> {
+fn validate(path: &Path, ui: &Ui) -> Result<Code> {
     let checked = spec::load(path)?;
     if ui.json {
         print_json(&serde_json::json!({"valid": true, "spec": checked.spec}));
@@ -461,7 +485,7 @@ fn validate(path: &Path, ui: &Ui) -> Result<u8> {
         path.display(),
         checked.spec.name
     ));
-    Ok(exit::SUCCESS)
+    Ok(Code::Success)
 }
 
 fn resolve_target(target: &Path, count: &CountArgs, ui: &Ui) -> Result<Target> {
@@ -480,7 +504,7 @@ fn resolve_target(target: &Path, count: &CountArgs, ui: &Ui) -> Result<Target> {
     Ok(t)
 }
 
-fn tokens(target: &Path, count: &CountArgs, limit: Option<u64>, ui: &Ui) -> Result<u8> {
+fn tokens(target: &Path, count: &CountArgs, limit: Option<u64>, ui: &Ui) -> Result<Code> {
     let t = resolve_target(target, count, ui)?;
     let counter = Counter::new(t.encoding)?;
     let bar = ui.progress(t.total_bytes(), "counting");
@@ -560,5 +584,5 @@ fn tokens(target: &Path, count: &CountArgs, limit: Option<u64>, ui: &Ui) -> Resu
         }
     }
     ui.info(s.trim_end());
-    Ok(exit::SUCCESS)
+    Ok(Code::Success)
 }

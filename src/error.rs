@@ -1,27 +1,17 @@
-//! The crate's top-level error and the documented exit codes.
+//! The crate's top-level error and the exit code of each failure.
 //!
 //! Modules return their own typed errors; this enum wraps them so that the
-//! binary prints one report and picks one exit code. The exit-code table is
-//! part of the user contract (README, `--help`): change it only on purpose.
+//! binary prints one report, and `exit::for_error` picks one exit code.
 
 use std::fmt;
 use std::path::PathBuf;
 
-/// Exit codes, one table for every command.
-pub mod exit {
-    /// Success.
-    pub const SUCCESS: u8 = 0;
-    /// Runtime error: I/O, state store, network.
-    pub const RUNTIME: u8 = 1;
-    /// Usage error, invalid spec or invalid input; also `plan --detailed-exitcode` with work to do.
-    pub const USAGE: u8 = 2;
-    /// Finished, but some rows failed after all retries.
-    pub const ROWS_FAILED: u8 = 3;
-    /// Halted by policy (failure rate, budget, chunk failure).
-    pub const HALTED: u8 = 4;
-    /// Still running (after `apply --detach`, or `status --exit-status` of an unfinished job).
-    pub const RUNNING: u8 = 5;
-}
+/// The exit-code table lives in its own module; `error::exit` stays a path
+/// to it for modules that name codes from here.
+pub use crate::exit;
+use crate::exit::Code;
+use crate::provider::ErrorKind;
+use crate::state::StateError;
 
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]
@@ -80,18 +70,22 @@ impl Error {
         }
     }
 
-    /// The exit code of DESIGN's table for this failure.
-    pub fn exit_code(&self) -> u8 {
+    /// The code of the exit-code table for this failure: what the user
+    /// asked for or gave is wrong (2), or something failed at run time (1).
+    pub fn exit_code(&self) -> Code {
         match self {
             Error::Spec(_)
             | Error::Input(_)
             | Error::Prompt(_)
             | Error::Pricing(_)
             | Error::Chunking(_)
-            | Error::Usage { .. } => exit::USAGE,
-            Error::State(e) => e.exit_code(),
-            Error::Provider(e) => e.exit_code(),
-            Error::Tokenizer(_) | Error::Io { .. } => exit::RUNTIME,
+            | Error::Usage { .. } => Code::Usage,
+            Error::State(StateError::NoJob { .. }) => Code::Usage,
+            Error::State(_) => Code::Runtime,
+            // A missing or refused key is bad input, caught before anything
+            // is submitted; every other provider failure is a runtime fault.
+            Error::Provider(e) if e.is_auth() || e.kind() == ErrorKind::Config => Code::Usage,
+            Error::Provider(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Runtime,
         }
     }
 

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::apply::{ApplyOptions, Ending, Runner, Summary};
+use crate::apply::{ApplyOptions, Runner, Summary};
 use crate::cost::usd;
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result};
+use crate::exit::{self, Code};
 use crate::plan::{PlanOptions, plan};
 use crate::provider::{ClientConfig, OpenAiClient, Secret};
 use crate::report::{Ui, num, plan_text, print_json};
@@ -170,7 +171,7 @@ pub struct ApplyArgs<'a> {
 }
 
 /// `apply [SPEC]` and `resume [JOB]`.
-pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui) -> Result<u8> {
+pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui) -> Result<Code> {
     let job = match (args.spec, args.resume) {
         (Some(spec_path), false) => {
             let planned = plan(
@@ -215,7 +216,7 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
     let started = !store.units(plan.generation)?.is_empty();
     if plan.outstanding > 0 && !started && !args.yes && !confirm(ui, &plan)? {
         ui.info("Nothing submitted.");
-        return Ok(exit::SUCCESS);
+        return Ok(Code::Success);
     }
     let rt = runtime()?;
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -252,14 +253,7 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
         print_json(&summary);
     }
     ui.info(&summary_text(ui, &summary));
-    Ok(match ending {
-        Ending::Finished if summary.failed + summary.parse_failures + summary.not_graded > 0 => {
-            exit::ROWS_FAILED
-        }
-        Ending::Finished => exit::SUCCESS,
-        Ending::Halted(_) => exit::HALTED,
-        Ending::Detached | Ending::Interrupted => exit::RUNNING,
-    })
+    Ok(exit::for_ending(&ending, &summary))
 }
 
 /// A run that stopped on an error leaves batches running with nobody
@@ -368,7 +362,7 @@ pub fn status(
     watch: bool,
     exit_status: bool,
     ui: &Ui,
-) -> Result<u8> {
+) -> Result<Code> {
     let job = resolve_job(state_root, job)?;
     let dir = state::job_dir(state_root, &job);
     loop {
@@ -383,14 +377,10 @@ pub fn status(
         }
         let done = matches!(snap.state, RunState::Finished | RunState::Halted);
         if !watch || done {
-            return Ok(if !exit_status {
-                exit::SUCCESS
+            return Ok(if exit_status {
+                exit::for_run_state(snap.state)
             } else {
-                match snap.state {
-                    RunState::Finished => exit::SUCCESS,
-                    RunState::Halted => exit::HALTED,
-                    _ => exit::RUNNING,
-                }
+                Code::Success
             });
         }
         std::thread::sleep(Duration::from_secs(2));
@@ -447,7 +437,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// `export [JOB] --out F`: write the output again from the state.
-pub fn export(state_root: &Path, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result<u8> {
+pub fn export(state_root: &Path, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result<Code> {
     let job = resolve_job(state_root, job)?;
     let store = JobStore::open_existing(state_root, &job)?;
     let spec = saved_spec(&store)?;
@@ -478,11 +468,11 @@ pub fn export(state_root: &Path, job: Option<&str>, out: Option<&Path>, ui: &Ui)
         num(w.failed),
         num(w.not_graded)
     ));
-    Ok(exit::SUCCESS)
+    Ok(Code::Success)
 }
 
 /// `cancel [JOB]`: stop the job's batches that are out.
-pub fn cancel(state_root: &Path, job: Option<&str>, ui: &Ui) -> Result<u8> {
+pub fn cancel(state_root: &Path, job: Option<&str>, ui: &Ui) -> Result<Code> {
     let job = resolve_job(state_root, job)?;
     let store = JobStore::open_existing(state_root, &job)?;
     let spec = saved_spec(&store)?;
@@ -504,11 +494,11 @@ pub fn cancel(state_root: &Path, job: Option<&str>, ui: &Ui) -> Result<u8> {
         "Cancelled job `{job}`: asked {n} batch{} to stop. `batchgrader resume` collects what they finished (nothing new is submitted); `batchgrader apply SPEC` starts the job again.",
         if n == 1 { "" } else { "es" }
     ));
-    Ok(exit::SUCCESS)
+    Ok(Code::Success)
 }
 
 /// `simulate-server`: the simulated provider on its own.
-pub fn simulate_server(config: SimConfig, port: u16) -> Result<u8> {
+pub fn simulate_server(config: SimConfig, port: u16) -> Result<Code> {
     let rt = runtime()?;
     rt.block_on(crate::simulate::run_forever(config, port))
         .map_err(|e| {
@@ -518,5 +508,5 @@ pub fn simulate_server(config: SimConfig, port: u16) -> Result<u8> {
                 e,
             )
         })?;
-    Ok(exit::SUCCESS)
+    Ok(Code::Success)
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cost;
 pub mod costs;
 pub mod error;
+pub mod exit;
 pub mod input;
 pub mod jobs;
 pub mod output;

@@ -54,6 +54,27 @@ fn validate_reports_every_problem_with_its_place() {
 }
 
 #[test]
+fn a_spec_error_under_detailed_exitcode_exits_1() {
+    let sb = Sandbox::new();
+    sb.write("bad.yaml", "version: 1\nname: x\n");
+    let run = sb.run(&["plan", "bad.yaml", "--detailed-exitcode"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.starts_with("error: bad.yaml:"), "{run:?}");
+    let run = sb.run(&["plan", "bad.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[test]
+fn the_exit_code_table_is_in_help() {
+    let run = Sandbox::new().run(&["--help"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Exit codes:\n  0  success"), "{run:?}");
+    assert!(run.stdout.contains("\n  5  still running"), "{run:?}");
+    let run = Sandbox::new().run(&["plan"]);
+    assert_eq!(run.code, 2, "a missing argument is a usage error: {run:?}");
+}
+
+#[test]
 fn csv_cells_reach_the_prompt_verbatim() {
     let sb = Sandbox::new();
     sb.write(

@@ -24,7 +24,6 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::cost::{Estimate, Price};
-use crate::error::exit;
 use crate::tokenize::Encoding;
 
 /// Version of the on-disk layout. A binary refuses state newer than it knows.
@@ -55,13 +54,6 @@ pub enum StateError {
 }
 
 impl StateError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            StateError::NoJob { .. } => exit::USAGE,
-            _ => exit::RUNTIME,
-        }
-    }
-
     pub fn hint(&self) -> Option<String> {
         match self {
             StateError::Locked { .. } => Some(
