@@ -10,7 +10,6 @@ use serde::Serialize;
 use crate::error::{Error, Report, Result};
 use crate::exit::{self, Code, Convention};
 use crate::jobs;
-use crate::plan::{PlanOptions, plan};
 use crate::report::{Ui, num, plan_text, print_json};
 use crate::rowtokens::Target;
 use crate::spec::{self, Format, units};
@@ -271,11 +270,8 @@ fn dispatch(cli: &Cli, ui: &Ui) -> Result<Code> {
             spec: path,
             detailed_exitcode,
         } => {
-            let opts = PlanOptions {
-                state_root: &g.state,
-                pricing: g.pricing.as_deref(),
-            };
-            let planned = plan(path, &opts, ui)?;
+            let spec = spec::load(path)?;
+            let (_store, planned) = jobs::open_and_plan(&g.state, g.pricing.as_deref(), &spec, ui)?;
             let p = &planned.plan;
             for w in &p.warnings {
                 ui.warn(w);

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::apply::{ApplyOptions, Runner, Summary};
 use crate::cost::usd;
 use crate::error::{Error, Result};
 use crate::exit::{self, Code};
-use crate::plan::{PlanOptions, plan};
+use crate::plan::{Planned, plan, prepare};
 use crate::provider::{ClientConfig, OpenAiClient, Secret};
 use crate::report::{Ui, num, plan_text, print_json};
 use crate::simulate::{SimConfig, SimServer};
@@ -170,18 +172,27 @@ pub struct ApplyArgs<'a> {
     pub resume: bool,
 }
 
-/// `apply [SPEC]` and `resume [JOB]`.
+/// Check what needs no state, then open the job's store once and plan into
+/// it; `apply SPEC` goes on with the same store.
+pub fn open_and_plan(
+    state_root: &Path,
+    pricing: Option<&Path>,
+    spec: &CheckedSpec,
+    ui: &Ui,
+) -> Result<(JobStore, Planned)> {
+    let prepared = prepare(spec, pricing)?;
+    let store = JobStore::open(state_root, &spec.spec.name)?;
+    let planned = plan(&store, spec, prepared, ui)?;
+    Ok((store, planned))
+}
+
+/// `apply [SPEC]` and `resume [JOB]`: plan if needed, then run the job with
+/// the same store and spec.
 pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui) -> Result<Code> {
-    let job = match (args.spec, args.resume) {
+    let (store, spec, plan) = match (args.spec, args.resume) {
         (Some(spec_path), false) => {
-            let planned = plan(
-                spec_path,
-                &PlanOptions {
-                    state_root,
-                    pricing,
-                },
-                ui,
-            )?;
+            let spec = spec::load(spec_path)?;
+            let (store, planned) = open_and_plan(state_root, pricing, &spec, ui)?;
             if planned.changed {
                 ui.info(&ui.dim(
                     "The spec or its inputs changed since the last plan (or there was none): planned first.",
@@ -189,25 +200,24 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
                 for w in &planned.plan.warnings {
                     ui.warn(w);
                 }
-                let name = planned.job.clone();
                 ui.info(&plan_text(
                     ui,
-                    &name,
+                    &planned.job,
                     &planned.plan,
                     true,
                     &planned.job_dir.display().to_string(),
                 ));
             }
-            planned.job
+            (store, spec, planned.plan)
         }
-        _ => resolve_job(state_root, args.job)?,
+        _ => {
+            let job = resolve_job(state_root, args.job)?;
+            let store = JobStore::open_existing(state_root, &job)?;
+            let spec = saved_spec(&store)?;
+            let plan = current_plan(&store, &job)?;
+            (store, spec, plan)
+        }
     };
-    let store = JobStore::open_existing(state_root, &job)?;
-    let spec = match args.spec {
-        Some(p) if !args.resume => spec::load(p)?,
-        _ => saved_spec(&store)?,
-    };
-    let plan = current_plan(&store, &job)?;
     if !args.resume && store.cancelled_at()?.is_some() {
         // `apply` is the user asking for the job to run again.
         store.set_cancelled(None)?;
@@ -250,7 +260,17 @@ pub fn apply(args: ApplyArgs, state_root: &Path, pricing: Option<&Path>, ui: &Ui
         }
     };
     if ui.json {
-        print_json(&summary);
+        /// The summary, and the warnings of the plan that was applied.
+        #[derive(Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            summary: &'a Summary,
+            warnings: &'a [String],
+        }
+        print_json(&Out {
+            summary: &summary,
+            warnings: &plan.warnings,
+        });
     }
     ui.info(&summary_text(ui, &summary));
     Ok(exit::for_ending(&ending, &summary))
