@@ -2,12 +2,13 @@
 //! `apply` after every transition, so `status` answers at once, even while
 //! `apply` holds the job's lock, without opening the database.
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cost::usd;
-use crate::report::{Ui, num};
+use crate::report::{Paint, Ui, num};
 use crate::spec::units::human_bytes;
 use crate::state::{Phase, UnitRecord};
 
@@ -172,23 +173,30 @@ fn phase_word(u: &UnitStatus) -> String {
     }
 }
 
+/// `40s`, `3m`, `1h 5m`.
+fn secs(n: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(n)).to_string()
+}
+
 fn elapsed(u: &UnitStatus, now: u64) -> String {
     match (u.submitted_at, u.ended_at) {
-        (Some(s), Some(e)) => {
-            humantime::format_duration(std::time::Duration::from_secs(e.saturating_sub(s)))
-                .to_string()
-        }
-        (Some(s), None) => {
-            humantime::format_duration(std::time::Duration::from_secs(now.saturating_sub(s)))
-                .to_string()
-        }
+        (Some(s), Some(e)) => secs(e.saturating_sub(s)),
+        (Some(s), None) => secs(now.saturating_sub(s)),
         _ => "-".into(),
     }
 }
 
 /// The chunk table and totals, for `status` and the live view of `apply`.
+/// `now` (Unix seconds) is passed in so that the text depends on the
+/// snapshot alone.
 pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
+    render_to(&mut out, ui.paint(), s, now).expect("writing to a Vec cannot fail");
+    String::from_utf8(out).expect("the table is UTF-8")
+}
+
+/// Same, into any writer.
+pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Result<()> {
     let state = match s.state {
         RunState::Running => format!("running (pid {})", s.pid.unwrap_or(0)),
         RunState::Planned => "planned, not submitted".into(),
@@ -196,15 +204,11 @@ pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
         RunState::Halted => "halted by policy".into(),
         RunState::Finished => "finished".into(),
     };
-    out.push_str(&format!(
-        "{} {}  {}\n",
-        ui.bold("job"),
-        ui.bold(&s.job),
-        state
-    ));
+    writeln!(w, "{} {}  {}", p.bold("job"), p.bold(&s.job), state)?;
     let t = &s.totals;
-    out.push_str(&format!(
-        "  rows {}: {} graded, {} failed, {} pending{}\n",
+    writeln!(
+        w,
+        "  rows {}: {} graded, {} failed, {} pending{}",
         num(t.rows),
         num(t.succeeded + t.already_done),
         num(t.failed),
@@ -214,22 +218,28 @@ pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
         } else {
             String::new()
         }
-    ));
-    out.push_str(&format!(
-        "  cost {} so far{}\n",
+    )?;
+    writeln!(
+        w,
+        "  cost {} so far{}",
         usd(s.actual_cost_usd),
         s.estimated_cost_usd
             .map(|e| format!(", estimated {}", usd(e)))
             .unwrap_or_default()
-    ));
+    )?;
     if !s.units.is_empty() {
-        out.push_str(&ui.dim(&format!(
-            "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}\n",
-            "chunk", "try", "state", "done/requests", "tokens", "size", "cost", "elapsed"
-        )));
+        writeln!(
+            w,
+            "{}",
+            p.dim(&format!(
+                "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}",
+                "chunk", "try", "state", "done/requests", "tokens", "size", "cost", "elapsed"
+            ))
+        )?;
         for u in &s.units {
-            out.push_str(&format!(
-                "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}\n",
+            writeln!(
+                w,
+                "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}",
                 u.id,
                 u.attempt,
                 phase_word(u),
@@ -238,14 +248,14 @@ pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
                 human_bytes(u.bytes),
                 usd(u.cost_usd),
                 elapsed(u, now)
-            ));
+            )?;
         }
     }
     if let Some(m) = &s.message {
-        out.push_str(&format!("  {m}\n"));
+        writeln!(w, "  {m}")?;
     }
     if let Some(p) = &s.output_path {
-        out.push_str(&format!("  output {p}\n"));
+        writeln!(w, "  output {p}")?;
     }
-    out
+    Ok(())
 }
