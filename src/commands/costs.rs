@@ -68,3 +68,35 @@ fn render(w: &mut impl Write, p: Paint, r: &Report) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::costs::Entry;
+
+    #[test]
+    fn spend_by_day_model_and_job() {
+        let entry = |ts, job: &str, model: &str, cost, simulated| Entry {
+            ts,
+            job: job.into(),
+            batch_id: format!("batch_{ts}"),
+            model: model.into(),
+            input_tokens: 1_000_000,
+            output_tokens: 20_000,
+            cost_usd: cost,
+            simulated,
+        };
+        let r = aggregate(
+            &[
+                entry(1_790_000_000, "essays", "gpt-4o-mini", 0.081, false),
+                entry(1_790_090_000, "essays", "gpt-4o-mini", 0.081, false),
+                entry(1_790_090_500, "tickets", "gpt-4.1", 2.08, false),
+                entry(1_790_090_600, "demo", "gpt-4o-mini", 0.0, true),
+            ],
+            None,
+        );
+        let mut out = Vec::new();
+        render(&mut out, Paint::plain(), &r).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+}

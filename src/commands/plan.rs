@@ -185,3 +185,89 @@ fn render_next(w: &mut impl Write, spec_path: &Path, outstanding: u64) -> io::Re
         writeln!(w, "Every row is already graded; nothing to submit.")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::{Estimate, Price};
+    use crate::state::ChunkRecord;
+    use crate::tokenize::Encoding;
+
+    fn chunk(index: u32, requests: u64) -> ChunkRecord {
+        ChunkRecord {
+            index,
+            file: format!("chunks/plan-2/chunk-{index:05}.jsonl"),
+            requests,
+            bytes: requests * 412,
+            tokens: requests * 97,
+            sha256: "0".repeat(64),
+            first_seq: 0,
+        }
+    }
+
+    fn plan_record(chunks: Vec<ChunkRecord>) -> PlanRecord {
+        let outstanding: u64 = chunks.iter().map(|c| c.requests).sum();
+        PlanRecord {
+            generation: 2,
+            plan_hash: "ab".repeat(32),
+            created_at: 1_790_000_000,
+            model: "gpt-4o-mini".into(),
+            encoding: Encoding::O200kBase,
+            rows: outstanding + 1_200,
+            outstanding,
+            already_done: 1_200,
+            prompt_tokens: chunks.iter().map(|c| c.tokens).sum(),
+            bytes: chunks.iter().map(|c| c.bytes).sum(),
+            chunks,
+            price: Some(Price {
+                model: "gpt-4o-mini".into(),
+                input_per_1m: 0.15,
+                output_per_1m: 0.6,
+                batch_input_per_1m: 0.075,
+                batch_output_per_1m: 0.3,
+                prices_as_of: "2026-01-01".into(),
+            }),
+            estimate: Some(Estimate {
+                low: 0.3637,
+                expected: Some(0.4216),
+                high: Some(0.6533),
+            }),
+            warnings: vec![],
+        }
+    }
+
+    fn text(job: &str, plan: &PlanRecord, changed: bool) -> String {
+        let mut out = Vec::new();
+        render(&mut out, Paint::plain(), job, plan, changed, "state/essays").unwrap();
+        render_next(&mut out, Path::new("specs/essays.yaml"), plan.outstanding).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn summary_of_a_new_plan() {
+        let plan = plan_record(vec![chunk(1, 20_000), chunk(2, 20_000), chunk(3, 8_800)]);
+        insta::assert_snapshot!(text("essays", &plan, true));
+    }
+
+    #[test]
+    fn summary_of_an_unchanged_plan_without_price() {
+        let mut plan = plan_record(vec![]);
+        plan.price = None;
+        plan.estimate = None;
+        plan.rows = 1_200;
+        insta::assert_snapshot!(text("essays", &plan, false));
+    }
+
+    #[test]
+    fn many_chunks_are_elided() {
+        let plan = plan_record((1..=30).map(|i| chunk(i, 1_000)).collect());
+        let t = text("big", &plan, true);
+        assert!(t.contains("… 19 more"), "{t}");
+        assert!(
+            t.contains("\n                 30 "),
+            "the last chunk is shown: {t}"
+        );
+        assert!(!t.contains("\n                 11 "), "{t}");
+        assert_eq!(t.lines().filter(|l| l.ends_with("KB")).count(), 11, "{t}");
+    }
+}
