@@ -19,7 +19,7 @@ use crate::report::{Paint, Ui, num, plural, print_json};
 use crate::settings::{ApplySettings, Global};
 use crate::spec;
 use crate::state::{JobStore, PlanRecord};
-use crate::status::{self, RunState};
+use crate::status::{self, RunState, receipt_line};
 
 pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     let (store, spec, plan) = match (&args.spec, args.resume) {
@@ -209,8 +209,93 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
             .map(|e| format!(" (estimated {})", usd(e)))
             .unwrap_or_default()
     )?;
+    if let Some(r) = receipt_line(&s.receipt) {
+        writeln!(w, "  receipt     {r}")?;
+    }
     if let Some(path) = &s.output_path {
         writeln!(w, "  output      {path}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Receipt;
+
+    fn finished() -> Summary {
+        Summary {
+            job: "essays".into(),
+            ending: "finished".into(),
+            rows: 50_000,
+            graded: 49_930,
+            parse_failures: 42,
+            failed: 28,
+            not_graded: 0,
+            already_graded_before: 1_200,
+            estimated_cost_usd: Some(4.2163),
+            actual_cost_usd: 3.9071,
+            output_path: Some("out/essays.graded.csv".into()),
+            distribution: (1..=10).map(|g| (g.to_string(), 5_000 - g * 7)).collect(),
+            simulated: false,
+            message: None,
+            receipt: Receipt {
+                paid_usd: 3.9071,
+                standard_usd: 7.8142,
+                saved_usd: 3.9071,
+            },
+        }
+    }
+
+    fn text(s: &Summary) -> String {
+        let mut out = Vec::new();
+        render_summary(&mut out, Paint::plain(), s).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn final_summary() {
+        insta::assert_snapshot!(text(&finished()));
+    }
+
+    #[test]
+    fn halt_summary() {
+        let s = Summary {
+            ending: "halted".into(),
+            graded: 18_000,
+            failed: 1_400,
+            parse_failures: 0,
+            not_graded: 30_600,
+            message: Some("halted: failure rate 7.2% is above halt.max_failure_rate 5.0%".into()),
+            actual_cost_usd: 1.4218,
+            receipt: Receipt {
+                paid_usd: 1.4218,
+                standard_usd: 2.8436,
+                saved_usd: 1.4218,
+            },
+            distribution: vec![("7".into(), 9_000), ("8".into(), 9_000)],
+            ..finished()
+        };
+        insta::assert_snapshot!(text(&s));
+    }
+
+    #[test]
+    fn detached_summary_has_no_rows_and_no_empty_receipt() {
+        let s = Summary {
+            ending: "detached".into(),
+            output_path: None,
+            simulated: true,
+            message: Some("detached: batches keep running".into()),
+            actual_cost_usd: 0.0,
+            receipt: Receipt::default(),
+            ..finished()
+        };
+        let t = text(&s);
+        assert!(
+            t.starts_with("Detached job essays (simulated provider"),
+            "{t}"
+        );
+        assert!(!t.contains("rows "), "{t}");
+        assert!(!t.contains("receipt"), "an empty receipt is not shown: {t}");
+    }
 }
