@@ -119,3 +119,29 @@ impl fmt::Display for Report<'_> {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_the_table() {
+        let no_job = Error::State(StateError::NoJob {
+            job: "j".into(),
+            root: "state".into(),
+        });
+        assert_eq!(no_job.exit_code(), Code::Usage);
+        let locked = Error::State(StateError::Locked {
+            job: "j".into(),
+            holder: "pid 1".into(),
+        });
+        assert_eq!(locked.exit_code(), Code::Runtime);
+        let missing_key =
+            crate::provider::ClientConfig::from_env(None, "BATCHGRADER_TEST_KEY_THAT_IS_NEVER_SET")
+                .expect_err("the variable is not set");
+        assert_eq!(Error::from(missing_key).exit_code(), Code::Usage);
+        let io = Error::io("read", "x.csv", std::io::ErrorKind::NotFound.into());
+        assert_eq!(io.exit_code(), Code::Runtime);
+        assert_eq!(Error::usage("bad").exit_code(), Code::Usage);
+    }
+}

@@ -1,6 +1,6 @@
 //! `schema`: the JSON Schema of the job spec on stdout.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -9,8 +9,14 @@ use crate::spec;
 
 pub fn run() -> Result<Code> {
     let mut out = std::io::stdout().lock();
-    out.write_all(spec::schema_json().as_bytes())
+    match out
+        .write_all(spec::schema_json().as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| Error::io("write the schema to", PathBuf::from("stdout"), e))?;
-    Ok(Code::Success)
+    {
+        // A reader that stopped early (`| head`) got what it wanted.
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => {
+            Err(Error::io("write the schema to", PathBuf::from("stdout"), e))
+        }
+        _ => Ok(Code::Success),
+    }
 }
