@@ -1,27 +1,13 @@
-//! The crate's top-level error and the documented exit codes.
+//! The crate's top-level error and the exit code of each failure.
 //!
 //! Modules return their own typed errors; this enum wraps them so that the
-//! binary prints one report and picks one exit code. The exit-code table is
-//! part of the user contract (README, `--help`): change it only on purpose.
+//! binary prints one report, and `exit::for_error` picks one exit code.
 
 use std::fmt;
 use std::path::PathBuf;
 
-/// Exit codes, one table for every command.
-pub mod exit {
-    /// Success.
-    pub const SUCCESS: u8 = 0;
-    /// Runtime error: I/O, state store, network.
-    pub const RUNTIME: u8 = 1;
-    /// Usage error, invalid spec or invalid input; also `plan --detailed-exitcode` with work to do.
-    pub const USAGE: u8 = 2;
-    /// Finished, but some rows failed after all retries.
-    pub const ROWS_FAILED: u8 = 3;
-    /// Halted by policy (failure rate, budget, chunk failure).
-    pub const HALTED: u8 = 4;
-    /// Still running (after `apply --detach`, or `status --exit-status` of an unfinished job).
-    pub const RUNNING: u8 = 5;
-}
+use crate::exit::Code;
+use crate::state::StateError;
 
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]
@@ -80,19 +66,22 @@ impl Error {
         }
     }
 
-    /// The exit code of DESIGN's table for this failure.
-    pub fn exit_code(&self) -> u8 {
+    /// The code of the exit-code table for this failure: what the user
+    /// asked for or gave is wrong (2), or something failed at run time (1).
+    pub fn exit_code(&self) -> Code {
         match self {
             Error::Spec(_)
             | Error::Input(_)
             | Error::Prompt(_)
             | Error::Pricing(_)
             | Error::Chunking(_)
-            | Error::Usage { .. } => exit::USAGE,
-            Error::State(e) => e.exit_code(),
-            Error::Provider(e) if e.is_setup_fault() => exit::USAGE,
-            Error::Provider(_) => exit::RUNTIME,
-            Error::Tokenizer(_) | Error::Io { .. } => exit::RUNTIME,
+            | Error::Usage { .. } => Code::Usage,
+            Error::State(StateError::NoJob { .. }) => Code::Usage,
+            Error::State(_) => Code::Runtime,
+            // A missing or refused key is bad input, caught before anything
+            // is submitted; every other provider failure is a runtime fault.
+            Error::Provider(e) if e.is_setup_fault() => Code::Usage,
+            Error::Provider(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Runtime,
         }
     }
 
@@ -126,3 +115,29 @@ impl fmt::Display for Report<'_> {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_the_table() {
+        let no_job = Error::State(StateError::NoJob {
+            job: "j".into(),
+            root: "state".into(),
+        });
+        assert_eq!(no_job.exit_code(), Code::Usage);
+        let locked = Error::State(StateError::Locked {
+            job: "j".into(),
+            holder: "pid 1".into(),
+        });
+        assert_eq!(locked.exit_code(), Code::Runtime);
+        let missing_key =
+            crate::provider::ClientConfig::from_env(None, "BATCHGRADER_TEST_KEY_THAT_IS_NEVER_SET")
+                .expect_err("the variable is not set");
+        assert_eq!(Error::from(missing_key).exit_code(), Code::Usage);
+        let io = Error::io("read", "x.csv", std::io::ErrorKind::NotFound.into());
+        assert_eq!(io.exit_code(), Code::Runtime);
+        assert_eq!(Error::usage("bad").exit_code(), Code::Usage);
+    }
+}

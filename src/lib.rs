@@ -5,17 +5,19 @@
 pub mod apply;
 pub mod chunking;
 pub mod cli;
+pub mod commands;
 pub mod cost;
 pub mod costs;
 pub mod error;
+pub mod exit;
 pub mod input;
-pub mod jobs;
 pub mod output;
 pub mod plan;
 pub mod prompt;
 pub mod provider;
 pub mod report;
 pub mod rowtokens;
+pub mod settings;
 pub mod simulate;
 pub mod spec;
 pub mod split;
@@ -24,4 +26,4 @@ pub mod stats;
 pub mod status;
 pub mod tokenize;
 
-pub use cli::{Cli, run};
+pub use commands::run;

@@ -27,7 +27,7 @@ use crate::spec::{self, CheckedSpec};
 use crate::state::{
     self, ChunkRecord, JobRecord, JobStore, PlanRecord, RequestRecord, RequestWriter,
 };
-use crate::tokenize::{Counter, encoding_for_model};
+use crate::tokenize::{Counter, Encoding, encoding_for_model};
 
 /// Bumped when the way requests are rendered or chunked changes, so an
 /// older plan is never taken for a current one.
@@ -35,11 +35,6 @@ const PLAN_FORMAT: &str = "batchgrader-plan-1";
 
 /// Rows rendered and counted together on the thread pool.
 const BATCH_ROWS: usize = 4096;
-
-pub struct PlanOptions<'a> {
-    pub state_root: &'a Path,
-    pub pricing: Option<&'a Path>,
-}
 
 /// What `plan` did.
 pub struct Planned {
@@ -60,10 +55,26 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Plan the job a spec describes (or confirm the saved plan still holds).
-pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
-    let spec = spec::load(spec_path)?;
-    let prices = PriceTable::load(opts.pricing)?;
+/// Everything a plan needs that the job's state does not hold, checked
+/// before the state is opened: a bad spec, prompt file, price table,
+/// output path or input never creates or touches a job folder.
+pub struct Prepared {
+    price: Option<cost::Price>,
+    prompt: Prompt,
+    sources: Vec<Source>,
+    plan_hash: String,
+    limits: Limits,
+    encoding: Encoding,
+    /// Warnings so far (price, tokenizer, limits); they end up in the plan.
+    warnings: Vec<String>,
+}
+
+/// Check what a plan of `spec` needs from outside the state: prices, prompt
+/// files, the output path, the inputs (hashed, with everything else that
+/// decides the requests).
+pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
+    let mut warnings = Vec::new();
+    let prices = PriceTable::load(pricing)?;
     let price = prices.lookup(&spec.spec.model).cloned();
     if price.is_none() {
         if spec.spec.halt.max_cost_usd.is_some() {
@@ -73,28 +84,58 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
             }
             .into());
         }
-        ui.warn(&format!(
+        warnings.push(format!(
             "model `{}` has no price in {}; the plan has no cost estimate",
             spec.spec.model, prices.source_name
         ));
     }
-    let prompt = Prompt::load(&spec)?;
-    check_output_path(&spec)?;
+    let (encoding, guessed) = encoding_for_model(&spec.spec.model);
+    if guessed {
+        warnings.push(format!(
+            "no known tokenizer for model `{}`; counting with {encoding}, so token counts are estimates",
+            spec.spec.model
+        ));
+    }
+    let prompt = Prompt::load(spec)?;
+    check_output_path(spec)?;
     let sources = spec
         .inputs
         .iter()
         .map(|p| Source::new(p, spec.spec.input.format))
         .collect::<Result<Vec<_>, _>>()?;
-    let plan_hash = plan_hash(&spec, &prompt, &sources, price.as_ref())?;
+    let plan_hash = plan_hash(spec, &prompt, &sources, price.as_ref())?;
     let (limits, limit_warnings) = Limits::from_spec(
         spec.spec.chunking.max_requests,
         spec.max_bytes,
         spec.spec.chunking.max_tokens,
         spec.spec.chunking.chunks,
     );
+    warnings.extend(limit_warnings);
+    Ok(Prepared {
+        price,
+        prompt,
+        sources,
+        plan_hash,
+        limits,
+        encoding,
+        warnings,
+    })
+}
 
-    let store = JobStore::open(opts.state_root, &spec.spec.name)?;
-    let job = job_record(&spec, store.job()?.map(|j| j.created_at));
+/// Plan the job `spec` describes into its opened `store` (or confirm that
+/// the saved plan still holds). `prepared` is `prepare(spec, ..)`.
+/// Warnings go into the plan record, for the command to show.
+pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -> Result<Planned> {
+    let Prepared {
+        price,
+        prompt,
+        sources,
+        plan_hash,
+        limits,
+        encoding,
+        warnings,
+    } = prepared;
+    let job = job_record(spec, store.job()?.map(|j| j.created_at));
     let previous = store.plan()?;
     if let Some(prev) = &previous
         && prev.plan_hash == plan_hash
@@ -110,14 +151,7 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
     }
 
     if let Some(prev) = &previous {
-        refuse_if_in_flight(&store, prev)?;
-    }
-    let (encoding, guessed) = encoding_for_model(&spec.spec.model);
-    if guessed {
-        ui.warn(&format!(
-            "no known tokenizer for model `{}`; counting with {encoding}, so token counts are estimates",
-            spec.spec.model
-        ));
+        refuse_if_in_flight(store, prev)?;
     }
     let counter = Counter::new(encoding)?;
     let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
@@ -125,7 +159,7 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
     clean_scratch(store.dir())?;
 
     let built = build(
-        &spec, &prompt, sources, &counter, &limits, &store, generation, &scratch, ui,
+        spec, &prompt, sources, &counter, &limits, store, generation, &scratch, ui,
     );
     let mut built = match built {
         Ok(b) => b,
@@ -134,7 +168,7 @@ pub fn plan(spec_path: &Path, opts: &PlanOptions, ui: &Ui) -> Result<Planned> {
             return Err(e);
         }
     };
-    built.warnings.splice(0..0, limit_warnings);
+    built.warnings.splice(0..0, warnings);
     let request_params = &spec.spec.request;
     let max_output = request_params
         .get("max_completion_tokens")

@@ -1,13 +1,12 @@
 //! What users see: human text on stderr (styled on a terminal, plain in CI
 //! or with `NO_COLOR`), machine JSON on stdout with `--json`.
+//!
+//! Renderers write to any `impl Write` and style text through `Paint`, so
+//! tests render into a buffer with colour off; `Ui::show` hands them stderr.
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, StderrLock, Write};
 
 use console::Style;
-
-use crate::cost::usd;
-use crate::spec::units::human_bytes;
-use crate::state::PlanRecord;
 
 /// Output settings for one command run.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +31,33 @@ impl Ui {
         }
     }
 
+    /// Plain text, no terminal: what tests render with.
+    pub fn plain() -> Ui {
+        Ui {
+            json: false,
+            quiet: false,
+            color: false,
+            tty: false,
+        }
+    }
+
+    pub fn paint(&self) -> Paint {
+        Paint { color: self.color }
+    }
+
     fn style(&self, s: Style) -> Style {
-        if self.color { s } else { Style::new() }
+        self.paint().style(s)
+    }
+
+    /// Let a renderer write human text to stderr (nothing with `--quiet`).
+    /// A closed stderr is no reason to fail the command, so write errors
+    /// are dropped.
+    pub fn show(&self, render: impl FnOnce(&mut StderrLock<'static>) -> std::io::Result<()>) {
+        if self.quiet {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = render(&mut err).and_then(|()| err.flush());
     }
 
     pub fn warn(&self, msg: &str) {
@@ -60,11 +84,11 @@ impl Ui {
     }
 
     pub fn bold(&self, s: &str) -> String {
-        self.style(Style::new().bold()).apply_to(s).to_string()
+        self.paint().bold(s)
     }
 
     pub fn dim(&self, s: &str) -> String {
-        self.style(Style::new().dim()).apply_to(s).to_string()
+        self.paint().dim(s)
     }
 
     /// A byte-based progress bar on stderr, only on a terminal.
@@ -88,6 +112,41 @@ impl Ui {
     }
 }
 
+/// Text styles for renderers: bold and dim on a colour terminal, nothing
+/// otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Paint {
+    color: bool,
+}
+
+impl Paint {
+    /// No styles at all (tests, pipes, `NO_COLOR`).
+    pub fn plain() -> Paint {
+        Paint { color: false }
+    }
+
+    fn style(&self, s: Style) -> Style {
+        if self.color {
+            s.force_styling(true)
+        } else {
+            Style::new()
+        }
+    }
+
+    pub fn bold(&self, s: &str) -> String {
+        self.style(Style::new().bold()).apply_to(s).to_string()
+    }
+
+    pub fn dim(&self, s: &str) -> String {
+        self.style(Style::new().dim()).apply_to(s).to_string()
+    }
+}
+
+/// `s` when `n` is not 1: `plural(3, "es")`.
+pub fn plural(n: u64, suffix: &str) -> &str {
+    if n == 1 { "" } else { suffix }
+}
+
 /// Print a value as one JSON document on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) {
     let mut out = std::io::stdout().lock();
@@ -106,112 +165,6 @@ pub fn num(n: u64) -> String {
         out.push(c);
     }
     out
-}
-
-/// The plan summary, Terraform style.
-pub fn plan_text(ui: &Ui, job: &str, plan: &PlanRecord, changed: bool, state_dir: &str) -> String {
-    let mut s = String::new();
-    let line = |s: &mut String, k: &str, v: String| s.push_str(&format!("  {:<15}{v}\n", k));
-    if changed {
-        s.push_str(&format!("{} {}\n", ui.bold("Plan for job"), ui.bold(job)));
-    } else {
-        s.push_str(&format!(
-            "{} {}\n",
-            ui.bold("No changes."),
-            ui.dim(&format!(
-                "The saved plan for `{job}` matches the spec and inputs."
-            ))
-        ));
-    }
-    line(
-        &mut s,
-        "model",
-        format!("{} ({})", plan.model, plan.encoding),
-    );
-    line(
-        &mut s,
-        "rows",
-        format!(
-            "{}: {} to grade, {} already graded",
-            num(plan.rows),
-            num(plan.outstanding),
-            num(plan.already_done)
-        ),
-    );
-    line(
-        &mut s,
-        "prompt tokens",
-        format!(
-            "{} to submit ({} per request on average)",
-            num(plan.prompt_tokens),
-            num(plan
-                .prompt_tokens
-                .checked_div(plan.outstanding)
-                .unwrap_or(0))
-        ),
-    );
-    line(
-        &mut s,
-        "chunks",
-        format!(
-            "{} ({} of JSONL)",
-            plan.chunks.len(),
-            human_bytes(plan.bytes)
-        ),
-    );
-    const SHOWN: usize = 12;
-    if !plan.chunks.is_empty() {
-        s.push_str(&ui.dim(&format!(
-            "  {:>17} {:>10} {:>12} {:>10}\n",
-            "chunk", "requests", "tokens", "size"
-        )));
-        for (i, c) in plan.chunks.iter().enumerate() {
-            if plan.chunks.len() > SHOWN && i == SHOWN - 2 {
-                s.push_str(&format!(
-                    "  {:>17}\n",
-                    format!("… {} more", plan.chunks.len() - SHOWN + 1)
-                ));
-            }
-            if plan.chunks.len() > SHOWN && i >= SHOWN - 2 && i + 1 < plan.chunks.len() {
-                continue;
-            }
-            s.push_str(&format!(
-                "  {:>17} {:>10} {:>12} {:>10}\n",
-                c.index,
-                num(c.requests),
-                num(c.tokens),
-                human_bytes(c.bytes)
-            ));
-        }
-    }
-    match (&plan.price, &plan.estimate) {
-        (Some(p), Some(e)) => {
-            let mut v = format!("{} prompt", usd(e.low));
-            if let Some(x) = e.expected {
-                v.push_str(&format!(", ~{} expected", usd(x)));
-            }
-            match e.high {
-                Some(h) => v.push_str(&format!(", at most {}", usd(h))),
-                None => v.push_str(", no upper bound (the request sets no max_tokens)"),
-            }
-            line(&mut s, "cost (batch)", v);
-            line(
-                &mut s,
-                "",
-                ui.dim(&format!(
-                    "{} at ${}/${} per 1M in/out tokens, prices of {}",
-                    p.model, p.batch_input_per_1m, p.batch_output_per_1m, p.prices_as_of
-                )),
-            );
-        }
-        _ => line(
-            &mut s,
-            "cost (batch)",
-            "unknown: the model has no price".into(),
-        ),
-    }
-    line(&mut s, "state", state_dir.to_string());
-    s
 }
 
 #[cfg(test)]

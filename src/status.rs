@@ -2,12 +2,13 @@
 //! `apply` after every transition, so `status` answers at once, even while
 //! `apply` holds the job's lock, without opening the database.
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cost::usd;
-use crate::report::{Ui, num};
+use crate::report::{Paint, Ui, num, plural};
 use crate::spec::units::human_bytes;
 use crate::state::{Phase, UnitRecord};
 
@@ -154,7 +155,15 @@ pub fn read(job_dir: &Path) -> std::io::Result<Option<Snapshot>> {
     }
 }
 
-fn phase_word(u: &UnitStatus) -> String {
+fn phase_word(u: &UnitStatus, now: u64) -> String {
+    if let Some(b) = &u.backoff {
+        let failures = format!("{} failure{}", b.failures, plural(b.failures.into(), "s"));
+        return if b.retry_at > now {
+            format!("retry in {} ({failures})", secs(b.retry_at - now))
+        } else {
+            format!("retrying ({failures})")
+        };
+    }
     match u.phase {
         Phase::Planned => "planned".into(),
         Phase::Uploaded => "uploaded".into(),
@@ -172,23 +181,43 @@ fn phase_word(u: &UnitStatus) -> String {
     }
 }
 
+/// `40s`, `3m`, `1h 5m`.
+fn secs(n: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(n)).to_string()
+}
+
 fn elapsed(u: &UnitStatus, now: u64) -> String {
     match (u.submitted_at, u.ended_at) {
-        (Some(s), Some(e)) => {
-            humantime::format_duration(std::time::Duration::from_secs(e.saturating_sub(s)))
-                .to_string()
-        }
-        (Some(s), None) => {
-            humantime::format_duration(std::time::Duration::from_secs(now.saturating_sub(s)))
-                .to_string()
-        }
+        (Some(s), Some(e)) => secs(e.saturating_sub(s)),
+        (Some(s), None) => secs(now.saturating_sub(s)),
         _ => "-".into(),
     }
 }
 
+/// `paid $X at batch prices; $Y at standard prices; saved $Z`, once the
+/// runner has filled the receipt in.
+pub fn receipt_line(r: &Receipt) -> Option<String> {
+    (*r != Receipt::default()).then(|| {
+        format!(
+            "paid {} at batch prices; {} at standard prices; saved {}",
+            usd(r.paid_usd),
+            usd(r.standard_usd),
+            usd(r.saved_usd)
+        )
+    })
+}
+
 /// The chunk table and totals, for `status` and the live view of `apply`.
+/// `now` (Unix seconds) is passed in so that the text depends on the
+/// snapshot alone.
 pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
+    render_to(&mut out, ui.paint(), s, now).expect("writing to a Vec cannot fail");
+    String::from_utf8(out).expect("the table is UTF-8")
+}
+
+/// Same, into any writer.
+pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Result<()> {
     let state = match s.state {
         RunState::Running => format!("running (pid {})", s.pid.unwrap_or(0)),
         RunState::Planned => "planned, not submitted".into(),
@@ -196,15 +225,18 @@ pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
         RunState::Halted => "halted by policy".into(),
         RunState::Finished => "finished".into(),
     };
-    out.push_str(&format!(
-        "{} {}  {}\n",
-        ui.bold("job"),
-        ui.bold(&s.job),
-        state
-    ));
+    writeln!(w, "{} {}  {}", p.bold("job"), p.bold(&s.job), state)?;
+    if let Some(since) = s.outage_since {
+        writeln!(
+            w,
+            "  provider not answering for {}, retrying; Ctrl-C stops, `batchgrader resume` continues",
+            secs(now.saturating_sub(since))
+        )?;
+    }
     let t = &s.totals;
-    out.push_str(&format!(
-        "  rows {}: {} graded, {} failed, {} pending{}\n",
+    writeln!(
+        w,
+        "  rows {}: {} graded, {} failed, {} pending{}",
         num(t.rows),
         num(t.succeeded + t.already_done),
         num(t.failed),
@@ -214,38 +246,163 @@ pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
         } else {
             String::new()
         }
-    ));
-    out.push_str(&format!(
-        "  cost {} so far{}\n",
+    )?;
+    writeln!(
+        w,
+        "  cost {} so far{}",
         usd(s.actual_cost_usd),
         s.estimated_cost_usd
             .map(|e| format!(", estimated {}", usd(e)))
             .unwrap_or_default()
-    ));
+    )?;
+    if let Some(r) = receipt_line(&s.receipt) {
+        writeln!(w, "  {r}")?;
+    }
     if !s.units.is_empty() {
-        out.push_str(&ui.dim(&format!(
-            "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}\n",
-            "chunk", "try", "state", "done/requests", "tokens", "size", "cost", "elapsed"
-        )));
+        writeln!(
+            w,
+            "{}",
+            p.dim(&format!(
+                "  {:>5} {:>3}  {:<26} {:>19} {:>10} {:>10} {:>9}  {}",
+                "chunk", "try", "state", "done/requests", "tokens", "size", "cost", "elapsed"
+            ))
+        )?;
         for u in &s.units {
-            out.push_str(&format!(
-                "  {:>5} {:>3}  {:<24} {:>19} {:>10} {:>10} {:>9}  {}\n",
+            writeln!(
+                w,
+                "  {:>5} {:>3}  {:<26} {:>19} {:>10} {:>10} {:>9}  {}",
                 u.id,
                 u.attempt,
-                phase_word(u),
+                phase_word(u, now),
                 format!("{}/{}", num(u.completed + u.failed), num(u.requests)),
                 num(u.tokens),
                 human_bytes(u.bytes),
                 usd(u.cost_usd),
                 elapsed(u, now)
-            ));
+            )?;
+        }
+        for u in &s.units {
+            if let Some(b) = &u.backoff {
+                writeln!(
+                    w,
+                    "  chunk {}: {} failing for {}: {}",
+                    u.id,
+                    b.step,
+                    secs(now.saturating_sub(b.since)),
+                    b.last_error
+                )?;
+            }
         }
     }
     if let Some(m) = &s.message {
-        out.push_str(&format!("  {m}\n"));
+        writeln!(w, "  {m}")?;
     }
     if let Some(p) = &s.output_path {
-        out.push_str(&format!("  output {p}\n"));
+        writeln!(w, "  output {p}")?;
     }
-    out
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_790_000_000;
+
+    fn unit(id: u32, phase: Phase, remote: Option<&str>, done: u64) -> UnitStatus {
+        UnitStatus {
+            id,
+            attempt: 1,
+            phase,
+            batch_id: remote.map(|_| format!("batch_{id:03}")),
+            remote_status: remote.map(str::to_string),
+            requests: 20_000,
+            completed: done,
+            failed: 0,
+            bytes: 8_240_000,
+            tokens: 1_940_000,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            submitted_at: remote.map(|_| NOW - 3_725),
+            ended_at: None,
+            backoff: None,
+        }
+    }
+
+    fn running() -> Snapshot {
+        let mut merged = unit(1, Phase::Merged, Some("completed"), 19_990);
+        merged.failed = 10;
+        merged.ended_at = Some(NOW - 600);
+        merged.input_tokens = 1_939_000;
+        merged.output_tokens = 40_000;
+        merged.cost_usd = 0.1574;
+        let mut parked = unit(3, Phase::Planned, None, 0);
+        parked.backoff = Some(Backoff {
+            step: "upload".into(),
+            failures: 3,
+            since: NOW - 125,
+            retry_at: NOW + 40,
+            last_error: "upload file failed after 4 attempts: HTTP 503".into(),
+        });
+        Snapshot {
+            job: "essays".into(),
+            state: RunState::Running,
+            pid: Some(4242),
+            updated_at: NOW - 2,
+            started_at: Some(NOW - 3_800),
+            model: "gpt-4o-mini".into(),
+            totals: Totals {
+                rows: 61_200,
+                to_grade: 60_000,
+                already_done: 1_200,
+                succeeded: 19_990,
+                failed: 10,
+                pending: 40_000,
+            },
+            estimated_cost_usd: Some(0.4216),
+            actual_cost_usd: 0.1574,
+            output_path: None,
+            message: None,
+            receipt: Receipt {
+                paid_usd: 0.1574,
+                standard_usd: 0.3148,
+                saved_usd: 0.1574,
+            },
+            outage_since: Some(NOW - 180),
+            units: vec![
+                merged,
+                unit(2, Phase::Submitted, Some("in_progress"), 12_345),
+                parked,
+            ],
+        }
+    }
+
+    #[test]
+    fn table_of_a_running_job_with_a_parked_chunk_and_an_outage() {
+        let text = render(&Ui::plain(), &running(), NOW);
+        assert!(text.contains("retry in 40s (3 failures)"), "{text}");
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn a_parked_chunk_past_its_retry_time_says_retrying() {
+        let mut s = running();
+        s.units[2].backoff.as_mut().unwrap().failures = 1;
+        let text = render(&Ui::plain(), &s, NOW + 41);
+        assert!(text.contains("retrying (1 failure) "), "{text}");
+    }
+
+    #[test]
+    fn no_receipt_or_outage_line_until_there_is_one() {
+        let mut s = running();
+        s.receipt = Receipt::default();
+        s.outage_since = None;
+        s.units.clear();
+        s.state = RunState::Finished;
+        s.totals.succeeded = 59_990;
+        s.totals.pending = 0;
+        s.output_path = Some("out/essays.graded.csv".into());
+        insta::assert_snapshot!(render(&Ui::plain(), &s, NOW));
+    }
 }

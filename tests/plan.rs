@@ -54,6 +54,27 @@ fn validate_reports_every_problem_with_its_place() {
 }
 
 #[test]
+fn a_spec_error_under_detailed_exitcode_exits_1() {
+    let sb = Sandbox::new();
+    sb.write("bad.yaml", "version: 1\nname: x\n");
+    let run = sb.run(&["plan", "bad.yaml", "--detailed-exitcode"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.starts_with("error: bad.yaml:"), "{run:?}");
+    let run = sb.run(&["plan", "bad.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[test]
+fn the_exit_code_table_is_in_help() {
+    let run = Sandbox::new().run(&["--help"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Exit codes:\n  0  success"), "{run:?}");
+    assert!(run.stdout.contains("\n  5  still running"), "{run:?}");
+    let run = Sandbox::new().run(&["plan"]);
+    assert_eq!(run.code, 2, "a missing argument is a usage error: {run:?}");
+}
+
+#[test]
 fn csv_cells_reach_the_prompt_verbatim() {
     let sb = Sandbox::new();
     sb.write(
@@ -224,4 +245,77 @@ fn demo_spec_plans_out_of_the_box() {
         run.stderr.contains("300 to grade, 0 already graded"),
         "{run:?}"
     );
+}
+
+/// A spec for the built-in simulated provider with quick batches.
+fn simulated_spec(name: &str, model: &str) -> String {
+    spec(
+        name,
+        "in.csv",
+        "{{ t }}",
+        "provider:\n  kind: simulated\n  simulated:\n    validating: 10ms\n    in_progress: 50ms\n    finalizing: 10ms\npoll:\n  interval: 50ms\n  max_interval: 100ms\n",
+    )
+    .replace("model: gpt-4o-mini", &format!("model: {model}"))
+}
+
+#[test]
+fn plan_warnings_are_in_the_json_and_on_stderr() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", "t\none\ntwo\n");
+    sb.write("s.yaml", simulated_spec("local", "my-local-model"));
+    let want = [
+        "model `my-local-model` has no price",
+        "no known tokenizer for model `my-local-model`",
+    ];
+    for round in ["new plan", "unchanged plan"] {
+        let run = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(run.code, 0, "{round}: {run:?}");
+        let warnings = run.json()["warnings"].clone();
+        let warnings: Vec<&str> = warnings
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap())
+            .collect();
+        for w in want {
+            assert!(
+                warnings.iter().any(|x| x.starts_with(w)),
+                "{round}: {w:?} not in {warnings:?}"
+            );
+            assert!(
+                run.stderr.contains(&format!("warning: {w}")),
+                "{round}: {run:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn apply_plans_and_applies_with_one_store_and_reports_the_plan_warnings() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", "t\none\ntwo\nthree\n");
+    sb.write("s.yaml", simulated_spec("local", "my-local-model"));
+    let run = sb.run(&["apply", "s.yaml", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("planned first"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("warning: model `my-local-model` has no price"),
+        "{run:?}"
+    );
+    let v = run.json();
+    assert_eq!(v["ending"], "finished", "{v:#}");
+    assert_eq!(v["graded"], 3, "{v:#}");
+    let warnings = v["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("has no price")),
+        "{v:#}"
+    );
+    // A job without warnings says so with an empty list.
+    sb.write("s2.yaml", simulated_spec("priced", "gpt-4o-mini"));
+    let run = sb.run(&["apply", "s2.yaml", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["warnings"], serde_json::json!([]), "{run:?}");
 }

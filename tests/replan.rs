@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use batchgrader::state::{JobStore, ResultRecord};
-use common::{Sandbox, chunk_lines, spec, user_text};
+use common::{Sandbox, chunk_lines, spec, user_text, wait_for_store_release};
 
 fn rows_csv(rows: &[&str]) -> String {
     let mut s = String::from("id,text\n");
@@ -93,6 +93,7 @@ fn changed_input_replans_only_requests_without_a_result() {
                 .unwrap();
         }
     }
+    wait_for_store_release(&sb, "job");
     // One row edited, one added, the rest unchanged.
     setup(&sb, &["alpha", "BETA", "gamma", "delta", "epsilon"]);
     let run = sb.run(&["plan", "s.yaml", "--json"]);
@@ -290,5 +291,6 @@ fn a_second_process_is_refused_while_the_job_is_locked() {
         "{run:?}"
     );
     drop(held);
+    wait_for_store_release(&sb, "job");
     assert_eq!(sb.run(&["plan", "s.yaml"]).code, 0);
 }

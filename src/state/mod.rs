@@ -27,7 +27,6 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::cost::{Estimate, Price};
-use crate::error::exit;
 pub use crate::provider::batch::{BilledUsage, EndKind, ResultRef};
 use crate::tokenize::Encoding;
 pub use layout::Layout;
@@ -60,13 +59,6 @@ pub enum StateError {
 }
 
 impl StateError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            StateError::NoJob { .. } => exit::USAGE,
-            _ => exit::RUNTIME,
-        }
-    }
-
     pub fn hint(&self) -> Option<String> {
         match self {
             StateError::Locked { .. } => Some(
@@ -694,28 +686,14 @@ impl JobStore {
     }
 }
 
-/// Open the sled database. Our own lock is already held, so the only other
-/// holder of sled's lock can be this process's previous handle, whose
-/// background flusher releases it a moment after the handle is dropped
-/// (`apply` plans, closes the store, then opens it again): wait for that.
+/// Open the sled database. Our own lock is already held, and every command
+/// opens a job's store once, so sled's own lock is free.
 fn open_db(db_dir: &Path) -> Result<sled::Db, StateError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match sled::Config::new()
-            .path(db_dir)
-            .cache_capacity(16 << 20)
-            .open()
-        {
-            Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => return Err(db_err(db_dir)(e)),
-        }
-    }
+    sled::Config::new()
+        .path(db_dir)
+        .cache_capacity(16 << 20)
+        .open()
+        .map_err(db_err(db_dir))
 }
 
 /// Take the job's lock file. The OS releases it when the process dies, so a
@@ -771,18 +749,37 @@ pub fn now_secs() -> u64 {
 mod tests {
     use super::*;
 
+    /// sled's background threads close its lock file a moment after the
+    /// last handle is dropped. Commands open a store once per process; a
+    /// test that opens one again waits for that first.
+    fn wait_for_sled(root: &Path, job: &str) {
+        let file = job_dir(root, job).join("db").join("db");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while File::open(&file).unwrap().try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sled kept {file:?} locked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn second_open_is_refused_with_holder() {
         let tmp = tempfile::tempdir().unwrap();
-        let _a = JobStore::open(tmp.path(), "j").unwrap();
+        let a = JobStore::open(tmp.path(), "j").unwrap();
         let err = JobStore::open(tmp.path(), "j").err().unwrap();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
         let msg = err.to_string();
         assert!(msg.contains("in use"), "{msg}");
         assert!(
             msg.contains(&format!("pid {}", std::process::id())),
             "{msg}"
         );
-        drop(_a);
+        drop(a);
+        // The job's lock goes with the handle.
+        drop(take_lock(&job_dir(tmp.path(), "j"), "j").unwrap());
+        wait_for_sled(tmp.path(), "j");
         JobStore::open(tmp.path(), "j").unwrap();
     }
 
@@ -795,6 +792,7 @@ mod tests {
                 .unwrap();
             s.db.flush().unwrap();
         }
+        wait_for_sled(tmp.path(), "j");
         let err = JobStore::open(tmp.path(), "j").err().unwrap();
         assert!(matches!(err, StateError::TooNew { .. }), "{err}");
     }

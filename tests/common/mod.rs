@@ -89,6 +89,21 @@ impl Sandbox {
     }
 }
 
+/// Wait until sled has closed its lock file of `job` after this process
+/// dropped its `JobStore` (its background threads do so a moment later), so
+/// the binary run next can open the job.
+pub fn wait_for_store_release(sb: &Sandbox, job: &str) {
+    let file = sb.path(&format!("state/{job}/db/db"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::File::open(&file).unwrap().try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sled kept {file:?} locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The repository root (for fixtures and shipped files).
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

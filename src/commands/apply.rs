@@ -1,0 +1,301 @@
+//! `apply [SPEC]` and `resume [JOB]`: plan if needed (with the same store and
+//! spec the run then uses), submit, poll, download, merge, and show the
+//! final summary.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use super::connect::{runtime, with_runner};
+use super::job;
+use crate::apply::{ApplyOptions, Summary};
+use crate::cost::usd;
+use crate::error::{Error, Result};
+use crate::exit::{self, Code};
+use crate::report::{Paint, Ui, num, plural, print_json};
+use crate::settings::{ApplySettings, Global};
+use crate::spec;
+use crate::state::{JobStore, PlanRecord};
+use crate::status::{self, RunState, receipt_line};
+
+pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
+    let (store, spec, plan) = match (&args.spec, args.resume) {
+        (Some(spec_path), false) => {
+            let spec = spec::load(spec_path)?;
+            let (store, planned) = super::plan::open_and_plan(g, &spec, ui)?;
+            if planned.changed {
+                ui.info(&ui.dim(
+                    "The spec or its inputs changed since the last plan (or there was none): planned first.",
+                ));
+                for w in &planned.plan.warnings {
+                    ui.warn(w);
+                }
+                let state_dir = planned.job_dir.display().to_string();
+                ui.show(|w| {
+                    super::plan::render(
+                        w,
+                        ui.paint(),
+                        &planned.job,
+                        &planned.plan,
+                        true,
+                        &state_dir,
+                    )
+                });
+            }
+            (store, spec, planned.plan)
+        }
+        _ => {
+            let name = job::resolve(&g.state_root, args.job.as_deref())?;
+            let store = JobStore::open_existing(&g.state_root, &name)?;
+            let spec = job::saved_spec(&store)?;
+            let plan = job::current_plan(&store, &name)?;
+            (store, spec, plan)
+        }
+    };
+    if !args.resume && store.cancelled_at()?.is_some() {
+        // `apply` is the user asking for the job to run again.
+        store.set_cancelled(None)?;
+        ui.info("The job was cancelled; applying it again.");
+    }
+    let started = !store.units(plan.generation)?.is_empty();
+    if plan.outstanding > 0 && !started && !args.yes && !confirm(ui, &plan)? {
+        ui.info("Nothing submitted.");
+        return Ok(Code::Success);
+    }
+    let rt = runtime()?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let result = rt.block_on(async {
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        let opts = ApplyOptions {
+            detach: args.detach,
+        };
+        with_runner(
+            &store,
+            &spec,
+            &plan,
+            ui,
+            opts,
+            interrupted.clone(),
+            async |r| r.run().await,
+        )
+        .await
+    });
+    let (ending, summary) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The state is consistent at every step; say how to go on.
+            mark_detached(&store);
+            return Err(e);
+        }
+    };
+    if ui.json {
+        /// The summary, and the warnings of the plan that was applied.
+        #[derive(Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            summary: &'a Summary,
+            warnings: &'a [String],
+        }
+        print_json(&Out {
+            summary: &summary,
+            warnings: &plan.warnings,
+        });
+    }
+    ui.show(|w| render_summary(w, ui.paint(), &summary));
+    Ok(exit::for_ending(&ending, &summary))
+}
+
+/// A run that stopped on an error leaves batches running with nobody
+/// watching; say so in the snapshot.
+fn mark_detached(store: &JobStore) {
+    if let Ok(Some(mut snap)) = status::read(store.dir())
+        && snap.state == RunState::Running
+    {
+        snap.state = RunState::Detached;
+        snap.pid = None;
+        snap.message = Some("stopped on an error; fix it and run `batchgrader resume`".into());
+        let _ = status::write(store.dir(), &snap);
+    }
+}
+
+/// On a terminal, a large estimate asks first; CI never prompts.
+fn confirm(ui: &Ui, plan: &PlanRecord) -> Result<bool> {
+    const ASK_ABOVE_USD: f64 = 10.0;
+    let Some(e) = &plan.estimate else {
+        return Ok(true);
+    };
+    let worst = e.high.unwrap_or(e.expected.unwrap_or(e.low));
+    if worst <= ASK_ABOVE_USD || !ui.tty || !std::io::stdin().is_terminal() || ui.json {
+        return Ok(true);
+    }
+    eprint!(
+        "Submit {} requests, estimated up to {}? [y/N] ",
+        num(plan.outstanding),
+        usd(worst)
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("read the answer from", PathBuf::from("stdin"), e))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The end-of-run summary: counts, rates, the values, spend, the output.
+fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
+    let head = match s.ending.as_str() {
+        "finished" => "Finished",
+        "halted" => "Halted",
+        "detached" => "Detached",
+        _ => "Interrupted",
+    };
+    write!(w, "{} {}", p.bold(head), p.bold(&format!("job {}", s.job)))?;
+    if s.simulated {
+        write!(
+            w,
+            "{}",
+            p.dim(" (simulated provider: the answers are made up, not from a model)")
+        )?;
+    }
+    writeln!(w)?;
+    if let Some(m) = &s.message {
+        writeln!(w, "  {m}")?;
+    }
+    if s.output_path.is_some() {
+        writeln!(
+            w,
+            "  rows        {}: {} graded, {} parse failure{}, {} failed{}",
+            num(s.rows),
+            num(s.graded),
+            num(s.parse_failures),
+            plural(s.parse_failures, "s"),
+            num(s.failed),
+            if s.not_graded > 0 {
+                format!(", {} not graded", num(s.not_graded))
+            } else {
+                String::new()
+            }
+        )?;
+        if s.rows > 0 && (s.failed > 0 || s.parse_failures > 0) {
+            writeln!(
+                w,
+                "  rates       API failures {:.1}%, parse failures {:.1}%",
+                s.failed as f64 * 100.0 / s.rows as f64,
+                s.parse_failures as f64 * 100.0 / s.rows as f64
+            )?;
+        }
+        if !s.distribution.is_empty() {
+            let parts: Vec<String> = s
+                .distribution
+                .iter()
+                .take(15)
+                .map(|(v, n)| format!("{v}: {}", num(*n)))
+                .collect();
+            writeln!(w, "  values      {}", parts.join(", "))?;
+        }
+    }
+    writeln!(
+        w,
+        "  cost        {} spent{}",
+        usd(s.actual_cost_usd),
+        s.estimated_cost_usd
+            .map(|e| format!(" (estimated {})", usd(e)))
+            .unwrap_or_default()
+    )?;
+    if let Some(r) = receipt_line(&s.receipt) {
+        writeln!(w, "  receipt     {r}")?;
+    }
+    if let Some(path) = &s.output_path {
+        writeln!(w, "  output      {path}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Receipt;
+
+    fn finished() -> Summary {
+        Summary {
+            job: "essays".into(),
+            ending: "finished".into(),
+            rows: 50_000,
+            graded: 49_930,
+            parse_failures: 42,
+            failed: 28,
+            not_graded: 0,
+            already_graded_before: 1_200,
+            estimated_cost_usd: Some(4.2163),
+            actual_cost_usd: 3.9071,
+            output_path: Some("out/essays.graded.csv".into()),
+            distribution: (1..=10).map(|g| (g.to_string(), 5_000 - g * 7)).collect(),
+            simulated: false,
+            message: None,
+            receipt: Receipt {
+                paid_usd: 3.9071,
+                standard_usd: 7.8142,
+                saved_usd: 3.9071,
+            },
+        }
+    }
+
+    fn text(s: &Summary) -> String {
+        let mut out = Vec::new();
+        render_summary(&mut out, Paint::plain(), s).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn final_summary() {
+        insta::assert_snapshot!(text(&finished()));
+    }
+
+    #[test]
+    fn halt_summary() {
+        let s = Summary {
+            ending: "halted".into(),
+            graded: 18_000,
+            failed: 1_400,
+            parse_failures: 0,
+            not_graded: 30_600,
+            message: Some("halted: failure rate 7.2% is above halt.max_failure_rate 5.0%".into()),
+            actual_cost_usd: 1.4218,
+            receipt: Receipt {
+                paid_usd: 1.4218,
+                standard_usd: 2.8436,
+                saved_usd: 1.4218,
+            },
+            distribution: vec![("7".into(), 9_000), ("8".into(), 9_000)],
+            ..finished()
+        };
+        insta::assert_snapshot!(text(&s));
+    }
+
+    #[test]
+    fn detached_summary_has_no_rows_and_no_empty_receipt() {
+        let s = Summary {
+            ending: "detached".into(),
+            output_path: None,
+            simulated: true,
+            message: Some("detached: batches keep running".into()),
+            actual_cost_usd: 0.0,
+            receipt: Receipt::default(),
+            ..finished()
+        };
+        let t = text(&s);
+        assert!(
+            t.starts_with("Detached job essays (simulated provider"),
+            "{t}"
+        );
+        assert!(!t.contains("rows "), "{t}");
+        assert!(!t.contains("receipt"), "an empty receipt is not shown: {t}");
+    }
+}

@@ -1,0 +1,43 @@
+//! `cancel [JOB]`: stop the job's batches that are out and mark the job
+//! cancelled, so `resume` collects partial results and submits nothing new.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::connect::{runtime, with_runner};
+use super::job;
+use crate::apply::ApplyOptions;
+use crate::error::Result;
+use crate::exit::Code;
+use crate::report::{Ui, plural, print_json};
+use crate::settings::Global;
+use crate::state::JobStore;
+
+pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
+    let job = job::resolve(&g.state_root, job)?;
+    let store = JobStore::open_existing(&g.state_root, &job)?;
+    let spec = job::saved_spec(&store)?;
+    let plan = job::current_plan(&store, &job)?;
+    let rt = runtime()?;
+    let n = rt.block_on(with_runner(
+        &store,
+        &spec,
+        &plan,
+        ui,
+        ApplyOptions::default(),
+        Arc::new(AtomicBool::new(false)),
+        async |r| r.cancel().await,
+    ))?;
+    if ui.json {
+        print_json(&serde_json::json!({"job": job, "batches_cancelled": n}));
+    }
+    ui.show(|w| {
+        writeln!(
+            w,
+            "Cancelled job `{job}`: asked {n} batch{} to stop. `batchgrader resume` collects what they finished (nothing new is submitted); `batchgrader apply SPEC` starts the job again.",
+            plural(n as u64, "es")
+        )
+    });
+    Ok(Code::Success)
+}

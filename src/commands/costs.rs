@@ -1,0 +1,102 @@
+//! `costs [--since D]`: spend and tokens by day, model and job, from the
+//! usage ledger.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use crate::cost::usd;
+use crate::costs::{Report, aggregate, read};
+use crate::error::{Error, Result};
+use crate::exit::Code;
+use crate::report::{Paint, Ui, num, plural, print_json};
+use crate::settings::Global;
+use crate::state::now_secs;
+
+pub fn run(g: &Global, since: Option<Duration>, ui: &Ui) -> Result<Code> {
+    let entries =
+        read(&g.state_root).map_err(|e| Error::io("read", g.state_root.join("usage.jsonl"), e))?;
+    let cutoff = since.map(|d| now_secs().saturating_sub(d.as_secs()));
+    let r = aggregate(&entries, cutoff);
+    if ui.json {
+        print_json(&r);
+    }
+    ui.show(|w| render(w, ui.paint(), &r));
+    Ok(Code::Success)
+}
+
+fn render(w: &mut impl Write, p: Paint, r: &Report) -> io::Result<()> {
+    writeln!(
+        w,
+        "{} {} in {} batch{}: {} input and {} output tokens",
+        p.bold("Spend"),
+        usd(r.total.cost_usd),
+        num(r.total.batches),
+        plural(r.total.batches, "es"),
+        num(r.total.input_tokens),
+        num(r.total.output_tokens)
+    )?;
+    for (title, group) in [
+        ("day", &r.by_day),
+        ("model", &r.by_model),
+        ("job", &r.by_job),
+    ] {
+        if group.is_empty() {
+            continue;
+        }
+        writeln!(w, "{}", p.dim(&format!("  by {title}")))?;
+        for (k, v) in group {
+            writeln!(
+                w,
+                "    {:<28} {:>10} {:>14} in {:>12} out",
+                k,
+                usd(v.cost_usd),
+                num(v.input_tokens),
+                num(v.output_tokens)
+            )?;
+        }
+    }
+    if r.simulated.batches > 0 {
+        writeln!(
+            w,
+            "{}",
+            p.dim(&format!(
+                "  plus {} simulated batch{} (no real spend)",
+                num(r.simulated.batches),
+                plural(r.simulated.batches, "es")
+            ))
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::costs::Entry;
+
+    #[test]
+    fn spend_by_day_model_and_job() {
+        let entry = |ts, job: &str, model: &str, cost, simulated| Entry {
+            ts,
+            job: job.into(),
+            batch_id: format!("batch_{ts}"),
+            model: model.into(),
+            input_tokens: 1_000_000,
+            output_tokens: 20_000,
+            cost_usd: cost,
+            simulated,
+        };
+        let r = aggregate(
+            &[
+                entry(1_790_000_000, "essays", "gpt-4o-mini", 0.081, false),
+                entry(1_790_090_000, "essays", "gpt-4o-mini", 0.081, false),
+                entry(1_790_090_500, "tickets", "gpt-4.1", 2.08, false),
+                entry(1_790_090_600, "demo", "gpt-4o-mini", 0.0, true),
+            ],
+            None,
+        );
+        let mut out = Vec::new();
+        render(&mut out, Paint::plain(), &r).unwrap();
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+}

@@ -1,0 +1,85 @@
+//! One module per command. `run` parses the command line into plain
+//! settings, dispatches to the command, prints the error of a command that
+//! failed, and picks the exit code through `crate::exit`.
+
+mod apply;
+mod cancel;
+mod connect;
+mod costs;
+mod export;
+mod job;
+mod plan;
+mod schema;
+mod simulate_server;
+mod split;
+mod status;
+mod tokens;
+mod validate;
+
+use std::ffi::OsString;
+
+use crate::cli;
+use crate::error::{Report, Result};
+use crate::exit::{self, Code, Convention};
+use crate::report::Ui;
+use crate::settings::{Global, Invocation};
+
+/// Run the command line `args` (program name first); returns the process
+/// exit code.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match cli::parse(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return exit::for_arguments(!e.use_stderr()).value();
+        }
+    };
+    let (global, invocation) = cli.resolve();
+    let o = global.output;
+    let ui = Ui::new(o.json, o.quiet, o.no_color);
+    let convention = match invocation {
+        Invocation::Plan {
+            detailed_exitcode: true,
+            ..
+        } => Convention::DetailedPlan,
+        _ => Convention::Standard,
+    };
+    match dispatch(&global, invocation, &ui) {
+        Ok(code) => code.value(),
+        Err(e) => {
+            ui.error(&Report(&e).to_string());
+            exit::for_error(&e, convention).value()
+        }
+    }
+}
+
+fn dispatch(g: &Global, invocation: Invocation, ui: &Ui) -> Result<Code> {
+    match invocation {
+        Invocation::Validate { spec } => validate::run(&spec, ui),
+        Invocation::Schema => schema::run(),
+        Invocation::Plan {
+            spec,
+            detailed_exitcode,
+        } => plan::run(g, &spec, detailed_exitcode, ui),
+        Invocation::Apply(a) => apply::run(g, &a, ui),
+        Invocation::Status {
+            job,
+            watch,
+            exit_status,
+        } => status::run(g, job.as_deref(), watch, exit_status, ui),
+        Invocation::Cancel { job } => cancel::run(g, job.as_deref(), ui),
+        Invocation::Costs { since } => costs::run(g, since, ui),
+        Invocation::Export { job, out } => export::run(g, job.as_deref(), out.as_deref(), ui),
+        Invocation::SimulateServer { config, port } => simulate_server::run(config, port),
+        Invocation::Tokens { target, limit } => tokens::run(&target, limit, ui),
+        Invocation::Split {
+            target,
+            limits,
+            out_dir,
+        } => split::run(&target, limits, &out_dir, ui),
+    }
+}

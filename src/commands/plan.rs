@@ -1,0 +1,273 @@
+//! `plan SPEC`: plan the job and show the summary, Terraform style.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cost::usd;
+use crate::error::Result;
+use crate::exit::{self, Code};
+use crate::plan::{self as planner, Planned};
+use crate::report::{Paint, Ui, num, plural, print_json};
+use crate::settings::Global;
+use crate::spec::units::human_bytes;
+use crate::spec::{self, CheckedSpec};
+use crate::state::{JobStore, PlanRecord};
+
+pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Result<Code> {
+    let spec = spec::load(spec_path)?;
+    let (_store, planned) = open_and_plan(g, &spec, ui)?;
+    let p = &planned.plan;
+    let state_dir = planned.job_dir.display().to_string();
+    if ui.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            job: &'a str,
+            changed: bool,
+            state_dir: &'a str,
+            #[serde(flatten)]
+            plan: &'a PlanRecord,
+        }
+        print_json(&Out {
+            job: &planned.job,
+            changed: planned.changed,
+            state_dir: &state_dir,
+            plan: p,
+        });
+    }
+    for w in &p.warnings {
+        ui.warn(w);
+    }
+    ui.show(|w| {
+        render(w, ui.paint(), &planned.job, p, planned.changed, &state_dir)?;
+        render_next(w, spec_path, p.outstanding)
+    });
+    Ok(exit::for_plan(p.outstanding, detailed_exitcode))
+}
+
+/// Check what needs no state, then open the job's store once and plan into
+/// it; `apply SPEC` goes on with the same store.
+pub(super) fn open_and_plan(
+    g: &Global,
+    spec: &CheckedSpec,
+    ui: &Ui,
+) -> Result<(JobStore, Planned)> {
+    let prepared = planner::prepare(spec, g.pricing.as_deref())?;
+    let store = JobStore::open(&g.state_root, &spec.spec.name)?;
+    let planned = planner::plan(&store, spec, prepared, ui)?;
+    Ok((store, planned))
+}
+
+/// Chunks listed in full up to this many; beyond, the first few and the last.
+const SHOWN: usize = 12;
+
+/// The plan summary: what will be submitted and what is already done.
+pub(super) fn render(
+    w: &mut impl Write,
+    p: Paint,
+    job: &str,
+    plan: &PlanRecord,
+    changed: bool,
+    state_dir: &str,
+) -> io::Result<()> {
+    let line = |w: &mut dyn Write, k: &str, v: &str| writeln!(w, "  {k:<15}{v}");
+    if changed {
+        writeln!(w, "{} {}", p.bold("Plan for job"), p.bold(job))?;
+    } else {
+        writeln!(
+            w,
+            "{} {}",
+            p.bold("No changes."),
+            p.dim(&format!(
+                "The saved plan for `{job}` matches the spec and inputs."
+            ))
+        )?;
+    }
+    line(w, "model", &format!("{} ({})", plan.model, plan.encoding))?;
+    line(
+        w,
+        "rows",
+        &format!(
+            "{}: {} to grade, {} already graded",
+            num(plan.rows),
+            num(plan.outstanding),
+            num(plan.already_done)
+        ),
+    )?;
+    line(
+        w,
+        "prompt tokens",
+        &format!(
+            "{} to submit ({} per request on average)",
+            num(plan.prompt_tokens),
+            num(plan
+                .prompt_tokens
+                .checked_div(plan.outstanding)
+                .unwrap_or(0))
+        ),
+    )?;
+    line(
+        w,
+        "chunks",
+        &format!(
+            "{} ({} of JSONL)",
+            plan.chunks.len(),
+            human_bytes(plan.bytes)
+        ),
+    )?;
+    if !plan.chunks.is_empty() {
+        writeln!(
+            w,
+            "{}",
+            p.dim(&format!(
+                "  {:>17} {:>10} {:>12} {:>10}",
+                "chunk", "requests", "tokens", "size"
+            ))
+        )?;
+        let n = plan.chunks.len();
+        for (i, c) in plan.chunks.iter().enumerate() {
+            if n > SHOWN && i == SHOWN - 2 {
+                writeln!(w, "  {:>17}", format!("… {} more", n - SHOWN + 1))?;
+            }
+            if n > SHOWN && i >= SHOWN - 2 && i + 1 < n {
+                continue;
+            }
+            writeln!(
+                w,
+                "  {:>17} {:>10} {:>12} {:>10}",
+                c.index,
+                num(c.requests),
+                num(c.tokens),
+                human_bytes(c.bytes)
+            )?;
+        }
+    }
+    match (&plan.price, &plan.estimate) {
+        (Some(price), Some(e)) => {
+            let mut v = format!("{} prompt", usd(e.low));
+            if let Some(x) = e.expected {
+                v.push_str(&format!(", ~{} expected", usd(x)));
+            }
+            match e.high {
+                Some(h) => v.push_str(&format!(", at most {}", usd(h))),
+                None => v.push_str(", no upper bound (the request sets no max_tokens)"),
+            }
+            line(w, "cost (batch)", &v)?;
+            line(
+                w,
+                "",
+                &p.dim(&format!(
+                    "{} at ${}/${} per 1M in/out tokens, prices of {}",
+                    price.model,
+                    price.batch_input_per_1m,
+                    price.batch_output_per_1m,
+                    price.prices_as_of
+                )),
+            )?;
+        }
+        _ => line(w, "cost (batch)", "unknown: the model has no price")?,
+    }
+    line(w, "state", state_dir)
+}
+
+/// What to run next.
+fn render_next(w: &mut impl Write, spec_path: &Path, outstanding: u64) -> io::Result<()> {
+    if outstanding > 0 {
+        writeln!(
+            w,
+            "Next: `batchgrader apply {}` submits {} request{}.",
+            spec_path.display(),
+            num(outstanding),
+            plural(outstanding, "s")
+        )
+    } else {
+        writeln!(w, "Every row is already graded; nothing to submit.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::{Estimate, Price};
+    use crate::state::ChunkRecord;
+    use crate::tokenize::Encoding;
+
+    fn chunk(index: u32, requests: u64) -> ChunkRecord {
+        ChunkRecord {
+            index,
+            file: format!("chunks/plan-2/chunk-{index:05}.jsonl"),
+            requests,
+            bytes: requests * 412,
+            tokens: requests * 97,
+            sha256: "0".repeat(64),
+            first_seq: 0,
+        }
+    }
+
+    fn plan_record(chunks: Vec<ChunkRecord>) -> PlanRecord {
+        let outstanding: u64 = chunks.iter().map(|c| c.requests).sum();
+        PlanRecord {
+            generation: 2,
+            plan_hash: "ab".repeat(32),
+            created_at: 1_790_000_000,
+            model: "gpt-4o-mini".into(),
+            encoding: Encoding::O200kBase,
+            rows: outstanding + 1_200,
+            outstanding,
+            already_done: 1_200,
+            prompt_tokens: chunks.iter().map(|c| c.tokens).sum(),
+            bytes: chunks.iter().map(|c| c.bytes).sum(),
+            chunks,
+            price: Some(Price {
+                model: "gpt-4o-mini".into(),
+                input_per_1m: 0.15,
+                output_per_1m: 0.6,
+                batch_input_per_1m: 0.075,
+                batch_output_per_1m: 0.3,
+                prices_as_of: "2026-01-01".into(),
+            }),
+            estimate: Some(Estimate {
+                low: 0.3637,
+                expected: Some(0.4216),
+                high: Some(0.6533),
+            }),
+            warnings: vec![],
+        }
+    }
+
+    fn text(job: &str, plan: &PlanRecord, changed: bool) -> String {
+        let mut out = Vec::new();
+        render(&mut out, Paint::plain(), job, plan, changed, "state/essays").unwrap();
+        render_next(&mut out, Path::new("specs/essays.yaml"), plan.outstanding).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn summary_of_a_new_plan() {
+        let plan = plan_record(vec![chunk(1, 20_000), chunk(2, 20_000), chunk(3, 8_800)]);
+        insta::assert_snapshot!(text("essays", &plan, true));
+    }
+
+    #[test]
+    fn summary_of_an_unchanged_plan_without_price() {
+        let mut plan = plan_record(vec![]);
+        plan.price = None;
+        plan.estimate = None;
+        plan.rows = 1_200;
+        insta::assert_snapshot!(text("essays", &plan, false));
+    }
+
+    #[test]
+    fn many_chunks_are_elided() {
+        let plan = plan_record((1..=30).map(|i| chunk(i, 1_000)).collect());
+        let t = text("big", &plan, true);
+        assert!(t.contains("… 19 more"), "{t}");
+        assert!(
+            t.contains("\n                 30 "),
+            "the last chunk is shown: {t}"
+        );
+        assert!(!t.contains("\n                 11 "), "{t}");
+        assert_eq!(t.lines().filter(|l| l.ends_with("KB")).count(), 11, "{t}");
+    }
+}

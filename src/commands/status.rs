@@ -1,0 +1,88 @@
+//! `status [JOB]`: the snapshot `apply` keeps, read without touching the
+//! job's lock, so it answers while `apply` runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::job;
+use crate::error::{Error, Result};
+use crate::exit::{self, Code};
+use crate::report::{Ui, print_json};
+use crate::settings::Global;
+use crate::state::{self, JobStore};
+use crate::status::{self, RunState, Snapshot};
+
+pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &Ui) -> Result<Code> {
+    let job = job::resolve(&g.state_root, job)?;
+    let dir = state::job_dir(&g.state_root, &job);
+    loop {
+        let snap = read_snapshot(&g.state_root, &job, &dir)?;
+        if ui.json {
+            print_json(&snap);
+        } else if watch && ui.tty {
+            let _ = console::Term::stderr().clear_screen();
+        }
+        if !ui.json || watch {
+            let now = state::now_secs();
+            ui.show(|w| status::render_to(w, ui.paint(), &snap, now));
+        }
+        let done = matches!(snap.state, RunState::Finished | RunState::Halted);
+        if !watch || done {
+            return Ok(if exit_status {
+                exit::for_run_state(snap.state)
+            } else {
+                Code::Success
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn read_snapshot(state_root: &Path, job: &str, dir: &Path) -> Result<Snapshot> {
+    if let Some(mut snap) =
+        status::read(dir).map_err(|e| Error::io("read", status::path(dir), e))?
+    {
+        if snap.state == RunState::Running && !snap.pid.is_some_and(process_alive) {
+            snap.state = RunState::Detached;
+            snap.message = Some(format!(
+                "the process that was applying the job (pid {}) is gone; run `batchgrader resume`",
+                snap.pid.unwrap_or(0)
+            ));
+        }
+        return Ok(snap);
+    }
+    // Planned but never applied: build the snapshot from the plan.
+    let store = JobStore::open_existing(state_root, job)?;
+    let plan = job::current_plan(&store, job)?;
+    Ok(Snapshot {
+        job: job.to_string(),
+        state: RunState::Planned,
+        pid: None,
+        updated_at: plan.created_at,
+        started_at: None,
+        model: plan.model.clone(),
+        totals: status::Totals {
+            rows: plan.rows,
+            to_grade: plan.outstanding,
+            already_done: plan.already_done,
+            succeeded: 0,
+            failed: 0,
+            pending: plan.outstanding,
+        },
+        estimated_cost_usd: plan
+            .estimate
+            .as_ref()
+            .map(|e| e.expected.or(e.high).unwrap_or(e.low)),
+        actual_cost_usd: 0.0,
+        output_path: None,
+        message: Some("planned; run `batchgrader apply` to submit".into()),
+        receipt: status::Receipt::default(),
+        outage_since: None,
+        units: vec![],
+    })
+}
+
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}

@@ -1,0 +1,25 @@
+//! `validate SPEC`: check a spec against the schema and the semantic rules.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::Result;
+use crate::exit::Code;
+use crate::report::{Ui, print_json};
+use crate::spec;
+
+pub fn run(path: &Path, ui: &Ui) -> Result<Code> {
+    let checked = spec::load(path)?;
+    if ui.json {
+        print_json(&serde_json::json!({"valid": true, "spec": checked.spec}));
+    }
+    ui.show(|w| {
+        writeln!(
+            w,
+            "{}: valid job spec `{}`",
+            path.display(),
+            checked.spec.name
+        )
+    });
+    Ok(Code::Success)
+}

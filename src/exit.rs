@@ -1,0 +1,287 @@
+//! The exit codes: one table for every command.
+//!
+//! The table is part of the user contract. `--help` prints it (see
+//! `help_text`), README.md repeats it (a test keeps the two equal), and every
+//! command turns its outcome into a code through the functions below, so a
+//! pipeline can branch on the code without reading any text.
+
+use crate::apply::{Ending, Summary};
+use crate::error::Error;
+use crate::status::RunState;
+
+/// A process exit code of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Success = 0,
+    Runtime = 1,
+    Usage = 2,
+    RowsFailed = 3,
+    Halted = 4,
+    Running = 5,
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    pub code: Code,
+    pub name: &'static str,
+    /// One line, as `--help` and README show it.
+    pub description: &'static str,
+}
+
+/// Every exit code, in order.
+pub const TABLE: &[Row] = &[
+    Row {
+        code: Code::Success,
+        name: "success",
+        description: "success; with `plan --detailed-exitcode`: success and nothing to submit",
+    },
+    Row {
+        code: Code::Runtime,
+        name: "runtime error",
+        description: "runtime error (I/O, state store, network; also: the job is locked by another process); with `plan --detailed-exitcode`: any error",
+    },
+    Row {
+        code: Code::Usage,
+        name: "usage error",
+        description: "usage error, invalid spec or input; with `plan --detailed-exitcode`: success and there is work to submit",
+    },
+    Row {
+        code: Code::RowsFailed,
+        name: "rows failed",
+        description: "finished, but some rows failed after all retries, did not parse, or were not graded",
+    },
+    Row {
+        code: Code::Halted,
+        name: "halted",
+        description: "halted by policy (failure rate, budget, chunk failure), or by `cancel`",
+    },
+    Row {
+        code: Code::Running,
+        name: "still running",
+        description: "still running: after `apply --detach`, after Ctrl-C (batches keep running; `resume` continues), or `status --exit-status` of an unfinished job",
+    },
+];
+
+impl Code {
+    pub fn value(self) -> u8 {
+        self as u8
+    }
+
+    fn row(self) -> &'static Row {
+        TABLE
+            .iter()
+            .find(|r| r.code == self)
+            .expect("every code has a row in TABLE")
+    }
+
+    pub fn name(self) -> &'static str {
+        self.row().name
+    }
+
+    pub fn description(self) -> &'static str {
+        self.row().description
+    }
+}
+
+impl From<Code> for u8 {
+    fn from(c: Code) -> u8 {
+        c.value()
+    }
+}
+
+/// How a command reports failure. `plan --detailed-exitcode` follows
+/// Terraform, where 2 means "changes present", so no error may exit 2 there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Convention {
+    #[default]
+    Standard,
+    DetailedPlan,
+}
+
+/// The code of a command that stopped on an error.
+pub fn for_error(e: &Error, convention: Convention) -> Code {
+    match convention {
+        Convention::Standard => e.exit_code(),
+        Convention::DetailedPlan => Code::Runtime,
+    }
+}
+
+/// The code of command-line arguments that clap refused, or of `--help` and
+/// `--version`, which clap answers itself.
+pub fn for_arguments(help_or_version: bool) -> Code {
+    if help_or_version {
+        Code::Success
+    } else {
+        Code::Usage
+    }
+}
+
+/// The code of a plan that succeeded: with `--detailed-exitcode`, whether
+/// there is work to submit.
+pub fn for_plan(outstanding: u64, detailed_exitcode: bool) -> Code {
+    if detailed_exitcode && outstanding > 0 {
+        Code::Usage
+    } else {
+        Code::Success
+    }
+}
+
+/// The code of an `apply` or `resume` run that ended without an error.
+pub fn for_ending(ending: &Ending, summary: &Summary) -> Code {
+    match ending {
+        Ending::Finished if summary.failed + summary.parse_failures + summary.not_graded > 0 => {
+            Code::RowsFailed
+        }
+        Ending::Finished => Code::Success,
+        Ending::Halted(_) => Code::Halted,
+        Ending::Detached | Ending::Interrupted => Code::Running,
+    }
+}
+
+/// `status --exit-status`: whether the job is done, halted or still going.
+pub fn for_run_state(state: RunState) -> Code {
+    match state {
+        RunState::Finished => Code::Success,
+        RunState::Halted => Code::Halted,
+        RunState::Planned | RunState::Running | RunState::Detached => Code::Running,
+    }
+}
+
+/// The `Exit codes:` section of `--help`, wrapped to `width` columns.
+pub fn help_text(width: usize) -> String {
+    const INDENT: usize = 5;
+    let mut out = String::from("Exit codes:");
+    for row in TABLE {
+        out.push_str(&format!("\n  {}  ", row.code.value()));
+        let mut col = INDENT;
+        for (i, word) in row.description.split(' ').enumerate() {
+            if i > 0 && col + 1 + word.len() > width {
+                out.push('\n');
+                out.push_str(&" ".repeat(INDENT));
+                col = INDENT;
+            } else if i > 0 {
+                out.push(' ');
+                col += 1;
+            }
+            out.push_str(word);
+            col += word.len();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_the_rows_in_order() {
+        for (i, row) in TABLE.iter().enumerate() {
+            assert_eq!(row.code.value() as usize, i, "{}", row.name);
+            assert!(!row.description.contains('\n'), "{}", row.name);
+        }
+        assert_eq!(Code::Halted.name(), "halted");
+        assert_eq!((Code::Usage.value(), Code::Runtime.value()), (2, 1));
+    }
+
+    /// README.md is the user's manual: its exit-code table must say what
+    /// the binary does.
+    #[test]
+    fn readme_table_matches_the_code() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let section = readme
+            .split("\n## Exit codes\n")
+            .nth(1)
+            .expect("README has an `## Exit codes` section");
+        let rows: Vec<(u8, String)> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l
+                    .trim()
+                    .strip_prefix('|')?
+                    .strip_suffix('|')?
+                    .split(" | ")
+                    .collect();
+                let code = cells.first()?.trim().parse().ok()?;
+                Some((code, cells[1..].join(" | ").trim().to_string()))
+            })
+            .collect();
+        let want: Vec<(u8, String)> = TABLE
+            .iter()
+            .map(|r| (r.code.value(), r.description.to_string()))
+            .collect();
+        assert_eq!(
+            rows, want,
+            "README's exit-code table differs from exit::TABLE"
+        );
+    }
+
+    #[test]
+    fn detailed_plan_follows_terraform() {
+        let spec_error = Error::usage("bad spec");
+        assert_eq!(for_error(&spec_error, Convention::Standard), Code::Usage);
+        assert_eq!(
+            for_error(&spec_error, Convention::DetailedPlan),
+            Code::Runtime
+        );
+        assert_eq!(for_plan(0, true), Code::Success);
+        assert_eq!(for_plan(3, true), Code::Usage);
+        assert_eq!(for_plan(3, false), Code::Success);
+    }
+
+    #[test]
+    fn endings_and_states() {
+        let s = Summary {
+            job: "j".into(),
+            ending: "finished".into(),
+            rows: 10,
+            graded: 10,
+            parse_failures: 0,
+            failed: 0,
+            not_graded: 0,
+            already_graded_before: 0,
+            estimated_cost_usd: None,
+            actual_cost_usd: 0.0,
+            output_path: None,
+            distribution: vec![],
+            simulated: false,
+            message: None,
+            receipt: Default::default(),
+        };
+        assert_eq!(for_ending(&Ending::Finished, &s), Code::Success);
+        assert_eq!(for_ending(&Ending::Halted("x".into()), &s), Code::Halted);
+        assert_eq!(for_ending(&Ending::Detached, &s), Code::Running);
+        assert_eq!(for_ending(&Ending::Interrupted, &s), Code::Running);
+        for bad in 0..3 {
+            let mut t = s.clone();
+            match bad {
+                0 => t.failed = 1,
+                1 => t.parse_failures = 1,
+                _ => t.not_graded = 1,
+            }
+            assert_eq!(for_ending(&Ending::Finished, &t), Code::RowsFailed);
+        }
+        assert_eq!(for_run_state(RunState::Finished), Code::Success);
+        assert_eq!(for_run_state(RunState::Halted), Code::Halted);
+        for st in [RunState::Planned, RunState::Running, RunState::Detached] {
+            assert_eq!(for_run_state(st), Code::Running);
+        }
+    }
+
+    #[test]
+    fn help_text_wraps_under_its_code() {
+        let text = help_text(60);
+        assert!(text.starts_with("Exit codes:\n  0  success;"), "{text}");
+        for line in text.lines() {
+            assert!(line.len() <= 60, "{line:?}");
+        }
+        assert!(
+            text.contains("\n     "),
+            "continuation lines are indented: {text}"
+        );
+    }
+}
