@@ -1,7 +1,7 @@
 //! The crate's top-level error and the exit code of each failure.
 //!
 //! Modules return their own typed errors; this enum wraps them so that the
-//! binary prints one report, and `exit::for_error` picks one exit code.
+//! binary prints one report, and `Error::exit_code` picks one exit code.
 
 use std::fmt;
 use std::path::PathBuf;

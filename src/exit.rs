@@ -5,8 +5,6 @@
 //! command turns its outcome into a code through the functions below, so a
 //! pipeline can branch on the code without reading any text.
 
-use crate::apply::{Ending, Summary};
-use crate::error::Error;
 use crate::status::RunState;
 
 /// A process exit code of the table.
@@ -100,10 +98,11 @@ pub enum Convention {
     DetailedPlan,
 }
 
-/// The code of a command that stopped on an error.
-pub fn for_error(e: &Error, convention: Convention) -> Code {
+/// The code of a command that stopped on an error whose own code
+/// (`Error::exit_code`) is `code`.
+pub fn for_error(code: Code, convention: Convention) -> Code {
     match convention {
-        Convention::Standard => e.exit_code(),
+        Convention::Standard => code,
         Convention::DetailedPlan => Code::Runtime,
     }
 }
@@ -128,15 +127,26 @@ pub fn for_plan(outstanding: u64, detailed_exitcode: bool) -> Code {
     }
 }
 
+/// How an `apply` or `resume` run that stopped without an error ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every request has a final outcome; `rows_failed` when some failed,
+    /// did not parse, or were not graded.
+    Finished {
+        rows_failed: bool,
+    },
+    Halted,
+    /// Detached or interrupted: batches may still be out.
+    StillRunning,
+}
+
 /// The code of an `apply` or `resume` run that ended without an error.
-pub fn for_ending(ending: &Ending, summary: &Summary) -> Code {
-    match ending {
-        Ending::Finished if summary.failed + summary.parse_failures + summary.not_graded > 0 => {
-            Code::RowsFailed
-        }
-        Ending::Finished => Code::Success,
-        Ending::Halted(_) => Code::Halted,
-        Ending::Detached | Ending::Interrupted => Code::Running,
+pub fn for_run(end: RunEnd) -> Code {
+    match end {
+        RunEnd::Finished { rows_failed: true } => Code::RowsFailed,
+        RunEnd::Finished { rows_failed: false } => Code::Success,
+        RunEnd::Halted => Code::Halted,
+        RunEnd::StillRunning => Code::Running,
     }
 }
 
@@ -222,10 +232,9 @@ mod tests {
 
     #[test]
     fn detailed_plan_follows_terraform() {
-        let spec_error = Error::usage("bad spec");
-        assert_eq!(for_error(&spec_error, Convention::Standard), Code::Usage);
+        assert_eq!(for_error(Code::Usage, Convention::Standard), Code::Usage);
         assert_eq!(
-            for_error(&spec_error, Convention::DetailedPlan),
+            for_error(Code::Usage, Convention::DetailedPlan),
             Code::Runtime
         );
         assert_eq!(for_plan(0, true), Code::Success);
@@ -235,35 +244,14 @@ mod tests {
 
     #[test]
     fn endings_and_states() {
-        let s = Summary {
-            job: "j".into(),
-            ending: "finished".into(),
-            rows: 10,
-            graded: 10,
-            parse_failures: 0,
-            failed: 0,
-            not_graded: 0,
-            already_graded_before: 0,
-            estimated_cost_usd: None,
-            actual_cost_usd: 0.0,
-            output_path: None,
-            distribution: vec![],
-            simulated: false,
-            message: None,
-            receipt: Default::default(),
-        };
-        assert_eq!(for_ending(&Ending::Finished, &s), Code::Success);
-        assert_eq!(for_ending(&Ending::Halted("x".into()), &s), Code::Halted);
-        assert_eq!(for_ending(&Ending::Detached, &s), Code::Running);
-        assert_eq!(for_ending(&Ending::Interrupted, &s), Code::Running);
-        for bad in 0..3 {
-            let mut t = s.clone();
-            match bad {
-                0 => t.failed = 1,
-                1 => t.parse_failures = 1,
-                _ => t.not_graded = 1,
-            }
-            assert_eq!(for_ending(&Ending::Finished, &t), Code::RowsFailed);
+        let cases = [
+            (RunEnd::Finished { rows_failed: false }, Code::Success),
+            (RunEnd::Finished { rows_failed: true }, Code::RowsFailed),
+            (RunEnd::Halted, Code::Halted),
+            (RunEnd::StillRunning, Code::Running),
+        ];
+        for (end, code) in cases {
+            assert_eq!(for_run(end), code, "{end:?}");
         }
         assert_eq!(for_run_state(RunState::Finished), Code::Success);
         assert_eq!(for_run_state(RunState::Halted), Code::Halted);

@@ -58,6 +58,20 @@ pub enum Ending {
     Halted(String),
 }
 
+impl Ending {
+    /// What the exit code needs to know of this ending.
+    pub fn run_end(&self, summary: &Summary) -> crate::exit::RunEnd {
+        use crate::exit::RunEnd;
+        match self {
+            Ending::Finished => RunEnd::Finished {
+                rows_failed: summary.failed + summary.parse_failures + summary.not_graded > 0,
+            },
+            Ending::Halted(_) => RunEnd::Halted,
+            Ending::Detached | Ending::Interrupted => RunEnd::StillRunning,
+        }
+    }
+}
+
 /// The end-of-run summary (human text and `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -203,4 +217,46 @@ fn input_changed(spec: &CheckedSpec) -> Error {
             spec.file.display()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::RunEnd;
+
+    #[test]
+    fn endings_for_the_exit_code() {
+        let s = Summary {
+            job: "j".into(),
+            ending: "finished".into(),
+            rows: 10,
+            graded: 10,
+            parse_failures: 0,
+            failed: 0,
+            not_graded: 0,
+            already_graded_before: 0,
+            estimated_cost_usd: None,
+            actual_cost_usd: 0.0,
+            output_path: None,
+            distribution: vec![],
+            simulated: false,
+            message: None,
+            receipt: Default::default(),
+        };
+        let clean = RunEnd::Finished { rows_failed: false };
+        assert_eq!(Ending::Finished.run_end(&s), clean);
+        assert_eq!(Ending::Halted("x".into()).run_end(&s), RunEnd::Halted);
+        assert_eq!(Ending::Detached.run_end(&s), RunEnd::StillRunning);
+        assert_eq!(Ending::Interrupted.run_end(&s), RunEnd::StillRunning);
+        for bad in 0..3 {
+            let mut t = s.clone();
+            match bad {
+                0 => t.failed = 1,
+                1 => t.parse_failures = 1,
+                _ => t.not_graded = 1,
+            }
+            let failed = RunEnd::Finished { rows_failed: true };
+            assert_eq!(Ending::Finished.run_end(&t), failed, "case {bad}");
+        }
+    }
 }

@@ -110,7 +110,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
         });
     }
     ui.show(|w| render_summary(w, ui.paint(), &summary));
-    Ok(exit::for_ending(&ending, &summary))
+    Ok(exit::for_run(ending.run_end(&summary)))
 }
 
 /// A run that stopped on an error leaves batches running with nobody

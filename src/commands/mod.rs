@@ -52,7 +52,7 @@ where
         Ok(code) => code.value(),
         Err(e) => {
             ui.error(&Report(&e).to_string());
-            exit::for_error(&e, convention).value()
+            exit::for_error(e.exit_code(), convention).value()
         }
     }
 }

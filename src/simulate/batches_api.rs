@@ -9,9 +9,10 @@ use serde_json::{Map, Value};
 
 use super::api_error::{ApiError, ErrorBody};
 use super::app::{App, now_ms};
+use super::extract::{
+    ApiResult, AppState, Id, QueryMap, json_body, limit, no_such_file, ok, page, query,
+};
 use super::faults::server_error;
-use super::files_api::no_such_file;
-use super::routes::{ApiResult, AppState, Id, QueryMap, json_body, limit, ok, page, query};
 use super::state::{BatchRecord, Timing, batch_fault, view};
 use super::wire::{batch_object, list};
 

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::api_error::{ApiError, ErrorBody};
 use super::app::{App, now_ms};
-use super::routes::{ApiResult, AppState, Id, QueryMap, limit, ok, page, query};
+use super::extract::{ApiResult, AppState, Id, QueryMap, limit, no_such_file, ok, page, query};
 use super::state::{FILE_LIFETIME_SECS, FileRecord};
 use super::store::Staging;
 use super::wire::{file_object, list};
@@ -24,10 +24,6 @@ const FILE_PURPOSES: [&str; 6] = [
     "user_data",
     "evals",
 ];
-
-pub(super) fn no_such_file(id: &str) -> ApiError {
-    ApiError::not_found(format!("No such File object: {id}"), "id")
-}
 
 pub(super) async fn upload_file(
     State(app): AppState,

@@ -15,6 +15,7 @@ mod api_error;
 mod app;
 mod batch_file;
 mod batches_api;
+mod extract;
 mod faults;
 mod files_api;
 mod hash;

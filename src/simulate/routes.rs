@@ -1,24 +1,24 @@
-//! The router, the middleware every call goes through, and the helpers the
-//! endpoint modules share; also Chat Completions and `/_sim/stats`.
+//! The router and the middleware every call goes through; also Chat
+//! Completions and `/_sim/stats`. The helpers the endpoint modules share
+//! are in `extract`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::answers::{check_request, complete, completion_json};
 use super::api_error::{ApiError, ErrorBody};
 use super::app::{App, now_ms, read_custom_ids};
 use super::batches_api::{cancel_batch, create_batch, list_batches, retrieve_batch};
+use super::extract::{ApiResult, AppState, json_body, ok};
 use super::files_api::{
     MAX_BATCH_FILE_BYTES, delete_file, file_content, list_files, retrieve_file, upload_file,
 };
@@ -27,10 +27,6 @@ use super::state::{BatchRecord, Status, Usage, view};
 
 /// Room for the multipart framing around the largest allowed file.
 const BODY_LIMIT: usize = MAX_BATCH_FILE_BYTES as usize + (1 << 20);
-
-pub(super) type AppState = State<Arc<App>>;
-pub(super) type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
-pub(super) type ApiResult = Result<Response, ApiError>;
 
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
@@ -136,88 +132,6 @@ async fn wrong_method(request: Request) -> ApiError {
 /// Nesting strips `/v1` from the path this handler sees.
 async fn wrong_method_v1(request: Request) -> ApiError {
     method_error(&request, "/v1")
-}
-
-/// A path id; a malformed one is a 400 envelope instead of axum's plain text.
-pub(super) struct Id(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Id {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|Path(id)| Id(id))
-            .map_err(|e| ApiError::bad_request(ErrorBody::invalid_request(e.body_text())))
-    }
-}
-
-pub(super) fn json_body(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Map<String, Value>, ApiError> {
-    let body =
-        body.map_err(|e| ApiError::new(e.status(), ErrorBody::invalid_request(e.body_text())))?;
-    match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(ApiError::unparsable_json()),
-    }
-}
-
-pub(super) fn ok(value: Value) -> ApiResult {
-    Ok(Json(value).into_response())
-}
-
-/// `limit` from a list query: absent → `default`, else an integer in `1..=max`.
-pub(super) fn limit(
-    query: &HashMap<String, String>,
-    default: usize,
-    max: usize,
-) -> Result<usize, ApiError> {
-    let Some(raw) = query.get("limit") else {
-        return Ok(default);
-    };
-    match raw.parse::<i64>() {
-        Ok(n) if n >= 1 && n as usize <= max => Ok(n as usize),
-        Ok(n) => Err(ApiError::bad_request(
-            ErrorBody::invalid_request(format!(
-                "Invalid 'limit': expected a value between 1 and {max}, but got {n} instead."
-            ))
-            .param("limit")
-            .code("invalid_value"),
-        )),
-        Err(_) => Err(ApiError::bad_request(
-            ErrorBody::invalid_request(format!(
-                "Invalid 'limit': expected an integer, but got '{raw}' instead."
-            ))
-            .param("limit")
-            .code("invalid_type"),
-        )),
-    }
-}
-
-/// One page after the `after` cursor (an unknown cursor gives an empty page).
-pub(super) fn page<T>(
-    items: Vec<T>,
-    id: impl Fn(&T) -> &str,
-    after: Option<&str>,
-    limit: usize,
-) -> (Vec<T>, bool) {
-    let start = match after {
-        Some(cursor) => items
-            .iter()
-            .position(|item| id(item) == cursor)
-            .map_or(items.len(), |i| i + 1),
-        None => 0,
-    };
-    let has_more = items.len() > start + limit;
-    let page = items.into_iter().skip(start).take(limit).collect();
-    (page, has_more)
-}
-
-pub(super) fn query(query: QueryMap) -> Result<HashMap<String, String>, ApiError> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(ErrorBody::invalid_request(e.body_text())))
 }
 
 // ---------------------------------------------------------------- chat
