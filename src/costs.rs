@@ -78,7 +78,7 @@ pub fn aggregate(entries: &[Entry], since: Option<u64>) -> Report {
 /// Read the ledger; a missing file is an empty ledger, a bad line is skipped
 /// (a line torn by a crash must not hide the rest).
 pub fn read(state_root: &Path) -> std::io::Result<Vec<Entry>> {
-    let text = match std::fs::read_to_string(state_root.join("usage.jsonl")) {
+    let text = match std::fs::read_to_string(crate::state::Layout::ledger_in(state_root)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e),

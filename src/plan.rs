@@ -24,8 +24,9 @@ use crate::input::{InputError, Row, RowReader, Source, place, row_place};
 use crate::prompt::{Prompt, PromptError, RequestBuilder, batch_line};
 use crate::report::Ui;
 use crate::spec::{self, CheckedSpec};
+use crate::state::chunkfile::ChunkWriter;
 use crate::state::{
-    self, ChunkRecord, JobRecord, JobStore, PlanRecord, RequestRecord, RequestWriter,
+    self, ChunkRecord, JobRecord, JobStore, Layout, PlanRecord, RequestRecord, RequestWriter,
 };
 use crate::tokenize::{Counter, Encoding, encoding_for_model};
 
@@ -139,7 +140,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     let previous = store.plan()?;
     if let Some(prev) = &previous
         && prev.plan_hash == plan_hash
-        && chunk_files_intact(store.dir(), prev)
+        && chunk_files_intact(store.layout(), prev)
     {
         store.put_job(&job)?;
         return Ok(Planned {
@@ -155,8 +156,8 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     }
     let counter = Counter::new(encoding)?;
     let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
-    let scratch = store.dir().join(format!("tmp-plan-{generation}"));
-    clean_scratch(store.dir())?;
+    let scratch = store.layout().plan_scratch(generation);
+    clean_scratch(store.layout())?;
 
     let built = build(
         spec, &prompt, sources, &counter, &limits, store, generation, &scratch, ui,
@@ -213,7 +214,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         estimate,
         warnings: built.warnings,
     };
-    let chunks_dir = store.dir().join("chunks");
+    let chunks_dir = store.layout().chunks_root();
     let final_dir = store.plan_dir(generation);
     let install = std::fs::create_dir_all(&chunks_dir)
         .and_then(|()| std::fs::rename(&scratch, &final_dir))
@@ -224,7 +225,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         return Err(e);
     }
     if let Some(prev) = previous {
-        let _ = std::fs::remove_dir_all(chunks_dir.join(format!("plan-{}", prev.generation)));
+        let _ = std::fs::remove_dir_all(store.layout().plan_dir(prev.generation));
     }
     Ok(Planned {
         job: spec.spec.name.clone(),
@@ -258,6 +259,7 @@ fn refuse_if_in_flight(store: &JobStore, prev: &PlanRecord) -> Result<()> {
 
 fn prev_name(store: &JobStore) -> String {
     store
+        .layout()
         .dir()
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
@@ -291,7 +293,7 @@ struct ChunkFiles {
     packer: Packer,
     dir: PathBuf,
     generation: u64,
-    open: Option<(BufWriter<File>, Sha256, PathBuf)>,
+    open: Option<ChunkWriter>,
     done: Vec<ChunkRecord>,
 }
 
@@ -310,29 +312,24 @@ impl ChunkFiles {
         if let Some(span) = self.packer.push(item) {
             self.close(span)?;
         }
-        let index = self.done.len() + 1;
+        let index = self.done.len() as u32 + 1;
         if self.open.is_none() {
-            let path = self.dir.join(chunk_name(index));
-            let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-            self.open = Some((BufWriter::with_capacity(1 << 20, f), Sha256::new(), path));
+            let path = self.dir.join(Layout::chunk_name(index));
+            let w = ChunkWriter::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            self.open = Some(w);
         }
-        let (w, h, path) = self.open.as_mut().expect("opened above");
-        h.update(line.as_bytes());
-        h.update(b"\n");
-        w.write_all(line.as_bytes())
-            .and_then(|()| w.write_all(b"\n"))
-            .map_err(|e| Error::io("write", path.as_path(), e))
+        let w = self.open.as_mut().expect("opened above");
+        w.push(line.as_bytes())
+            .map_err(|e| Error::io("write", w.path(), e))
     }
 
     fn close(&mut self, span: chunking::Span) -> Result<()> {
-        let (w, h, path) = self.open.take().expect("a span closes an open file");
-        w.into_inner()
-            .map_err(|e| Error::io("write", &path, e.into_error()))?
-            .sync_all()
-            .map_err(|e| Error::io("write", &path, e))?;
+        let w = self.open.take().expect("a span closes an open file");
+        let path = w.path().to_path_buf();
+        let written = w.finish().map_err(|e| Error::io("write", &path, e))?;
         let index = self.done.len() as u32 + 1;
         self.done
-            .push(chunk_record(index, self.generation, span, &h.finalize()));
+            .push(chunk_record(index, self.generation, span, written.sha256));
         Ok(())
     }
 
@@ -344,18 +341,14 @@ impl ChunkFiles {
     }
 }
 
-fn chunk_name(index: usize) -> String {
-    format!("chunk-{index:05}.jsonl")
-}
-
-fn chunk_record(index: u32, generation: u64, span: chunking::Span, sha: &[u8]) -> ChunkRecord {
+fn chunk_record(index: u32, generation: u64, span: chunking::Span, sha256: String) -> ChunkRecord {
     ChunkRecord {
         index,
-        file: format!("chunks/plan-{generation}/{}", chunk_name(index as usize)),
+        file: Layout::chunk_rel(generation, index),
         requests: span.requests() as u64,
         bytes: span.bytes,
         tokens: span.tokens,
-        sha256: hex(sha),
+        sha256,
         first_seq: span.start as u64,
     }
 }
@@ -548,31 +541,19 @@ fn write_chunks(
     let mut out = Vec::with_capacity(spans.len());
     let mut line = Vec::new();
     for (i, span) in spans.iter().enumerate() {
-        let path = dir.join(chunk_name(i + 1));
-        let mut w = BufWriter::with_capacity(
-            1 << 20,
-            File::create(&path).map_err(|e| Error::io("create", &path, e))?,
-        );
-        let mut hasher = Sha256::new();
+        let index = i as u32 + 1;
+        let path = dir.join(Layout::chunk_name(index));
+        let io = |e| Error::io("write", &path, e);
+        let mut w = ChunkWriter::create(&path).map_err(io)?;
         for _ in span.start..span.end {
             line.clear();
             lines
                 .read_until(b'\n', &mut line)
                 .map_err(|e| Error::io("read", spool_path, e))?;
-            hasher.update(&line);
-            w.write_all(&line)
-                .map_err(|e| Error::io("write", &path, e))?;
+            w.push_raw(&line).map_err(io)?;
         }
-        w.into_inner()
-            .map_err(|e| Error::io("write", &path, e.into_error()))?
-            .sync_all()
-            .map_err(|e| Error::io("write", &path, e))?;
-        out.push(chunk_record(
-            i as u32 + 1,
-            generation,
-            *span,
-            &hasher.finalize(),
-        ));
+        let written = w.finish().map_err(io)?;
+        out.push(chunk_record(index, generation, *span, written.sha256));
     }
     Ok(out)
 }
@@ -787,17 +768,18 @@ fn job_record(spec: &CheckedSpec, created_at: Option<u64>) -> JobRecord {
     }
 }
 
-fn chunk_files_intact(dir: &Path, plan: &PlanRecord) -> bool {
+fn chunk_files_intact(layout: &Layout, plan: &PlanRecord) -> bool {
     plan.chunks
         .iter()
-        .all(|c| std::fs::metadata(dir.join(&c.file)).is_ok_and(|m| m.len() == c.bytes))
+        .all(|c| std::fs::metadata(layout.resolve(&c.file)).is_ok_and(|m| m.len() == c.bytes))
 }
 
 /// Remove scratch folders an interrupted plan left behind.
-fn clean_scratch(dir: &Path) -> Result<()> {
+fn clean_scratch(layout: &Layout) -> Result<()> {
+    let dir = layout.dir();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("tmp-plan-") {
+        if Layout::is_plan_scratch(&entry.file_name().to_string_lossy()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

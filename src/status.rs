@@ -3,14 +3,13 @@
 //! `apply` holds the job's lock, without opening the database.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cost::usd;
 use crate::report::{Paint, Ui, num, plural};
 use crate::spec::units::human_bytes;
-use crate::state::{Phase, UnitRecord};
+use crate::state::{Layout, Phase, UnitRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,22 +130,18 @@ pub struct Snapshot {
     pub units: Vec<UnitStatus>,
 }
 
-pub fn path(job_dir: &Path) -> PathBuf {
-    job_dir.join("status.json")
-}
-
 /// Replace the snapshot atomically (write a temp file, then rename).
-pub fn write(job_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
-    let tmp = job_dir.join(".status.json.tmp");
+pub fn write(layout: &Layout, snap: &Snapshot) -> std::io::Result<()> {
+    let tmp = layout.status_tmp();
     std::fs::write(
         &tmp,
         serde_json::to_vec_pretty(snap).expect("snapshot serializes"),
     )?;
-    std::fs::rename(&tmp, path(job_dir))
+    std::fs::rename(&tmp, layout.status())
 }
 
-pub fn read(job_dir: &Path) -> std::io::Result<Option<Snapshot>> {
-    match std::fs::read(path(job_dir)) {
+pub fn read(layout: &Layout) -> std::io::Result<Option<Snapshot>> {
+    match std::fs::read(layout.status()) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),

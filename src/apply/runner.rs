@@ -917,7 +917,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             Some("cancelled: `batchgrader resume` collects what the batches finished; `batchgrader apply SPEC` starts the job again".into()),
             None,
         );
-        status::write(self.store.dir(), &snap)
+        status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
         Ok(out)
     }
@@ -1023,7 +1023,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     fn write_status(&self, units: &[UnitRecord], state: RunState, message: Option<String>) {
         let snap = self.snapshot(units, state, message, None);
         self.progress.table(&snap);
-        if let Err(e) = status::write(self.store.dir(), &snap) {
+        if let Err(e) = status::write(self.layout(), &snap) {
             self.ui.warn(&format!("cannot write status.json: {e}"));
         }
     }
@@ -1058,7 +1058,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let out_path = write_output.then(|| self.spec.output_path.display().to_string());
         let snap = self.snapshot(&units, state, message.clone(), out_path.clone());
         self.progress.clear();
-        status::write(self.store.dir(), &snap)
+        status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
         let (w, dist) = written.unwrap_or_default();
         let summary = Summary {

@@ -116,13 +116,13 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
 /// A run that stopped on an error leaves batches running with nobody
 /// watching; say so in the snapshot.
 fn mark_detached(store: &JobStore) {
-    if let Ok(Some(mut snap)) = status::read(store.dir())
+    if let Ok(Some(mut snap)) = status::read(store.layout())
         && snap.state == RunState::Running
     {
         snap.state = RunState::Detached;
         snap.pid = None;
         snap.message = Some("stopped on an error; fix it and run `batchgrader resume`".into());
-        let _ = status::write(store.dir(), &snap);
+        let _ = status::write(store.layout(), &snap);
     }
 }
 

@@ -13,8 +13,8 @@ use crate::settings::Global;
 use crate::state::now_secs;
 
 pub fn run(g: &Global, since: Option<Duration>, ui: &Ui) -> Result<Code> {
-    let entries =
-        read(&g.state_root).map_err(|e| Error::io("read", g.state_root.join("usage.jsonl"), e))?;
+    let entries = read(&g.state_root)
+        .map_err(|e| Error::io("read", crate::state::Layout::ledger_in(&g.state_root), e))?;
     let cutoff = since.map(|d| now_secs().saturating_sub(d.as_secs()));
     let r = aggregate(&entries, cutoff);
     if ui.json {

@@ -14,7 +14,7 @@ pub fn resolve(state_root: &Path, job: Option<&str>) -> Result<String> {
     let mut jobs: Vec<String> = std::fs::read_dir(state_root)
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.path().join("db").is_dir())
+                .filter(|e| crate::state::Layout::is_job_dir(&e.path()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })

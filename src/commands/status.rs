@@ -9,14 +9,14 @@ use crate::error::{Error, Result};
 use crate::exit::{self, Code};
 use crate::report::{Ui, print_json};
 use crate::settings::Global;
-use crate::state::{self, JobStore};
+use crate::state::{self, JobStore, Layout};
 use crate::status::{self, RunState, Snapshot};
 
 pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &Ui) -> Result<Code> {
     let job = job::resolve(&g.state_root, job)?;
-    let dir = state::job_dir(&g.state_root, &job);
+    let layout = Layout::new(&g.state_root, &job);
     loop {
-        let snap = read_snapshot(&g.state_root, &job, &dir)?;
+        let snap = read_snapshot(&g.state_root, &job, &layout)?;
         if ui.json {
             print_json(&snap);
         } else if watch && ui.tty {
@@ -38,9 +38,9 @@ pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &U
     }
 }
 
-fn read_snapshot(state_root: &Path, job: &str, dir: &Path) -> Result<Snapshot> {
+fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapshot> {
     if let Some(mut snap) =
-        status::read(dir).map_err(|e| Error::io("read", status::path(dir), e))?
+        status::read(layout).map_err(|e| Error::io("read", layout.status(), e))?
     {
         if snap.state == RunState::Running && !snap.pid.is_some_and(process_alive) {
             snap.state = RunState::Detached;

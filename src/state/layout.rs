@@ -42,6 +42,11 @@ impl Layout {
         self.dir.join("db")
     }
 
+    /// Where the snapshot is written before it replaces `status.json`.
+    pub fn status_tmp(&self) -> PathBuf {
+        self.dir.join(".status.json.tmp")
+    }
+
     pub fn lock(&self) -> PathBuf {
         self.dir.join("lock")
     }
@@ -56,7 +61,7 @@ impl Layout {
 
     /// The usage ledger that `costs` reads, shared by every job of the root.
     pub fn ledger(&self) -> PathBuf {
-        self.root.join("usage.jsonl")
+        Layout::ledger_in(&self.root)
     }
 
     pub fn results_dir(&self) -> PathBuf {
@@ -87,9 +92,29 @@ impl Layout {
         self.dir.join(format!("tmp-plan-{generation}"))
     }
 
+    /// Whether a name in the job folder is a plan scratch folder.
+    pub fn is_plan_scratch(name: &str) -> bool {
+        name.starts_with("tmp-plan-")
+    }
+
+    /// The file name of a plan chunk inside its plan folder.
+    pub fn chunk_name(index: u32) -> String {
+        format!("chunk-{index:05}.jsonl")
+    }
+
     /// A plan chunk's file, relative to the job folder (as unit records keep it).
     pub fn chunk_rel(generation: u64, index: u32) -> String {
-        format!("chunks/plan-{generation}/chunk-{index:05}.jsonl")
+        format!("chunks/plan-{generation}/{}", Layout::chunk_name(index))
+    }
+
+    /// The usage ledger of a state root (what `costs` reads).
+    pub fn ledger_in(state_root: &Path) -> PathBuf {
+        state_root.join("usage.jsonl")
+    }
+
+    /// Whether `dir` (an entry of a state root) is a job folder.
+    pub fn is_job_dir(dir: &Path) -> bool {
+        dir.join("db").is_dir()
     }
 
     /// A retry chunk's file, relative to the job folder.

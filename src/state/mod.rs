@@ -379,22 +379,18 @@ const KEY_JOB: &[u8] = b"job";
 const KEY_PLAN: &[u8] = b"plan";
 const KEY_CANCELLED: &[u8] = b"cancelled";
 
-/// The folder of a job under a state root.
-pub fn job_dir(root: &Path, job: &str) -> PathBuf {
-    root.join(job)
-}
-
 impl JobStore {
     /// Open (creating if needed) the job's folder and take its lock.
     pub fn open(root: &Path, job: &str) -> Result<JobStore, StateError> {
-        let dir = job_dir(root, job);
+        let layout = Layout::new(root, job);
+        let dir = layout.dir().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
             action: "create state folder",
             path: dir.clone(),
             source,
         })?;
-        let lock = take_lock(&dir, job)?;
-        let db_dir = dir.join("db");
+        let lock = take_lock(&layout.lock(), job)?;
+        let db_dir = layout.db();
         let db = open_db(&db_dir)?;
         let version = db.get(KEY_VERSION).map_err(db_err(&db_dir))?;
         match version {
@@ -425,14 +421,14 @@ impl JobStore {
             outcomes: Mutex::new(None),
             units,
             lookup: Mutex::new(None),
-            layout: Layout::new(root, job),
+            layout,
             _lock: lock,
         })
     }
 
     /// Open an existing job; an error naming the job when there is none.
     pub fn open_existing(root: &Path, job: &str) -> Result<JobStore, StateError> {
-        if !job_dir(root, job).join("db").exists() {
+        if !Layout::new(root, job).db().exists() {
             return Err(StateError::NoJob {
                 job: job.into(),
                 root: root.to_path_buf(),
@@ -698,8 +694,8 @@ fn open_db(db_dir: &Path) -> Result<sled::Db, StateError> {
 
 /// Take the job's lock file. The OS releases it when the process dies, so a
 /// crash never leaves a stale lock; the file's text names the holder.
-fn take_lock(dir: &Path, job: &str) -> Result<File, StateError> {
-    let path = dir.join("lock");
+fn take_lock(path: &Path, job: &str) -> Result<File, StateError> {
+    let path = path.to_path_buf();
     let io = |action, source| StateError::Io {
         action,
         path: path.clone(),
@@ -753,7 +749,7 @@ mod tests {
     /// last handle is dropped. Commands open a store once per process; a
     /// test that opens one again waits for that first.
     fn wait_for_sled(root: &Path, job: &str) {
-        let file = job_dir(root, job).join("db").join("db");
+        let file = Layout::new(root, job).db().join("db");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while File::open(&file).unwrap().try_lock().is_err() {
             assert!(
@@ -778,7 +774,7 @@ mod tests {
         );
         drop(a);
         // The job's lock goes with the handle.
-        drop(take_lock(&job_dir(tmp.path(), "j"), "j").unwrap());
+        drop(take_lock(&Layout::new(tmp.path(), "j").lock(), "j").unwrap());
         wait_for_sled(tmp.path(), "j");
         JobStore::open(tmp.path(), "j").unwrap();
     }
