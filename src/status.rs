@@ -177,6 +177,30 @@ fn phase_word(u: &UnitStatus, now: u64) -> String {
 }
 
 /// `40s`, `3m`, `1h 5m`.
+/// The outage line of the live view, `status` and the event lines: once
+/// every provider call has been failing for a while, say so, and say what
+/// the user can do.
+pub fn outage_line(outage_since: Option<u64>, now_secs: u64) -> Option<String> {
+    const AFTER_SECS: u64 = 10;
+    let down = now_secs.saturating_sub(outage_since?);
+    (down >= AFTER_SECS).then(|| {
+        format!(
+            "provider not answering for {}, retrying; Ctrl-C stops, `batchgrader resume` continues",
+            short_duration(down)
+        )
+    })
+}
+
+/// `45s`, `3m`, `2h 5m`: minutes are precise enough for a wait or an outage.
+pub fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if (s % 3600) / 60 == 0 => format!("{}h", s / 3600),
+        s => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 fn secs(n: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(n)).to_string()
 }
@@ -221,12 +245,10 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
         RunState::Finished => "finished".into(),
     };
     writeln!(w, "{} {}  {}", p.bold("job"), p.bold(&s.job), state)?;
-    if let Some(since) = s.outage_since {
-        writeln!(
-            w,
-            "  provider not answering for {}, retrying; Ctrl-C stops, `batchgrader resume` continues",
-            secs(now.saturating_sub(since))
-        )?;
+    if s.state == RunState::Running
+        && let Some(line) = outage_line(s.outage_since, now)
+    {
+        writeln!(w, "  {line}")?;
     }
     let t = &s.totals;
     writeln!(
@@ -386,6 +408,36 @@ mod tests {
         s.units[2].backoff.as_mut().unwrap().failures = 1;
         let text = render(&Ui::plain(), &s, NOW + 41);
         assert!(text.contains("retrying (1 failure) "), "{text}");
+    }
+
+    #[test]
+    fn no_outage_line_once_nobody_is_running() {
+        let mut s = running();
+        s.state = RunState::Detached;
+        let text = render(&Ui::plain(), &s, NOW);
+        assert!(!text.contains("provider not answering"), "{text}");
+    }
+
+    #[test]
+    fn outage_lines() {
+        assert_eq!(outage_line(None, 100), None);
+        assert_eq!(outage_line(Some(95), 100), None);
+        let line = outage_line(Some(0), 200).unwrap();
+        assert!(
+            line.starts_with("provider not answering for 3m, retrying"),
+            "{line}"
+        );
+        assert!(line.contains("Ctrl-C stops, `batchgrader resume` continues"));
+        let cases = [
+            (5, "5s"),
+            (60, "1m"),
+            (185, "3m"),
+            (3600, "1h"),
+            (7500, "2h 5m"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(short_duration(secs), want);
+        }
     }
 
     #[test]

@@ -224,29 +224,6 @@ pub fn on_step_error(
     })
 }
 
-/// The live view's outage line: once every call has been failing for a
-/// while, say so, and say what the user can do.
-pub fn outage_line(outage_since: Option<u64>, now_secs: u64) -> Option<String> {
-    const AFTER_SECS: u64 = 10;
-    let down = now_secs.saturating_sub(outage_since?);
-    (down >= AFTER_SECS).then(|| {
-        format!(
-            "provider not answering for {}, retrying; Ctrl-C stops, `batchgrader resume` continues",
-            short_duration(down)
-        )
-    })
-}
-
-/// `45s`, `3m`, `2h 5m`: minutes are precise enough for an outage.
-pub fn short_duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if (s % 3600) / 60 == 0 => format!("{}h", s / 3600),
-        s => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
 // ------------------------------------------------------- remote state
 
 /// What the runner does with a batch's reported state.
@@ -790,28 +767,6 @@ mod tests {
         let waits: Vec<u64> = (1..=11).map(park_secs).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(park_secs(u32::MAX), 300);
-    }
-
-    #[test]
-    fn outage_lines() {
-        assert_eq!(outage_line(None, 100), None);
-        assert_eq!(outage_line(Some(95), 100), None);
-        let line = outage_line(Some(0), 200).unwrap();
-        assert!(
-            line.starts_with("provider not answering for 3m, retrying"),
-            "{line}"
-        );
-        assert!(line.contains("Ctrl-C stops, `batchgrader resume` continues"));
-        let cases = [
-            (5, "5s"),
-            (60, "1m"),
-            (185, "3m"),
-            (3600, "1h"),
-            (7500, "2h 5m"),
-        ];
-        for (secs, want) in cases {
-            assert_eq!(short_duration(secs), want);
-        }
     }
 
     #[test]

@@ -343,7 +343,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     Some(u.id),
                     &format!(
                         "{step} failed ({e}); retrying in {} ({} failure{} in a row)",
-                        decide::short_duration(b.retry_at.saturating_sub(now)),
+                        status::short_duration(b.retry_at.saturating_sub(now)),
                         b.failures,
                         if b.failures == 1 { "" } else { "s" }
                     ),
@@ -398,7 +398,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
 
     fn say_outage(&mut self) {
         let now = state::now_secs();
-        if let Some(line) = decide::outage_line(self.outage_since, now)
+        if let Some(line) = status::outage_line(self.outage_since, now)
             && self.outage_said.is_none_or(|t| now.saturating_sub(t) >= 60)
         {
             self.outage_said = Some(now);
@@ -545,7 +545,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     Some(u.id),
                     &format!(
                         "batch {batch_id} was not run ({reason}); submitting again in {}",
-                        decide::short_duration(wait_secs)
+                        status::short_duration(wait_secs)
                     ),
                 );
             }
@@ -954,7 +954,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                             Some(u.id),
                             &format!(
                                 "cancel of batch {id} failed ({e}); retrying in {}",
-                                decide::short_duration(b.retry_at.saturating_sub(now))
+                                status::short_duration(b.retry_at.saturating_sub(now))
                             ),
                         );
                         tokio::time::sleep(Duration::from_secs(b.retry_at.saturating_sub(now)))
