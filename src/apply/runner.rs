@@ -312,11 +312,18 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         journal::append_event(&self.layout().events(), unit, msg);
     }
 
-    /// A provider call answered: the provider is up.
+    /// A unit's step succeeded: the provider is up and the unit's run of
+    /// failures is over.
     fn answered(&mut self, u: &mut UnitRecord) {
+        self.provider_up();
+        u.backoff = None;
+    }
+
+    /// A call answered, though the unit's step is not done yet (a lookup
+    /// before a create): the outage is over, the unit's failures go on.
+    fn provider_up(&mut self) {
         self.outage_since = None;
         self.outage_said = None;
-        u.backoff = None;
     }
 
     /// A step failed: park the unit, give it up, or stop the run.
@@ -488,7 +495,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 Ok(())
             }
             Ok(None) => {
-                self.answered(u);
+                self.provider_up();
                 self.create(u).await
             }
             Err(e) => self.step_failed(u, "find", e).await,
