@@ -288,37 +288,31 @@ pub enum RequestState {
     },
     Failed {
         retryable: bool,
+        /// Rounds (batch attempts) the request was in.
         attempts: u32,
-        /// False when the latest failure is of a request that never ran.
-        ran: bool,
+        /// Of those, the rounds in which it ran and failed.
+        runs: u32,
     },
     /// In no merged unit yet.
     Pending,
 }
 
-/// How many times more rounds than `max_attempts` a request that never
-/// ran (expired, cancelled, not executed) may be sent: it was not tried, so
-/// it should not use up its attempts, but a provider that never runs it
-/// must not keep the job going forever.
+/// How many times more rounds than `max_attempts` a request may be in: a
+/// round in which it never ran (its batch expired or was cancelled first,
+/// or it is in no result line) does not use up one of its attempts, but a
+/// provider that never runs it must not keep the job going forever.
 pub const NEVER_RAN_FACTOR: u32 = 3;
 
-/// Should this request be sent again? Retryable failures are, until
-/// `max_attempts` attempts in all have been made; failures of requests
-/// that never ran, until `NEVER_RAN_FACTOR` times that.
+/// Should this request be sent again? A retryable failure is, while the
+/// request has run (and failed) fewer than `max_attempts` times and been in
+/// fewer than `NEVER_RAN_FACTOR` times as many rounds.
 pub fn should_retry(state: RequestState, max_attempts: u32) -> bool {
     match state {
         RequestState::Failed {
             retryable: true,
             attempts,
-            ran,
-        } => {
-            let cap = if ran {
-                max_attempts
-            } else {
-                max_attempts.saturating_mul(NEVER_RAN_FACTOR)
-            };
-            attempts < cap
-        }
+            runs,
+        } => runs < max_attempts && attempts < max_attempts.saturating_mul(NEVER_RAN_FACTOR),
         _ => false,
     }
 }
@@ -828,12 +822,12 @@ mod tests {
         let failed = |retryable, attempts| RequestState::Failed {
             retryable,
             attempts,
-            ran: true,
+            runs: attempts,
         };
-        let never_ran = |attempts| RequestState::Failed {
+        let rounds = |attempts, runs| RequestState::Failed {
             retryable: true,
             attempts,
-            ran: false,
+            runs,
         };
         let cases = [
             (
@@ -847,14 +841,16 @@ mod tests {
             ("retryable, attempts spent", failed(true, 3), 3, false),
             ("final", failed(false, 1), 3, false),
             ("one attempt only", failed(true, 1), 1, false),
-            ("never ran: past max_attempts", never_ran(3), 3, true),
+            ("rounds it never ran in do not count", rounds(3, 0), 3, true),
             (
-                "never ran: up to three times as many rounds",
-                never_ran(8),
+                "expired twice, then failed when it ran",
+                rounds(3, 1),
                 3,
                 true,
             ),
-            ("never ran: then final", never_ran(9), 3, false),
+            ("ran and failed max times", rounds(5, 3), 3, false),
+            ("up to three times as many rounds", rounds(8, 2), 3, true),
+            ("then final", rounds(9, 0), 3, false),
         ];
         for (name, state, max, want) in cases {
             assert_eq!(should_retry(state, max), want, "{name}");

@@ -383,6 +383,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     retryable: false,
                     attempts: u.attempt,
                     ran: false,
+                    runs: None,
                 },
             ));
         }
@@ -654,12 +655,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let Some(req) = self.request_of(id)? else {
                 continue;
             };
-            let failure = |code, message, retryable, ran| FailureRecord {
+            // Runs of earlier attempts carry over: a request that expired
+            // twice and then failed when it ran has run once.
+            let earlier_runs = match self.store.outcome(&req.fingerprint)? {
+                Some(Outcome::Failure(f)) if !seen_success(&seen, id) => f.runs(),
+                _ => 0,
+            };
+            let failure = |code, message, retryable, ran: bool| FailureRecord {
                 code,
                 message,
                 retryable,
                 attempts: u.attempt,
                 ran,
+                runs: Some(earlier_runs + u32::from(ran)),
             };
             match seen.remove(id) {
                 Some(ResultLine::Success {
@@ -1128,10 +1136,16 @@ fn request_state(outcome: Option<Outcome>, parser: &answer::Parser) -> RequestSt
         Some(Outcome::Failure(f)) => RequestState::Failed {
             retryable: f.retryable,
             attempts: f.attempts,
-            ran: f.ran,
+            runs: f.runs(),
         },
         None => RequestState::Pending,
     }
+}
+
+/// Whether this unit's results hold a success for `id` (no need to look up
+/// earlier failures then).
+fn seen_success(seen: &HashMap<String, ResultLine>, id: &str) -> bool {
+    matches!(seen.get(id), Some(ResultLine::Success { .. }))
 }
 
 /// Poll backoff: start at `interval`, grow by half each time, cap at `max`.

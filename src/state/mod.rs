@@ -172,15 +172,26 @@ pub struct FailureRecord {
     pub retryable: bool,
     /// How many batch attempts included this request.
     pub attempts: u32,
-    /// False when the request never ran (its batch expired or was cancelled
-    /// first, or it is in no result line): such a failure says nothing about
-    /// the request, so it is retried beyond `retry.max_attempts` (to a bound).
+    /// False when the request never ran in this attempt (its batch expired
+    /// or was cancelled first, or it is in no result line).
     #[serde(default = "ran_default", skip_serializing_if = "Clone::clone")]
     pub ran: bool,
+    /// The attempts in which the request ran and failed, this one included
+    /// (unset in records written before it was kept: see [`Self::runs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<u32>,
 }
 
 fn ran_default() -> bool {
     true
+}
+
+impl FailureRecord {
+    /// The attempts in which the request ran and failed.
+    pub fn runs(&self) -> u32 {
+        self.runs
+            .unwrap_or(if self.ran { self.attempts } else { 0 })
+    }
 }
 
 /// Where a unit of work (one batch attempt) is in the apply protocol.

@@ -186,6 +186,7 @@ mod tests {
             retryable: true,
             attempts: 1,
             ran: true,
+            runs: Some(1),
         })
     }
 
