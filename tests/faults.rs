@@ -310,3 +310,29 @@ fn chunk_failure_halts_with_on_chunk_failure() {
     let graded = s.values().filter(|v| *v == "ok").count();
     assert_eq!(graded, 15, "{s:?}");
 }
+
+#[test]
+fn batches_the_provider_lost_are_sent_again() {
+    // A proxy restarted without its state: the batches out answer 404.
+    let sb = Sandbox::new();
+    let first = Server::start_at(&sb, 0, "first", &["--in-progress", "30s"]);
+    job(&sb, &first, 12, "answer", 6, 2, "");
+    let detached = sb.run_env(&["apply", "job.yaml", "--detach"], &[(KEY_ENV, KEY)]);
+    assert_eq!(detached.code, 5, "{detached:?}");
+    let port = first.port();
+    drop(first);
+    let second = Server::start_at(&sb, port, "second", &[]);
+    let run = sb.run_env(&["resume", "--json"], &[(KEY_ENV, KEY)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("no longer knows batch"), "{run:?}");
+    let s = statuses(&sb);
+    assert_eq!(s.len(), 12);
+    assert!(s.values().all(|v| v == "ok"), "{s:?}");
+    // The second server ran every request once more, in retry chunks.
+    let stats = second.stats();
+    let ids: usize = batches(&stats)
+        .iter()
+        .map(|b| b["custom_ids"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(ids, 12, "{stats:#}");
+}

@@ -275,6 +275,7 @@ pub fn missing_line(end: &EndKind) -> (String, String, bool) {
             "the batch ended without a result for this request".into(),
             true,
         ),
+        EndKind::Lost { reason } => ("batch_lost".into(), reason.clone(), true),
     }
 }
 
@@ -376,6 +377,7 @@ pub fn chunk_failures(units: &[UnitRecord]) -> Vec<ChunkFailure> {
                 (Some(r), _) => format!("given up: {r}"),
                 (None, Some(EndKind::Failed { reason })) => format!("failed: {reason}"),
                 (None, Some(EndKind::Expired)) => "expired".to_string(),
+                (None, Some(EndKind::Lost { reason })) => format!("lost: {reason}"),
                 _ => return None,
             };
             Some(ChunkFailure {
@@ -798,6 +800,13 @@ mod tests {
             (EndKind::Completed, "not_executed", true),
             (EndKind::Expired, "batch_expired", true),
             (EndKind::Cancelled, "batch_cancelled", true),
+            (
+                EndKind::Lost {
+                    reason: "HTTP 404".into(),
+                },
+                "batch_lost",
+                true,
+            ),
             (
                 EndKind::Failed {
                     reason: "invalid_json_line (line 3): bad".into(),

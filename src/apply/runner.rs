@@ -520,6 +520,24 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let batch_id = u.batch_id.clone().expect("a submitted unit has a batch id");
         let batch = match self.backend.status(&batch_id).await {
             Ok(b) => b,
+            // Retrying a 404 cannot help, and stopping would stop every
+            // `resume` at the same place: the batch is lost, its requests
+            // are sent again (a proxy that lost its state, an id deleted by
+            // hand).
+            Err(e) if e.is_not_found() => {
+                self.polls.remove(&u.id);
+                self.answered(u);
+                let reason = format!("the provider no longer knows batch {batch_id}: {e}");
+                self.event(
+                    Some(u.id),
+                    &format!("{reason}; its requests will be sent again"),
+                );
+                u.end = Some(state::EndKind::Lost { reason });
+                u.results.clear();
+                u.ended_at = Some(state::now_secs());
+                u.phase = Phase::Ended;
+                return self.put(u);
+            }
             Err(e) => return self.step_failed(u, "status", e).await,
         };
         let was_parked = u.backoff.is_some();
@@ -600,6 +618,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                         &format!("downloaded {} file {} ({bytes} bytes)", r.name, r.id),
                     );
                     kill_point("download");
+                }
+                // The file is gone (expired, deleted): its requests count
+                // as not executed and are sent again, rather than stopping
+                // every `resume` here.
+                Err(e) if e.is_not_found() => {
+                    self.answered(u);
+                    self.event(
+                        Some(u.id),
+                        &format!(
+                            "{} file {} is gone ({e}); its requests will be sent again",
+                            r.name, r.id
+                        ),
+                    );
                 }
                 Err(e) => return self.step_failed(u, "download", e).await,
             }

@@ -60,6 +60,9 @@ pub enum EndKind {
     Expired,
     /// Cancelled; done work is in the results.
     Cancelled,
+    /// The provider no longer knows the batch (it answers 404 for it): its
+    /// requests are sent again.
+    Lost { reason: String },
 }
 
 /// A file (or URL) of results to fetch once a batch has ended.

@@ -16,9 +16,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(sb: &Sandbox, extra: &[&str]) -> Server {
-        let data = sb.path("server-data");
+        Server::start_at(sb, 0, "server-data", extra)
+    }
+
+    /// A server on `port` (0: any free one) keeping its data in the
+    /// sandbox folder `data_dir`.
+    pub fn start_at(sb: &Sandbox, port: u16, data_dir: &str, extra: &[&str]) -> Server {
+        let data = sb.path(data_dir);
+        let port = port.to_string();
         // Short batch timings, unless the test sets its own.
-        let mut args: Vec<&str> = vec!["simulate-server", "--port", "0"];
+        let mut args: Vec<&str> = vec!["simulate-server", "--port", &port];
         for (flag, value) in [
             ("--validating", "50ms"),
             ("--in-progress", "300ms"),
@@ -47,6 +54,16 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         Server { child, url }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .trim_end_matches("/v1")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the URL")
     }
 
     /// `/_sim/stats`: what the server saw and made.
