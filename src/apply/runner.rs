@@ -199,12 +199,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 if self.interrupted() {
                     break;
                 }
-                // Halt decisions come before spending.
-                if matches!(action, Action::Submit(_))
+                // Halt decisions come before spending (a recovery may create).
+                if matches!(action, Action::Submit(_) | Action::Recover(_))
                     && let Some(reason) = self.halt_reason(&units)
                 {
-                    self.cancel_in_flight(&mut units).await;
-                    return self.finish(Ending::Halted(reason)).await;
+                    return self.halt(&mut units, reason).await;
                 }
                 let idx = units
                     .iter()
@@ -225,8 +224,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }
                 self.write_status(&units, RunState::Running, None);
                 if merged && let Some(reason) = self.halt_reason(&units) {
-                    self.cancel_in_flight(&mut units).await;
-                    return self.finish(Ending::Halted(reason)).await;
+                    return self.halt(&mut units, reason).await;
                 }
             }
         }
@@ -936,23 +934,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// nothing new. Returns how many batches were asked to stop.
     pub async fn cancel(&mut self) -> Result<usize> {
         let mut units = self.ensure_units()?;
-        for u in units.iter_mut() {
-            // A create may have happened before a crash: find it to cancel
-            // it, or make sure none will be made.
-            if u.phase == Phase::Creating {
-                let found = self
-                    .backend
-                    .find(u.file_id.as_deref(), &self.identity(u))
-                    .await?;
-                match found {
-                    Some(b) => self.adopt(u, &b)?,
-                    None => {
-                        u.phase = Phase::Uploaded;
-                        self.put(u)?;
-                    }
-                }
-            }
-        }
+        self.settle_creating(&mut units).await?;
         self.store.set_cancelled(Some(state::now_secs()))?;
         let out = units.iter().filter(|u| u.phase == Phase::Submitted).count();
         self.cancel_in_flight(&mut units).await;
@@ -966,6 +948,46 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
         Ok(out)
+    }
+
+    /// Units whose create may have happened (a crash, an unclear answer):
+    /// adopt the batch if the provider has it, so that it can be cancelled,
+    /// or make sure none will be created. One the provider cannot be asked
+    /// about stays `creating`; the next run looks again.
+    async fn settle_creating(&mut self, units: &mut [UnitRecord]) -> Result<()> {
+        for u in units.iter_mut().filter(|u| u.phase == Phase::Creating) {
+            match self
+                .backend
+                .find(u.file_id.as_deref(), &self.identity(u))
+                .await
+            {
+                Ok(Some(b)) => self.adopt(u, &b)?,
+                Ok(None) => {
+                    u.phase = Phase::Uploaded;
+                    u.backoff = None;
+                    self.put(u)?;
+                }
+                Err(e) => self.event(
+                    Some(u.id),
+                    &format!(
+                        "could not check whether its batch was created ({e}); `batchgrader cancel` looks again"
+                    ),
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop the job by the halt policy: nothing more is created, the
+    /// batches that are out are cancelled, the output is written.
+    async fn halt(
+        &mut self,
+        units: &mut [UnitRecord],
+        reason: String,
+    ) -> Result<(Ending, Summary)> {
+        self.settle_creating(units).await?;
+        self.cancel_in_flight(units).await;
+        self.finish(Ending::Halted(reason)).await
     }
 
     /// Ask every batch that is out to stop. A transient failure is tried
