@@ -336,3 +336,42 @@ fn batches_the_provider_lost_are_sent_again() {
         .sum();
     assert_eq!(ids, 12, "{stats:#}");
 }
+
+#[test]
+fn a_halt_cancels_the_batches_still_out() {
+    // Chunk 2's first batch is refused for the enqueued-token limit, so its
+    // second one is still running when chunk 1's failures halt the job.
+    let sb = Sandbox::new();
+    let server = Server::start(
+        &sb,
+        &[
+            "--request-failure-rate",
+            "0.5",
+            "--token-limit-every",
+            "2",
+            "--in-progress",
+            "2s",
+        ],
+    );
+    job(
+        &sb,
+        &server,
+        20,
+        "answer",
+        10,
+        2,
+        "retry:\n  max_attempts: 1\nhalt:\n  max_failure_rate: 10%\n",
+    );
+    let run = apply(&sb);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("cancelled batch"), "{run:?}");
+    let stats = server.stats();
+    assert_eq!(stats["batches_cancelled"], 1, "{stats:#}");
+    let s = statuses(&sb);
+    assert_eq!(s.len(), 20);
+    assert_eq!(
+        s.values().filter(|v| *v == "not_graded").count(),
+        10,
+        "chunk 2 was cancelled before it was graded: {s:?}"
+    );
+}
