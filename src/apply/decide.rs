@@ -332,14 +332,26 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn add(&mut self, state: RequestState, max_attempts: u32) {
+    fn count(&mut self, state: RequestState, max_attempts: u32) -> &mut u64 {
         match state {
-            RequestState::Succeeded { parsed: true } => self.graded += 1,
-            RequestState::Succeeded { parsed: false } => self.parse_failures += 1,
-            s @ RequestState::Failed { .. } if should_retry(s, max_attempts) => self.pending += 1,
-            RequestState::Failed { .. } => self.api_failures += 1,
-            RequestState::Pending => self.pending += 1,
+            RequestState::Succeeded { parsed: true } => &mut self.graded,
+            RequestState::Succeeded { parsed: false } => &mut self.parse_failures,
+            s @ RequestState::Failed { .. } if should_retry(s, max_attempts) => &mut self.pending,
+            RequestState::Failed { .. } => &mut self.api_failures,
+            RequestState::Pending => &mut self.pending,
         }
+    }
+
+    pub fn add(&mut self, state: RequestState, max_attempts: u32) {
+        *self.count(state, max_attempts) += 1;
+    }
+
+    /// A request moved from `from` to `to` (a merge): the tally follows
+    /// without reading every request again.
+    pub fn shift(&mut self, from: RequestState, to: RequestState, max_attempts: u32) {
+        let n = self.count(from, max_attempts);
+        *n = n.saturating_sub(1);
+        self.add(to, max_attempts);
     }
 
     /// Requests with a final outcome.
@@ -886,6 +898,14 @@ mod tests {
             }
         );
         assert_eq!(t.settled(), 5);
+        // A merge moves one request: pending to graded, failed to pending.
+        t.shift(
+            RequestState::Pending,
+            RequestState::Succeeded { parsed: true },
+            3,
+        );
+        t.shift(failed(false, 1), failed(true, 1), 3);
+        assert_eq!((t.graded, t.api_failures, t.pending), (3, 1, 2), "{t:?}");
     }
 
     fn unit(id: u32, phase: Phase) -> UnitRecord {

@@ -219,9 +219,6 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }
                 let merged = unit.phase == Phase::Merged && units[idx].phase != Phase::Merged;
                 units[idx] = unit;
-                if merged {
-                    self.tally = self.scan_tally()?;
-                }
                 self.write_status(&units, RunState::Running, None);
                 if merged && let Some(reason) = self.halt_reason(&units) {
                     return self.halt(&mut units, reason).await;
@@ -399,6 +396,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         u.phase = Phase::Merged;
         self.store
             .merge_outcomes(&[], &failures, u, self.generation())?;
+        // Rare enough to count again from the store.
+        self.tally = self.scan_tally()?;
         Ok(())
     }
 
@@ -677,6 +676,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             }
         }
         let end = u.end.clone().unwrap_or(state::EndKind::Completed);
+        let parser = self.parser()?;
+        // Each request's state before this merge, to move the tally.
+        let mut shifts: Vec<(RequestState, String)> = Vec::with_capacity(ids.len());
         let mut successes = Vec::new();
         let mut failures = Vec::new();
         let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
@@ -684,12 +686,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let Some(req) = self.request_of(id)? else {
                 continue;
             };
+            let earlier = self.store.outcome(&req.fingerprint)?;
             // Runs of earlier attempts carry over: a request that expired
             // twice and then failed when it ran has run once.
-            let earlier_runs = match self.store.outcome(&req.fingerprint)? {
-                Some(Outcome::Failure(f)) if !seen_success(&seen, id) => f.runs(),
+            let earlier_runs = match &earlier {
+                Some(Outcome::Failure(f)) => f.runs(),
                 _ => 0,
             };
+            shifts.push((request_state(earlier, &parser), req.fingerprint.clone()));
             let failure = |code, message, retryable, ran: bool| FailureRecord {
                 code,
                 message,
@@ -745,6 +749,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         u.phase = Phase::Merged;
         self.store
             .merge_outcomes(&successes, &failures, u, self.generation())?;
+        let max_attempts = self.spec.spec.retry.max_attempts;
+        for (before, fingerprint) in shifts {
+            let after = request_state(self.store.outcome(&fingerprint)?, &parser);
+            self.tally.shift(before, after, max_attempts);
+        }
         self.event(
             Some(u.id),
             &format!(
@@ -1193,12 +1202,6 @@ fn request_state(outcome: Option<Outcome>, parser: &answer::Parser) -> RequestSt
         },
         None => RequestState::Pending,
     }
-}
-
-/// Whether this unit's results hold a success for `id` (no need to look up
-/// earlier failures then).
-fn seen_success(seen: &HashMap<String, ResultLine>, id: &str) -> bool {
-    matches!(seen.get(id), Some(ResultLine::Success { .. }))
 }
 
 /// Poll backoff: start at `interval`, grow by half each time, cap at `max`.
