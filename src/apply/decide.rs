@@ -1,5 +1,5 @@
 //! The decisions of `apply`, as pure functions over plain data. The shell in
-//! `apply/runner.rs` reads the state and the clock, asks these, performs
+//! `apply/runner/` reads the state and the clock, asks these, performs
 //! the side effects they name and records each transition. Nothing here
 //! sleeps, reads the clock or does I/O, so every branch is table-tested.
 

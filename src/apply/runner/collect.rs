@@ -1,0 +1,495 @@
+//! Collecting batches: poll, fetch result files, classify and merge every
+//! line, the ledger, clean-up, and the retry chunks.
+
+use super::*;
+
+impl<'a, B: BatchBackend> Runner<'a, B> {
+    pub(super) fn schedule_poll(&mut self, id: u32, fresh: bool) {
+        let interval = self.spec.poll_interval.as_millis() as u64;
+        let max = self.spec.poll_max_interval.as_millis() as u64;
+        let previous = if fresh {
+            None
+        } else {
+            self.polls.get(&id).map(|(_, d)| d.as_millis() as u64)
+        };
+        let next = next_poll_interval_ms(previous, interval, max);
+        let d = Duration::from_millis(next);
+        self.polls.insert(id, (Instant::now() + d, d));
+    }
+
+    pub(super) async fn poll(&mut self, u: &mut UnitRecord) -> Result<()> {
+        let batch_id = u.batch_id.clone().expect("a submitted unit has a batch id");
+        let batch = match self.backend.status(&batch_id).await {
+            Ok(b) => b,
+            // Retrying a 404 cannot help, and stopping would stop every
+            // `resume` at the same place: the batch is lost, its requests
+            // are sent again (a proxy that lost its state, an id deleted by
+            // hand).
+            Err(e) if e.is_not_found() => {
+                self.polls.remove(&u.id);
+                self.answered(u);
+                let reason = format!("the provider no longer knows batch {batch_id}: {e}");
+                self.event(
+                    Some(u.id),
+                    &format!("{reason}; its requests will be sent again"),
+                );
+                u.end = Some(state::EndKind::Lost { reason });
+                u.results.clear();
+                u.ended_at = Some(state::now_secs());
+                u.phase = Phase::Ended;
+                return self.put(u);
+            }
+            Err(e) => return self.step_failed(u, "status", e).await,
+        };
+        let was_parked = u.backoff.is_some();
+        self.answered(u);
+        let label = state_label(&batch.state).to_string();
+        let changed = u.remote_status.as_deref() != Some(label.as_str());
+        u.remote_status = Some(label.clone());
+        let poll_secs = self.spec.poll_interval.as_secs();
+        match (
+            decide::on_status(&batch.state, u.creates, poll_secs),
+            batch.state,
+        ) {
+            (StatusVerdict::KeepPolling, RemoteState::Running { done, failed, .. }) => {
+                u.completed = done;
+                u.failed = failed;
+                if changed || was_parked {
+                    self.put(u)?;
+                    self.event(Some(u.id), &format!("batch {batch_id} is {label}"));
+                }
+                self.schedule_poll(u.id, false);
+                kill_point("poll");
+            }
+            (StatusVerdict::Requeue { wait_secs }, RemoteState::Requeue { reason, .. }) => {
+                // Not a failure: keep the staged file and create again later.
+                self.polls.remove(&u.id);
+                u.phase = Phase::Uploaded;
+                u.batch_id = None;
+                u.not_before = Some(state::now_secs() + wait_secs);
+                self.put(u)?;
+                self.event(
+                    Some(u.id),
+                    &format!(
+                        "batch {batch_id} was not run ({reason}); submitting again in {}",
+                        status::short_duration(wait_secs)
+                    ),
+                );
+            }
+            (
+                _,
+                RemoteState::Ended {
+                    end,
+                    results,
+                    usage,
+                    ..
+                },
+            ) => {
+                self.polls.remove(&u.id);
+                if let state::EndKind::Failed { reason } = &end {
+                    u.batch_error = Some(reason.clone());
+                }
+                u.end = Some(end);
+                u.results = results;
+                u.billed = usage;
+                u.ended_at = Some(state::now_secs());
+                u.phase = Phase::Ended;
+                self.put(u)?;
+                self.event(Some(u.id), &format!("batch {batch_id} ended: {label}"));
+                kill_point("poll");
+            }
+            _ => unreachable!("on_status follows the state"),
+        }
+        Ok(())
+    }
+
+    pub(super) async fn download(&mut self, u: &mut UnitRecord) -> Result<()> {
+        let dir = self.layout().results_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        for r in u.results.clone() {
+            let dest = self.layout().result_file(u.id, u.creates, &r.name);
+            if dest.exists() {
+                continue;
+            }
+            match self.backend.fetch(&r, &dest).await {
+                Ok(bytes) => {
+                    self.answered(u);
+                    self.event(
+                        Some(u.id),
+                        &format!("downloaded {} file {} ({bytes} bytes)", r.name, r.id),
+                    );
+                    kill_point("download");
+                }
+                // The file is gone (expired, deleted): its requests count
+                // as not executed and are sent again, rather than stopping
+                // every `resume` here.
+                Err(e) if e.is_not_found() => {
+                    self.answered(u);
+                    self.event(
+                        Some(u.id),
+                        &format!(
+                            "{} file {} is gone ({e}); its requests will be sent again",
+                            r.name, r.id
+                        ),
+                    );
+                }
+                Err(e) => return self.step_failed(u, "download", e).await,
+            }
+        }
+        u.backoff = None;
+        u.phase = Phase::Downloaded;
+        self.put(u)
+    }
+
+    pub(super) fn request_of(&self, id: &str) -> Result<Option<state::RequestRecord>> {
+        let Some(row) = id.strip_prefix('r').and_then(|n| n.parse::<u64>().ok()) else {
+            return Ok(None);
+        };
+        Ok(self.store.request(self.generation(), row)?)
+    }
+
+    /// Classify every line of the result files and account for every
+    /// request of the unit (one in no line gets `decide::missing_line`).
+    pub(super) async fn ingest(&mut self, u: &mut UnitRecord) -> Result<()> {
+        let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
+        let mut seen: HashMap<String, ResultLine> = HashMap::with_capacity(ids.len());
+        for r in &u.results {
+            let path = self.layout().result_file(u.id, u.creates, &r.name);
+            if !path.exists() {
+                continue;
+            }
+            let f = File::open(&path).map_err(|e| Error::io("read", &path, e))?;
+            for (n, line) in BufReader::new(f).lines().enumerate() {
+                let line = line.map_err(|e| Error::io("read", &path, e))?;
+                let Ok(outcome) = self.backend.classify(&line) else {
+                    continue;
+                };
+                if !ids.contains(outcome.custom_id()) {
+                    self.event(
+                        Some(u.id),
+                        &format!(
+                            "{}:{}: ignoring a result for `{}`, which this chunk did not send",
+                            path.display(),
+                            n + 1,
+                            outcome.custom_id()
+                        ),
+                    );
+                    continue;
+                }
+                seen.insert(outcome.custom_id().to_string(), outcome);
+            }
+        }
+        let end = u.end.clone().unwrap_or(state::EndKind::Completed);
+        let parser = self.parser()?;
+        // Each request's state before this merge, to move the tally.
+        let mut shifts: Vec<(RequestState, String)> = Vec::with_capacity(ids.len());
+        let mut successes = Vec::new();
+        let mut failures = Vec::new();
+        let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
+        for id in &ids {
+            let Some(req) = self.request_of(id)? else {
+                continue;
+            };
+            let earlier = self.store.outcome(&req.fingerprint)?;
+            // Runs of earlier attempts carry over: a request that expired
+            // twice and then failed when it ran has run once.
+            let earlier_runs = match &earlier {
+                Some(Outcome::Failure(f)) => f.runs(),
+                _ => 0,
+            };
+            shifts.push((request_state(earlier, &parser), req.fingerprint.clone()));
+            let failure = |code, message, retryable, ran: bool| FailureRecord {
+                code,
+                message,
+                retryable,
+                attempts: u.attempt,
+                ran,
+                runs: Some(earlier_runs + u32::from(ran)),
+            };
+            match seen.remove(id) {
+                Some(ResultLine::Success {
+                    answer,
+                    input_tokens: i,
+                    output_tokens: o,
+                    ..
+                }) => {
+                    input_tokens += i;
+                    output_tokens += o;
+                    successes.push((
+                        req.fingerprint,
+                        ResultRecord {
+                            answer,
+                            input_tokens: i,
+                            output_tokens: o,
+                        },
+                    ));
+                }
+                Some(ResultLine::Failure {
+                    code,
+                    message,
+                    retryable,
+                    ran,
+                    ..
+                }) => failures.push((req.fingerprint, failure(code, message, retryable, ran))),
+                None => {
+                    let (code, message, retryable) = decide::missing_line(&end);
+                    failures.push((req.fingerprint, failure(code, message, retryable, false)));
+                }
+            }
+        }
+        // The provider's own count of the batch is what it bills.
+        if let Some(b) = u.billed {
+            input_tokens = b.input_tokens;
+            output_tokens = b.output_tokens;
+        }
+        u.input_tokens = input_tokens;
+        u.output_tokens = output_tokens;
+        if let Some(p) = self.plan.price.as_ref() {
+            u.cost_usd = cost::actual(p, input_tokens, output_tokens);
+            u.standard_cost_usd = cost::standard(p, input_tokens, output_tokens);
+        }
+        u.completed = successes.len() as u64;
+        u.failed = failures.len() as u64;
+        u.phase = Phase::Merged;
+        self.store
+            .merge_outcomes(&successes, &failures, u, self.generation())?;
+        let max_attempts = self.spec.spec.retry.max_attempts;
+        for (before, fingerprint) in shifts {
+            let after = request_state(self.store.outcome(&fingerprint)?, &parser);
+            self.tally.shift(before, after, max_attempts);
+        }
+        self.event(
+            Some(u.id),
+            &format!(
+                "merged: {} succeeded, {} failed",
+                successes.len(),
+                failures.len()
+            ),
+        );
+        kill_point("ingest");
+        self.write_ledger(u)?;
+        if !self.clean_remote(u).await {
+            u.cleanup_pending = true;
+            self.put(u)?;
+        }
+        Ok(())
+    }
+
+    /// Record the batch's usage in `<state>/usage.jsonl` exactly once.
+    pub(super) fn write_ledger(&self, u: &mut UnitRecord) -> Result<()> {
+        if u.ledger_written {
+            return Ok(());
+        }
+        let Some(batch_id) = u.batch_id.clone() else {
+            return Ok(());
+        };
+        let ledger = self.layout().ledger();
+        journal::record_usage_once(
+            &ledger,
+            &LedgerEntry {
+                ts: state::now_secs(),
+                job: self.job(),
+                batch_id: &batch_id,
+                provider: self.backend.name(),
+                model: &self.plan.model,
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cost_usd: u.cost_usd,
+                standard_cost_usd: u.standard_cost_usd,
+                simulated: self.simulated,
+            },
+        )
+        .map_err(|e| Error::io("append to", &ledger, e))?;
+        u.ledger_written = true;
+        self.put(u)
+    }
+
+    /// Delete the provider's copies once they are safely merged; they would
+    /// otherwise count against storage for 30 days (OpenAPI spec,
+    /// `FileExpirationAfter`), and Azure caps a resource at 500 batch files.
+    /// True when done: deleted, or already gone. A failure is harmless to
+    /// the job; a transient one is tried again at the next start and finish.
+    pub(super) async fn clean_remote(&self, u: &UnitRecord) -> bool {
+        let batch_id = u.batch_id.as_deref().unwrap_or_default();
+        match self
+            .backend
+            .clean_up(u.file_id.as_deref(), batch_id, &u.results)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) if e.is_not_found() => true,
+            Err(e) => {
+                let again = e.step_class() != crate::provider::StepClass::Final;
+                self.event(
+                    Some(u.id),
+                    &format!(
+                        "could not delete the provider's files (harmless{}): {e}",
+                        if again { "; tried again later" } else { "" }
+                    ),
+                );
+                !again
+            }
+        }
+    }
+
+    /// Retry the clean-ups that failed transiently before.
+    pub(super) async fn clean_pending(&mut self, units: &mut [UnitRecord]) -> Result<()> {
+        for u in units.iter_mut().filter(|u| u.cleanup_pending) {
+            if self.clean_remote(u).await {
+                u.cleanup_pending = false;
+                self.put(u)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every outstanding request of the plan, counted by where it stands.
+    pub(super) fn scan_tally(&self) -> Result<Tally> {
+        let parser = self.parser()?;
+        let max_attempts = self.spec.spec.retry.max_attempts;
+        let mut tally = Tally::default();
+        for r in self.store.requests(self.generation()) {
+            let r = r?;
+            if r.seq.is_none() {
+                continue;
+            }
+            tally.add(
+                request_state(self.store.outcome(&r.fingerprint)?, &parser),
+                max_attempts,
+            );
+        }
+        Ok(tally)
+    }
+
+    /// Retryable failures with attempts left go into new units.
+    pub(super) fn plan_retries(&mut self, units: &[UnitRecord]) -> Result<Vec<UnitRecord>> {
+        let max_attempts = self.spec.spec.retry.max_attempts;
+        let parser = self.parser()?;
+        // Custom id → prompt tokens of each request to send again.
+        let mut rows: HashMap<String, u64> = HashMap::new();
+        for r in self.store.requests(self.generation()) {
+            let r = r?;
+            if r.seq.is_none() {
+                continue;
+            }
+            let state = request_state(self.store.outcome(&r.fingerprint)?, &parser);
+            if decide::should_retry(state, max_attempts) {
+                rows.insert(custom_id(r.row), r.tokens);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        let attempt = units.iter().map(|u| u.attempt).max().unwrap_or(1) + 1;
+        let first_id = units.iter().map(|u| u.id).max().unwrap_or(0) + 1;
+        // Lines come from the plan's own chunk files, so a retry sends
+        // exactly the bytes the first attempt sent.
+        let mut lines: Vec<(String, u64)> = Vec::new();
+        for c in &self.plan.chunks {
+            let path = self.layout().resolve(&c.file);
+            let f = File::open(&path).map_err(|e| Error::io("read", &path, e))?;
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(|e| Error::io("read", &path, e))?;
+                if let Some(&tokens) = line_custom_id(&line).and_then(|id| rows.get(id)) {
+                    lines.push((line, tokens));
+                }
+            }
+        }
+        let items: Vec<Item> = lines
+            .iter()
+            .map(|(l, tokens)| Item {
+                tokens: *tokens,
+                bytes: l.len() as u64 + 1,
+            })
+            .collect();
+        let (limits, _) = Limits::from_spec(
+            self.spec.spec.chunking.max_requests,
+            self.spec.max_bytes,
+            self.spec.spec.chunking.max_tokens,
+            None,
+        );
+        let packing = crate::chunking::pack(&items, &limits)?;
+        let mut out = Vec::new();
+        for (k, span) in packing.spans.iter().enumerate() {
+            let id = first_id + k as u32;
+            let rel = Layout::retry_chunk_rel(self.generation(), attempt, id);
+            let path = self.layout().resolve(&rel);
+            let io = |e| Error::io("write", &path, e);
+            let mut w = ChunkWriter::create(&path).map_err(io)?;
+            for (l, _) in &lines[span.start..span.end] {
+                w.push(l.as_bytes()).map_err(io)?;
+            }
+            let written = w.finish().map_err(io)?;
+            let u = UnitRecord::planned(
+                id,
+                attempt,
+                rel,
+                written.sha256,
+                span.requests() as u64,
+                span.bytes,
+                span.tokens,
+            );
+            self.put(&u)?;
+            self.event(
+                Some(id),
+                &format!(
+                    "retry chunk (attempt {attempt}) with {} requests",
+                    u.requests
+                ),
+            );
+            out.push(u);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn parser(&self) -> Result<answer::Parser> {
+        let o = &self.spec.spec.output;
+        answer::Parser::new(
+            o.parse,
+            o.labels.as_deref().unwrap_or_default(),
+            o.pattern.as_deref(),
+        )
+        .map_err(Error::usage)
+    }
+}
+
+/// Where a request stands, from its latest outcome.
+fn request_state(outcome: Option<Outcome>, parser: &answer::Parser) -> RequestState {
+    match outcome {
+        Some(Outcome::Success(res)) => RequestState::Succeeded {
+            parsed: parser.parse(&res.answer).is_ok(),
+        },
+        Some(Outcome::Failure(f)) => RequestState::Failed {
+            retryable: f.retryable,
+            attempts: f.attempts,
+            runs: f.runs(),
+        },
+        None => RequestState::Pending,
+    }
+}
+
+/// Poll backoff: start at `interval`, grow by half each time, cap at `max`.
+pub fn next_poll_interval_ms(previous_ms: Option<u64>, interval_ms: u64, max_ms: u64) -> u64 {
+    match previous_ms {
+        None => interval_ms.min(max_ms),
+        Some(p) => (p + p / 2).clamp(interval_ms.min(max_ms), max_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_backoff_grows_to_the_cap() {
+        let mut p = None;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            let n = next_poll_interval_ms(p, 1000, 4000);
+            seen.push(n);
+            p = Some(n);
+        }
+        assert_eq!(seen, [1000, 1500, 2250, 3375, 4000, 4000]);
+        assert_eq!(next_poll_interval_ms(None, 9000, 4000), 4000);
+    }
+}

@@ -1,0 +1,475 @@
+//! The shell of `apply`: reads the state and the clock, asks `decide` what
+//! to do, drives the provider through the [`BatchBackend`] seam, and
+//! records every transition before the next side effect (see `apply/mod.rs` for
+//! the protocol). It holds no wire type and makes no decision of its own.
+//!
+//! `submit.rs` creates batches (and finds what an earlier create made),
+//! `collect.rs` polls, fetches and merges results, `report.rs` writes the
+//! snapshot and the summary; this file holds the loop and the fault model.
+
+mod collect;
+mod report;
+mod submit;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::decide::{
+    self, Action, Admission, HaltPolicy, RequestState, StatusVerdict, StepVerdict, Tally, UnitView,
+};
+use super::{ApplyOptions, Ending, Progress, Summary, answer, kill_point, write_output_file};
+use crate::chunking::{Item, Limits};
+use crate::cost;
+use crate::error::{Error, Result};
+use crate::provider::{
+    BatchBackend, ProviderError, RemoteBatch, RemoteState, ResultLine, SubmitIdentity,
+};
+use crate::report::Ui;
+use crate::spec::CheckedSpec;
+use crate::state::chunkfile::{ChunkWriter, sha256_of};
+use crate::state::journal::{self, LedgerEntry};
+use crate::state::{
+    self, FailureRecord, JobStore, Layout, Outcome, Phase, PlanRecord, ResultRecord, UnitRecord,
+    custom_id,
+};
+use crate::status::{self, RunState, Snapshot, UnitStatus};
+
+/// Everything one run needs.
+pub struct Runner<'a, B: BatchBackend> {
+    store: &'a JobStore,
+    spec: &'a CheckedSpec,
+    plan: &'a PlanRecord,
+    backend: &'a B,
+    ui: &'a Ui,
+    opts: ApplyOptions,
+    interrupted: Arc<AtomicBool>,
+    simulated: bool,
+    progress: Progress,
+    /// Next status check per unit: (when, current interval).
+    polls: HashMap<u32, (Instant, Duration)>,
+    /// Requests by where they stand, as of the last merge.
+    tally: Tally,
+    /// Since when every provider call has failed (Unix seconds).
+    outage_since: Option<u64>,
+    /// When the outage was last reported in the event lines.
+    outage_said: Option<u64>,
+    started: Instant,
+    started_at: u64,
+}
+
+fn now_ms_since(start: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(start).as_millis() as u64
+}
+
+impl<'a, B: BatchBackend> Runner<'a, B> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &'a JobStore,
+        spec: &'a CheckedSpec,
+        plan: &'a PlanRecord,
+        backend: &'a B,
+        ui: &'a Ui,
+        opts: ApplyOptions,
+        interrupted: Arc<AtomicBool>,
+        simulated: bool,
+    ) -> Self {
+        Runner {
+            store,
+            spec,
+            plan,
+            backend,
+            ui,
+            opts,
+            interrupted,
+            simulated,
+            progress: Progress::new(*ui),
+            polls: HashMap::new(),
+            tally: Tally::default(),
+            outage_since: None,
+            outage_said: None,
+            started: Instant::now(),
+            started_at: state::now_secs(),
+        }
+    }
+
+    fn job(&self) -> &str {
+        &self.spec.spec.name
+    }
+
+    fn generation(&self) -> u64 {
+        self.plan.generation
+    }
+
+    fn layout(&self) -> &Layout {
+        self.store.layout()
+    }
+
+    fn policy(&self) -> HaltPolicy {
+        let h = &self.spec.spec.halt;
+        HaltPolicy {
+            on_chunk_failure: h.on_chunk_failure,
+            max_failure_rate: self.spec.max_failure_rate,
+            max_cost_usd: h.max_cost_usd,
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// Run the job until it is finished, detached, interrupted or halted.
+    pub async fn run(&mut self) -> Result<(Ending, Summary)> {
+        journal::start_run(&self.layout().events());
+        let mut units = self.ensure_units()?;
+        self.tally = self.scan_tally()?;
+        // A run killed between merging a chunk and writing its usage line
+        // finishes that bookkeeping first.
+        for u in units.iter_mut() {
+            if u.phase == Phase::Merged && !u.ledger_written && u.given_up.is_none() {
+                self.write_ledger(u)?;
+                u.cleanup_pending = true;
+            }
+        }
+        self.clean_pending(&mut units).await?;
+        let untouched = units
+            .iter()
+            .all(|u| u.phase == Phase::Planned && u.attempt == 1);
+        let estimate = self.plan.estimate.as_ref();
+        if let Some(reason) = decide::halt_before_start(
+            &self.policy(),
+            estimate.and_then(|e| e.high),
+            estimate.is_some(),
+            untouched,
+        ) {
+            return self.finish(Ending::Halted(reason)).await;
+        }
+        // After `batchgrader cancel`, collect what the cancelled batches
+        // finished, but submit nothing new and retry nothing.
+        let cancelled = self.store.cancelled_at()?.is_some();
+        loop {
+            if self.interrupted() {
+                return self.finish(Ending::Interrupted).await;
+            }
+            self.say_outage();
+            self.write_status(&units, RunState::Running, None);
+            let now = Instant::now();
+            let views: Vec<UnitView> = units.iter().map(|u| self.view(u, now)).collect();
+            let step = decide::step(
+                &views,
+                now_ms_since(self.started, now),
+                Admission {
+                    max_in_flight: self.spec.spec.concurrency.max_batches_in_flight as usize,
+                    token_budget: self.spec.spec.chunking.max_tokens,
+                    submit: !cancelled,
+                },
+            );
+            let collecting = units.iter().any(|u| {
+                matches!(
+                    u.phase,
+                    Phase::Creating | Phase::Submitted | Phase::Ended | Phase::Downloaded
+                )
+            });
+            if cancelled && !collecting {
+                return self
+                    .finish(Ending::Halted(
+                        "the job was cancelled with `batchgrader cancel`; `batchgrader apply SPEC` starts it again".into(),
+                    ))
+                    .await;
+            }
+            if step.all_merged {
+                if let Some(reason) = self.halt_reason(&units) {
+                    return self.finish(Ending::Halted(reason)).await;
+                }
+                let retries = self.plan_retries(&units)?;
+                if retries.is_empty() {
+                    return self.finish(Ending::Finished).await;
+                }
+                units.extend(retries);
+                continue;
+            }
+            if self.opts.detach && step.detach_done() {
+                return self.finish(Ending::Detached).await;
+            }
+            if step.actions.is_empty() {
+                let wake = step
+                    .wake_at_ms
+                    .map(|ms| self.started + Duration::from_millis(ms))
+                    .unwrap_or(now + Duration::from_secs(1));
+                self.sleep_until(wake).await;
+                continue;
+            }
+            for action in step.actions {
+                if self.interrupted() {
+                    break;
+                }
+                // Halt decisions come before spending (a recovery may create).
+                if matches!(action, Action::Submit(_) | Action::Recover(_))
+                    && let Some(reason) = self.halt_reason(&units)
+                {
+                    return self.halt(&mut units, reason).await;
+                }
+                let idx = units
+                    .iter()
+                    .position(|u| u.id == action.unit())
+                    .expect("actions name known units");
+                let mut unit = units[idx].clone();
+                match action {
+                    Action::Submit(_) => self.submit(&mut unit).await?,
+                    Action::Recover(_) => self.recover(&mut unit).await?,
+                    Action::Poll(_) => self.poll(&mut unit).await?,
+                    Action::Download(_) => self.download(&mut unit).await?,
+                    Action::Ingest(_) => self.ingest(&mut unit).await?,
+                }
+                let merged = unit.phase == Phase::Merged && units[idx].phase != Phase::Merged;
+                units[idx] = unit;
+                self.write_status(&units, RunState::Running, None);
+                if merged && let Some(reason) = self.halt_reason(&units) {
+                    return self.halt(&mut units, reason).await;
+                }
+            }
+        }
+    }
+
+    fn halt_reason(&self, units: &[UnitRecord]) -> Option<String> {
+        let spent: f64 = units.iter().map(|u| u.cost_usd).sum();
+        decide::halt(
+            &self.policy(),
+            &self.tally,
+            spent,
+            &decide::chunk_failures(units),
+        )
+    }
+
+    fn view(&self, u: &UnitRecord, now: Instant) -> UnitView {
+        let now_secs = state::now_secs();
+        let at = |unix: u64| {
+            let wait = unix.saturating_sub(now_secs);
+            now_ms_since(self.started, now + Duration::from_secs(wait))
+        };
+        UnitView {
+            id: u.id,
+            phase: u.phase,
+            not_before_ms: u.not_before.map(at),
+            next_poll_ms: self
+                .polls
+                .get(&u.id)
+                .map(|(t, _)| now_ms_since(self.started, *t)),
+            parked_until_ms: u.backoff.as_ref().map(|b| at(b.retry_at)),
+            tokens: u.tokens,
+        }
+    }
+
+    async fn sleep_until(&self, wake: Instant) {
+        // Short slices, so Ctrl-C is honoured within a quarter second.
+        while Instant::now() < wake && !self.interrupted() {
+            let left = wake.saturating_duration_since(Instant::now());
+            tokio::time::sleep(left.min(Duration::from_millis(250))).await;
+        }
+    }
+
+    /// The plan's chunks become units on the first run of a plan generation.
+    fn ensure_units(&mut self) -> Result<Vec<UnitRecord>> {
+        let existing = self.store.units(self.generation())?;
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+        let mut units = Vec::with_capacity(self.plan.chunks.len());
+        for c in &self.plan.chunks {
+            let u = UnitRecord::planned(
+                c.index,
+                1,
+                c.file.clone(),
+                c.sha256.clone(),
+                c.requests,
+                c.bytes,
+                c.tokens,
+            );
+            self.put(&u)?;
+            units.push(u);
+        }
+        Ok(units)
+    }
+
+    fn put(&self, u: &UnitRecord) -> Result<()> {
+        Ok(self.store.put_unit(self.generation(), u)?)
+    }
+
+    fn identity(&self, u: &UnitRecord) -> SubmitIdentity {
+        SubmitIdentity {
+            job: self.job().to_string(),
+            chunk: u.id,
+            attempt: u.attempt,
+            submit: u.creates,
+            plan: self.plan.plan_hash[..16].to_string(),
+            intent_at: u.intent_at.unwrap_or(0),
+        }
+    }
+
+    fn event(&self, unit: Option<u32>, msg: &str) {
+        self.progress.event(unit, msg);
+        journal::append_event(&self.layout().events(), unit, msg);
+    }
+
+    /// A unit's step succeeded: the provider is up and the unit's run of
+    /// failures is over.
+    fn answered(&mut self, u: &mut UnitRecord) {
+        self.provider_up();
+        u.backoff = None;
+    }
+
+    /// A call answered, though the unit's step is not done yet (a lookup
+    /// before a create): the outage is over, the unit's failures go on.
+    fn provider_up(&mut self) {
+        self.outage_since = None;
+        self.outage_said = None;
+    }
+
+    /// A step failed: park the unit, give it up, or stop the run.
+    async fn step_failed(
+        &mut self,
+        u: &mut UnitRecord,
+        step: &str,
+        e: ProviderError,
+    ) -> Result<()> {
+        let now = state::now_secs();
+        let verdict = decide::on_step_error(
+            e.step_class(),
+            step,
+            &e.to_string(),
+            u.backoff.as_ref(),
+            now,
+            self.spec.give_up_after.as_secs(),
+        );
+        match verdict {
+            StepVerdict::Stop => Err(e.into()),
+            StepVerdict::Park(b) => {
+                self.outage_since.get_or_insert(now);
+                self.event(
+                    Some(u.id),
+                    &format!(
+                        "{step} failed ({e}); retrying in {} ({} failure{} in a row)",
+                        status::short_duration(b.retry_at.saturating_sub(now)),
+                        b.failures,
+                        if b.failures == 1 { "" } else { "s" }
+                    ),
+                );
+                u.backoff = Some(b);
+                self.put(u)
+            }
+            StepVerdict::GiveUp { reason } => {
+                self.event(Some(u.id), &format!("giving up the chunk: {reason}"));
+                self.give_up(u, reason).await
+            }
+        }
+    }
+
+    /// A unit whose steps kept failing becomes a failed chunk: its requests
+    /// fail finally (a later `apply` plans them again), and a batch that may
+    /// still run is asked to stop, so nothing is paid for unseen.
+    async fn give_up(&mut self, u: &mut UnitRecord, reason: String) -> Result<()> {
+        let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
+        let mut failures = Vec::new();
+        for id in &ids {
+            let Some(req) = self.request_of(id)? else {
+                continue;
+            };
+            failures.push((
+                req.fingerprint,
+                FailureRecord {
+                    code: "provider_unavailable".into(),
+                    message: format!("chunk {} was given up: {reason}", u.id),
+                    retryable: false,
+                    attempts: u.attempt,
+                    ran: false,
+                    runs: None,
+                },
+            ));
+        }
+        if u.phase == Phase::Submitted
+            && let Some(id) = u.batch_id.clone()
+        {
+            // Best effort: the provider is failing anyway.
+            if let Err(e) = self.backend.cancel(&id).await {
+                self.event(Some(u.id), &format!("could not cancel batch {id}: {e}"));
+            }
+        }
+        u.failed = failures.len() as u64;
+        u.given_up = Some(reason);
+        u.backoff = None;
+        u.phase = Phase::Merged;
+        self.store
+            .merge_outcomes(&[], &failures, u, self.generation())?;
+        // Rare enough to count again from the store.
+        self.tally = self.scan_tally()?;
+        Ok(())
+    }
+
+    fn say_outage(&mut self) {
+        let now = state::now_secs();
+        if let Some(line) = status::outage_line(self.outage_since, now)
+            && self.outage_said.is_none_or(|t| now.saturating_sub(t) >= 60)
+        {
+            self.outage_said = Some(now);
+            self.event(None, &line);
+        }
+    }
+
+    /// Stop the job by the halt policy: nothing more is created, the
+    /// batches that are out are cancelled, the output is written.
+    async fn halt(
+        &mut self,
+        units: &mut [UnitRecord],
+        reason: String,
+    ) -> Result<(Ending, Summary)> {
+        self.settle_creating(units).await?;
+        self.cancel_in_flight(units).await;
+        self.finish(Ending::Halted(reason)).await
+    }
+}
+
+/// A batch state's label for people and the unit record.
+fn state_label(s: &RemoteState) -> &str {
+    match s {
+        RemoteState::Running { label, .. }
+        | RemoteState::Ended { label, .. }
+        | RemoteState::Requeue { label, .. } => label,
+    }
+}
+
+/// The custom ids a request file holds.
+fn unit_custom_ids(path: &Path) -> Result<HashSet<String>> {
+    let f = File::open(path).map_err(|e| Error::io("read", path, e))?;
+    let mut out = HashSet::new();
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(|e| Error::io("read", path, e))?;
+        if let Some(id) = line_custom_id(&line) {
+            out.insert(id.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// The custom id of a request line we wrote (`{"custom_id":"r12",...`).
+fn line_custom_id(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("{\"custom_id\":\"")?;
+    rest.split('"').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_ids_of_our_lines() {
+        assert_eq!(
+            line_custom_id(r#"{"custom_id":"r12","method":"POST"}"#),
+            Some("r12")
+        );
+        assert_eq!(line_custom_id(r#"{"method":"POST"}"#), None);
+    }
+}

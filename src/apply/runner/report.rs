@@ -1,0 +1,127 @@
+//! What a run shows: the status snapshot and the end-of-run summary.
+
+use super::*;
+
+impl<'a, B: BatchBackend> Runner<'a, B> {
+    pub(super) fn snapshot(
+        &self,
+        units: &[UnitRecord],
+        state: RunState,
+        message: Option<String>,
+        output: Option<String>,
+    ) -> Snapshot {
+        let receipt = decide::receipt(units);
+        Snapshot {
+            job: self.job().to_string(),
+            state,
+            pid: (state == RunState::Running).then(std::process::id),
+            updated_at: state::now_secs(),
+            started_at: Some(self.started_at),
+            model: self.plan.model.clone(),
+            totals: decide::totals(
+                self.plan.rows,
+                self.plan.outstanding,
+                self.plan.already_done,
+                &self.tally,
+            ),
+            estimated_cost_usd: self
+                .plan
+                .estimate
+                .as_ref()
+                .map(|e| e.expected.or(e.high).unwrap_or(e.low)),
+            actual_cost_usd: receipt.paid_usd,
+            output_path: output,
+            message,
+            receipt,
+            outage_since: self.outage_since,
+            units: units.iter().map(unit_status).collect(),
+        }
+    }
+
+    pub(super) fn write_status(
+        &self,
+        units: &[UnitRecord],
+        state: RunState,
+        message: Option<String>,
+    ) {
+        let snap = self.snapshot(units, state, message, None);
+        self.progress.table(&snap);
+        if let Err(e) = status::write(self.layout(), &snap) {
+            self.ui.warn(&format!("cannot write status.json: {e}"));
+        }
+    }
+
+    /// Write the output (unless interrupted or detached with work left),
+    /// the final status, and the summary.
+    pub(super) async fn finish(&mut self, ending: Ending) -> Result<(Ending, Summary)> {
+        let mut units = self.store.units(self.generation())?;
+        if ending == Ending::Finished {
+            self.clean_pending(&mut units).await?;
+        }
+        self.tally = self.scan_tally()?;
+        let (state, message) = match &ending {
+            Ending::Finished => (RunState::Finished, None),
+            Ending::Detached => (
+                RunState::Detached,
+                Some("detached: batches keep running; `batchgrader resume` collects them".to_string()),
+            ),
+            Ending::Interrupted => (
+                RunState::Detached,
+                Some("interrupted: state is saved and batches keep running; run `batchgrader resume` to continue".to_string()),
+            ),
+            Ending::Halted(r) => (RunState::Halted, Some(format!("halted: {r}"))),
+        };
+        let write_output = matches!(ending, Ending::Finished | Ending::Halted(_));
+        let mut written = None;
+        if write_output {
+            self.event(None, "writing the output");
+            written = Some(write_output_file(self.store, self.spec, self.plan)?);
+            kill_point("output");
+        }
+        let out_path = write_output.then(|| self.spec.output_path.display().to_string());
+        let snap = self.snapshot(&units, state, message.clone(), out_path.clone());
+        self.progress.clear();
+        status::write(self.layout(), &snap)
+            .map_err(|e| Error::io("write", self.layout().status(), e))?;
+        let (w, dist) = written.unwrap_or_default();
+        let summary = Summary {
+            job: self.job().to_string(),
+            ending: match &ending {
+                Ending::Finished => "finished",
+                Ending::Detached => "detached",
+                Ending::Interrupted => "interrupted",
+                Ending::Halted(_) => "halted",
+            }
+            .to_string(),
+            rows: self.plan.rows,
+            graded: w.ok,
+            parse_failures: w.parse_errors,
+            failed: w.failed,
+            not_graded: w.not_graded,
+            already_graded_before: self.plan.already_done,
+            estimated_cost_usd: snap.estimated_cost_usd,
+            actual_cost_usd: snap.actual_cost_usd,
+            output_path: out_path,
+            distribution: dist,
+            simulated: self.simulated,
+            message,
+            receipt: snap.receipt,
+        };
+        Ok((ending, summary))
+    }
+}
+
+fn unit_status(u: &UnitRecord) -> UnitStatus {
+    let mut s = UnitStatus::from(u);
+    s.backoff = u.backoff.as_ref().map(|b| status::Backoff {
+        step: b.step.clone(),
+        failures: b.failures,
+        since: b.since,
+        retry_at: b.retry_at,
+        last_error: b.last_error.clone(),
+    });
+    if let Some(r) = &u.given_up {
+        s.remote_status = Some(format!("given up: {r}"));
+    }
+    s
+}
