@@ -4,7 +4,7 @@
 //! tested with tables. Requests keep their order; a chunk is a contiguous
 //! range of the outstanding requests.
 
-use crate::spec::{PROVIDER_MAX_BYTES, PROVIDER_MAX_REQUESTS};
+use crate::provider::BatchLimits;
 
 /// Size of one request: prompt tokens and bytes of its JSONL line, newline included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,33 +23,39 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Clamp what the spec asks for to the provider ceilings; the warnings say what was lowered.
+    /// Clamp what the spec asks for to the provider's ceilings (what one
+    /// batch may hold there); the warnings say what was lowered.
     pub fn from_spec(
+        ceiling: BatchLimits,
         max_requests: Option<u64>,
         max_bytes: Option<u64>,
         max_tokens: Option<u64>,
         chunks: Option<u32>,
     ) -> (Limits, Vec<String>) {
         let mut warnings = Vec::new();
+        let BatchLimits {
+            max_requests: ceiling_requests,
+            max_bytes: ceiling_bytes,
+        } = ceiling;
         let max_requests = match max_requests {
-            Some(n) if n > PROVIDER_MAX_REQUESTS => {
+            Some(n) if n > ceiling_requests => {
                 warnings.push(format!(
-                    "chunking.max_requests {n} is above the provider limit; using {PROVIDER_MAX_REQUESTS}"
+                    "chunking.max_requests {n} is above the provider limit; using {ceiling_requests}"
                 ));
-                PROVIDER_MAX_REQUESTS
+                ceiling_requests
             }
             Some(n) => n,
-            None => PROVIDER_MAX_REQUESTS,
+            None => ceiling_requests,
         };
         let max_bytes = match max_bytes {
-            Some(n) if n > PROVIDER_MAX_BYTES => {
+            Some(n) if n > ceiling_bytes => {
                 warnings.push(format!(
-                    "chunking.max_bytes {n} is above the provider limit; using {PROVIDER_MAX_BYTES} bytes"
+                    "chunking.max_bytes {n} is above the provider limit; using {ceiling_bytes} bytes"
                 ));
-                PROVIDER_MAX_BYTES
+                ceiling_bytes
             }
             Some(n) => n,
-            None => PROVIDER_MAX_BYTES,
+            None => ceiling_bytes,
         };
         (
             Limits {
@@ -326,10 +332,12 @@ mod tests {
         assert_eq!(p.warning, None);
     }
 
+    const OPENAI: BatchLimits = crate::provider::openai::LIMITS;
+
     #[test]
     fn provider_ceilings_are_never_exceeded() {
         // The spec asks for more than the provider allows; the clamp holds.
-        let (l, warnings) = Limits::from_spec(Some(80_000), Some(500_000_000), None, None);
+        let (l, warnings) = Limits::from_spec(OPENAI, Some(80_000), Some(500_000_000), None, None);
         assert_eq!(l.max_requests, 50_000);
         assert_eq!(l.max_bytes, 200_000_000);
         assert_eq!(warnings.len(), 2);
@@ -343,11 +351,11 @@ mod tests {
         }
         assert_eq!(p.spans.len(), 2);
         // A forced single chunk still cannot exceed 50,000 requests.
-        let (l, _) = Limits::from_spec(None, None, None, Some(1));
+        let (l, _) = Limits::from_spec(OPENAI, None, None, None, Some(1));
         let p = pack(&items(50_001, 1, 1), &l).unwrap();
         assert_eq!(sizes(&p), vec![50_000, 1]);
         // Defaults are the ceilings.
-        let (l, w) = Limits::from_spec(None, None, None, None);
+        let (l, w) = Limits::from_spec(OPENAI, None, None, None, None);
         assert_eq!((l.max_requests, l.max_bytes), (50_000, 200_000_000));
         assert!(w.is_empty());
     }

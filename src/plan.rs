@@ -106,6 +106,7 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         .collect::<Result<Vec<_>, _>>()?;
     let plan_hash = plan_hash(spec, &prompt, &sources, price.as_ref())?;
     let (limits, limit_warnings) = Limits::from_spec(
+        provider_limits(spec),
         spec.spec.chunking.max_requests,
         spec.max_bytes,
         spec.spec.chunking.max_tokens,
@@ -765,6 +766,19 @@ fn job_record(spec: &CheckedSpec, created_at: Option<u64>) -> JobRecord {
         spec: serde_json::to_value(&spec.spec).expect("a spec serializes"),
         created_at: created_at.unwrap_or(now),
         updated_at: now,
+    }
+}
+
+/// What one batch may hold at the spec's provider: the backend's own
+/// ceilings, so that a chunk never outgrows the batch it becomes.
+fn provider_limits(spec: &CheckedSpec) -> crate::provider::BatchLimits {
+    match spec.spec.provider.kind {
+        spec::ProviderKind::Openai | spec::ProviderKind::Simulated => {
+            crate::provider::openai::LIMITS
+        }
+        // Refused before any run in this version; its backend will bring
+        // its own ceilings (100,000 requests, 256 MB).
+        spec::ProviderKind::Anthropic => crate::provider::openai::LIMITS,
     }
 }
 

@@ -22,11 +22,6 @@ pub use locate::{Seg, dotted};
 /// The spec format version this binary reads.
 pub const SPEC_VERSION: u32 = 1;
 
-/// Hard ceilings of the OpenAI Batch API: whatever the spec says, a chunk
-/// never holds more requests or bytes than this.
-pub const PROVIDER_MAX_REQUESTS: u64 = 50_000;
-pub const PROVIDER_MAX_BYTES: u64 = 200_000_000;
-
 /// A batchgrader job: inputs, prompt, model, chunking, concurrency and halt policy.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

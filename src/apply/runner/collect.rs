@@ -403,6 +403,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             })
             .collect();
         let (limits, _) = Limits::from_spec(
+            self.backend.limits(),
             self.spec.spec.chunking.max_requests,
             self.spec.max_bytes,
             self.spec.spec.chunking.max_tokens,
