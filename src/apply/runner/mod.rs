@@ -220,6 +220,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 let mut unit = units[idx].clone();
                 match action {
                     Action::Submit(_) => self.submit(&mut unit).await?,
+                    Action::Recover(_) if cancelled => self.settle(&mut unit).await?,
                     Action::Recover(_) => self.recover(&mut unit).await?,
                     Action::Poll(_) => self.poll(&mut unit).await?,
                     Action::Download(_) => self.download(&mut unit).await?,

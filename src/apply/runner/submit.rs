@@ -121,6 +121,27 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         Ok(())
     }
 
+    /// After `cancel`, a unit left `creating` is only looked for: adopted
+    /// (its batch is collected) or put back, never created.
+    pub(super) async fn settle(&mut self, u: &mut UnitRecord) -> Result<()> {
+        match self
+            .backend
+            .find(u.file_id.as_deref(), &self.identity(u))
+            .await
+        {
+            Ok(Some(b)) => {
+                self.answered(u);
+                self.adopt(u, &b)
+            }
+            Ok(None) => {
+                self.answered(u);
+                u.phase = Phase::Uploaded;
+                self.put(u)
+            }
+            Err(e) => self.step_failed(u, "find", e).await,
+        }
+    }
+
     /// `batchgrader cancel`: stop the batches that are out and mark the job
     /// cancelled, so that `resume` collects partial results but submits
     /// nothing new. Returns how many batches were asked to stop.
