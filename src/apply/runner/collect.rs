@@ -181,8 +181,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         }
         let end = u.end.clone().unwrap_or(state::EndKind::Completed);
         let parser = self.parser()?;
-        // Each request's state before this merge, to move the tally.
-        let mut shifts: Vec<(RequestState, String)> = Vec::with_capacity(ids.len());
+        // Each request's state before and after this merge, to move the tally.
+        let mut shifts: Vec<(RequestState, RequestState)> = Vec::with_capacity(ids.len());
         let mut successes = Vec::new();
         let mut failures = Vec::new();
         let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
@@ -197,7 +197,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 Some(Outcome::Failure(f)) => f.runs(),
                 _ => 0,
             };
-            shifts.push((request_state(earlier, &parser), req.fingerprint.clone()));
+            let before = request_state(earlier, &parser);
             let failure = |code, message, retryable, ran: bool| FailureRecord {
                 code,
                 message,
@@ -215,6 +215,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }) => {
                     input_tokens += i;
                     output_tokens += o;
+                    let parsed = parser.parse(&answer).is_ok();
+                    shifts.push((before, RequestState::Succeeded { parsed }));
                     successes.push((
                         req.fingerprint,
                         ResultRecord {
@@ -230,10 +232,16 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     retryable,
                     ran,
                     ..
-                }) => failures.push((req.fingerprint, failure(code, message, retryable, ran))),
+                }) => {
+                    let f = failure(code, message, retryable, ran);
+                    shifts.push((before, failed_state(&f)));
+                    failures.push((req.fingerprint, f));
+                }
                 None => {
                     let (code, message, retryable) = decide::missing_line(&end);
-                    failures.push((req.fingerprint, failure(code, message, retryable, false)));
+                    let f = failure(code, message, retryable, false);
+                    shifts.push((before, failed_state(&f)));
+                    failures.push((req.fingerprint, f));
                 }
             }
         }
@@ -254,8 +262,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         self.store
             .merge_outcomes(&successes, &failures, u, self.generation())?;
         let max_attempts = self.spec.spec.retry.max_attempts;
-        for (before, fingerprint) in shifts {
-            let after = request_state(self.store.outcome(&fingerprint)?, &parser);
+        for (before, after) in shifts {
             self.tally.shift(before, after, max_attempts);
         }
         self.event(
@@ -460,12 +467,16 @@ fn request_state(outcome: Option<Outcome>, parser: &answer::Parser) -> RequestSt
         Some(Outcome::Success(res)) => RequestState::Succeeded {
             parsed: parser.parse(&res.answer).is_ok(),
         },
-        Some(Outcome::Failure(f)) => RequestState::Failed {
-            retryable: f.retryable,
-            attempts: f.attempts,
-            runs: f.runs(),
-        },
+        Some(Outcome::Failure(f)) => failed_state(&f),
         None => RequestState::Pending,
+    }
+}
+
+fn failed_state(f: &FailureRecord) -> RequestState {
+    RequestState::Failed {
+        retryable: f.retryable,
+        attempts: f.attempts,
+        runs: f.runs(),
     }
 }
 
