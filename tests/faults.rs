@@ -283,7 +283,7 @@ fn acceptance_fault_storm_finishes_with_every_row_graded() {
 
 #[test]
 fn acceptance_fault_storm_with_half_the_calls_failing_finishes_too() {
-    fault_storm("50%", 30);
+    fault_storm("50%", 12);
 }
 
 #[test]

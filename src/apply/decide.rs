@@ -183,10 +183,10 @@ pub enum StepVerdict {
 }
 
 /// The wait after `failures` transient failures in a row: 1, 2, 4 ... s,
-/// at most 5 minutes, so a long outage costs few calls and a short one
-/// little time.
+/// at most a minute: a long outage costs a call a minute per chunk, and a
+/// chunk is back within a minute of the provider's return.
 pub fn park_secs(failures: u32) -> u64 {
-    (1u64 << failures.saturating_sub(1).min(16)).min(300)
+    (1u64 << failures.saturating_sub(1).min(16)).min(60)
 }
 
 /// Decide what a failed step means. Transient and unclear failures park the
@@ -741,10 +741,10 @@ mod tests {
                 park(4, now - 100, now + 8),
             ),
             (
-                "bounded at 5 minutes",
+                "bounded at a minute",
                 StepClass::Transient,
                 Some(prev(20, now - 3000)),
-                park(21, now - 3000, now + 300),
+                park(21, now - 3000, now + 60),
             ),
         ];
         for (name, class, previous, want) in cases {
@@ -773,8 +773,8 @@ mod tests {
     #[test]
     fn park_waits() {
         let waits: Vec<u64> = (1..=11).map(park_secs).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(park_secs(u32::MAX), 300);
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60, 60]);
+        assert_eq!(park_secs(u32::MAX), 60);
     }
 
     #[test]
