@@ -34,6 +34,12 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    /// A fault at run time that no module owns (exit 1), with what to do.
+    #[error("{message}")]
+    Runtime {
+        message: String,
+        hint: Option<String>,
+    },
     /// A file the command had to read or write.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -48,6 +54,13 @@ impl Error {
         Error::Usage {
             message: message.into(),
             hint: None,
+        }
+    }
+
+    pub fn runtime_with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Runtime {
+            message: message.into(),
+            hint: Some(hint.into()),
         }
     }
 
@@ -81,14 +94,16 @@ impl Error {
             // A missing or refused key is bad input, caught before anything
             // is submitted; every other provider failure is a runtime fault.
             Error::Provider(e) if e.is_setup_fault() => Code::Usage,
-            Error::Provider(_) | Error::Tokenizer(_) | Error::Io { .. } => Code::Runtime,
+            Error::Provider(_) | Error::Tokenizer(_) | Error::Io { .. } | Error::Runtime { .. } => {
+                Code::Runtime
+            }
         }
     }
 
     /// What the user can do next, printed on its own line under the error.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Error::Usage { hint, .. } => hint.clone(),
+            Error::Usage { hint, .. } | Error::Runtime { hint, .. } => hint.clone(),
             Error::Spec(e) => e.hint(),
             Error::Input(e) => e.hint(),
             Error::Prompt(e) => e.hint(),

@@ -13,15 +13,7 @@ const KEY_ENV: &str = "BG_TEST_KEY";
 const KEY: &str = "sk-test-not-a-real-key-4242";
 
 /// `rows` rows of `text`, in chunks of `chunk` requests, `in_flight` at once.
-fn job(
-    sb: &Sandbox,
-    server: &Server,
-    rows: usize,
-    text: &str,
-    chunk: u32,
-    in_flight: u32,
-    extra: &str,
-) {
+fn job(sb: &Sandbox, url: &str, rows: usize, text: &str, chunk: u32, in_flight: u32, extra: &str) {
     let mut csv = String::from("id,text\n");
     for i in 1..=rows {
         csv.push_str(&format!("{i},{text} {i}\n"));
@@ -57,7 +49,6 @@ poll:
   interval: 100ms
   max_interval: 200ms
 {extra}",
-            url = server.url
         ),
     );
 }
@@ -90,7 +81,7 @@ fn failure_rate_passed_in_the_first_chunk_creates_no_second_batch() {
     let server = Server::start(&sb, &["--request-failure-rate", "0.5"]);
     job(
         &sb,
-        &server,
+        &server.url,
         30,
         "answer",
         10,
@@ -124,7 +115,7 @@ fn budget_passed_mid_run_stops_before_the_next_batch() {
     let text = "a".repeat(4000);
     job(
         &sb,
-        &server,
+        &server.url,
         30,
         &text,
         10,
@@ -160,7 +151,7 @@ fn budget_passed_mid_run_stops_before_the_next_batch() {
 fn a_storm_of_429_and_5xx_does_not_abort_the_job() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &["--http-error-rate", "0.4"]);
-    job(&sb, &server, 40, "answer", 5, 3, "");
+    job(&sb, &server.url, 40, "answer", 5, 3, "");
     let run = apply(&sb);
     assert_eq!(run.code, 0, "{run:?}");
     let s = statuses(&sb);
@@ -241,7 +232,7 @@ fn fault_storm(server_errors: &str, rows: usize) {
             "4",
         ],
     );
-    job(&sb, &server, rows, "answer", 6, 3, "");
+    job(&sb, &server.url, rows, "answer", 6, 3, "");
     let run = apply(&sb);
     assert_eq!(run.code, 0, "{run:?}");
     let s = statuses(&sb);
@@ -292,7 +283,7 @@ fn chunk_failure_halts_with_on_chunk_failure() {
     let server = Server::start(&sb, &["--expire-every", "2"]);
     job(
         &sb,
-        &server,
+        &server.url,
         30,
         "answer",
         10,
@@ -316,7 +307,7 @@ fn batches_the_provider_lost_are_sent_again() {
     // A proxy restarted without its state: the batches out answer 404.
     let sb = Sandbox::new();
     let first = Server::start_at(&sb, 0, "first", &["--in-progress", "30s"]);
-    job(&sb, &first, 12, "answer", 6, 2, "");
+    job(&sb, &first.url, 12, "answer", 6, 2, "");
     let detached = sb.run_env(&["apply", "job.yaml", "--detach"], &[(KEY_ENV, KEY)]);
     assert_eq!(detached.code, 5, "{detached:?}");
     let port = first.port();
@@ -338,7 +329,7 @@ fn batches_the_provider_lost_are_sent_again() {
 }
 
 #[test]
-fn a_halt_cancels_the_batches_still_out() {
+fn a_halt_cancels_the_batches_still_out_and_collects_them() {
     // Chunk 2's first batch is refused for the enqueued-token limit, so its
     // second one is still running when chunk 1's failures halt the job.
     let sb = Sandbox::new();
@@ -355,7 +346,7 @@ fn a_halt_cancels_the_batches_still_out() {
     );
     job(
         &sb,
-        &server,
+        &server.url,
         20,
         "answer",
         10,
@@ -367,11 +358,60 @@ fn a_halt_cancels_the_batches_still_out() {
     assert!(run.stderr.contains("cancelled batch"), "{run:?}");
     let stats = server.stats();
     assert_eq!(stats["batches_cancelled"], 1, "{stats:#}");
+    // What the cancelled batch did was paid for: it is collected, merged
+    // and in the ledger, and the halted job creates nothing more.
+    assert!(
+        run.stderr.contains("collecting the batches that are out"),
+        "{run:?}"
+    );
     let s = statuses(&sb);
     assert_eq!(s.len(), 20);
     assert_eq!(
         s.values().filter(|v| *v == "not_graded").count(),
-        10,
-        "chunk 2 was cancelled before it was graded: {s:?}"
+        0,
+        "{s:?}"
     );
+    assert_eq!(stats["batches_created"], 3, "{stats:#}");
+    let usage = &stats["usage"];
+    assert_eq!(
+        ledger_tokens(&sb),
+        (
+            usage["input_tokens"].as_u64().unwrap(),
+            usage["output_tokens"].as_u64().unwrap()
+        )
+    );
+}
+
+#[test]
+fn a_chunk_given_up_in_an_outage_is_tried_again_by_resume() {
+    let sb = Sandbox::new();
+    // Nothing listens on this port yet: every call is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    job(
+        &sb,
+        &url,
+        6,
+        "answer",
+        6,
+        1,
+        "retry:\n  give_up_after: 2s\n",
+    );
+    let run = apply(&sb);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("giving up the chunk"), "{run:?}");
+    assert!(run.stderr.contains("given up for now"), "{run:?}");
+    let s = statuses(&sb);
+    assert!(s.values().all(|v| v == "not_graded"), "{s:?}");
+    // The provider is back: the same job, not planned again, finishes.
+    let server = Server::start_at(&sb, port, "server-data", &[]);
+    let run = sb.run_env(&["resume", "--json"], &[(KEY_ENV, KEY)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let s = statuses(&sb);
+    assert!(s.values().all(|v| v == "ok"), "{s:?}");
+    assert_eq!(server.stats()["batches_created"], 1);
 }

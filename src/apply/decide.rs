@@ -378,12 +378,12 @@ pub struct ChunkFailure {
     pub what: String,
 }
 
-/// The units that count as failed chunks: refused or expired batches, and
-/// units given up after `retry.give_up_after`.
+/// The units that count as failed chunks: refused, expired or lost
+/// batches, and units given up after `retry.give_up_after` (in any phase).
 pub fn chunk_failures(units: &[UnitRecord]) -> Vec<ChunkFailure> {
     units
         .iter()
-        .filter(|u| u.phase == Phase::Merged)
+        .filter(|u| u.phase == Phase::Merged || u.given_up.is_some())
         .filter_map(|u| {
             let what = match (&u.given_up, &u.end) {
                 (Some(r), _) => format!("given up: {r}"),
@@ -1065,7 +1065,7 @@ mod tests {
         refused.end = Some(EndKind::Failed {
             reason: "invalid_json_line".into(),
         });
-        let mut given_up = unit(3, Merged);
+        let mut given_up = unit(3, Submitted);
         given_up.given_up = Some("calls kept failing".into());
         let mut fine = unit(4, Merged);
         fine.end = Some(EndKind::Completed);

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use super::connect::{runtime, with_runner};
 use super::job;
 use crate::apply::ApplyOptions;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exit::Code;
 use crate::report::{Ui, plural, print_json};
 use crate::settings::Global;
@@ -20,7 +20,7 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
     let rt = runtime()?;
-    let n = rt.block_on(with_runner(
+    let (n, unreached) = rt.block_on(with_runner(
         &store,
         &spec,
         &plan,
@@ -30,7 +30,23 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
         async |r| r.cancel().await,
     ))?;
     if ui.json {
-        print_json(&serde_json::json!({"job": job, "batches_cancelled": n}));
+        print_json(&serde_json::json!({
+            "job": job,
+            "batches_cancelled": n - unreached.len(),
+            "batches_unreached": unreached,
+        }));
+    }
+    if !unreached.is_empty() {
+        // The job is marked cancelled, but the provider may still run these.
+        return Err(Error::runtime_with_hint(
+            format!(
+                "job `{job}` is cancelled, but the provider could not be asked to stop {} of its {n} batch{} ({}); they may still run and be billed",
+                unreached.len(),
+                plural(n as u64, "es"),
+                unreached.join(", ")
+            ),
+            "run `batchgrader cancel` again when the provider answers",
+        ));
     }
     ui.show(|w| {
         writeln!(

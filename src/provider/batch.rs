@@ -210,7 +210,10 @@ impl ProviderError {
     pub fn step_class(&self) -> StepClass {
         if self.is_unclear() {
             StepClass::Unclear
-        } else if self.is_retryable() {
+        } else if self.is_retryable() || self.kind() == super::ErrorKind::Protocol {
+            // A 2xx with a body that is not what the protocol promises is
+            // most often a proxy's hiccup: worth another try later, and the
+            // give-up clock bounds it.
             StepClass::Transient
         } else {
             StepClass::Final

@@ -58,6 +58,9 @@ pub struct Runner<'a, B: BatchBackend> {
     outage_since: Option<u64>,
     /// When the outage was last reported in the event lines.
     outage_said: Option<u64>,
+    /// Set once the halt policy has spoken: nothing more is submitted, the
+    /// batches that were out are collected, then the run ends.
+    halting: Option<String>,
     started: Instant,
     started_at: u64,
 }
@@ -92,6 +95,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             tally: Tally::default(),
             outage_since: None,
             outage_said: None,
+            halting: None,
             started: Instant::now(),
             started_at: state::now_secs(),
         }
@@ -136,6 +140,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             }
         }
         self.clean_pending(&mut units).await?;
+        // A chunk given up by an earlier run is tried again, and a backoff's
+        // clock counts only while a process is trying.
+        let now = state::now_secs();
+        for u in units.iter_mut() {
+            if u.given_up.is_some() || u.backoff.is_some() {
+                u.given_up = None;
+                if let Some(b) = u.backoff.as_mut() {
+                    b.since = now;
+                    b.retry_at = now;
+                }
+                self.put(u)?;
+            }
+        }
         let untouched = units
             .iter()
             .all(|u| u.phase == Phase::Planned && u.attempt == 1);
@@ -165,14 +182,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 Admission {
                     max_in_flight: self.spec.spec.concurrency.max_batches_in_flight as usize,
                     token_budget: self.spec.spec.chunking.max_tokens,
-                    submit: !cancelled,
+                    submit: !cancelled && self.halting.is_none(),
                 },
             );
             let collecting = units.iter().any(|u| {
-                matches!(
-                    u.phase,
-                    Phase::Creating | Phase::Submitted | Phase::Ended | Phase::Downloaded
-                )
+                u.given_up.is_none()
+                    && matches!(
+                        u.phase,
+                        Phase::Creating | Phase::Submitted | Phase::Ended | Phase::Downloaded
+                    )
             });
             if cancelled && !collecting {
                 return self
@@ -181,7 +199,16 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     ))
                     .await;
             }
-            if step.all_merged {
+            if let Some(reason) = self.halting.clone()
+                && !collecting
+            {
+                return self.finish(Ending::Halted(reason)).await;
+            }
+            // Every chunk merged, or given up for this run.
+            if units
+                .iter()
+                .all(|u| u.phase == Phase::Merged || u.given_up.is_some())
+            {
                 if let Some(reason) = self.halt_reason(&units) {
                     return self.finish(Ending::Halted(reason)).await;
                 }
@@ -196,10 +223,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 return self.finish(Ending::Detached).await;
             }
             if step.actions.is_empty() {
+                // Never asleep for long: Ctrl-C, and a clock that jumps.
+                let latest = now + Duration::from_secs(60);
                 let wake = step
                     .wake_at_ms
-                    .map(|ms| self.started + Duration::from_millis(ms))
-                    .unwrap_or(now + Duration::from_secs(1));
+                    .and_then(|ms| self.started.checked_add(Duration::from_millis(ms)))
+                    .map_or(now + Duration::from_secs(1), |w| w.min(latest));
                 self.sleep_until(wake).await;
                 continue;
             }
@@ -208,10 +237,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     break;
                 }
                 // Halt decisions come before spending (a recovery may create).
-                if matches!(action, Action::Submit(_) | Action::Recover(_))
+                if self.halting.is_none()
+                    && matches!(action, Action::Submit(_) | Action::Recover(_))
                     && let Some(reason) = self.halt_reason(&units)
                 {
-                    return self.halt(&mut units, reason).await;
+                    self.start_halt(&mut units, reason).await?;
+                    break;
                 }
                 let idx = units
                     .iter()
@@ -220,7 +251,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 let mut unit = units[idx].clone();
                 match action {
                     Action::Submit(_) => self.submit(&mut unit).await?,
-                    Action::Recover(_) if cancelled => self.settle(&mut unit).await?,
+                    Action::Recover(_) if cancelled || self.halting.is_some() => {
+                        self.settle(&mut unit).await?
+                    }
                     Action::Recover(_) => self.recover(&mut unit).await?,
                     Action::Poll(_) => self.poll(&mut unit).await?,
                     Action::Download(_) => self.download(&mut unit).await?,
@@ -229,8 +262,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 let merged = unit.phase == Phase::Merged && units[idx].phase != Phase::Merged;
                 units[idx] = unit;
                 self.write_status(&units, RunState::Running, None);
-                if merged && let Some(reason) = self.halt_reason(&units) {
-                    return self.halt(&mut units, reason).await;
+                if merged
+                    && self.halting.is_none()
+                    && let Some(reason) = self.halt_reason(&units)
+                {
+                    self.start_halt(&mut units, reason).await?;
+                    break;
                 }
             }
         }
@@ -260,7 +297,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 .polls
                 .get(&u.id)
                 .map(|(t, _)| now_ms_since(self.started, *t)),
-            parked_until_ms: u.backoff.as_ref().map(|b| at(b.retry_at)),
+            // A chunk given up by this run does nothing more in it.
+            parked_until_ms: if u.given_up.is_some() {
+                Some(u64::MAX)
+            } else {
+                u.backoff.as_ref().map(|b| at(b.retry_at))
+            },
             tokens: u.tokens,
         }
     }
@@ -369,45 +411,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         }
     }
 
-    /// A unit whose steps kept failing becomes a failed chunk: its requests
-    /// fail finally (a later `apply` plans them again), and a batch that may
-    /// still run is asked to stop, so nothing is paid for unseen.
+    /// A unit whose steps kept failing becomes a failed chunk for this run:
+    /// the halt policy counts it, the run goes on with the others and writes
+    /// what they graded, and its rows come out not graded. Its state is
+    /// kept (a batch it has out is paid for and not abandoned), so the next
+    /// `resume` or `apply` tries it again; and while it has a batch out, a
+    /// new plan is refused, so its rows are never sent twice.
     async fn give_up(&mut self, u: &mut UnitRecord, reason: String) -> Result<()> {
-        let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
-        let mut failures = Vec::new();
-        for id in &ids {
-            let Some(req) = self.request_of(id)? else {
-                continue;
-            };
-            failures.push((
-                req.fingerprint,
-                FailureRecord {
-                    code: "provider_unavailable".into(),
-                    message: format!("chunk {} was given up: {reason}", u.id),
-                    retryable: false,
-                    attempts: u.attempt,
-                    ran: false,
-                    runs: None,
-                },
-            ));
-        }
-        if u.phase == Phase::Submitted
-            && let Some(id) = u.batch_id.clone()
-        {
-            // Best effort: the provider is failing anyway.
-            if let Err(e) = self.backend.cancel(&id).await {
-                self.event(Some(u.id), &format!("could not cancel batch {id}: {e}"));
-            }
-        }
-        u.failed = failures.len() as u64;
         u.given_up = Some(reason);
-        u.backoff = None;
-        u.phase = Phase::Merged;
-        self.store
-            .merge_outcomes(&[], &failures, u, self.generation())?;
-        // Rare enough to count again from the store.
-        self.tally = self.scan_tally()?;
-        Ok(())
+        self.put(u)
     }
 
     fn say_outage(&mut self) {
@@ -420,16 +432,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         }
     }
 
-    /// Stop the job by the halt policy: nothing more is created, the
-    /// batches that are out are cancelled, the output is written.
-    async fn halt(
-        &mut self,
-        units: &mut [UnitRecord],
-        reason: String,
-    ) -> Result<(Ending, Summary)> {
+    /// The halt policy has spoken: nothing more is created, the batches that
+    /// are out are asked to stop, and the loop goes on collecting what they
+    /// did (it was paid for) until none is out; then the output is written.
+    async fn start_halt(&mut self, units: &mut [UnitRecord], reason: String) -> Result<()> {
+        self.event(
+            None,
+            &format!("halting: {reason}; collecting the batches that are out"),
+        );
         self.settle_creating(units).await?;
-        self.cancel_in_flight(units).await;
-        self.finish(Ending::Halted(reason)).await
+        // Unreached ones are polled on, and asked again by `cancel`.
+        let _unreached = self.cancel_in_flight(units).await;
+        self.halting = Some(reason);
+        Ok(())
     }
 }
 

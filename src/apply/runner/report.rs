@@ -65,7 +65,18 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         if ending != Ending::Finished || self.tally.pending > 0 {
             self.tally = self.scan_tally()?;
         }
+        let given_up: Vec<String> = units
+            .iter()
+            .filter_map(|u| u.given_up.as_ref().map(|r| format!("chunk {}: {r}", u.id)))
+            .collect();
         let (state, message) = match &ending {
+            Ending::Finished if !given_up.is_empty() => (
+                RunState::Finished,
+                Some(format!(
+                    "given up for now: {}; its rows are not graded yet: `batchgrader resume` tries again",
+                    given_up.join("; ")
+                )),
+            ),
             Ending::Finished => (RunState::Finished, None),
             Ending::Detached => (
                 RunState::Detached,
@@ -126,8 +137,8 @@ fn unit_status(u: &UnitRecord) -> UnitStatus {
         retry_at: b.retry_at,
         last_error: b.last_error.clone(),
     });
-    if let Some(r) = &u.given_up {
-        s.remote_status = Some(format!("given up: {r}"));
+    if u.given_up.is_some() {
+        s.remote_status = Some("given up".into());
     }
     s
 }

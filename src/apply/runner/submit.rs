@@ -144,13 +144,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
 
     /// `batchgrader cancel`: stop the batches that are out and mark the job
     /// cancelled, so that `resume` collects partial results but submits
-    /// nothing new. Returns how many batches were asked to stop.
-    pub async fn cancel(&mut self) -> Result<usize> {
+    /// nothing new. Returns how many batches were asked to stop, and the ids
+    /// of those that could not be reached.
+    pub async fn cancel(&mut self) -> Result<(usize, Vec<String>)> {
         let mut units = self.ensure_units()?;
         self.settle_creating(&mut units).await?;
         self.store.set_cancelled(Some(state::now_secs()))?;
         let out = units.iter().filter(|u| u.phase == Phase::Submitted).count();
-        self.cancel_in_flight(&mut units).await;
+        let unreached = self.cancel_in_flight(&mut units).await;
         self.tally = self.scan_tally()?;
         let snap = self.snapshot(
             &units,
@@ -160,14 +161,16 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         );
         status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
-        Ok(out)
+        Ok((out, unreached))
     }
 
     /// Ask every batch that is out to stop. A transient failure is tried
     /// again with the usual backoff for up to a minute per batch: a batch
     /// left running is money spent after the user (or the policy) said stop.
-    pub async fn cancel_in_flight(&self, units: &mut [UnitRecord]) {
+    /// Returns the ids of the batches that could not be reached.
+    pub async fn cancel_in_flight(&self, units: &mut [UnitRecord]) -> Vec<String> {
         const CANCEL_GIVE_UP_SECS: u64 = 60;
+        let mut unreached = Vec::new();
         for u in units.iter_mut() {
             let (Phase::Submitted, Some(id)) = (u.phase, u.batch_id.clone()) else {
                 continue;
@@ -203,6 +206,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                         backoff = Some(b);
                     }
                     StepVerdict::Stop | StepVerdict::GiveUp { .. } => {
+                        unreached.push(id.clone());
                         self.event(
                             Some(u.id),
                             &format!(
@@ -214,6 +218,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }
             }
         }
+        unreached
     }
 }
 

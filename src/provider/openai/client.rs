@@ -424,12 +424,45 @@ impl OpenAiClient {
         }
     }
 
+    /// A server may put anything in a header or a message, the key too: it
+    /// must not reach an error, a log or the state.
+    fn scrub(&self, a: Attempt) -> Attempt {
+        let id = |r: Option<String>| r.map(|r| self.redact(&r));
+        match a {
+            Attempt::Done(Done::Text(r)) => Attempt::Done(Done::Text(Reply {
+                request_id: id(r.request_id),
+                ..r
+            })),
+            Attempt::Transport {
+                failure,
+                detail,
+                request_id,
+            } => Attempt::Transport {
+                failure,
+                detail: self.redact(&detail),
+                request_id: id(request_id),
+            },
+            Attempt::Http {
+                status,
+                headers,
+                request_id,
+                body,
+            } => Attempt::Http {
+                status,
+                headers,
+                request_id: id(request_id),
+                body,
+            },
+            other => other,
+        }
+    }
+
     /// The retry loop. Sleeping and reading the clock happen here, nowhere else.
     async fn execute(&self, call: &Call<'_>) -> Result<Done, ProviderError> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (decision, error) = match self.attempt(call).await {
+            let (decision, error) = match self.scrub(self.attempt(call).await) {
                 Attempt::Done(done) => return Ok(done),
                 Attempt::Fatal(e) => return Err(e.with_attempts(attempt)),
                 Attempt::Transport {
@@ -458,7 +491,12 @@ impl OpenAiClient {
                     request_id,
                     body,
                 } => {
-                    if call.replay == Replay::CreateBatch && status >= 500 {
+                    // 408 and 409 may come after the batch was made, like a
+                    // 5xx; a 429 is a refusal before any work (the SDKs
+                    // retry all four, and send no idempotency key).
+                    if call.replay == Replay::CreateBatch
+                        && (status >= 500 || status == 408 || status == 409)
+                    {
                         let err = self.http_error(call, None, status, request_id, &body, attempt);
                         return Err(err.into_unclear());
                     }
