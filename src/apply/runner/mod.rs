@@ -249,15 +249,28 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     .position(|u| u.id == action.unit())
                     .expect("actions name known units");
                 let mut unit = units[idx].clone();
-                match action {
-                    Action::Submit(_) => self.submit(&mut unit).await?,
-                    Action::Recover(_) if cancelled || self.halting.is_some() => {
-                        self.settle(&mut unit).await?
+                let flag = self.interrupted.clone();
+                let halting = self.halting.is_some();
+                // Ctrl-C cuts a call short (a hung server, a long backoff):
+                // dropping it is like a kill, which the protocol survives.
+                let stopped = async move {
+                    while !flag.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
-                    Action::Recover(_) => self.recover(&mut unit).await?,
-                    Action::Poll(_) => self.poll(&mut unit).await?,
-                    Action::Download(_) => self.download(&mut unit).await?,
-                    Action::Ingest(_) => self.ingest(&mut unit).await?,
+                };
+                let step = async {
+                    match action {
+                        Action::Submit(_) => self.submit(&mut unit).await,
+                        Action::Recover(_) if cancelled || halting => self.settle(&mut unit).await,
+                        Action::Recover(_) => self.recover(&mut unit).await,
+                        Action::Poll(_) => self.poll(&mut unit).await,
+                        Action::Download(_) => self.download(&mut unit).await,
+                        Action::Ingest(_) => self.ingest(&mut unit).await,
+                    }
+                };
+                tokio::select! {
+                    r = step => r?,
+                    () = stopped => return self.finish(Ending::Interrupted).await,
                 }
                 let merged = unit.phase == Phase::Merged && units[idx].phase != Phase::Merged;
                 units[idx] = unit;
