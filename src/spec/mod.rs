@@ -810,11 +810,23 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
         let size: Size = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         size.bytes().map(|_| ())
     });
+    // A zero interval would poll without pause; a zero give-up would give
+    // up at the first failure.
+    let positive = |v: &Value| {
+        let d = units::parse_duration(v.as_str().unwrap_or_default())?;
+        if d.is_zero() {
+            Err("must be longer than 0s, e.g. 30s".to_string())
+        } else {
+            Ok(())
+        }
+    };
     for key in ["interval", "max_interval"] {
-        check(&["poll", key], &|v| {
-            units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
-        });
+        check(&["poll", key], &positive);
     }
+    check(&["halt", "max_cost_usd"], &|v| match v.as_f64() {
+        Some(x) if x.is_finite() && x >= 0.0 => Ok(()),
+        _ => Err("must be a number of US dollars, 0 or more, e.g. 20".to_string()),
+    });
     for key in ["validating", "in_progress", "finalizing"] {
         check(&["provider", "simulated", key], &|v| {
             units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
@@ -826,9 +838,7 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             rate.fraction().map(|_| ())
         });
     }
-    check(&["retry", "give_up_after"], &|v| {
-        units::parse_duration(v.as_str().unwrap_or_default()).map(|_| ())
-    });
+    check(&["retry", "give_up_after"], &positive);
     check(&["halt", "max_failure_rate"], &|v| {
         let rate: Rate = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         rate.fraction().map(|_| ())
@@ -842,6 +852,23 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             ))
         }
     });
+    let poll_secs = |key: &str| {
+        json_at(json, &key_path(&["poll", key]))
+            .and_then(Value::as_str)
+            .and_then(|v| units::parse_duration(v).ok())
+    };
+    if let (Some(interval), Some(max)) = (poll_secs("interval"), poll_secs("max_interval"))
+        && max < interval
+    {
+        out.push(problem_at(
+            locator,
+            &key_path(&["poll", "max_interval"]),
+            format!(
+                "is shorter than poll.interval ({}); the wait grows from interval to max_interval",
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
     if let Some(prompt) = json.get("prompt")
         && prompt.get("system").is_some()
         && prompt.get("system_file").is_some()
@@ -1043,6 +1070,44 @@ output:
         assert_eq!(c.poll_max_interval, Duration::from_secs(300));
         assert_eq!(c.inputs, vec![PathBuf::from("dir/in.csv")]);
         assert_eq!(c.output_path, PathBuf::from("dir/out.csv"));
+    }
+
+    #[test]
+    fn durations_and_budget_that_make_no_sense_are_refused() {
+        let cases = [
+            ("poll: { interval: 0s }", "poll.interval", "longer than 0s"),
+            (
+                "poll: { interval: 30s, max_interval: 10s }",
+                "poll.max_interval",
+                "shorter than poll.interval",
+            ),
+            (
+                "retry: { give_up_after: 0s }",
+                "retry.give_up_after",
+                "longer than 0s",
+            ),
+            (
+                "halt: { max_cost_usd: .nan }",
+                "halt.max_cost_usd",
+                "a number",
+            ),
+        ];
+        for (extra, field, says) in cases {
+            let p = problems(&format!("{MINIMAL}{extra}\n"));
+            assert!(
+                p.iter()
+                    .any(|p| p.field == field && p.message.contains(says)),
+                "{extra}: {p:?}"
+            );
+        }
+        assert!(
+            problems(&format!(
+                "{MINIMAL}poll: {{ interval: 1s, max_interval: 1s }}\n"
+            ))
+            .is_empty()
+        );
+        let c = check(Path::new("s.yaml"), MINIMAL).unwrap();
+        assert_eq!(c.give_up_after, Duration::from_secs(3600));
     }
 
     #[test]
