@@ -113,7 +113,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             }
             match self.backend.fetch(&r, &dest).await {
                 Ok(bytes) => {
-                    self.answered(u);
+                    // The unit's run of failures ends once its results merge
+                    // (a file that turns out not to be JSONL is fetched again).
+                    self.provider_up();
                     self.event(
                         Some(u.id),
                         &format!("downloaded {} file {} ({bytes} bytes)", r.name, r.id),
@@ -136,7 +138,6 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 Err(e) => return self.step_failed(u, "download", e).await,
             }
         }
-        u.backoff = None;
         u.phase = Phase::Downloaded;
         self.put(u)
     }
@@ -153,17 +154,31 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     pub(super) async fn ingest(&mut self, u: &mut UnitRecord) -> Result<()> {
         let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
         let mut seen: HashMap<String, ResultLine> = HashMap::with_capacity(ids.len());
-        for r in &u.results {
+        for r in u.results.clone() {
             let path = self.layout().result_file(u.id, u.creates, &r.name);
             if !path.exists() {
                 continue;
             }
             let f = File::open(&path).map_err(|e| Error::io("read", &path, e))?;
-            for (n, line) in BufReader::new(f).lines().enumerate() {
+            let (mut good, mut bad) = (0u64, 0u64);
+            let mut first_bad: Option<(usize, String)> = None;
+            // Bytes, not text: a file that is not UTF-8 is bad lines, not a
+            // reason to stop the job.
+            for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
                 let line = line.map_err(|e| Error::io("read", &path, e))?;
-                let Ok(outcome) = self.backend.classify(&line) else {
+                let line = String::from_utf8_lossy(&line);
+                if line.trim().is_empty() {
                     continue;
+                }
+                let outcome = match self.backend.classify(&line) {
+                    Ok(o) => o,
+                    Err(why) => {
+                        bad += 1;
+                        first_bad.get_or_insert((n + 1, why));
+                        continue;
+                    }
                 };
+                good += 1;
                 if !ids.contains(outcome.custom_id()) {
                     self.event(
                         Some(u.id),
@@ -177,6 +192,31 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     continue;
                 }
                 seen.insert(outcome.custom_id().to_string(), outcome);
+            }
+            if let Some((n, why)) = first_bad {
+                let place = format!("{}:{n}", path.display());
+                if good == 0 {
+                    // Not a result file at all (an HTML page, a proxy's
+                    // error): fetch it again later rather than pay for its
+                    // requests twice.
+                    let _ = std::fs::remove_file(&path);
+                    u.phase = Phase::Ended;
+                    self.put(u)?;
+                    let e = ProviderError::new(
+                        format!("read {} file {}", r.name, r.id),
+                        crate::provider::ErrorKind::Protocol,
+                    )
+                    .with_detail(format!("{place}: not a result line ({why})"));
+                    return self.step_failed(u, "download", e).await;
+                }
+                self.event(
+                    Some(u.id),
+                    &format!(
+                        "{bad} line{} of {} are not result lines (first at {place}: {why}); their requests count as not executed",
+                        if bad == 1 { "" } else { "s" },
+                        r.name
+                    ),
+                );
             }
         }
         let end = u.end.clone().unwrap_or(state::EndKind::Completed);
@@ -258,6 +298,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         }
         u.completed = successes.len() as u64;
         u.failed = failures.len() as u64;
+        u.backoff = None;
         u.phase = Phase::Merged;
         self.store
             .merge_outcomes(&successes, &failures, u, self.generation())?;
