@@ -150,10 +150,13 @@ pub fn read(layout: &Layout) -> std::io::Result<Option<Snapshot>> {
     }
 }
 
-fn phase_word(u: &UnitStatus, now: u64) -> String {
+fn phase_word(u: &UnitStatus, now: u64, running: bool) -> String {
     if let Some(b) = &u.backoff {
         let failures = format!("{} failure{}", b.failures, plural(b.failures.into(), "s"));
-        return if b.retry_at > now {
+        // Nobody retries while no process runs: say what the next run does.
+        return if !running {
+            format!("to retry ({failures})")
+        } else if b.retry_at > now {
             format!("retry in {} ({failures})", secs(b.retry_at - now))
         } else {
             format!("retrying ({failures})")
@@ -290,7 +293,7 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
                 "  {:>5} {:>3}  {:<26} {:>19} {:>10} {:>10} {:>9}  {}",
                 u.id,
                 u.attempt,
-                phase_word(u, now),
+                phase_word(u, now, s.state == RunState::Running),
                 format!("{}/{}", num(u.completed + u.failed), num(u.requests)),
                 num(u.tokens),
                 human_bytes(u.bytes),
@@ -416,6 +419,8 @@ mod tests {
         s.state = RunState::Detached;
         let text = render(&Ui::plain(), &s, NOW);
         assert!(!text.contains("provider not answering"), "{text}");
+        assert!(!text.contains("retry in"), "{text}");
+        assert!(text.contains("to retry (3 failures)"), "{text}");
     }
 
     #[test]
