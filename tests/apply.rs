@@ -35,36 +35,7 @@ fn job(sb: &Sandbox, server: &Server, extra: &str) {
     sb.write("in.csv", csv);
     sb.write(
         "job.yaml",
-        format!(
-            "version: 1
-name: crash
-provider:
-  kind: openai
-  base_url: {url}
-  api_key_env: {KEY_ENV}
-model: gpt-4o-mini
-input:
-  path: in.csv
-  id: id
-prompt:
-  system: Grade the answer from 0 to 10. Reply with the number only.
-  user: \"{{{{ text }}}}\"
-request:
-  max_tokens: 4
-output:
-  path: out/graded.csv
-  field: grade
-  parse: number
-chunking:
-  max_requests: 10
-concurrency:
-  max_batches_in_flight: 2
-poll:
-  interval: 100ms
-  max_interval: 200ms
-{extra}",
-            url = server.url
-        ),
+        common::openai_job("crash", &server.url, KEY_ENV, 10, 2, extra),
     );
 }
 

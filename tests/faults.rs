@@ -21,35 +21,7 @@ fn job(sb: &Sandbox, url: &str, rows: usize, text: &str, chunk: u32, in_flight: 
     sb.write("in.csv", csv);
     sb.write(
         "job.yaml",
-        format!(
-            "version: 1
-name: faults
-provider:
-  kind: openai
-  base_url: {url}
-  api_key_env: {KEY_ENV}
-model: gpt-4o-mini
-input:
-  path: in.csv
-  id: id
-prompt:
-  system: Grade the answer from 0 to 10. Reply with the number only.
-  user: \"{{{{ text }}}}\"
-request:
-  max_tokens: 4
-output:
-  path: out/graded.csv
-  field: grade
-  parse: number
-chunking:
-  max_requests: {chunk}
-concurrency:
-  max_batches_in_flight: {in_flight}
-poll:
-  interval: 100ms
-  max_interval: 200ms
-{extra}",
-        ),
+        common::openai_job("faults", url, KEY_ENV, chunk, in_flight, extra),
     );
 }
 

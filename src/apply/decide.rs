@@ -20,6 +20,8 @@ pub struct UnitView {
     pub next_poll_ms: Option<u64>,
     /// Parked after a transient failure until this time (ms).
     pub parked_until_ms: Option<u64>,
+    /// Given up by this run (`retry.give_up_after`): it does nothing more in it.
+    pub given_up: bool,
     /// Prompt tokens the unit enqueues at the provider.
     pub tokens: u64,
 }
@@ -66,8 +68,11 @@ pub struct Step {
     pub actions: Vec<Action>,
     /// Nothing to do before this time (ms), when `actions` is empty and work remains.
     pub wake_at_ms: Option<u64>,
-    /// Every unit is merged.
+    /// Every unit is merged, or given up for this run.
     pub all_merged: bool,
+    /// Some unit not given up has a batch out, or may have (creating), or
+    /// one ended and not merged: there is something to collect.
+    pub collecting: bool,
 }
 
 impl Step {
@@ -98,7 +103,7 @@ pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
     } = admission;
     let mut units = units.to_vec();
     units.sort_by_key(|u| u.id);
-    let parked = |u: &UnitView| u.parked_until_ms.is_some_and(|t| t > now_ms);
+    let parked = |u: &UnitView| u.given_up || u.parked_until_ms.is_some_and(|t| t > now_ms);
     let mut actions = Vec::new();
     for u in units.iter().filter(|u| !parked(u)) {
         match u.phase {
@@ -141,10 +146,18 @@ pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
             }
         }
     }
-    let all_merged = units.iter().all(|u| u.phase == Phase::Merged);
+    let all_merged = units.iter().all(|u| u.phase == Phase::Merged || u.given_up);
+    let collecting = units.iter().any(|u| {
+        !u.given_up
+            && matches!(
+                u.phase,
+                Phase::Creating | Phase::Submitted | Phase::Ended | Phase::Downloaded
+            )
+    });
     let wake_at_ms = if actions.is_empty() && !all_merged {
         units
             .iter()
+            .filter(|u| !u.given_up)
             .filter_map(|u| {
                 let due = match u.phase {
                     Phase::Submitted => Some(u.next_poll_ms.unwrap_or(now_ms)),
@@ -165,6 +178,7 @@ pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
         actions,
         wake_at_ms,
         all_merged,
+        collecting,
     }
 }
 
@@ -513,6 +527,7 @@ mod tests {
             not_before_ms: None,
             next_poll_ms: None,
             parked_until_ms: None,
+            given_up: false,
             tokens: 100,
         }
     }
@@ -658,6 +673,24 @@ mod tests {
         let mut q = parked(u(5, Submitted), 2000);
         q.next_poll_ms = Some(3500);
         assert_eq!(step(&[q], 1000, adm(4, true)).wake_at_ms, Some(3500));
+    }
+
+    #[test]
+    fn given_up_units_rest_and_count_as_settled() {
+        let mut g = u(2, Submitted);
+        g.given_up = true;
+        let s = step(&[u(1, Merged), g], 0, adm(4, true));
+        assert!(
+            s.actions.is_empty() && s.all_merged && !s.collecting,
+            "{s:?}"
+        );
+        assert_eq!(s.wake_at_ms, None);
+        let s = step(&[u(1, Submitted), g], 0, adm(4, true));
+        assert_eq!(s.actions, vec![Poll(1)]);
+        assert!(!s.all_merged && s.collecting);
+        let mut p = u(3, Planned);
+        p.given_up = true;
+        assert!(step(&[p], 0, adm(4, true)).actions.is_empty());
     }
 
     #[test]

@@ -128,6 +128,48 @@ output:
     )
 }
 
+/// A number-grading job on `in.csv` (columns `id`, `text`) against an
+/// OpenAI-compatible server at `url`, written to `out/graded.csv`, with
+/// short polls for tests; `extra` is appended.
+pub fn openai_job(
+    name: &str,
+    url: &str,
+    key_env: &str,
+    chunk: u32,
+    in_flight: u32,
+    extra: &str,
+) -> String {
+    format!(
+        "version: 1
+name: {name}
+provider:
+  kind: openai
+  base_url: {url}
+  api_key_env: {key_env}
+model: gpt-4o-mini
+input:
+  path: in.csv
+  id: id
+prompt:
+  system: Grade the answer from 0 to 10. Reply with the number only.
+  user: \"{{{{ text }}}}\"
+request:
+  max_tokens: 4
+output:
+  path: out/graded.csv
+  field: grade
+  parse: number
+chunking:
+  max_requests: {chunk}
+concurrency:
+  max_batches_in_flight: {in_flight}
+poll:
+  interval: 100ms
+  max_interval: 200ms
+{extra}"
+    )
+}
+
 /// Every request line of every chunk file of the job's current plan, in chunk order.
 pub fn chunk_lines(sb: &Sandbox, job: &str) -> Vec<serde_json::Value> {
     let chunks_root = sb.path(&format!("state/{job}/chunks"));

@@ -185,14 +185,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     submit: !cancelled && self.halting.is_none(),
                 },
             );
-            let collecting = units.iter().any(|u| {
-                u.given_up.is_none()
-                    && matches!(
-                        u.phase,
-                        Phase::Creating | Phase::Submitted | Phase::Ended | Phase::Downloaded
-                    )
-            });
-            if cancelled && !collecting {
+            if cancelled && !step.collecting {
                 return self
                     .finish(Ending::Halted(
                         "the job was cancelled with `batchgrader cancel`; `batchgrader apply SPEC` starts it again".into(),
@@ -200,15 +193,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     .await;
             }
             if let Some(reason) = self.halting.clone()
-                && !collecting
+                && !step.collecting
             {
                 return self.finish(Ending::Halted(reason)).await;
             }
-            // Every chunk merged, or given up for this run.
-            if units
-                .iter()
-                .all(|u| u.phase == Phase::Merged || u.given_up.is_some())
-            {
+            if step.all_merged {
                 if let Some(reason) = self.halt_reason(&units) {
                     return self.finish(Ending::Halted(reason)).await;
                 }
@@ -310,12 +299,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 .polls
                 .get(&u.id)
                 .map(|(t, _)| now_ms_since(self.started, *t)),
-            // A chunk given up by this run does nothing more in it.
-            parked_until_ms: if u.given_up.is_some() {
-                Some(u64::MAX)
-            } else {
-                u.backoff.as_ref().map(|b| at(b.retry_at))
-            },
+            parked_until_ms: u.backoff.as_ref().map(|b| at(b.retry_at)),
+            given_up: u.given_up.is_some(),
             tokens: u.tokens,
         }
     }
