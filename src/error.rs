@@ -40,6 +40,11 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    /// Ctrl-C stopped local work (`what`); nothing it did was kept.
+    #[error(
+        "interrupted while {what}: stopped; nothing of this plan was kept, and the previous plan (if any) is unchanged"
+    )]
+    Interrupted { what: &'static str },
     /// A file the command had to read or write.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -97,6 +102,8 @@ impl Error {
             Error::Provider(_) | Error::Tokenizer(_) | Error::Io { .. } | Error::Runtime { .. } => {
                 Code::Runtime
             }
+            // As Ctrl-C during `apply`: the work can be taken up again.
+            Error::Interrupted { .. } => Code::Running,
         }
     }
 
@@ -112,6 +119,9 @@ impl Error {
             Error::Chunking(e) => e.hint(),
             Error::Provider(e) => e.hint().map(str::to_string),
             Error::Tokenizer(_) | Error::Io { .. } => None,
+            Error::Interrupted { .. } => {
+                Some("run the same command again to plan from the start".into())
+            }
         }
     }
 }

@@ -203,6 +203,11 @@ enum FileReader {
         hint: (usize, usize),
         // A second handle that follows the parser to copy each record's bytes.
         raw: Option<(BufReader<File>, u64)>,
+        /// 1 when the file's lines end in `\r\n`: the parser then places a
+        /// record on the line before it (at the `\n` it has not consumed).
+        line_shift: u64,
+        /// The file's size when opened: a record that ends there is the last.
+        len: u64,
     },
     Jsonl {
         rdr: BufReader<Counting<File>>,
@@ -273,7 +278,7 @@ impl RowReader {
                     .from_reader(counting);
                 let names: Vec<String> = match rdr.headers() {
                     Ok(h) => h.iter().map(str::to_string).collect(),
-                    Err(e) => return Err(csv_error(&src.path, e)),
+                    Err(e) => return Err(csv_error(&src.path, e, 0)),
                 };
                 if names.is_empty() || (names.len() == 1 && names[0].is_empty()) {
                     return Err(InputError::BadFile {
@@ -302,6 +307,22 @@ impl RowReader {
                         });
                     }
                 }
+                let len = std::fs::metadata(&src.path).map_or(u64::MAX, |m| m.len());
+                let header_end = rdr.position().byte();
+                let mut head = open()?;
+                let mut first = [0u8; 1];
+                let line_shift =
+                    match std::io::Seek::seek(&mut head, std::io::SeekFrom::Start(header_end))
+                        .and_then(|_| head.read(&mut first))
+                    {
+                        Ok(1) if first[0] == b'\n' => 1,
+                        _ => 0,
+                    };
+                if header_end >= len {
+                    // A header that runs to the end of the file may hold an
+                    // unclosed quote that swallowed every row.
+                    check_last_record(&src.path, 0, 1, len)?;
+                }
                 let mut header = Header::new(names);
                 let raw = if self.keep_raw {
                     let mut file = BufReader::new(open()?);
@@ -322,6 +343,8 @@ impl RowReader {
                     header: Arc::new(header),
                     hint: (256, 8),
                     raw,
+                    line_shift,
+                    len,
                 }
             }
             Format::Jsonl => FileReader::Jsonl {
@@ -359,16 +382,24 @@ impl RowReader {
                 header,
                 hint,
                 raw,
+                line_shift,
+                len,
             } => {
                 let start = rdr.position().byte();
+                let start_line = rdr.position().line();
                 let mut record = csv::StringRecord::with_capacity(hint.0, hint.1);
                 match rdr.read_record(&mut record) {
                     Ok(false) => return None,
                     Ok(true) => {}
-                    Err(e) => return Some(Err(csv_error(path, e))),
+                    Err(e) => return Some(Err(csv_error(path, e, *line_shift))),
                 }
-                let line = record.position().map_or(0, |p| p.line());
+                let line = record.position().map_or(0, |p| p.line()) + *line_shift;
                 let end = rdr.position().byte();
+                if end >= *len
+                    && let Err(e) = check_last_record(path, start, start_line, *len)
+                {
+                    return Some(Err(e));
+                }
                 let raw_text = match raw {
                     Some((file, at)) => match copy_span(file, at, start, end) {
                         Ok(t) => Some(t),
@@ -506,8 +537,76 @@ fn copy_span(
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-fn csv_error(path: &Path, e: csv::Error) -> InputError {
-    let line = e.position().map_or(0, |p| p.line());
+/// A CSV record that runs to the end of the file (`start..len`, starting on
+/// line `start_line`) is refused when it ends inside a quoted field: the
+/// parser would otherwise read every row after an unclosed quote as one cell.
+fn check_last_record(path: &Path, start: u64, start_line: u64, len: u64) -> Result<(), InputError> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
+        let mut bytes = Vec::new();
+        f.take(len.saturating_sub(start)).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let bytes = read().map_err(|source| InputError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match unclosed_quote(&bytes) {
+        None => Ok(()),
+        Some(lines_before) => {
+            let total = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            let rest = total.saturating_sub(lines_before);
+            Err(InputError::Bad {
+                path: path.to_path_buf(),
+                line: start_line + lines_before,
+                message: format!(
+                    "a quoted field starts on this line and its quote is never closed: the {} line{} from here to the end of the file would be read as one cell; close the quote (a quote inside a quoted field is written twice: \"\")",
+                    rest,
+                    if rest == 1 { "" } else { "s" }
+                ),
+            })
+        }
+    }
+}
+
+/// Where a CSV record ends inside a quoted field (RFC 4180 quoting, as the
+/// csv crate reads it: `""` inside quotes is a quote; after a closing quote
+/// the field goes on unquoted): the number of `\n` before the quote that
+/// opened it. `None` when every quoted field closes.
+fn unclosed_quote(record: &[u8]) -> Option<u64> {
+    #[derive(Clone, Copy)]
+    enum S {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let mut s = S::FieldStart;
+    let mut lines = 0u64;
+    let mut opened_at = 0u64;
+    for &b in record {
+        s = match (s, b) {
+            (S::FieldStart, b'"') => {
+                opened_at = lines;
+                S::Quoted
+            }
+            (S::FieldStart | S::Unquoted | S::QuoteInQuoted, b',' | b'\n' | b'\r') => S::FieldStart,
+            (S::FieldStart | S::Unquoted, _) => S::Unquoted,
+            (S::Quoted, b'"') => S::QuoteInQuoted,
+            (S::Quoted, _) => S::Quoted,
+            (S::QuoteInQuoted, b'"') => S::Quoted,
+            (S::QuoteInQuoted, _) => S::Unquoted,
+        };
+        if b == b'\n' {
+            lines += 1;
+        }
+    }
+    matches!(s, S::Quoted).then_some(opened_at)
+}
+
+fn csv_error(path: &Path, e: csv::Error, line_shift: u64) -> InputError {
+    let line = e.position().map_or(0, |p| p.line() + line_shift);
     let message = match e.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
@@ -693,6 +792,78 @@ fn read_json_array(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unclosed_quotes_are_found() {
+        let cases: [(&str, Option<u64>); 10] = [
+            ("a,b\n", None),
+            ("a,\"b\"\n", None),
+            ("a,\"b\nc\"\n", None),
+            ("a,\"say \"\"hi\"\"\"\n", None),
+            ("a,5\" screen\n", None),
+            ("a,\"b\"x,c\n", None),
+            ("a,\"b\nc,d\ne,f\n", Some(0)),
+            ("\na,\"b\nc\n", Some(1)),
+            ("a,\"x\ny\",\"open\nrest\n", Some(1)),
+            ("a,\"b\"\"\n", Some(0)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(unclosed_quote(text.as_bytes()), want, "{text:?}");
+        }
+    }
+
+    fn read_csv(text: &str) -> Vec<Result<Row, InputError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, text).unwrap();
+        let src = Source::new(&path, None).unwrap();
+        RowReader::new(vec![src], false).collect()
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_an_error_at_its_line() {
+        let mut text = String::from("id,text\nx1,one\nx2,\"never closed\n");
+        for i in 3..1000 {
+            text.push_str(&format!("x{i},row {i}\n"));
+        }
+        let rows = read_csv(&text);
+        let err = rows.into_iter().find_map(Result::err).expect("an error");
+        match err {
+            InputError::Bad { line, message, .. } => {
+                assert_eq!(line, 3, "{message}");
+                assert!(message.contains("998 lines from here"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A header whose quote never closes.
+        let err = read_csv("id,\"text\nx1,a\n")
+            .into_iter()
+            .find_map(Result::err);
+        assert!(
+            matches!(err, Some(InputError::Bad { line: 1, .. })),
+            "{err:?}"
+        );
+        // A last field that is quoted and closed is fine.
+        assert!(read_csv("id,text\nx1,\"a\nb\"\n").iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn crlf_lines_are_counted_like_lf_lines() {
+        for end in ["\n", "\r\n"] {
+            let text = ["id,text", "x1,a", "x2,\"b", "c\"", "x3,d", ""].join(end);
+            let lines: Vec<u64> = read_csv(&text)
+                .into_iter()
+                .map(|r| r.unwrap().line)
+                .collect();
+            assert_eq!(lines, [2, 3, 5], "line end {end:?}");
+            let bad = ["id,text", "x1,a", "x2", ""].join(end);
+            let err = read_csv(&bad).into_iter().find_map(Result::err);
+            assert!(
+                matches!(err, Some(InputError::Bad { line: 3, .. })),
+                "{end:?}: {err:?}"
+            );
+        }
+    }
 
     #[test]
     fn cells_keep_their_text() {

@@ -59,6 +59,15 @@ pub struct AddedColumns {
 }
 
 impl AddedColumns {
+    /// The columns the spec's `output` adds.
+    pub fn for_output(o: &crate::spec::Output) -> Self {
+        AddedColumns {
+            field: o.field.clone(),
+            raw: o.parse != crate::spec::ParseMode::Text,
+            usage: o.include_usage,
+        }
+    }
+
     pub fn names(&self) -> Vec<String> {
         let f = &self.field;
         let mut v = vec![f.clone(), format!("{f}_status")];
@@ -87,6 +96,76 @@ impl AddedColumns {
     }
 }
 
+/// The added columns that `row` already has: writing them would repeat a
+/// CSV header name, or a key of a JSON object (a JSON reader then keeps only
+/// one of the two values).
+pub fn collisions<'a>(names: &'a [String], row: &Row) -> Vec<&'a str> {
+    names
+        .iter()
+        .filter(|n| row.get(n).is_some())
+        .map(String::as_str)
+        .collect()
+}
+
+/// A field name whose added columns `row` does not have.
+fn free_field(added: &AddedColumns, row: &Row) -> String {
+    let f = &added.field;
+    let candidates = [
+        format!("{f}_result"),
+        format!("model_{f}"),
+        format!("{f}_graded"),
+    ];
+    for c in candidates
+        .into_iter()
+        .chain((2..).map(|i| format!("{f}_{i}")))
+    {
+        let try_added = AddedColumns {
+            field: c.clone(),
+            ..added.clone()
+        };
+        if collisions(&try_added.names(), row).is_empty() {
+            return c;
+        }
+    }
+    unreachable!("the counter above never ends")
+}
+
+/// Refuse `row` when the output would repeat one of its columns.
+pub fn check_collisions(
+    spec_file: &Path,
+    added: &AddedColumns,
+    names: &[String],
+    sources: &[Source],
+    row: &Row,
+) -> Result<()> {
+    let clashing = collisions(names, row);
+    if clashing.is_empty() {
+        return Ok(());
+    }
+    let list = clashing
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Error::usage_with_hint(
+        format!(
+            "{}: output.field: the output column{} {list} would repeat {} of the input ({}); the output would have two columns of one name",
+            spec_file.display(),
+            if clashing.len() == 1 { "" } else { "s" },
+            if clashing.len() == 1 {
+                "a column"
+            } else {
+                "columns"
+            },
+            crate::input::row_place(sources, row),
+        ),
+        format!(
+            "set output.field to a name the input does not use, for example `field: {}`",
+            free_field(added, row)
+        ),
+    ))
+}
+
 /// Counts of what was written.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Written {
@@ -99,11 +178,13 @@ pub struct Written {
 
 /// Write `path` in `format` from the inputs and each row's result.
 pub fn write(
+    spec_file: &Path,
     sources: &[Source],
     path: &Path,
     format: Format,
     added: &AddedColumns,
     mut result_of: impl FnMut(&Row) -> Result<RowResult>,
+    before_commit: impl FnOnce() -> Result<()>,
 ) -> Result<Written> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
@@ -111,7 +192,18 @@ pub fn write(
     let tmp = temp_path(path);
     let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let outcome = write_rows(sources, format, added, &mut result_of, &mut w, &tmp);
+    let outcome = write_rows(
+        spec_file,
+        sources,
+        format,
+        added,
+        &mut result_of,
+        &mut w,
+        &tmp,
+    );
+    // The last word before the file replaces the old one: a check over the
+    // whole input (say, rows that changed) can still keep the old output.
+    let outcome = outcome.and_then(|w| before_commit().map(|()| w));
     let finished = outcome.and_then(|written| {
         let file = w
             .into_inner()
@@ -134,6 +226,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 fn write_rows(
+    spec_file: &Path,
     sources: &[Source],
     format: Format,
     added: &AddedColumns,
@@ -156,8 +249,14 @@ fn write_rows(
         w.write_all(b"[\n").map_err(io)?;
     }
     let mut header_done = false;
+    let mut checked_file = None;
     for row in RowReader::new(sources.to_vec(), true) {
         let row = row?;
+        // A CSV file's header names every row's columns; objects differ.
+        if checked_file != Some(row.file) || matches!(row.fields, Fields::Object(_)) {
+            checked_file = Some(row.file);
+            check_collisions(spec_file, added, &names, sources, &row)?;
+        }
         let r = result_of(&row)?;
         let values = added.values(&r);
         match format {

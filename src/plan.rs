@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 use crate::chunking::{self, Item, Limits, Packer};
 use crate::cost::{self, PriceTable, PricingError};
 use crate::error::{Error, Result};
-use crate::input::{InputError, Row, RowReader, Source, place, row_place};
+use crate::input::{Fields, InputError, Row, RowReader, Source, place, row_place};
+use crate::output::{self, AddedColumns};
 use crate::prompt::{Prompt, PromptError, RequestBuilder, batch_line};
 use crate::report::Ui;
 use crate::spec::{self, CheckedSpec};
@@ -44,6 +45,27 @@ pub struct Planned {
     /// False when the saved plan already matched: nothing was rewritten.
     pub changed: bool,
     pub job_dir: PathBuf,
+}
+
+/// The one builder of request bodies for `spec`: what `plan` fingerprints
+/// and what the output checks each row against.
+pub fn request_builder(spec: &CheckedSpec, prompt: &Prompt) -> RequestBuilder {
+    RequestBuilder::new(
+        &spec.spec.model,
+        prompt.system.as_deref(),
+        &spec.spec.request,
+    )
+}
+
+/// The fingerprint of `row`'s request as `plan` makes it; `Err` names a
+/// column the template needs that the row lacks.
+pub fn row_fingerprint(
+    prompt: &Prompt,
+    builder: &RequestBuilder,
+    row: &Row,
+) -> Result<String, String> {
+    let user = prompt.user.render(|k| row.get(k))?;
+    Ok(fingerprint(&builder.body(&user)))
 }
 
 /// Hash of a request body: the identity of a request across re-plans.
@@ -157,12 +179,14 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     }
     let counter = Counter::new(encoding)?;
     let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
+    let marker = PlanningMarker::start(store.layout(), &sources);
     let scratch = store.layout().plan_scratch(generation);
     clean_scratch(store.layout())?;
 
     let built = build(
-        spec, &prompt, sources, &counter, &limits, store, generation, &scratch, ui,
+        spec, &prompt, sources, &counter, &limits, store, generation, &scratch, ui, &marker,
     );
+    drop(marker);
     let mut built = match built {
         Ok(b) => b,
         Err(e) => {
@@ -234,6 +258,51 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         changed: true,
         job_dir: store.dir().to_path_buf(),
     })
+}
+
+/// `planning.json` while a plan reads the inputs, so `status` can say the
+/// job is being planned (the plan holds the job's lock); removed when the
+/// plan ends, however it ends.
+struct PlanningMarker {
+    layout: Layout,
+    record: std::cell::RefCell<crate::status::Planning>,
+    last: std::cell::Cell<std::time::Instant>,
+}
+
+impl PlanningMarker {
+    fn start(layout: &Layout, sources: &[Source]) -> Self {
+        let record = crate::status::Planning {
+            pid: std::process::id(),
+            started_at: state::now_secs(),
+            read_bytes: 0,
+            total_bytes: crate::input::total_bytes(sources),
+        };
+        // Best effort: a marker that cannot be written only costs `status`
+        // its answer during the plan.
+        let _ = crate::status::write_planning(layout, &record);
+        PlanningMarker {
+            layout: layout.clone(),
+            record: record.into(),
+            last: std::time::Instant::now().into(),
+        }
+    }
+
+    /// Rewritten at most once a second.
+    fn progress(&self, read_bytes: u64) {
+        if self.last.get().elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        self.last.set(std::time::Instant::now());
+        let mut r = self.record.borrow_mut();
+        r.read_bytes = read_bytes;
+        let _ = crate::status::write_planning(&self.layout, &r);
+    }
+}
+
+impl Drop for PlanningMarker {
+    fn drop(&mut self) {
+        crate::status::clear_planning(&self.layout);
+    }
 }
 
 /// A new plan would orphan batches of the current one that are out or
@@ -365,6 +434,7 @@ fn build(
     generation: u64,
     scratch: &Path,
     ui: &Ui,
+    marker: &PlanningMarker,
 ) -> Result<Built> {
     std::fs::create_dir_all(scratch).map_err(|e| Error::io("create", scratch, e))?;
     let mut lines = match limits.forced_chunks {
@@ -380,11 +450,7 @@ fn build(
     };
     let mut records = RequestWriter::create(scratch)
         .map_err(|e| Error::io("create request records in", scratch, e))?;
-    let builder = RequestBuilder::new(
-        &spec.spec.model,
-        prompt.system.as_deref(),
-        &spec.spec.request,
-    );
+    let builder = request_builder(spec, prompt);
     let fixed_tokens = counter.fixed_chat_tokens_on_pool(prompt.system.as_deref()) as u64;
     let done = store.result_fingerprints()?;
     let id_column = spec.spec.input.id.as_deref();
@@ -398,13 +464,22 @@ fn build(
     let mut checked_files: HashSet<usize> = HashSet::new();
     let mut rows = 0u64;
     let mut prompt_tokens = 0u64;
+    let added = AddedColumns::for_output(&spec.spec.output);
+    let added_names = added.names();
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     loop {
+        if crate::interrupt::requested() {
+            return Err(Error::Interrupted { what: "planning" });
+        }
         batch.clear();
         for row in reader.by_ref().take(BATCH_ROWS) {
             let row = row?;
             if checked_files.insert(row.file) {
                 check_columns(spec, prompt, sources, &row)?;
+                output::check_collisions(&spec.file, &added, &added_names, sources, &row)?;
+            } else if matches!(row.fields, Fields::Object(_)) {
+                // Objects need not share their keys: each row is checked.
+                output::check_collisions(&spec.file, &added, &added_names, sources, &row)?;
             }
             batch.push(row);
         }
@@ -470,6 +545,7 @@ fn build(
                 .map_err(|e| Error::io("write request records in", scratch, e))?;
         }
         bar.set_position(reader.bytes_read());
+        marker.progress(reader.bytes_read());
     }
     bar.finish_and_clear();
     if rows == 0 {
@@ -542,6 +618,9 @@ fn write_chunks(
     let mut out = Vec::with_capacity(spans.len());
     let mut line = Vec::new();
     for (i, span) in spans.iter().enumerate() {
+        if crate::interrupt::requested() {
+            return Err(Error::Interrupted { what: "planning" });
+        }
         let index = i as u32 + 1;
         let path = dir.join(Layout::chunk_name(index));
         let io = |e| Error::io("write", &path, e);
@@ -699,10 +778,21 @@ fn plan_hash(
             source,
         })?;
         h.update(b"\0file\0");
-        std::io::copy(&mut f, &mut h).map_err(|source| InputError::Open {
-            path: src.path.clone(),
-            source,
-        })?;
+        // In pieces, so Ctrl-C is heard while a large input is hashed.
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            if crate::interrupt::requested() {
+                return Err(Error::Interrupted { what: "planning" });
+            }
+            let n = f.read(&mut buf).map_err(|source| InputError::Open {
+                path: src.path.clone(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
     }
     Ok(hex(&h.finalize()))
 }

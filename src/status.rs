@@ -130,6 +130,49 @@ pub struct Snapshot {
     pub units: Vec<UnitStatus>,
 }
 
+/// What a `plan` in progress writes for `status` (`planning.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Planning {
+    pub pid: u32,
+    pub started_at: u64,
+    /// Bytes of the inputs read so far, and in all.
+    pub read_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl Planning {
+    /// One line for `status`.
+    pub fn line(&self, job: &str, now: u64) -> String {
+        let pct = (self.read_bytes * 100)
+            .checked_div(self.total_bytes)
+            .unwrap_or(0)
+            .min(100);
+        format!(
+            "job {job}  planning: pid {} is reading and counting the inputs ({pct}%, {} so far); `status` shows the plan when it is done",
+            self.pid,
+            short_duration(now.saturating_sub(self.started_at))
+        )
+    }
+}
+
+/// Write the planning marker atomically.
+pub fn write_planning(layout: &Layout, p: &Planning) -> std::io::Result<()> {
+    let path = layout.planning();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(p).expect("plain data serializes"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The planning marker, if a plan left one (it may be stale: check the pid).
+pub fn read_planning(layout: &Layout) -> Option<Planning> {
+    let bytes = std::fs::read(layout.planning()).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn clear_planning(layout: &Layout) {
+    let _ = std::fs::remove_file(layout.planning());
+}
+
 /// Replace the snapshot atomically (write a temp file, then rename).
 pub fn write(layout: &Layout, snap: &Snapshot) -> std::io::Result<()> {
     let tmp = layout.status_tmp();

@@ -36,7 +36,7 @@ use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
 use crate::spec::{CheckedSpec, ParseMode};
 use crate::state::{JobStore, Outcome, PlanRecord};
 pub use progress::Progress;
-pub use runner::Runner;
+pub use runner::{Runner, tally_of};
 
 /// What the command line asked for.
 #[derive(Debug, Clone, Copy, Default)]
@@ -131,6 +131,19 @@ pub fn write_output_to(
     format: Option<crate::spec::Format>,
 ) -> Result<(Written, Vec<(String, u64)>)> {
     let format = output::format_for(path, format)?;
+    // Checked by the commands before any work too; this is the last line of
+    // defence for every writer of the output.
+    crate::protect::check_output(
+        path,
+        if path == spec.output_path {
+            crate::protect::OutputFrom::Spec(&spec.file)
+        } else {
+            crate::protect::OutputFrom::Flag("--out")
+        },
+        spec,
+        None,
+        store.layout().root(),
+    )?;
     let o = &spec.spec.output;
     let parser = answer::Parser::new(
         o.parse,
@@ -138,20 +151,22 @@ pub fn write_output_to(
         o.pattern.as_deref(),
     )
     .map_err(Error::usage)?;
-    let added = AddedColumns {
-        field: o.field.clone(),
-        raw: o.parse != ParseMode::Text,
-        usage: o.include_usage,
-    };
+    let added = AddedColumns::for_output(o);
     let sources: Vec<Source> = spec
         .inputs
         .iter()
         .map(|p| Source::new(p, spec.spec.input.format))
         .collect::<Result<_, _>>()?;
+    let prompt = crate::prompt::Prompt::load(spec)?;
+    let builder = crate::plan::request_builder(spec, &prompt);
+    // Rows whose request is no longer the planned one (the row was edited,
+    // or the prompt files were): never paired with an answer to other text.
+    let changed: std::cell::RefCell<Vec<String>> = Default::default();
+    let changed_count = std::cell::Cell::new(0u64);
     let mut requests = store.requests(plan.generation);
     let mut dist: BTreeMap<String, u64> = BTreeMap::new();
     let id_column = spec.spec.input.id.clone();
-    let written = output::write(&sources, path, format, &added, |row| {
+    let result_of = |row: &crate::input::Row| {
         let req = requests
             .next()
             .transpose()?
@@ -162,6 +177,18 @@ pub fn write_output_to(
         };
         if req.row != row.number || req.key != key {
             return Err(input_changed(spec));
+        }
+        let now = crate::plan::row_fingerprint(&prompt, &builder, row);
+        if now.as_deref() != Ok(req.fingerprint.as_str()) {
+            changed_count.set(changed_count.get() + 1);
+            if changed.borrow().len() < 5 {
+                changed.borrow_mut().push(format!(
+                    "row {} (id {key}, {})",
+                    row.number,
+                    crate::input::row_place(&sources, row)
+                ));
+            }
+            return Ok(RowResult::default());
         }
         let outcome = store.outcome(&req.fingerprint)?;
         if let Some(Outcome::Success(res)) = outcome {
@@ -194,7 +221,20 @@ pub fn write_output_to(
             });
         }
         Ok(RowResult::default())
-    })?;
+    };
+    let before_commit = || match changed_count.get() {
+        0 => Ok(()),
+        n => Err(rows_changed(spec, n, &changed.borrow())),
+    };
+    let written = output::write(
+        &spec.file,
+        &sources,
+        path,
+        format,
+        &added,
+        result_of,
+        before_commit,
+    )?;
     let mut dist: Vec<(String, u64)> = dist.into_iter().collect();
     if o.parse == ParseMode::Number {
         dist.sort_by(|a, b| {
@@ -204,6 +244,28 @@ pub fn write_output_to(
         });
     }
     Ok((written, dist))
+}
+
+/// `n` rows whose request is not the planned one (`named`: the first few).
+fn rows_changed(spec: &CheckedSpec, n: u64, named: &[String]) -> Error {
+    let more = n.saturating_sub(named.len() as u64);
+    Error::usage_with_hint(
+        format!(
+            "{n} row{} of job `{}` changed since the plan (the row's text, or a prompt file): {}{}; their answers are to other text, so no output was written",
+            if n == 1 { "" } else { "s" },
+            spec.spec.name,
+            named.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+        format!(
+            "run `batchgrader apply {}` to plan again: only the changed rows are graded again, the others keep their answers",
+            spec.file.display()
+        ),
+    )
 }
 
 fn input_changed(spec: &CheckedSpec) -> Error {

@@ -51,6 +51,13 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             let name = job::resolve(&g.state_root, args.job.as_deref())?;
             let store = JobStore::open_existing(&g.state_root, &name)?;
             let spec = job::saved_spec(&store)?;
+            crate::protect::check_output(
+                &spec.output_path,
+                crate::protect::OutputFrom::Spec(&spec.file),
+                &spec,
+                g.pricing.as_deref(),
+                &g.state_root,
+            )?;
             let plan = job::current_plan(&store, &name)?;
             (store, spec, plan)
         }

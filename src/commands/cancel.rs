@@ -20,7 +20,7 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
     let rt = runtime()?;
-    let (n, unreached) = rt.block_on(with_runner(
+    let cancelled = rt.block_on(with_runner(
         &store,
         &spec,
         &plan,
@@ -29,6 +29,23 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
         Arc::new(AtomicBool::new(false)),
         async |r| r.cancel().await,
     ))?;
+    let Some((n, unreached)) = cancelled else {
+        if ui.json {
+            print_json(&serde_json::json!({
+                "job": job,
+                "batches_cancelled": 0,
+                "batches_unreached": [],
+                "nothing_to_cancel": true,
+            }));
+        }
+        ui.show(|w| {
+            writeln!(
+                w,
+                "Nothing to cancel: job `{job}` has no batch out and nothing left to submit. Nothing was changed."
+            )
+        });
+        return Ok(Code::Success);
+    };
     if ui.json {
         print_json(&serde_json::json!({
             "job": job,

@@ -16,6 +16,16 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
     let path = out.map_or_else(|| spec.output_path.clone(), Path::to_path_buf);
+    crate::protect::check_output(
+        &path,
+        match out {
+            Some(_) => crate::protect::OutputFrom::Flag("--out"),
+            None => crate::protect::OutputFrom::Spec(&spec.file),
+        },
+        &spec,
+        g.pricing.as_deref(),
+        &g.state_root,
+    )?;
     let (w, _) = crate::apply::write_output_to(
         &store,
         &spec,

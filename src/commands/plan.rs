@@ -9,6 +9,7 @@ use crate::cost::usd;
 use crate::error::Result;
 use crate::exit::{self, Code};
 use crate::plan::{self as planner, Planned};
+use crate::protect::{self, OutputFrom};
 use crate::report::{Paint, Ui, num, plural, print_json};
 use crate::settings::Global;
 use crate::spec::units::human_bytes;
@@ -17,14 +18,24 @@ use crate::state::{JobStore, PlanRecord};
 
 pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Result<Code> {
     let spec = spec::load(spec_path)?;
-    let (_store, planned) = open_and_plan(g, &spec, ui)?;
-    let p = &planned.plan;
+    let (store, planned) = open_and_plan(g, &spec, ui)?;
+    // An unchanged plan may be partly or wholly done: what is left is what
+    // has no final outcome yet (Terraform's "no changes" when nothing is).
+    let remaining = if planned.changed {
+        planned.plan.outstanding
+    } else {
+        crate::apply::tally_of(&store, &spec, planned.plan.generation)?.pending
+    };
+    let shown = left_to_do(&planned.plan, remaining);
+    let p = &shown;
     let state_dir = planned.job_dir.display().to_string();
     if ui.json {
         #[derive(Serialize)]
         struct Out<'a> {
             job: &'a str,
             changed: bool,
+            /// Requests with no final outcome yet.
+            remaining: u64,
             state_dir: &'a str,
             #[serde(flatten)]
             plan: &'a PlanRecord,
@@ -32,6 +43,7 @@ pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Re
         print_json(&Out {
             job: &planned.job,
             changed: planned.changed,
+            remaining,
             state_dir: &state_dir,
             plan: p,
         });
@@ -43,7 +55,27 @@ pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Re
         render(w, ui.paint(), &planned.job, p, planned.changed, &state_dir)?;
         render_next(w, spec_path, p.outstanding)
     });
-    Ok(exit::for_plan(p.outstanding, detailed_exitcode))
+    Ok(exit::for_plan(remaining, detailed_exitcode))
+}
+
+/// The plan as it stands now: rows already answered since it was made are
+/// done, and a plan with nothing left has nothing to submit.
+fn left_to_do(plan: &PlanRecord, remaining: u64) -> PlanRecord {
+    let mut p = plan.clone();
+    if remaining < p.outstanding {
+        p.outstanding = remaining;
+        p.already_done = p.rows.saturating_sub(remaining);
+        if remaining == 0 {
+            p.prompt_tokens = 0;
+            p.bytes = 0;
+            p.chunks.clear();
+            p.estimate = p
+                .price
+                .as_ref()
+                .map(|price| crate::cost::estimate(price, 0, 0, None, Some(0)));
+        }
+    }
+    p
 }
 
 /// Check what needs no state, then open the job's store once and plan into
@@ -53,6 +85,16 @@ pub(super) fn open_and_plan(
     spec: &CheckedSpec,
     ui: &Ui,
 ) -> Result<(JobStore, Planned)> {
+    protect::check_output(
+        &spec.output_path,
+        OutputFrom::Spec(&spec.file),
+        spec,
+        g.pricing.as_deref(),
+        &g.state_root,
+    )?;
+    // Ctrl-C stops planning between batches of rows; the guard hands
+    // SIGINT back (to apply's runner) when planning is over.
+    let _ctrl_c = crate::interrupt::catch();
     let prepared = planner::prepare(spec, g.pricing.as_deref())?;
     let store = JobStore::open(&g.state_root, &spec.spec.name)?;
     let planned = planner::plan(&store, spec, prepared, ui)?;

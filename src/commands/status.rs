@@ -1,6 +1,7 @@
 //! `status [JOB]`: the snapshot `apply` keeps, read without touching the
 //! job's lock, so it answers while `apply` runs.
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,6 +17,31 @@ pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &U
     let job = job::resolve(&g.state_root, job)?;
     let layout = Layout::new(&g.state_root, &job);
     loop {
+        if let Some(p) = status::read_planning(&layout).filter(|p| process_alive(p.pid)) {
+            // A plan holds the job's lock; the marker says how far it is.
+            if ui.json {
+                print_json(&serde_json::json!({
+                    "job": job,
+                    "state": "planning",
+                    "pid": p.pid,
+                    "started_at": p.started_at,
+                    "read_bytes": p.read_bytes,
+                    "total_bytes": p.total_bytes,
+                }));
+            }
+            if !ui.json || watch {
+                ui.show(|w| writeln!(w, "{}", p.line(&job, state::now_secs())));
+            }
+            if !watch {
+                return Ok(if exit_status {
+                    Code::Running
+                } else {
+                    Code::Success
+                });
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            continue;
+        }
         let snap = read_snapshot(&g.state_root, &job, &layout)?;
         if ui.json {
             print_json(&snap);

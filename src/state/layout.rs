@@ -10,7 +10,7 @@
 //!               chunks/plan-<g>/retry-<a>-NNNNN.jsonl retry chunks of attempt a
 //!               chunks/plan-<g>/requests.idx|.keys    per-row request records
 //!               tmp-plan-<g>/                 a plan being written
-//!               results/unit-<id>-<submit>-<name>.jsonl  fetched result files
+//!               results/plan-<generation>-unit-<id>-<submit>-<name>.jsonl  fetched result files
 //!               status.json                   the snapshot `status` reads
 //!               events.jsonl                  what happened, when
 //!               simulated/                    the in-process simulated provider's data
@@ -31,6 +31,11 @@ impl Layout {
             root: state_root.to_path_buf(),
             dir: state_root.join(job),
         }
+    }
+
+    /// The state folder the job lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The job folder itself.
@@ -55,6 +60,12 @@ impl Layout {
         self.dir.join("status.json")
     }
 
+    /// Present while a `plan` works on the job (who, since when, how far),
+    /// so `status` can say so while the plan holds the job's lock.
+    pub fn planning(&self) -> PathBuf {
+        self.dir.join("planning.json")
+    }
+
     pub fn events(&self) -> PathBuf {
         self.dir.join("events.jsonl")
     }
@@ -68,10 +79,14 @@ impl Layout {
         self.dir.join("results")
     }
 
-    /// A fetched result file of one submit of a unit.
-    pub fn result_file(&self, unit: u32, submit: u32, name: &str) -> PathBuf {
-        self.results_dir()
-            .join(format!("unit-{unit}-{submit}-{name}.jsonl"))
+    /// A fetched result file of one submit of a unit of plan `generation`.
+    /// Unit ids start again at 1 in every plan: without the generation, a
+    /// new plan's unit would find (and skip downloading over) the old plan's
+    /// file, and merge answers to other requests.
+    pub fn result_file(&self, generation: u64, unit: u32, submit: u32, name: &str) -> PathBuf {
+        self.results_dir().join(format!(
+            "plan-{generation}-unit-{unit}-{submit}-{name}.jsonl"
+        ))
     }
 
     pub fn simulated(&self) -> PathBuf {
@@ -138,8 +153,8 @@ mod tests {
         assert_eq!(l.dir(), Path::new("/s/job"));
         assert_eq!(l.ledger(), Path::new("/s/usage.jsonl"));
         assert_eq!(
-            l.result_file(3, 2, "output"),
-            Path::new("/s/job/results/unit-3-2-output.jsonl")
+            l.result_file(5, 3, 2, "output"),
+            Path::new("/s/job/results/plan-5-unit-3-2-output.jsonl")
         );
         assert_eq!(
             l.resolve(&Layout::chunk_rel(4, 12)),

@@ -107,7 +107,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let dir = self.layout().results_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         for r in u.results.clone() {
-            let dest = self.layout().result_file(u.id, u.creates, &r.name);
+            let dest = self
+                .layout()
+                .result_file(self.generation(), u.id, u.creates, &r.name);
             if dest.exists() {
                 continue;
             }
@@ -155,7 +157,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
         let mut seen: HashMap<String, ResultLine> = HashMap::with_capacity(ids.len());
         for r in u.results.clone() {
-            let path = self.layout().result_file(u.id, u.creates, &r.name);
+            let path = self
+                .layout()
+                .result_file(self.generation(), u.id, u.creates, &r.name);
             if !path.exists() {
                 continue;
             }
@@ -393,20 +397,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
 
     /// Every outstanding request of the plan, counted by where it stands.
     pub(super) fn scan_tally(&self) -> Result<Tally> {
-        let parser = self.parser()?;
-        let max_attempts = self.spec.spec.retry.max_attempts;
-        let mut tally = Tally::default();
-        for r in self.store.requests(self.generation()) {
-            let r = r?;
-            if r.seq.is_none() {
-                continue;
-            }
-            tally.add(
-                request_state(self.store.outcome(&r.fingerprint)?, &parser),
-                max_attempts,
-            );
-        }
-        Ok(tally)
+        tally_of(self.store, self.spec, self.generation())
     }
 
     /// Retryable failures with attempts left go into new units.
@@ -500,6 +491,31 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         )
         .map_err(Error::usage)
     }
+}
+
+/// Where every request of plan `generation` stands, from the outcomes
+/// recorded so far (one pass over the request records).
+pub fn tally_of(store: &JobStore, spec: &CheckedSpec, generation: u64) -> Result<Tally> {
+    let o = &spec.spec.output;
+    let parser = answer::Parser::new(
+        o.parse,
+        o.labels.as_deref().unwrap_or_default(),
+        o.pattern.as_deref(),
+    )
+    .map_err(Error::usage)?;
+    let max_attempts = spec.spec.retry.max_attempts;
+    let mut tally = Tally::default();
+    for r in store.requests(generation) {
+        let r = r?;
+        if r.seq.is_none() {
+            continue;
+        }
+        tally.add(
+            request_state(store.outcome(&r.fingerprint)?, &parser),
+            max_attempts,
+        );
+    }
+    Ok(tally)
 }
 
 /// Where a request stands, from its latest outcome.

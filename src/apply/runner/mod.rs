@@ -8,6 +8,7 @@
 //! snapshot and the summary; this file holds the loop and the fault model.
 
 mod collect;
+pub use collect::tally_of;
 mod report;
 mod submit;
 

@@ -146,7 +146,18 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// cancelled, so that `resume` collects partial results but submits
     /// nothing new. Returns how many batches were asked to stop, and the ids
     /// of those that could not be reached.
-    pub async fn cancel(&mut self) -> Result<(usize, Vec<String>)> {
+    /// `None` when there is nothing to cancel (no batch is or may be out,
+    /// and nothing is left to submit, or the job is cancelled already): then
+    /// nothing is changed.
+    pub async fn cancel(&mut self) -> Result<Option<(usize, Vec<String>)>> {
+        let existing = self.store.units(self.generation())?;
+        let maybe_out = existing
+            .iter()
+            .any(|u| matches!(u.phase, Phase::Creating | Phase::Submitted));
+        let already = self.store.cancelled_at()?.is_some();
+        if !maybe_out && (already || self.scan_tally()?.pending == 0) {
+            return Ok(None);
+        }
         let mut units = self.ensure_units()?;
         self.settle_creating(&mut units).await?;
         self.store.set_cancelled(Some(state::now_secs()))?;
@@ -161,7 +172,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         );
         status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
-        Ok((out, unreached))
+        Ok(Some((out, unreached)))
     }
 
     /// Ask every batch that is out to stop. A transient failure is tried

@@ -1,0 +1,300 @@
+//! Nothing lost, nothing silent: each defect a hostile test of an earlier
+//! version found is a case here, run through the real binary. Each case
+//! checks the exit code, that the message names the place, and that no
+//! user file was changed by a command that failed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::Sandbox;
+
+/// A job on `in.csv` (`id`, `text`) graded by the in-process simulated
+/// provider, instantly; `output` is the output line's value.
+fn sim_spec(name: &str, output: &str, extra: &str) -> String {
+    format!(
+        "version: 1
+name: {name}
+provider:
+  kind: simulated
+  simulated:
+    in_progress: 0s
+model: gpt-4o-mini
+input:
+  path: in.csv
+  id: id
+prompt:
+  user: \"Grade {{{{ text }}}}\"
+request:
+  max_tokens: 4
+output: {output}
+chunking:
+  max_requests: 10
+poll:
+  interval: 100ms
+  max_interval: 200ms
+{extra}"
+    )
+}
+
+fn rows_csv(n: usize) -> String {
+    let mut s = String::from("id,text\n");
+    for i in 1..=n {
+        s.push_str(&format!("x{i},answer {i}\n"));
+    }
+    s
+}
+
+/// Every file under the sandbox (but the state folder) with its bytes.
+fn user_files(sb: &Sandbox) -> BTreeMap<String, Vec<u8>> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if rel == "state" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(sb.dir.path(), sb.dir.path(), &mut out);
+    out
+}
+
+fn assert_refused(run: &common::Run, code: i32, needles: &[&str]) {
+    assert_eq!(run.code, code, "{run:?}");
+    for n in needles {
+        assert!(run.stderr.contains(n), "missing {n:?} in {run:?}");
+    }
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+}
+
+#[test]
+fn an_output_path_that_is_an_input_the_spec_or_in_the_state_is_refused_before_any_work() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", rows_csv(12));
+    sb.write("prompts/sys.md", "Be strict.");
+    let cases = [
+        ("in.csv", "is an input of the job"),
+        ("./in.csv", "is an input of the job"),
+        ("sub/../in.csv", "is an input of the job"),
+        ("job.yaml", "the job's spec"),
+        ("state/out.csv", "inside the state folder"),
+        ("state/t/results/x.csv", "inside the state folder"),
+    ];
+    for (out, why) in cases {
+        sb.write("job.yaml", sim_spec("t", &format!("{{path: {out:?}}}"), ""));
+        let before = user_files(&sb);
+        for cmd in [
+            &["plan", "job.yaml"][..],
+            &["apply", "--yes", "job.yaml"][..],
+        ] {
+            let run = sb.run(cmd);
+            assert_refused(&run, 2, &["output.path", why]);
+            assert_eq!(user_files(&sb), before, "{out}: files changed by {cmd:?}");
+            assert!(
+                !sb.path("state/t").exists(),
+                "{out}: a refused plan made a job folder"
+            );
+        }
+    }
+    // Through a symlink and a hard link, too.
+    std::os::unix::fs::symlink(sb.path("in.csv"), sb.path("link.csv")).unwrap();
+    std::fs::hard_link(sb.path("in.csv"), sb.path("hard.csv")).unwrap();
+    for out in ["link.csv", "hard.csv"] {
+        sb.write("job.yaml", sim_spec("t", &format!("{{path: {out:?}}}"), ""));
+        let before = user_files(&sb);
+        let run = sb.run(&["apply", "--yes", "job.yaml"]);
+        assert_refused(&run, 2, &["is an input of the job"]);
+        assert_eq!(user_files(&sb), before, "{out}");
+    }
+    // export --out checks the same, after a job that finished.
+    sb.write("job.yaml", sim_spec("t", "{path: out/graded.csv}", ""));
+    let done = sb.run(&["apply", "--yes", "job.yaml"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    let before = user_files(&sb);
+    for out in [
+        "in.csv",
+        "./in.csv",
+        "job.yaml",
+        "hard.csv",
+        "state/t/x.csv",
+    ] {
+        let run = sb.run(&["export", "t", "--out", out]);
+        assert_refused(&run, 2, &["--out"]);
+        assert_eq!(user_files(&sb), before, "export --out {out}");
+    }
+    let ok = sb.run(&["export", "t", "--out", "copy.csv"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert_eq!(sb.read("copy.csv"), sb.read("out/graded.csv"));
+}
+
+#[test]
+fn output_columns_that_repeat_input_columns_are_refused_with_a_free_name() {
+    let sb = Sandbox::new();
+    let cases = [
+        // (input file, its contents, output, the column named)
+        (
+            "in.csv",
+            "id,text,answer\nx1,a,b\n".to_string(),
+            "{path: out.csv}",
+            "`answer`",
+        ),
+        ("in.csv", rows_csv(3), "{path: out.csv, field: id}", "`id`"),
+        (
+            "in.csv",
+            "id,text,grade_status\nx1,a,b\n".to_string(),
+            "{path: out.csv, field: grade}",
+            "`grade_status`",
+        ),
+        (
+            "in.jsonl",
+            "{\"id\":\"x1\",\"text\":\"a\"}\n{\"id\":\"x2\",\"text\":\"b\",\"answer_error\":1}\n"
+                .to_string(),
+            "{path: out.jsonl}",
+            "in.jsonl:2",
+        ),
+    ];
+    for (file, contents, output, named) in cases {
+        let _ = std::fs::remove_file(sb.path("in.csv"));
+        let _ = std::fs::remove_file(sb.path("in.jsonl"));
+        sb.write(file, &contents);
+        let spec = sim_spec("c", output, "").replace("path: in.csv", &format!("path: {file}"));
+        sb.write("job.yaml", &spec);
+        let before = user_files(&sb);
+        let run = sb.run(&["apply", "--yes", "job.yaml"]);
+        assert_refused(
+            &run,
+            2,
+            &["job.yaml: output.field", named, "hint: set output.field"],
+        );
+        assert_eq!(user_files(&sb), before);
+        // The name suggested works.
+        let hint = run.stderr.split("`field: ").nth(1).unwrap();
+        let free = hint.split('`').next().unwrap();
+        let path = output.split(',').next().unwrap().trim_end_matches('}');
+        let fixed = spec.replace(output, &format!("{path}, field: {free}}}"));
+        sb.write("job.yaml", &fixed);
+        let run = sb.run(&["plan", "job.yaml"]);
+        assert_eq!(run.code, 0, "suggested {free}: {run:?}");
+        std::fs::remove_dir_all(sb.path("state")).unwrap();
+    }
+}
+
+#[test]
+fn a_quoted_field_that_runs_to_the_end_of_the_file_names_its_line() {
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text\nx1,fine\nx2,\"never closed\n");
+    for i in 3..=1000 {
+        csv.push_str(&format!("x{i},answer {i}\n"));
+    }
+    sb.write("in.csv", &csv);
+    sb.write("job.yaml", sim_spec("q", "{path: out.csv}", ""));
+    let before = user_files(&sb);
+    for cmd in [
+        &["plan", "job.yaml"][..],
+        &["apply", "--yes", "job.yaml"][..],
+        &["tokens", "in.csv"][..],
+        &["split", "in.csv", "--max-rows", "100", "--out-dir", "parts"][..],
+    ] {
+        let run = sb.run(cmd);
+        assert_refused(&run, 2, &["in.csv:3", "never closed"]);
+        assert_eq!(user_files(&sb), before, "{cmd:?}");
+    }
+}
+
+#[test]
+fn cancel_with_nothing_to_cancel_changes_nothing_and_plan_says_there_are_no_changes() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", rows_csv(12));
+    sb.write("job.yaml", sim_spec("f", "{path: out.csv}", ""));
+    // Planned, not applied: work to do.
+    let planned = sb.run(&["plan", "--detailed-exitcode", "job.yaml"]);
+    assert_eq!(planned.code, 2, "{planned:?}");
+    let again = sb.run(&["plan", "--detailed-exitcode", "job.yaml"]);
+    assert_eq!(again.code, 2, "an unchanged plan with work left: {again:?}");
+    let done = sb.run(&["apply", "--yes", "job.yaml"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    // Finished and unchanged: no changes, and the summary says nothing is left.
+    let plan = sb.run(&["plan", "--detailed-exitcode", "job.yaml"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(
+        plan.stderr.contains("0 to grade, 12 already graded"),
+        "{plan:?}"
+    );
+    let json = sb.run(&["plan", "--json", "job.yaml"]).json();
+    assert_eq!(json["remaining"], 0);
+    assert_eq!(json["changed"], false);
+    // An invalid spec is an error (1), never "changes present" (2).
+    sb.write("bad.yaml", "version: 1\nname: f\n");
+    let bad = sb.run(&["plan", "--detailed-exitcode", "bad.yaml"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+
+    let before_status = std::fs::read(sb.path("state/f/status.json")).unwrap();
+    let cancel = sb.run(&["cancel", "f"]);
+    assert_eq!(cancel.code, 0, "{cancel:?}");
+    assert!(cancel.stderr.contains("Nothing to cancel"), "{cancel:?}");
+    assert_eq!(
+        std::fs::read(sb.path("state/f/status.json")).unwrap(),
+        before_status,
+        "cancel rewrote the status"
+    );
+    let status = sb.run(&["status", "--exit-status", "f"]);
+    assert_eq!(status.code, 0, "a finished job stays finished: {status:?}");
+    // And `resume` still sees a finished job, not a cancelled one.
+    let resumed = sb.run(&["resume", "f", "--json"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(resumed.json()["ending"], "finished");
+}
+
+#[test]
+fn a_row_edited_between_detach_and_resume_never_gets_the_old_answer() {
+    let sb = Sandbox::new();
+    let server = common::sim::Server::start(&sb, &[]);
+    sb.write("in.csv", rows_csv(12));
+    sb.write(
+        "job.yaml",
+        common::openai_job("edit", &server.url, "BG_KEY", 5, 3, ""),
+    );
+    let key = [("BG_KEY", "sk-test-edit-0001")];
+    let detached = sb.run_env(&["apply", "--yes", "--detach", "job.yaml"], &key);
+    assert_eq!(detached.code, 5, "{detached:?}");
+    // Row 7 (id x7) gets other text; same id, same place.
+    sb.write(
+        "in.csv",
+        rows_csv(12).replace("x7,answer 7", "x7,a different answer"),
+    );
+    let resumed = sb.run_env(&["resume", "edit"], &key);
+    assert_refused(
+        &resumed,
+        2,
+        &["row 7 (id x7, ", "in.csv:8)", "job.yaml` to plan again"],
+    );
+    assert!(!sb.path("out/graded.csv").exists(), "an output was written");
+    let export = sb.run_env(&["export", "edit", "--out", "e.csv"], &key);
+    assert_refused(&export, 2, &["1 row of job `edit` changed", "row 7"]);
+    assert!(!sb.path("e.csv").exists());
+    // The hint's command grades the changed row again, and only it.
+    let before = server.stats();
+    let again = sb.run_env(&["apply", "--yes", "job.yaml", "--json"], &key);
+    assert_eq!(again.code, 0, "{again:?}");
+    let after = server.stats();
+    let sent = |s: &serde_json::Value| -> usize {
+        s["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["custom_ids"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    assert_eq!(sent(&after) - sent(&before), 1, "{before} -> {after}");
+    let out = sb.read("out/graded.csv");
+    assert_eq!(out.lines().count(), 13, "{out}");
+    assert!(out.contains("x7,a different answer,"), "{out}");
+}
