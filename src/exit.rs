@@ -58,7 +58,7 @@ pub const TABLE: &[Row] = &[
     Row {
         code: Code::Running,
         name: "still running",
-        description: "still running: after `apply --detach`, after Ctrl-C (batches keep running; `resume` continues), or `status --exit-status` of an unfinished job",
+        description: "still running or stopped: after `apply --detach`, after Ctrl-C (batches keep running; `resume` continues; a plan stopped by Ctrl-C keeps the previous plan), or `status --exit-status` of an unfinished or planning job",
     },
 ];
 

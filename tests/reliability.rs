@@ -298,3 +298,79 @@ fn a_row_edited_between_detach_and_resume_never_gets_the_old_answer() {
     assert_eq!(out.lines().count(), 13, "{out}");
     assert!(out.contains("x7,a different answer,"), "{out}");
 }
+
+#[test]
+fn ctrl_c_while_planning_stops_keeps_the_previous_plan_and_status_says_planning() {
+    use std::process::{Command, Stdio};
+    let sb = Sandbox::new();
+    sb.write("in.csv", rows_csv(20));
+    sb.write("job.yaml", sim_spec("p", "{path: out.csv}", ""));
+    let first = sb.run(&["plan", "job.yaml", "--json"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let plan_before = first.json()["plan_hash"].clone();
+    // A large change to plan: long enough to be caught in the middle.
+    let mut big = String::from("id,text\n");
+    for i in 1..=400_000 {
+        big.push_str(&format!(
+            "x{i},a longer answer with several words and number {i}\n"
+        ));
+    }
+    sb.write("in.csv", &big);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+        .current_dir(sb.dir.path())
+        .env_remove("BATCHGRADER_STATE")
+        .env("NO_COLOR", "1")
+        .args(["plan", "job.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is reading rows (its marker is there).
+    let marker = sb.path("state/p/planning.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plan never started"
+        );
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the plan ended too soon: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = sb.run(&["status", "p", "--json", "--exit-status"]);
+    assert_eq!(
+        status.code,
+        5,
+        "{status:?} marker {:?} {:?} alive {:?}",
+        std::fs::read_to_string(&marker),
+        std::fs::read_dir(sb.path("state/p"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        child.try_wait()
+    );
+    assert_eq!(status.json()["state"], "planning");
+    let human = sb.run(&["status", "p"]);
+    assert!(human.stderr.contains("planning: pid"), "{human:?}");
+    // SAFETY: a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("interrupted while planning"), "{stderr}");
+    assert!(!marker.exists(), "the marker outlived the plan");
+    // The previous plan is intact and still the one in force.
+    sb.write("in.csv", rows_csv(20));
+    let again = sb.run(&["plan", "job.yaml", "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(again.json()["changed"], false, "{again:?}");
+    assert_eq!(again.json()["plan_hash"], plan_before);
+}
