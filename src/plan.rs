@@ -177,6 +177,11 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     if let Some(prev) = &previous {
         refuse_if_in_flight(store, prev)?;
     }
+    // What is already graded comes from the outcome log: planned from a
+    // damaged one, graded rows would be sent (and paid for) again.
+    if let Some(damage) = store.outcomes_damage()? {
+        return Err(damage.into());
+    }
     let counter = Counter::new(encoding)?;
     let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
     let marker = PlanningMarker::start(store.layout(), &sources);
@@ -873,9 +878,11 @@ fn provider_limits(spec: &CheckedSpec) -> crate::provider::BatchLimits {
 }
 
 fn chunk_files_intact(layout: &Layout, plan: &PlanRecord) -> bool {
-    plan.chunks
-        .iter()
-        .all(|c| std::fs::metadata(layout.resolve(&c.file)).is_ok_and(|m| m.len() == c.bytes))
+    state::requests::check_files(&layout.plan_dir(plan.generation), plan.rows).is_ok()
+        && plan
+            .chunks
+            .iter()
+            .all(|c| std::fs::metadata(layout.resolve(&c.file)).is_ok_and(|m| m.len() == c.bytes))
 }
 
 /// Remove scratch folders an interrupted plan left behind.

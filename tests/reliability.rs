@@ -374,3 +374,157 @@ fn ctrl_c_while_planning_stops_keeps_the_previous_plan_and_status_says_planning(
     assert_eq!(again.json()["changed"], false, "{again:?}");
     assert_eq!(again.json()["plan_hash"], plan_before);
 }
+
+#[test]
+fn a_damaged_outcome_log_is_named_never_makes_a_worse_output_and_resume_rebuilds_it() {
+    let sb = Sandbox::new();
+    let server = common::sim::Server::start(&sb, &[]);
+    sb.write("in.csv", rows_csv(12));
+    sb.write(
+        "job.yaml",
+        common::openai_job("dmg", &server.url, "BG_KEY", 5, 3, ""),
+    );
+    let key = [("BG_KEY", "sk-test-damage-0001")];
+    let done = sb.run_env(&["apply", "--yes", "job.yaml"], &key);
+    assert_eq!(done.code, 0, "{done:?}");
+    let good_output = sb.read("out/graded.csv");
+    let log = sb.path("state/dmg/outcomes.jsonl");
+    let intact = std::fs::read(&log).unwrap();
+    let text = String::from_utf8(intact.clone()).unwrap();
+    let batches = server.stats()["batches_created"].as_u64().unwrap();
+    let damages: [(&str, Vec<u8>); 4] = [
+        ("emptied", Vec::new()),
+        ("cut", intact[..intact.len() / 2].to_vec()),
+        (
+            "a changed answer",
+            text.replacen("\"answer\":\"", "\"answer\":\"1", 1)
+                .into_bytes(),
+        ),
+        (
+            "garbage lines",
+            text.replacen('\n', "\nnot an outcome\n", 2).into_bytes(),
+        ),
+    ];
+    for (name, bytes) in damages {
+        std::fs::write(&log, &bytes).unwrap();
+        for cmd in [
+            &["export", "dmg"][..],
+            &["export", "dmg", "--out", "x.csv"][..],
+        ] {
+            let run = sb.run_env(cmd, &key);
+            assert_refused(
+                &run,
+                1,
+                &["damaged", "outcomes.jsonl", "batchgrader resume dmg"],
+            );
+            assert_eq!(sb.read("out/graded.csv"), good_output, "{name}: {cmd:?}");
+            assert!(!sb.path("x.csv").exists(), "{name}");
+        }
+        let resumed = sb.run_env(&["resume", "dmg", "--json"], &key);
+        assert_eq!(resumed.code, 0, "{name}: {resumed:?}");
+        assert!(
+            resumed.stderr.contains("repaired damaged state"),
+            "{name}: {resumed:?}"
+        );
+        assert_eq!(resumed.json()["graded"], 12, "{name}");
+        assert_eq!(sb.read("out/graded.csv"), good_output, "{name}");
+        assert_eq!(
+            server.stats()["batches_created"].as_u64().unwrap(),
+            batches,
+            "{name}: the repair sent requests again"
+        );
+        // The damaged file is kept for inspection, and the new log is clean.
+        let export = sb.run_env(&["export", "dmg"], &key);
+        assert_eq!(export.code, 0, "{name}: {export:?}");
+    }
+    let aside = std::fs::read_dir(sb.path("state/dmg"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("outcomes.jsonl.damaged-")
+        })
+        .count();
+    assert!(aside >= 1, "no damaged file was kept");
+}
+
+#[test]
+fn damage_to_the_state_is_named_as_such_with_the_file_and_the_fix() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", rows_csv(12));
+    sb.write("job.yaml", sim_spec("s", "{path: out.csv}", ""));
+    sb.write("other.yaml", sim_spec("o", "{path: other.csv}", ""));
+    for spec in ["job.yaml", "other.yaml"] {
+        let run = sb.run(&["apply", "--yes", spec]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let good = sb.path("good-state");
+    copy_dir(&sb.path("state"), &good);
+    let restore = || {
+        std::fs::remove_dir_all(sb.path("state")).unwrap();
+        copy_dir(&good, &sb.path("state"));
+    };
+    type Damage<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a [&'a str]);
+    let cases: Vec<Damage> = vec![
+        (
+            "chunks/ deleted",
+            Box::new(|| std::fs::remove_dir_all(sb.path("state/s/chunks")).unwrap()),
+            &["is damaged", "requests.idx", "apply"],
+        ),
+        (
+            "requests.idx cut",
+            Box::new(|| {
+                let p = sb.path("state/s/chunks/plan-1/requests.idx");
+                let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.set_len(30).unwrap();
+            }),
+            &["is damaged", "requests.idx: holds 30 bytes"],
+        ),
+        (
+            "another job's db copied in",
+            Box::new(|| {
+                std::fs::remove_dir_all(sb.path("state/s/db")).unwrap();
+                copy_dir(&sb.path("state/o/db"), &sb.path("state/s/db"));
+            }),
+            &["is damaged", "holds the records of job `o`"],
+        ),
+        (
+            "the database cut",
+            Box::new(|| {
+                let p = sb.path("state/s/db/db");
+                let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.set_len(100).unwrap();
+            }),
+            &["is damaged", "db", "no record of the job"],
+        ),
+    ];
+    for (name, damage, needles) in cases {
+        restore();
+        damage();
+        let out_before = sb.read("out.csv");
+        for cmd in [&["export", "s", "--out", "x.csv"][..], &["resume", "s"][..]] {
+            let run = sb.run(cmd);
+            assert_refused(&run, 1, needles);
+            for wrong in ["input of job", "panicked", "Error {", "Corruption"] {
+                assert!(!run.stderr.contains(wrong), "{name}: {cmd:?}: {run:?}");
+            }
+            assert_eq!(sb.read("out.csv"), out_before, "{name}");
+            assert!(!sb.path("x.csv").exists(), "{name}");
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}

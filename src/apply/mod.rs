@@ -131,6 +131,11 @@ pub fn write_output_to(
     format: Option<crate::spec::Format>,
 ) -> Result<(Written, Vec<(String, u64)>)> {
     let format = output::format_for(path, format)?;
+    // Never a worse output over a better one: outcomes the state lost
+    // would turn graded rows into "not graded".
+    if let Some(damage) = store.outcomes_damage()? {
+        return Err(damage.into());
+    }
     // Checked by the commands before any work too; this is the last line of
     // defence for every writer of the output.
     crate::protect::check_output(

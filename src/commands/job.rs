@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::spec::{self, CheckedSpec};
-use crate::state::{JobStore, PlanRecord};
+use crate::state::{JobStore, PlanRecord, StateError};
 
 /// The job a command means: the one named, else the only job in the state folder.
 pub fn resolve(state_root: &Path, job: Option<&str>) -> Result<String> {
@@ -39,18 +39,77 @@ pub fn resolve(state_root: &Path, job: Option<&str>) -> Result<String> {
 
 /// The job's spec as saved by `plan`, with paths resolved as they were then.
 pub fn saved_spec(store: &JobStore) -> Result<CheckedSpec> {
-    let job = store
-        .job()?
-        .ok_or_else(|| Error::usage("the job has no saved spec; plan it first"))?;
+    let Some(job) = store.job()? else {
+        if let Some(e) = lost_records(store) {
+            return Err(e.into());
+        }
+        return Err(Error::usage_with_hint(
+            "the job has no saved spec: it was never planned",
+            "run `batchgrader plan SPEC` or `batchgrader apply SPEC`",
+        ));
+    };
+    let folder = store
+        .dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if folder.as_deref() != Some(job.name.as_str()) {
+        // A database copied in from another job's folder.
+        return Err(StateError::Damaged {
+            job: folder.unwrap_or_default(),
+            file: store.dir().join("db"),
+            message: format!(
+                "it holds the records of job `{}`, not of this folder's job",
+                job.name
+            ),
+            repair: format!(
+                "put the job's own db/ back, or move this folder to {}",
+                store.dir().with_file_name(&job.name).display()
+            ),
+        }
+        .into());
+    }
     Ok(spec::from_saved(Path::new(&job.spec_file), job.spec)?)
 }
 
-/// The job's current plan, or an error saying how to make one.
+/// The job's current plan, or an error saying how to make one. Its files
+/// are checked: a missing or cut one is damage to the state.
 pub fn current_plan(store: &JobStore, job: &str) -> Result<PlanRecord> {
-    store.plan()?.ok_or_else(|| {
-        Error::usage_with_hint(
+    let Some(plan) = store.plan()? else {
+        if let Some(e) = lost_records(store) {
+            return Err(e.into());
+        }
+        return Err(Error::usage_with_hint(
             format!("job `{job}` has no plan yet"),
             "run `batchgrader plan SPEC` or `batchgrader apply SPEC`",
-        )
+        ));
+    };
+    let spec_file = store
+        .job()?
+        .map_or_else(|| "SPEC".to_string(), |j| j.spec_file);
+    store.check_plan_files(&plan, &spec_file)?;
+    Ok(plan)
+}
+
+/// A database without the job's records in a folder that holds what only
+/// a plan or a run writes: the database was lost or damaged.
+fn lost_records(store: &JobStore) -> Option<StateError> {
+    let dir = store.dir();
+    let traces: Vec<&str> = ["chunks", "outcomes.jsonl", "status.json", "results"]
+        .into_iter()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if traces.is_empty() {
+        return None;
+    }
+    Some(StateError::Damaged {
+        job: dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        file: dir.join("db"),
+        message: format!(
+            "the database holds no record of the job, but the folder holds its {}",
+            traces.join(", ")
+        ),
+        repair: "restore the db/ folder from a backup; or plan the job again with `batchgrader apply SPEC`: rows already graded keep their answers (outcomes.jsonl), but batches still out are not known any more".into(),
     })
 }

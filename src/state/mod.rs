@@ -16,7 +16,7 @@ pub mod chunkfile;
 pub mod journal;
 pub mod layout;
 mod outcomes;
-mod requests;
+pub mod requests;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -56,6 +56,14 @@ pub enum StateError {
     Corrupt { job: String, message: String },
     #[error("no job `{job}` in {}", root.display())]
     NoJob { job: String, root: PathBuf },
+    /// A file of the state is damaged; `repair` says how to mend it.
+    #[error("state of job `{job}` is damaged: {}: {message}", file.display())]
+    Damaged {
+        job: String,
+        file: PathBuf,
+        message: String,
+        repair: String,
+    },
 }
 
 impl StateError {
@@ -66,6 +74,7 @@ impl StateError {
                     .into(),
             ),
             StateError::TooNew { .. } => Some("upgrade batchgrader to work on this job".into()),
+            StateError::Damaged { repair, .. } => Some(repair.clone()),
             StateError::NoJob { .. } => {
                 Some("run `batchgrader plan SPEC` first, or pass --state to point at the right folder".into())
             }
@@ -389,6 +398,9 @@ const KEY_VERSION: &[u8] = b"format_version";
 const KEY_JOB: &[u8] = b"job";
 const KEY_PLAN: &[u8] = b"plan";
 const KEY_CANCELLED: &[u8] = b"cancelled";
+/// The length of `outcomes.jsonl` after the last append this state knows
+/// of: a shorter file was cut or emptied.
+const KEY_OUTCOMES_LEN: &[u8] = b"outcomes_len";
 
 impl JobStore {
     /// Open (creating if needed) the job's folder and take its lock.
@@ -532,7 +544,7 @@ impl JobStore {
         result: &ResultRecord,
     ) -> Result<(), StateError> {
         let entry = (fingerprint.to_string(), Outcome::Success(result.clone()));
-        self.with_outcomes(|log| log.append(&[entry]))
+        self.add_outcomes(&[entry])
     }
 
     /// Record the outcome of every line of one unit's results (durably, in
@@ -553,8 +565,107 @@ impl JobStore {
                     .map(|(fp, f)| (fp.clone(), Outcome::Failure(f.clone()))),
             )
             .collect();
-        self.with_outcomes(|log| log.append(&entries))?;
+        let len = self.with_outcomes(|log| log.append(&entries).map(|()| log.bytes()))?;
+        self.db
+            .insert(KEY_OUTCOMES_LEN, &len.to_be_bytes())
+            .map_err(self.err())?;
         self.put_unit(generation, unit)
+    }
+
+    /// What is wrong with `outcomes.jsonl`, if anything: damaged lines, or a
+    /// file shorter than the state knows it to be (cut or emptied).
+    pub fn outcomes_damage(&self) -> Result<Option<StateError>, StateError> {
+        let recorded = self
+            .db
+            .get(KEY_OUTCOMES_LEN)
+            .map_err(self.err())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let (damaged, len) = self.with_outcomes(|log| Ok((log.damaged().to_vec(), log.bytes())))?;
+        let mut problems = Vec::new();
+        if len < recorded {
+            problems.push(format!(
+                "it holds {len} bytes, but {recorded} were written to it (cut or emptied)"
+            ));
+        }
+        if let Some(first) = damaged.first() {
+            problems.push(format!(
+                "{} damaged line{} (first: line {}, {})",
+                damaged.len(),
+                if damaged.len() == 1 { "" } else { "s" },
+                first.line,
+                first.why
+            ));
+        }
+        if problems.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(StateError::Damaged {
+            job: self.name.clone(),
+            file: self.dir.join(outcomes::FILE),
+            message: problems.join("; "),
+            repair: format!(
+                "run `batchgrader resume {}`: it sets the damaged file aside and rebuilds the outcomes from the downloaded results (results/), downloading again or re-sending only what they cannot give",
+                self.name
+            ),
+        }))
+    }
+
+    /// Set a damaged outcome log aside (`outcomes.jsonl.damaged-<time>`) and
+    /// start a new one from its good lines. Returns the file set aside.
+    pub fn rebuild_outcomes(&self) -> Result<PathBuf, StateError> {
+        let aside = self
+            .dir
+            .join(format!("{}.damaged-{}", outcomes::FILE, now_secs()));
+        let len = self.with_outcomes(|log| log.rebuild(&aside).map(|()| log.bytes()))?;
+        self.db
+            .insert(KEY_OUTCOMES_LEN, &len.to_be_bytes())
+            .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(aside)
+    }
+
+    /// Add outcomes (a repair), durably.
+    pub fn add_outcomes(&self, entries: &[(String, Outcome)]) -> Result<(), StateError> {
+        let len = self.with_outcomes(|log| log.append(entries).map(|()| log.bytes()))?;
+        self.db
+            .insert(KEY_OUTCOMES_LEN, &len.to_be_bytes())
+            .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The files a plan lives in (its chunk files and request records) are
+    /// all there, with the sizes the plan recorded. Missing or cut files are
+    /// damage to the state, never "the input changed".
+    pub fn check_plan_files(&self, plan: &PlanRecord, spec_file: &str) -> Result<(), StateError> {
+        let damaged = |file: PathBuf, message: String| StateError::Damaged {
+            job: self.name.clone(),
+            file,
+            message,
+            repair: format!(
+                "run `batchgrader apply {spec_file}` to plan the job again: rows already graded keep their answers (outcomes.jsonl)"
+            ),
+        };
+        if let Err((file, message)) =
+            requests::check_files(&self.plan_dir(plan.generation), plan.rows)
+        {
+            return Err(damaged(file, message));
+        }
+        for c in &plan.chunks {
+            let path = self.layout.resolve(&c.file);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() == c.bytes => {}
+                Ok(m) => {
+                    return Err(damaged(
+                        path,
+                        format!("holds {} bytes, the plan wrote {}", m.len(), c.bytes),
+                    ));
+                }
+                Err(e) => return Err(damaged(path, format!("cannot be read ({e})"))),
+            }
+        }
+        Ok(())
     }
 
     /// All units of a plan generation, by id.

@@ -28,6 +28,52 @@ pub enum Outcome {
     Failure(FailureRecord),
 }
 
+/// A line as written: the JSON, a tab, and 16 hex digits of the SHA-256 of
+/// the JSON, so a line damaged anywhere in the file is noticed instead of
+/// being read as another outcome or silently dropped. (JSON text never holds
+/// a raw tab: serde_json escapes control characters.) Lines written before
+/// the checksum existed have none and are read as they are.
+fn encode_line(line: &Line, out: &mut Vec<u8>) {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, line).expect("outcomes serialize");
+    let sum = checksum(&out[start..]);
+    out.push(b'\t');
+    out.extend_from_slice(sum.as_bytes());
+    out.push(b'\n');
+}
+
+fn checksum(json: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(json);
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Read one line (without its newline): the line, or why it is damaged.
+fn decode_line(bytes: &[u8]) -> Result<Line, &'static str> {
+    let (json, sum) = match bytes.iter().rposition(|&b| b == b'\t') {
+        Some(i) => (&bytes[..i], Some(&bytes[i + 1..])),
+        None => (bytes, None),
+    };
+    if let Some(sum) = sum
+        && checksum(json).as_bytes() != sum
+    {
+        return Err("its checksum does not match");
+    }
+    let line: Line = serde_json::from_slice(json).map_err(|_| "it is not an outcome")?;
+    if key(&line.f).is_none() {
+        return Err("its fingerprint is not 32 hex digits");
+    }
+    Ok(line)
+}
+
+/// A damaged line found when the log was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedLine {
+    /// 1-based.
+    pub line: u64,
+    pub why: &'static str,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Line {
     /// Fingerprint, 32 hex digits.
@@ -44,6 +90,10 @@ pub struct Log {
     ok: HashSet<u128>,
     len: u64,
     reader: Option<BufReader<File>>,
+    /// Lines that could not be read (a torn last line is not damage).
+    damaged: Vec<DamagedLine>,
+    /// Good lines, for a rebuild: their byte ranges.
+    good: u64,
 }
 
 fn key(fp: &str) -> Option<u128> {
@@ -60,6 +110,8 @@ impl Log {
             ok: HashSet::new(),
             len: 0,
             reader: None,
+            damaged: Vec::new(),
+            good: 0,
         };
         let file = match File::open(&log.path) {
             Ok(f) => f,
@@ -69,22 +121,36 @@ impl Log {
         let mut r = BufReader::with_capacity(1 << 20, file);
         let mut buf = Vec::new();
         let mut offset = 0u64;
+        let mut number = 0u64;
         loop {
             buf.clear();
             let n = r.read_until(b'\n', &mut buf)?;
             if n == 0 {
                 break;
             }
-            // A line torn by a crash has no newline and does not parse: skip it.
-            if buf.ends_with(b"\n")
-                && let Ok(line) = serde_json::from_slice::<Line>(&buf)
-                && let Some(k) = key(&line.f)
-            {
-                log.index.insert(k, offset);
-                match line.outcome {
-                    Outcome::Success(_) => log.ok.insert(k),
-                    Outcome::Failure(_) => log.ok.remove(&k),
-                };
+            number += 1;
+            // A line torn by a crash has no newline: skip it, the append
+            // that follows starts on a fresh line.
+            if !buf.ends_with(b"\n") {
+                offset += n as u64;
+                continue;
+            }
+            let body = &buf[..buf.len() - 1];
+            if body.iter().all(u8::is_ascii_whitespace) {
+                offset += n as u64;
+                continue;
+            }
+            match decode_line(body) {
+                Ok(line) => {
+                    let k = key(&line.f).expect("checked by decode_line");
+                    log.index.insert(k, offset);
+                    log.good += 1;
+                    match line.outcome {
+                        Outcome::Success(_) => log.ok.insert(k),
+                        Outcome::Failure(_) => log.ok.remove(&k),
+                    };
+                }
+                Err(why) => log.damaged.push(DamagedLine { line: number, why }),
             }
             offset += n as u64;
         }
@@ -111,15 +177,13 @@ impl Log {
         let mut placed = Vec::with_capacity(entries.len());
         for (fp, outcome) in entries {
             let start = at + text.len() as u64;
-            serde_json::to_writer(
-                &mut text,
+            encode_line(
                 &Line {
                     f: fp.clone(),
                     outcome: outcome.clone(),
                 },
-            )
-            .expect("outcomes serialize");
-            text.push(b'\n');
+                &mut text,
+            );
             placed.push((fp, outcome, start));
         }
         file.write_all(&text)?;
@@ -148,9 +212,50 @@ impl Log {
         r.seek(SeekFrom::Start(offset))?;
         let mut buf = Vec::new();
         r.read_until(b'\n', &mut buf)?;
-        let line: Line = serde_json::from_slice(&buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        let line = decode_line(&buf).map_err(|why| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the line at byte {offset} changed since it was read: {why}",
+                    self.path.display()
+                ),
+            )
+        })?;
         Ok(Some(line.outcome))
+    }
+
+    /// Lines that could not be read when the log was opened.
+    pub fn damaged(&self) -> &[DamagedLine] {
+        &self.damaged
+    }
+
+    /// The log's length in bytes as this process knows it.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// Set the damaged file aside as `aside` and write a new log of its
+    /// good lines (the latest per fingerprint), then index it again.
+    pub fn rebuild(&mut self, aside: &Path) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut latest: Vec<(String, Outcome)> = Vec::with_capacity(self.index.len());
+        let keys: Vec<(u128, u64)> = self.index.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut sorted = keys;
+        sorted.sort_by_key(|&(_, offset)| offset);
+        for (k, _) in sorted {
+            if let Some(o) = self.get(&format!("{k:032x}"))? {
+                latest.push((format!("{k:032x}"), o));
+            }
+        }
+        self.reader = None;
+        std::fs::rename(&self.path, aside)?;
+        let mut fresh = Log::open(&dir)?;
+        fresh.append(&latest)?;
+        *self = fresh;
+        Ok(())
     }
 
     /// Fingerprints (as 128-bit numbers) whose latest outcome is a success.
@@ -222,9 +327,64 @@ mod tests {
         f.write_all(b"{\"f\":\"0000").unwrap();
         let mut log = Log::open(dir.path()).unwrap();
         assert_eq!(log.successes().len(), 1);
+        assert!(log.damaged().is_empty(), "a torn last line is not damage");
         log.append(&[(fp(2), failed("x"))]).unwrap();
         let mut log = Log::open(dir.path()).unwrap();
         assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
         assert_eq!(log.get(&fp(2)).unwrap(), Some(failed("x")));
+    }
+
+    #[test]
+    fn damaged_lines_are_found_and_a_rebuild_keeps_the_good_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        log.append(&[(fp(1), ok("1")), (fp(2), ok("2")), (fp(3), failed("x"))])
+            .unwrap();
+        let path = dir.path().join(FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cases: [(&str, String, Vec<u64>); 4] = [
+            (
+                "a changed answer",
+                text.replacen("\"2\"", "\"7\"", 1),
+                vec![2],
+            ),
+            (
+                "a line cut short",
+                {
+                    let mut lines: Vec<&str> = text.lines().collect();
+                    let cut = &lines[0][..20];
+                    lines[0] = cut;
+                    lines.join("\n") + "\n"
+                },
+                vec![1],
+            ),
+            (
+                "garbage in the middle",
+                text.replacen("\n", "\n@@@ not json\n", 1),
+                vec![2],
+            ),
+            (
+                "an old line without a checksum",
+                {
+                    let first = text.lines().next().unwrap();
+                    let json = first.split('\t').next().unwrap();
+                    text.replacen(first, json, 1)
+                },
+                vec![],
+            ),
+        ];
+        for (name, damaged, want) in cases {
+            std::fs::write(&path, &damaged).unwrap();
+            let mut log = Log::open(dir.path()).unwrap();
+            let lines: Vec<u64> = log.damaged().iter().map(|d| d.line).collect();
+            assert_eq!(lines, want, "{name}");
+            let aside = dir.path().join("aside");
+            log.rebuild(&aside).unwrap();
+            assert!(log.damaged().is_empty(), "{name}");
+            let again = Log::open(dir.path()).unwrap();
+            assert!(again.damaged().is_empty(), "{name}");
+            assert_eq!(std::fs::read_to_string(&aside).unwrap(), damaged, "{name}");
+            std::fs::write(&path, &text).unwrap();
+        }
     }
 }

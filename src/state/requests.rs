@@ -19,6 +19,31 @@ pub const KEYS: &str = "requests.keys";
 const RECORD: usize = 16 + 8 + 8 + 8 + 4;
 const NO_SEQ: u64 = u64::MAX;
 
+/// Whether the record files in `dir` hold exactly `rows` records: `Err`
+/// says what is wrong (missing, or the wrong size).
+pub fn check_files(dir: &Path, rows: u64) -> Result<(), (std::path::PathBuf, String)> {
+    let index = dir.join(INDEX);
+    match std::fs::metadata(&index) {
+        Err(e) => return Err((index, format!("cannot be read ({e})"))),
+        Ok(m) if m.len() != rows * RECORD as u64 => {
+            return Err((
+                index,
+                format!(
+                    "holds {} bytes, but the plan's {rows} rows need {}",
+                    m.len(),
+                    rows * RECORD as u64
+                ),
+            ));
+        }
+        Ok(_) => {}
+    }
+    let keys = dir.join(KEYS);
+    if let Err(e) = std::fs::metadata(&keys) {
+        return Err((keys, format!("cannot be read ({e})")));
+    }
+    Ok(())
+}
+
 /// Appends records; rows must come in order starting at 1.
 pub struct Writer {
     index: BufWriter<File>,

@@ -396,6 +396,121 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     }
 
     /// Every outstanding request of the plan, counted by where it stands.
+    /// `outcomes.jsonl` damaged (bad lines, or cut or emptied): set it
+    /// aside, keep its good lines, then give each request of a merged unit
+    /// that has no outcome the one its unit's downloaded results hold (the
+    /// latest attempt first). A unit whose result files are gone is fetched
+    /// again; a file the provider no longer has counts its requests as not
+    /// executed, so they are sent again. Never a silent drop.
+    pub(super) fn repair_outcomes(&mut self, units: &mut [UnitRecord]) -> Result<()> {
+        let Some(damage) = self.store.outcomes_damage()? else {
+            return Ok(());
+        };
+        let aside = self.store.rebuild_outcomes()?;
+        let mut order: Vec<usize> = (0..units.len())
+            .filter(|&i| units[i].phase == Phase::Merged)
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse((units[i].attempt, units[i].id)));
+        let mut filled: HashSet<String> = HashSet::new();
+        let (mut rebuilt, mut refetch) = (0usize, 0usize);
+        for i in order {
+            let u = &mut units[i];
+            let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
+            let mut lacking = Vec::new();
+            for id in ids {
+                let Some(req) = self.request_of(&id)? else {
+                    continue;
+                };
+                if !filled.contains(&req.fingerprint)
+                    && self.store.outcome(&req.fingerprint)?.is_none()
+                {
+                    lacking.push((id, req.fingerprint));
+                }
+            }
+            if lacking.is_empty() {
+                continue;
+            }
+            let paths: Vec<std::path::PathBuf> = u
+                .results
+                .iter()
+                .map(|r| {
+                    self.layout()
+                        .result_file(self.generation(), u.id, u.creates, &r.name)
+                })
+                .collect();
+            if paths.iter().any(|p| !p.exists()) {
+                u.phase = Phase::Ended;
+                self.store.put_unit(self.generation(), u)?;
+                refetch += 1;
+                continue;
+            }
+            let mut seen: HashMap<String, ResultLine> = HashMap::new();
+            for path in &paths {
+                let f = File::open(path).map_err(|e| Error::io("read", path, e))?;
+                for line in BufReader::new(f).split(b'\n') {
+                    let line = line.map_err(|e| Error::io("read", path, e))?;
+                    if let Ok(o) = self.backend.classify(&String::from_utf8_lossy(&line)) {
+                        seen.insert(o.custom_id().to_string(), o);
+                    }
+                }
+            }
+            let end = u.end.clone().unwrap_or(state::EndKind::Completed);
+            let mut entries = Vec::with_capacity(lacking.len());
+            for (id, fp) in lacking {
+                let outcome = match seen.remove(&id) {
+                    Some(ResultLine::Success {
+                        answer,
+                        input_tokens,
+                        output_tokens,
+                        ..
+                    }) => Outcome::Success(ResultRecord {
+                        answer,
+                        input_tokens,
+                        output_tokens,
+                    }),
+                    Some(ResultLine::Failure {
+                        code,
+                        message,
+                        retryable,
+                        ran,
+                        ..
+                    }) => Outcome::Failure(FailureRecord {
+                        code,
+                        message,
+                        retryable,
+                        attempts: u.attempt,
+                        ran,
+                        runs: Some(u32::from(ran)),
+                    }),
+                    None => {
+                        let (code, message, retryable) = decide::missing_line(&end);
+                        Outcome::Failure(FailureRecord {
+                            code,
+                            message,
+                            retryable,
+                            attempts: u.attempt,
+                            ran: false,
+                            runs: Some(0),
+                        })
+                    }
+                };
+                filled.insert(fp.clone());
+                entries.push((fp, outcome));
+            }
+            rebuilt += entries.len();
+            self.store.add_outcomes(&entries)?;
+        }
+        let msg = format!(
+            "repaired damaged state ({damage}): the damaged file is kept as {}; {rebuilt} outcome{} rebuilt from results/, {refetch} chunk{} to download again",
+            aside.display(),
+            if rebuilt == 1 { "" } else { "s" },
+            if refetch == 1 { "" } else { "s" },
+        );
+        self.event(None, &msg);
+        self.ui.warn(&msg);
+        Ok(())
+    }
+
     pub(super) fn scan_tally(&self) -> Result<Tally> {
         tally_of(self.store, self.spec, self.generation())
     }

@@ -131,6 +131,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
         journal::start_run(&self.layout().events());
         let mut units = self.ensure_units()?;
+        self.repair_outcomes(&mut units)?;
         self.tally = self.scan_tally()?;
         // A run killed between merging a chunk and writing its usage line
         // finishes that bookkeeping first.
