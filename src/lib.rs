@@ -10,6 +10,7 @@ pub mod cost;
 pub mod costs;
 pub mod error;
 pub mod exit;
+pub mod grades;
 pub mod input;
 pub mod output;
 pub mod plan;
@@ -24,6 +25,7 @@ pub mod split;
 pub mod state;
 pub mod stats;
 pub mod status;
+pub mod structured;
 pub mod tokenize;
 
 pub use commands::run;

@@ -383,7 +383,7 @@ fn build(
     let builder = RequestBuilder::new(
         &spec.spec.model,
         prompt.system.as_deref(),
-        &spec.spec.request,
+        &crate::structured::body_params(spec),
     );
     let fixed_tokens = counter.fixed_chat_tokens_on_pool(prompt.system.as_deref()) as u64;
     let done = store.result_fingerprints()?;
@@ -679,6 +679,9 @@ fn plan_hash(
         chunking: &'a spec::Chunking,
         expected_output_tokens: Option<u64>,
         price: Option<&'a cost::Price>,
+        // Absent without a schema, so plans made before schemas keep their hash.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schema: Option<&'a serde_json::Value>,
     }
     let head = Inputs {
         format: PLAN_FORMAT,
@@ -690,6 +693,7 @@ fn plan_hash(
         chunking: &spec.spec.chunking,
         expected_output_tokens: spec.spec.output.expected_output_tokens,
         price,
+        schema: spec.schema.as_ref(),
     };
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&head).expect("plain data serializes"));

@@ -16,7 +16,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
     let path = out.map_or_else(|| spec.output_path.clone(), Path::to_path_buf);
-    let (w, _) = crate::apply::write_output_to(
+    let w = crate::apply::write_output_to(
         &store,
         &spec,
         &plan,
@@ -26,7 +26,8 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         } else {
             spec.spec.output.format
         },
-    )?;
+    )?
+    .written;
     if ui.json {
         print_json(
             &serde_json::json!({"job": job, "output_path": path.display().to_string(), "written": w}),
