@@ -124,6 +124,8 @@ pub struct Graded {
     pub grades: Vec<PropertyStats>,
     /// Parse failures by reason, most frequent first.
     pub parse_failures_by_reason: Vec<(String, u64)>,
+    /// Final API failures by error code, most frequent first.
+    pub api_failures_by_code: Vec<(String, u64)>,
 }
 
 /// Turns each row's outcome into its output values and adds up what the
@@ -135,6 +137,7 @@ struct Judge {
     dist: BTreeMap<String, u64>,
     tally: grades::Tally,
     written: Written,
+    failure_codes: BTreeMap<String, u64>,
 }
 
 impl Judge {
@@ -145,6 +148,7 @@ impl Judge {
             dist: BTreeMap::new(),
             tally: grades::Tally::new(spec.schema.as_ref()),
             written: Written::default(),
+            failure_codes: BTreeMap::new(),
         })
     }
 
@@ -176,11 +180,14 @@ impl Judge {
                 }
                 r
             }
-            Some(Outcome::Failure(f)) => RowResult {
-                status: RowStatus::Failed,
-                error: format!("{}: {}", f.code, f.message),
-                ..RowResult::default()
-            },
+            Some(Outcome::Failure(f)) => {
+                *self.failure_codes.entry(f.code.clone()).or_default() += 1;
+                RowResult {
+                    status: RowStatus::Failed,
+                    error: format!("{}: {}", f.code, f.message),
+                    ..RowResult::default()
+                }
+            }
             None => RowResult::default(),
         };
         self.written.count(r.status);
@@ -196,11 +203,14 @@ impl Judge {
                 x.total_cmp(&y)
             });
         }
+        let mut codes: Vec<(String, u64)> = self.failure_codes.into_iter().collect();
+        codes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Graded {
             written: self.written,
             distribution: dist,
             grades: self.tally.properties(),
             parse_failures_by_reason: self.tally.failures(),
+            api_failures_by_code: codes,
         }
     }
 }
