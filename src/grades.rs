@@ -70,11 +70,7 @@ fn kind_of(schema: &Value) -> Option<Kind> {
     };
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
         return Some(Kind::Counts(
-            values
-                .iter()
-                .filter(|v| !v.is_null())
-                .map(label)
-                .collect(),
+            values.iter().filter(|v| !v.is_null()).map(label).collect(),
         ));
     }
     if types.contains(&"boolean") {
@@ -220,11 +216,8 @@ impl Tally {
 
     /// Parse failures by reason, most frequent first.
     pub fn failures(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self
-            .failures
-            .iter()
-            .map(|(k, n)| (k.clone(), *n))
-            .collect();
+        let mut v: Vec<(String, u64)> =
+            self.failures.iter().map(|(k, n)| (k.clone(), *n)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
     }
@@ -344,7 +337,12 @@ mod tests {
     #[test]
     fn distributions_and_counts() {
         let mut t = Tally::new(Some(&schema()));
-        for (score, verdict, ok) in [(1, "pass", true), (2, "fail", false), (2, "pass", true), (5, "pass", true)] {
+        for (score, verdict, ok) in [
+            (1, "pass", true),
+            (2, "fail", false),
+            (2, "pass", true),
+            (5, "pass", true),
+        ] {
             t.add(&json!({"score": score, "weight": null, "verdict": verdict, "ok": ok, "reason": "r"}));
         }
         t.fail("not JSON");
@@ -377,7 +375,10 @@ mod tests {
         );
         assert_eq!(
             t.failures(),
-            [("not JSON".to_string(), 2), ("maximum at /score".to_string(), 1)]
+            [
+                ("not JSON".to_string(), 2),
+                ("maximum at /score".to_string(), 1)
+            ]
         );
     }
 

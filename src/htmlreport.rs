@@ -126,7 +126,12 @@ fn receipt(h: &mut String, d: &ReportData) {
         ),
         "planned",
     );
-    row(h, "prompt tokens (plan)", num(d.prompt_tokens), "prompt_tokens");
+    row(
+        h,
+        "prompt tokens (plan)",
+        num(d.prompt_tokens),
+        "prompt_tokens",
+    );
     if let Some(e) = &d.estimate {
         let mut s = format!("{} prompt", usd(e.low));
         if let Some(x) = e.expected {
@@ -145,15 +150,16 @@ fn receipt(h: &mut String, d: &ReportData) {
     row(
         h,
         "tokens billed",
-        format!(
-            "{} in, {} out",
-            num(d.input_tokens),
-            num(d.output_tokens)
-        ),
+        format!("{} in, {} out", num(d.input_tokens), num(d.output_tokens)),
         "tokens",
     );
     row(h, "paid (batch prices)", usd(d.receipt.paid_usd), "paid");
-    row(h, "at standard prices", usd(d.receipt.standard_usd), "standard");
+    row(
+        h,
+        "at standard prices",
+        usd(d.receipt.standard_usd),
+        "standard",
+    );
     row(h, "saved", usd(d.receipt.saved_usd), "saved");
     let w = &d.written;
     row(
@@ -195,7 +201,10 @@ fn grades(h: &mut String, d: &ReportData) {
                     [n.min, n.q1, n.median, n.q3, n.max, n.mean]
                         .iter()
                         .zip(["min", "q1", "median", "q3", "max", "mean"])
-                        .map(|(x, k)| format!("<td class=\"n\" data-stat=\"{k}\">{}</td>", short(*x)))
+                        .map(|(x, k)| format!(
+                            "<td class=\"n\" data-stat=\"{k}\">{}</td>",
+                            short(*x)
+                        ))
                         .collect::<String>()
                 );
             }
@@ -351,7 +360,9 @@ fn histogram(h: &mut String, name: &str, bins: &[Bin]) {
     let max = bins.iter().map(|b| b.count).max().unwrap_or(0).max(1) as f64;
     let width = bins.len() as f64 * (bw + gap) + 10.0;
     let height = top + chart_h + 20.0;
-    let unit_bins = bins.iter().all(|b| b.hi - b.lo == 1.0 && b.lo.fract() == 0.0);
+    let unit_bins = bins
+        .iter()
+        .all(|b| b.hi - b.lo == 1.0 && b.lo.fract() == 0.0);
     let _ = write!(
         h,
         "<svg class=\"chart\" data-chart=\"histogram\" data-property=\"{}\" width=\"{width}\" \

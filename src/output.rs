@@ -131,7 +131,11 @@ impl AddedColumns {
         use serde_json::Value;
         let names = self.names();
         let values = self.values(r);
-        let skip = if self.nested { self.properties.len() } else { 0 };
+        let skip = if self.nested {
+            self.properties.len()
+        } else {
+            0
+        };
         let mut out: Vec<(String, Value)> = Vec::with_capacity(names.len());
         for (i, (k, v)) in names.into_iter().zip(values).enumerate() {
             if i == 0 && self.nested {
@@ -444,7 +448,14 @@ mod tests {
         };
         assert_eq!(
             s.names(),
-            ["g", "g.accuracy", "g.reason", "g_status", "g_raw", "g_error"]
+            [
+                "g",
+                "g.accuracy",
+                "g.reason",
+                "g_status",
+                "g_raw",
+                "g_error"
+            ]
         );
     }
 

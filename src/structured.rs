@@ -114,7 +114,11 @@ pub fn strict_problems(kind: ProviderKind, schema: &Value) -> Vec<SchemaProblem>
             "the root must be `type: object` (one output column per property)".into(),
         ));
     }
-    if root.get("properties").and_then(Value::as_object).is_none_or(Map::is_empty) {
+    if root
+        .get("properties")
+        .and_then(Value::as_object)
+        .is_none_or(Map::is_empty)
+    {
         out.push(at(
             &[],
             "the root needs `properties`: each becomes the column `<field>.<property>`".into(),
@@ -428,7 +432,10 @@ impl AnswerSchema {
             };
             let class = match e.kind() {
                 jsonschema::error::ValidationErrorKind::Required { property } => {
-                    format!("required {} missing at {at}", property.as_str().unwrap_or("?"))
+                    format!(
+                        "required {} missing at {at}",
+                        property.as_str().unwrap_or("?")
+                    )
                 }
                 kind => format!("{} at {at}", kind.keyword()),
             };
@@ -498,7 +505,12 @@ mod tests {
         let mut all_of = rubric();
         all_of["properties"]["verdict"] = json!({"allOf": [{"type": "string"}]});
         let cases: Vec<(&str, Value, &str, &str)> = vec![
-            ("required", missing_required, "required", "missing: verdict, reason"),
+            (
+                "required",
+                missing_required,
+                "required",
+                "missing: verdict, reason",
+            ),
             ("closed", open, "(root)", "additionalProperties: false"),
             (
                 "nested closed",
@@ -506,11 +518,31 @@ mod tests {
                 "properties.detail",
                 "additionalProperties: false",
             ),
-            ("minLength", min_length, "properties.reason.minLength", "not supported"),
+            (
+                "minLength",
+                min_length,
+                "properties.reason.minLength",
+                "not supported",
+            ),
             ("allOf", all_of, "properties.verdict.allOf", "not supported"),
-            ("array root", json!({"type": "array", "items": {"type": "string"}}), "(root)", "type: object"),
-            ("empty", json!({"type": "object", "additionalProperties": false}), "(root)", "needs `properties`"),
-            ("not a schema", json!({"type": 7}), "type", "not a valid JSON Schema"),
+            (
+                "array root",
+                json!({"type": "array", "items": {"type": "string"}}),
+                "(root)",
+                "type: object",
+            ),
+            (
+                "empty",
+                json!({"type": "object", "additionalProperties": false}),
+                "(root)",
+                "needs `properties`",
+            ),
+            (
+                "not a schema",
+                json!({"type": 7}),
+                "type",
+                "not a valid JSON Schema",
+            ),
         ];
         for (name, schema, field, needle) in cases {
             let got = found(ProviderKind::Openai, &schema);
@@ -535,7 +567,10 @@ mod tests {
         let wide = json!({"type": "object", "properties": {"e": {"enum": values}},
             "required": ["e"], "additionalProperties": false});
         let got = found(ProviderKind::Openai, &wide);
-        assert!(got.iter().any(|(_, m)| m.contains("1001 enum values")), "{got:#?}");
+        assert!(
+            got.iter().any(|(_, m)| m.contains("1001 enum values")),
+            "{got:#?}"
+        );
     }
 
     #[test]
@@ -566,7 +601,10 @@ mod tests {
             sent["schema"]["properties"]["accuracy"],
             json!({"type": "integer"})
         );
-        assert_eq!(sent["schema"]["properties"]["verdict"], rubric()["properties"]["verdict"]);
+        assert_eq!(
+            sent["schema"]["properties"]["verdict"],
+            rubric()["properties"]["verdict"]
+        );
         for k in openai.keys().chain(anthropic.keys()) {
             assert!(REQUEST_KEYS.contains(&k.as_str()));
         }

@@ -31,8 +31,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::input::Source;
 use crate::grades::{self, PropertyStats};
+use crate::input::Source;
 use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
 use crate::spec::{CheckedSpec, ParseMode};
 use crate::state::{JobStore, Outcome, PlanRecord};

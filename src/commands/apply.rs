@@ -340,7 +340,8 @@ mod tests {
         for i in 0..100u64 {
             let accuracy = [0, 1, 2, 2, 3, 3, 3, 3, 4, 5][(i % 10) as usize];
             let verdict = if i % 3 == 0 { "fail" } else { "pass" };
-            tally.add(&serde_json::json!({"accuracy": accuracy, "verdict": verdict, "reason": "r"}));
+            tally
+                .add(&serde_json::json!({"accuracy": accuracy, "verdict": verdict, "reason": "r"}));
         }
         for _ in 0..3 {
             tally.fail("not JSON");
