@@ -124,8 +124,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Write one self-contained HTML report of a job: the plan and what it cost, the
-    /// distribution of each graded property, failures by class and by chunk, chunk timings.
+    /// One self-contained HTML report of a job: cost, grade charts, failures, timings.
+    ///
+    /// The file needs no network to open: the plan and what it cost, the distribution of each
+    /// graded property as a chart, failures by class and by chunk, and how long each chunk took.
     Report {
         /// Job name; default: the only job in the state folder.
         job: Option<String>,
