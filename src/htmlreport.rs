@@ -85,9 +85,9 @@ pub fn render(d: &ReportData) -> String {
          <title>{}</title><style>{CSS}</style></head>\n<body>\n",
         esc(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h1>Job {}</h1><p class=\"sub\">model {} · report made {}</p>\n",
+        "<h1>Job {}</h1><p class=\"sub\">model {} · report made {}</p>",
         esc(&d.job),
         esc(&d.model),
         esc(&d.generated_at)
@@ -331,10 +331,10 @@ fn timing(h: &mut String, d: &ReportData) {
         );
     }
     let axis_y = row * timed.len() as f64 + 8.0;
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<line class=\"axis\" x1=\"{left}\" y1=\"{axis_y}\" x2=\"{}\" y2=\"{axis_y}\"/>\
-         <text x=\"{left}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>\n",
+         <text x=\"{left}\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
         left + width,
         axis_y + 14.0,
         left + width,

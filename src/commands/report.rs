@@ -32,7 +32,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         already_done: plan.already_done,
         prompt_tokens: plan.prompt_tokens,
         planned_chunks: plan.chunks.len(),
-        estimate: plan.estimate.clone(),
+        estimate: plan.estimate,
         prices_as_of: plan.price.as_ref().map(|p| p.prices_as_of.clone()),
         receipt: decide::receipt(&units),
         input_tokens: units.iter().map(|u| u.input_tokens).sum(),
