@@ -536,4 +536,24 @@ mod tests {
             assert!(!h.contains(needle), "{needle}");
         }
     }
+
+    #[test]
+    fn a_job_without_a_schema_charts_its_values_and_says_when_nothing_failed() {
+        let d = ReportData {
+            job: "numbers".into(),
+            distribution: vec![("7".into(), 4), ("8".into(), 2)],
+            written: Written {
+                rows: 6,
+                ok: 6,
+                ..Written::default()
+            },
+            ..ReportData::default()
+        };
+        let h = render(&d);
+        assert!(h.contains("data-property=\"value\""));
+        assert!(h.contains("data-label=\"7\" data-count=\"4\""));
+        assert!(h.contains("data-failures=\"0\""));
+        assert!(h.contains("No chunk was submitted yet."));
+        assert_eq!(h.matches("<svg class=\"chart\"").count(), 1);
+    }
 }

@@ -1386,4 +1386,35 @@ chunking:
             "{got:?}"
         );
     }
+
+    #[test]
+    fn a_schema_file_is_carried_inline_so_resume_needs_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = serde_json::json!({"type": "object",
+            "properties": {"score": {"type": "integer"}},
+            "required": ["score"], "additionalProperties": false});
+        std::fs::write(dir.path().join("rubric.json"), schema.to_string()).unwrap();
+        let spec_path = dir.path().join("spec.yaml");
+        let text = format!("{MINIMAL}  schema_file: rubric.json\n");
+        let c = check(&spec_path, &text).unwrap();
+        assert_eq!(c.schema.as_ref(), Some(&schema));
+        std::fs::remove_file(dir.path().join("rubric.json")).unwrap();
+        let saved = serde_json::to_value(&c.spec).unwrap();
+        let again = from_saved(&spec_path, saved).unwrap();
+        assert_eq!(again.schema, Some(schema));
+        // Inline, the same schema.
+        let inline = format!(
+            "{MINIMAL}  schema: {{type: object, properties: {{score: {{type: integer}}}}, required: [score], additionalProperties: false}}\n"
+        );
+        let c = check(Path::new("s.yaml"), &inline).unwrap();
+        assert_eq!(c.schema, again.schema);
+        // A missing file is named at its key.
+        let got = problems(&format!("{MINIMAL}  schema_file: nowhere.json\n"));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].line, got[0].field.as_str()),
+            (10, "output.schema_file")
+        );
+        assert!(got[0].message.contains("cannot read"), "{got:?}");
+    }
 }
