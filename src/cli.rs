@@ -124,6 +124,17 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// One self-contained HTML report of a job: cost, grade charts, failures, timings.
+    ///
+    /// The file needs no network to open: the plan and what it cost, the distribution of each
+    /// graded property as a chart, failures by class and by chunk, and how long each chunk took.
+    Report {
+        /// Job name; default: the only job in the state folder.
+        job: Option<String>,
+        /// The HTML file to write (default: `<job>.report.html` in the current folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the simulated OpenAI-compatible server alone (Files, Batches, Chat Completions).
     SimulateServer {
         /// Port on 127.0.0.1 (0 picks a free one; the URL is printed on stdout).
@@ -313,6 +324,7 @@ impl Cli {
             Command::Cancel { job } => Invocation::Cancel { job },
             Command::Costs { since } => Invocation::Costs { since },
             Command::Export { job, out } => Invocation::Export { job, out },
+            Command::Report { job, out } => Invocation::Report { job, out },
             Command::SimulateServer {
                 port,
                 data_dir,

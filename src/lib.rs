@@ -10,6 +10,8 @@ pub mod cost;
 pub mod costs;
 pub mod error;
 pub mod exit;
+pub mod grades;
+pub mod htmlreport;
 pub mod input;
 pub mod interrupt;
 pub mod output;
@@ -26,6 +28,7 @@ pub mod split;
 pub mod state;
 pub mod stats;
 pub mod status;
+pub mod structured;
 pub mod tokenize;
 
 pub use commands::run;

@@ -25,6 +25,8 @@ pub struct RowResult {
     pub error: String,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// The parsed answer, for JSON answers (`parse: json`, `output.schema`).
+    pub json: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -49,28 +51,48 @@ impl RowStatus {
 }
 
 /// The columns added after the input's own.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AddedColumns {
     pub field: String,
     /// Add `<field>_raw` (when the answer is parsed).
     pub raw: bool,
     /// Add `<field>_input_tokens` and `<field>_output_tokens`.
     pub usage: bool,
+    /// `output.schema`'s top-level properties: a column `<field>.<property>`
+    /// each, after `<field>`.
+    pub properties: Vec<String>,
+    /// Answers are JSON: JSON and JSONL outputs hold `<field>` as the parsed
+    /// value itself, nested (and no `<field>.<property>` columns, which the
+    /// nested value holds).
+    pub nested: bool,
 }
 
 impl AddedColumns {
-    /// The columns the spec's `output` adds.
-    pub fn for_output(o: &crate::spec::Output) -> Self {
+    /// The columns a job's output adds, from its spec: the one list every
+    /// check of output column names (e.g. against input columns) uses.
+    pub fn for_spec(spec: &crate::spec::CheckedSpec) -> AddedColumns {
+        let o = &spec.spec.output;
+        let json = spec.schema.is_some() || o.parse == crate::spec::ParseMode::Json;
         AddedColumns {
             field: o.field.clone(),
-            raw: o.parse != crate::spec::ParseMode::Text,
+            raw: spec.schema.is_some() || o.parse != crate::spec::ParseMode::Text,
             usage: o.include_usage,
+            properties: spec
+                .schema
+                .as_ref()
+                .map(crate::structured::properties)
+                .unwrap_or_default(),
+            nested: json,
         }
     }
 
+    /// Every column added to a CSV output, in order. JSON and JSONL outputs
+    /// add the same, less the `<field>.<property>` columns when `nested`.
     pub fn names(&self) -> Vec<String> {
         let f = &self.field;
-        let mut v = vec![f.clone(), format!("{f}_status")];
+        let mut v = vec![f.clone()];
+        v.extend(self.properties.iter().map(|p| format!("{f}.{p}")));
+        v.push(format!("{f}_status"));
         if self.raw {
             v.push(format!("{f}_raw"));
         }
@@ -83,7 +105,13 @@ impl AddedColumns {
     }
 
     fn values(&self, r: &RowResult) -> Vec<String> {
-        let mut v = vec![r.value.clone(), r.status.as_str().to_string()];
+        let mut v = vec![r.value.clone()];
+        v.extend(
+            self.properties
+                .iter()
+                .map(|p| crate::structured::cell(r.json.as_ref().and_then(|j| j.get(p)))),
+        );
+        v.push(r.status.as_str().to_string());
         if self.raw {
             v.push(r.raw.clone());
         }
@@ -166,6 +194,30 @@ pub fn check_collisions(
     ))
 }
 
+impl AddedColumns {
+    /// The added members of a JSON or JSONL row: `<field>` nested when the
+    /// answer is JSON (null when the row has no parsed answer).
+    fn json_members(&self, r: &RowResult) -> Vec<(String, serde_json::Value)> {
+        use serde_json::Value;
+        let names = self.names();
+        let values = self.values(r);
+        let skip = if self.nested {
+            self.properties.len()
+        } else {
+            0
+        };
+        let mut out: Vec<(String, Value)> = Vec::with_capacity(names.len());
+        for (i, (k, v)) in names.into_iter().zip(values).enumerate() {
+            if i == 0 && self.nested {
+                out.push((k, r.json.clone().unwrap_or(Value::Null)));
+            } else if i == 0 || i > skip {
+                out.push((k, Value::String(v)));
+            }
+        }
+        out
+    }
+}
+
 /// Counts of what was written.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Written {
@@ -174,6 +226,19 @@ pub struct Written {
     pub parse_errors: u64,
     pub failed: u64,
     pub not_graded: u64,
+}
+
+impl Written {
+    /// One more row of this status.
+    pub fn count(&mut self, status: RowStatus) {
+        self.rows += 1;
+        match status {
+            RowStatus::Ok => self.ok += 1,
+            RowStatus::ParseError => self.parse_errors += 1,
+            RowStatus::Failed => self.failed += 1,
+            RowStatus::NotGraded => self.not_graded += 1,
+        }
+    }
 }
 
 /// Write `path` in `format` from the inputs and each row's result.
@@ -286,20 +351,14 @@ fn write_rows(
                 if format == Format::Json && written.rows > 0 {
                     w.write_all(b",\n").map_err(io)?;
                 }
-                let obj = json_row(&row, &names, &values);
+                let obj = json_row(&row, &added.json_members(&r));
                 w.write_all(obj.as_bytes()).map_err(io)?;
                 if format == Format::Jsonl {
                     w.write_all(b"\n").map_err(io)?;
                 }
             }
         }
-        written.rows += 1;
-        match r.status {
-            RowStatus::Ok => written.ok += 1,
-            RowStatus::ParseError => written.parse_errors += 1,
-            RowStatus::Failed => written.failed += 1,
-            RowStatus::NotGraded => written.not_graded += 1,
-        }
+        written.count(r.status);
     }
     if format == Format::Json {
         w.write_all(if written.rows > 0 { b"\n]\n" } else { b"]\n" })
@@ -383,12 +442,12 @@ fn csv_field(v: &str) -> String {
 
 /// A JSON object for the row: the input object's text spliced (so numbers
 /// and nesting stay as written), or the cells as strings for CSV input.
-fn json_row(row: &Row, names: &[String], values: &[String]) -> String {
+fn json_row(row: &Row, members: &[(String, serde_json::Value)]) -> String {
     let mut extra = String::new();
-    for (k, v) in names.iter().zip(values) {
+    for (k, v) in members {
         extra.push_str(&serde_json::to_string(k).expect("strings serialize"));
         extra.push(':');
-        extra.push_str(&serde_json::to_string(v).expect("strings serialize"));
+        extra.push_str(&v.to_string());
         extra.push(',');
     }
     extra.pop();
@@ -450,6 +509,7 @@ mod tests {
             field: "grade".into(),
             raw: true,
             usage: true,
+            ..AddedColumns::default()
         };
         assert_eq!(
             a.names(),
@@ -466,7 +526,60 @@ mod tests {
             field: "g".into(),
             raw: false,
             usage: false,
+            ..AddedColumns::default()
         };
         assert_eq!(b.names(), ["g", "g_status", "g_error"]);
+        let s = AddedColumns {
+            field: "g".into(),
+            raw: true,
+            properties: vec!["accuracy".into(), "reason".into()],
+            nested: true,
+            ..AddedColumns::default()
+        };
+        assert_eq!(
+            s.names(),
+            [
+                "g",
+                "g.accuracy",
+                "g.reason",
+                "g_status",
+                "g_raw",
+                "g_error"
+            ]
+        );
+    }
+
+    #[test]
+    fn typed_cells_and_nested_json() {
+        let s = AddedColumns {
+            field: "g".into(),
+            raw: true,
+            properties: vec!["n".into(), "why".into(), "tags".into()],
+            nested: true,
+            ..AddedColumns::default()
+        };
+        let answer = serde_json::json!({"n": 4, "why": "a, b", "tags": ["x"]});
+        let r = RowResult {
+            status: RowStatus::Ok,
+            value: answer.to_string(),
+            raw: answer.to_string(),
+            json: Some(answer.clone()),
+            ..RowResult::default()
+        };
+        assert_eq!(
+            s.values(&r)[1..4],
+            ["4".to_string(), "a, b".into(), "[\"x\"]".into()]
+        );
+        let members = s.json_members(&r);
+        let keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["g", "g_status", "g_raw", "g_error"]);
+        assert_eq!(members[0].1, answer);
+        let failed = RowResult {
+            status: RowStatus::ParseError,
+            error: "not JSON".into(),
+            ..RowResult::default()
+        };
+        assert_eq!(s.json_members(&failed)[0].1, serde_json::Value::Null);
+        assert_eq!(s.values(&failed)[1..4], ["", "", ""]);
     }
 }

@@ -53,7 +53,7 @@ pub fn request_builder(spec: &CheckedSpec, prompt: &Prompt) -> RequestBuilder {
     RequestBuilder::new(
         &spec.spec.model,
         prompt.system.as_deref(),
-        &spec.spec.request,
+        &crate::structured::body_params(spec),
     )
 }
 
@@ -469,7 +469,7 @@ fn build(
     let mut checked_files: HashSet<usize> = HashSet::new();
     let mut rows = 0u64;
     let mut prompt_tokens = 0u64;
-    let added = AddedColumns::for_output(&spec.spec.output);
+    let added = AddedColumns::for_spec(spec);
     let added_names = added.names();
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     loop {
@@ -763,6 +763,9 @@ fn plan_hash(
         chunking: &'a spec::Chunking,
         expected_output_tokens: Option<u64>,
         price: Option<&'a cost::Price>,
+        // Absent without a schema, so plans made before schemas keep their hash.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schema: Option<&'a serde_json::Value>,
     }
     let head = Inputs {
         format: PLAN_FORMAT,
@@ -774,6 +777,7 @@ fn plan_hash(
         chunking: &spec.spec.chunking,
         expected_output_tokens: spec.spec.output.expected_output_tokens,
         price,
+        schema: spec.schema.as_ref(),
     };
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&head).expect("plain data serializes"));

@@ -78,6 +78,10 @@ pub enum Invocation {
         job: Option<String>,
         out: Option<PathBuf>,
     },
+    Report {
+        job: Option<String>,
+        out: Option<PathBuf>,
+    },
     SimulateServer {
         config: SimConfig,
         port: u16,

@@ -15,6 +15,7 @@ const COMMANDS: &[&str] = &[
     "status",
     "cancel",
     "export",
+    "report",
     "costs",
     "tokens",
     "split",

@@ -1,9 +1,13 @@
 //! `output.parse`: turning a model's answer into the value written to the
 //! output. Pure; a parse failure is counted apart from API failures.
 
-use regex::Regex;
+use std::sync::Arc;
 
-use crate::spec::ParseMode;
+use regex::Regex;
+use serde_json::Value;
+
+use crate::spec::{CheckedSpec, ParseMode};
+use crate::structured::{AnswerSchema, Violation};
 
 /// How to parse answers, built once per job.
 #[derive(Debug, Clone)]
@@ -11,6 +15,16 @@ pub struct Parser {
     mode: ParseMode,
     labels: Vec<String>,
     pattern: Option<Regex>,
+    /// `output.schema`: answers are JSON checked against it.
+    schema: Option<Arc<AnswerSchema>>,
+}
+
+/// A parsed answer: the text for the output column and, for JSON answers,
+/// the value itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub text: String,
+    pub json: Option<Value>,
 }
 
 impl Parser {
@@ -32,7 +46,67 @@ impl Parser {
             mode,
             labels: labels.to_vec(),
             pattern,
+            schema: None,
         })
+    }
+
+    /// The parser of a job's `output` block: with `output.schema`, answers
+    /// are JSON validated against it.
+    pub fn for_spec(spec: &CheckedSpec) -> Result<Parser, String> {
+        let o = &spec.spec.output;
+        match &spec.schema {
+            Some(schema) => {
+                let mut p = Parser::new(ParseMode::Json, &[], None)?;
+                p.schema = Some(Arc::new(AnswerSchema::new(schema)?));
+                Ok(p)
+            }
+            None => Parser::new(
+                o.parse,
+                o.labels.as_deref().unwrap_or_default(),
+                o.pattern.as_deref(),
+            ),
+        }
+    }
+
+    /// Answers are checked against `output.schema`.
+    pub fn has_schema(&self) -> bool {
+        self.schema.is_some()
+    }
+
+    /// The parsed answer, or why it does not parse (with a class to count
+    /// failures by).
+    pub fn parse_value(&self, answer: &str) -> Result<Parsed, Violation> {
+        if let Some(schema) = &self.schema {
+            let v = schema.check(answer)?;
+            return Ok(Parsed {
+                text: v.to_string(),
+                json: Some(v),
+            });
+        }
+        if self.mode == ParseMode::Json {
+            let body = strip_fences(answer.trim());
+            return serde_json::from_str::<Value>(body)
+                .map(|v| Parsed {
+                    text: v.to_string(),
+                    json: Some(v),
+                })
+                .map_err(|e| Violation {
+                    class: "not JSON".into(),
+                    message: format!("the answer is not JSON ({e}): {}", quote(answer.trim())),
+                });
+        }
+        self.parse(answer)
+            .map(|text| Parsed { text, json: None })
+            .map_err(|message| Violation {
+                class: match self.mode {
+                    ParseMode::Number => "no number",
+                    ParseMode::Label => "not a label",
+                    ParseMode::Regex => "pattern does not match",
+                    ParseMode::Text | ParseMode::Json => "unparsed",
+                }
+                .into(),
+                message,
+            })
     }
 
     pub fn mode(&self) -> ParseMode {
@@ -41,6 +115,12 @@ impl Parser {
 
     /// The value for the output column, or why the answer does not parse.
     pub fn parse(&self, answer: &str) -> Result<String, String> {
+        if self.schema.is_some() {
+            return self
+                .parse_value(answer)
+                .map(|p| p.text)
+                .map_err(|v| v.message);
+        }
         let a = answer.trim();
         match self.mode {
             ParseMode::Text => Ok(a.to_string()),
@@ -99,7 +179,7 @@ impl Parser {
     }
 }
 
-fn quote(a: &str) -> String {
+pub(crate) fn quote(a: &str) -> String {
     const MAX: usize = 80;
     if a.chars().count() > MAX {
         format!("{:?}…", a.chars().take(MAX).collect::<String>())
@@ -145,7 +225,7 @@ fn first_number(s: &str) -> Option<String> {
 }
 
 /// Models often wrap JSON in a Markdown code fence.
-fn strip_fences(a: &str) -> &str {
+pub(crate) fn strip_fences(a: &str) -> &str {
     let Some(rest) = a.strip_prefix("```") else {
         return a;
     };

@@ -31,6 +31,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::grades::{self, PropertyStats};
 use crate::input::Source;
 use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
 use crate::spec::{CheckedSpec, ParseMode};
@@ -88,6 +89,13 @@ pub struct Summary {
     pub output_path: Option<String>,
     /// For `number` and `label` parses: how often each value occurs.
     pub distribution: Vec<(String, u64)>,
+    /// For `output.schema`: each numeric property's distribution (min,
+    /// quartiles, max, histogram), each enum or boolean property's counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grades: Vec<PropertyStats>,
+    /// Parse failures by reason (`not JSON`, `maximum at /accuracy`), most frequent first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parse_failures_by_reason: Vec<(String, u64)>,
     pub simulated: bool,
     pub message: Option<String>,
     /// Paid at batch prices, what standard prices would have cost, the difference.
@@ -106,13 +114,114 @@ fn kill_point(name: &str) {
     }
 }
 
+/// What the output pass learned besides the rows.
+#[derive(Debug, Clone, Default)]
+pub struct Graded {
+    pub written: Written,
+    /// For `number` and `label` parses: how often each value occurs.
+    pub distribution: Vec<(String, u64)>,
+    /// For `output.schema`: each numeric, enum or boolean property's statistics.
+    pub grades: Vec<PropertyStats>,
+    /// Parse failures by reason, most frequent first.
+    pub parse_failures_by_reason: Vec<(String, u64)>,
+    /// Final API failures by error code, most frequent first.
+    pub api_failures_by_code: Vec<(String, u64)>,
+}
+
+/// Turns each row's outcome into its output values and adds up what the
+/// grades look like; the one place both the output file and `report` judge
+/// answers, so they cannot disagree.
+struct Judge {
+    parser: answer::Parser,
+    mode: ParseMode,
+    dist: BTreeMap<String, u64>,
+    tally: grades::Tally,
+    written: Written,
+    failure_codes: BTreeMap<String, u64>,
+}
+
+impl Judge {
+    fn new(spec: &CheckedSpec) -> Result<Judge> {
+        Ok(Judge {
+            parser: answer::Parser::for_spec(spec).map_err(Error::usage)?,
+            mode: spec.spec.output.parse,
+            dist: BTreeMap::new(),
+            tally: grades::Tally::new(spec.schema.as_ref()),
+            written: Written::default(),
+            failure_codes: BTreeMap::new(),
+        })
+    }
+
+    fn row(&mut self, outcome: Option<Outcome>) -> RowResult {
+        let r = match outcome {
+            Some(Outcome::Success(res)) => {
+                let mut r = RowResult {
+                    raw: res.answer.clone(),
+                    input_tokens: Some(res.input_tokens),
+                    output_tokens: Some(res.output_tokens),
+                    ..RowResult::default()
+                };
+                match self.parser.parse_value(&res.answer) {
+                    Ok(v) => {
+                        if let Some(j) = &v.json {
+                            self.tally.add(j);
+                        } else if matches!(self.mode, ParseMode::Number | ParseMode::Label) {
+                            *self.dist.entry(v.text.clone()).or_default() += 1;
+                        }
+                        r.value = v.text;
+                        r.json = v.json;
+                        r.status = RowStatus::Ok;
+                    }
+                    Err(why) => {
+                        self.tally.fail(&why.class);
+                        r.status = RowStatus::ParseError;
+                        r.error = why.message;
+                    }
+                }
+                r
+            }
+            Some(Outcome::Failure(f)) => {
+                *self.failure_codes.entry(f.code.clone()).or_default() += 1;
+                RowResult {
+                    status: RowStatus::Failed,
+                    error: format!("{}: {}", f.code, f.message),
+                    ..RowResult::default()
+                }
+            }
+            None => RowResult::default(),
+        };
+        self.written.count(r.status);
+        r
+    }
+
+    fn finish(self) -> Graded {
+        let mut dist: Vec<(String, u64)> = self.dist.into_iter().collect();
+        if self.mode == ParseMode::Number {
+            dist.sort_by(|a, b| {
+                let x: f64 = a.0.parse().unwrap_or(f64::MAX);
+                let y: f64 = b.0.parse().unwrap_or(f64::MAX);
+                x.total_cmp(&y)
+            });
+        }
+        let mut codes: Vec<(String, u64)> = self.failure_codes.into_iter().collect();
+        codes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Graded {
+            written: self.written,
+            distribution: dist,
+            grades: self.tally.properties(),
+            parse_failures_by_reason: self.tally.failures(),
+            api_failures_by_code: codes,
+        }
+    }
+}
+
 /// Write the output file from the state: every input row in order.
-/// Returns the counts and, for number/label parses, the value distribution.
+/// Returns the counts and what the grades look like.
 pub fn write_output_file(
     store: &JobStore,
     spec: &CheckedSpec,
     plan: &PlanRecord,
-) -> Result<(Written, Vec<(String, u64)>)> {
+) -> Result<Graded> {
     write_output_to(
         store,
         spec,
@@ -129,7 +238,7 @@ pub fn write_output_to(
     plan: &PlanRecord,
     path: &Path,
     format: Option<crate::spec::Format>,
-) -> Result<(Written, Vec<(String, u64)>)> {
+) -> Result<Graded> {
     let format = output::format_for(path, format)?;
     // Never a worse output over a better one: outcomes the state lost
     // would turn graded rows into "not graded".
@@ -149,14 +258,8 @@ pub fn write_output_to(
         None,
         store.layout().root(),
     )?;
-    let o = &spec.spec.output;
-    let parser = answer::Parser::new(
-        o.parse,
-        o.labels.as_deref().unwrap_or_default(),
-        o.pattern.as_deref(),
-    )
-    .map_err(Error::usage)?;
-    let added = AddedColumns::for_output(o);
+    let mut judge = Judge::new(spec)?;
+    let added = AddedColumns::for_spec(spec);
     let sources: Vec<Source> = spec
         .inputs
         .iter()
@@ -169,7 +272,6 @@ pub fn write_output_to(
     let changed: std::cell::RefCell<Vec<String>> = Default::default();
     let changed_count = std::cell::Cell::new(0u64);
     let mut requests = store.requests(plan.generation);
-    let mut dist: BTreeMap<String, u64> = BTreeMap::new();
     let id_column = spec.spec.input.id.clone();
     let result_of = |row: &crate::input::Row| {
         let req = requests
@@ -195,37 +297,7 @@ pub fn write_output_to(
             }
             return Ok(RowResult::default());
         }
-        let outcome = store.outcome(&req.fingerprint)?;
-        if let Some(Outcome::Success(res)) = outcome {
-            let mut r = RowResult {
-                raw: res.answer.clone(),
-                input_tokens: Some(res.input_tokens),
-                output_tokens: Some(res.output_tokens),
-                ..RowResult::default()
-            };
-            match parser.parse(&res.answer) {
-                Ok(v) => {
-                    if matches!(o.parse, ParseMode::Number | ParseMode::Label) {
-                        *dist.entry(v.clone()).or_default() += 1;
-                    }
-                    r.value = v;
-                    r.status = RowStatus::Ok;
-                }
-                Err(why) => {
-                    r.status = RowStatus::ParseError;
-                    r.error = why;
-                }
-            }
-            return Ok(r);
-        }
-        if let Some(Outcome::Failure(f)) = outcome {
-            return Ok(RowResult {
-                status: RowStatus::Failed,
-                error: format!("{}: {}", f.code, f.message),
-                ..RowResult::default()
-            });
-        }
-        Ok(RowResult::default())
+        Ok(judge.row(store.outcome(&req.fingerprint)?))
     };
     let before_commit = || match changed_count.get() {
         0 => Ok(()),
@@ -240,15 +312,20 @@ pub fn write_output_to(
         result_of,
         before_commit,
     )?;
-    let mut dist: Vec<(String, u64)> = dist.into_iter().collect();
-    if o.parse == ParseMode::Number {
-        dist.sort_by(|a, b| {
-            let x: f64 = a.0.parse().unwrap_or(f64::MAX);
-            let y: f64 = b.0.parse().unwrap_or(f64::MAX);
-            x.total_cmp(&y)
-        });
+    let graded = judge.finish();
+    debug_assert_eq!(graded.written, written);
+    Ok(Graded { written, ..graded })
+}
+
+/// What the grades look like, from the state alone (no input files are
+/// read): the same judgement as the output file's, for `report`.
+pub fn grade_stats(store: &JobStore, spec: &CheckedSpec, plan: &PlanRecord) -> Result<Graded> {
+    let mut judge = Judge::new(spec)?;
+    for req in store.requests(plan.generation) {
+        let req = req?;
+        judge.row(store.outcome(&req.fingerprint)?);
     }
-    Ok((written, dist))
+    Ok(judge.finish())
 }
 
 /// `n` rows whose request is not the planned one (`named`: the first few).
@@ -306,6 +383,8 @@ mod tests {
             actual_cost_usd: 0.0,
             output_path: None,
             distribution: vec![],
+            grades: vec![],
+            parse_failures_by_reason: vec![],
             simulated: false,
             message: None,
             receipt: Default::default(),

@@ -15,6 +15,7 @@ use crate::apply::{ApplyOptions, Summary};
 use crate::cost::usd;
 use crate::error::{Error, Result};
 use crate::exit::{self, Code};
+use crate::grades::{Bin, PropertyStats, Stats};
 use crate::report::{Paint, Ui, num, plural, print_json};
 use crate::settings::{ApplySettings, Global};
 use crate::spec;
@@ -207,6 +208,26 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
                 .collect();
             writeln!(w, "  values      {}", parts.join(", "))?;
         }
+        render_grades(w, &s.grades)?;
+        if !s.parse_failures_by_reason.is_empty() {
+            let parts: Vec<String> = s
+                .parse_failures_by_reason
+                .iter()
+                .take(5)
+                .map(|(why, n)| format!("{why}: {}", num(*n)))
+                .collect();
+            let more = s.parse_failures_by_reason.len().saturating_sub(5);
+            writeln!(
+                w,
+                "  unparsed    {}{}",
+                parts.join("; "),
+                if more > 0 {
+                    format!("; {more} more reasons (`batchgrader report`)")
+                } else {
+                    String::new()
+                }
+            )?;
+        }
     }
     writeln!(
         w,
@@ -223,6 +244,55 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
         writeln!(w, "  output      {path}")?;
     }
     Ok(())
+}
+
+/// One line per graded property: quartiles and a sparkline of the
+/// histogram for numbers, counts for enums and booleans.
+fn render_grades(w: &mut impl Write, grades: &[PropertyStats]) -> io::Result<()> {
+    let width = grades.iter().map(|g| g.name.len()).max().unwrap_or(0);
+    for (i, g) in grades.iter().enumerate() {
+        let head = if i == 0 { "grades" } else { "" };
+        let body = match &g.stats {
+            Stats::Numeric(n) => format!(
+                "min {}  q1 {}  median {}  q3 {}  max {}  mean {}  {}",
+                short(n.min),
+                short(n.q1),
+                short(n.median),
+                short(n.q3),
+                short(n.max),
+                short(n.mean),
+                sparkline(&n.histogram)
+            ),
+            Stats::Counts { counts } => counts
+                .iter()
+                .map(|(v, n)| format!("{v}: {}", num(*n)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        writeln!(w, "  {head:<12}{:<width$}  {body}", g.name)?;
+    }
+    Ok(())
+}
+
+/// At most two decimals, no trailing zeros: 3, 2.5, 0.33.
+fn short(x: f64) -> String {
+    let s = format!("{x:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
+fn sparkline(bins: &[Bin]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = bins.iter().map(|b| b.count).max().unwrap_or(0).max(1);
+    bins.iter()
+        .map(|b| {
+            if b.count == 0 {
+                ' '
+            } else {
+                BARS[((b.count * 7).div_ceil(max)) as usize]
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -244,6 +314,8 @@ mod tests {
             actual_cost_usd: 3.9071,
             output_path: Some("out/essays.graded.csv".into()),
             distribution: (1..=10).map(|g| (g.to_string(), 5_000 - g * 7)).collect(),
+            grades: vec![],
+            parse_failures_by_reason: vec![],
             simulated: false,
             message: None,
             receipt: Receipt {
@@ -263,6 +335,36 @@ mod tests {
     #[test]
     fn final_summary() {
         insta::assert_snapshot!(text(&finished()));
+    }
+
+    #[test]
+    fn summary_of_a_schema_job() {
+        let mut tally = crate::grades::Tally::new(Some(&serde_json::json!({"properties": {
+            "accuracy": {"type": "integer"},
+            "verdict": {"enum": ["pass", "fail"]},
+            "reason": {"type": "string"}
+        }})));
+        for i in 0..100u64 {
+            let accuracy = [0, 1, 2, 2, 3, 3, 3, 3, 4, 5][(i % 10) as usize];
+            let verdict = if i % 3 == 0 { "fail" } else { "pass" };
+            tally
+                .add(&serde_json::json!({"accuracy": accuracy, "verdict": verdict, "reason": "r"}));
+        }
+        for _ in 0..3 {
+            tally.fail("not JSON");
+        }
+        tally.fail("maximum at /accuracy");
+        let s = Summary {
+            rows: 104,
+            graded: 100,
+            parse_failures: 4,
+            failed: 0,
+            distribution: vec![],
+            grades: tally.properties(),
+            parse_failures_by_reason: tally.failures(),
+            ..finished()
+        };
+        insta::assert_snapshot!(text(&s));
     }
 
     #[test]

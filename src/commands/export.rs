@@ -26,7 +26,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         g.pricing.as_deref(),
         &g.state_root,
     )?;
-    let (w, _) = crate::apply::write_output_to(
+    let w = crate::apply::write_output_to(
         &store,
         &spec,
         &plan,
@@ -36,7 +36,8 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         } else {
             spec.spec.output.format
         },
-    )?;
+    )?
+    .written;
     if ui.json {
         print_json(
             &serde_json::json!({"job": job, "output_path": path.display().to_string(), "written": w}),

@@ -9,6 +9,7 @@ mod costs;
 mod export;
 mod job;
 mod plan;
+mod report;
 mod schema;
 mod simulate_server;
 mod split;
@@ -74,6 +75,7 @@ fn dispatch(g: &Global, invocation: Invocation, ui: &Ui) -> Result<Code> {
         Invocation::Cancel { job } => cancel::run(g, job.as_deref(), ui),
         Invocation::Costs { since } => costs::run(g, since, ui),
         Invocation::Export { job, out } => export::run(g, job.as_deref(), out.as_deref(), ui),
+        Invocation::Report { job, out } => report::run(g, job.as_deref(), out.as_deref(), ui),
         Invocation::SimulateServer { config, port } => simulate_server::run(config, port),
         Invocation::Tokens { target, limit } => tokens::run(&target, limit, ui),
         Invocation::Split {

@@ -114,7 +114,11 @@ pub fn complete(body: &Value) -> Completion {
             let schema = body
                 .pointer("/response_format/json_schema/schema")
                 .unwrap_or(&Value::Null);
-            (fake_object(schema, grade, h).to_string(), true)
+            let answer = fake_object(schema, grade, h);
+            match misfit_kind(h) {
+                Some(kind) => (misfit(answer, schema, kind), true),
+                None => (answer.to_string(), true),
+            }
         }
         _ => (grade.to_string(), false),
     };
@@ -191,6 +195,56 @@ fn fake_object(schema: &Value, grade: u64, h: u64) -> Value {
     }
 }
 
+/// One answer in this many breaks the response schema, as answers cut off
+/// by `max_tokens`, refusals and servers that ignore `response_format` do,
+/// so that a client's parse-failure path runs in every demo.
+pub const MISFIT_EVERY: u64 = 25;
+
+/// Which way the answer to a request of hash `h` breaks its schema, if it
+/// does (decided by bits of the hash that the grade does not use).
+fn misfit_kind(h: u64) -> Option<u64> {
+    let draw = (h >> 20) % (MISFIT_EVERY * 3);
+    (draw < 3).then_some(draw)
+}
+
+/// `answer`, broken one of three ways: prose instead of JSON, a required
+/// property left out, or a value outside its range or enum.
+fn misfit(mut answer: Value, schema: &Value, kind: u64) -> String {
+    let props = schema.get("properties").and_then(Value::as_object);
+    let obj = answer.as_object_mut();
+    match (kind, obj, props) {
+        (1, Some(obj), _) if !obj.is_empty() => {
+            let last = obj.keys().next_back().cloned().unwrap_or_default();
+            obj.remove(&last);
+        }
+        (2, Some(obj), Some(props)) => {
+            let bad = props.iter().find_map(|(name, p)| {
+                if let Some(max) = p.get("maximum").and_then(Value::as_i64) {
+                    Some((name.clone(), json!(max + 1)))
+                } else if p.get("enum").is_some() {
+                    Some((name.clone(), json!("unsure")))
+                } else {
+                    None
+                }
+            });
+            match bad {
+                Some((name, v)) => {
+                    obj.insert(name, v);
+                }
+                None => return "I cannot grade this answer.".into(),
+            }
+        }
+        _ => {
+            let grade = answer
+                .as_object()
+                .and_then(|o| o.values().find_map(Value::as_i64))
+                .unwrap_or(5);
+            return format!("I would give this a {grade}.");
+        }
+    }
+    answer.to_string()
+}
+
 const MAX_SCHEMA_DEPTH: usize = 8;
 
 fn fake_value(schema: &Value, grade: u64, h: u64, depth: usize) -> Value {
@@ -224,7 +278,7 @@ fn fake_value(schema: &Value, grade: u64, h: u64, depth: usize) -> Value {
         Some("integer") => json!(in_range(schema, grade, h)),
         Some("number") => json!(in_range(schema, grade, h) as f64),
         Some("boolean") => json!(grade >= 5),
-        Some("string") => json!(grade.to_string()),
+        Some("string") => json!(format!("simulated reason for grade {grade}")),
         Some("array") => {
             let items = schema.get("items").unwrap_or(&Value::Null);
             json!([fake_value(items, grade, h, depth + 1)])
@@ -378,6 +432,48 @@ mod tests {
         assert!(c.completion_tokens > 1);
     }
 
+    fn rubric_body(extra: Value) -> Value {
+        let mut body = request(json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "g", "strict": true, "schema": {"type": "object",
+                "properties": {
+                    "score": {"type": "integer", "minimum": 1, "maximum": 5},
+                    "label": {"enum": ["a", "b"]},
+                    "why": {"type": "string"}
+                },
+                "required": ["score", "label", "why"], "additionalProperties": false}}}}));
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    }
+
+    #[test]
+    fn now_and_then_an_answer_breaks_the_schema_each_way() {
+        let mut kinds = [0u32; 3];
+        let mut broken = 0;
+        for i in 0..1000 {
+            let body = rubric_body(json!({"user": i}));
+            let c = complete(&body);
+            assert_eq!(c.content, complete(&body).content, "deterministic");
+            let Some(kind) = misfit_kind(hash_json(b"answer", &body)) else {
+                let v: Value = serde_json::from_str(&c.content).unwrap();
+                assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
+                continue;
+            };
+            broken += 1;
+            kinds[kind as usize] += 1;
+            let v: Result<Value, _> = serde_json::from_str(&c.content);
+            match kind {
+                0 => assert!(v.is_err(), "{}", c.content),
+                1 => assert_eq!(v.unwrap().as_object().unwrap().len(), 2),
+                _ => assert_eq!(v.unwrap()["score"], 6),
+            }
+        }
+        // About one in MISFIT_EVERY, every kind seen.
+        assert!((20..=70).contains(&broken), "{broken}");
+        assert!(kinds.iter().all(|k| *k > 0), "{kinds:?}");
+    }
+
     #[test]
     fn json_schema_answers_follow_the_schema() {
         let cases = [
@@ -412,6 +508,9 @@ mod tests {
                         "why": {"type": ["string", "null"]}
                     },
                     "required": ["score", "label", "why"]}}}}));
+            if misfit_kind(hash_json(b"answer", &body)).is_some() {
+                continue;
+            }
             let v: Value = serde_json::from_str(&complete(&body).content).unwrap();
             let score = v["score"].as_i64().unwrap();
             assert!((1..=5).contains(&score), "{v}");

@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use locate::{Seg, dotted};
+pub use locate::{Seg, dotted, from_pointer};
 
 /// The spec format version this binary reads.
 pub const SPEC_VERSION: u32 = 1;
@@ -291,8 +291,19 @@ pub struct Output {
     #[schemars(length(min = 1))]
     pub field: String,
     /// How the answer is parsed: text, number, label, json or regex.
+    /// With `schema`, answers are JSON checked against it (leave `parse` out or set `json`).
     #[serde(default)]
     pub parse: ParseMode,
+    /// A JSON Schema for the answer (an object with `properties`). It is sent as the
+    /// provider's structured output (OpenAI `response_format` with `strict: true`,
+    /// Anthropic `output_config.format`); every answer is validated against it, and each
+    /// top-level property becomes the output column `<field>.<property>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Map<String, Value>>,
+    /// File holding the answer's JSON Schema (JSON or YAML), relative to the spec file
+    /// (instead of `schema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_file: Option<String>,
     /// Allowed answers when `parse: label`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
@@ -477,6 +488,8 @@ pub struct CheckedSpec {
     pub max_failure_rate: Option<f64>,
     /// `retry.give_up_after`.
     pub give_up_after: Duration,
+    /// The answer's JSON Schema: `output.schema`, or the content of `output.schema_file`.
+    pub schema: Option<Value>,
 }
 
 /// One problem in a spec, placed in the file.
@@ -592,6 +605,10 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     let mut problems = schema_problems(&json, &locator);
     if problems.is_empty() {
         problems.extend(semantic_problems(&json, &locator));
+    }
+    let mut json = json;
+    if problems.is_empty() {
+        problems.extend(answer_schema_problems(path, &mut json, &locator));
     }
     if !problems.is_empty() {
         problems.sort_by_key(|p| (p.line, p.column));
@@ -710,6 +727,8 @@ const KNOWN_KEYS: &[&str] = &[
     "pattern",
     "expected_output_tokens",
     "include_usage",
+    "schema",
+    "schema_file",
     "chunking",
     "max_requests",
     "max_bytes",
@@ -942,6 +961,102 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
     out
 }
 
+/// `output.schema` / `output.schema_file`: read the file, check what the
+/// provider's structured-output mode refuses, and put the schema inline in
+/// `json`, so the spec saved with the job carries the schema it was planned
+/// with (`resume` reads no schema file).
+fn answer_schema_problems(
+    spec_path: &Path,
+    json: &mut Value,
+    locator: &locate::Locator,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let Some(output) = json.get("output").and_then(Value::as_object) else {
+        return out;
+    };
+    let kind: ProviderKind = json
+        .pointer("/provider/kind")
+        .and_then(|k| serde_json::from_value(k.clone()).ok())
+        .unwrap_or_default();
+    let (schema, file) = match (output.get("schema"), output.get("schema_file")) {
+        (None, None) => return out,
+        (Some(_), Some(_)) => {
+            out.push(problem_at(
+                locator,
+                &key_path(&["output", "schema_file"]),
+                "set `schema` or `schema_file`, not both".into(),
+            ));
+            return out;
+        }
+        (Some(s), None) => (s.clone(), None),
+        (None, Some(f)) => {
+            let rel = f.as_str().unwrap_or_default();
+            let file = spec_path.parent().unwrap_or(Path::new("")).join(rel);
+            let loaded = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                .and_then(|text| {
+                    serde_yaml::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| format!("{} is not JSON or YAML: {e}", file.display()))
+                });
+            match loaded {
+                Ok(v) => (v, Some(file)),
+                Err(why) => {
+                    out.push(problem_at(
+                        locator,
+                        &key_path(&["output", "schema_file"]),
+                        why,
+                    ));
+                    return out;
+                }
+            }
+        }
+    };
+    if let Some(parse) = output.get("parse").and_then(Value::as_str)
+        && parse != "json"
+    {
+        out.push(problem_at(
+            locator,
+            &key_path(&["output", "parse"]),
+            format!(
+                "with an answer schema the answer is parsed as JSON; remove `parse: {parse}` or set `parse: json`"
+            ),
+        ));
+    }
+    if let Some(req) = json.get("request").and_then(Value::as_object) {
+        for key in crate::structured::REQUEST_KEYS {
+            if req.contains_key(*key) {
+                out.push(problem_at(
+                    locator,
+                    &key_path(&["request", key]),
+                    format!("`{key}` is set from output.schema; remove it here"),
+                ));
+            }
+        }
+    }
+    for p in crate::structured::strict_problems(kind, &schema) {
+        match &file {
+            // Placed at the spec's key, naming the place in the file.
+            Some(f) => out.push(problem_at(
+                locator,
+                &key_path(&["output", "schema_file"]),
+                format!("{}: {}: {}", f.display(), dotted(&p.path), p.message),
+            )),
+            None => {
+                let mut path = key_path(&["output", "schema"]);
+                path.extend(p.path);
+                out.push(problem_at(locator, &path, p.message));
+            }
+        }
+    }
+    if out.is_empty()
+        && file.is_some()
+        && let Some(o) = json.get_mut("output").and_then(Value::as_object_mut)
+    {
+        o.insert("schema".into(), schema);
+    }
+    out
+}
+
 /// Rebuild a checked spec from the copy saved in the job's state (for
 /// `resume`, which needs no spec file). Paths resolve against the folder of
 /// the spec file the job was planned from, as they did then.
@@ -992,6 +1107,7 @@ fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
         max_failure_rate,
         give_up_after: units::parse_duration(&spec.retry.give_up_after)
             .unwrap_or(Duration::from_secs(3600)),
+        schema: spec.output.schema.clone().map(Value::Object),
         file: file.to_path_buf(),
         spec,
     }
@@ -1269,5 +1385,36 @@ chunking:
             got[0].message.contains("did you mean `concurrency`"),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn a_schema_file_is_carried_inline_so_resume_needs_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = serde_json::json!({"type": "object",
+            "properties": {"score": {"type": "integer"}},
+            "required": ["score"], "additionalProperties": false});
+        std::fs::write(dir.path().join("rubric.json"), schema.to_string()).unwrap();
+        let spec_path = dir.path().join("spec.yaml");
+        let text = format!("{MINIMAL}  schema_file: rubric.json\n");
+        let c = check(&spec_path, &text).unwrap();
+        assert_eq!(c.schema.as_ref(), Some(&schema));
+        std::fs::remove_file(dir.path().join("rubric.json")).unwrap();
+        let saved = serde_json::to_value(&c.spec).unwrap();
+        let again = from_saved(&spec_path, saved).unwrap();
+        assert_eq!(again.schema, Some(schema));
+        // Inline, the same schema.
+        let inline = format!(
+            "{MINIMAL}  schema: {{type: object, properties: {{score: {{type: integer}}}}, required: [score], additionalProperties: false}}\n"
+        );
+        let c = check(Path::new("s.yaml"), &inline).unwrap();
+        assert_eq!(c.schema, again.schema);
+        // A missing file is named at its key.
+        let got = problems(&format!("{MINIMAL}  schema_file: nowhere.json\n"));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].line, got[0].field.as_str()),
+            (10, "output.schema_file")
+        );
+        assert!(got[0].message.contains("cannot read"), "{got:?}");
     }
 }

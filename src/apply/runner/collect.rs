@@ -598,13 +598,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     }
 
     pub(super) fn parser(&self) -> Result<answer::Parser> {
-        let o = &self.spec.spec.output;
-        answer::Parser::new(
-            o.parse,
-            o.labels.as_deref().unwrap_or_default(),
-            o.pattern.as_deref(),
-        )
-        .map_err(Error::usage)
+        answer::Parser::for_spec(self.spec).map_err(Error::usage)
     }
 }
 

@@ -100,7 +100,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         self.progress.clear();
         status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
-        let (w, dist) = written.unwrap_or_default();
+        let graded = written.unwrap_or_default();
+        let w = graded.written;
         let summary = Summary {
             job: self.job().to_string(),
             ending: match &ending {
@@ -119,7 +120,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             estimated_cost_usd: snap.estimated_cost_usd,
             actual_cost_usd: snap.actual_cost_usd,
             output_path: out_path,
-            distribution: dist,
+            distribution: graded.distribution,
+            grades: graded.grades,
+            parse_failures_by_reason: graded.parse_failures_by_reason,
             simulated: self.simulated,
             message,
             receipt: snap.receipt,
