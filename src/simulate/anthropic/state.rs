@@ -601,9 +601,23 @@ fn check_params(p: &Value) -> Result<(), String> {
         Some(n) if n >= 1 => {}
         _ => return Err("max_tokens: Field required (an integer of at least 1)".into()),
     }
-    match p.get("messages").and_then(Value::as_array) {
-        Some(m) if !m.is_empty() => {}
+    let messages = match p.get("messages").and_then(Value::as_array) {
+        Some(m) if !m.is_empty() => m,
         _ => return Err("messages: at least one message is required".into()),
+    };
+    // The Messages API refuses empty text (its error: "text content blocks
+    // must be non-empty").
+    for (i, m) in messages.iter().enumerate() {
+        let empty = match m.get("content") {
+            Some(Value::String(s)) => s.trim().is_empty(),
+            Some(Value::Array(blocks)) => blocks.is_empty(),
+            _ => true,
+        };
+        if empty {
+            return Err(format!(
+                "messages.{i}: text content blocks must be non-empty"
+            ));
+        }
     }
     for key in ["response_format", "logprobs", "n", "seed", "max_completion_tokens"] {
         if p.contains_key(key) {
