@@ -93,10 +93,8 @@ fn assert_one_batch_per_submit(stats: &Value, rows: usize) {
     let mut seen = HashSet::new();
     for b in batches(stats) {
         let ids = b["custom_ids"].as_array().unwrap();
-        let batch_tags: HashSet<String> = ids
-            .iter()
-            .map(|i| split(i.as_str().unwrap()).1)
-            .collect();
+        let batch_tags: HashSet<String> =
+            ids.iter().map(|i| split(i.as_str().unwrap()).1).collect();
         assert_eq!(batch_tags.len(), 1, "one tag per batch: {b:#}");
         assert!(
             tags.insert(batch_tags.into_iter().next().unwrap()),
@@ -215,7 +213,14 @@ fn crash_then_resume(point: &str) {
     );
     assert_eq!(killed.signal, Some(9), "not killed at {point}: {killed:?}");
     let resumed = run(&sb, &["resume"], &[]);
-    assert_eq!(resumed.code, 0, "resume after a kill at {point}: {resumed:?}");
+    assert_eq!(
+        resumed.code, 0,
+        "resume after a kill at {point}: {resumed:?}"
+    );
+    if point == "create-sent" {
+        // The batch made before the kill was found by its results.
+        assert!(resumed.stderr.contains("adopted batch"), "{resumed:?}");
+    }
     let stats = server.stats();
     assert_eq!(stats["batches_created"], 3, "at {point}: {stats:#}");
     assert_one_batch_per_submit(&stats, 25);
@@ -315,11 +320,9 @@ fn assert_never_live_twice(stats: &Value) {
         let start = b["created_at_ms"].as_u64().unwrap();
         let end = b["ended_at_ms"].as_u64().unwrap_or(u64::MAX);
         for id in b["custom_ids"].as_array().into_iter().flatten() {
-            live.entry(split(id.as_str().unwrap()).0).or_default().push((
-                start,
-                end,
-                b["id"].as_str().unwrap().to_string(),
-            ));
+            live.entry(split(id.as_str().unwrap()).0)
+                .or_default()
+                .push((start, end, b["id"].as_str().unwrap().to_string()));
         }
     }
     for (id, mut spans) in live {
@@ -434,8 +437,10 @@ fn cancelled_lines_are_sent_again_by_the_next_apply() {
 fn a_spec_without_max_tokens_or_with_openai_keys_is_refused() {
     let sb = Sandbox::new();
     sb.write("in.csv", "id,text\n1,a\n");
-    let s = spec("bad", "http://127.0.0.1:9", 10, 1, "")
-        .replace("  max_tokens: 4\n", "  response_format: {type: json_object}\n  seed: 3\n");
+    let s = spec("bad", "http://127.0.0.1:9", 10, 1, "").replace(
+        "  max_tokens: 4\n",
+        "  response_format: {type: json_object}\n  seed: 3\n",
+    );
     sb.write("job.yaml", &s);
     let r = sb.run(&["validate", "job.yaml"]);
     assert_eq!(r.code, 2, "{r:?}");
@@ -461,6 +466,74 @@ fn a_wrong_key_stops_before_anything_is_submitted_and_is_never_printed() {
     let r = sb.run_env(&["apply", "job.yaml"], &[(KEY_ENV, wrong)]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains(KEY_ENV), "{r:?}");
-    assert!(!r.stderr.contains(wrong) && !r.stdout.contains(wrong), "{r:?}");
+    assert!(
+        !r.stderr.contains(wrong) && !r.stdout.contains(wrong),
+        "{r:?}"
+    );
     assert_eq!(server.stats()["batches_created"], 0);
+}
+
+/// A batch someone else made (same workspace, same size, untagged ids).
+fn foreign_batch(server: &Server, requests: usize) {
+    let body = serde_json::json!({
+        "requests": (0..requests).map(|i| serde_json::json!({
+            "custom_id": format!("someone-else-{i}"),
+            "params": {"model": "claude-haiku-4-5", "max_tokens": 5,
+                       "messages": [{"role": "user", "content": format!("hello {i}")}]},
+        })).collect::<Vec<_>>(),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/v1/messages/batches", server.url))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "{status}");
+}
+
+#[test]
+fn a_batch_of_the_same_size_made_by_someone_else_is_waited_for_and_never_adopted() {
+    let sb = Sandbox::new();
+    let server = server(&sb, &["--in-progress", "1500ms"]);
+    job(&sb, &server, "");
+    // Killed after recording the intent of chunk 1, before its create.
+    let killed = run(
+        &sb,
+        &["apply", "job.yaml"],
+        &[("BATCHGRADER_TEST_KILL_AT", "create-intent")],
+    );
+    assert_eq!(killed.signal, Some(9), "{killed:?}");
+    foreign_batch(&server, 10);
+    let resumed = run(&sb, &["resume"], &[]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    // It could not be told apart while it ran: the chunk waited, then read
+    // its results, found it was not its own, and created its batch.
+    assert!(resumed.stderr.contains("may be that create"), "{resumed:?}");
+    assert!(!resumed.stderr.contains("adopted batch"), "{resumed:?}");
+    let stats = server.stats();
+    assert_eq!(stats["batches_created"], 4, "{stats:#}");
+    let mut ours = stats.clone();
+    ours["batches"] = Value::Array(
+        batches(&stats)
+            .iter()
+            .filter(|b| {
+                !b["custom_ids"][0]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("someone-else")
+            })
+            .cloned()
+            .collect(),
+    );
+    assert_one_batch_per_submit(&ours, 25);
+    assert_eq!(sb.read("out/graded.csv"), reference_output());
 }

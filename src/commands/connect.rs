@@ -86,7 +86,9 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
     if p.kind == ProviderKind::Anthropic {
         let cfg = AnthropicBatches::config_from_env(
             p.base_url.as_deref(),
-            p.api_key_env.as_deref().unwrap_or(anthropic::DEFAULT_KEY_ENV),
+            p.api_key_env
+                .as_deref()
+                .unwrap_or(anthropic::DEFAULT_KEY_ENV),
         )?;
         return Ok((
             AnyBatches::Anthropic(AnthropicBatches::new(cfg, version, "anthropic")?),

@@ -10,8 +10,8 @@
 //! computed from its creation time, so a new server carries on where the old
 //! one stopped.
 
-pub mod anthropic;
 mod answers;
+pub mod anthropic;
 mod api_error;
 mod app;
 mod batch_file;

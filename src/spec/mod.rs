@@ -986,11 +986,17 @@ fn speaks_anthropic(json: &Value) -> bool {
 /// compatibility page lists what it ignores; the Messages API reference
 /// names the equivalents).
 const OPENAI_ONLY_KEYS: &[(&str, Option<&str>)] = &[
-    ("response_format", Some("`output_config: {format: {type: json_schema, schema: ...}}`")),
+    (
+        "response_format",
+        Some("`output_config: {format: {type: json_schema, schema: ...}}`"),
+    ),
     ("max_completion_tokens", Some("`max_tokens`")),
     ("stop", Some("`stop_sequences`")),
     ("user", Some("`metadata: {user_id: ...}`")),
-    ("parallel_tool_calls", Some("`tool_choice: {disable_parallel_tool_use: true}`")),
+    (
+        "parallel_tool_calls",
+        Some("`tool_choice: {disable_parallel_tool_use: true}`"),
+    ),
     ("reasoning_effort", Some("`thinking`")),
     ("functions", Some("`tools`")),
     ("function_call", Some("`tool_choice`")),

@@ -31,10 +31,7 @@ pub fn request(line: &str, tag: &str) -> Result<Value, String> {
         .get("custom_id")
         .and_then(Value::as_str)
         .ok_or("no custom_id")?;
-    let body = v
-        .get("body")
-        .and_then(Value::as_object)
-        .ok_or("no body")?;
+    let body = v.get("body").and_then(Value::as_object).ok_or("no body")?;
     Ok(serde_json::json!({
         "custom_id": tagged(custom_id, tag),
         "params": params(body),
@@ -70,7 +67,10 @@ pub fn params(body: &Map<String, Value>) -> Value {
                 if !system.is_empty() {
                     out.insert("system".into(), Value::String(system.join("\n\n")));
                 }
-                out.insert("messages".into(), Value::Array(std::mem::take(&mut messages)));
+                out.insert(
+                    "messages".into(),
+                    Value::Array(std::mem::take(&mut messages)),
+                );
             }
             _ => {
                 out.insert(k.clone(), v.clone());
@@ -92,9 +92,8 @@ pub fn write_create_body(chunk: &Path, dest: &Path, tag: &str) -> io::Result<u64
         if line.trim().is_empty() {
             continue;
         }
-        let req = request(&line, tag).map_err(|e| {
-            io::Error::other(format!("{}:{}: {e}", chunk.display(), i + 1))
-        })?;
+        let req = request(&line, tag)
+            .map_err(|e| io::Error::other(format!("{}:{}: {e}", chunk.display(), i + 1)))?;
         if n > 0 {
             out.write_all(b",")?;
         }
@@ -128,7 +127,10 @@ mod tests {
         assert_eq!(got, want);
         // Key order is kept: model first, then system and messages.
         let keys: Vec<&String> = got["params"].as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["model", "system", "messages", "max_tokens", "temperature"]);
+        assert_eq!(
+            keys,
+            ["model", "system", "messages", "max_tokens", "temperature"]
+        );
     }
 
     #[test]
@@ -142,7 +144,11 @@ mod tests {
     #[test]
     fn bad_lines_are_named() {
         assert!(request("{", "t").unwrap_err().contains("not JSON"));
-        assert!(request(r#"{"body":{}}"#, "t").unwrap_err().contains("custom_id"));
+        assert!(
+            request(r#"{"body":{}}"#, "t")
+                .unwrap_err()
+                .contains("custom_id")
+        );
     }
 
     #[test]

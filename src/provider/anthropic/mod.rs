@@ -160,7 +160,10 @@ pub fn tag(id: &SubmitIdentity) -> String {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    h.finalize()[..5].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..5]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `r12` with tag `0a1b2c3d4e` → `r12_0a1b2c3d4e`.
@@ -390,9 +393,8 @@ impl BatchBackend for AnthropicBatches {
             identity.chunk, identity.attempt
         );
         let body = encode::body_path(chunk, identity.submit);
-        let written = encode::write_create_body(chunk, &body, &tag(identity)).map_err(|e| {
-            ProviderError::new(op.clone(), ErrorKind::Io).with_detail(e.to_string())
-        });
+        let written = encode::write_create_body(chunk, &body, &tag(identity))
+            .map_err(|e| ProviderError::new(op.clone(), ErrorKind::Io).with_detail(e.to_string()));
         let result = match written {
             Ok(_) => {
                 self.client
@@ -467,11 +469,7 @@ impl BatchBackend for AnthropicBatches {
 
     async fn fetch(&self, result: &ResultRef, dest: &Path) -> Result<u64, ProviderError> {
         self.client
-            .download_url(
-                format!("download results {}", result.id),
-                &result.id,
-                dest,
-            )
+            .download_url(format!("download results {}", result.id), &result.id, dest)
             .await
     }
 
@@ -509,5 +507,287 @@ impl BatchBackend for AnthropicBatches {
             )
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn batch(v: serde_json::Value) -> MessageBatch {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn ident() -> SubmitIdentity {
+        SubmitIdentity {
+            job: "j".into(),
+            chunk: 2,
+            attempt: 1,
+            submit: 1,
+            plan: "abc".into(),
+            intent_at: 1_700_000_000,
+            requests: 10,
+        }
+    }
+
+    #[test]
+    fn tags_follow_the_identity_and_come_off_again() {
+        let id = ident();
+        let t = tag(&id);
+        assert_eq!(t.len(), 10);
+        assert_eq!(t, tag(&id), "stable");
+        for other in [
+            SubmitIdentity {
+                submit: 2,
+                ..ident()
+            },
+            SubmitIdentity {
+                attempt: 2,
+                ..ident()
+            },
+            SubmitIdentity {
+                chunk: 3,
+                ..ident()
+            },
+            SubmitIdentity {
+                plan: "abd".into(),
+                ..ident()
+            },
+            SubmitIdentity {
+                job: "k".into(),
+                ..ident()
+            },
+        ] {
+            assert_ne!(tag(&other), t, "{other:?}");
+        }
+        let cases = [
+            ("r12_0a1b2c3d4e", ("r12", Some("0a1b2c3d4e"))),
+            ("r12", ("r12", None)),
+            ("r12_short", ("r12_short", None)),
+            ("r12_0a1b2c3d4z", ("r12_0a1b2c3d4z", None)),
+            ("_0a1b2c3d4e", ("_0a1b2c3d4e", None)),
+            ("a_b_0a1b2c3d4e", ("a_b", Some("0a1b2c3d4e"))),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(untag(raw), want, "{raw}");
+        }
+        assert_eq!(untag(&tagged("r7", &t)), ("r7", Some(t.as_str())));
+        // Within the API's custom id limit for any row number.
+        assert!(tagged(&format!("r{}", u64::MAX), &t).len() <= 64);
+    }
+
+    #[test]
+    fn remote_state_table() {
+        let r = |url: &str| ResultRef {
+            name: "results".into(),
+            id: url.into(),
+        };
+        let url = "https://api.anthropic.com/v1/messages/batches/m/results";
+        let cases: Vec<(&str, serde_json::Value, RemoteState)> = vec![
+            (
+                "in progress: counts are not final, so nothing is done yet",
+                json!({"id":"m","processing_status":"in_progress","request_counts":{"processing":10}}),
+                RemoteState::Running {
+                    label: "in_progress".into(),
+                    done: 0,
+                    failed: 0,
+                },
+            ),
+            (
+                "canceling is still running",
+                json!({"id":"m","processing_status":"canceling","cancel_initiated_at":"2026-01-01T00:00:00Z"}),
+                RemoteState::Running {
+                    label: "canceling".into(),
+                    done: 0,
+                    failed: 0,
+                },
+            ),
+            (
+                "ended with every request done",
+                json!({"id":"m","processing_status":"ended","request_counts":{"succeeded":9,"errored":1},"results_url":url}),
+                RemoteState::Ended {
+                    label: "ended".into(),
+                    end: EndKind::Completed,
+                    results: vec![r(url)],
+                    usage: None,
+                },
+            ),
+            (
+                "ended after a cancel",
+                json!({"id":"m","processing_status":"ended","cancel_initiated_at":"2026-01-01T00:00:00Z","request_counts":{"succeeded":3,"canceled":7},"results_url":url}),
+                RemoteState::Ended {
+                    label: "ended".into(),
+                    end: EndKind::Cancelled,
+                    results: vec![r(url)],
+                    usage: None,
+                },
+            ),
+            (
+                "ended with expired requests",
+                json!({"id":"m","processing_status":"ended","request_counts":{"succeeded":3,"expired":7},"results_url":url}),
+                RemoteState::Ended {
+                    label: "ended".into(),
+                    end: EndKind::Expired,
+                    results: vec![r(url)],
+                    usage: None,
+                },
+            ),
+            (
+                "ended without a results URL: every request counts as not executed",
+                json!({"id":"m","processing_status":"ended","results_url":null}),
+                RemoteState::Ended {
+                    label: "ended".into(),
+                    end: EndKind::Completed,
+                    results: vec![],
+                    usage: None,
+                },
+            ),
+        ];
+        for (name, v, want) in cases {
+            assert_eq!(remote_state(&batch(v)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn result_lines_table() {
+        let ok = r#"{"custom_id":"r4_0a1b2c3d4e","result":{"type":"succeeded","message":{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"7"}],"stop_reason":"end_turn","usage":{"input_tokens":20,"output_tokens":1,"cache_creation_input_tokens":5,"cache_read_input_tokens":30}}}}"#;
+        assert_eq!(
+            classify_line(ok).unwrap(),
+            ResultLine::Success {
+                custom_id: "r4".into(),
+                answer: "7".into(),
+                input_tokens: 20,
+                output_tokens: 1,
+                cache_write_tokens: 5,
+                cache_read_tokens: 30,
+            }
+        );
+        let err = |kind: &str| {
+            format!(
+                r#"{{"custom_id":"r5_0a1b2c3d4e","result":{{"type":"errored","error":{{"type":"error","error":{{"type":"{kind}","message":"m"}},"request_id":"req_1"}}}}}}"#
+            )
+        };
+        for (kind, retryable) in [
+            ("invalid_request_error", false),
+            ("authentication_error", false),
+            ("permission_error", false),
+            ("not_found_error", false),
+            ("billing_error", false),
+            ("api_error", true),
+            ("overloaded_error", true),
+            ("rate_limit_error", true),
+            ("timeout_error", true),
+            ("a_type_added_later", true),
+        ] {
+            assert_eq!(
+                classify_line(&err(kind)).unwrap(),
+                ResultLine::Failure {
+                    custom_id: "r5".into(),
+                    code: kind.into(),
+                    message: "m (request id req_1)".into(),
+                    retryable,
+                    ran: true,
+                },
+                "{kind}"
+            );
+        }
+        for (kind, code) in [("canceled", "canceled"), ("expired", "expired")] {
+            let line = format!(r#"{{"custom_id":"r6_0a1b2c3d4e","result":{{"type":"{kind}"}}}}"#);
+            match classify_line(&line).unwrap() {
+                ResultLine::Failure {
+                    custom_id,
+                    code: c,
+                    retryable,
+                    ran,
+                    ..
+                } => {
+                    assert_eq!(
+                        (custom_id.as_str(), c.as_str(), retryable, ran),
+                        ("r6", code, true, false)
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for bad in [
+            "",
+            "{",
+            "<html>",
+            r#"{"custom_id":"r1"}"#,
+            r#"{"custom_id":"r1","result":{"type":"weird"}}"#,
+        ] {
+            assert!(classify_line(bad).is_err(), "{bad}");
+        }
+        // A tool call answers when there is no text.
+        assert_eq!(
+            answer_text(&[json!({"type":"tool_use","input":{"grade":3}})]),
+            r#"{"grade":3}"#
+        );
+    }
+
+    #[test]
+    fn candidates_table() {
+        let id = ident();
+        let at = |secs: i64| {
+            humantime::format_rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64),
+            )
+            .to_string()
+        };
+        let t0 = id.intent_at as i64;
+        let batches = vec![
+            batch(json!({"id":"after","created_at":at(t0 + 5),"request_counts":{"processing":10}})),
+            batch(
+                json!({"id":"within-slack","created_at":at(t0 - CLOCK_SLACK_SECS + 1),"request_counts":{"succeeded":4,"errored":6}}),
+            ),
+            batch(
+                json!({"id":"too-old","created_at":at(t0 - CLOCK_SLACK_SECS - 1),"request_counts":{"processing":10}}),
+            ),
+            batch(
+                json!({"id":"other-size","created_at":at(t0 + 5),"request_counts":{"processing":9}}),
+            ),
+            batch(json!({"id":"no-date","request_counts":{"processing":10}})),
+        ];
+        let got: Vec<&str> = candidates(&batches, &id)
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect();
+        assert_eq!(got, ["after", "within-slack", "no-date"]);
+    }
+
+    #[test]
+    fn proofs() {
+        let cases = [
+            (
+                r#"{"custom_id":"r1_0a1b2c3d4e","result":{"type":"expired"}}"#,
+                Proof::Ours,
+            ),
+            (
+                r#"{"custom_id":"r1_ffffffffff","result":{"type":"expired"}}"#,
+                Proof::NotOurs,
+            ),
+            (
+                r#"{"custom_id":"someone-elses","result":{"type":"expired"}}"#,
+                Proof::NotOurs,
+            ),
+            ("", Proof::Unknown),
+            ("not json", Proof::Unknown),
+        ];
+        for (line, want) in cases {
+            assert_eq!(proof(line, "0a1b2c3d4e"), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        for (s, want) in [
+            ("2024-08-20T18:37:24.100435Z", Some(1_724_179_044)),
+            ("2024-08-20T18:37:24Z", Some(1_724_179_044)),
+            ("2024-08-20T18:37:24+00:00", Some(1_724_179_044)),
+            ("yesterday", None),
+        ] {
+            assert_eq!(rfc3339_secs(s), want, "{s}");
+        }
     }
 }

@@ -502,15 +502,26 @@ impl OpenAiClient {
     /// A call to an absolute URL the server handed out. Refused unless it
     /// is on the base URL's scheme, host and port, so a URL from a server's
     /// answer never takes the key elsewhere.
-    fn call_url<'a>(&self, op: String, method: Method, url: &str) -> Result<Call<'a>, ProviderError> {
+    fn call_url<'a>(
+        &self,
+        op: String,
+        method: Method,
+        url: &str,
+    ) -> Result<Call<'a>, ProviderError> {
         let parsed = Url::parse(url).map_err(|e| {
-            ProviderError::new(op.clone(), ErrorKind::Protocol)
-                .with_detail(format!("the server gave a URL that does not parse ({e}): {url}"))
+            ProviderError::new(op.clone(), ErrorKind::Protocol).with_detail(format!(
+                "the server gave a URL that does not parse ({e}): {url}"
+            ))
         })?;
-        let base = Url::parse(&self.config.base_url).map_err(|e| {
-            ProviderError::config(op.clone(), format!("bad base URL: {e}"), None)
-        })?;
-        let origin = |u: &Url| (u.scheme().to_string(), u.host_str().map(str::to_string), u.port_or_known_default());
+        let base = Url::parse(&self.config.base_url)
+            .map_err(|e| ProviderError::config(op.clone(), format!("bad base URL: {e}"), None))?;
+        let origin = |u: &Url| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        };
         if origin(&parsed) != origin(&base) {
             return Err(ProviderError::config(
                 op,
@@ -519,7 +530,9 @@ impl OpenAiClient {
                     parsed.host_str().unwrap_or("?"),
                     self.display_base_url()
                 ),
-                Some("check `provider.base_url`: it must be the host that serves the results".into()),
+                Some(
+                    "check `provider.base_url`: it must be the host that serves the results".into(),
+                ),
             ));
         }
         Ok(Call {

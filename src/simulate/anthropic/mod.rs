@@ -133,9 +133,8 @@ async fn authenticate(State(sim): State<Arc<Sim>>, request: Request, next: Next)
         })
         .map(str::trim)
         .filter(|k| !k.is_empty());
-    let unauthorized = |m: &str| {
-        Failure::new(StatusCode::UNAUTHORIZED, "authentication_error", m).into_response()
-    };
+    let unauthorized =
+        |m: &str| Failure::new(StatusCode::UNAUTHORIZED, "authentication_error", m).into_response();
     match (key, &sim.config.api_key) {
         (None, _) => return unauthorized("x-api-key header is required"),
         (Some(k), Some(want)) if k != want => return unauthorized("invalid x-api-key"),
@@ -186,7 +185,9 @@ async fn create(State(sim): State<Arc<Sim>>, body: Bytes) -> Reply {
             )));
         }
         if !r.get("params").is_some_and(Value::is_object) {
-            return Err(Failure::invalid(format!("requests.{i}.params: Field required")));
+            return Err(Failure::invalid(format!(
+                "requests.{i}.params: Field required"
+            )));
         }
     }
     let (batch, commit_fails) = sim.create(requests)?;

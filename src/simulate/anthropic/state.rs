@@ -154,10 +154,7 @@ impl Sim {
             }
             None => Db::default(),
         };
-        let nonce = hash64(&[
-            &now_ms().to_le_bytes(),
-            &std::process::id().to_le_bytes(),
-        ]);
+        let nonce = hash64(&[&now_ms().to_le_bytes(), &std::process::id().to_le_bytes()]);
         Ok(Arc::new(Sim {
             config,
             db: Mutex::new(db),
@@ -208,7 +205,9 @@ impl Sim {
         Some(match fault {
             CallFault::RateLimit => {
                 db.counters.injected_429 += 1;
-                rate_limited("Number of request tokens has exceeded your per-minute rate limit (simulated)")
+                rate_limited(
+                    "Number of request tokens has exceeded your per-minute rate limit (simulated)",
+                )
             }
             CallFault::ServerError(StatusCode::INTERNAL_SERVER_ERROR) => {
                 db.counters.injected_5xx += 1;
@@ -255,8 +254,11 @@ impl Sim {
             for (i, r) in requests.iter().enumerate() {
                 let key = hash_json(b"flake-key", r.get("params").unwrap_or(&Value::Null));
                 if !db.flaked.contains(&key)
-                    && unit(hash64(&[b"flake", &c.seed.to_le_bytes(), &key.to_le_bytes()]))
-                        < c.request_flake_rate
+                    && unit(hash64(&[
+                        b"flake",
+                        &c.seed.to_le_bytes(),
+                        &key.to_le_bytes(),
+                    ])) < c.request_flake_rate
                 {
                     db.flaked.insert(key);
                     db.counters.flaked_requests += 1;
@@ -264,7 +266,8 @@ impl Sim {
                 }
             }
         }
-        let expires_half = c.expire_every > 0 && (db.counters.batches_created + 1).is_multiple_of(c.expire_every);
+        let expires_half =
+            c.expire_every > 0 && (db.counters.batches_created + 1).is_multiple_of(c.expire_every);
         let ms = |d: Duration| d.as_millis() as u64;
         let batch = SimBatch {
             id: id.clone(),
@@ -594,7 +597,11 @@ fn errored(kind: &str, message: &str, batch: &str, i: u64) -> Value {
 /// The checks the Messages API makes on one request's params.
 fn check_params(p: &Value) -> Result<(), String> {
     let p = p.as_object().ok_or("params: must be an object")?;
-    if !p.get("model").and_then(Value::as_str).is_some_and(|m| !m.is_empty()) {
+    if !p
+        .get("model")
+        .and_then(Value::as_str)
+        .is_some_and(|m| !m.is_empty())
+    {
         return Err("model: Field required".into());
     }
     match p.get("max_tokens").and_then(Value::as_u64) {
@@ -619,7 +626,13 @@ fn check_params(p: &Value) -> Result<(), String> {
             ));
         }
     }
-    for key in ["response_format", "logprobs", "n", "seed", "max_completion_tokens"] {
+    for key in [
+        "response_format",
+        "logprobs",
+        "n",
+        "seed",
+        "max_completion_tokens",
+    ] {
         if p.contains_key(key) {
             return Err(format!("{key}: Extra inputs are not permitted"));
         }
@@ -659,7 +672,10 @@ fn message(params: &Value, batch: &str, i: u64) -> (Value, u64, u64) {
         "max_tokens": params.get("max_tokens").cloned().unwrap_or(Value::Null),
     });
     let c = complete(&chat);
-    let id = format!("msg_sim{:016x}", hash64(&[b"msg", batch.as_bytes(), &i.to_le_bytes()]));
+    let id = format!(
+        "msg_sim{:016x}",
+        hash64(&[b"msg", batch.as_bytes(), &i.to_le_bytes()])
+    );
     let v = json!({
         "id": id,
         "type": "message",
