@@ -364,8 +364,8 @@ fn acceptance_a_storm_grades_every_row_that_can_be_graded_and_exits_3() {
     // each, so that every row is its own request): the Messages API
     // refuses a text block of whitespace, a final `invalid_request_error`.
     let mut csv = String::from("id,text\n");
-    for i in 1..=36 {
-        let text = if i % 5 == 0 {
+    for i in 1..=36usize {
+        let text = if i.is_multiple_of(5) {
             " ".repeat(i)
         } else {
             format!("answer {i}")
@@ -394,7 +394,7 @@ fn acceptance_a_storm_grades_every_row_that_can_be_graded_and_exits_3() {
     assert_eq!(s.len(), 36);
     for (id, (status, error)) in &s {
         let n: u32 = id.parse().unwrap();
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             assert_eq!(status, "failed", "row {id}: {error}");
             assert!(error.contains("invalid_request_error"), "row {id}: {error}");
         } else {

@@ -219,7 +219,7 @@ async fn list(
     };
     // Newest first.
     let mut all = sim.all();
-    all.sort_by(|a, b| b.seq.cmp(&a.seq));
+    all.sort_by_key(|b| std::cmp::Reverse(b.seq));
     let start = match q.get("after_id") {
         Some(a) => match all.iter().position(|b| &b.id == a) {
             Some(p) => p + 1,

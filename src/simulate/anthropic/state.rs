@@ -597,10 +597,9 @@ fn errored(kind: &str, message: &str, batch: &str, i: u64) -> Value {
 /// The checks the Messages API makes on one request's params.
 fn check_params(p: &Value) -> Result<(), String> {
     let p = p.as_object().ok_or("params: must be an object")?;
-    if !p
-        .get("model")
+    if p.get("model")
         .and_then(Value::as_str)
-        .is_some_and(|m| !m.is_empty())
+        .is_none_or(str::is_empty)
     {
         return Err("model: Field required".into());
     }
