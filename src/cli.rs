@@ -124,7 +124,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run the simulated OpenAI-compatible server alone (Files, Batches, Chat Completions).
+    /// Run the simulated provider alone (OpenAI Files, Batches, Chat Completions; or Anthropic Message Batches with --api anthropic).
     SimulateServer {
         /// Port on 127.0.0.1 (0 picks a free one; the URL is printed on stdout).
         #[arg(long, default_value_t = 0)]

@@ -102,6 +102,11 @@ impl AnthropicBatches {
         )
     }
 
+    fn locate(&self, op: &str, results_url: &str) -> Result<String, ProviderError> {
+        results_location(&self.client.config().base_url, results_url)
+            .map_err(|e| ProviderError::new(op, ErrorKind::Protocol).with_detail(e))
+    }
+
     async fn retrieve(&self, id: &str) -> Result<MessageBatch, ProviderError> {
         self.client
             .get_json(
@@ -200,6 +205,40 @@ fn rfc3339_secs(s: &str) -> Option<i64> {
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()
         .and_then(|d| i64::try_from(d.as_secs()).ok())
+}
+
+/// Where to read a `results_url` from. On the base URL's own host it is
+/// used as given. On another host (a gateway in front of the API, a server
+/// that names itself `localhost` while it is reached as `127.0.0.1`) the key
+/// must not follow it there: the documented results path
+/// (`/v1/messages/batches/{id}/results`) is read through the base URL
+/// instead.
+pub fn results_location(base_url: &str, results_url: &str) -> Result<String, String> {
+    let parse = |s: &str| reqwest::Url::parse(s).map_err(|e| format!("`{s}`: {e}"));
+    let (base, url) = (parse(base_url)?, parse(results_url)?);
+    let origin = |u: &reqwest::Url| {
+        (
+            u.scheme().to_string(),
+            u.host_str().map(str::to_ascii_lowercase),
+            u.port_or_known_default(),
+        )
+    };
+    if origin(&base) == origin(&url) {
+        return Ok(results_url.to_string());
+    }
+    let path = url.path();
+    let Some(i) = path.find("/v1/messages/batches/") else {
+        return Err(format!(
+            "the results URL {results_url} is on another host than {base_url} and is not a \
+             Message Batches results path"
+        ));
+    };
+    let mut out = format!("{}{}", base_url.trim_end_matches('/'), &path[i..]);
+    if let Some(q) = url.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
 }
 
 /// A batch in the runner's terms. Counts are only final once the batch
@@ -420,10 +459,11 @@ impl BatchBackend for AnthropicBatches {
             let url = b.results_url.as_deref().filter(|u| !u.is_empty());
             match (b.processing_status.as_str(), url) {
                 ("ended", Some(url)) => {
-                    let line = self
-                        .client
-                        .first_line(format!("read the results of message batch {}", b.id), url)
-                        .await;
+                    let op = format!("read the results of message batch {}", b.id);
+                    let line = match self.locate(&op, url) {
+                        Ok(url) => self.client.first_line(op, &url).await,
+                        Err(e) => Err(e),
+                    };
                     match line.map(|l| proof(&l, &want)) {
                         Ok(Proof::Ours) => return Ok(Some(remote(b))),
                         Ok(Proof::NotOurs) => {}
@@ -468,9 +508,9 @@ impl BatchBackend for AnthropicBatches {
     }
 
     async fn fetch(&self, result: &ResultRef, dest: &Path) -> Result<u64, ProviderError> {
-        self.client
-            .download_url(format!("download results {}", result.id), &result.id, dest)
-            .await
+        let op = format!("download results {}", result.id);
+        let url = self.locate(&op, &result.id)?;
+        self.client.download_url(op, &url, dest).await
     }
 
     fn classify(&self, line: &str) -> Result<ResultLine, String> {
@@ -776,6 +816,43 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(proof(line, "0a1b2c3d4e"), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn results_locations() {
+        let cases = [
+            (
+                "same host: as given",
+                "https://api.anthropic.com",
+                "https://api.anthropic.com/v1/messages/batches/m1/results",
+                Ok("https://api.anthropic.com/v1/messages/batches/m1/results"),
+            ),
+            (
+                "localhost for 127.0.0.1: read through the base URL",
+                "http://127.0.0.1:8080",
+                "http://localhost:8080/v1/messages/batches/m1/results",
+                Ok("http://127.0.0.1:8080/v1/messages/batches/m1/results"),
+            ),
+            (
+                "a gateway with a path prefix in front of the API",
+                "https://gw.example.com/anthropic/",
+                "https://api.anthropic.com/v1/messages/batches/m1/results?x=1",
+                Ok("https://gw.example.com/anthropic/v1/messages/batches/m1/results?x=1"),
+            ),
+            (
+                "another host and no results path: refused, the key stays home",
+                "https://api.anthropic.com",
+                "https://evil.example.com/steal",
+                Err(()),
+            ),
+        ];
+        for (name, base, url, want) in cases {
+            let got = results_location(base, url);
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(w), "{name}"),
+                Err(()) => assert!(got.is_err(), "{name}: {got:?}"),
+            }
         }
     }
 
