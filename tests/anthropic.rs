@@ -466,6 +466,8 @@ fn a_wrong_key_stops_before_anything_is_submitted_and_is_never_printed() {
     let r = sb.run_env(&["apply", "job.yaml"], &[(KEY_ENV, wrong)]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains(KEY_ENV), "{r:?}");
+    // The error names the provider's request id (its `request-id` header).
+    assert!(r.stderr.contains("request req_sim_"), "{r:?}");
     assert!(
         !r.stderr.contains(wrong) && !r.stdout.contains(wrong),
         "{r:?}"
@@ -536,4 +538,38 @@ fn a_batch_of_the_same_size_made_by_someone_else_is_waited_for_and_never_adopted
     );
     assert_one_batch_per_submit(&ours, 25);
     assert_eq!(sb.read("out/graded.csv"), reference_output());
+}
+
+#[test]
+fn the_in_process_simulated_message_batches_api_survives_a_kill_too() {
+    // `kind: simulated` with `api: anthropic`: the server lives in the
+    // killed process and keeps its batches in the job's state folder.
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text\n");
+    for i in 1..=12 {
+        csv.push_str(&format!("{i},answer {i}\n"));
+    }
+    sb.write("in.csv", &csv);
+    let spec = spec("insim", "http://unused", 5, 2, "")
+        .replace(
+            "  kind: anthropic\n  base_url: http://unused\n",
+            "  kind: simulated\n  simulated:\n    api: anthropic\n    in_progress: 500ms\n",
+        )
+        .replace(&format!("  api_key_env: {KEY_ENV}\n"), "");
+    sb.write("job.yaml", &spec);
+    let whole = sb.run(&["apply", "job.yaml", "--json"]);
+    assert_eq!(whole.code, 0, "{whole:?}");
+    let reference = sb.read("out/graded.csv");
+    assert_eq!(whole.json()["graded"], 12);
+    std::fs::remove_dir_all(sb.path("state")).unwrap();
+    std::fs::remove_dir_all(sb.path("out")).unwrap();
+    let killed = sb.run_env(
+        &["apply", "job.yaml"],
+        &[("BATCHGRADER_TEST_KILL_AT", "create-sent")],
+    );
+    assert_eq!(killed.signal, Some(9), "{killed:?}");
+    let resumed = sb.run(&["resume"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert!(resumed.stderr.contains("adopted batch"), "{resumed:?}");
+    assert_eq!(sb.read("out/graded.csv"), reference);
 }
