@@ -1308,6 +1308,78 @@ chunking:
     }
 
     #[test]
+    fn anthropic_requests_table() {
+        let anthropic = "provider:\n  kind: anthropic\n";
+        let sim = "provider:\n  kind: simulated\n  simulated:\n    api: anthropic\n";
+        // (provider block, request block, field with a problem or "" for none, text)
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (anthropic, "", "request", "`request.max_tokens` is required"),
+            (sim, "", "request", "`request.max_tokens` is required"),
+            (
+                anthropic,
+                "request:\n  max_tokens: 0\n",
+                "request.max_tokens",
+                "at least 1",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  response_format: {type: json_object}\n",
+                "request.response_format",
+                "output_config",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  max_completion_tokens: 8\n",
+                "request.max_completion_tokens",
+                "use `max_tokens`",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  stop: [x]\n",
+                "request.stop",
+                "stop_sequences",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  logprobs: true\n",
+                "request.logprobs",
+                "no equivalent",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  system: hi\n",
+                "request.system",
+                "prompt.system",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  temperature: 0\n  top_k: 5\n",
+                "",
+                "",
+            ),
+            // OpenAI takes all of these.
+            (
+                "",
+                "request:\n  response_format: {type: json_object}\n  seed: 1\n",
+                "",
+                "",
+            ),
+        ];
+        for (provider, request, field, needle) in cases {
+            let got = problems(&format!("{MINIMAL}{provider}{request}"));
+            if field.is_empty() {
+                assert!(got.is_empty(), "{provider}{request}: {got:#?}");
+            } else {
+                assert!(
+                    got.iter()
+                        .any(|p| p.field == *field && p.message.contains(needle)),
+                    "{provider}{request}: {got:#?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn units_accepted() {
         let text = format!(
             "{MINIMAL}chunking:\n  max_bytes: 190MB\npoll: {{ interval: 10s, max_interval: 2m }}\nhalt:\n  max_failure_rate: 5%\n"
