@@ -135,7 +135,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run the simulated OpenAI-compatible server alone (Files, Batches, Chat Completions).
+    /// Run the simulated provider alone (OpenAI Files, Batches, Chat Completions; or Anthropic Message Batches with --api anthropic).
     SimulateServer {
         /// Port on 127.0.0.1 (0 picks a free one; the URL is printed on stdout).
         #[arg(long, default_value_t = 0)]
@@ -183,6 +183,11 @@ enum Command {
         /// Answer `metadata: null` on batches, like servers that do not keep it.
         #[arg(long)]
         drop_metadata: bool,
+        /// The wire protocol: `openai` (Files + Batches) or `anthropic` (Message Batches,
+        /// served at the root: the base URL has no /v1). With `anthropic`, token-limit
+        /// refusals are 429s of a full queue and failures are `errored` result lines.
+        #[arg(long, value_enum, default_value = "openai")]
+        api: SimApiArg,
     },
     /// Token statistics per row of a spec's inputs (as requests) or of a data file.
     Tokens {
@@ -341,6 +346,7 @@ impl Cli {
                 token_limit_every,
                 expire_every,
                 drop_metadata,
+                api,
             } => Invocation::SimulateServer {
                 config: SimConfig {
                     data_dir,
@@ -358,6 +364,7 @@ impl Cli {
                     expire_every,
                     seed: 0,
                     drop_metadata,
+                    anthropic: api == SimApiArg::Anthropic,
                 },
                 port,
             },
@@ -435,4 +442,11 @@ mod tests {
             assert!(parse(["batchgrader", "simulate-server", "--http-error-rate", good]).is_ok());
         }
     }
+}
+
+/// `simulate-server --api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimApiArg {
+    Openai,
+    Anthropic,
 }

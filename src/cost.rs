@@ -182,6 +182,24 @@ pub fn actual(price: &Price, input_tokens: u64, output_tokens: u64) -> f64 {
         / 1e6
 }
 
+/// Prompt-cache tokens as input tokens at the base price: a cache write
+/// costs 1.25 times an input token (the 5-minute cache) and a read 0.1
+/// times (Anthropic's pricing page, "Prompt caching"); the batch discount
+/// applies to both.
+pub fn cache_as_input(write_tokens: u64, read_tokens: u64) -> f64 {
+    write_tokens as f64 * 1.25 + read_tokens as f64 * 0.1
+}
+
+/// `actual` with prompt-cache writes and reads priced in.
+pub fn actual_cached(price: &Price, input: u64, output: u64, write: u64, read: u64) -> f64 {
+    actual(price, input, output) + cache_as_input(write, read) * price.batch_input_per_1m / 1e6
+}
+
+/// `standard` with prompt-cache writes and reads priced in.
+pub fn standard_cached(price: &Price, input: u64, output: u64, write: u64, read: u64) -> f64 {
+    standard(price, input, output) + cache_as_input(write, read) * price.input_per_1m / 1e6
+}
+
 /// What the same tokens cost at standard (non-batch) prices, for the receipt.
 pub fn standard(price: &Price, input_tokens: u64, output_tokens: u64) -> f64 {
     (input_tokens as f64 * price.input_per_1m + output_tokens as f64 * price.output_per_1m) / 1e6

@@ -13,12 +13,24 @@ pub struct Entry {
     pub ts: u64,
     pub job: String,
     pub batch_id: String,
+    /// `openai`, `anthropic` or `simulated`.
+    #[serde(default = "unknown_provider")]
+    pub provider: String,
     pub model: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt-cache writes and reads (Anthropic).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    #[serde(default)]
+    pub cache_read_tokens: u64,
     pub cost_usd: f64,
     #[serde(default)]
     pub simulated: bool,
+}
+
+fn unknown_provider() -> String {
+    "openai".into()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -26,7 +38,15 @@ pub struct Sum {
     pub batches: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
     pub cost_usd: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Sum {
@@ -34,6 +54,8 @@ impl Sum {
         self.batches += 1;
         self.input_tokens += e.input_tokens;
         self.output_tokens += e.output_tokens;
+        self.cache_write_tokens += e.cache_write_tokens;
+        self.cache_read_tokens += e.cache_read_tokens;
         self.cost_usd += e.cost_usd;
     }
 }
@@ -45,6 +67,8 @@ pub struct Report {
     /// Simulated runs are kept apart: they cost nothing real.
     pub simulated: Sum,
     pub by_day: BTreeMap<String, Sum>,
+    /// OpenAI's and Anthropic's spend side by side.
+    pub by_provider: BTreeMap<String, Sum>,
     pub by_model: BTreeMap<String, Sum>,
     pub by_job: BTreeMap<String, Sum>,
 }
@@ -69,6 +93,7 @@ pub fn aggregate(entries: &[Entry], since: Option<u64>) -> Report {
         }
         r.total.add(e);
         r.by_day.entry(day(e.ts)).or_default().add(e);
+        r.by_provider.entry(e.provider.clone()).or_default().add(e);
         r.by_model.entry(e.model.clone()).or_default().add(e);
         r.by_job.entry(e.job.clone()).or_default().add(e);
     }
@@ -98,6 +123,9 @@ mod tests {
             ts,
             job: job.into(),
             batch_id: format!("b{ts}"),
+            provider: "openai".into(),
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
             model: model.into(),
             input_tokens: 100,
             output_tokens: 10,

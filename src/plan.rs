@@ -113,7 +113,14 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         ));
     }
     let (encoding, guessed) = encoding_for_model(&spec.spec.model);
-    if guessed {
+    if speaks_anthropic(spec) {
+        // Anthropic publishes no offline tokenizer (its token-counting
+        // endpoint is online); o200k_base is a close stand-in for English.
+        warnings.push(format!(
+            "Anthropic publishes no offline tokenizer: prompt tokens are counted with \
+             {encoding} and are estimates; the ledger records what the API billed"
+        ));
+    } else if guessed {
         warnings.push(format!(
             "no known tokenizer for model `{}`; counting with {encoding}, so token counts are estimates",
             spec.spec.model
@@ -871,13 +878,24 @@ fn job_record(spec: &CheckedSpec, created_at: Option<u64>) -> JobRecord {
 /// What one batch may hold at the spec's provider: the backend's own
 /// ceilings, so that a chunk never outgrows the batch it becomes.
 fn provider_limits(spec: &CheckedSpec) -> crate::provider::BatchLimits {
-    match spec.spec.provider.kind {
-        spec::ProviderKind::Openai | spec::ProviderKind::Simulated => {
-            crate::provider::openai::LIMITS
-        }
-        // Refused before any run in this version; its backend will bring
-        // its own ceilings (100,000 requests, 256 MB).
-        spec::ProviderKind::Anthropic => crate::provider::openai::LIMITS,
+    if speaks_anthropic(spec) {
+        crate::provider::anthropic::LIMITS
+    } else {
+        crate::provider::openai::LIMITS
+    }
+}
+
+/// Whether the job's batches go to a Message Batches API (Anthropic's, or
+/// the simulated provider speaking it).
+fn speaks_anthropic(spec: &CheckedSpec) -> bool {
+    let p = &spec.spec.provider;
+    match p.kind {
+        spec::ProviderKind::Anthropic => true,
+        spec::ProviderKind::Simulated => p
+            .simulated
+            .as_ref()
+            .is_some_and(|s| s.api == spec::SimulatedApi::Anthropic),
+        spec::ProviderKind::Openai => false,
     }
 }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::AtomicBool;
 
 use crate::apply::{ApplyOptions, Runner};
 use crate::error::{Error, Result};
-use crate::provider::{ClientConfig, OpenAiBatches, OpenAiClient, Secret};
+use crate::provider::anthropic::{self, AnthropicBatches};
+use crate::provider::{AnyBatches, ClientConfig, OpenAiBatches, OpenAiClient, Secret};
 use crate::report::Ui;
 use crate::simulate::{SimConfig, SimServer};
 use crate::spec::{CheckedSpec, ProviderKind, ProviderMode};
@@ -24,15 +25,9 @@ pub async fn with_runner<T>(
     ui: &Ui,
     opts: ApplyOptions,
     interrupted: Arc<AtomicBool>,
-    f: impl AsyncFnOnce(&mut Runner<'_, OpenAiBatches>) -> Result<T>,
+    f: impl AsyncFnOnce(&mut Runner<'_, AnyBatches>) -> Result<T>,
 ) -> Result<T> {
-    let (client, server) = connect(spec, store.layout()).await?;
-    let name = if server.is_some() {
-        "simulated"
-    } else {
-        "openai"
-    };
-    let backend = OpenAiBatches::new(client, name);
+    let (backend, server) = connect(spec, store.layout()).await?;
     let mut runner = Runner::new(
         store,
         spec,
@@ -50,26 +45,27 @@ pub async fn with_runner<T>(
     out
 }
 
-/// A client for the spec's provider; for `simulated`, the server it talks to.
-async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(OpenAiClient, Option<SimServer>)> {
+/// The backend for the spec's provider; for `simulated`, the server it talks to.
+async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Option<SimServer>)> {
     let p = &spec.spec.provider;
-    if p.mode == ProviderMode::Direct || p.kind == ProviderKind::Anthropic {
+    if p.mode == ProviderMode::Direct {
         return Err(Error::usage_with_hint(
             format!(
-                "{}: provider {} is not available in this version",
+                "{}: provider mode `direct` is not available in this version",
                 spec.file.display(),
-                if p.mode == ProviderMode::Direct {
-                    "mode `direct`"
-                } else {
-                    "kind `anthropic`"
-                }
             ),
-            "use `kind: openai` (also for Azure and LiteLLM) or `kind: simulated` with `mode: batch`",
+            "use `mode: batch` with `kind: openai` (also for Azure and LiteLLM), \
+             `kind: anthropic` or `kind: simulated`",
         ));
     }
+    let version = p
+        .anthropic_version
+        .as_deref()
+        .unwrap_or(anthropic::DEFAULT_VERSION);
     if p.kind == ProviderKind::Simulated {
         let s = p.simulated.clone().unwrap_or_default();
         let config = SimConfig::from_spec(&s, Some(layout.simulated()));
+        let speaks_anthropic = config.anthropic;
         let server = SimServer::start(config, 0)
             .await
             .map_err(|e| Error::io("start the simulated provider in", layout.simulated(), e))?;
@@ -80,13 +76,33 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(OpenAiClient, O
             Secret::new("sk-sim-local-0000"),
             "(simulated provider)",
         );
-        return Ok((OpenAiClient::new(cfg)?, Some(server)));
+        let backend = if speaks_anthropic {
+            AnyBatches::Anthropic(AnthropicBatches::new(cfg, version, "simulated")?)
+        } else {
+            AnyBatches::OpenAi(OpenAiBatches::new(OpenAiClient::new(cfg)?, "simulated"))
+        };
+        return Ok((backend, Some(server)));
+    }
+    if p.kind == ProviderKind::Anthropic {
+        let cfg = AnthropicBatches::config_from_env(
+            p.base_url.as_deref(),
+            p.api_key_env
+                .as_deref()
+                .unwrap_or(anthropic::DEFAULT_KEY_ENV),
+        )?;
+        return Ok((
+            AnyBatches::Anthropic(AnthropicBatches::new(cfg, version, "anthropic")?),
+            None,
+        ));
     }
     let cfg = ClientConfig::from_env(
         p.base_url.as_deref(),
         p.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY"),
     )?;
-    Ok((OpenAiClient::new(cfg)?, None))
+    Ok((
+        AnyBatches::OpenAi(OpenAiBatches::new(OpenAiClient::new(cfg)?, "openai")),
+        None,
+    ))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -37,6 +37,7 @@ fn render(w: &mut impl Write, p: Paint, r: &Report) -> io::Result<()> {
     )?;
     for (title, group) in [
         ("day", &r.by_day),
+        ("provider", &r.by_provider),
         ("model", &r.by_model),
         ("job", &r.by_job),
     ] {
@@ -80,9 +81,16 @@ mod tests {
             ts,
             job: job.into(),
             batch_id: format!("batch_{ts}"),
+            provider: if model.starts_with("claude") {
+                "anthropic".into()
+            } else {
+                "openai".into()
+            },
             model: model.into(),
             input_tokens: 1_000_000,
             output_tokens: 20_000,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
             cost_usd: cost,
             simulated,
         };
@@ -91,6 +99,7 @@ mod tests {
                 entry(1_790_000_000, "essays", "gpt-4o-mini", 0.081, false),
                 entry(1_790_090_000, "essays", "gpt-4o-mini", 0.081, false),
                 entry(1_790_090_500, "tickets", "gpt-4.1", 2.08, false),
+                entry(1_790_090_550, "tickets", "claude-haiku-4-5", 0.55, false),
                 entry(1_790_090_600, "demo", "gpt-4o-mini", 0.0, true),
             ],
             None,

@@ -1,6 +1,7 @@
 //! The provider seam: what the runner needs from a batch API, in the
 //! runner's own terms. A backend (OpenAI's Files + Batches under
-//! `provider/openai/`, later Anthropic's Message Batches) implements
+//! `provider/openai/`, Anthropic's Message Batches under
+//! `provider/anthropic/`) implements
 //! [`BatchBackend`]; `apply` drives it and imports no wire type.
 //!
 //! The contract, step by step:
@@ -46,6 +47,9 @@ pub struct SubmitIdentity {
     /// When the intent to create was recorded (Unix seconds): a batch made
     /// for it cannot be older.
     pub intent_at: u64,
+    /// How many requests the chunk holds: a batch of another size is not
+    /// this submit's (for providers whose batches carry no metadata).
+    pub requests: u64,
 }
 
 /// How a batch ended, in the runner's terms.
@@ -117,6 +121,11 @@ pub enum ResultLine {
         answer: String,
         input_tokens: u64,
         output_tokens: u64,
+        /// Prompt-cache writes and reads, billed apart from `input_tokens`
+        /// (Anthropic's `cache_creation_input_tokens`,
+        /// `cache_read_input_tokens`); 0 where a provider has none.
+        cache_write_tokens: u64,
+        cache_read_tokens: u64,
     },
     Failure {
         custom_id: String,

@@ -107,6 +107,24 @@ impl ClientConfig {
         api_key_env: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<ClientConfig, ProviderError> {
+        ClientConfig::from_lookup_for(
+            base_url_from_spec,
+            api_key_env,
+            (BASE_URL_ENV, DEFAULT_BASE_URL),
+            lookup,
+        )
+    }
+
+    /// `from_lookup` for a provider whose base URL comes from another
+    /// variable and has another default (`base`: the variable and the
+    /// default), e.g. Anthropic's `ANTHROPIC_BASE_URL`.
+    pub fn from_lookup_for(
+        base_url_from_spec: Option<&str>,
+        api_key_env: &str,
+        base: (&str, &str),
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<ClientConfig, ProviderError> {
+        let (base_env, default_base) = base;
         let get = |name: &str| {
             lookup(name)
                 .map(|v| v.trim().to_string())
@@ -135,14 +153,14 @@ impl ClientConfig {
                 )),
             ));
         }
-        let base_url = get(BASE_URL_ENV)
+        let base_url = get(base_env)
             .or_else(|| {
                 base_url_from_spec
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
             })
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+            .unwrap_or_else(|| default_base.to_string());
         validate_base_url(&base_url)?;
         let mut config = ClientConfig::new(base_url, Secret::new(key), api_key_env);
         config.organization = get(ORG_ENV);

@@ -11,12 +11,15 @@
 //! the Azure OpenAI batch docs and, where the docs are silent, named GitHub
 //! issues.
 
+pub mod anthropic;
+pub mod any;
 pub mod batch;
 pub mod config;
 pub mod error;
 pub mod openai;
 pub mod retry;
 
+pub use any::AnyBatches;
 pub use batch::{
     BatchBackend, BatchLimits, BilledUsage, EndKind, RemoteBatch, RemoteState, ResultLine,
     ResultRef, StepClass, SubmitIdentity,

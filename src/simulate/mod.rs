@@ -11,6 +11,7 @@
 //! one stopped.
 
 mod answers;
+pub mod anthropic;
 mod api_error;
 mod app;
 mod batch_file;
@@ -86,6 +87,9 @@ pub struct SimConfig {
     /// Answer `metadata: null` on every Batch object, as some
     /// OpenAI-compatible servers do (metadata is still kept for `/_sim/stats`).
     pub drop_metadata: bool,
+    /// Speak Anthropic's Message Batches API instead of OpenAI's Files +
+    /// Batches (see `anthropic`).
+    pub anthropic: bool,
 }
 
 /// By hand, so that a key never reaches a log.
@@ -107,6 +111,7 @@ impl std::fmt::Debug for SimConfig {
             .field("expire_every", &self.expire_every)
             .field("seed", &self.seed)
             .field("drop_metadata", &self.drop_metadata)
+            .field("anthropic", &self.anthropic)
             .finish()
     }
 }
@@ -129,6 +134,7 @@ impl Default for SimConfig {
             expire_every: 0,
             seed: 0,
             drop_metadata: false,
+            anthropic: false,
         }
     }
 }
@@ -154,6 +160,7 @@ impl SimConfig {
             create_commit_error_rate: rate(&s.create_commit_error_rate),
             token_limit_every: s.token_limit_every.unwrap_or(0),
             expire_every: s.expire_every.unwrap_or(0),
+            anthropic: s.api == crate::spec::SimulatedApi::Anthropic,
             ..defaults
         }
     }
@@ -163,7 +170,10 @@ impl SimConfig {
 /// [`SimServer::shutdown`], which also waits for background work to finish.
 pub struct SimServer {
     pub addr: SocketAddr,
-    app: Arc<App>,
+    /// The OpenAI simulation's state; `None` for the Message Batches one,
+    /// which has no background work to stop.
+    app: Option<Arc<App>>,
+    stop: tokio::sync::watch::Sender<bool>,
     server: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -171,11 +181,25 @@ impl SimServer {
     /// Binds `127.0.0.1:port` (0 picks a free port) and serves on the current
     /// tokio runtime.
     pub async fn start(config: SimConfig, port: u16) -> io::Result<SimServer> {
-        let app = App::open(config)?;
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let addr = listener.local_addr()?;
-        let mut stop = app.shutdown_signal();
-        let router = routes::router(app.clone());
+        let stop_tx = tokio::sync::watch::Sender::new(false);
+        let mut stop = stop_tx.subscribe();
+        let (app, router) = if config.anthropic {
+            let sim = anthropic::open(config)?;
+            sim.set_base(anthropic::base_url(addr));
+            (None, anthropic::router(sim))
+        } else {
+            let app = App::open(config)?;
+            let mut app_stop = app.shutdown_signal();
+            let tx = stop_tx.clone();
+            // The OpenAI simulation's own stop signal also stops serving.
+            tokio::spawn(async move {
+                let _ = app_stop.wait_for(|s| *s).await;
+                tx.send_replace(true);
+            });
+            (Some(app.clone()), routes::router(app))
+        };
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
@@ -183,23 +207,35 @@ impl SimServer {
                 })
                 .await
         });
-        app.resume_drivers();
+        if let Some(app) = &app {
+            app.resume_drivers();
+        }
         Ok(SimServer {
             addr,
             app,
+            stop: stop_tx,
             server: Some(server),
         })
     }
 
-    /// `http://127.0.0.1:PORT/v1`
+    /// `http://127.0.0.1:PORT/v1`; for the Message Batches API, without
+    /// `/v1` (its paths start with it).
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        match self.app {
+            Some(_) => format!("http://{}/v1", self.addr),
+            None => anthropic::base_url(self.addr),
+        }
     }
 
     /// Stops accepting calls, lets open ones finish (for a few seconds), and
     /// waits for the batch workers, leaving `data_dir` consistent.
     pub async fn shutdown(mut self) {
-        self.app.stop().await;
+        match &self.app {
+            Some(app) => app.stop().await,
+            None => {
+                self.stop.send_replace(true);
+            }
+        }
         if let Some(mut server) = self.server.take()
             && tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
                 .await
@@ -213,7 +249,10 @@ impl SimServer {
 impl Drop for SimServer {
     fn drop(&mut self) {
         // Graceful: the server and the workers see the signal and wind down.
-        self.app.signal_stop();
+        if let Some(app) = &self.app {
+            app.signal_stop();
+        }
+        self.stop.send_replace(true);
     }
 }
 
@@ -252,6 +291,7 @@ mod tests {
     #[test]
     fn from_spec_maps_every_key() {
         let spec = Simulated {
+            api: Default::default(),
             validating: "1s".into(),
             in_progress: "3s".into(),
             finalizing: "40ms".into(),

@@ -100,11 +100,17 @@ pub struct Provider {
     /// API base URL, e.g. `https://api.openai.com/v1`. The env var `OPENAI_BASE_URL` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
-    /// Name of the environment variable that holds the API key (default `OPENAI_API_KEY`).
+    /// Name of the environment variable that holds the API key (default `OPENAI_API_KEY`,
+    /// or `ANTHROPIC_API_KEY` for `kind: anthropic`).
     /// The key itself never appears in a spec, a state file or a log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub api_key_env: Option<String>,
+    /// `anthropic-version` header sent to the Message Batches API (`kind: anthropic` only;
+    /// default `2023-06-01`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))]
+    pub anthropic_version: Option<String>,
     /// Behaviour of the simulated provider (`kind: simulated` only).
     // The schema says "an object" rather than "an object or null", so that a
     // mistake inside the block is reported at its key (with a suggestion for
@@ -118,6 +124,10 @@ pub struct Provider {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Simulated {
+    /// The wire protocol it speaks: `openai` (Files + Batches, default) or `anthropic`
+    /// (Message Batches).
+    #[serde(default)]
+    pub api: SimulatedApi,
     /// Time a batch spends validating (default `200ms`).
     #[serde(default = "default_sim_validating")]
     pub validating: String,
@@ -159,9 +169,21 @@ pub struct Simulated {
     pub request_flake_rate: Option<Rate>,
 }
 
+/// The protocol of the simulated provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SimulatedApi {
+    /// OpenAI's Files + Batches.
+    #[default]
+    Openai,
+    /// Anthropic's Message Batches.
+    Anthropic,
+}
+
 impl Default for Simulated {
     fn default() -> Self {
         Simulated {
+            api: SimulatedApi::Openai,
             validating: default_sim_validating(),
             in_progress: default_sim_in_progress(),
             finalizing: default_sim_validating(),
@@ -697,7 +719,9 @@ const KNOWN_KEYS: &[&str] = &[
     "mode",
     "base_url",
     "api_key_env",
+    "anthropic_version",
     "simulated",
+    "api",
     "validating",
     "in_progress",
     "finalizing",
@@ -918,6 +942,9 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             }
         }
     }
+    if speaks_anthropic(json) {
+        out.extend(anthropic_request_problems(json, locator));
+    }
     let output = json.get("output");
     let parse = output.and_then(|o| o.get("parse")).and_then(Value::as_str);
     if parse == Some("label")
@@ -1053,6 +1080,96 @@ fn answer_schema_problems(
         && let Some(o) = json.get_mut("output").and_then(Value::as_object_mut)
     {
         o.insert("schema".into(), schema);
+    }
+    out
+}
+
+/// Whether the spec's requests go to a Message Batches API: `kind: anthropic`,
+/// or the simulated provider with `api: anthropic`.
+fn speaks_anthropic(json: &Value) -> bool {
+    let provider = json.get("provider");
+    let kind = provider.and_then(|p| p.get("kind")).and_then(Value::as_str);
+    let api = provider
+        .and_then(|p| p.get("simulated"))
+        .and_then(|s| s.get("api"))
+        .and_then(Value::as_str);
+    kind == Some("anthropic") || (kind == Some("simulated") && api == Some("anthropic"))
+}
+
+/// Chat Completions parameters the Messages API does not take, each with
+/// its Anthropic equivalent where one exists (Anthropic's OpenAI SDK
+/// compatibility page lists what it ignores; the Messages API reference
+/// names the equivalents).
+const OPENAI_ONLY_KEYS: &[(&str, Option<&str>)] = &[
+    (
+        "response_format",
+        Some("`output_config: {format: {type: json_schema, schema: ...}}`"),
+    ),
+    ("max_completion_tokens", Some("`max_tokens`")),
+    ("stop", Some("`stop_sequences`")),
+    ("user", Some("`metadata: {user_id: ...}`")),
+    (
+        "parallel_tool_calls",
+        Some("`tool_choice: {disable_parallel_tool_use: true}`"),
+    ),
+    ("reasoning_effort", Some("`thinking`")),
+    ("functions", Some("`tools`")),
+    ("function_call", Some("`tool_choice`")),
+    ("logprobs", None),
+    ("top_logprobs", None),
+    ("n", None),
+    ("seed", None),
+    ("frequency_penalty", None),
+    ("presence_penalty", None),
+    ("logit_bias", None),
+    ("stream_options", None),
+    ("modalities", None),
+    ("audio", None),
+    ("prediction", None),
+    ("store", None),
+    ("web_search_options", None),
+    ("verbosity", None),
+];
+
+/// `request:` for the Messages API: `max_tokens` is required (at least 1),
+/// `system` comes from `prompt`, and OpenAI-only keys are refused.
+fn anthropic_request_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let req = json.get("request").and_then(Value::as_object);
+    match req.and_then(|r| r.get("max_tokens")) {
+        None => out.push(problem_at(
+            locator,
+            &key_path(&["request"]),
+            "`request.max_tokens` is required by the Anthropic Messages API; add e.g.              `max_tokens: 16` under `request:`"
+                .into(),
+        )),
+        Some(v) if v.as_u64().is_none_or(|n| n == 0) => out.push(problem_at(
+            locator,
+            &key_path(&["request", "max_tokens"]),
+            "must be a whole number of at least 1 (the Message Batches API refuses 0)".into(),
+        )),
+        Some(_) => {}
+    }
+    for key in req.into_iter().flat_map(|r| r.keys()) {
+        let message = if key == "system" {
+            Some("`system` cannot be set here: the system prompt comes from `prompt.system`".into())
+        } else {
+            OPENAI_ONLY_KEYS
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, eq)| match eq {
+                    Some(eq) => format!(
+                        "`{key}` is an OpenAI parameter the Anthropic Messages API does not take; use {eq}"
+                    ),
+                    None => format!(
+                        "`{key}` is an OpenAI parameter the Anthropic Messages API does not take, \
+                         and it has no equivalent there; remove it"
+                    ),
+                })
+        };
+        if let Some(m) = message {
+            out.push(problem_at(locator, &key_path(&["request", key]), m));
+        }
     }
     out
 }
@@ -1303,6 +1420,78 @@ chunking:
                     .any(|p| p.field == *field && p.message.contains(needle)),
                 "{extra:?}: {got:#?}"
             );
+        }
+    }
+
+    #[test]
+    fn anthropic_requests_table() {
+        let anthropic = "provider:\n  kind: anthropic\n";
+        let sim = "provider:\n  kind: simulated\n  simulated:\n    api: anthropic\n";
+        // (provider block, request block, field with a problem or "" for none, text)
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (anthropic, "", "request", "`request.max_tokens` is required"),
+            (sim, "", "request", "`request.max_tokens` is required"),
+            (
+                anthropic,
+                "request:\n  max_tokens: 0\n",
+                "request.max_tokens",
+                "at least 1",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  response_format: {type: json_object}\n",
+                "request.response_format",
+                "output_config",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  max_completion_tokens: 8\n",
+                "request.max_completion_tokens",
+                "use `max_tokens`",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  stop: [x]\n",
+                "request.stop",
+                "stop_sequences",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  logprobs: true\n",
+                "request.logprobs",
+                "no equivalent",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  system: hi\n",
+                "request.system",
+                "prompt.system",
+            ),
+            (
+                anthropic,
+                "request:\n  max_tokens: 8\n  temperature: 0\n  top_k: 5\n",
+                "",
+                "",
+            ),
+            // OpenAI takes all of these.
+            (
+                "",
+                "request:\n  response_format: {type: json_object}\n  seed: 1\n",
+                "",
+                "",
+            ),
+        ];
+        for (provider, request, field, needle) in cases {
+            let got = problems(&format!("{MINIMAL}{provider}{request}"));
+            if field.is_empty() {
+                assert!(got.is_empty(), "{provider}{request}: {got:#?}");
+            } else {
+                assert!(
+                    got.iter()
+                        .any(|p| p.field == *field && p.message.contains(needle)),
+                    "{provider}{request}: {got:#?}"
+                );
+            }
         }
     }
 

@@ -74,10 +74,19 @@ pub struct LedgerEntry<'a> {
     pub model: &'a str,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt-cache writes and reads (Anthropic's usage), when there were any.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
     pub cost_usd: f64,
     /// What the same tokens cost at standard (non-batch) prices.
     pub standard_cost_usd: f64,
     pub simulated: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Append the entry unless the ledger already has one for its batch (a
@@ -129,6 +138,8 @@ mod tests {
             provider: "openai",
             model: "m",
             input_tokens: 10,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
             output_tokens: 2,
             cost_usd: 0.5,
             standard_cost_usd: 1.0,

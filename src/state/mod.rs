@@ -159,6 +159,10 @@ pub use outcomes::Outcome;
 pub use requests::Writer as RequestWriter;
 
 /// The custom id of a row: deterministic and within `^[A-Za-z0-9_-]{1,64}$`.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 pub fn custom_id(row: u64) -> String {
     format!("r{row}")
 }
@@ -255,6 +259,11 @@ pub struct UnitRecord {
     pub batch_error: Option<String>,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt-cache writes and reads (Anthropic), billed apart from input.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
     pub cost_usd: f64,
     pub submitted_at: Option<u64>,
     pub ended_at: Option<u64>,
@@ -338,6 +347,8 @@ impl UnitRecord {
             error_file_id: None,
             batch_error: None,
             input_tokens: 0,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
             output_tokens: 0,
             cost_usd: 0.0,
             submitted_at: None,

@@ -230,6 +230,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let mut successes = Vec::new();
         let mut failures = Vec::new();
         let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
+        let (mut cache_write, mut cache_read) = (0u64, 0u64);
         for id in &ids {
             let Some(req) = self.request_of(id)? else {
                 continue;
@@ -255,10 +256,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     answer,
                     input_tokens: i,
                     output_tokens: o,
+                    cache_write_tokens: w,
+                    cache_read_tokens: r,
                     ..
                 }) => {
                     input_tokens += i;
                     output_tokens += o;
+                    cache_write += w;
+                    cache_read += r;
                     let parsed = parser.parse(&answer).is_ok();
                     shifts.push((before, RequestState::Succeeded { parsed }));
                     successes.push((
@@ -296,9 +301,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         }
         u.input_tokens = input_tokens;
         u.output_tokens = output_tokens;
+        u.cache_write_tokens = cache_write;
+        u.cache_read_tokens = cache_read;
         if let Some(p) = self.plan.price.as_ref() {
-            u.cost_usd = cost::actual(p, input_tokens, output_tokens);
-            u.standard_cost_usd = cost::standard(p, input_tokens, output_tokens);
+            let (i, o, w, r) = (input_tokens, output_tokens, cache_write, cache_read);
+            u.cost_usd = cost::actual_cached(p, i, o, w, r);
+            u.standard_cost_usd = cost::standard_cached(p, i, o, w, r);
         }
         u.completed = successes.len() as u64;
         u.failed = failures.len() as u64;
@@ -346,6 +354,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 model: &self.plan.model,
                 input_tokens: u.input_tokens,
                 output_tokens: u.output_tokens,
+                cache_write_tokens: u.cache_write_tokens,
+                cache_read_tokens: u.cache_read_tokens,
                 cost_usd: u.cost_usd,
                 standard_cost_usd: u.standard_cost_usd,
                 simulated: self.simulated,

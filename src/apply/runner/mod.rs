@@ -350,6 +350,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             submit: u.creates,
             plan: self.plan.plan_hash[..16].to_string(),
             intent_at: u.intent_at.unwrap_or(0),
+            requests: u.requests,
         }
     }
 

@@ -57,12 +57,17 @@ enum Payload<'a> {
         path: &'a Path,
         filename: &'a str,
     },
+    /// A JSON body kept in a file (a Message Batches create of up to 256 MB),
+    /// re-opened and streamed on every attempt.
+    JsonFile(&'a Path),
 }
 
 enum Sink<'a> {
     Text,
     /// Streamed to `<dest>.tmp`, then fsynced and renamed.
     File(&'a Path),
+    /// Only the first line of the body (at most 1 MB), then hang up.
+    FirstLine,
 }
 
 struct Call<'a> {
@@ -106,30 +111,34 @@ enum Attempt {
     },
 }
 
-/// An OpenAI-compatible Files + Batches client.
+/// Which wire family the client speaks; it sets the auth headers and the
+/// hints of errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    OpenAi,
+    /// Anthropic's API: `x-api-key` and `anthropic-version` headers
+    /// (anthropic-sdk-python `_client.py`).
+    Anthropic,
+}
+
+/// An OpenAI-compatible Files + Batches client. The same HTTP core (one
+/// retry loop, streamed downloads, the unclear create) also serves the
+/// Anthropic backend, through [`OpenAiClient::anthropic`] and the
+/// `pub(crate)` calls at the end of this impl.
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
     http: reqwest::Client,
     config: ClientConfig,
     policy: RetryPolicy,
+    flavor: Flavor,
 }
 
 impl OpenAiClient {
     pub fn new(config: ClientConfig) -> Result<OpenAiClient, ProviderError> {
         const OP: &str = "configure provider";
         validate_base_url(&config.base_url)?;
-        let env = &config.api_key_env;
         let mut headers = HeaderMap::new();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.api_key.expose()))
-            .map_err(|_| {
-                ProviderError::config(
-                    OP,
-                    format!("the value of {env} cannot be sent in an HTTP header"),
-                    Some(format!("check that {env} holds only the key")),
-                )
-            })?;
-        // Keeps the header out of reqwest's and hyper's Debug output.
-        auth.set_sensitive(true);
+        let auth = secret_header(&config, &format!("Bearer {}", config.api_key.expose()))?;
         headers.insert(AUTHORIZATION, auth);
         for (name, value, var) in [
             ("openai-organization", &config.organization, ORG_ENV),
@@ -142,6 +151,36 @@ impl OpenAiClient {
                 headers.insert(HeaderName::from_static(name), v);
             }
         }
+        OpenAiClient::build(config, headers, Flavor::OpenAi)
+    }
+
+    /// A client for Anthropic's API: the key goes in `x-api-key`, and
+    /// `anthropic-version` on every call (anthropic-sdk-python `_client.py`).
+    pub(crate) fn anthropic(
+        config: ClientConfig,
+        version: &str,
+    ) -> Result<OpenAiClient, ProviderError> {
+        validate_base_url(&config.base_url)?;
+        let mut headers = HeaderMap::new();
+        let key = secret_header(&config, config.api_key.expose())?;
+        headers.insert(HeaderName::from_static("x-api-key"), key);
+        let v = HeaderValue::from_str(version).map_err(|_| {
+            ProviderError::config(
+                "configure provider",
+                format!("`provider.anthropic_version` {version:?} is not a valid header value"),
+                None,
+            )
+        })?;
+        headers.insert(HeaderName::from_static("anthropic-version"), v);
+        OpenAiClient::build(config, headers, Flavor::Anthropic)
+    }
+
+    fn build(
+        config: ClientConfig,
+        headers: HeaderMap,
+        flavor: Flavor,
+    ) -> Result<OpenAiClient, ProviderError> {
+        const OP: &str = "configure provider";
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .user_agent(concat!("batchgrader/", env!("CARGO_PKG_VERSION")))
@@ -171,6 +210,7 @@ impl OpenAiClient {
             http,
             config,
             policy,
+            flavor,
         })
     }
 
@@ -387,6 +427,120 @@ impl OpenAiClient {
         Ok((reply.status, reply.body))
     }
 
+    /// `GET path` (relative to the base URL), parsed as JSON.
+    pub(crate) async fn get_json<T: DeserializeOwned>(
+        &self,
+        op: String,
+        path: &str,
+    ) -> Result<T, ProviderError> {
+        let call = self.call(op, Method::GET, path)?;
+        let reply = self.execute_text(&call).await?;
+        self.parse(&call.op, &reply)
+    }
+
+    /// `method path` with no body (a cancel, a delete), parsed as JSON.
+    pub(crate) async fn send_json<T: DeserializeOwned>(
+        &self,
+        op: String,
+        method: Method,
+        path: &str,
+    ) -> Result<T, ProviderError> {
+        let call = self.call(op, method, path)?;
+        let reply = self.execute_text(&call).await?;
+        self.parse(&call.op, &reply)
+    }
+
+    /// `POST path` with the JSON body in `body_file`, for a create that is
+    /// not safe to replay: a failure that may have come after the server
+    /// made the object is returned unclear, as for `create_batch`.
+    pub(crate) async fn create_from_file<T: DeserializeOwned>(
+        &self,
+        op: String,
+        path: &str,
+        body_file: &Path,
+    ) -> Result<T, ProviderError> {
+        let call = Call {
+            payload: Payload::JsonFile(body_file),
+            replay: Replay::CreateBatch,
+            ..self.call(op, Method::POST, path)?
+        };
+        let reply = self.execute_text(&call).await?;
+        self.parse(&call.op, &reply)
+            .map_err(ProviderError::into_unclear)
+    }
+
+    /// `GET url` (absolute, e.g. a `results_url`) streamed to `dest` like
+    /// `download_file`. The URL must be on the base URL's host: the key is
+    /// sent with it.
+    pub(crate) async fn download_url(
+        &self,
+        op: String,
+        url: &str,
+        dest: &Path,
+    ) -> Result<u64, ProviderError> {
+        let call = Call {
+            accept: "application/binary",
+            sink: Sink::File(dest),
+            ..self.call_url(op, Method::GET, url)?
+        };
+        match self.execute(&call).await? {
+            Done::File(n) => Ok(n),
+            Done::Text(_) => Err(ProviderError::new(call.op, ErrorKind::Protocol)),
+        }
+    }
+
+    /// The first line of `GET url` (absolute), without reading the rest.
+    pub(crate) async fn first_line(&self, op: String, url: &str) -> Result<String, ProviderError> {
+        let call = Call {
+            accept: "application/binary",
+            sink: Sink::FirstLine,
+            ..self.call_url(op, Method::GET, url)?
+        };
+        Ok(self.execute_text(&call).await?.body)
+    }
+
+    /// A call to an absolute URL the server handed out. Refused unless it
+    /// is on the base URL's scheme, host and port, so a URL from a server's
+    /// answer never takes the key elsewhere.
+    fn call_url<'a>(
+        &self,
+        op: String,
+        method: Method,
+        url: &str,
+    ) -> Result<Call<'a>, ProviderError> {
+        let parsed = Url::parse(url).map_err(|e| {
+            ProviderError::new(op.clone(), ErrorKind::Protocol).with_detail(format!(
+                "the server gave a URL that does not parse ({e}): {url}"
+            ))
+        })?;
+        let base = Url::parse(&self.config.base_url)
+            .map_err(|e| ProviderError::config(op.clone(), format!("bad base URL: {e}"), None))?;
+        let origin = |u: &Url| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        };
+        if origin(&parsed) != origin(&base) {
+            return Err(ProviderError::config(
+                op,
+                format!(
+                    "the server gave a URL on another host ({}); the API key is only sent to {}",
+                    parsed.host_str().unwrap_or("?"),
+                    self.display_base_url()
+                ),
+                Some(
+                    "check `provider.base_url`: it must be the host that serves the results".into(),
+                ),
+            ));
+        }
+        Ok(Call {
+            url: parsed,
+            ..self.call(op, method, "")?
+        })
+    }
+
     /// A call with the defaults: JSON in and out, safe to replay.
     fn call<'a>(&self, op: String, method: Method, path: &str) -> Result<Call<'a>, ProviderError> {
         Ok(Call {
@@ -411,8 +565,12 @@ impl OpenAiClient {
                     snippet(&self.redact(&reply.body))
                 ))
                 .with_hint(Some(format!(
-                    "check that {} is an OpenAI-compatible API",
-                    self.display_base_url()
+                    "check that {} is an {} API",
+                    self.display_base_url(),
+                    match self.flavor {
+                        Flavor::OpenAi => "OpenAI-compatible",
+                        Flavor::Anthropic => "Anthropic Message Batches",
+                    }
                 )))
         })
     }
@@ -562,6 +720,21 @@ impl OpenAiClient {
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
             }
+            Payload::JsonFile(path) => {
+                let file = match tokio::fs::File::open(path).await {
+                    Ok(f) => f,
+                    Err(e) => return Attempt::Fatal(io_error(&call.op, "open", path, &e)),
+                };
+                let len = match file.metadata().await {
+                    Ok(m) => m.len(),
+                    Err(e) => return Attempt::Fatal(io_error(&call.op, "read", path, &e)),
+                };
+                req = req
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(reqwest::header::CONTENT_LENGTH, len)
+                    .body(reqwest::Body::from(file));
+                total = Some(timeout + Duration::from_secs(len / MIN_UPLOAD_BYTES_PER_SEC));
+            }
             Payload::Upload { path, filename } => {
                 let file = match tokio::fs::File::open(path).await {
                     Ok(f) => f,
@@ -635,6 +808,36 @@ impl OpenAiClient {
                 Err(e) => transport_attempt(&e, request_id),
             },
             Sink::File(dest) => stream_to_file(&call.op, response, dest, request_id, timeout).await,
+            Sink::FirstLine => {
+                const MAX_LINE: usize = 1 << 20;
+                let mut buf: Vec<u8> = Vec::new();
+                loop {
+                    if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                        buf.truncate(i);
+                        break;
+                    }
+                    if buf.len() >= MAX_LINE {
+                        break;
+                    }
+                    match tokio::time::timeout(timeout, response.chunk()).await {
+                        Ok(Ok(Some(c))) => buf.extend_from_slice(&c),
+                        Ok(Ok(None)) => break,
+                        Ok(Err(e)) => return transport_attempt(&e, request_id),
+                        Err(_) => {
+                            return Attempt::Transport {
+                                failure: TransportFailure::Timeout,
+                                detail: format!("no line within {}", human_wait(timeout)),
+                                request_id,
+                            };
+                        }
+                    }
+                }
+                Attempt::Done(Done::Text(Reply {
+                    status,
+                    request_id,
+                    body: String::from_utf8_lossy(&buf).into_owned(),
+                }))
+            }
         }
     }
 
@@ -683,6 +886,10 @@ impl OpenAiClient {
                  organization it belongs to ({PROJECT_ENV}, {ORG_ENV})"
             )),
             (ErrorKind::Quota, _) => Some(self.quota_hint()),
+            (ErrorKind::NotFound, _) if self.flavor == Flavor::Anthropic => Some(format!(
+                "check the id and that {base} serves the Message Batches API (the base URL has \
+                 no /v1 suffix); batches can be read for 29 days"
+            )),
             (ErrorKind::NotFound, _) => Some(format!(
                 "check the id (files expire after 30 days); a server without the Files and \
                  Batches API, such as plain vLLM, also answers 404: use `mode: direct` for it \
@@ -743,6 +950,21 @@ impl OpenAiClient {
             Err(_) => self.config.base_url.clone(),
         }
     }
+}
+
+/// The key as a header value, marked sensitive so that it stays out of
+/// reqwest's and hyper's Debug output.
+fn secret_header(config: &ClientConfig, value: &str) -> Result<HeaderValue, ProviderError> {
+    let env = &config.api_key_env;
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        ProviderError::config(
+            "configure provider",
+            format!("the value of {env} cannot be sent in an HTTP header"),
+            Some(format!("check that {env} holds only the key")),
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// OpenAI's `x-request-id`; Anthropic-style `request-id` and Azure's

@@ -262,6 +262,8 @@ impl BatchBackend for OpenAiBatches {
                 answer: s.content,
                 input_tokens: s.usage.prompt_tokens,
                 output_tokens: s.usage.completion_tokens,
+                cache_write_tokens: 0,
+                cache_read_tokens: 0,
             },
             LineOutcome::Failure(f) => ResultLine::Failure {
                 ran: !never_ran(&f.code),
@@ -314,6 +316,7 @@ mod tests {
             submit: 1,
             plan: "abc".into(),
             intent_at: 1_700_000_000,
+            requests: 10,
         }
     }
 

@@ -1,0 +1,694 @@
+//! The Message Batches simulation's state: batches with their requests,
+//! their timing and faults decided at creation, and the results made from
+//! them. Kept in memory, and in `<data_dir>/anthropic/` when a data folder
+//! is given.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Failure;
+use crate::simulate::SimConfig;
+use crate::simulate::answers::complete;
+use crate::simulate::app::now_ms;
+use crate::simulate::faults::{CallFault, CallRates, call_fault};
+use crate::simulate::hash::{SplitMix64, hash_json, hash64, unit};
+
+/// Results can be read for 29 days after creation (batch processing guide).
+const RETENTION_MS: u64 = 29 * 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SimBatch {
+    pub id: String,
+    pub seq: u64,
+    pub created_ms: u64,
+    pub requests: u64,
+    pub cancel_ms: Option<u64>,
+    /// Half its requests end `expired` (`expire_every`).
+    pub expires_half: bool,
+    /// Indexes of requests that fail this once (`request_flake_rate`).
+    pub flaked: Vec<u64>,
+    pub deleted: bool,
+    /// Timing and rates as they were when it was made.
+    pub processing_ms: u64,
+    pub finalizing_ms: u64,
+    pub in_progress_ms: u64,
+    pub validating_ms: u64,
+    pub failure_rate: f64,
+    pub seed: u64,
+    /// Filled once the batch has ended and its results were made.
+    pub counts: Option<Counts>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub succeeded: u64,
+    pub errored: u64,
+    pub canceled: u64,
+    pub expired: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub creates: u64,
+    pub batches_created: u64,
+    pub batches_cancelled: u64,
+    pub batches_deleted: u64,
+    pub injected_429: u64,
+    pub injected_5xx: u64,
+    pub create_commit_errors: u64,
+    pub queue_full_refusals: u64,
+    pub flaked_requests: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Db {
+    seq: u64,
+    batches: BTreeMap<String, SimBatch>,
+    counters: Counters,
+    /// Requests (by a hash of their params) that have failed once already.
+    flaked: HashSet<u64>,
+}
+
+pub struct Sim {
+    pub config: SimConfig,
+    db: Mutex<Db>,
+    /// Requests of each batch when nothing is kept on disk.
+    memory: Mutex<HashMap<String, Arc<Vec<Value>>>>,
+    nonce: u64,
+    request_ids: AtomicU64,
+    api_calls: AtomicU64,
+    base: OnceLock<String>,
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Where a batch is at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    InProgress,
+    Canceling,
+    Ended { at: u64 },
+}
+
+impl SimBatch {
+    fn natural_end(&self) -> u64 {
+        self.created_ms + self.processing_ms
+    }
+
+    pub fn end_ms(&self) -> u64 {
+        match self.cancel_ms {
+            Some(c) if c < self.natural_end() => c + self.finalizing_ms,
+            _ => self.natural_end(),
+        }
+    }
+
+    pub fn phase(&self, now: u64) -> Phase {
+        if now >= self.end_ms() {
+            Phase::Ended { at: self.end_ms() }
+        } else if self.cancel_ms.is_some() {
+            Phase::Canceling
+        } else {
+            Phase::InProgress
+        }
+    }
+
+    /// Requests that ran before a cancel stopped the batch (all without one).
+    fn executed(&self) -> u64 {
+        match self.cancel_ms {
+            Some(c) if c < self.natural_end() => {
+                let ran = c.saturating_sub(self.created_ms + self.validating_ms);
+                let span = self.in_progress_ms.max(1);
+                (u128::from(self.requests) * u128::from(ran.min(span)) / u128::from(span)) as u64
+            }
+            _ => self.requests,
+        }
+    }
+}
+
+impl Sim {
+    pub fn open(config: SimConfig) -> io::Result<Arc<Sim>> {
+        let db = match dir(&config) {
+            Some(d) => {
+                std::fs::create_dir_all(&d)?;
+                match std::fs::read(d.join("state.json")) {
+                    Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Db::default(),
+                    Err(e) => return Err(e),
+                }
+            }
+            None => Db::default(),
+        };
+        let nonce = hash64(&[&now_ms().to_le_bytes(), &std::process::id().to_le_bytes()]);
+        Ok(Arc::new(Sim {
+            config,
+            db: Mutex::new(db),
+            memory: Mutex::new(HashMap::new()),
+            nonce,
+            request_ids: AtomicU64::new(0),
+            api_calls: AtomicU64::new(0),
+            base: OnceLock::new(),
+        }))
+    }
+
+    pub fn set_base(&self, base: String) {
+        let _ = self.base.set(base);
+    }
+
+    pub fn next_request_id(&self) -> String {
+        format!(
+            "req_sim_{:x}_{}",
+            self.nonce & 0xffff,
+            self.request_ids.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    fn save(&self, db: &Db) -> io::Result<()> {
+        let Some(d) = dir(&self.config) else {
+            return Ok(());
+        };
+        write_atomic(&d.join("state.json"), &serde_json::to_vec(db)?)
+    }
+
+    /// The error to answer instead of serving this call, if one is due.
+    pub fn injected_error(&self) -> Option<Failure> {
+        let c = &self.config;
+        let rates = CallRates {
+            rate_limit: c.rate_limit_rate,
+            server_error: c.server_error_rate,
+            either: c.http_error_rate,
+        };
+        if !rates.any() {
+            return None;
+        }
+        let call = self.api_calls.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+        let (seed, nonce) = (c.seed.to_le_bytes(), self.nonce.to_le_bytes());
+        let roll = unit(hash64(&[b"http", &seed, &nonce, &call]));
+        let pick = hash64(&[b"http-status", &seed, &nonce, &call]);
+        let fault = call_fault(&rates, roll, pick)?;
+        let mut db = guard(&self.db);
+        Some(match fault {
+            CallFault::RateLimit => {
+                db.counters.injected_429 += 1;
+                rate_limited(
+                    "Number of request tokens has exceeded your per-minute rate limit (simulated)",
+                )
+            }
+            CallFault::ServerError(StatusCode::INTERNAL_SERVER_ERROR) => {
+                db.counters.injected_5xx += 1;
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "Internal server error (simulated)",
+                )
+            }
+            CallFault::ServerError(_) => {
+                db.counters.injected_5xx += 1;
+                Failure::new(
+                    StatusCode::from_u16(529).expect("529 is a status"),
+                    "overloaded_error",
+                    "Overloaded (simulated)",
+                )
+            }
+        })
+    }
+
+    /// Makes a batch; also says whether this create answers 500 after
+    /// making it (`create_commit_error_rate`).
+    pub fn create(&self, requests: &[Value]) -> Result<(SimBatch, bool), Failure> {
+        let c = &self.config;
+        let mut db = guard(&self.db);
+        db.counters.creates += 1;
+        let ordinal = db.counters.creates;
+        if c.token_limit_every > 0 && ordinal.is_multiple_of(c.token_limit_every) {
+            db.counters.queue_full_refusals += 1;
+            let _ = self.save(&db);
+            return Err(rate_limited(
+                "Your organization has too many message batch requests waiting to be processed; \
+                 try again once some have finished (simulated)",
+            ));
+        }
+        db.seq += 1;
+        let seq = db.seq;
+        let id = format!(
+            "msgbatch_sim{:016x}",
+            hash64(&[b"batch", &self.nonce.to_le_bytes(), &seq.to_le_bytes()])
+        );
+        let mut flaked = Vec::new();
+        if c.request_flake_rate > 0.0 {
+            for (i, r) in requests.iter().enumerate() {
+                let key = hash_json(b"flake-key", r.get("params").unwrap_or(&Value::Null));
+                if !db.flaked.contains(&key)
+                    && unit(hash64(&[
+                        b"flake",
+                        &c.seed.to_le_bytes(),
+                        &key.to_le_bytes(),
+                    ])) < c.request_flake_rate
+                {
+                    db.flaked.insert(key);
+                    db.counters.flaked_requests += 1;
+                    flaked.push(i as u64);
+                }
+            }
+        }
+        let expires_half =
+            c.expire_every > 0 && (db.counters.batches_created + 1).is_multiple_of(c.expire_every);
+        let ms = |d: Duration| d.as_millis() as u64;
+        let batch = SimBatch {
+            id: id.clone(),
+            seq,
+            created_ms: now_ms(),
+            requests: requests.len() as u64,
+            cancel_ms: None,
+            expires_half,
+            flaked,
+            deleted: false,
+            processing_ms: ms(c.validating + c.in_progress + c.finalizing),
+            finalizing_ms: ms(c.finalizing),
+            in_progress_ms: ms(c.in_progress),
+            validating_ms: ms(c.validating),
+            failure_rate: c.request_failure_rate,
+            seed: c.seed,
+            counts: None,
+        };
+        let stored = Arc::new(requests.to_vec());
+        match dir(c) {
+            Some(d) => {
+                let bytes = serde_json::to_vec(&*stored).map_err(internal)?;
+                write_atomic(&d.join(format!("{id}.requests.json")), &bytes).map_err(internal)?;
+            }
+            None => {
+                guard(&self.memory).insert(id.clone(), stored);
+            }
+        }
+        db.counters.batches_created += 1;
+        db.batches.insert(id, batch.clone());
+        let commit_fails = c.create_commit_error_rate > 0.0
+            && unit(hash64(&[
+                b"commit",
+                &c.seed.to_le_bytes(),
+                &self.nonce.to_le_bytes(),
+                &seq.to_le_bytes(),
+            ])) < c.create_commit_error_rate;
+        if commit_fails {
+            db.counters.create_commit_errors += 1;
+        }
+        self.save(&db).map_err(internal)?;
+        Ok((batch, commit_fails))
+    }
+
+    pub fn get(&self, id: &str) -> Option<SimBatch> {
+        let b = guard(&self.db).batches.get(id).cloned()?;
+        (!b.deleted).then_some(b)
+    }
+
+    pub fn all(&self) -> Vec<SimBatch> {
+        guard(&self.db)
+            .batches
+            .values()
+            .filter(|b| !b.deleted)
+            .cloned()
+            .collect()
+    }
+
+    pub fn cancel(&self, id: &str) -> Result<SimBatch, Failure> {
+        let mut db = guard(&self.db);
+        let now = now_ms();
+        let b = db
+            .batches
+            .get_mut(id)
+            .filter(|b| !b.deleted)
+            .ok_or_else(|| Failure::not_found(id))?;
+        if b.cancel_ms.is_none() && !matches!(b.phase(now), Phase::Ended { .. }) {
+            b.cancel_ms = Some(now);
+            let b = b.clone();
+            db.counters.batches_cancelled += 1;
+            self.save(&db).map_err(internal)?;
+            return Ok(b);
+        }
+        Ok(b.clone())
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), Failure> {
+        let mut db = guard(&self.db);
+        let b = db
+            .batches
+            .get_mut(id)
+            .filter(|b| !b.deleted)
+            .ok_or_else(|| Failure::not_found(id))?;
+        if !matches!(b.phase(now_ms()), Phase::Ended { .. }) {
+            return Err(Failure::invalid(format!(
+                "Message batch {id} has not ended yet; cancel it first (simulated)"
+            )));
+        }
+        b.deleted = true;
+        db.counters.batches_deleted += 1;
+        self.save(&db).map_err(internal)
+    }
+
+    fn requests_of(&self, id: &str) -> io::Result<Arc<Vec<Value>>> {
+        if let Some(r) = guard(&self.memory).get(id) {
+            return Ok(r.clone());
+        }
+        let d = dir(&self.config).ok_or_else(|| io::Error::other("no requests kept"))?;
+        let bytes = std::fs::read(d.join(format!("{id}.requests.json")))?;
+        Ok(Arc::new(serde_json::from_slice(&bytes)?))
+    }
+
+    /// The JSONL results of an ended batch.
+    pub fn results(&self, id: &str) -> Result<String, Failure> {
+        let b = self.get(id).ok_or_else(|| Failure::not_found(id))?;
+        let now = now_ms();
+        if !matches!(b.phase(now), Phase::Ended { .. }) {
+            return Err(Failure::invalid(format!(
+                "Message batch {id} is still in progress; results are available once it has ended (simulated)"
+            )));
+        }
+        if now > b.created_ms + RETENTION_MS {
+            return Err(Failure::not_found(id));
+        }
+        let (lines, counts) = self.run(&b).map_err(internal)?;
+        let mut db = guard(&self.db);
+        if let Some(stored) = db.batches.get_mut(id)
+            && stored.counts.is_none()
+        {
+            stored.counts = Some(counts);
+            let _ = self.save(&db);
+        }
+        Ok(lines)
+    }
+
+    /// Every request's result line, in a shuffled order (the API promises
+    /// none), and the counts.
+    fn run(&self, b: &SimBatch) -> io::Result<(String, Counts)> {
+        let requests = self.requests_of(&b.id)?;
+        let executed = b.executed();
+        let flaked: HashSet<u64> = b.flaked.iter().copied().collect();
+        let mut counts = Counts::default();
+        let mut lines: Vec<String> = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let i = i as u64;
+            let custom_id = r.get("custom_id").and_then(Value::as_str).unwrap_or("");
+            let params = r.get("params").unwrap_or(&Value::Null);
+            let result = if i >= executed {
+                counts.canceled += 1;
+                json!({"type": "canceled"})
+            } else if b.expires_half && i >= b.requests / 2 {
+                counts.expired += 1;
+                json!({"type": "expired"})
+            } else if let Err(m) = check_params(params) {
+                counts.errored += 1;
+                errored("invalid_request_error", &m, &b.id, i)
+            } else if unit(hash64(&[
+                b"fail",
+                &b.seed.to_le_bytes(),
+                b.id.as_bytes(),
+                custom_id.as_bytes(),
+            ])) < b.failure_rate
+            {
+                counts.errored += 1;
+                errored("api_error", "Internal server error (simulated)", &b.id, i)
+            } else if flaked.contains(&i) {
+                counts.errored += 1;
+                errored("overloaded_error", "Overloaded (simulated)", &b.id, i)
+            } else {
+                let (message, input, output) = message(params, &b.id, i);
+                counts.succeeded += 1;
+                counts.input_tokens += input;
+                counts.output_tokens += output;
+                json!({"type": "succeeded", "message": message})
+            };
+            lines.push(json!({"custom_id": custom_id, "result": result}).to_string());
+        }
+        let mut rng = SplitMix64::new(hash64(&[b"order", &b.seed.to_le_bytes(), b.id.as_bytes()]));
+        rng.shuffle(&mut lines);
+        let mut text = lines.join("\n");
+        text.push('\n');
+        Ok((text, counts))
+    }
+
+    /// The counts of a batch as the API shows them: all in `processing`
+    /// until it has ended.
+    fn counts_now(&self, b: &SimBatch, now: u64) -> Counts {
+        if !matches!(b.phase(now), Phase::Ended { .. }) {
+            return Counts::default();
+        }
+        if let Some(c) = b.counts {
+            return c;
+        }
+        match self.run(b) {
+            Ok((_, c)) => {
+                if let Some(s) = guard(&self.db).batches.get_mut(&b.id) {
+                    s.counts = Some(c);
+                }
+                c
+            }
+            Err(_) => Counts::default(),
+        }
+    }
+
+    /// The `MessageBatch` object.
+    pub fn object(&self, b: &SimBatch) -> Value {
+        let now = now_ms();
+        let phase = b.phase(now);
+        let c = self.counts_now(b, now);
+        let ended = matches!(phase, Phase::Ended { .. });
+        let base = self.base.get().cloned().unwrap_or_default();
+        json!({
+            "id": b.id,
+            "type": "message_batch",
+            "processing_status": match phase {
+                Phase::InProgress => "in_progress",
+                Phase::Canceling => "canceling",
+                Phase::Ended { .. } => "ended",
+            },
+            "request_counts": {
+                "processing": if ended { 0 } else { b.requests },
+                "succeeded": c.succeeded,
+                "errored": c.errored,
+                "canceled": c.canceled,
+                "expired": c.expired,
+            },
+            "created_at": rfc3339(b.created_ms),
+            "expires_at": rfc3339(b.created_ms + 24 * 3600 * 1000),
+            "ended_at": if ended { Value::String(rfc3339(b.end_ms())) } else { Value::Null },
+            "cancel_initiated_at": b.cancel_ms.map(rfc3339),
+            "archived_at": Value::Null,
+            "results_url": if ended {
+                Value::String(format!("{base}/v1/messages/batches/{}/results", b.id))
+            } else {
+                Value::Null
+            },
+        })
+    }
+
+    /// What a test needs to prove a client behaved.
+    pub fn stats(&self) -> Value {
+        let now = now_ms();
+        let (batches, counters) = {
+            let db = guard(&self.db);
+            let mut v: Vec<SimBatch> = db.batches.values().cloned().collect();
+            v.sort_by_key(|b| b.seq);
+            (v, db.counters)
+        };
+        let mut total = (0u64, 0u64);
+        let mut expired = 0u64;
+        let list: Vec<Value> = batches
+            .iter()
+            .map(|b| {
+                let c = self.counts_now(b, now);
+                total.0 += c.input_tokens;
+                total.1 += c.output_tokens;
+                expired += u64::from(b.expires_half);
+                let ids: Vec<Value> = self
+                    .requests_of(&b.id)
+                    .map(|r| {
+                        r.iter()
+                            .map(|x| x.get("custom_id").cloned().unwrap_or(Value::Null))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({
+                    "id": b.id,
+                    "status": match b.phase(now) {
+                        Phase::InProgress => "in_progress",
+                        Phase::Canceling => "canceling",
+                        Phase::Ended { .. } => "ended",
+                    },
+                    "deleted": b.deleted,
+                    "created_at_ms": b.created_ms,
+                    "ended_at_ms": match b.phase(now) { Phase::Ended { at } => Some(at), _ => None },
+                    "custom_ids": ids,
+                    "usage": {"input_tokens": c.input_tokens, "output_tokens": c.output_tokens},
+                })
+            })
+            .collect();
+        json!({
+            "api": "anthropic",
+            "batches_created": counters.batches_created,
+            "batches_cancelled": counters.batches_cancelled,
+            "batches_deleted": counters.batches_deleted,
+            "injected_429": counters.injected_429,
+            "injected_5xx": counters.injected_5xx,
+            "create_commit_errors": counters.create_commit_errors,
+            "queue_full_refusals": counters.queue_full_refusals,
+            "token_limit_failures": counters.queue_full_refusals,
+            "expired_batches": expired,
+            "flaked_requests": counters.flaked_requests,
+            "usage": {"input_tokens": total.0, "output_tokens": total.1},
+            "batches": list,
+        })
+    }
+}
+
+fn dir(config: &SimConfig) -> Option<PathBuf> {
+    config.data_dir.as_ref().map(|d| d.join("anthropic"))
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        format!("simulated server fault: {e}"),
+    )
+}
+
+fn rate_limited(message: &str) -> Failure {
+    Failure {
+        retry_after: Some(1),
+        ..Failure::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+    }
+}
+
+fn errored(kind: &str, message: &str, batch: &str, i: u64) -> Value {
+    json!({
+        "type": "errored",
+        "error": {
+            "type": "error",
+            "error": {"type": kind, "message": message},
+            "request_id": format!("req_sim_{:016x}", hash64(&[b"line", batch.as_bytes(), &i.to_le_bytes()])),
+        }
+    })
+}
+
+/// The checks the Messages API makes on one request's params.
+fn check_params(p: &Value) -> Result<(), String> {
+    let p = p.as_object().ok_or("params: must be an object")?;
+    if p.get("model")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err("model: Field required".into());
+    }
+    match p.get("max_tokens").and_then(Value::as_u64) {
+        Some(n) if n >= 1 => {}
+        _ => return Err("max_tokens: Field required (an integer of at least 1)".into()),
+    }
+    let messages = match p.get("messages").and_then(Value::as_array) {
+        Some(m) if !m.is_empty() => m,
+        _ => return Err("messages: at least one message is required".into()),
+    };
+    // The Messages API refuses empty text (its error: "text content blocks
+    // must be non-empty").
+    for (i, m) in messages.iter().enumerate() {
+        let empty = match m.get("content") {
+            Some(Value::String(s)) => s.trim().is_empty(),
+            Some(Value::Array(blocks)) => blocks.is_empty(),
+            _ => true,
+        };
+        if empty {
+            return Err(format!(
+                "messages.{i}: text content blocks must be non-empty"
+            ));
+        }
+    }
+    for key in [
+        "response_format",
+        "logprobs",
+        "n",
+        "seed",
+        "max_completion_tokens",
+    ] {
+        if p.contains_key(key) {
+            return Err(format!("{key}: Extra inputs are not permitted"));
+        }
+    }
+    if p.get("stream") == Some(&Value::Bool(true)) {
+        return Err("stream: batch requests cannot stream".into());
+    }
+    Ok(())
+}
+
+/// A deterministic `Message` for `params`: the OpenAI simulation's answer
+/// to the same prompt, so both simulated APIs grade alike.
+fn message(params: &Value, batch: &str, i: u64) -> (Value, u64, u64) {
+    let mut messages = Vec::new();
+    if let Some(s) = params.get("system") {
+        let text = match s {
+            Value::String(s) => s.clone(),
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        };
+        messages.push(json!({"role": "system", "content": text}));
+    }
+    messages.extend(
+        params
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let chat = json!({
+        "model": params.get("model").cloned().unwrap_or(Value::Null),
+        "messages": messages,
+        "max_tokens": params.get("max_tokens").cloned().unwrap_or(Value::Null),
+    });
+    let c = complete(&chat);
+    let id = format!(
+        "msg_sim{:016x}",
+        hash64(&[b"msg", batch.as_bytes(), &i.to_le_bytes()])
+    );
+    let v = json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": params.get("model").cloned().unwrap_or(Value::Null),
+        "content": [{"type": "text", "text": c.content}],
+        "stop_reason": if c.finish_reason == "length" { "max_tokens" } else { "end_turn" },
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": c.prompt_tokens,
+            "output_tokens": c.completion_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    });
+    (v, c.prompt_tokens, c.completion_tokens)
+}
