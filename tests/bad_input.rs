@@ -65,8 +65,9 @@ struct Case {
     /// ...or several (a defect the issue lets be fixed in more than one way).
     #[serde(default)]
     alternatives: Vec<Outcome>,
-    /// Files (relative to the sandbox) the command may rewrite although it fails,
-    /// with the reason in the case's `about`.
+    /// Files (relative to the sandbox; a trailing `/` means everything under
+    /// a folder) that may change although the command fails: what the
+    /// `background` command writes, or a log the command appends to.
     #[serde(default)]
     may_change: Vec<String>,
     /// Why the case is skipped until a fix is merged; absent for live cases.
@@ -502,9 +503,13 @@ fn check(name: &str, case: &Case, dir: &Path) -> Result<(), String> {
     if matched.code != 0 {
         let mut changed = Vec::new();
         for (path, hash) in &before {
-            let allowed = case.may_change.iter().any(|m| path == Path::new(m)) || churns(path);
+            let allowed = churns(path)
+                || case.may_change.iter().any(|m| match m.strip_suffix('/') {
+                    Some(dir) => path.starts_with(dir),
+                    None => path == Path::new(m),
+                });
             match after.get(path) {
-                None if !churns(path) => changed.push(format!("{} was deleted", path.display())),
+                None if !allowed => changed.push(format!("{} was deleted", path.display())),
                 None => {}
                 Some(h) if h != hash && !allowed => {
                     changed.push(format!("{} was changed", path.display()))
