@@ -559,12 +559,33 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     let yaml: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             let msg = strip_yaml_location(&e.to_string());
+            // The YAML parser names a repeated key (after the path of its
+            // mapping, `input: duplicate entry with key "id"`) but places it
+            // at the start of the document; find the repeat itself.
+            const DUPLICATE: &str = "duplicate entry with key \"";
+            let repeated = msg.find(DUPLICATE).and_then(|at| {
+                let key = msg[at + DUPLICATE.len()..].strip_suffix('"')?;
+                let parent = msg[..at].trim_end_matches([':', ' ']);
+                let place = duplicate_key_place(text, key)?;
+                let field = if parent.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{parent}.{key}")
+                };
+                Some((place, field))
+            });
+            let ((line, column), field) = match repeated {
+                Some((place, field)) => (place, field),
+                None => (
+                    e.location().map_or((1, 1), |l| (l.line(), l.column())),
+                    "(root)".to_string(),
+                ),
+            };
             return Err(invalid(vec![Problem {
                 line,
                 column,
-                field: "(root)".into(),
+                field,
                 message: format!("invalid YAML: {msg}"),
             }]));
         }
@@ -606,6 +627,40 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
         }])
     })?;
     Ok(resolve(path, spec))
+}
+
+/// Where `key` appears a second time in one block of the YAML `text`:
+/// 1-based line and column, by indentation (block style, the way specs are
+/// written; a repeat in a flow mapping is not found).
+fn duplicate_key_place(text: &str, key: &str) -> Option<(usize, usize)> {
+    let forms = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    // Indents at which `key` was seen in the blocks still open.
+    let mut seen: Vec<usize> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start_matches(' ');
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        // A line at a smaller indent closes the deeper blocks; one at the
+        // same indent that is a list item starts a new block there.
+        seen.retain(|&d| d < indent || (d == indent && !body.starts_with("- ")));
+        let is_key = forms.iter().any(|f| {
+            body.strip_prefix(f.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        });
+        if is_key {
+            if seen.contains(&indent) {
+                return Some((i + 1, indent + 1));
+            }
+            seen.push(indent);
+        }
+    }
+    None
 }
 
 fn strip_yaml_location(msg: &str) -> String {
@@ -1144,6 +1199,35 @@ output:
                 .map(|s| s.trim_end_matches("`?"));
             assert_eq!(said, want, "{to}: {got:?}");
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_placed_at_its_second_line() {
+        let cases = [
+            (
+                "version: 1\nmodel: a\nname: x\nmodel: b\n",
+                "model",
+                Some((4, 1)),
+            ),
+            ("input:\n  id: a\n  path: p\n  id: b\n", "id", Some((4, 3))),
+            ("a:\n  id: 1\nb:\n  id: 2\nb:\n", "id", None),
+            ("a:\n  id: 1\nb:\n  id: 2\nb:\n", "b", Some((5, 1))),
+            ("l:\n  - id: 1\n  - id: 2\n", "id", None),
+            ("x: \"model: 1\"\nmodel: 2\n", "model", None),
+        ];
+        for (text, key, want) in cases {
+            assert_eq!(duplicate_key_place(text, key), want, "{text:?}");
+        }
+        let got = problems(&format!("{MINIMAL}model: gpt-4o\n"));
+        assert_eq!((got[0].line, got[0].column), (10, 1), "{got:?}");
+        assert_eq!(got[0].field, "model", "{got:?}");
+        let got = problems(&MINIMAL.replace("  path: in.csv", "  path: in.csv\n  path: b.csv"));
+        assert_eq!((got[0].line, got[0].column), (6, 3), "{got:?}");
+        assert_eq!(got[0].field, "input.path", "{got:?}");
+        assert!(
+            got[0].message.contains("duplicate entry with key \"path\""),
+            "{got:?}"
+        );
     }
 
     #[test]
