@@ -85,6 +85,9 @@ struct Outcome {
     /// Substrings it must not contain (a secret, a wrong blame).
     #[serde(default)]
     reject: Vec<String>,
+    /// Files (relative to the sandbox) and text each must contain afterwards.
+    #[serde(default)]
+    files: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,6 +446,7 @@ fn check(name: &str, case: &Case, dir: &Path) -> Result<(), String> {
         code,
         expect: case.expect.clone(),
         reject: case.reject.clone(),
+        files: BTreeMap::new(),
     });
     let outcomes: Vec<&Outcome> = first.iter().chain(&case.alternatives).collect();
     if outcomes.is_empty() {
@@ -486,6 +490,14 @@ fn check(name: &str, case: &Case, dir: &Path) -> Result<(), String> {
         for r in &o.reject {
             if text.contains(r.as_str()) {
                 why.push(format!("{r:?} must not be in the output"));
+            }
+        }
+        for (file, wants) in &o.files {
+            let got = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            for w in wants {
+                if !got.contains(w.as_str()) {
+                    why.push(format!("no {w:?} in {file}:\n{got}"));
+                }
             }
         }
         if why.is_empty() {
