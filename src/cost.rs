@@ -88,6 +88,8 @@ impl PriceTable {
             message,
         };
         let mut prices = Vec::new();
+        // The line of each price, for messages.
+        let mut lines: Vec<usize> = Vec::new();
         let mut header_seen = false;
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -117,6 +119,21 @@ impl PriceTable {
                     .filter(|v| v.is_finite() && *v >= 0.0)
                     .ok_or_else(|| bad(i + 1, format!("{name} `{}` is not a price", cols[k])))
             };
+            if cols[0].is_empty() {
+                return Err(bad(i + 1, "the model name is empty".into()));
+            }
+            // Two rows for one model: which price holds would be a silent
+            // choice of row order.
+            if let Some(first) = prices.iter().position(|p: &Price| p.model == cols[0]) {
+                return Err(bad(
+                    i + 1,
+                    format!(
+                        "model `{}` is priced twice (also on line {}); keep one row",
+                        cols[0], lines[first]
+                    ),
+                ));
+            }
+            lines.push(i + 1);
             prices.push(Price {
                 model: cols[0].to_string(),
                 input_per_1m: num(1, "input_per_1m")?,
@@ -125,6 +142,14 @@ impl PriceTable {
                 batch_output_per_1m: num(4, "batch_output_per_1m")?,
                 prices_as_of: cols[5].to_string(),
             });
+        }
+        // An empty table is a broken file (cut short, the wrong file), not
+        // a wish for no estimates: every model would go unpriced quietly.
+        if prices.is_empty() {
+            return Err(bad(
+                text.lines().count().max(1),
+                "the price table has no price rows; expected the header model,input_per_1m,output_per_1m,batch_input_per_1m,batch_output_per_1m,prices_as_of and one row per model".into(),
+            ));
         }
         Ok(PriceTable {
             source_name: source_name.to_string(),
@@ -266,6 +291,37 @@ gpt-4,30,60,15,30,2026-01-01
         assert!(err.to_string().starts_with("p.csv:2:"), "{err}");
         let err = PriceTable::parse("p.csv", "x,1,two,3,4,2026-01-01\n").unwrap_err();
         assert!(err.to_string().contains("output_per_1m `two`"), "{err}");
+    }
+
+    #[test]
+    fn broken_tables_are_refused_at_their_line() {
+        let header = "model,input_per_1m,output_per_1m,batch_input_per_1m,batch_output_per_1m,prices_as_of\n";
+        let cases = [
+            (String::new(), "p.csv:1:", "no price rows"),
+            (
+                "# only a comment\n".to_string(),
+                "p.csv:1:",
+                "no price rows",
+            ),
+            (header.to_string(), "p.csv:1:", "no price rows"),
+            (
+                format!("{header}m,1,2,3,4,d\nn,1,2,3,4,d\nm,1,2,3,4,d\n"),
+                "p.csv:4:",
+                "`m` is priced twice (also on line 2)",
+            ),
+            (
+                format!("{header},1,2,3,4,d\n"),
+                "p.csv:2:",
+                "model name is empty",
+            ),
+        ];
+        for (text, place, words) in cases {
+            let err = PriceTable::parse("p.csv", &text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(place) && err.contains(words),
+                "{text:?}: {err}"
+            );
+        }
     }
 
     #[test]

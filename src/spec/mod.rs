@@ -594,12 +594,33 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     let yaml: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             let msg = strip_yaml_location(&e.to_string());
+            // The YAML parser names a repeated key (after the path of its
+            // mapping, `input: duplicate entry with key "id"`) but places it
+            // at the start of the document; find the repeat itself.
+            const DUPLICATE: &str = "duplicate entry with key \"";
+            let repeated = msg.find(DUPLICATE).and_then(|at| {
+                let key = msg[at + DUPLICATE.len()..].strip_suffix('"')?;
+                let parent = msg[..at].trim_end_matches([':', ' ']);
+                let place = duplicate_key_place(text, key)?;
+                let field = if parent.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{parent}.{key}")
+                };
+                Some((place, field))
+            });
+            let ((line, column), field) = match repeated {
+                Some((place, field)) => (place, field),
+                None => (
+                    e.location().map_or((1, 1), |l| (l.line(), l.column())),
+                    "(root)".to_string(),
+                ),
+            };
             return Err(invalid(vec![Problem {
                 line,
                 column,
-                field: "(root)".into(),
+                field,
                 message: format!("invalid YAML: {msg}"),
             }]));
         }
@@ -647,6 +668,40 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     Ok(resolve(path, spec))
 }
 
+/// Where `key` appears a second time in one block of the YAML `text`:
+/// 1-based line and column, by indentation (block style, the way specs are
+/// written; a repeat in a flow mapping is not found).
+fn duplicate_key_place(text: &str, key: &str) -> Option<(usize, usize)> {
+    let forms = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    // Indents at which `key` was seen in the blocks still open.
+    let mut seen: Vec<usize> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start_matches(' ');
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        // A line at a smaller indent closes the deeper blocks; one at the
+        // same indent that is a list item starts a new block there.
+        seen.retain(|&d| d < indent || (d == indent && !body.starts_with("- ")));
+        let is_key = forms.iter().any(|f| {
+            body.strip_prefix(f.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        });
+        if is_key {
+            if seen.contains(&indent) {
+                return Some((i + 1, indent + 1));
+            }
+            seen.push(indent);
+        }
+    }
+    None
+}
+
 fn strip_yaml_location(msg: &str) -> String {
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
@@ -666,12 +721,13 @@ fn problem_at(locator: &locate::Locator, path: &[Seg], message: String) -> Probl
 
 fn schema_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
     use jsonschema::error::ValidationErrorKind;
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
-    let validator = VALIDATOR.get_or_init(|| {
-        let schema: Value = serde_json::to_value(schemars::schema_for!(JobSpec))
-            .expect("a schema always serializes");
-        jsonschema::validator_for(&schema).expect("the derived schema is valid")
+    let schema = SCHEMA.get_or_init(|| {
+        serde_json::to_value(schemars::schema_for!(JobSpec)).expect("a schema always serializes")
     });
+    let validator = VALIDATOR
+        .get_or_init(|| jsonschema::validator_for(schema).expect("the derived schema is valid"));
     let mut out = Vec::new();
     for err in validator.iter_errors(json) {
         let base = locate::from_pointer(err.instance_path().as_str());
@@ -681,7 +737,11 @@ fn schema_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
                     let mut path = base.clone();
                     path.push(Seg::Key(key.clone()));
                     let mut msg = format!("unknown key `{key}`");
-                    if let Some(s) = closest(key, KNOWN_KEYS) {
+                    // A key of the same block first (`modle` is `model`
+                    // at the top, not `provider.mode`), then any key.
+                    let siblings = keys_at(schema, &base);
+                    let siblings: Vec<&str> = siblings.iter().map(String::as_str).collect();
+                    if let Some(s) = closest(key, &siblings).or_else(|| closest(key, KNOWN_KEYS)) {
                         msg.push_str(&format!("; did you mean `{s}`?"));
                     }
                     out.push(problem_at(locator, &path, msg));
@@ -779,6 +839,53 @@ fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .filter(|(d, c)| *d <= 2.max(c.len() / 4))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+        // A key cut short (`max_cost` for `max_cost_usd`) is far from the
+        // whole key by edits but plainly the same word.
+        .or_else(|| {
+            let mut longer = candidates
+                .iter()
+                .filter(|c| key.len() >= 4 && c.len() > key.len() && c.starts_with(key));
+            match (longer.next(), longer.next()) {
+                (Some(c), None) => Some(*c),
+                _ => None,
+            }
+        })
+}
+
+/// `node`, or what its `$ref` into the schema's `$defs` points to.
+fn resolve_ref<'a>(schema: &'a Value, mut node: &'a Value) -> &'a Value {
+    for _ in 0..8 {
+        match node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+            .and_then(|name| schema.get("$defs")?.get(name))
+        {
+            Some(target) => node = target,
+            None => break,
+        }
+    }
+    node
+}
+
+/// The keys the schema allows in the object at `path`, following `$ref`s
+/// into `$defs`; empty when the path leads nowhere known.
+fn keys_at(schema: &Value, path: &[Seg]) -> Vec<String> {
+    let mut node = resolve_ref(schema, schema);
+    for seg in path {
+        let next = match seg {
+            Seg::Key(k) => node.get("properties").and_then(|p| p.get(k)),
+            Seg::Index(_) => node.get("items"),
+        };
+        match next {
+            Some(n) => node = resolve_ref(schema, n),
+            None => return Vec::new(),
+        }
+    }
+    node.get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -849,6 +956,20 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             out.push(problem_at(locator, &path, msg));
         }
     };
+    check(&["input", "path"], &|v| match v {
+        Value::Array(paths) if paths.is_empty() => {
+            Err("the list of input files is empty; give at least one path".to_string())
+        }
+        Value::String(p) if p.trim().is_empty() => Err("the input path is empty".to_string()),
+        Value::Array(paths)
+            if paths
+                .iter()
+                .any(|p| p.as_str().is_some_and(|p| p.trim().is_empty())) =>
+        {
+            Err("an input path in the list is empty".to_string())
+        }
+        _ => Ok(()),
+    });
     check(&["chunking", "max_bytes"], &|v| {
         let size: Size = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         size.bytes().map(|_| ())
@@ -1283,6 +1404,77 @@ prompt:
 output:
   path: out.csv
 ";
+
+    #[test]
+    fn unknown_keys_are_matched_in_their_own_block_first() {
+        let cases = [
+            // (text to replace in MINIMAL, replacement, suggestion)
+            ("model: gpt-4o-mini", "modle: gpt-4o-mini", Some("model")),
+            ("  path: in.csv", "  path: in.csv\n  idd: x", Some("id")),
+            (
+                "version: 1",
+                "version: 1\nhalt:\n  max_cost: 5",
+                Some("max_cost_usd"),
+            ),
+            ("version: 1", "version: 1\ncolour: red", None),
+        ];
+        for (from, to, want) in cases {
+            let got = problems(&MINIMAL.replace(from, to));
+            let unknown: Vec<&Problem> = got
+                .iter()
+                .filter(|p| p.message.starts_with("unknown key"))
+                .collect();
+            assert_eq!(unknown.len(), 1, "{to}: {got:?}");
+            let said = unknown[0]
+                .message
+                .split("did you mean `")
+                .nth(1)
+                .map(|s| s.trim_end_matches("`?"));
+            assert_eq!(said, want, "{to}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_is_placed_at_its_second_line() {
+        let cases = [
+            (
+                "version: 1\nmodel: a\nname: x\nmodel: b\n",
+                "model",
+                Some((4, 1)),
+            ),
+            ("input:\n  id: a\n  path: p\n  id: b\n", "id", Some((4, 3))),
+            ("a:\n  id: 1\nb:\n  id: 2\nb:\n", "id", None),
+            ("a:\n  id: 1\nb:\n  id: 2\nb:\n", "b", Some((5, 1))),
+            ("l:\n  - id: 1\n  - id: 2\n", "id", None),
+            ("x: \"model: 1\"\nmodel: 2\n", "model", None),
+        ];
+        for (text, key, want) in cases {
+            assert_eq!(duplicate_key_place(text, key), want, "{text:?}");
+        }
+        let got = problems(&format!("{MINIMAL}model: gpt-4o\n"));
+        assert_eq!((got[0].line, got[0].column), (10, 1), "{got:?}");
+        assert_eq!(got[0].field, "model", "{got:?}");
+        let got = problems(&MINIMAL.replace("  path: in.csv", "  path: in.csv\n  path: b.csv"));
+        assert_eq!((got[0].line, got[0].column), (6, 3), "{got:?}");
+        assert_eq!(got[0].field, "input.path", "{got:?}");
+        assert!(
+            got[0].message.contains("duplicate entry with key \"path\""),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_input_path_is_named() {
+        for path in ["[]", "\"\"", "[in.csv, \"\"]"] {
+            let got = problems(&MINIMAL.replace("  path: in.csv", &format!("  path: {path}")));
+            assert_eq!(got.len(), 1, "{path}: {got:?}");
+            assert_eq!(
+                (got[0].line, got[0].field.as_str()),
+                (5, "input.path"),
+                "{path}"
+            );
+        }
+    }
 
     fn problems(text: &str) -> Vec<Problem> {
         match check(Path::new("spec.yaml"), text) {
