@@ -72,8 +72,14 @@ fn eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
     assert_eq!(report["rows_out"], 120);
     // Every chunk made a batch, and the ledger holds batches: the checks had
     // something to check.
-    assert!(report["batches_created"].as_u64().unwrap() >= 12, "{report:#}");
-    assert!(report["ledger_batches"].as_u64().unwrap() >= 12, "{report:#}");
+    assert!(
+        report["batches_created"].as_u64().unwrap() >= 12,
+        "{report:#}"
+    );
+    assert!(
+        report["ledger_batches"].as_u64().unwrap() >= 12,
+        "{report:#}"
+    );
     // The faults happened (which ones in a 12-chunk job is left to chance,
     // except the every-Nth batch faults).
     let faults = &report["faults"];
@@ -84,7 +90,10 @@ fn eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert!(injected > 0, "{report:#}");
-    assert!(faults["expired_batches"].as_u64().unwrap() >= 1, "{report:#}");
+    assert!(
+        faults["expired_batches"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
     assert!(
         faults["token_limit_failures"].as_u64().unwrap() >= 1,
         "{report:#}"
