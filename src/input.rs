@@ -435,6 +435,11 @@ impl RowReader {
                     }
                 }
                 *line += 1;
+                if *line == 1 && buf.starts_with(BOM) {
+                    // Editors on Windows start UTF-8 files with a byte
+                    // order mark; the CSV reader skips it too.
+                    buf.drain(..BOM.len());
+                }
                 let text = match std::str::from_utf8(buf) {
                     Ok(t) => t,
                     Err(e) => {
@@ -660,8 +665,17 @@ impl<'de> Deserialize<'de> for RowObject {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RowObject, A::Error> {
-                let mut pairs = Vec::new();
+                let mut pairs: Vec<(String, String)> = Vec::new();
+                let mut seen: HashMap<String, ()> = HashMap::new();
                 while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    // JSON readers disagree on which of two equal keys wins
+                    // (RFC 8259 section 4 leaves it open): refuse rather than
+                    // grade, or key, a row by a value the user did not mean.
+                    if seen.insert(k.clone(), ()).is_some() {
+                        return Err(de::Error::custom(format!(
+                            "the key `{k}` appears twice in one object; keep one"
+                        )));
+                    }
                     pairs.push((k, cell_text(v.get()).map_err(de::Error::custom)?));
                 }
                 Ok(RowObject(pairs))
@@ -711,6 +725,16 @@ fn minify(raw: &str) -> String {
     out
 }
 
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Skip a byte order mark at the start of `reader`.
+fn skip_bom(reader: &mut impl BufRead) {
+    if reader.fill_buf().is_ok_and(|b| b.starts_with(BOM)) {
+        reader.consume(BOM.len());
+    }
+}
+
 fn read_json_array(
     reader: BufReader<Counting<File>>,
     path: &Path,
@@ -757,6 +781,8 @@ fn read_json_array(
             }
         }
     }
+    let mut reader = reader;
+    skip_bom(&mut reader);
     let mut count = 0u64;
     let mut de = serde_json::Deserializer::from_reader(reader);
     let result = Elements {

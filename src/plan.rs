@@ -501,6 +501,10 @@ fn build(
         let rendered: Vec<Result<Rendered, String>> = batch
             .par_iter()
             .map(|row| {
+                if crate::interrupt::requested() {
+                    // Ctrl-C: skip the rest of the batch; checked below.
+                    return Err(String::new());
+                }
                 let user = prompt.user.render(|k| row.get(k))?;
                 let body = builder.body(&user);
                 let fingerprint = fingerprint(&body);
@@ -513,6 +517,9 @@ fn build(
                 })
             })
             .collect();
+        if crate::interrupt::requested() {
+            return Err(Error::Interrupted { what: "planning" });
+        }
         for (row, r) in batch.iter().zip(rendered) {
             let r = r.map_err(|name| missing_column(spec, sources, row, &name))?;
             let key = match (&mut ids, id_column) {

@@ -9,6 +9,21 @@ use crate::state::{JobStore, PlanRecord, StateError};
 /// The job a command means: the one named, else the only job in the state folder.
 pub fn resolve(state_root: &Path, job: Option<&str>) -> Result<String> {
     if let Some(j) = job {
+        // The spec's rule for names: a job can never be a path that leaves
+        // the state folder (`../other/job`).
+        let valid = !j.is_empty()
+            && j.len() <= 64
+            && j.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(Error::usage_with_hint(
+                format!("`{j}` is not a job name: names are 1 to 64 of a-z, 0-9, `_` and `-`"),
+                format!(
+                    "name a job of {} (see its folders), or pass --state to use another state folder",
+                    state_root.display()
+                ),
+            ));
+        }
         return Ok(j.to_string());
     }
     let mut jobs: Vec<String> = std::fs::read_dir(state_root)
@@ -44,7 +59,7 @@ pub fn saved_spec(store: &JobStore) -> Result<CheckedSpec> {
             return Err(e.into());
         }
         return Err(Error::usage_with_hint(
-            "the job has no saved spec: it was never planned",
+            "the job has no saved spec: it was never planned (or its first plan was stopped)",
             "run `batchgrader plan SPEC` or `batchgrader apply SPEC`",
         ));
     };

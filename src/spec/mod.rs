@@ -946,6 +946,26 @@ const SIMULATED_RATE_KEYS: [&str; 6] = [
 ];
 
 /// Checks the schema cannot express: units, exclusive fields, reserved request keys.
+/// A base URL must be an http(s) URL, and may not carry credentials: the
+/// spec is saved in the state and shown in messages, so a password in it
+/// would be stored and printed. The message never repeats the URL.
+fn base_url_problem(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("`{url}` is not an http(s) URL: it must start with https:// or http://")
+        })?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("holds a user name or password (`user:pass@`); remove them: the key goes in the variable named by provider.api_key_env".into());
+    }
+    if authority.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
 fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut check = |keys: &[&str], f: &dyn Fn(&Value) -> Result<(), String>| {
@@ -973,6 +993,9 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
     check(&["chunking", "max_bytes"], &|v| {
         let size: Size = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         size.bytes().map(|_| ())
+    });
+    check(&["provider", "base_url"], &|v| {
+        base_url_problem(v.as_str().unwrap_or_default())
     });
     // A zero interval would poll without pause; a zero give-up would give
     // up at the first failure.

@@ -88,7 +88,16 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             ),
             Ending::Halted(r) => (RunState::Halted, Some(format!("halted: {r}"))),
         };
-        let write_output = matches!(ending, Ending::Finished | Ending::Halted(_));
+        // A halt before anything has an outcome (the budget refused the
+        // start) writes nothing: a file of "not graded" rows must not replace
+        // an earlier, better output.
+        let t = &self.tally;
+        let anything = t.graded + t.parse_failures + t.api_failures > 0;
+        let write_output = match ending {
+            Ending::Finished => true,
+            Ending::Halted(_) => anything,
+            Ending::Detached | Ending::Interrupted => false,
+        };
         let mut written = None;
         if write_output {
             self.event(None, "writing the output");
