@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod openai;
 pub mod retry;
