@@ -188,7 +188,7 @@ fn ctrl_c_stops_sending_at_once_and_resume_finishes() {
         "job.yaml",
         direct_job("stop", &[&server.url], 4, "  requests_per_minute: 600\n"),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
         .current_dir(sb.dir.path())
         .args(["apply", "job.yaml", "--yes"])
         .env(KEY_ENV, "sk-test-direct-0001")
