@@ -920,12 +920,9 @@ impl<'a> DirectRunner<'a> {
             actual_cost_usd: spent,
             output_path: output,
             message,
-            // Direct mode pays standard prices: nothing saved.
-            receipt: Receipt {
-                paid_usd: spent,
-                standard_usd: spent,
-                saved_usd: 0.0,
-            },
+            // Direct mode pays standard prices: there is no batch receipt;
+            // the spend above is at standard prices.
+            receipt: Receipt::default(),
             outage_since: self
                 .outage_since_ms
                 .map(|ms| self.started_at + ms / 1000),
@@ -985,7 +982,14 @@ impl<'a> DirectRunner<'a> {
     }
 
     async fn finish(&mut self, ending: Ending) -> Result<(Ending, Summary)> {
+        let secs = self.started.elapsed().as_secs_f64();
         let message = match &ending {
+            Ending::Finished if self.done > 0 => Some(format!(
+                "direct mode: {} requests answered in {:.1} s ({:.0}/s), cost at standard prices",
+                crate::report::num(self.done),
+                secs,
+                self.done as f64 / secs.max(0.001)
+            )),
             Ending::Finished => None,
             Ending::Interrupted => Some(
                 "interrupted: every recorded answer is kept; run `batchgrader resume` to send the rest"
