@@ -173,7 +173,9 @@ pub struct EndpointView {
 /// One line of a direct run: a bar, done/total, rates, ETA.
 pub fn direct_lines(d: &DirectView, now: u64) -> Vec<String> {
     const WIDTH: u64 = 24;
-    let filled = (d.done.min(d.total) * WIDTH).checked_div(d.total).unwrap_or(WIDTH);
+    let filled = (d.done.min(d.total) * WIDTH)
+        .checked_div(d.total)
+        .unwrap_or(WIDTH);
     let bar: String = (0..WIDTH)
         .map(|i| if i < filled { '#' } else { '-' })
         .collect();

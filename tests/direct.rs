@@ -17,7 +17,10 @@ const KEY_ENV: &str = "DIRECT_TEST_KEY";
 fn input(rows: usize) -> String {
     let mut s = String::from("id,text\n");
     for i in 1..=rows {
-        s.push_str(&format!("id{i:04},answer number {i} says {}\n", i * 7919 % 1000));
+        s.push_str(&format!(
+            "id{i:04},answer number {i} says {}\n",
+            i * 7919 % 1000
+        ));
     }
     s
 }
@@ -112,7 +115,10 @@ fn injected_429s_and_5xx_still_answer_every_row_once_in_input_order() {
     // The summary names direct mode's figures, and status shows the run.
     assert!(r.stderr.contains(&format!("{rows} graded")), "{r:?}");
     let st = sb.run(&["status", "faults"]);
-    assert!(st.stdout.contains("req/s") || st.stderr.contains("req/s"), "{st:?}");
+    assert!(
+        st.stdout.contains("req/s") || st.stderr.contains("req/s"),
+        "{st:?}"
+    );
     assert!(
         format!("{}{}", st.stdout, st.stderr).contains("rate_limited"),
         "errors by class: {st:?}"
@@ -127,7 +133,10 @@ fn sigkill_mid_run_then_resume_resends_only_what_was_in_flight() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
     sb.write("in.csv", input(rows));
-    sb.write("job.yaml", direct_job("kill", &[&server.url], in_flight, ""));
+    sb.write(
+        "job.yaml",
+        direct_job("kill", &[&server.url], in_flight, ""),
+    );
     let r = apply(&sb, &[("BATCHGRADER_TEST_KILL_AT", "direct-commit:150")]);
     assert_eq!(r.signal, Some(9), "killed by its own hook: {r:?}");
     // Requests already on the wire still reach the server; let them land.
@@ -163,10 +172,7 @@ fn two_endpoints_one_down_the_job_completes_on_the_other() {
         format!("http://127.0.0.1:{}/v1", l.local_addr().unwrap().port())
     };
     sb.write("in.csv", input(rows));
-    sb.write(
-        "job.yaml",
-        direct_job("two", &[&dead, &server.url], 8, ""),
-    );
+    sb.write("job.yaml", direct_job("two", &[&dead, &server.url], 8, ""));
     let r = apply(&sb, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(answered(&server), rows as u64);
@@ -229,7 +235,10 @@ fn ctrl_c_stops_sending_at_once_and_resume_finishes() {
     let r = resume(&sb);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(sb.read("out/graded.csv").lines().count(), rows + 1);
-    assert!(answered(&server) - (rows as u64) <= 4, "at most the in-flight ones again");
+    assert!(
+        answered(&server) - (rows as u64) <= 4,
+        "at most the in-flight ones again"
+    );
 }
 
 #[test]
@@ -240,8 +249,13 @@ fn a_failure_rate_above_the_policy_halts_and_writes_what_was_graded() {
     sb.write("in.csv", input(rows));
     // The server refuses `max_tokens: 0`-style bad requests with a 400; a
     // request field it cannot take makes every row a final failure.
-    let spec = direct_job("halt", &[&server.url], 4, "halt:\n  max_failure_rate: 10%\n")
-        .replace("  max_tokens: 4\n", "  max_tokens: -1\n");
+    let spec = direct_job(
+        "halt",
+        &[&server.url],
+        4,
+        "halt:\n  max_failure_rate: 10%\n",
+    )
+    .replace("  max_tokens: 4\n", "  max_tokens: -1\n");
     sb.write("job.yaml", spec);
     let r = apply(&sb, &[]);
     assert_eq!(r.code, 4, "halted by policy: {r:?}");

@@ -116,7 +116,11 @@ pub async fn run_direct(
             let s = p.simulated.clone().unwrap_or_default();
             let config = SimConfig::from_spec(&s, Some(store.layout().simulated()));
             let server = SimServer::start(config, 0).await.map_err(|e| {
-                Error::io("start the simulated provider in", store.layout().simulated(), e)
+                Error::io(
+                    "start the simulated provider in",
+                    store.layout().simulated(),
+                    e,
+                )
             })?;
             let cfg = ClientConfig::new(
                 server.base_url(),
@@ -143,7 +147,8 @@ pub async fn run_direct(
         }
     };
     let client = Arc::new(DirectClient::new(&configs, in_flight)?);
-    let out = match DirectRunner::new(store, spec, plan, client, ui, interrupted, server.is_some()) {
+    let out = match DirectRunner::new(store, spec, plan, client, ui, interrupted, server.is_some())
+    {
         Ok(mut r) => r.run().await,
         Err(e) => Err(e),
     };

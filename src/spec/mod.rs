@@ -189,7 +189,10 @@ fn default_sim_in_progress() -> String {
 impl Provider {
     /// The base URLs the spec names, in order (none: the default).
     pub fn base_urls(&self) -> Vec<String> {
-        self.base_url.as_ref().map(OneOrMany::to_vec).unwrap_or_default()
+        self.base_url
+            .as_ref()
+            .map(OneOrMany::to_vec)
+            .unwrap_or_default()
     }
 }
 
@@ -901,9 +904,11 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
             ),
         ));
     }
-    if let Some(list) = json_at(json, &key_path(&["provider", "base_url"])).and_then(Value::as_array)
+    if let Some(list) =
+        json_at(json, &key_path(&["provider", "base_url"])).and_then(Value::as_array)
     {
-        let direct = json_at(json, &key_path(&["provider", "mode"])) == Some(&Value::from("direct"));
+        let direct =
+            json_at(json, &key_path(&["provider", "mode"])) == Some(&Value::from("direct"));
         if list.is_empty() {
             out.push(problem_at(
                 locator,

@@ -90,10 +90,7 @@ impl Committer {
         if !self.stopped.load(Ordering::SeqCst) {
             return None;
         }
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Flush what was handed over and stop the thread.
@@ -102,12 +99,7 @@ impl Committer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        match self
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        match self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(e),
             None => Ok(()),
         }

@@ -153,7 +153,10 @@ mod tests {
         let mut e = Endpoints::new(2);
         e.started(0);
         e.finished(0);
-        assert_eq!(e.failed(0, 100, true), Failed::CooledDown { until_ms: 1100 });
+        assert_eq!(
+            e.failed(0, 100, true),
+            Failed::CooledDown { until_ms: 1100 }
+        );
         // Everything goes to endpoint 1 meanwhile.
         for _ in 0..5 {
             assert_eq!(e.pick(500), Ok(1));
@@ -165,7 +168,10 @@ mod tests {
         assert_eq!(e.pick(1100), Ok(1));
         // The probe fails: a longer cool-down.
         e.finished(0);
-        assert_eq!(e.failed(0, 1200, true), Failed::CooledDown { until_ms: 3200 });
+        assert_eq!(
+            e.failed(0, 1200, true),
+            Failed::CooledDown { until_ms: 3200 }
+        );
         // The next probe answers: back in full use.
         e.started(0);
         e.finished(0);

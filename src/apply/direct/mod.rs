@@ -138,6 +138,8 @@ pub struct DirectRunner<'a> {
     samples: VecDeque<(Instant, u64, u64)>,
     ledger_written: (u64, u64),
     ledger_seq: u32,
+    /// Failures recorded in the current pass.
+    pass_failures: u64,
 }
 
 impl<'a> DirectRunner<'a> {
@@ -197,6 +199,7 @@ impl<'a> DirectRunner<'a> {
             samples: VecDeque::new(),
             ledger_written: (0, 0),
             ledger_seq: 0,
+            pass_failures: 0,
         })
     }
 
@@ -321,6 +324,7 @@ impl<'a> DirectRunner<'a> {
                 ));
             }
             self.total = self.done + to_send.len() as u64;
+            self.pass_failures = 0;
             let end = self.pass(&mut committer, to_send).await;
             let end = match end {
                 Ok(e) => e,
@@ -334,6 +338,12 @@ impl<'a> DirectRunner<'a> {
                 PassEnd::Done => {}
                 PassEnd::Interrupted => break Ending::Interrupted,
                 PassEnd::Halted(r) => break Ending::Halted(r),
+            }
+            // Every request of the pass succeeded: nothing is left to send
+            // (a rescan would read every outcome back).
+            if self.pass_failures == 0 {
+                to_send = HashMap::new();
+                continue;
             }
             // Every answer of the pass is durable: count again from the log.
             let (done, total) = (self.done, self.total);
@@ -402,7 +412,8 @@ impl<'a> DirectRunner<'a> {
                 return Ok(PassEnd::Interrupted);
             }
             if halting.is_none()
-                && let Some(reason) = decide::halt(&self.halt_policy(), &self.tally, self.spent(), &[])
+                && let Some(reason) =
+                    decide::halt(&self.halt_policy(), &self.tally, self.spent(), &[])
             {
                 self.event(&format!(
                     "halting: {reason}; waiting for the {} request{} in flight",
@@ -552,11 +563,19 @@ impl<'a> DirectRunner<'a> {
             };
             let mut ready: Vec<Done> = Vec::new();
             if let Some(j) = joined {
-                ready.push(j.map_err(|e| Error::runtime_with_hint(format!("a request task failed: {e}"), "run `batchgrader resume`"))?);
+                ready.push(j.map_err(|e| {
+                    Error::runtime_with_hint(
+                        format!("a request task failed: {e}"),
+                        "run `batchgrader resume`",
+                    )
+                })?);
                 while let Some(j) = flying.try_join_next() {
-                    ready.push(
-                        j.map_err(|e| Error::runtime_with_hint(format!("a request task failed: {e}"), "run `batchgrader resume`"))?,
-                    );
+                    ready.push(j.map_err(|e| {
+                        Error::runtime_with_hint(
+                            format!("a request task failed: {e}"),
+                            "run `batchgrader resume`",
+                        )
+                    })?);
                 }
             }
             for d in ready {
@@ -733,6 +752,7 @@ impl<'a> DirectRunner<'a> {
             RequestState::Failed { attempts, runs, .. } => (attempts, runs),
             _ => (0, 0),
         };
+        self.pass_failures += 1;
         let f = FailureRecord {
             code,
             message,
@@ -837,7 +857,8 @@ impl<'a> DirectRunner<'a> {
     /// The tokens of a typical request, for the server's token headers.
     fn typical_tokens(&self) -> u64 {
         let p = self.plan;
-        p.prompt_tokens.checked_div(p.outstanding).unwrap_or(0) + output_cap(&self.spec.spec.request)
+        p.prompt_tokens.checked_div(p.outstanding).unwrap_or(0)
+            + output_cap(&self.spec.spec.request)
     }
 
     fn rates(&mut self) -> (f64, f64) {
@@ -854,10 +875,7 @@ impl<'a> DirectRunner<'a> {
         if secs < 0.2 {
             return (0.0, 0.0);
         }
-        (
-            (self.done - d0) as f64 / secs,
-            (tokens - k0) as f64 / secs,
-        )
+        ((self.done - d0) as f64 / secs, (tokens - k0) as f64 / secs)
     }
 
     fn view(&mut self, in_flight: usize) -> DirectView {
@@ -923,9 +941,7 @@ impl<'a> DirectRunner<'a> {
             // Direct mode pays standard prices: there is no batch receipt;
             // the spend above is at standard prices.
             receipt: Receipt::default(),
-            outage_since: self
-                .outage_since_ms
-                .map(|ms| self.started_at + ms / 1000),
+            outage_since: self.outage_since_ms.map(|ms| self.started_at + ms / 1000),
             units: vec![],
             direct: Some(self.view(in_flight)),
         }

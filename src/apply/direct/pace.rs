@@ -245,7 +245,10 @@ mod tests {
             p.on_answer();
             answers += 1;
         }
-        assert!((20..=40).contains(&answers), "{answers} answers to grow 1 → 8");
+        assert!(
+            (20..=40).contains(&answers),
+            "{answers} answers to grow 1 → 8"
+        );
         for _ in 0..10_000 {
             p.on_answer();
         }
@@ -308,7 +311,11 @@ mod tests {
         let table: &[(RateHeaders, u64, Option<u64>)] = &[
             (h(Some(6000), Some(10), None, None, None), 10, None),
             // Empty: one request's worth of the limit (60 s / 6000 = 10 ms).
-            (h(Some(6000), Some(0), Some(60_000), None, None), 10, Some(1010)),
+            (
+                h(Some(6000), Some(0), Some(60_000), None, None),
+                10,
+                Some(1010),
+            ),
             // No limit known: the reset, at most a second.
             (h(None, Some(0), Some(300), None, None), 10, Some(1300)),
             (h(None, Some(0), Some(9_000), None, None), 10, Some(2000)),

@@ -6,10 +6,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::provider::LineOutcome;
 use crate::provider::retry::{
     self, Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure,
 };
-use crate::provider::LineOutcome;
 
 /// 429s one request may meet in a pass before it is recorded as a
 /// (retryable) failure: rate limiting is pacing, not failure, but a server
@@ -128,9 +128,15 @@ pub fn judge(
                     max_attempts: MAX_RATE_LIMITED,
                     ..*policy
                 };
-                (retry::classify(&outcome, limited + 1, &p, jitter, now), false)
+                (
+                    retry::classify(&outcome, limited + 1, &p, jitter, now),
+                    false,
+                )
             } else {
-                (retry::classify(&outcome, tries + 1, policy, jitter, now), true)
+                (
+                    retry::classify(&outcome, tries + 1, policy, jitter, now),
+                    true,
+                )
             };
             match decision {
                 Decision::GiveUp(
@@ -175,7 +181,8 @@ mod tests {
             ..RetryHeaders::default()
         };
         let ok_body = r#"{"choices":[{"message":{"content":"7"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
-        let limit = r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let limit =
+            r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#;
         let quota = r#"{"error":{"message":"no credit","type":"insufficient_quota","code":"insufficient_quota"}}"#;
         let bad = r#"{"error":{"message":"context too long","type":"invalid_request_error","code":null}}"#;
         let vllm = r#"{"object":"error","message":"boom","type":"InternalServerError","code":500}"#;
@@ -189,7 +196,14 @@ mod tests {
         let cases: Vec<(Option<u16>, &RetryHeaders, &str, u32, u32, Verdict)> = vec![
             (Some(200), &none, ok_body, 0, 0, Verdict::Record),
             // A 2xx that is not a completion is retried like a broken body.
-            (Some(200), &none, "<html>", 0, 0, again(ms(500), true, "bad_response")),
+            (
+                Some(200),
+                &none,
+                "<html>",
+                0,
+                0,
+                again(ms(500), true, "bad_response"),
+            ),
             (
                 Some(200),
                 &none,
@@ -202,9 +216,30 @@ mod tests {
                 },
             ),
             // 429: the server's wait (retry-after-ms first), not counted.
-            (Some(429), &after_ms, limit, 4, 0, again(ms(50), false, "rate_limited")),
-            (Some(429), &none, limit, 0, 3, again(ms(4000), false, "rate_limited")),
-            (Some(429), &none, limit, 0, MAX_RATE_LIMITED - 1, Verdict::Record),
+            (
+                Some(429),
+                &after_ms,
+                limit,
+                4,
+                0,
+                again(ms(50), false, "rate_limited"),
+            ),
+            (
+                Some(429),
+                &none,
+                limit,
+                0,
+                3,
+                again(ms(4000), false, "rate_limited"),
+            ),
+            (
+                Some(429),
+                &none,
+                limit,
+                0,
+                MAX_RATE_LIMITED - 1,
+                Verdict::Record,
+            ),
             (Some(429), &none, quota, 0, 0, Verdict::Stop(Reason::Quota)),
             (
                 Some(429),
@@ -216,12 +251,40 @@ mod tests {
                     wait: Duration::from_secs(600),
                 }),
             ),
-            (Some(503), &none, vllm, 0, 0, again(ms(500), true, "server_error")),
-            (Some(500), &none, vllm, 1, 0, again(ms(1000), true, "server_error")),
+            (
+                Some(503),
+                &none,
+                vllm,
+                0,
+                0,
+                again(ms(500), true, "server_error"),
+            ),
+            (
+                Some(500),
+                &none,
+                vllm,
+                1,
+                0,
+                again(ms(1000), true, "server_error"),
+            ),
             (Some(500), &none, vllm, 4, 0, Verdict::Record),
             (Some(400), &none, bad, 0, 0, Verdict::Record),
-            (Some(401), &none, bad, 0, 0, Verdict::Stop(Reason::Unauthorized)),
-            (Some(403), &none, bad, 0, 0, Verdict::Stop(Reason::Forbidden)),
+            (
+                Some(401),
+                &none,
+                bad,
+                0,
+                0,
+                Verdict::Stop(Reason::Unauthorized),
+            ),
+            (
+                Some(403),
+                &none,
+                bad,
+                0,
+                0,
+                Verdict::Stop(Reason::Forbidden),
+            ),
             (Some(404), &none, bad, 0, 0, Verdict::Record),
         ];
         for (i, (status, headers, body, tries, limited, want)) in cases.into_iter().enumerate() {
@@ -284,12 +347,27 @@ mod tests {
         }
         // (status, body) → (code, retryable)
         for (status, body, code, retryable) in [
-            (400, r#"{"error":{"message":"m","type":"invalid_request_error","code":"context_length_exceeded"}}"#, "context_length_exceeded", false),
+            (
+                400,
+                r#"{"error":{"message":"m","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+                "context_length_exceeded",
+                false,
+            ),
             // vLLM: integer code, its type names it.
-            (400, r#"{"object":"error","message":"m","type":"BadRequestError","code":400}"#, "BadRequestError", false),
+            (
+                400,
+                r#"{"object":"error","message":"m","type":"BadRequestError","code":400}"#,
+                "BadRequestError",
+                false,
+            ),
             (503, "upstream connect error", "http_503", true),
             (500, "", "http_500", true),
-            (429, r#"{"error":{"message":"m","type":"insufficient_quota","code":"insufficient_quota"}}"#, "insufficient_quota", false),
+            (
+                429,
+                r#"{"error":{"message":"m","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+                "insufficient_quota",
+                false,
+            ),
         ] {
             match classify_reply("r1", status, body) {
                 LineOutcome::Failure(f) => {
