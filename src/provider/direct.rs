@@ -21,6 +21,8 @@ use super::openai::client::{error_chain, request_id_of, retry_headers_of};
 use super::retry::{RetryHeaders, TransportFailure};
 
 /// What one attempt ended with.
+// Returned once per attempt; boxing the answer would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Sent {
     /// The server answered (any status).

@@ -75,6 +75,8 @@ struct Done {
     result: Attempted,
 }
 
+// Moved once per attempt; boxing the answer would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Attempted {
     Transport {
         failure: TransportFailure,

@@ -96,7 +96,10 @@ pub fn judge(
             let d = retry::classify(&Outcome::Transport(failure), tries + 1, policy, jitter, now);
             again(d, true, "network", "network_error", detail)
         }
-        Got::Answer { line, .. } if matches!(line, LineOutcome::Success(_)) => Verdict::Record,
+        Got::Answer {
+            line: LineOutcome::Success(_),
+            ..
+        } => Verdict::Record,
         Got::Answer {
             status: 200..=299,
             line: LineOutcome::Failure(f),
@@ -193,7 +196,8 @@ mod tests {
             class,
         };
         // (status or transport, headers, body, tries, limited) → verdict
-        let cases: Vec<(Option<u16>, &RetryHeaders, &str, u32, u32, Verdict)> = vec![
+        type Case<'a> = (Option<u16>, &'a RetryHeaders, &'a str, u32, u32, Verdict);
+        let cases: Vec<Case<'_>> = vec![
             (Some(200), &none, ok_body, 0, 0, Verdict::Record),
             // A 2xx that is not a completion is retried like a broken body.
             (
