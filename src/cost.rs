@@ -51,6 +51,22 @@ pub struct Price {
     pub prices_as_of: String,
 }
 
+impl Price {
+    /// The same model at standard prices in the `batch_*` fields: what a
+    /// direct-mode job pays, so every cost computed from the plan is right.
+    pub fn at_standard_prices(mut self) -> Price {
+        self.batch_input_per_1m = self.input_per_1m;
+        self.batch_output_per_1m = self.output_per_1m;
+        self
+    }
+
+    /// True when there is no batch discount (a direct-mode plan).
+    pub fn is_standard(&self) -> bool {
+        self.batch_input_per_1m == self.input_per_1m
+            && self.batch_output_per_1m == self.output_per_1m
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PriceTable {
     /// Where the table came from, for messages (`config/pricing.csv`, `built-in prices`).

@@ -98,7 +98,12 @@ pub struct Prepared {
 pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let mut warnings = Vec::new();
     let prices = PriceTable::load(pricing)?;
-    let price = prices.lookup(&spec.spec.model).cloned();
+    // Direct mode pays standard prices: the plan keeps the prices the job pays.
+    let direct = spec.spec.provider.mode == crate::spec::ProviderMode::Direct;
+    let price = prices
+        .lookup(&spec.spec.model)
+        .cloned()
+        .map(|p| if direct { p.at_standard_prices() } else { p });
     if price.is_none() {
         if spec.spec.halt.max_cost_usd.is_some() {
             return Err(PricingError::Unpriced {

@@ -2,6 +2,7 @@
 //! `apply` after every transition, so `status` answers at once, even while
 //! `apply` holds the job's lock, without opening the database.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
@@ -128,6 +129,98 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage_since: Option<u64>,
     pub units: Vec<UnitStatus>,
+    /// A direct-mode run (`provider.mode: direct`): rates, what is in flight,
+    /// errors by class and the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<DirectView>,
+}
+
+/// What a direct-mode run is doing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectView {
+    /// Requests of this run with a durable outcome.
+    pub done: u64,
+    /// Requests this run means to send (its first pass).
+    pub total: u64,
+    pub in_flight: u64,
+    /// Requests that may be in flight now (the window after 429s).
+    pub window: u64,
+    pub requests_per_s: f64,
+    pub tokens_per_s: f64,
+    pub eta_secs: Option<u64>,
+    /// Failed attempts by class (`rate_limited`, `server_error`, `network`,
+    /// `refused`, `rejected`, `bad_response`), retried or recorded.
+    pub errors: BTreeMap<String, u64>,
+    /// Sending is paused until then (Unix seconds), after a 429 or an empty
+    /// server-side bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<u64>,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub url: String,
+    pub outstanding: u64,
+    pub sent: u64,
+    /// Left out until then (Unix seconds) after failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One line of a direct run: a bar, done/total, rates, ETA.
+pub fn direct_lines(d: &DirectView, now: u64) -> Vec<String> {
+    const WIDTH: u64 = 24;
+    let filled = (d.done.min(d.total) * WIDTH)
+        .checked_div(d.total)
+        .unwrap_or(WIDTH);
+    let bar: String = (0..WIDTH)
+        .map(|i| if i < filled { '#' } else { '-' })
+        .collect();
+    let mut out = vec![format!(
+        "[{bar}] {}/{}  {:.0} req/s  {:.0} tok/s  ETA {}  in flight {} of {}",
+        num(d.done),
+        num(d.total),
+        d.requests_per_s,
+        d.tokens_per_s,
+        d.eta_secs.map_or("?".to_string(), short_duration),
+        num(d.in_flight),
+        num(d.window)
+    )];
+    if !d.errors.is_empty() {
+        let parts: Vec<String> = d
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k} {}", num(*v)))
+            .collect();
+        out.push(format!("errors {}", parts.join(", ")));
+    }
+    if let Some(t) = d.paused_until.filter(|t| *t > now) {
+        out.push(format!(
+            "sending paused for {} (rate limit)",
+            short_duration(t - now)
+        ));
+    }
+    if d.endpoints.len() > 1 || d.endpoints.iter().any(|e| e.left_out_until.is_some()) {
+        for e in &d.endpoints {
+            let mut line = format!(
+                "endpoint {}: {} out, {} sent",
+                e.url,
+                num(e.outstanding),
+                num(e.sent)
+            );
+            if let Some(t) = e.left_out_until.filter(|t| *t > now) {
+                line.push_str(&format!(", left out for {}", short_duration(t - now)));
+                if let Some(err) = &e.last_error {
+                    line.push_str(&format!(" ({err})"));
+                }
+            }
+            out.push(line);
+        }
+    }
+    out
 }
 
 /// What a `plan` in progress writes for `status` (`planning.json`).
@@ -321,6 +414,11 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
     if let Some(r) = receipt_line(&s.receipt) {
         writeln!(w, "  {r}")?;
     }
+    if let Some(d) = &s.direct {
+        for line in direct_lines(d, now) {
+            writeln!(w, "  {line}")?;
+        }
+    }
     if !s.units.is_empty() {
         writeln!(
             w,
@@ -438,6 +536,7 @@ mod tests {
                 unit(2, Phase::Submitted, Some("in_progress"), 12_345),
                 parked,
             ],
+            direct: None,
         }
     }
 

@@ -22,6 +22,7 @@
 
 pub mod answer;
 pub mod decide;
+pub mod direct;
 mod progress;
 mod runner;
 
@@ -107,10 +108,14 @@ pub struct Summary {
 /// after that step; nothing else reads it.
 fn kill_point(name: &str) {
     if std::env::var("BATCHGRADER_TEST_KILL_AT").is_ok_and(|v| v == name) {
-        // SAFETY: kill(2) on our own pid with SIGKILL has no memory effects.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        kill_now();
+    }
+}
+
+fn kill_now() {
+    // SAFETY: kill(2) on our own pid with SIGKILL has no memory effects.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use super::connect::{runtime, with_runner};
+use super::connect::{run_direct, runtime, with_runner};
 use super::job;
 use crate::apply::{ApplyOptions, Summary};
 use crate::cost::usd;
@@ -85,6 +85,9 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
         let opts = ApplyOptions {
             detach: args.detach,
         };
+        if spec.spec.provider.mode == spec::ProviderMode::Direct {
+            return run_direct(&store, &spec, &plan, ui, interrupted.clone()).await;
+        }
         with_runner(
             &store,
             &spec,

@@ -19,6 +19,26 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
+    if spec.spec.provider.mode == crate::spec::ProviderMode::Direct {
+        // Nothing runs at the provider: stop sending is all there is. A run
+        // in progress holds the job's lock, so this comes after it (Ctrl-C
+        // stops one at once).
+        store.set_cancelled(Some(crate::state::now_secs()))?;
+        if ui.json {
+            print_json(&serde_json::json!({
+                "job": job,
+                "batches_cancelled": 0,
+                "batches_unreached": Vec::<String>::new(),
+            }));
+        }
+        ui.show(|w| {
+            writeln!(
+                w,
+                "Cancelled job `{job}` (direct mode): nothing more is sent. `batchgrader resume` writes the output from the answers recorded; `batchgrader apply SPEC` starts the job again."
+            )
+        });
+        return Ok(Code::Success);
+    }
     let rt = runtime()?;
     let cancelled = rt.block_on(with_runner(
         &store,

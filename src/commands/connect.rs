@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::apply::{ApplyOptions, Runner};
+use crate::apply::direct::DirectRunner;
+use crate::apply::{ApplyOptions, Ending, Runner, Summary};
 use crate::error::{Error, Result};
 use crate::provider::anthropic::{self, AnthropicBatches};
+use crate::provider::direct::DirectClient;
 use crate::provider::{AnyBatches, ClientConfig, OpenAiBatches, OpenAiClient, Secret};
 use crate::report::Ui;
 use crate::simulate::{SimConfig, SimServer};
@@ -85,7 +87,7 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
     }
     if p.kind == ProviderKind::Anthropic {
         let cfg = AnthropicBatches::config_from_env(
-            p.base_url.as_deref(),
+            p.base_urls().first().map(String::as_str),
             p.api_key_env
                 .as_deref()
                 .unwrap_or(anthropic::DEFAULT_KEY_ENV),
@@ -96,13 +98,80 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
         ));
     }
     let cfg = ClientConfig::from_env(
-        p.base_url.as_deref(),
+        p.base_urls().first().map(String::as_str),
         p.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY"),
     )?;
     Ok((
         AnyBatches::OpenAi(OpenAiBatches::new(OpenAiClient::new(cfg)?, "openai")),
         None,
     ))
+}
+
+/// Direct mode: connect to the spec's endpoints (for `simulated`, start its
+/// server and use its chat completions endpoint) and run the job.
+pub async fn run_direct(
+    store: &JobStore,
+    spec: &CheckedSpec,
+    plan: &state::PlanRecord,
+    ui: &Ui,
+    interrupted: Arc<AtomicBool>,
+) -> Result<(Ending, Summary)> {
+    let p = &spec.spec.provider;
+    let in_flight = spec.spec.concurrency.max_requests_in_flight as usize;
+    let (configs, server) = match p.kind {
+        ProviderKind::Anthropic => {
+            return Err(Error::usage_with_hint(
+                format!(
+                    "{}: `mode: direct` is for OpenAI-compatible servers",
+                    spec.file.display()
+                ),
+                "use `kind: openai` (any OpenAI-compatible server) or `kind: simulated`",
+            ));
+        }
+        ProviderKind::Simulated => {
+            let s = p.simulated.clone().unwrap_or_default();
+            let config = SimConfig::from_spec(&s, Some(store.layout().simulated()));
+            let server = SimServer::start(config, 0).await.map_err(|e| {
+                Error::io(
+                    "start the simulated provider in",
+                    store.layout().simulated(),
+                    e,
+                )
+            })?;
+            let cfg = ClientConfig::new(
+                server.base_url(),
+                Secret::new("sk-sim-local-0000"),
+                "(simulated provider)",
+            );
+            (vec![cfg], Some(server))
+        }
+        ProviderKind::Openai => {
+            let key_env = p.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY");
+            let urls = p.base_urls();
+            // OPENAI_BASE_URL names one server and overrides the spec's list.
+            let configs = if urls.len() <= 1 || std::env::var_os("OPENAI_BASE_URL").is_some() {
+                vec![ClientConfig::from_env(
+                    urls.first().map(String::as_str),
+                    key_env,
+                )?]
+            } else {
+                urls.iter()
+                    .map(|u| ClientConfig::from_env(Some(u), key_env))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            (configs, None)
+        }
+    };
+    let client = Arc::new(DirectClient::new(&configs, in_flight)?);
+    let out = match DirectRunner::new(store, spec, plan, client, ui, interrupted, server.is_some())
+    {
+        Ok(mut r) => r.run().await,
+        Err(e) => Err(e),
+    };
+    if let Some(s) = server {
+        s.shutdown().await;
+    }
+    out
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

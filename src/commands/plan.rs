@@ -195,7 +195,12 @@ pub(super) fn render(
                 Some(h) => v.push_str(&format!(", at most {}", usd(h))),
                 None => v.push_str(", no upper bound (the request sets no max_tokens)"),
             }
-            line(w, "cost (batch)", &v)?;
+            let label = if price.is_standard() {
+                "cost"
+            } else {
+                "cost (batch)"
+            };
+            line(w, label, &v)?;
             line(
                 w,
                 "",

@@ -105,6 +105,7 @@ fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapsh
         receipt: status::Receipt::default(),
         outage_since: None,
         units: vec![],
+        direct: None,
     })
 }
 

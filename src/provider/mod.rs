@@ -15,6 +15,7 @@ pub mod anthropic;
 pub mod any;
 pub mod batch;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod openai;
 pub mod retry;

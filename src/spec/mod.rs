@@ -98,8 +98,10 @@ pub struct Provider {
     #[serde(default)]
     pub mode: ProviderMode,
     /// API base URL, e.g. `https://api.openai.com/v1`. The env var `OPENAI_BASE_URL` overrides it.
+    /// In `mode: direct`, a list of replicas of one model: each request goes to the one with
+    /// the fewest requests outstanding, and one that keeps failing is left out for a while.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_url: Option<String>,
+    pub base_url: Option<OneOrMany>,
     /// Name of the environment variable that holds the API key (default `OPENAI_API_KEY`,
     /// or `ANTHROPIC_API_KEY` for `kind: anthropic`).
     /// The key itself never appears in a spec, a state file or a log.
@@ -204,6 +206,16 @@ fn default_sim_validating() -> String {
 }
 fn default_sim_in_progress() -> String {
     "2s".into()
+}
+
+impl Provider {
+    /// The base URLs the spec names, in order (none: the default).
+    pub fn base_urls(&self) -> Vec<String> {
+        self.base_url
+            .as_ref()
+            .map(OneOrMany::to_vec)
+            .unwrap_or_default()
+    }
 }
 
 /// One path or a list of paths.
@@ -389,14 +401,34 @@ pub struct Concurrency {
     #[serde(default = "default_in_flight")]
     #[schemars(range(min = 1))]
     pub max_batches_in_flight: u32,
+    /// `mode: direct`: most requests sent and not yet answered at any time (default 64).
+    #[serde(default = "default_requests_in_flight")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_requests_in_flight: u32,
+    /// `mode: direct`: most requests started per minute, a client-side limit (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<u64>,
+    /// `mode: direct`: most prompt plus `max_tokens` tokens started per minute, a
+    /// client-side limit (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
         Concurrency {
             max_batches_in_flight: default_in_flight(),
+            max_requests_in_flight: default_requests_in_flight(),
+            requests_per_minute: None,
+            tokens_per_minute: None,
         }
     }
+}
+
+fn default_requests_in_flight() -> u32 {
+    64
 }
 
 fn default_in_flight() -> u32 {
@@ -820,6 +852,9 @@ const KNOWN_KEYS: &[&str] = &[
     "chunks",
     "concurrency",
     "max_batches_in_flight",
+    "max_requests_in_flight",
+    "requests_per_minute",
+    "tokens_per_minute",
     "poll",
     "interval",
     "max_interval",
@@ -994,8 +1029,11 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
         let size: Size = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         size.bytes().map(|_| ())
     });
-    check(&["provider", "base_url"], &|v| {
-        base_url_problem(v.as_str().unwrap_or_default())
+    check(&["provider", "base_url"], &|v| match v {
+        Value::Array(urls) => urls
+            .iter()
+            .try_for_each(|u| base_url_problem(u.as_str().unwrap_or_default())),
+        other => base_url_problem(other.as_str().unwrap_or_default()),
     });
     // A zero interval would poll without pause; a zero give-up would give
     // up at the first failure.
@@ -1055,6 +1093,39 @@ fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
                 humantime::format_duration(interval)
             ),
         ));
+    }
+    // Direct mode speaks the OpenAI chat completions wire; the Messages
+    // API of Anthropic is reached through its batch API here.
+    if json_at(json, &key_path(&["provider", "mode"])) == Some(&Value::from("direct"))
+        && (json_at(json, &key_path(&["provider", "kind"])) == Some(&Value::from("anthropic"))
+            || json
+                .pointer("/provider/simulated/api")
+                .is_some_and(|a| a == "anthropic"))
+    {
+        out.push(problem_at(
+            locator,
+            &key_path(&["provider", "mode"]),
+            "direct mode sends OpenAI chat completions; for Anthropic use `mode: batch` (Message Batches), or an OpenAI-compatible gateway (LiteLLM) with `kind: openai`".into(),
+        ));
+    }
+    if let Some(list) =
+        json_at(json, &key_path(&["provider", "base_url"])).and_then(Value::as_array)
+    {
+        let direct =
+            json_at(json, &key_path(&["provider", "mode"])) == Some(&Value::from("direct"));
+        if list.is_empty() {
+            out.push(problem_at(
+                locator,
+                &key_path(&["provider", "base_url"]),
+                "the list of base URLs is empty".into(),
+            ));
+        } else if !direct && list.len() > 1 {
+            out.push(problem_at(
+                locator,
+                &key_path(&["provider", "base_url"]),
+                "several base URLs need `mode: direct`; a batch runs at one provider".into(),
+            ));
+        }
     }
     if let Some(prompt) = json.get("prompt")
         && prompt.get("system").is_some()

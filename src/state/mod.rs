@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -204,6 +204,27 @@ impl FailureRecord {
     pub fn runs(&self) -> u32 {
         self.runs
             .unwrap_or(if self.ran { self.attempts } else { 0 })
+    }
+}
+
+/// Appends outcomes to a job's log from any thread; each call is one write
+/// and one fsync, so a caller that gathers many answers into one call
+/// (a group commit) pays one disk flush for all of them.
+pub struct OutcomeAppender {
+    log: Arc<Mutex<Option<outcomes::Log>>>,
+    path: PathBuf,
+}
+
+impl OutcomeAppender {
+    /// Append `entries` and make them durable before returning.
+    pub fn append(&self, entries: &[(String, Outcome)]) -> Result<(), StateError> {
+        let mut guard = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let log = guard.as_mut().expect("loaded by outcome_appender");
+        log.append(entries).map_err(|source| StateError::Io {
+            action: "append to",
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -397,7 +418,7 @@ pub struct JobStore {
     dir: PathBuf,
     db: sled::Db,
     /// Loaded on first use: `plan` and `status` never need the index.
-    outcomes: Mutex<Option<outcomes::Log>>,
+    outcomes: Arc<Mutex<Option<outcomes::Log>>>,
     units: sled::Tree,
     /// Open request files of one generation, for lookups by row.
     lookup: Mutex<Option<(u64, requests::Lookup)>>,
@@ -452,7 +473,7 @@ impl JobStore {
             name: job.to_string(),
             dir,
             db,
-            outcomes: Mutex::new(None),
+            outcomes: Arc::new(Mutex::new(None)),
             units,
             lookup: Mutex::new(None),
             layout,
@@ -556,6 +577,16 @@ impl JobStore {
     ) -> Result<(), StateError> {
         let entry = (fingerprint.to_string(), Outcome::Success(result.clone()));
         self.add_outcomes(&[entry])
+    }
+
+    /// A handle that appends to the outcome log from another thread (direct
+    /// mode's group commit), loading the log first.
+    pub fn outcome_appender(&self) -> Result<OutcomeAppender, StateError> {
+        self.with_outcomes(|_| Ok(()))?;
+        Ok(OutcomeAppender {
+            log: self.outcomes.clone(),
+            path: self.dir.join(outcomes::FILE),
+        })
     }
 
     /// Record the outcome of every line of one unit's results (durably, in

@@ -35,6 +35,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             receipt,
             outage_since: self.outage_since,
             units: units.iter().map(unit_status).collect(),
+            direct: None,
         }
     }
 

@@ -969,7 +969,7 @@ fn secret_header(config: &ClientConfig, value: &str) -> Result<HeaderValue, Prov
 
 /// OpenAI's `x-request-id`; Anthropic-style `request-id` and Azure's
 /// `apim-request-id` as fallbacks.
-fn request_id_of(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn request_id_of(headers: &HeaderMap) -> Option<String> {
     ["x-request-id", "request-id", "apim-request-id"]
         .iter()
         .find_map(|n| headers.get(*n)?.to_str().ok())
@@ -977,7 +977,7 @@ fn request_id_of(headers: &HeaderMap) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn retry_headers_of(headers: &HeaderMap) -> RetryHeaders {
+pub(crate) fn retry_headers_of(headers: &HeaderMap) -> RetryHeaders {
     let get = |n: &str| {
         headers
             .get(n)
@@ -1008,7 +1008,7 @@ fn transport_attempt(e: &reqwest::Error, request_id: Option<String>) -> Attempt 
 }
 
 /// `Display` of an error and its sources, joined, without repeats.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {

@@ -209,6 +209,78 @@ pub fn classify_line(line: &str) -> Result<LineOutcome, LineParseError> {
     }))
 }
 
+/// Classifies a direct `POST /chat/completions` answer (status and body) as
+/// a batch output line's `response` would be: a 2xx with its answer text and
+/// usage, or a failure described by `body.error` (OpenAI's envelope, vLLM's
+/// integer `code`, or no JSON at all: then the status and raw text).
+pub fn classify_reply(custom_id: &str, status: u16, body: &str) -> LineOutcome {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    if (200..300).contains(&status) {
+        if parsed.as_ref().is_some_and(Value::is_object) {
+            let answer = extract_answer(parsed.as_ref());
+            return LineOutcome::Success(LineSuccess {
+                custom_id: custom_id.to_string(),
+                line_id: parsed
+                    .as_ref()
+                    .and_then(|b| b.get("id"))
+                    .and_then(lenient::value_to_id),
+                status,
+                content: answer.content,
+                finish_reason: answer.finish_reason,
+                usage: extract_usage(parsed.as_ref()),
+                request_id: None,
+                note: answer.note,
+            });
+        }
+        // A 2xx that is not a completion (a proxy's page, a truncated body)
+        // is worth another try, like a 5xx.
+        return LineOutcome::Failure(LineFailure {
+            custom_id: custom_id.to_string(),
+            line_id: None,
+            code: "bad_response".into(),
+            message: format!("HTTP {status} with a body that is not a chat completion"),
+            status: Some(status),
+            retryable: true,
+            request_id: None,
+        });
+    }
+    let api = parsed.as_ref().and_then(ApiError::from_value);
+    // vLLM puts the HTTP status in an integer `code`; its `type` names the
+    // failure better.
+    let code = api
+        .as_ref()
+        .and_then(|e| {
+            let named = e.code.as_deref().filter(|_| e.numeric_code().is_none());
+            named.or(e.kind.as_deref()).map(str::to_string)
+        })
+        .unwrap_or_else(|| format!("http_{status}"));
+    let message = api
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .unwrap_or_else(|| {
+            let text: String = body.trim().chars().take(200).collect();
+            if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {text}")
+            }
+        });
+    let mut codes = vec![code.as_str()];
+    if let Some(kind) = api.as_ref().and_then(|e| e.kind.as_deref()) {
+        codes.push(kind);
+    }
+    let retryable = failure_is_retryable(&codes, Some(status));
+    LineOutcome::Failure(LineFailure {
+        custom_id: custom_id.to_string(),
+        line_id: None,
+        code,
+        message,
+        status: Some(status),
+        retryable,
+        request_id: None,
+    })
+}
+
 /// `error` counts only when it says something: null, `""` and `{}` do not.
 fn meaningful_error(v: &Value) -> Option<&Value> {
     match v {

@@ -1,0 +1,264 @@
+//! Direct mode (`provider.mode: direct`) end to end: the real binary against
+//! the simulated provider's chat completions endpoint, run in its own
+//! process so it outlives an `apply` that is killed, and counting every
+//! request it answered.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::sim::Server;
+use common::{Run, Sandbox, wait_for_store_release};
+
+const KEY_ENV: &str = "DIRECT_TEST_KEY";
+
+/// `rows` rows of `id,text`, the texts all different.
+fn input(rows: usize) -> String {
+    let mut s = String::from("id,text\n");
+    for i in 1..=rows {
+        s.push_str(&format!(
+            "id{i:04},answer number {i} says {}\n",
+            i * 7919 % 1000
+        ));
+    }
+    s
+}
+
+/// A direct job against `urls` (one, or a YAML list), `extra` appended.
+fn direct_job(name: &str, urls: &[&str], in_flight: u32, extra: &str) -> String {
+    let base = if urls.len() == 1 {
+        urls[0].to_string()
+    } else {
+        format!("[{}]", urls.join(", "))
+    };
+    format!(
+        "version: 1
+name: {name}
+provider:
+  kind: openai
+  mode: direct
+  base_url: {base}
+  api_key_env: {KEY_ENV}
+model: gpt-4o-mini
+input:
+  path: in.csv
+  id: id
+prompt:
+  system: Grade the answer from 0 to 10. Reply with the number only.
+  user: \"{{{{ text }}}}\"
+request:
+  max_tokens: 4
+output:
+  path: out/graded.csv
+  field: grade
+  parse: number
+concurrency:
+  max_requests_in_flight: {in_flight}
+{extra}"
+    )
+}
+
+fn apply(sb: &Sandbox, env: &[(&str, &str)]) -> Run {
+    let mut all = vec![(KEY_ENV, "sk-test-direct-0001")];
+    all.extend_from_slice(env);
+    sb.run_env(&["apply", "job.yaml", "--yes"], &all)
+}
+
+fn resume(sb: &Sandbox) -> Run {
+    sb.run_env(&["resume"], &[(KEY_ENV, "sk-test-direct-0001")])
+}
+
+/// The output of the same job run once, without faults, on its own server.
+fn reference_output(rows: usize) -> String {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", input(rows));
+    sb.write("job.yaml", direct_job("ref", &[&server.url], 8, ""));
+    let r = apply(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    sb.read("out/graded.csv")
+}
+
+fn answered(server: &Server) -> u64 {
+    server.stats()["chat_completions"].as_u64().unwrap()
+}
+
+/// Complete lines in the job's outcome log: the answers recorded durably.
+fn recorded(sb: &Sandbox, job: &str) -> usize {
+    let text = std::fs::read(sb.path(&format!("state/{job}/outcomes.jsonl"))).unwrap_or_default();
+    text.iter().filter(|b| **b == b'\n').count()
+}
+
+#[test]
+fn injected_429s_and_5xx_still_answer_every_row_once_in_input_order() {
+    let rows = 120;
+    let want = reference_output(rows);
+    let sb = Sandbox::new();
+    let server = Server::start(
+        &sb,
+        &["--rate-limit-rate", "15%", "--server-error-rate", "15%"],
+    );
+    sb.write("in.csv", input(rows));
+    sb.write("job.yaml", direct_job("faults", &[&server.url], 16, ""));
+    let r = apply(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let stats = server.stats();
+    assert!(stats["injected_429"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["injected_5xx"].as_u64().unwrap() > 0, "{stats}");
+    // Each row was answered exactly once: faults come before any answer.
+    assert_eq!(answered(&server), rows as u64, "{stats}");
+    assert_eq!(recorded(&sb, "faults"), rows);
+    let out = sb.read("out/graded.csv");
+    assert_eq!(out, want, "same output as a run without faults");
+    assert_eq!(out.lines().count(), rows + 1);
+    // The summary names direct mode's figures, and status shows the run.
+    assert!(r.stderr.contains(&format!("{rows} graded")), "{r:?}");
+    let st = sb.run(&["status", "faults"]);
+    assert!(
+        st.stdout.contains("req/s") || st.stderr.contains("req/s"),
+        "{st:?}"
+    );
+    assert!(
+        format!("{}{}", st.stdout, st.stderr).contains("rate_limited"),
+        "errors by class: {st:?}"
+    );
+}
+
+#[test]
+fn sigkill_mid_run_then_resume_resends_only_what_was_in_flight() {
+    let rows = 400;
+    let in_flight = 8u32;
+    let want = reference_output(rows);
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", input(rows));
+    sb.write(
+        "job.yaml",
+        direct_job("kill", &[&server.url], in_flight, ""),
+    );
+    let r = apply(&sb, &[("BATCHGRADER_TEST_KILL_AT", "direct-commit:150")]);
+    assert_eq!(r.signal, Some(9), "killed by its own hook: {r:?}");
+    // Requests already on the wire still reach the server; let them land.
+    std::thread::sleep(Duration::from_millis(300));
+    let sent_before_kill = answered(&server);
+    let durable = recorded(&sb, "kill") as u64;
+    assert!(durable >= 150 && durable < rows as u64, "{durable}");
+    let in_flight_at_kill = sent_before_kill - durable;
+    assert!(
+        in_flight_at_kill <= u64::from(in_flight) * 4,
+        "{in_flight_at_kill} sent and not recorded"
+    );
+    wait_for_store_release(&sb, "kill");
+    let r = resume(&sb);
+    assert_eq!(r.code, 0, "{r:?}");
+    let resent = answered(&server) - rows as u64;
+    assert_eq!(
+        resent, in_flight_at_kill,
+        "only the requests without a recorded answer were sent again"
+    );
+    assert_eq!(sb.read("out/graded.csv"), want, "byte-identical output");
+}
+
+#[test]
+fn two_endpoints_one_down_the_job_completes_on_the_other() {
+    let rows = 60;
+    let want = reference_output(rows);
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    // A port nobody listens on: connections are refused.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/v1", l.local_addr().unwrap().port())
+    };
+    sb.write("in.csv", input(rows));
+    sb.write("job.yaml", direct_job("two", &[&dead, &server.url], 8, ""));
+    let r = apply(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(answered(&server), rows as u64);
+    assert_eq!(sb.read("out/graded.csv"), want);
+    assert!(
+        r.stderr.contains(&format!("endpoint {dead} left out")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_sending_at_once_and_resume_finishes() {
+    let rows = 80;
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", input(rows));
+    // 600 a minute: ten a second, so the run takes eight seconds.
+    sb.write(
+        "job.yaml",
+        direct_job("stop", &[&server.url], 4, "  requests_per_minute: 600\n"),
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+        .current_dir(sb.dir.path())
+        .args(["apply", "job.yaml", "--yes"])
+        .env(KEY_ENV, "sk-test-direct-0001")
+        .env("NO_COLOR", "1")
+        .env_remove("BATCHGRADER_STATE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `status` works while it runs, from the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = sb.run(&["status", "stop"]);
+        let text = format!("{}{}", st.stdout, st.stderr);
+        if text.contains("running") && text.contains("req/s") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no live status: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let stopped_at = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(3),
+        "Ctrl-C stops at once"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("batchgrader resume"), "{stderr}");
+    let sent = answered(&server);
+    assert!(sent < rows as u64, "stopped before the end: {sent}");
+    // Ten a second at most (a one-second burst allowed).
+    wait_for_store_release(&sb, "stop");
+    let r = resume(&sb);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(sb.read("out/graded.csv").lines().count(), rows + 1);
+    assert!(
+        answered(&server) - (rows as u64) <= 4,
+        "at most the in-flight ones again"
+    );
+}
+
+#[test]
+fn a_failure_rate_above_the_policy_halts_and_writes_what_was_graded() {
+    let rows = 40;
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", input(rows));
+    // The server refuses `max_tokens: 0`-style bad requests with a 400; a
+    // request field it cannot take makes every row a final failure.
+    let spec = direct_job(
+        "halt",
+        &[&server.url],
+        4,
+        "halt:\n  max_failure_rate: 10%\n",
+    )
+    .replace("  max_tokens: 4\n", "  max_tokens: -1\n");
+    sb.write("job.yaml", spec);
+    let r = apply(&sb, &[]);
+    assert_eq!(r.code, 4, "halted by policy: {r:?}");
+    assert!(r.stderr.contains("max_failure_rate"), "{r:?}");
+    assert!(sb.path("out/graded.csv").exists());
+}
