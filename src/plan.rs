@@ -186,6 +186,14 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         });
     }
 
+    if let Some(prev) = &previous
+        && prev.plan_hash == plan_hash
+        && let Err(damage) = store.check_plan_files(prev, &spec.file.display().to_string())
+    {
+        // The same plan, but its files are damaged: make it again (rows
+        // already graded keep their answers), and say why.
+        ui.warn(&format!("{damage}; planning again"));
+    }
     if let Some(prev) = &previous {
         refuse_if_in_flight(store, prev)?;
     }

@@ -282,7 +282,7 @@ fn kill_while_writing_the_output() {
 #[test]
 fn creates_that_commit_and_then_fail_make_no_duplicate_batch() {
     let sb = Sandbox::new();
-    let server = server(&sb, &["--create-commit-error-rate", "60%"]);
+    let server = server(&sb, &["--create-commit-error-rate", "100%"]);
     job(&sb, &server, "");
     let r = run(&sb, &["apply", "job.yaml"], &[]);
     assert_eq!(r.code, 0, "{r:?}");

@@ -247,15 +247,15 @@ fn a_failure_rate_above_the_policy_halts_and_writes_what_was_graded() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
     sb.write("in.csv", input(rows));
-    // The server refuses `max_tokens: 0`-style bad requests with a 400; a
-    // request field it cannot take makes every row a final failure.
+    // The server refuses a max_tokens above its model's output limit with a
+    // 400 (only the server knows the limit): every row is a final failure.
     let spec = direct_job(
         "halt",
         &[&server.url],
         4,
         "halt:\n  max_failure_rate: 10%\n",
     )
-    .replace("  max_tokens: 4\n", "  max_tokens: -1\n");
+    .replace("  max_tokens: 4\n", "  max_tokens: 100000\n");
     sb.write("job.yaml", spec);
     let r = apply(&sb, &[]);
     assert_eq!(r.code, 4, "halted by policy: {r:?}");

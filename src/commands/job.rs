@@ -107,7 +107,7 @@ pub fn current_plan(store: &JobStore, job: &str) -> Result<PlanRecord> {
 
 /// A database without the job's records in a folder that holds what only
 /// a plan or a run writes: the database was lost or damaged.
-fn lost_records(store: &JobStore) -> Option<StateError> {
+pub(super) fn lost_records(store: &JobStore) -> Option<StateError> {
     let dir = store.dir();
     let traces: Vec<&str> = ["chunks", "outcomes.jsonl", "status.json", "results"]
         .into_iter()

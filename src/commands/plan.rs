@@ -97,6 +97,13 @@ pub(super) fn open_and_plan(
     let _ctrl_c = crate::interrupt::catch();
     let prepared = planner::prepare(spec, g.pricing.as_deref())?;
     let store = JobStore::open(&g.state_root, &spec.spec.name)?;
+    // A database that lost the job's records beside its files: planning
+    // anew would trip over (and could orphan) what the folder holds.
+    if store.plan()?.is_none()
+        && let Some(damage) = super::job::lost_records(&store)
+    {
+        return Err(damage.into());
+    }
     let planned = planner::plan(&store, spec, prepared, ui)?;
     Ok((store, planned))
 }

@@ -21,6 +21,9 @@ pub struct Completion {
     pub completion_tokens: u64,
 }
 
+/// The most completion tokens the simulated models give.
+pub const SIM_MAX_OUTPUT_TOKENS: i64 = 16_384;
+
 /// The checks a real chat endpoint makes before running a request; a failure
 /// is a 400 with this body (an error line in a batch).
 pub fn check_request(body: &Value) -> Result<(), ErrorBody> {
@@ -61,6 +64,16 @@ pub fn check_request(body: &Value) -> Result<(), ErrorBody> {
         match body.get(param) {
             None | Some(Value::Null) => {}
             Some(Value::Number(n)) => match n.as_i64() {
+                // As OpenAI answers for a model's output limit (16,384
+                // completion tokens for gpt-4o-mini): only the server knows it.
+                Some(v) if v > SIM_MAX_OUTPUT_TOKENS => {
+                    return Err(ErrorBody::invalid_request(format!(
+                        "max_tokens is too large: {v}. This model supports at most \
+                         {SIM_MAX_OUTPUT_TOKENS} completion tokens, whereas you provided {v}."
+                    ))
+                    .param(param)
+                    .code("invalid_value"));
+                }
                 Some(v) if v >= 1 => {}
                 Some(v) => {
                     return Err(ErrorBody::invalid_request(format!(

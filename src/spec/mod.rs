@@ -681,6 +681,10 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     if problems.is_empty() {
         problems.extend(semantic_problems(&json, &locator));
     }
+    if problems.is_empty() {
+        problems.extend(request_problems(&json, &locator));
+        problems.extend(prompt_problems(path, &json, &locator));
+    }
     let mut json = json;
     if problems.is_empty() {
         problems.extend(answer_schema_problems(path, &mut json, &locator));
@@ -981,6 +985,99 @@ const SIMULATED_RATE_KEYS: [&str; 6] = [
 ];
 
 /// Checks the schema cannot express: units, exclusive fields, reserved request keys.
+/// Request parameters every provider of ours knows, checked for type and
+/// range before anything is sent (OpenAI's create chat completion reference:
+/// temperature 0..2, top_p 0..1, n >= 1; Anthropic's Messages API takes
+/// temperature 0..1 and max_tokens >= 1).
+fn request_problems(json: &Value, locator: &locate::Locator) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let Some(req) = json.get("request").and_then(Value::as_object) else {
+        return out;
+    };
+    let anthropic = speaks_anthropic(json);
+    let temp_max = if anthropic { 1.0 } else { 2.0 };
+    for (key, v) in req {
+        let msg = match key.as_str() {
+            "max_tokens" | "max_completion_tokens" | "n" => match v.as_u64() {
+                Some(n) if n >= 1 => None,
+                _ => Some(format!(
+                    "`{key}` must be a whole number of at least 1, not {v}"
+                )),
+            },
+            "temperature" => match v.as_f64() {
+                Some(t) if (0.0..=temp_max).contains(&t) => None,
+                Some(_) => Some(format!(
+                    "`temperature` must be between 0 and {temp_max}{}, not {v}",
+                    if anthropic { " for Anthropic" } else { "" }
+                )),
+                None => Some(format!("`temperature` must be a number, not {v}")),
+            },
+            "top_p" => match v.as_f64() {
+                Some(t) if (0.0..=1.0).contains(&t) => None,
+                _ => Some(format!("`top_p` must be a number between 0 and 1, not {v}")),
+            },
+            _ => None,
+        };
+        if let Some(m) = msg {
+            out.push(problem_at(locator, &key_path(&["request", key]), m));
+        }
+    }
+    let max = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64);
+    let expected = json
+        .pointer("/output/expected_output_tokens")
+        .and_then(Value::as_u64);
+    if let (Some(max), Some(expected)) = (max, expected)
+        && expected > max
+    {
+        out.push(problem_at(
+            locator,
+            &key_path(&["output", "expected_output_tokens"]),
+            format!(
+                "{expected} is above the request's max_tokens ({max}): no answer can be that long, so the estimate would be wrong; lower it"
+            ),
+        ));
+    }
+    out
+}
+
+/// The user template must parse, and the prompt files must be readable
+/// (paths relative to the spec file, as `plan` reads them).
+fn prompt_problems(spec_path: &Path, json: &Value, locator: &locate::Locator) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(user) = json.pointer("/prompt/user").and_then(Value::as_str)
+        && let Err(why) = crate::prompt::Template::parse(user)
+    {
+        out.push(problem_at(locator, &key_path(&["prompt", "user"]), why));
+    }
+    let base = spec_path.parent().unwrap_or(Path::new(""));
+    for key in ["system_file", "examples_file"] {
+        if let Some(rel) = json
+            .get("prompt")
+            .and_then(|p| p.get(key))
+            .and_then(Value::as_str)
+        {
+            let file = base.join(rel);
+            if let Err(e) = std::fs::metadata(&file).and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("it is not a file"))
+                }
+            }) {
+                out.push(problem_at(
+                    locator,
+                    &key_path(&["prompt", key]),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// A base URL must be an http(s) URL, and may not carry credentials: the
 /// spec is saved in the state and shown in messages, so a password in it
 /// would be stored and printed. The message never repeats the URL.

@@ -62,6 +62,9 @@ pub struct Runner<'a, B: BatchBackend> {
     /// Set once the halt policy has spoken: nothing more is submitted, the
     /// batches that were out are collected, then the run ends.
     halting: Option<String>,
+    /// The halt policy refused the start: nothing was sent, so no output
+    /// (a file of "not graded" rows) replaces an earlier one.
+    refused_start: bool,
     started: Instant,
     started_at: u64,
 }
@@ -97,6 +100,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             outage_since: None,
             outage_said: None,
             halting: None,
+            refused_start: false,
             started: Instant::now(),
             started_at: state::now_secs(),
         }
@@ -165,6 +169,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             estimate.is_some(),
             untouched,
         ) {
+            self.refused_start = true;
             return self.finish(Ending::Halted(reason)).await;
         }
         // After `batchgrader cancel`, collect what the cancelled batches

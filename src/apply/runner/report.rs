@@ -89,14 +89,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             ),
             Ending::Halted(r) => (RunState::Halted, Some(format!("halted: {r}"))),
         };
-        // A halt before anything has an outcome (the budget refused the
-        // start) writes nothing: a file of "not graded" rows must not replace
-        // an earlier, better output.
-        let t = &self.tally;
-        let anything = t.graded + t.parse_failures + t.api_failures > 0;
+        // A halt that refused the start (the budget) writes nothing: a file
+        // of "not graded" rows must not replace an earlier, better output.
         let write_output = match ending {
             Ending::Finished => true,
-            Ending::Halted(_) => anything,
+            Ending::Halted(_) => !self.refused_start,
             Ending::Detached | Ending::Interrupted => false,
         };
         let mut written = None;
