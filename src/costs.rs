@@ -100,18 +100,27 @@ pub fn aggregate(entries: &[Entry], since: Option<u64>) -> Report {
     r
 }
 
-/// Read the ledger; a missing file is an empty ledger, a bad line is skipped
-/// (a line torn by a crash must not hide the rest).
-pub fn read(state_root: &Path) -> std::io::Result<Vec<Entry>> {
+/// Read the ledger; a missing file is an empty ledger. A bad line is
+/// skipped (a line torn by a crash must not hide the rest) and its line
+/// number returned, so the totals are never silently short.
+pub fn read(state_root: &Path) -> std::io::Result<(Vec<Entry>, Vec<usize>)> {
     let text = match std::fs::read_to_string(crate::state::Layout::ledger_in(state_root)) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], vec![])),
         Err(e) => return Err(e),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let mut entries = Vec::new();
+    let mut bad = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(l) {
+            Ok(e) => entries.push(e),
+            Err(_) => bad.push(i + 1),
+        }
+    }
+    Ok((entries, bad))
 }
 
 #[cfg(test)]
@@ -167,7 +176,10 @@ mod tests {
             "{\"ts\":1,\"job\":\"j\",\"batch_id\":\"b\",\"model\":\"m\",\"input_tokens\":1,\"output_tokens\":1,\"cost_usd\":0.5}\n{\"ts\":2,\"jo",
         )
         .unwrap();
-        assert_eq!(read(dir.path()).unwrap().len(), 1);
-        assert!(read(&dir.path().join("none")).unwrap().is_empty());
+        let (entries, bad) = read(dir.path()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(bad, [2], "the torn line is named");
+        let (none, bad) = read(&dir.path().join("none")).unwrap();
+        assert!(none.is_empty() && bad.is_empty());
     }
 }

@@ -528,3 +528,16 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn the_job_folder_and_the_ledger_are_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.write("in.csv", rows_csv(3));
+    sb.write("job.yaml", sim_spec("perm", "{path: out.csv}", ""));
+    let run = sb.run(&["apply", "--yes", "job.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mode = |p: &str| std::fs::metadata(sb.path(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("state/perm"), 0o700);
+    assert_eq!(mode("state/usage.jsonl"), 0o600);
+}

@@ -13,8 +13,17 @@ use crate::settings::Global;
 use crate::state::now_secs;
 
 pub fn run(g: &Global, since: Option<Duration>, ui: &Ui) -> Result<Code> {
-    let entries = read(&g.state_root)
-        .map_err(|e| Error::io("read", crate::state::Layout::ledger_in(&g.state_root), e))?;
+    let ledger = crate::state::Layout::ledger_in(&g.state_root);
+    let (entries, bad) = read(&g.state_root).map_err(|e| Error::io("read", &ledger, e))?;
+    if let Some(first) = bad.first() {
+        ui.warn(&format!(
+            "{}:{first}: {} line{} of the ledger cannot be read and {} left out of these totals",
+            ledger.display(),
+            bad.len(),
+            if bad.len() == 1 { "" } else { "s" },
+            if bad.len() == 1 { "is" } else { "are" },
+        ));
+    }
     let cutoff = since.map(|d| now_secs().saturating_sub(d.as_secs()));
     let r = aggregate(&entries, cutoff);
     if ui.json {

@@ -104,6 +104,8 @@ pub fn record_usage_once(ledger: &Path, entry: &LedgerEntry<'_>) -> std::io::Res
         .create(true)
         .append(true)
         .open(ledger)?;
+    // The ledger sits beside the job folders, not inside one.
+    super::owner_only(ledger, 0o600);
     writeln!(f, "{line}")?;
     f.sync_all()
 }

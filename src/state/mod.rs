@@ -90,6 +90,18 @@ fn db_err(dir: &Path) -> impl Fn(sled::Error) -> StateError + '_ {
     }
 }
 
+/// Restrict `path` to its owner (best effort: a file system without Unix
+/// modes keeps its own rules).
+pub fn owner_only(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
 /// What the job is: written by `plan`, read by commands that take no spec.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -444,6 +456,10 @@ impl JobStore {
             path: dir.clone(),
             source,
         })?;
+        // The job folder holds prompts, answers and the spec: the owner's
+        // only (0700), whatever the umask; files inside are then out of
+        // anyone else's reach, whatever their own mode.
+        owner_only(&dir, 0o700);
         let lock = take_lock(&layout.lock(), job)?;
         let db_dir = layout.db();
         let db = open_db(&db_dir)?;
