@@ -1,26 +1,80 @@
-//! Benchmark baseline for `bench/plan`: the bare work of counting o200k_base
-//! tokens of every `text` cell of a CSV on two threads. The performance
-//! budget wants `batchgrader plan` within 1.3x of this time.
+//! Benchmark baselines for `bench/plan`: the bare work of counting
+//! o200k_base tokens of every text on two threads.
 //!
-//!     bare_count ROWS.csv        (prints `rows N` and `tokens N`)
+//!     bare_count ROWS.csv          the `text` cell of every row of a CSV,
+//!                                  read in batches and counted with one
+//!                                  shared encoder on rayon's pool
+//!     bare_count --text TEXTS.txt  texts from a plain text file (each ended
+//!                                  by a 0x1E byte, see gen_rows.py --texts),
+//!                                  no CSV to parse, one encoder per thread
 //!
-//! Rows are read in batches of BATCH and each batch is counted in parallel,
-//! so memory stays flat however large the file is.
+//! Both print `rows N` and `tokens N`. The second is the tokenizer's own
+//! speed: the budget wants `batchgrader plan` within 1.3x of its time.
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 
 const BATCH: usize = 4096;
+const THREADS: usize = 2;
 
 fn main() -> Result<()> {
-    let path = std::env::args()
-        .nth(1)
-        .context("usage: bare_count FILE.csv")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (rows, tokens) = match args.as_slice() {
+        [flag, path] if flag == "--text" => count_text_file(path)?,
+        [path] => count_csv(path)?,
+        _ => bail!("usage: bare_count FILE.csv | bare_count --text FILE.txt"),
+    };
+    println!("rows {rows}\ntokens {tokens}");
+    Ok(())
+}
+
+/// Every text of the file, on THREADS threads that each build their own
+/// encoder (an encoder's regex keeps a scratch pool that contends when two
+/// threads share it) and take texts in blocks from a shared cursor.
+fn count_text_file(path: &str) -> Result<(u64, u64)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+    let text = std::str::from_utf8(&bytes).with_context(|| format!("{path}: not UTF-8"))?;
+    let texts: Vec<&str> = text.split_terminator('\x1e').collect();
+    let next = AtomicUsize::new(0);
+    let totals = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| -> Result<u64> {
+                    let bpe = tiktoken_rs::o200k_base()?;
+                    let mut tokens = 0u64;
+                    loop {
+                        let start = next.fetch_add(256, Ordering::Relaxed);
+                        let Some(block) = texts.get(start..(start + 256).min(texts.len())) else {
+                            return Ok(tokens);
+                        };
+                        if block.is_empty() {
+                            return Ok(tokens);
+                        }
+                        tokens += block
+                            .iter()
+                            .map(|t| bpe.count_ordinary(t) as u64)
+                            .sum::<u64>();
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("counting thread"))
+            .collect::<Result<Vec<u64>>>()
+    })?;
+    Ok((texts.len() as u64, totals.iter().sum()))
+}
+
+/// The `text` cell of every CSV row, read in batches of BATCH, each batch
+/// counted in parallel, so memory stays flat however large the file is.
+fn count_csv(path: &str) -> Result<(u64, u64)> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
+        .num_threads(THREADS)
         .build_global()?;
     let bpe = tiktoken_rs::o200k_base()?;
-    let mut reader =
-        csv::Reader::from_path(&path).with_context(|| format!("cannot open {path}"))?;
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot open {path}"))?;
     let Some(col) = reader.headers()?.iter().position(|h| h == "text") else {
         bail!("{path}: no column named `text`");
     };
@@ -44,6 +98,5 @@ fn main() -> Result<()> {
             break;
         }
     }
-    println!("rows {rows}\ntokens {tokens}");
-    Ok(())
+    Ok((rows, tokens))
 }

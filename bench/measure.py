@@ -6,7 +6,7 @@
 CMD's own output passes through unchanged. When it has exited, one line is
 printed on stdout:
 
-    measure: wall_s=12.345 maxrss_mb=67.8 exit=0
+    measure: wall_s=12.345 maxrss_mb=67.8 exit=0 cpu_s=20.1
 
 This replaces GNU `/usr/bin/time -f '%e %M'`, which is not installed
 everywhere. maxrss_mb (MiB) is ru_maxrss from wait4() on CMD: the peak
@@ -16,6 +16,7 @@ address space's high-water mark), so a CMD smaller than this Python process
 would read as this process's size; in that case the peak sampled from
 /proc/PID/status (VmHWM, every 10 ms) is reported instead. Wall time is
 exact: the exit is seen through a pidfd.
+cpu_s is CMD's user + system CPU time (from the same wait4()).
 The exit status is CMD's (128+N if it was killed by signal N).
 """
 import os
@@ -64,7 +65,9 @@ def main():
     peak_kb = usage.ru_maxrss
     if peak_kb <= floor_kb and sampled_kb:
         peak_kb = sampled_kb
-    print(f"measure: wall_s={wall:.3f} maxrss_mb={peak_kb / 1024:.1f} exit={code}", flush=True)
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f"measure: wall_s={wall:.3f} maxrss_mb={peak_kb / 1024:.1f} exit={code} cpu_s={cpu:.2f}",
+          flush=True)
     sys.exit(code if code >= 0 else 128 - code)
 
 
