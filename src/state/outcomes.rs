@@ -1,25 +1,34 @@
 //! What became of each request, kept by request fingerprint in one
 //! append-only file, `<job>/outcomes.jsonl`: a line per success or failure,
-//! the last line for a fingerprint winning. An in-memory index maps each
-//! fingerprint to its latest line (24 bytes per request), and lines are
-//! read back on demand.
+//! the last line for a fingerprint winning. An index on disk
+//! (`outcome_index`, `outcomes.idx`) maps each fingerprint to its latest
+//! line, and lines are read back on demand, so memory does not grow with
+//! the job.
 //!
 //! A flat log rather than the database, because it is written in bulk (one
 //! append and one fsync per merged chunk) and read by key: on 100,000 rows
 //! it took 1/6 of the memory and 2/3 of the time that sled needed (measured
 //! with bench/apply). Appending again after a crash is harmless: the same
 //! outcome is written twice and the last one wins.
+//!
+//! A line is encoded and decoded in one place only (`encode_line`,
+//! `decode_line`).
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::outcome_index::{self, Entry, Index};
 use super::{FailureRecord, ResultRecord};
 
 pub const FILE: &str = "outcomes.jsonl";
+
+/// Bytes of log the index may lag behind its mark: at most this much is
+/// replayed when a job is opened after a crash (~1 s per 64 MB).
+const RESYNC_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -36,14 +45,37 @@ struct Line {
     outcome: Outcome,
 }
 
+/// One line of the log: its text, newline included.
+fn encode_line(fp: &str, outcome: &Outcome, out: &mut Vec<u8>) {
+    #[derive(Serialize)]
+    struct LineRef<'a> {
+        f: &'a str,
+        #[serde(flatten)]
+        outcome: &'a Outcome,
+    }
+    serde_json::to_writer(&mut *out, &LineRef { f: fp, outcome }).expect("outcomes serialize");
+    out.push(b'\n');
+}
+
+/// A line's fingerprint (as a 128-bit key) and outcome; None for a line
+/// that is torn (no newline) or does not parse.
+fn decode_line(buf: &[u8]) -> Option<(u128, Outcome)> {
+    if !buf.ends_with(b"\n") {
+        return None;
+    }
+    let line: Line = serde_json::from_slice(buf).ok()?;
+    Some((key(&line.f)?, line.outcome))
+}
+
 pub struct Log {
     path: PathBuf,
-    /// Fingerprint → offset of its latest line.
-    index: HashMap<u128, u64>,
-    /// Fingerprints whose latest outcome is a success.
-    ok: HashSet<u128>,
+    index_path: PathBuf,
+    /// None until the log has a line (or room was reserved).
+    index: Option<Index>,
+    /// Entries to make room for when the index is created.
+    reserve: u64,
     len: u64,
-    reader: Option<BufReader<File>>,
+    reader: Option<File>,
 }
 
 fn key(fp: &str) -> Option<u128> {
@@ -51,24 +83,53 @@ fn key(fp: &str) -> Option<u128> {
 }
 
 impl Log {
-    /// Open (or start) the log in `dir` and index it.
+    /// Open (or start) the log in `dir`, and bring its index up to date.
     pub fn open(dir: &Path) -> std::io::Result<Log> {
         let path = dir.join(FILE);
+        let index_path = dir.join(outcome_index::FILE);
         let mut log = Log {
             path,
-            index: HashMap::new(),
-            ok: HashSet::new(),
+            index_path,
+            index: None,
+            reserve: 0,
             len: 0,
             reader: None,
         };
-        let file = match File::open(&log.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(log),
+        let len = match std::fs::metadata(&log.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = std::fs::remove_file(&log.index_path);
+                return Ok(log);
+            }
             Err(e) => return Err(e),
         };
-        let mut r = BufReader::with_capacity(1 << 20, file);
+        let index = match Index::open(&log.index_path)? {
+            Some(ix) if ix.covered() <= len => ix,
+            // Missing, unreadable, or ahead of the log: rebuild, sized by
+            // a guess at the lines (a line is rarely under 100 bytes).
+            _ => Index::create(&log.index_path, len / 100)?,
+        };
+        log.len = len;
+        log.index = Some(index);
+        log.catch_up()?;
+        Ok(log)
+    }
+
+    /// Index the lines after what the index covers.
+    fn catch_up(&mut self) -> std::io::Result<()> {
+        let Some(index) = self.index.as_mut() else {
+            return Ok(());
+        };
+        let from = index.covered();
+        if from >= self.len {
+            return Ok(());
+        }
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(from))?;
+        let mut r = BufReader::with_capacity(1 << 20, file.take(self.len - from));
         let mut buf = Vec::new();
-        let mut offset = 0u64;
+        let mut offset = from;
+        let mut whole = from;
         loop {
             buf.clear();
             let n = r.read_until(b'\n', &mut buf)?;
@@ -76,20 +137,25 @@ impl Log {
                 break;
             }
             // A line torn by a crash has no newline and does not parse: skip it.
-            if buf.ends_with(b"\n")
-                && let Ok(line) = serde_json::from_slice::<Line>(&buf)
-                && let Some(k) = key(&line.f)
-            {
-                log.index.insert(k, offset);
-                match line.outcome {
-                    Outcome::Success(_) => log.ok.insert(k),
-                    Outcome::Failure(_) => log.ok.remove(&k),
-                };
+            if let Some((k, outcome)) = decode_line(&buf) {
+                index.put(k, entry(offset, n, &outcome))?;
             }
             offset += n as u64;
+            if buf.ends_with(b"\n") {
+                whole = offset;
+            }
         }
-        log.len = offset;
-        Ok(log)
+        index.set_covered(whole)
+    }
+
+    /// Make room in the index for `entries` fingerprints in all, so that a
+    /// big job's index is sized once instead of grown step by step.
+    pub fn reserve(&mut self, entries: u64) -> std::io::Result<()> {
+        self.reserve = self.reserve.max(entries);
+        match self.index.as_mut() {
+            Some(ix) => ix.reserve(entries),
+            None => Ok(()),
+        }
     }
 
     /// Append outcomes and make them durable before returning.
@@ -110,52 +176,136 @@ impl Log {
         }
         let mut placed = Vec::with_capacity(entries.len());
         for (fp, outcome) in entries {
-            let start = at + text.len() as u64;
-            serde_json::to_writer(
-                &mut text,
-                &Line {
-                    f: fp.clone(),
-                    outcome: outcome.clone(),
-                },
-            )
-            .expect("outcomes serialize");
-            text.push(b'\n');
-            placed.push((fp, outcome, start));
+            let start = text.len();
+            encode_line(fp, outcome, &mut text);
+            placed.push((fp, outcome, at + start as u64, text.len() - start));
         }
         file.write_all(&text)?;
         file.sync_data()?;
         self.len = at + text.len() as u64;
-        for (fp, outcome, start) in placed {
+        if self.index.is_none() {
+            let _ = std::fs::remove_file(&self.index_path);
+            self.index = Some(Index::create(
+                &self.index_path,
+                self.reserve.max(entries.len() as u64),
+            )?);
+        }
+        let index = self.index.as_mut().expect("created above");
+        for (fp, outcome, start, n) in placed {
             if let Some(k) = key(fp) {
-                self.index.insert(k, start);
-                match outcome {
-                    Outcome::Success(_) => self.ok.insert(k),
-                    Outcome::Failure(_) => self.ok.remove(&k),
-                };
+                index.put(k, entry(start, n, outcome))?;
             }
+        }
+        // Moving the index's mark syncs its pages, which a merge scatters
+        // over the whole table: do it now and then, not at every merge.
+        // Until then a reopened index replays the log from its mark, which
+        // is idempotent.
+        if self.len - index.covered() > RESYNC_BYTES {
+            index.set_covered(self.len)?;
         }
         Ok(())
     }
 
     pub fn get(&mut self, fp: &str) -> std::io::Result<Option<Outcome>> {
-        let Some(&offset) = key(fp).and_then(|k| self.index.get(&k)) else {
+        let Some(k) = key(fp) else {
             return Ok(None);
         };
-        if self.reader.is_none() {
-            self.reader = Some(BufReader::with_capacity(1 << 16, File::open(&self.path)?));
+        match self.read_indexed(k)? {
+            Lookup::Found(o) => Ok(Some(o)),
+            Lookup::Missing => Ok(None),
+            // The log was changed behind the index's back (restored from a
+            // backup, edited): rebuild the index from the log, once.
+            Lookup::Stale(_) => {
+                let _ = std::fs::remove_file(&self.index_path);
+                self.index = Some(Index::create(&self.index_path, self.len / 100)?);
+                self.catch_up()?;
+                match self.read_indexed(k)? {
+                    Lookup::Found(o) => Ok(Some(o)),
+                    Lookup::Missing => Ok(None),
+                    Lookup::Stale(offset) => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: the line at byte {offset} is not the outcome of {fp}",
+                            self.path.display(),
+                        ),
+                    )),
+                }
+            }
         }
-        let r = self.reader.as_mut().expect("opened above");
-        r.seek(SeekFrom::Start(offset))?;
-        let mut buf = Vec::new();
-        r.read_until(b'\n', &mut buf)?;
-        let line: Line = serde_json::from_slice(&buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        Ok(Some(line.outcome))
     }
 
-    /// Fingerprints (as 128-bit numbers) whose latest outcome is a success.
-    pub fn successes(&self) -> &HashSet<u128> {
-        &self.ok
+    fn read_indexed(&mut self, k: u128) -> std::io::Result<Lookup> {
+        let Some(e) = self
+            .index
+            .as_ref()
+            .map(|ix| ix.get(k))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Lookup::Missing);
+        };
+        if self.reader.is_none() {
+            self.reader = Some(File::open(&self.path)?);
+        }
+        let file = self.reader.as_ref().expect("opened above");
+        let mut buf = vec![0u8; e.len.map_or(4096, |l| l as usize)];
+        let mut filled = 0;
+        loop {
+            let n = file.read_at(&mut buf[filled..], e.offset + filled as u64)?;
+            filled += n;
+            if n == 0 || e.len.is_some_and(|l| filled == l as usize) {
+                break;
+            }
+            if e.len.is_none() && buf[..filled].contains(&b'\n') {
+                break;
+            }
+            if filled == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+        // Cut at the line's newline (an unrecorded length reads past it).
+        if let Some(end) = buf[..filled].iter().position(|&b| b == b'\n') {
+            filled = end + 1;
+        }
+        Ok(match decode_line(&buf[..filled]) {
+            Some((found, outcome)) if found == k => Lookup::Found(outcome),
+            _ => Lookup::Stale(e.offset),
+        })
+    }
+
+    /// Is the latest outcome of `fp` (a 128-bit fingerprint) a success?
+    pub fn succeeded(&self, fp: u128) -> std::io::Result<bool> {
+        match &self.index {
+            Some(ix) => Ok(ix.get(fp)?.is_some_and(|e| e.ok)),
+            None => Ok(false),
+        }
+    }
+}
+
+enum Lookup {
+    Found(Outcome),
+    Missing,
+    /// The index points at a line (at this offset) that is not the fingerprint's.
+    Stale(u64),
+}
+
+impl Drop for Log {
+    /// Leave the index's mark at the end of the log, so the next open
+    /// replays nothing (best effort: a crash only costs a replay).
+    fn drop(&mut self) {
+        if let Some(ix) = self.index.as_mut()
+            && ix.covered() < self.len
+        {
+            let _ = ix.set_covered(self.len);
+        }
+    }
+}
+
+fn entry(offset: u64, len: usize, outcome: &Outcome) -> Entry {
+    Entry {
+        offset,
+        len: u32::try_from(len).ok(),
+        ok: matches!(outcome, Outcome::Success(_)),
     }
 }
 
@@ -206,7 +356,8 @@ mod tests {
         assert_eq!(log.get(&fp(3)).unwrap(), None);
         let mut again = Log::open(dir.path()).unwrap();
         assert_eq!(again.get(&fp(1)).unwrap(), Some(ok("9")));
-        assert_eq!(again.successes().len(), 2);
+        assert!(again.succeeded(1).unwrap() && again.succeeded(2).unwrap());
+        assert!(!again.succeeded(3).unwrap());
     }
 
     #[test]
@@ -221,10 +372,53 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"f\":\"0000").unwrap();
         let mut log = Log::open(dir.path()).unwrap();
-        assert_eq!(log.successes().len(), 1);
+        assert!(log.succeeded(1).unwrap());
         log.append(&[(fp(2), failed("x"))]).unwrap();
         let mut log = Log::open(dir.path()).unwrap();
         assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
         assert_eq!(log.get(&fp(2)).unwrap(), Some(failed("x")));
+        assert!(!log.succeeded(2).unwrap());
+    }
+
+    #[test]
+    fn a_lost_or_stale_index_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        log.append(&[(fp(1), ok("1")), (fp(2), failed("x"))])
+            .unwrap();
+        drop(log);
+        let index = dir.path().join(outcome_index::FILE);
+        let stale = std::fs::read(&index).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        log.append(&[(fp(2), ok("2")), (fp(3), ok("3"))]).unwrap();
+        // A process killed before its mark moved: the next open replays.
+        std::mem::forget(log);
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(3)).unwrap(), Some(ok("3")));
+        drop(log);
+        // An index that covers only the first append: the rest is replayed.
+        std::fs::write(&index, &stale).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(2)).unwrap(), Some(ok("2")));
+        assert_eq!(log.get(&fp(3)).unwrap(), Some(ok("3")));
+        drop(log);
+        // No index at all.
+        std::fs::remove_file(&index).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
+        assert!(log.succeeded(2).unwrap());
+        // An index that points at the wrong lines (the log was replaced
+        // behind its back) is not believed: it is rebuilt.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let mut o = Log::open(&other).unwrap();
+        o.append(&[(fp(9), ok("pad")), (fp(1), ok("1"))]).unwrap();
+        drop(o);
+        drop(log);
+        std::fs::copy(other.join(outcome_index::FILE), &index).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
+        assert_eq!(log.get(&fp(9)).unwrap(), None);
+        assert_eq!(log.get(&fp(3)).unwrap(), Some(ok("3")));
     }
 }

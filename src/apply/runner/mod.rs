@@ -61,6 +61,8 @@ pub struct Runner<'a, B: BatchBackend> {
     /// Set once the halt policy has spoken: nothing more is submitted, the
     /// batches that were out are collected, then the run ends.
     halting: Option<String>,
+    /// The long local step under way, and since when (for `status`).
+    step: Option<(String, u64)>,
     started: Instant,
     started_at: u64,
 }
@@ -96,6 +98,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             outage_since: None,
             outage_said: None,
             halting: None,
+            step: None,
             started: Instant::now(),
             started_at: state::now_secs(),
         }
@@ -130,7 +133,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
         journal::start_run(&self.layout().events());
         let mut units = self.ensure_units()?;
+        // Size the outcome index for the whole job once, rather than grow it.
+        self.store.reserve_outcomes(self.plan.rows)?;
+        self.set_step(&units, "counting where the requests stand");
         self.tally = self.scan_tally()?;
+        self.step = None;
         // A run killed between merging a chunk and writing its usage line
         // finishes that bookkeeping first.
         for u in units.iter_mut() {
@@ -201,7 +208,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 if let Some(reason) = self.halt_reason(&units) {
                     return self.finish(Ending::Halted(reason)).await;
                 }
+                self.set_step(&units, "looking for requests to retry");
                 let retries = self.plan_retries(&units)?;
+                self.step = None;
                 if retries.is_empty() {
                     return self.finish(Ending::Finished).await;
                 }
@@ -273,6 +282,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }
             }
         }
+    }
+
+    /// Enter a long local step: `status` shows it while it lasts.
+    fn set_step(&mut self, units: &[UnitRecord], step: &str) {
+        self.step = Some((step.to_string(), state::now_secs()));
+        self.write_status(units, RunState::Running, None);
     }
 
     fn halt_reason(&self, units: &[UnitRecord]) -> Option<String> {
