@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::input::Source;
 use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
+use crate::report::Ui;
 use crate::spec::{CheckedSpec, ParseMode};
 use crate::state::{JobStore, Outcome, PlanRecord};
 pub use progress::Progress;
@@ -112,6 +113,7 @@ pub fn write_output_file(
     store: &JobStore,
     spec: &CheckedSpec,
     plan: &PlanRecord,
+    ui: &Ui,
 ) -> Result<(Written, Vec<(String, u64)>)> {
     write_output_to(
         store,
@@ -119,6 +121,7 @@ pub fn write_output_file(
         plan,
         &spec.output_path,
         spec.spec.output.format,
+        ui,
     )
 }
 
@@ -129,6 +132,7 @@ pub fn write_output_to(
     plan: &PlanRecord,
     path: &Path,
     format: Option<crate::spec::Format>,
+    ui: &Ui,
 ) -> Result<(Written, Vec<(String, u64)>)> {
     let format = output::format_for(path, format)?;
     let o = &spec.spec.output;
@@ -151,7 +155,11 @@ pub fn write_output_to(
     let mut requests = store.requests(plan.generation);
     let mut dist: BTreeMap<String, u64> = BTreeMap::new();
     let id_column = spec.spec.input.id.clone();
+    let meter = ui.progress_rows(plan.rows, "writing the output");
     let written = output::write(&sources, path, format, &added, |row| {
+        if row.number % 4096 == 0 {
+            meter.set_position(row.number);
+        }
         let req = requests
             .next()
             .transpose()?
@@ -195,6 +203,7 @@ pub fn write_output_to(
         }
         Ok(RowResult::default())
     })?;
+    meter.finish_and_clear();
     let mut dist: Vec<(String, u64)> = dist.into_iter().collect();
     if o.parse == ParseMode::Number {
         dist.sort_by(|a, b| {

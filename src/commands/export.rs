@@ -26,6 +26,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         } else {
             spec.spec.output.format
         },
+        ui,
     )?;
     if ui.json {
         print_json(
