@@ -242,21 +242,31 @@ mod tests {
 
     #[test]
     fn finds_the_first_duplicate_in_input_order() {
-        let cases: &[(&[&str], Option<&str>)] = &[
+        // (ids, the message after the file name, the earlier row's line).
+        let cases: &[(&[&str], Option<(&str, &str)>)] = &[
             (&["a", "b", "c"], None),
             (&["é", "e", "é ", "E"], None),
             (
                 &["a", "b", "a"],
-                Some("in.csv:4: duplicate id `a`: row 3 has the same id as row 1 ("),
+                Some((
+                    ":4: duplicate id `a`: row 3 has the same id as row 1 (",
+                    ":2)",
+                )),
             ),
             // Two duplicates: the one whose later row comes first wins.
             (
                 &["x", "y", "z", "y", "x"],
-                Some(":5: duplicate id `y`: row 4 has the same id as row 2 ("),
+                Some((
+                    ":5: duplicate id `y`: row 4 has the same id as row 2 (",
+                    ":3)",
+                )),
             ),
             (
                 &["k", "k", "k"],
-                Some(":3: duplicate id `k`: row 2 has the same id as row 1 ("),
+                Some((
+                    ":3: duplicate id `k`: row 2 has the same id as row 1 (",
+                    ":2)",
+                )),
             ),
         ];
         for run in [1, 2, 3, 100] {
@@ -264,7 +274,7 @@ mod tests {
                 let got = check(ids, run);
                 match (want, &got) {
                     (None, None) => {}
-                    (Some(w), Some(g)) if g.contains(w) && g.ends_with(":2)") => {}
+                    (Some((msg, earlier)), Some(g)) if g.contains(msg) && g.ends_with(earlier) => {}
                     _ => panic!("{ids:?} in runs of {run}: got {got:?}, want {want:?}"),
                 }
             }

@@ -104,7 +104,13 @@ impl Log {
             Err(e) => return Err(e),
         };
         let index = match Index::open(&log.index_path)? {
-            Some(ix) if ix.covered() <= len => ix,
+            Some(ix) if ix.covered() == len => ix,
+            // The process that wrote after the mark did not close the log
+            // (a crash): its entries are in the slots, not in the count.
+            Some(mut ix) if ix.covered() < len => {
+                ix.recount()?;
+                ix
+            }
             // Missing, unreadable, or ahead of the log: rebuild, sized by
             // a guess at the lines (a line is rarely under 100 bytes).
             _ => Index::create(&log.index_path, len / 100)?,
