@@ -276,6 +276,9 @@ struct Built {
     warnings: Vec<String>,
 }
 
+/// A batch's rendered rows, or the name of a column a row lacks.
+type RenderedBatch = Vec<Result<Rendered, String>>;
+
 struct Rendered {
     line: String,
     fingerprint: String,
@@ -409,7 +412,7 @@ fn build(
         prompt_tokens: 0,
     };
     let mut checked_files: HashSet<usize> = HashSet::new();
-    let render = |batch: &[Row]| -> Vec<Result<Rendered, String>> {
+    let render = |batch: &[Row]| -> RenderedBatch {
         batch
             .par_iter()
             .map(|row| {
@@ -432,7 +435,7 @@ fn build(
     // and writing would otherwise leave one core idle between batches.
     let (mut current, mut read_error) =
         read_batch(&mut reader, spec, prompt, sources, &mut checked_files);
-    let mut pending: Option<(Vec<Row>, Vec<Result<Rendered, String>>)> = None;
+    let mut pending: Option<(Vec<Row>, RenderedBatch)> = None;
     while !current.is_empty() || pending.is_some() {
         let (next, rendered) = rayon::join(
             || -> Result<(Vec<Row>, Option<Error>)> {
@@ -579,7 +582,7 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn take(&mut self, batch: &[Row], rendered: Vec<Result<Rendered, String>>) -> Result<()> {
+    fn take(&mut self, batch: &[Row], rendered: RenderedBatch) -> Result<()> {
         let (spec, sources, limits) = (self.spec, self.sources, self.limits);
         for (row, r) in batch.iter().zip(rendered) {
             let r = r.map_err(|name| missing_column(spec, sources, row, &name))?;

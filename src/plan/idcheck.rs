@@ -243,7 +243,8 @@ mod tests {
     #[test]
     fn finds_the_first_duplicate_in_input_order() {
         // (ids, the message after the file name, the earlier row's line).
-        let cases: &[(&[&str], Option<(&str, &str)>)] = &[
+        type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+        let cases: &[Case] = &[
             (&["a", "b", "c"], None),
             (&["é", "e", "é ", "E"], None),
             (
