@@ -7,9 +7,10 @@
 //! a scratch folder and the plan record switches in one write at the end, so
 //! a bad input or an interrupted run leaves the previous plan intact.
 
+mod idcheck;
+
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -20,14 +21,15 @@ use sha2::{Digest, Sha256};
 use crate::chunking::{self, Item, Limits, Packer};
 use crate::cost::{self, PriceTable, PricingError};
 use crate::error::{Error, Result};
-use crate::input::{Fields, InputError, Row, RowReader, Source, place, row_place};
+use crate::input::{Fields, InputError, Row, RowReader, Source, row_place};
 use crate::output::{self, AddedColumns};
 use crate::prompt::{Prompt, PromptError, RequestBuilder, batch_line};
 use crate::report::Ui;
 use crate::spec::{self, CheckedSpec};
 use crate::state::chunkfile::ChunkWriter;
 use crate::state::{
-    self, ChunkRecord, JobRecord, JobStore, Layout, PlanRecord, RequestRecord, RequestWriter,
+    self, ChunkRecord, JobRecord, JobStore, Layout, PlanRecord, RequestLookup, RequestRecord,
+    RequestWriter,
 };
 use crate::tokenize::{Counter, Encoding, encoding_for_model};
 
@@ -36,7 +38,7 @@ use crate::tokenize::{Counter, Encoding, encoding_for_model};
 const PLAN_FORMAT: &str = "batchgrader-plan-1";
 
 /// Rows rendered and counted together on the thread pool.
-const BATCH_ROWS: usize = 4096;
+const BATCH_ROWS: usize = 2048;
 
 /// What `plan` did.
 pub struct Planned {
@@ -368,6 +370,9 @@ struct Built {
     warnings: Vec<String>,
 }
 
+/// A batch's rendered rows, or the name of a column a row lacks.
+type RenderedBatch = Vec<Result<Rendered, String>>;
+
 struct Rendered {
     line: String,
     fingerprint: String,
@@ -462,7 +467,7 @@ fn build(
     marker: &PlanningMarker,
 ) -> Result<Built> {
     std::fs::create_dir_all(scratch).map_err(|e| Error::io("create", scratch, e))?;
-    let mut lines = match limits.forced_chunks {
+    let lines = match limits.forced_chunks {
         None => Lines::Direct(Box::new(ChunkFiles::new(*limits, scratch, generation))),
         Some(_) => {
             let path = scratch.join("spool.jsonl");
@@ -473,45 +478,33 @@ fn build(
             }
         }
     };
-    let mut records = RequestWriter::create(scratch)
+    let records = RequestWriter::create(scratch)
         .map_err(|e| Error::io("create request records in", scratch, e))?;
     let builder = request_builder(spec, prompt);
     let fixed_tokens = counter.fixed_chat_tokens_on_pool(prompt.system.as_deref()) as u64;
-    let done = store.result_fingerprints()?;
     let id_column = spec.spec.input.id.as_deref();
 
     let mut reader = RowReader::new(sources.clone(), false);
     let sources = &sources[..];
     let bar = ui.progress(reader.total_bytes(), "reading");
-    let mut ids = id_column.map(|c| IdCheck::new(sources, c));
-    let mut items: Vec<Item> = Vec::new();
-    let mut outstanding = 0u64;
+    let mut sink = Sink {
+        spec,
+        sources,
+        limits,
+        ids: id_column.map(|_| idcheck::IdCheck::new(sources, scratch)),
+        id_column,
+        store,
+        lines,
+        records,
+        scratch,
+        items: Vec::new(),
+        outstanding: 0,
+        rows: 0,
+        prompt_tokens: 0,
+    };
     let mut checked_files: HashSet<usize> = HashSet::new();
-    let mut rows = 0u64;
-    let mut prompt_tokens = 0u64;
-    let added = AddedColumns::for_spec(spec);
-    let added_names = added.names();
-    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
-    loop {
-        if crate::interrupt::requested() {
-            return Err(Error::Interrupted { what: "planning" });
-        }
-        batch.clear();
-        for row in reader.by_ref().take(BATCH_ROWS) {
-            let row = row?;
-            if checked_files.insert(row.file) {
-                check_columns(spec, prompt, sources, &row)?;
-                output::check_collisions(&spec.file, &added, &added_names, sources, &row)?;
-            } else if matches!(row.fields, Fields::Object(_)) {
-                // Objects need not share their keys: each row is checked.
-                output::check_collisions(&spec.file, &added, &added_names, sources, &row)?;
-            }
-            batch.push(row);
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let rendered: Vec<Result<Rendered, String>> = batch
+    let render = |batch: &[Row]| -> RenderedBatch {
+        batch
             .par_iter()
             .map(|row| {
                 if crate::interrupt::requested() {
@@ -529,56 +522,75 @@ fn build(
                     tokens,
                 })
             })
-            .collect();
+            .collect()
+    };
+    // A three-stage pipeline over batches of rows: while the pool renders
+    // and counts batch i, one task takes the results of batch i-1 (ids,
+    // records, chunk files) and reads batch i+1. On two cores the reading
+    // and writing would otherwise leave one core idle between batches.
+    let added = AddedColumns::for_spec(spec);
+    let added = (added.clone(), added.names());
+    let (mut current, mut read_error) = read_batch(
+        &mut reader,
+        spec,
+        prompt,
+        sources,
+        &mut checked_files,
+        &added,
+    );
+    let mut pending: Option<(Vec<Row>, RenderedBatch)> = None;
+    while !current.is_empty() || pending.is_some() {
+        let (next, rendered) = rayon::join(
+            || -> Result<(Vec<Row>, Option<Error>)> {
+                if let Some((rows, rendered)) = pending.take() {
+                    sink.take(&rows, rendered)?;
+                    bar.set_position(reader.bytes_read());
+                }
+                // A read error comes after the rows read before it.
+                if read_error.is_some() {
+                    return Ok((Vec::new(), read_error.take()));
+                }
+                Ok(read_batch(
+                    &mut reader,
+                    spec,
+                    prompt,
+                    sources,
+                    &mut checked_files,
+                    &added,
+                ))
+            },
+            || render(&current),
+        );
+        // Ctrl-C: rows rendered after it are errors that must not be taken
+        // for the input's; the flag stays set, so no later batch is taken.
         if crate::interrupt::requested() {
             return Err(Error::Interrupted { what: "planning" });
         }
-        for (row, r) in batch.iter().zip(rendered) {
-            let r = r.map_err(|name| missing_column(spec, sources, row, &name))?;
-            let key = match (&mut ids, id_column) {
-                (Some(ids), Some(col)) => {
-                    let key = row.get(col).unwrap_or_default();
-                    ids.check(key, row)?;
-                    key.to_string()
-                }
-                _ => row.number.to_string(),
-            };
-            rows += 1;
-            let seq = if done.contains(&fingerprint_bits(&r.fingerprint)) {
-                None
-            } else {
-                let item = Item {
-                    tokens: r.tokens,
-                    bytes: r.line.len() as u64 + 1,
-                };
-                chunking::check_item(&item, 0, limits).map_err(|e| name_row(e, sources, row))?;
-                match &mut lines {
-                    Lines::Direct(c) => c.push(&r.line, item)?,
-                    Lines::Spool { w, path } => w
-                        .write_all(r.line.as_bytes())
-                        .and_then(|()| w.write_all(b"\n"))
-                        .map_err(|e| Error::io("write", path.as_path(), e))?,
-                }
-                if limits.forced_chunks.is_some() {
-                    items.push(item);
-                }
-                prompt_tokens += r.tokens;
-                outstanding += 1;
-                Some(outstanding - 1)
-            };
-            records
-                .push(&RequestRecord {
-                    row: row.number,
-                    key,
-                    fingerprint: r.fingerprint,
-                    tokens: r.tokens,
-                    seq,
-                })
-                .map_err(|e| Error::io("write request records in", scratch, e))?;
-        }
-        bar.set_position(reader.bytes_read());
         marker.progress(reader.bytes_read());
+        let (next, error) = next?;
+        if !current.is_empty() {
+            pending = Some((std::mem::take(&mut current), rendered));
+        } else if let Some(e) = read_error.take() {
+            return Err(e);
+        }
+        current = next;
+        if error.is_some() {
+            read_error = error;
+        }
     }
+    if let Some(e) = read_error {
+        return Err(e);
+    }
+    let Sink {
+        items,
+        outstanding,
+        rows,
+        prompt_tokens,
+        ids,
+        lines,
+        records,
+        ..
+    } = sink;
     bar.finish_and_clear();
     if rows == 0 {
         let names: Vec<String> = sources
@@ -594,6 +606,17 @@ fn build(
     records
         .finish()
         .map_err(|e| Error::io("write request records in", scratch, e))?;
+    if let Some(ids) = ids {
+        let lookup = RequestLookup::open(scratch)
+            .map_err(|e| Error::io("read request records in", scratch, e))?;
+        ids.finish(|row| {
+            lookup
+                .get(row)
+                .map_err(|e| Error::io("read request records in", scratch, e))?
+                .map(|r| r.key)
+                .ok_or_else(|| Error::io("read request records in", scratch, missing_record(row)))
+        })?;
+    }
     let mut warnings = Vec::new();
     let chunks = match lines {
         Lines::Direct(c) => c.finish()?,
@@ -614,6 +637,117 @@ fn build(
         chunks,
         warnings,
     })
+}
+
+fn missing_record(row: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("no record for row {row}"),
+    )
+}
+
+/// Up to BATCH_ROWS rows, and the read error that ended them early, if any.
+fn read_batch(
+    reader: &mut RowReader,
+    spec: &CheckedSpec,
+    prompt: &Prompt,
+    sources: &[Source],
+    checked_files: &mut HashSet<usize>,
+    added: &(AddedColumns, Vec<String>),
+) -> (Vec<Row>, Option<Error>) {
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    for row in reader.by_ref().take(BATCH_ROWS) {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => return (batch, Some(e.into())),
+        };
+        let checked = if checked_files.insert(row.file) {
+            check_columns(spec, prompt, sources, &row).and_then(|()| {
+                output::check_collisions(&spec.file, &added.0, &added.1, sources, &row)
+            })
+        } else if matches!(row.fields, Fields::Object(_)) {
+            // Objects need not share their keys: each row is checked.
+            output::check_collisions(&spec.file, &added.0, &added.1, sources, &row)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = checked {
+            return (batch, Some(e));
+        }
+        batch.push(row);
+    }
+    (batch, None)
+}
+
+/// Takes rendered rows in input order: checks their ids, writes their
+/// request lines and records, and adds up the plan's totals.
+struct Sink<'a> {
+    spec: &'a CheckedSpec,
+    sources: &'a [Source],
+    limits: &'a Limits,
+    ids: Option<idcheck::IdCheck<'a>>,
+    id_column: Option<&'a str>,
+    /// Where the outcomes of earlier plans are (a request that already
+    /// succeeded is not sent again).
+    store: &'a JobStore,
+    lines: Lines,
+    records: RequestWriter,
+    scratch: &'a Path,
+    /// Every outstanding request's size, kept only for a forced chunk count.
+    items: Vec<Item>,
+    outstanding: u64,
+    rows: u64,
+    prompt_tokens: u64,
+}
+
+impl Sink<'_> {
+    fn take(&mut self, batch: &[Row], rendered: RenderedBatch) -> Result<()> {
+        let (spec, sources, limits) = (self.spec, self.sources, self.limits);
+        for (row, r) in batch.iter().zip(rendered) {
+            let r = r.map_err(|name| missing_column(spec, sources, row, &name))?;
+            let key = match (&mut self.ids, self.id_column) {
+                (Some(ids), Some(col)) => {
+                    let key = row.get(col).unwrap_or_default();
+                    ids.add(key, row)?;
+                    key.to_string()
+                }
+                _ => row.number.to_string(),
+            };
+            self.rows += 1;
+            let seq = if self.store.succeeded(fingerprint_bits(&r.fingerprint))? {
+                None
+            } else {
+                let item = Item {
+                    tokens: r.tokens,
+                    bytes: r.line.len() as u64 + 1,
+                };
+                chunking::check_item(&item, 0, limits).map_err(|e| name_row(e, sources, row))?;
+                match &mut self.lines {
+                    Lines::Direct(c) => c.push(&r.line, item)?,
+                    Lines::Spool { w, path } => w
+                        .write_all(r.line.as_bytes())
+                        .and_then(|()| w.write_all(b"\n"))
+                        .map_err(|e| Error::io("write", path.as_path(), e))?,
+                }
+                if limits.forced_chunks.is_some() {
+                    self.items.push(item);
+                }
+                self.prompt_tokens += r.tokens;
+                self.outstanding += 1;
+                Some(self.outstanding - 1)
+            };
+            self.records
+                .push(&RequestRecord {
+                    row: row.number,
+                    key,
+                    fingerprint: r.fingerprint,
+                    tokens: r.tokens,
+                    seq,
+                })
+                .map_err(|e| Error::io("write request records in", self.scratch, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// The first 128 bits of a fingerprint, for compact sets.
@@ -701,75 +835,6 @@ fn missing_column(spec: &CheckedSpec, sources: &[Source], row: &Row, name: &str)
         columns: row.column_names().iter().map(|s| s.to_string()).collect(),
     }
     .into()
-}
-
-/// Finds duplicate row keys keeping only a 64-bit hash per key (a million
-/// rows cost ~16 MB). A repeated hash is confirmed by reading the input again
-/// up to that row: that happens only for a real duplicate (which ends the
-/// plan anyway) or a hash collision (about once in 10^13 plans of a million
-/// rows), so the common path never pays for it.
-struct IdCheck<'a> {
-    seen: HashSet<u64>,
-    sources: &'a [Source],
-    column: &'a str,
-}
-
-impl<'a> IdCheck<'a> {
-    fn new(sources: &'a [Source], column: &'a str) -> Self {
-        IdCheck {
-            seen: HashSet::new(),
-            sources,
-            column,
-        }
-    }
-
-    fn check(&mut self, key: &str, row: &Row) -> Result<()> {
-        let sources = self.sources;
-        if key.is_empty() {
-            return Err(InputError::Bad {
-                path: sources[row.file].path.clone(),
-                line: row.line,
-                message: format!("row {} has an empty id (input.id)", row.number),
-            }
-            .into());
-        }
-        if self.seen.insert(key_hash(key)) {
-            return Ok(());
-        }
-        match self.first_row_with(key, row.number)? {
-            Some((first_row, file, line)) => Err(InputError::Bad {
-                path: sources[row.file].path.clone(),
-                line: row.line,
-                message: format!(
-                    "duplicate id `{key}`: row {} has the same id as row {first_row} ({})",
-                    row.number,
-                    place(sources, file, line)
-                ),
-            }
-            .into()),
-            None => Ok(()),
-        }
-    }
-
-    /// The first row before `before` whose key is `key`.
-    fn first_row_with(&self, key: &str, before: u64) -> Result<Option<(u64, usize, u64)>> {
-        for row in RowReader::new(self.sources.to_vec(), false) {
-            let row = row?;
-            if row.number >= before {
-                break;
-            }
-            if row.get(self.column) == Some(key) {
-                return Ok(Some((row.number, row.file, row.line)));
-            }
-        }
-        Ok(None)
-    }
-}
-
-fn key_hash(key: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
 }
 
 /// Hash of everything that decides the requests and their chunks.

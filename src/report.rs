@@ -91,24 +91,125 @@ impl Ui {
         self.paint().dim(s)
     }
 
-    /// A byte-based progress bar on stderr, only on a terminal.
-    pub fn progress(&self, total: u64, what: &str) -> indicatif::ProgressBar {
-        if !self.tty || self.quiet || total < 4 << 20 {
-            return indicatif::ProgressBar::hidden();
+    /// Progress of a step over bytes of input: a bar on a terminal, a
+    /// line now and then elsewhere (see `Meter`).
+    pub fn progress(&self, total: u64, what: &str) -> Meter {
+        self.meter(total, what, Unit::Bytes)
+    }
+
+    /// Progress of a step over `total` rows.
+    pub fn progress_rows(&self, total: u64, what: &str) -> Meter {
+        self.meter(total, what, Unit::Rows)
+    }
+
+    fn meter(&self, total: u64, what: &str, unit: Unit) -> Meter {
+        let hidden = Meter {
+            bar: indicatif::ProgressBar::hidden(),
+            lines: None,
+        };
+        // Small inputs take well under 2 s; no line or bar for them (and
+        // no line that depends on the machine's speed in a test's output).
+        let small = match unit {
+            Unit::Bytes => total < 4 << 20,
+            Unit::Rows => total < 10_000,
+        };
+        if self.quiet || small {
+            return hidden;
+        }
+        if !self.tty {
+            return Meter {
+                lines: Some(std::sync::Mutex::new(Lines {
+                    what: what.to_string(),
+                    total,
+                    unit,
+                    started: std::time::Instant::now(),
+                    last: None,
+                })),
+                ..hidden
+            };
         }
         let bar = indicatif::ProgressBar::with_draw_target(
             Some(total),
             indicatif::ProgressDrawTarget::stderr(),
         );
+        let counts = match unit {
+            Unit::Bytes => "{bytes}/{total_bytes}",
+            Unit::Rows => "{human_pos}/{human_len} rows",
+        };
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})",
-            )
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{msg}} [{{bar:30}}] {counts} ({{eta}})"
+            ))
             .expect("static template")
             .progress_chars("=> "),
         );
         bar.set_message(what.to_string());
-        bar
+        Meter { bar, lines: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Bytes,
+    Rows,
+}
+
+/// Progress of one long local step (reading, counting, writing the output).
+/// On a terminal, a bar; elsewhere (CI, pipes), a timestamped line once the
+/// step has run for 2 s and then every 10 s, so no step is silent for long.
+pub struct Meter {
+    bar: indicatif::ProgressBar,
+    lines: Option<std::sync::Mutex<Lines>>,
+}
+
+struct Lines {
+    what: String,
+    total: u64,
+    unit: Unit,
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+}
+
+/// Seconds before the first line off a terminal, and between lines.
+const FIRST_LINE: u64 = 2;
+const LINE_EVERY: u64 = 10;
+
+impl Meter {
+    pub fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+        let Some(lines) = &self.lines else { return };
+        let mut l = lines.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let due = match l.last {
+            None => now.duration_since(l.started).as_secs() >= FIRST_LINE,
+            Some(t) => now.duration_since(t).as_secs() >= LINE_EVERY,
+        };
+        if due {
+            l.last = Some(now);
+            let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            eprintln!("{ts} {}", meter_line(&l.what, pos, l.total, l.unit));
+        }
+    }
+
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// `reading: 512.0 MiB of 1.0 GiB (50%)`, `writing the output: 3,000 of 10,000 rows (30%)`.
+fn meter_line(what: &str, pos: u64, total: u64, unit: Unit) -> String {
+    let pct = (pos.min(total) * 100).checked_div(total).unwrap_or(100);
+    match unit {
+        Unit::Bytes => format!(
+            "{what}: {} of {} ({pct}%)",
+            indicatif::HumanBytes(pos),
+            indicatif::HumanBytes(total)
+        ),
+        Unit::Rows => format!(
+            "{what}: {} of {} rows ({pct}%)",
+            indicatif::HumanCount(pos),
+            indicatif::HumanCount(total)
+        ),
     }
 }
 
@@ -170,6 +271,28 @@ pub fn num(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meter_lines() {
+        let cases = [
+            (
+                Unit::Bytes,
+                512 << 20,
+                1 << 30,
+                "reading: 512.00 MiB of 1.00 GiB (50%)",
+            ),
+            (
+                Unit::Rows,
+                3_000_000,
+                10_000_000,
+                "reading: 3,000,000 of 10,000,000 rows (30%)",
+            ),
+            (Unit::Rows, 5, 0, "reading: 5 of 0 rows (100%)"),
+        ];
+        for (unit, pos, total, want) in cases {
+            assert_eq!(meter_line("reading", pos, total, unit), want);
+        }
+    }
 
     #[test]
     fn thousands() {

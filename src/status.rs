@@ -128,6 +128,11 @@ pub struct Snapshot {
     /// seconds); `None` while the provider answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outage_since: Option<u64>,
+    /// The local step a running process is in when it is not waiting on
+    /// the provider (e.g. `writing the output`), and since when (Unix
+    /// seconds): a long step of its own is not mistaken for a hang.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<(String, u64)>,
     pub units: Vec<UnitStatus>,
     /// A direct-mode run (`provider.mode: direct`): rates, what is in flight,
     /// errors by class and the endpoints.
@@ -389,6 +394,15 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
     {
         writeln!(w, "  {line}")?;
     }
+    if s.state == RunState::Running
+        && let Some((step, since)) = &s.step
+    {
+        writeln!(
+            w,
+            "  now: {step} (for {})",
+            short_duration(now.saturating_sub(*since))
+        )?;
+    }
     let t = &s.totals;
     writeln!(
         w,
@@ -531,6 +545,7 @@ mod tests {
                 saved_usd: 0.1574,
             },
             outage_since: Some(NOW - 180),
+            step: None,
             units: vec![
                 merged,
                 unit(2, Phase::Submitted, Some("in_progress"), 12_345),

@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::grades::{self, PropertyStats};
 use crate::input::Source;
 use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
+use crate::report::Ui;
 use crate::spec::{CheckedSpec, ParseMode};
 use crate::state::{JobStore, Outcome, PlanRecord};
 pub use progress::Progress;
@@ -226,6 +227,7 @@ pub fn write_output_file(
     store: &JobStore,
     spec: &CheckedSpec,
     plan: &PlanRecord,
+    ui: &Ui,
 ) -> Result<Graded> {
     write_output_to(
         store,
@@ -233,6 +235,7 @@ pub fn write_output_file(
         plan,
         &spec.output_path,
         spec.spec.output.format,
+        ui,
     )
 }
 
@@ -243,6 +246,7 @@ pub fn write_output_to(
     plan: &PlanRecord,
     path: &Path,
     format: Option<crate::spec::Format>,
+    ui: &Ui,
 ) -> Result<Graded> {
     let format = output::format_for(path, format)?;
     // Never a worse output over a better one: outcomes the state lost
@@ -278,7 +282,11 @@ pub fn write_output_to(
     let changed_count = std::cell::Cell::new(0u64);
     let mut requests = store.requests(plan.generation);
     let id_column = spec.spec.input.id.clone();
+    let meter = ui.progress_rows(plan.rows, "writing the output");
     let result_of = |row: &crate::input::Row| {
+        if row.number.is_multiple_of(4096) {
+            meter.set_position(row.number);
+        }
         let req = requests
             .next()
             .transpose()?
@@ -317,6 +325,7 @@ pub fn write_output_to(
         result_of,
         before_commit,
     )?;
+    meter.finish_and_clear();
     let graded = judge.finish();
     debug_assert_eq!(graded.written, written);
     Ok(Graded { written, ..graded })

@@ -36,6 +36,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         } else {
             spec.spec.output.format
         },
+        ui,
     )?
     .written;
     if ui.json {

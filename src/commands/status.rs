@@ -104,6 +104,7 @@ fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapsh
         message: Some("planned; run `batchgrader apply` to submit".into()),
         receipt: status::Receipt::default(),
         outage_since: None,
+        step: None,
         units: vec![],
         direct: None,
     })

@@ -15,10 +15,10 @@
 pub mod chunkfile;
 pub mod journal;
 pub mod layout;
+mod outcome_index;
 mod outcomes;
 pub mod requests;
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -168,6 +168,7 @@ pub struct RequestRecord {
 pub use outcomes::Outcome;
 
 /// Writes a new plan's request records into its folder.
+pub use requests::Lookup as RequestLookup;
 pub use requests::Writer as RequestWriter;
 
 /// The custom id of a row: deterministic and within `^[A-Za-z0-9_-]{1,64}$`.
@@ -560,10 +561,15 @@ impl JobStore {
         f(guard.as_mut().expect("loaded above")).map_err(io)
     }
 
-    /// Fingerprints that already have a result, as 128-bit numbers (a
-    /// million of them fit in a few tens of MB).
-    pub fn result_fingerprints(&self) -> Result<HashSet<u128>, StateError> {
-        self.with_outcomes(|log| Ok(log.successes().clone()))
+    /// Is the latest outcome of this fingerprint (as a 128-bit number) a
+    /// success? Answered from the outcome index on disk.
+    pub fn succeeded(&self, fingerprint: u128) -> Result<bool, StateError> {
+        self.with_outcomes(|log| log.succeeded(fingerprint))
+    }
+
+    /// Size the outcome index for a job of `requests` requests up front.
+    pub fn reserve_outcomes(&self, requests: u64) -> Result<(), StateError> {
+        self.with_outcomes(|log| log.reserve(requests))
     }
 
     /// The latest outcome of a request, by fingerprint.
@@ -639,18 +645,24 @@ impl JobStore {
             .map_err(self.err())?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
-        let (damaged, len) = self.with_outcomes(|log| Ok((log.damaged().to_vec(), log.bytes())))?;
+        // Checked from the file itself: a damaged log must not be indexed
+        // (a command that fails leaves every state file as it was).
+        let (scan, len) = outcomes::scan(&self.dir).map_err(|source| StateError::Io {
+            action: "read",
+            path: self.dir.join(outcomes::FILE),
+            source,
+        })?;
         let mut problems = Vec::new();
         if len < recorded {
             problems.push(format!(
                 "it holds {len} bytes, but {recorded} were written to it (cut or emptied)"
             ));
         }
-        if let Some(first) = damaged.first() {
+        if let Some(first) = scan.first.first() {
             problems.push(format!(
                 "{} damaged line{} (first: line {}, {})",
-                damaged.len(),
-                if damaged.len() == 1 { "" } else { "s" },
+                scan.count,
+                if scan.count == 1 { "" } else { "s" },
                 first.line,
                 first.why
             ));

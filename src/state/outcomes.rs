@@ -1,25 +1,35 @@
 //! What became of each request, kept by request fingerprint in one
 //! append-only file, `<job>/outcomes.jsonl`: a line per success or failure,
-//! the last line for a fingerprint winning. An in-memory index maps each
-//! fingerprint to its latest line (24 bytes per request), and lines are
-//! read back on demand.
+//! the last line for a fingerprint winning. An index on disk
+//! (`outcome_index`, `outcomes.idx`) maps each fingerprint to its latest
+//! line, and lines are read back on demand, so memory does not grow with
+//! the job.
 //!
 //! A flat log rather than the database, because it is written in bulk (one
 //! append and one fsync per merged chunk) and read by key: on 100,000 rows
 //! it took 1/6 of the memory and 2/3 of the time that sled needed (measured
 //! with bench/apply). Appending again after a crash is harmless: the same
 //! outcome is written twice and the last one wins.
+//!
+//! A line is encoded and decoded in one place only (`encode_line`,
+//! `decode_line`); each carries a checksum, so damage anywhere in the file
+//! is found (`Log::scan`) instead of being read as another outcome.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::outcome_index::{self, Entry, Index};
 use super::{FailureRecord, ResultRecord};
 
 pub const FILE: &str = "outcomes.jsonl";
+
+/// Bytes of log the index may lag behind its mark: at most this much is
+/// replayed when a job is opened after a crash (~1 s per 64 MB).
+const RESYNC_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -28,14 +38,29 @@ pub enum Outcome {
     Failure(FailureRecord),
 }
 
-/// A line as written: the JSON, a tab, and 16 hex digits of the SHA-256 of
-/// the JSON, so a line damaged anywhere in the file is noticed instead of
-/// being read as another outcome or silently dropped. (JSON text never holds
-/// a raw tab: serde_json escapes control characters.) Lines written before
-/// the checksum existed have none and are read as they are.
-fn encode_line(line: &Line, out: &mut Vec<u8>) {
+#[derive(Serialize, Deserialize)]
+struct Line {
+    /// Fingerprint, 32 hex digits.
+    f: String,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+/// One line of the log, newline included: the JSON, a tab, and 16 hex
+/// digits of the SHA-256 of the JSON, so a line damaged anywhere in the file
+/// is noticed instead of being read as another outcome or silently dropped.
+/// (JSON text never holds a raw tab: serde_json escapes control
+/// characters.) Lines written before the checksum existed have none and are
+/// read as they are.
+fn encode_line(fp: &str, outcome: &Outcome, out: &mut Vec<u8>) {
+    #[derive(Serialize)]
+    struct LineRef<'a> {
+        f: &'a str,
+        #[serde(flatten)]
+        outcome: &'a Outcome,
+    }
     let start = out.len();
-    serde_json::to_writer(&mut *out, line).expect("outcomes serialize");
+    serde_json::to_writer(&mut *out, &LineRef { f: fp, outcome }).expect("outcomes serialize");
     let sum = checksum(&out[start..]);
     out.push(b'\t');
     out.extend_from_slice(sum.as_bytes());
@@ -48,8 +73,9 @@ fn checksum(json: &[u8]) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Read one line (without its newline): the line, or why it is damaged.
-fn decode_line(bytes: &[u8]) -> Result<Line, &'static str> {
+/// One line without its newline: its fingerprint (as a 128-bit key) and
+/// outcome, or why it is damaged.
+fn decode_line(bytes: &[u8]) -> Result<(u128, Outcome), &'static str> {
     let (json, sum) = match bytes.iter().rposition(|&b| b == b'\t') {
         Some(i) => (&bytes[..i], Some(&bytes[i + 1..])),
         None => (bytes, None),
@@ -60,13 +86,11 @@ fn decode_line(bytes: &[u8]) -> Result<Line, &'static str> {
         return Err("its checksum does not match");
     }
     let line: Line = serde_json::from_slice(json).map_err(|_| "it is not an outcome")?;
-    if key(&line.f).is_none() {
-        return Err("its fingerprint is not 32 hex digits");
-    }
-    Ok(line)
+    let k = key(&line.f).ok_or("its fingerprint is not 32 hex digits")?;
+    Ok((k, line.outcome))
 }
 
-/// A damaged line found when the log was read.
+/// A damaged line found by a scan of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DamagedLine {
     /// 1-based.
@@ -74,28 +98,86 @@ pub struct DamagedLine {
     pub why: &'static str,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Line {
-    /// Fingerprint, 32 hex digits.
-    f: String,
-    #[serde(flatten)]
-    outcome: Outcome,
+/// What a scan of the whole log found: how many lines are damaged, and the
+/// first few of them (a log of garbage must not fill the memory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub count: u64,
+    pub first: Vec<DamagedLine>,
+}
+
+const SCAN_KEEP: usize = 16;
+
+/// Read the whole log in `dir` and check every line (streamed: time grows
+/// with the log, memory does not). A free function, so that a check for
+/// damage neither opens nor touches the index. Returns the scan and the
+/// log's length.
+pub fn scan(dir: &Path) -> std::io::Result<(Scan, u64)> {
+    let path = dir.join(FILE);
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let mut scan = Scan::default();
+    each_line(&path, 0, len, |number, _, body| {
+        if let Err(why) = decode_line(body) {
+            scan.count += 1;
+            if scan.first.len() < SCAN_KEEP {
+                scan.first.push(DamagedLine { line: number, why });
+            }
+        }
+        Ok(())
+    })?;
+    Ok((scan, len))
+}
+
+/// Each line of the log with a newline, in order: `f(line number, byte
+/// offset, line without newline)`. A last line without newline (torn by a
+/// crash) is not passed: the next append starts a fresh line after it.
+fn each_line(
+    path: &Path,
+    from: u64,
+    upto: u64,
+    mut f: impl FnMut(u64, u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(from),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(from))?;
+    let mut r = BufReader::with_capacity(1 << 20, file.take(upto.saturating_sub(from)));
+    let mut buf = Vec::new();
+    let (mut offset, mut number, mut whole) = (from, 0u64, from);
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        if buf.ends_with(b"\n") {
+            let body = &buf[..n - 1];
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                f(number, offset, body)?;
+            }
+            whole = offset + n as u64;
+        }
+        offset += n as u64;
+    }
+    Ok(whole)
 }
 
 pub struct Log {
     path: PathBuf,
-    /// Fingerprint → offset of its latest line.
-    index: HashMap<u128, u64>,
-    /// Fingerprints whose latest outcome is a success.
-    ok: HashSet<u128>,
+    index_path: PathBuf,
+    /// None until the log has a line (or room was reserved).
+    index: Option<Index>,
+    /// Entries to make room for when the index is created.
+    reserve: u64,
     len: u64,
-    reader: Option<BufReader<File>>,
-    /// Lines that could not be read (a torn last line is not damage).
-    damaged: Vec<DamagedLine>,
-    /// Good lines, for a rebuild: their byte ranges.
-    good: u64,
-    /// Where the reader stands in the file (after its last line read).
-    reader_at: u64,
+    reader: Option<File>,
 }
 
 fn key(fp: &str) -> Option<u128> {
@@ -103,62 +185,71 @@ fn key(fp: &str) -> Option<u128> {
 }
 
 impl Log {
-    /// Open (or start) the log in `dir` and index it.
+    /// Open (or start) the log in `dir`, and bring its index up to date.
     pub fn open(dir: &Path) -> std::io::Result<Log> {
         let path = dir.join(FILE);
+        let index_path = dir.join(outcome_index::FILE);
         let mut log = Log {
             path,
-            index: HashMap::new(),
-            ok: HashSet::new(),
+            index_path,
+            index: None,
+            reserve: 0,
             len: 0,
             reader: None,
-            damaged: Vec::new(),
-            good: 0,
-            reader_at: 0,
         };
-        let file = match File::open(&log.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(log),
+        let len = match std::fs::metadata(&log.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = std::fs::remove_file(&log.index_path);
+                return Ok(log);
+            }
             Err(e) => return Err(e),
         };
-        let mut r = BufReader::with_capacity(1 << 20, file);
-        let mut buf = Vec::new();
-        let mut offset = 0u64;
-        let mut number = 0u64;
-        loop {
-            buf.clear();
-            let n = r.read_until(b'\n', &mut buf)?;
-            if n == 0 {
-                break;
+        let index = match Index::open(&log.index_path)? {
+            Some(ix) if ix.covered() == len => ix,
+            // The process that wrote after the mark did not close the log
+            // (a crash): its entries are in the slots, not in the count.
+            Some(mut ix) if ix.covered() < len => {
+                ix.recount()?;
+                ix
             }
-            number += 1;
-            // A line torn by a crash has no newline: skip it, the append
-            // that follows starts on a fresh line.
-            if !buf.ends_with(b"\n") {
-                offset += n as u64;
-                continue;
-            }
-            let body = &buf[..buf.len() - 1];
-            if body.iter().all(u8::is_ascii_whitespace) {
-                offset += n as u64;
-                continue;
-            }
-            match decode_line(body) {
-                Ok(line) => {
-                    let k = key(&line.f).expect("checked by decode_line");
-                    log.index.insert(k, offset);
-                    log.good += 1;
-                    match line.outcome {
-                        Outcome::Success(_) => log.ok.insert(k),
-                        Outcome::Failure(_) => log.ok.remove(&k),
-                    };
-                }
-                Err(why) => log.damaged.push(DamagedLine { line: number, why }),
-            }
-            offset += n as u64;
-        }
-        log.len = offset;
+            // Missing, unreadable, or ahead of the log: rebuild, sized by
+            // a guess at the lines (a line is rarely under 100 bytes).
+            _ => Index::create(&log.index_path, len / 100)?,
+        };
+        log.len = len;
+        log.index = Some(index);
+        log.catch_up()?;
         Ok(log)
+    }
+
+    /// Index the lines after what the index covers.
+    fn catch_up(&mut self) -> std::io::Result<()> {
+        let Some(index) = self.index.as_mut() else {
+            return Ok(());
+        };
+        let from = index.covered();
+        if from >= self.len {
+            return Ok(());
+        }
+        let whole = each_line(&self.path, from, self.len, |_, offset, body| {
+            // A damaged line is skipped here; `scan` reports it.
+            match decode_line(body) {
+                Ok((k, outcome)) => index.put(k, entry(offset, body.len() + 1, &outcome)),
+                Err(_) => Ok(()),
+            }
+        })?;
+        index.set_covered(whole)
+    }
+
+    /// Make room in the index for `entries` fingerprints in all, so that a
+    /// big job's index is sized once instead of grown step by step.
+    pub fn reserve(&mut self, entries: u64) -> std::io::Result<()> {
+        self.reserve = self.reserve.max(entries);
+        match self.index.as_mut() {
+            Some(ix) => ix.reserve(entries),
+            None => Ok(()),
+        }
     }
 
     /// Append outcomes and make them durable before returning.
@@ -179,81 +270,102 @@ impl Log {
         }
         let mut placed = Vec::with_capacity(entries.len());
         for (fp, outcome) in entries {
-            let start = at + text.len() as u64;
-            encode_line(
-                &Line {
-                    f: fp.clone(),
-                    outcome: outcome.clone(),
-                },
-                &mut text,
-            );
-            placed.push((fp, outcome, start));
+            let start = text.len();
+            encode_line(fp, outcome, &mut text);
+            placed.push((fp, outcome, at + start as u64, text.len() - start));
         }
         file.write_all(&text)?;
         file.sync_data()?;
         self.len = at + text.len() as u64;
-        for (fp, outcome, start) in placed {
+        if self.index.is_none() {
+            let _ = std::fs::remove_file(&self.index_path);
+            self.index = Some(Index::create(
+                &self.index_path,
+                self.reserve.max(entries.len() as u64),
+            )?);
+        }
+        let index = self.index.as_mut().expect("created above");
+        for (fp, outcome, start, n) in placed {
             if let Some(k) = key(fp) {
-                self.index.insert(k, start);
-                match outcome {
-                    Outcome::Success(_) => self.ok.insert(k),
-                    Outcome::Failure(_) => self.ok.remove(&k),
-                };
+                index.put(k, entry(start, n, outcome))?;
             }
+        }
+        // Moving the index's mark syncs its pages, which a merge scatters
+        // over the whole table: do it now and then, not at every merge.
+        // Until then a reopened index replays the log from its mark, which
+        // is idempotent.
+        if self.len - index.covered() > RESYNC_BYTES {
+            index.set_covered(self.len)?;
         }
         Ok(())
     }
 
     pub fn get(&mut self, fp: &str) -> std::io::Result<Option<Outcome>> {
-        let Some(&offset) = key(fp).and_then(|k| self.index.get(&k)) else {
+        let Some(k) = key(fp) else {
             return Ok(None);
         };
-        if self.reader.is_none() {
-            self.reader = Some(BufReader::with_capacity(1 << 16, File::open(&self.path)?));
-            self.reader_at = 0;
-        }
-        let r = self.reader.as_mut().expect("opened above");
-        // Lines are mostly read in the order they were written (the output
-        // follows the input, and so did the answers): a short hop forward
-        // stays in the buffer instead of refilling it from the file.
-        match offset.checked_sub(self.reader_at) {
-            Some(ahead) if ahead <= r.buffer().len() as u64 => r.seek_relative(ahead as i64)?,
-            _ => {
-                r.seek(SeekFrom::Start(offset))?;
+        match self.read_indexed(k)? {
+            Lookup::Found(o) => Ok(Some(o)),
+            Lookup::Missing => Ok(None),
+            // The log was changed behind the index's back (restored from a
+            // backup, edited): rebuild the index from the log, once.
+            Lookup::Stale(_) => {
+                let _ = std::fs::remove_file(&self.index_path);
+                self.index = Some(Index::create(&self.index_path, self.len / 100)?);
+                self.catch_up()?;
+                match self.read_indexed(k)? {
+                    Lookup::Found(o) => Ok(Some(o)),
+                    Lookup::Missing => Ok(None),
+                    Lookup::Stale(offset) => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: the line at byte {offset} is not the outcome of {fp}",
+                            self.path.display(),
+                        ),
+                    )),
+                }
             }
         }
-        let mut buf = Vec::new();
-        let n = r.read_until(b'\n', &mut buf)?;
-        self.reader_at = offset + n as u64;
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        }
-        let line = decode_line(&buf).map_err(|why| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the line at byte {offset} changed since it was read: {why}",
-                    self.path.display()
-                ),
-            )
-        })?;
-        // The index points at this fingerprint's line; anything else is a
-        // file changed under us, never another request's answer.
-        if key(&line.f) != key(fp) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the line at byte {offset} is not the outcome it should be; the file changed while in use",
-                    self.path.display()
-                ),
-            ));
-        }
-        Ok(Some(line.outcome))
     }
 
-    /// Lines that could not be read when the log was opened.
-    pub fn damaged(&self) -> &[DamagedLine] {
-        &self.damaged
+    fn read_indexed(&mut self, k: u128) -> std::io::Result<Lookup> {
+        let Some(e) = self
+            .index
+            .as_ref()
+            .map(|ix| ix.get(k))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Lookup::Missing);
+        };
+        if self.reader.is_none() {
+            self.reader = Some(File::open(&self.path)?);
+        }
+        let file = self.reader.as_ref().expect("opened above");
+        let mut buf = vec![0u8; e.len.map_or(4096, |l| l as usize)];
+        let mut filled = 0;
+        loop {
+            let n = file.read_at(&mut buf[filled..], e.offset + filled as u64)?;
+            filled += n;
+            if n == 0 || e.len.is_some_and(|l| filled == l as usize) {
+                break;
+            }
+            if e.len.is_none() && buf[..filled].contains(&b'\n') {
+                break;
+            }
+            if filled == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+        // Cut at the line's newline (an unrecorded length reads past it);
+        // a line without one was torn or changed under the index.
+        let Some(end) = buf[..filled].iter().position(|&b| b == b'\n') else {
+            return Ok(Lookup::Stale(e.offset));
+        };
+        Ok(match decode_line(&buf[..end]) {
+            Ok((found, outcome)) if found == k => Lookup::Found(outcome),
+            _ => Lookup::Stale(e.offset),
+        })
     }
 
     /// The log's length in bytes as this process knows it.
@@ -262,29 +374,66 @@ impl Log {
     }
 
     /// Set the damaged file aside as `aside` and write a new log of its
-    /// good lines (the latest per fingerprint), then index it again.
+    /// good lines, in their order (so the last still wins), then index it
+    /// again from the start. Streamed, like `scan`.
     pub fn rebuild(&mut self, aside: &Path) -> std::io::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let mut latest: Vec<(String, Outcome)> = Vec::with_capacity(self.index.len());
-        let keys: Vec<(u128, u64)> = self.index.iter().map(|(k, v)| (*k, *v)).collect();
-        let mut sorted = keys;
-        sorted.sort_by_key(|&(_, offset)| offset);
-        for (k, _) in sorted {
-            if let Some(o) = self.get(&format!("{k:032x}"))? {
-                latest.push((format!("{k:032x}"), o));
-            }
+        let fresh_path = dir.join(format!("{FILE}.rebuilding"));
+        {
+            let mut out = std::io::BufWriter::new(File::create(&fresh_path)?);
+            each_line(&self.path, 0, self.len, |_, _, body| {
+                if decode_line(body).is_ok() {
+                    out.write_all(body)?;
+                    out.write_all(b"\n")?;
+                }
+                Ok(())
+            })?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         self.reader = None;
+        self.index = None;
         std::fs::rename(&self.path, aside)?;
-        let mut fresh = Log::open(&dir)?;
-        fresh.append(&latest)?;
-        *self = fresh;
+        std::fs::rename(&fresh_path, &self.path)?;
+        let _ = std::fs::remove_file(&self.index_path);
+        let reserve = self.reserve;
+        *self = Log::open(&dir)?;
+        self.reserve(reserve)?;
         Ok(())
     }
 
-    /// Fingerprints (as 128-bit numbers) whose latest outcome is a success.
-    pub fn successes(&self) -> &HashSet<u128> {
-        &self.ok
+    /// Is the latest outcome of `fp` (a 128-bit fingerprint) a success?
+    pub fn succeeded(&self, fp: u128) -> std::io::Result<bool> {
+        match &self.index {
+            Some(ix) => Ok(ix.get(fp)?.is_some_and(|e| e.ok)),
+            None => Ok(false),
+        }
+    }
+}
+
+enum Lookup {
+    Found(Outcome),
+    Missing,
+    /// The index points at a line (at this offset) that is not the fingerprint's.
+    Stale(u64),
+}
+
+impl Drop for Log {
+    /// Leave the index's mark at the end of the log, so the next open
+    /// replays nothing (best effort: a crash only costs a replay).
+    fn drop(&mut self) {
+        if let Some(ix) = self.index.as_mut()
+            && ix.covered() < self.len
+        {
+            let _ = ix.set_covered(self.len);
+        }
+    }
+}
+
+fn entry(offset: u64, len: usize, outcome: &Outcome) -> Entry {
+    Entry {
+        offset,
+        len: u32::try_from(len).ok(),
+        ok: matches!(outcome, Outcome::Success(_)),
     }
 }
 
@@ -335,31 +484,8 @@ mod tests {
         assert_eq!(log.get(&fp(3)).unwrap(), None);
         let mut again = Log::open(dir.path()).unwrap();
         assert_eq!(again.get(&fp(1)).unwrap(), Some(ok("9")));
-        assert_eq!(again.successes().len(), 2);
-    }
-
-    #[test]
-    fn reads_in_any_order_see_the_right_lines_also_after_appends() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = Log::open(dir.path()).unwrap();
-        let batch: Vec<(String, Outcome)> = (0..500).map(|n| (fp(n), ok(&n.to_string()))).collect();
-        log.append(&batch).unwrap();
-        let order: Vec<u32> = (0..500)
-            .chain((0..500).rev())
-            .chain((0..500).map(|n| n * 7 % 500))
-            .collect();
-        for (k, n) in order.into_iter().enumerate() {
-            assert_eq!(
-                log.get(&fp(n)).unwrap(),
-                Some(ok(&n.to_string())),
-                "read {k}"
-            );
-            if k == 700 {
-                // The file grows under the reader's buffer.
-                log.append(&[(fp(3), ok("changed"))]).unwrap();
-                log.append(&[(fp(3), ok("3"))]).unwrap();
-            }
-        }
+        assert!(again.succeeded(1).unwrap() && again.succeeded(2).unwrap());
+        assert!(!again.succeeded(3).unwrap());
     }
 
     #[test]
@@ -374,12 +500,54 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"f\":\"0000").unwrap();
         let mut log = Log::open(dir.path()).unwrap();
-        assert_eq!(log.successes().len(), 1);
-        assert!(log.damaged().is_empty(), "a torn last line is not damage");
+        assert!(log.succeeded(1).unwrap());
         log.append(&[(fp(2), failed("x"))]).unwrap();
         let mut log = Log::open(dir.path()).unwrap();
         assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
         assert_eq!(log.get(&fp(2)).unwrap(), Some(failed("x")));
+        assert!(!log.succeeded(2).unwrap());
+    }
+
+    #[test]
+    fn a_lost_or_stale_index_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        log.append(&[(fp(1), ok("1")), (fp(2), failed("x"))])
+            .unwrap();
+        drop(log);
+        let index = dir.path().join(outcome_index::FILE);
+        let stale = std::fs::read(&index).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        log.append(&[(fp(2), ok("2")), (fp(3), ok("3"))]).unwrap();
+        // A process killed before its mark moved: the next open replays.
+        std::mem::forget(log);
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(3)).unwrap(), Some(ok("3")));
+        drop(log);
+        // An index that covers only the first append: the rest is replayed.
+        std::fs::write(&index, &stale).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(2)).unwrap(), Some(ok("2")));
+        assert_eq!(log.get(&fp(3)).unwrap(), Some(ok("3")));
+        drop(log);
+        // No index at all.
+        std::fs::remove_file(&index).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
+        assert!(log.succeeded(2).unwrap());
+        // An index that points at the wrong lines (the log was replaced
+        // behind its back) is not believed: it is rebuilt.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let mut o = Log::open(&other).unwrap();
+        o.append(&[(fp(9), ok("pad")), (fp(1), ok("1"))]).unwrap();
+        drop(o);
+        drop(log);
+        std::fs::copy(other.join(outcome_index::FILE), &index).unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
+        assert_eq!(log.get(&fp(9)).unwrap(), None);
+        assert_eq!(log.get(&fp(3)).unwrap(), Some(ok("3")));
     }
 
     #[test]
@@ -424,13 +592,20 @@ mod tests {
         for (name, damaged, want) in cases {
             std::fs::write(&path, &damaged).unwrap();
             let mut log = Log::open(dir.path()).unwrap();
-            let lines: Vec<u64> = log.damaged().iter().map(|d| d.line).collect();
+            let lines: Vec<u64> = scan(dir.path())
+                .unwrap()
+                .0
+                .first
+                .iter()
+                .map(|d| d.line)
+                .collect();
             assert_eq!(lines, want, "{name}");
             let aside = dir.path().join("aside");
             log.rebuild(&aside).unwrap();
-            assert!(log.damaged().is_empty(), "{name}");
+            assert_eq!(scan(dir.path()).unwrap().0, Scan::default(), "{name}");
             let again = Log::open(dir.path()).unwrap();
-            assert!(again.damaged().is_empty(), "{name}");
+            assert_eq!(scan(dir.path()).unwrap().0, Scan::default(), "{name}");
+            drop(again);
             assert_eq!(std::fs::read_to_string(&aside).unwrap(), damaged, "{name}");
             std::fs::write(&path, &text).unwrap();
         }

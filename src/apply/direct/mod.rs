@@ -946,6 +946,7 @@ impl<'a> DirectRunner<'a> {
             outage_since: self.outage_since_ms.map(|ms| self.started_at + ms / 1000),
             units: vec![],
             direct: Some(self.view(in_flight)),
+            step: None,
         }
     }
 
@@ -1027,7 +1028,13 @@ impl<'a> DirectRunner<'a> {
         let mut written = None;
         if write_output {
             self.event("writing the output");
-            written = Some(write_output_file(self.store, self.spec, self.plan)?);
+            // `status` says the process is busy writing, not hung.
+            let mut busy = self.snapshot(RunState::Running, 0, None, None);
+            busy.step = Some(("writing the output".to_string(), state::now_secs()));
+            let _ = status::write(self.store.layout(), &busy);
+            written = Some(write_output_file(
+                self.store, self.spec, self.plan, self.ui,
+            )?);
             kill_point("output");
         }
         let out_path = write_output.then(|| self.spec.output_path.display().to_string());

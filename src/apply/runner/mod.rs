@@ -65,6 +65,8 @@ pub struct Runner<'a, B: BatchBackend> {
     /// The halt policy refused the start: nothing was sent, so no output
     /// (a file of "not graded" rows) replaces an earlier one.
     refused_start: bool,
+    /// The long local step under way, and since when (for `status`).
+    step: Option<(String, u64)>,
     started: Instant,
     started_at: u64,
 }
@@ -101,6 +103,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             outage_said: None,
             halting: None,
             refused_start: false,
+            step: None,
             started: Instant::now(),
             started_at: state::now_secs(),
         }
@@ -135,8 +138,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
         journal::start_run(&self.layout().events());
         let mut units = self.ensure_units()?;
+        // Size the outcome index for the whole job once, rather than grow it.
+        self.store.reserve_outcomes(self.plan.rows)?;
         self.repair_outcomes(&mut units)?;
+        self.set_step(&units, "counting where the requests stand");
         self.tally = self.scan_tally()?;
+        self.step = None;
         // A run killed between merging a chunk and writing its usage line
         // finishes that bookkeeping first.
         for u in units.iter_mut() {
@@ -208,7 +215,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 if let Some(reason) = self.halt_reason(&units) {
                     return self.finish(Ending::Halted(reason)).await;
                 }
+                self.set_step(&units, "looking for requests to retry");
                 let retries = self.plan_retries(&units)?;
+                self.step = None;
                 if retries.is_empty() {
                     return self.finish(Ending::Finished).await;
                 }
@@ -280,6 +289,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }
             }
         }
+    }
+
+    /// Enter a long local step: `status` shows it while it lasts.
+    fn set_step(&mut self, units: &[UnitRecord], step: &str) {
+        self.step = Some((step.to_string(), state::now_secs()));
+        self.write_status(units, RunState::Running, None);
     }
 
     fn halt_reason(&self, units: &[UnitRecord]) -> Option<String> {

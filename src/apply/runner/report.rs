@@ -34,6 +34,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             message,
             receipt,
             outage_since: self.outage_since,
+            step: self.step.clone().filter(|_| state == RunState::Running),
             units: units.iter().map(unit_status).collect(),
             direct: None,
         }
@@ -99,7 +100,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let mut written = None;
         if write_output {
             self.event(None, "writing the output");
-            written = Some(write_output_file(self.store, self.spec, self.plan)?);
+            self.step = Some(("writing the output".into(), state::now_secs()));
+            self.write_status(&units, RunState::Running, None);
+            written = Some(write_output_file(
+                self.store, self.spec, self.plan, self.ui,
+            )?);
+            self.step = None;
             kill_point("output");
         }
         let out_path = write_output.then(|| self.spec.output_path.display().to_string());
