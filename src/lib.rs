@@ -11,6 +11,7 @@ pub mod costs;
 pub mod error;
 pub mod exit;
 pub mod grades;
+pub mod hex;
 pub mod htmlreport;
 pub mod input;
 pub mod interrupt;

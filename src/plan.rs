@@ -76,9 +76,7 @@ pub fn fingerprint(body: &str) -> String {
     hex(&digest[..16])
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::hex::lower as hex;
 
 /// Everything a plan needs that the job's state does not hold, checked
 /// before the state is opened: a bad spec, prompt file, price table,

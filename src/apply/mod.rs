@@ -25,6 +25,7 @@ pub mod decide;
 pub mod direct;
 mod progress;
 mod runner;
+pub mod throughput;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -20,6 +20,7 @@
 //! the fingerprint's low 64 bits (already uniform: it is a SHA-256 prefix).
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -28,8 +29,6 @@ pub const FILE: &str = "outcomes.idx";
 const MAGIC: &[u8; 8] = b"BGOIDX01";
 const HEADER: u64 = 64;
 const SLOT: usize = 24;
-/// Slots read per probe step (192 bytes): a probe sequence rarely needs more.
-const PROBE: usize = 8;
 const OFFSET_BITS: u32 = 40;
 const OK_BIT: u64 = 1 << OFFSET_BITS;
 const LEN_SHIFT: u32 = OFFSET_BITS + 1;
@@ -65,8 +64,94 @@ impl Entry {
     }
 }
 
+/// A file mapped read-write and shared, for its whole length. The length
+/// is fixed while mapped (the table never changes its file's size: it grows
+/// into a new file); the job's lock keeps other processes from truncating
+/// it under the mapping.
+struct Mapped {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// The mapping is plain memory owned by this value; it is used from one
+// thread at a time (the outcome log sits behind a mutex).
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    fn new(file: &File, len: u64) -> std::io::Result<Mapped> {
+        let len = usize::try_from(len)
+            .map_err(|_| std::io::Error::other("outcome index too large to map"))?;
+        // SAFETY: a fresh shared mapping of `len` bytes of an open file
+        // (its length was just set or checked); failure is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` bytes for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Let go of the pages this process has touched: they stay in the page
+    /// cache (dirty ones are still written back), but no longer count as
+    /// the process's memory. For a shared file mapping this loses nothing.
+    fn release(&self) {
+        // SAFETY: the range is exactly the live mapping; MADV_DONTNEED on a
+        // shared file mapping only drops page-table entries.
+        unsafe {
+            libc::madvise(self.ptr.cast(), self.len, libc::MADV_DONTNEED);
+        }
+    }
+
+    /// Write the changed pages to the file, and wait for the disk.
+    fn sync(&self) -> std::io::Result<()> {
+        // SAFETY: the range is exactly the live mapping.
+        if unsafe { libc::msync(self.ptr.cast(), self.len, libc::MS_SYNC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `new`, once.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+/// A table bigger than this has its pages let go every `RELEASE_EVERY`
+/// lookups, so that memory stays flat however big the job (a table of
+/// 10,000,000 requests is about 400 MB; its lookups land all over it).
+const RELEASE_ABOVE: usize = 64 << 20;
+const RELEASE_EVERY: u32 = 8192;
+
 pub struct Index {
-    file: File,
+    map: Mapped,
+    /// Lookups since the pages were last let go.
+    touched: std::cell::Cell<u32>,
     path: PathBuf,
     capacity: u64,
     count: u64,
@@ -93,7 +178,8 @@ impl Index {
             return Ok(None);
         }
         Ok(Some(Index {
-            file,
+            map: Mapped::new(&file, size)?,
+            touched: 0.into(),
             path: path.to_path_buf(),
             capacity,
             count,
@@ -111,9 +197,11 @@ impl Index {
             .truncate(true)
             .open(path)?;
         // A sparse file: untouched slots cost no disk and read as empty.
-        file.set_len(HEADER + capacity * SLOT as u64)?;
+        let size = HEADER + capacity * SLOT as u64;
+        file.set_len(size)?;
         let mut index = Index {
-            file,
+            map: Mapped::new(&file, size)?,
+            touched: 0.into(),
             path: path.to_path_buf(),
             capacity,
             count: 0,
@@ -126,20 +214,20 @@ impl Index {
     /// Count the entries again from the slots. The header's count is
     /// written with its mark; after a crash both are behind the slots.
     pub fn recount(&mut self) -> std::io::Result<()> {
-        let mut block = vec![0u8; SLOT * 4096];
-        let (mut at, mut count) = (0u64, 0u64);
-        while at < self.capacity {
-            let n = 4096.min(self.capacity - at) as usize;
-            let bytes = &mut block[..n * SLOT];
-            self.file.read_exact_at(bytes, HEADER + at * SLOT as u64)?;
-            count += bytes
-                .chunks_exact(SLOT)
-                .filter(|slot| slot[16..] != [0u8; 8])
-                .count() as u64;
-            at += n as u64;
-        }
-        self.count = count;
+        self.count = self.slots().filter(|&(_, word)| word != 0).count() as u64;
         Ok(())
+    }
+
+    /// Every slot: (fingerprint, packed word).
+    fn slots(&self) -> impl Iterator<Item = (u128, u64)> + '_ {
+        self.map.bytes()[HEADER as usize..]
+            .chunks_exact(SLOT)
+            .map(|slot| {
+                (
+                    u128::from_le_bytes(slot[..16].try_into().expect("16 bytes")),
+                    u64::from_le_bytes(slot[16..].try_into().expect("8 bytes")),
+                )
+            })
     }
 
     /// Bytes of the log the table reflects.
@@ -159,21 +247,26 @@ impl Index {
     /// The slot holding `fp`, or the empty slot where it would go, with
     /// that slot's packed word (0 when empty).
     fn find(&self, fp: u128) -> std::io::Result<(u64, u64)> {
-        let mut at = self.home(fp);
-        let mut buf = [0u8; SLOT * PROBE];
+        if self.map.len > RELEASE_ABOVE {
+            let n = self.touched.get() + 1;
+            if n >= RELEASE_EVERY {
+                self.map.release();
+                self.touched.set(0);
+            } else {
+                self.touched.set(n);
+            }
+        }
+        let table = &self.map.bytes()[HEADER as usize..];
         let want = fp.to_le_bytes();
+        let mut at = self.home(fp);
         loop {
-            let n = PROBE.min((self.capacity - at) as usize);
-            let bytes = &mut buf[..n * SLOT];
-            self.file.read_exact_at(bytes, HEADER + at * SLOT as u64)?;
-            for (k, slot) in bytes.chunks_exact(SLOT).enumerate() {
-                let word = u64::from_le_bytes(slot[16..].try_into().expect("8 bytes"));
-                if word == 0 || slot[..16] == want {
-                    return Ok((at + k as u64, word));
-                }
+            let slot = &table[at as usize * SLOT..(at as usize + 1) * SLOT];
+            let word = u64::from_le_bytes(slot[16..].try_into().expect("8 bytes"));
+            if word == 0 || slot[..16] == want {
+                return Ok((at, word));
             }
             // The table is never full (MAX_LOAD), so an empty slot comes.
-            at = (at + n as u64) % self.capacity;
+            at = (at + 1) % self.capacity;
         }
     }
 
@@ -194,7 +287,8 @@ impl Index {
         let mut slot = [0u8; SLOT];
         slot[..16].copy_from_slice(&fp.to_le_bytes());
         slot[16..].copy_from_slice(&entry.pack().to_le_bytes());
-        self.file.write_all_at(&slot, HEADER + at * SLOT as u64)?;
+        let start = HEADER as usize + at as usize * SLOT;
+        self.map.bytes_mut()[start..start + SLOT].copy_from_slice(&slot);
         if word == 0 {
             self.count += 1;
         }
@@ -213,24 +307,14 @@ impl Index {
     fn grow(&mut self, entries: u64) -> std::io::Result<()> {
         let tmp = self.path.with_extension("idx.tmp");
         let mut bigger = Index::create(&tmp, entries.max(self.count * 2))?;
-        let mut block = vec![0u8; SLOT * 4096];
-        let mut at = 0u64;
-        while at < self.capacity {
-            let n = 4096.min(self.capacity - at) as usize;
-            let bytes = &mut block[..n * SLOT];
-            self.file.read_exact_at(bytes, HEADER + at * SLOT as u64)?;
-            for slot in bytes.chunks_exact(SLOT) {
-                let word = u64::from_le_bytes(slot[16..].try_into().expect("8 bytes"));
-                if word != 0 {
-                    let fp = u128::from_le_bytes(slot[..16].try_into().expect("16 bytes"));
-                    bigger.put(fp, Entry::unpack(word))?;
-                }
+        for (fp, word) in self.slots() {
+            if word != 0 {
+                bigger.put(fp, Entry::unpack(word))?;
             }
-            at += n as u64;
         }
         bigger.covered = self.covered;
-        bigger.file.sync_data()?;
         bigger.write_header()?;
+        bigger.map.sync()?;
         std::fs::rename(&tmp, &self.path)?;
         bigger.path = self.path.clone();
         *self = bigger;
@@ -240,7 +324,7 @@ impl Index {
     /// Record that the log's first `covered` bytes are in the table: the
     /// slots reach the disk first.
     pub fn set_covered(&mut self, covered: u64) -> std::io::Result<()> {
-        self.file.sync_data()?;
+        self.map.sync()?;
         self.covered = covered;
         self.write_header()
     }
@@ -251,7 +335,8 @@ impl Index {
         h[8..16].copy_from_slice(&self.capacity.to_le_bytes());
         h[16..24].copy_from_slice(&self.count.to_le_bytes());
         h[24..32].copy_from_slice(&self.covered.to_le_bytes());
-        self.file.write_all_at(&h, 0)
+        self.map.bytes_mut()[..HEADER as usize].copy_from_slice(&h);
+        Ok(())
     }
 }
 

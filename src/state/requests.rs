@@ -111,7 +111,7 @@ fn decode(row: u64, rec: &[u8; RECORD]) -> (RequestRecord, u64, usize) {
     let record = RequestRecord {
         row,
         key: String::new(),
-        fingerprint: rec[..16].iter().map(|b| format!("{b:02x}")).collect(),
+        fingerprint: crate::hex::lower(&rec[..16]),
         tokens: u64_at(16),
         seq: (seq != NO_SEQ).then_some(seq),
     };
@@ -161,17 +161,66 @@ impl Iterator for Records {
     }
 }
 
-/// Random access by row, for matching result lines to rows.
+/// Random access by row, for matching result lines to rows. Lookups come
+/// mostly in row order (a chunk's rows, one after another), so each file is
+/// read a window at a time rather than with a system call per row.
 pub struct Lookup {
-    index: File,
-    keys: File,
+    index: Window,
+    keys: Window,
+}
+
+/// A file read through one cached window of `WINDOW` bytes.
+struct Window {
+    file: File,
+    /// Start of the cached bytes in the file, and the bytes.
+    cache: std::cell::RefCell<(u64, Vec<u8>)>,
+}
+
+const WINDOW: usize = 1 << 18;
+
+impl Window {
+    fn new(file: File) -> Window {
+        Window {
+            file,
+            cache: (0, Vec::new()).into(),
+        }
+    }
+
+    /// `len` bytes at `at`; UnexpectedEof past the end of the file.
+    fn read(&self, at: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let mut cache = self.cache.borrow_mut();
+        let (start, bytes) = &mut *cache;
+        let hit = at >= *start && at + len as u64 <= *start + bytes.len() as u64;
+        if !hit {
+            bytes.resize(WINDOW.max(len), 0);
+            let mut filled = 0;
+            while filled < bytes.len() {
+                match self
+                    .file
+                    .read_at(&mut bytes[filled..], at + filled as u64)?
+                {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            bytes.truncate(filled);
+            *start = at;
+            if filled < len {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let from = (at - *start) as usize;
+        out.clear();
+        out.extend_from_slice(&bytes[from..from + len]);
+        Ok(())
+    }
 }
 
 impl Lookup {
     pub fn open(dir: &Path) -> std::io::Result<Lookup> {
         Ok(Lookup {
-            index: File::open(dir.join(INDEX))?,
-            keys: File::open(dir.join(KEYS))?,
+            index: Window::new(File::open(dir.join(INDEX))?),
+            keys: Window::new(File::open(dir.join(KEYS))?),
         })
     }
 
@@ -179,18 +228,16 @@ impl Lookup {
         if row == 0 {
             return Ok(None);
         }
-        let mut rec = [0u8; RECORD];
-        match self
-            .index
-            .read_exact_at(&mut rec, (row - 1) * RECORD as u64)
-        {
+        let mut buf = Vec::with_capacity(RECORD);
+        match self.index.read((row - 1) * RECORD as u64, RECORD, &mut buf) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
-        let (mut r, offset, len) = decode(row, &rec);
-        let mut key = vec![0u8; len];
-        self.keys.read_exact_at(&mut key, offset)?;
+        let rec: &[u8; RECORD] = buf[..].try_into().expect("RECORD bytes");
+        let (mut r, offset, len) = decode(row, rec);
+        let mut key = Vec::with_capacity(len);
+        self.keys.read(offset, len, &mut key)?;
         r.key = String::from_utf8_lossy(&key).into_owned();
         Ok(Some(r))
     }
@@ -233,6 +280,35 @@ mod tests {
         assert_eq!(l.get(2).unwrap(), Some(rec(2)));
         assert_eq!(l.get(6).unwrap(), None);
         assert_eq!(l.get(0).unwrap(), None);
+    }
+
+    #[test]
+    fn look_ups_in_any_order_across_many_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path()).unwrap();
+        // Over 20,000 rows: the records and the keys span several windows.
+        let n = 20_000u64;
+        let long = |row: u64| RequestRecord {
+            key: format!("{row}-{}", "k".repeat((row % 50) as usize)),
+            ..rec(row)
+        };
+        for row in 1..=n {
+            w.push(&long(row)).unwrap();
+        }
+        w.finish().unwrap();
+        let l = Lookup::open(dir.path()).unwrap();
+        let order = (1..=n)
+            .chain((1..=n).rev())
+            .chain((1..=n).map(|r| r * 7919 % n + 1));
+        for row in order {
+            assert_eq!(l.get(row).unwrap(), Some(long(row)), "row {row}");
+        }
+        assert_eq!(l.get(n + 1).unwrap(), None);
+        assert_eq!(
+            l.get(n).unwrap(),
+            Some(long(n)),
+            "after a miss past the end"
+        );
     }
 
     #[test]

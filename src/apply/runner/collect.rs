@@ -113,8 +113,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             if dest.exists() {
                 continue;
             }
+            let began = Instant::now();
             match self.backend.fetch(&r, &dest).await {
                 Ok(bytes) => {
+                    self.throughput.add("download", bytes, began.elapsed());
                     // The unit's run of failures ends once its results merge
                     // (a file that turns out not to be JSONL is fetched again).
                     self.provider_up();
@@ -154,6 +156,23 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// Classify every line of the result files and account for every
     /// request of the unit (one in no line gets `decide::missing_line`).
     pub(super) async fn ingest(&mut self, u: &mut UnitRecord) -> Result<()> {
+        let began = Instant::now();
+        let bytes: u64 = u
+            .results
+            .iter()
+            .filter_map(|r| {
+                let path = self
+                    .layout()
+                    .result_file(self.generation(), u.id, u.creates, &r.name);
+                std::fs::metadata(path).ok().map(|m| m.len())
+            })
+            .sum();
+        let merged = self.ingest_files(u).await;
+        self.throughput.add("ingest", bytes, began.elapsed());
+        merged
+    }
+
+    async fn ingest_files(&mut self, u: &mut UnitRecord) -> Result<()> {
         let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
         let mut seen: HashMap<String, ResultLine> = HashMap::with_capacity(ids.len());
         for r in u.results.clone() {
@@ -534,6 +553,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         for r in self.store.requests(self.generation()) {
             let r = r?;
             if r.seq.is_none() {
+                continue;
+            }
+            // A success is never sent again: the index says so without
+            // reading its line (most requests, on a big job).
+            if self
+                .store
+                .succeeded(crate::plan::fingerprint_bits(&r.fingerprint))?
+            {
                 continue;
             }
             let state = request_state(self.store.outcome(&r.fingerprint)?, &parser);

@@ -67,6 +67,8 @@ pub struct Runner<'a, B: BatchBackend> {
     refused_start: bool,
     /// The long local step under way, and since when (for `status`).
     step: Option<(String, u64)>,
+    /// Bytes and time per local step, said at the end of the run.
+    throughput: super::throughput::Throughput,
     started: Instant,
     started_at: u64,
 }
@@ -104,6 +106,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             halting: None,
             refused_start: false,
             step: None,
+            throughput: Default::default(),
             started: Instant::now(),
             started_at: state::now_secs(),
         }

@@ -102,9 +102,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             self.event(None, "writing the output");
             self.step = Some(("writing the output".into(), state::now_secs()));
             self.write_status(&units, RunState::Running, None);
+            let began = Instant::now();
             written = Some(write_output_file(
                 self.store, self.spec, self.plan, self.ui,
             )?);
+            let bytes = std::fs::metadata(&self.spec.output_path).map_or(0, |m| m.len());
+            self.throughput.add("output", bytes, began.elapsed());
             self.step = None;
             kill_point("output");
         }
@@ -113,6 +116,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         self.progress.clear();
         status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
+        if let Some(line) = self.throughput.line() {
+            self.event(None, &line);
+        }
         let graded = written.unwrap_or_default();
         let w = graded.written;
         let summary = Summary {

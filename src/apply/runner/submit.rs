@@ -10,8 +10,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let path = self.layout().resolve(&u.file);
             verify_sha256(&path, &u.sha256)?;
             let name = format!("{}.chunk-{}.attempt-{}.jsonl", self.job(), u.id, u.attempt);
+            let began = Instant::now();
             match self.backend.stage(&path, &name).await {
                 Ok(staged) => {
+                    self.throughput.add("upload", u.bytes, began.elapsed());
                     self.answered(u);
                     u.file_id = staged;
                     u.phase = Phase::Uploaded;

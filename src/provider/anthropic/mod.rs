@@ -165,10 +165,7 @@ pub fn tag(id: &SubmitIdentity) -> String {
         h.update(part.as_bytes());
         h.update([0]);
     }
-    h.finalize()[..5]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::lower(&h.finalize()[..5])
 }
 
 /// `r12` with tag `0a1b2c3d4e` → `r12_0a1b2c3d4e`.
