@@ -49,7 +49,9 @@ fn check_id(op: &str, what: &str, id: &str) -> Result<(), ProviderError> {
     match id_problem(id) {
         None => Ok(()),
         Some(why) => Err(ProviderError::new(op, ErrorKind::Protocol)
-            .with_detail(format!("the server gave a {what} that cannot be used: {why}"))
+            .with_detail(format!(
+                "the server gave a {what} that cannot be used: {why}"
+            ))
             .with_hint(Some(
                 "check that the base URL is the provider's API; the call is tried again later"
                     .into(),
@@ -72,7 +74,10 @@ pub fn checked_batch(op: &str, b: RemoteBatch) -> Result<RemoteBatch, ProviderEr
             done,
             failed,
         },
-        RemoteState::Requeue { label: l, reason: r } => RemoteState::Requeue {
+        RemoteState::Requeue {
+            label: l,
+            reason: r,
+        } => RemoteState::Requeue {
             label: label(l),
             reason: reason(r),
         },

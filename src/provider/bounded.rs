@@ -274,14 +274,22 @@ mod tests {
     fn clean_text_table() {
         let cases: &[(&str, usize, &str)] = &[
             ("plain text", 100, "plain text"),
-            ("  lead and\ttabs\r\nnewlines  ", 100, "lead and tabs newlines"),
+            (
+                "  lead and\ttabs\r\nnewlines  ",
+                100,
+                "lead and tabs newlines",
+            ),
             // Colour, cursor movement and screen clearing (CSI).
             ("\u{1b}[31mred\u{1b}[0m", 100, "red"),
             ("a\u{1b}[2J\u{1b}[Hb", 100, "ab"),
             ("x\u{1b}[?1049hy", 100, "xy"),
             // A window title (OSC ended by BEL, and by ESC \).
             ("\u{1b}]0;pwned\u{7}ok", 100, "ok"),
-            ("\u{1b}]8;;http://evil\u{1b}\\link\u{1b}]8;;\u{1b}\\", 100, "link"),
+            (
+                "\u{1b}]8;;http://evil\u{1b}\\link\u{1b}]8;;\u{1b}\\",
+                100,
+                "link",
+            ),
             // 8-bit CSI and OSC.
             ("\u{9b}31mred", 100, "red"),
             ("\u{9d}0;t\u{9c}ok", 100, "ok"),
@@ -319,7 +327,10 @@ mod tests {
         let cases: &[(&str, bool)] = &[
             ("batch_abc123", true),
             ("bGl0ZWxsbTpjdXN0b20=", true),
-            ("https://api.anthropic.com/v1/messages/batches/msgbatch_1/results", true),
+            (
+                "https://api.anthropic.com/v1/messages/batches/msgbatch_1/results",
+                true,
+            ),
             ("", false),
             ("batch abc", false),
             ("batch_\u{1b}[2J", false),
@@ -346,8 +357,14 @@ mod tests {
                 "<!DOCTYPE html><html><title>\u{1b}[2JSign in</title>",
                 "an HTML page titled \"Sign in\"",
             ),
-            ("<html><body>oops</body>", "an HTML or XML page: <html><body>oops</body>"),
-            ("<title>never closed", "an HTML or XML page: <title>never closed"),
+            (
+                "<html><body>oops</body>",
+                "an HTML or XML page: <html><body>oops</body>",
+            ),
+            (
+                "<title>never closed",
+                "an HTML or XML page: <title>never closed",
+            ),
             ("{\"id\": tru", "{\"id\": tru"),
             ("not json\u{1b}]0;x\u{7}", "not json"),
         ];

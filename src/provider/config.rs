@@ -354,12 +354,16 @@ mod tests {
     #[test]
     fn timeouts_table() {
         let s = Duration::from_secs;
-        let cases: &[(Option<&str>, Option<(Duration, Duration)>)] = &[
+        type Timeouts = Option<(Duration, Duration)>;
+        let cases: &[(Option<&str>, Timeouts)] = &[
             (None, None),
             (Some("  "), None),
             (Some("2s"), Some((s(2), s(2)))),
             (Some("5m"), Some((s(300), s(10)))),
-            (Some("500ms"), Some((Duration::from_millis(500), Duration::from_millis(500)))),
+            (
+                Some("500ms"),
+                Some((Duration::from_millis(500), Duration::from_millis(500))),
+            ),
         ];
         for (v, want) in cases {
             assert_eq!(timeouts(*v).unwrap(), *want, "{v:?}");

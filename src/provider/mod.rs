@@ -38,5 +38,5 @@ pub use openai::types::{
     FileObject, RequestCounts,
 };
 pub use openai::{OpenAiBatches, OpenAiClient};
-pub use watch::{CallWatch, Waiting};
 pub use retry::{Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure};
+pub use watch::{CallWatch, Waiting};

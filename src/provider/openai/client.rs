@@ -1124,7 +1124,10 @@ pub(crate) enum Body {
     Whole(Vec<u8>),
     /// Over the cap: its first bytes (for an excerpt) and the length the
     /// server declared, if it did.
-    TooLarge { head: Vec<u8>, declared: Option<u64> },
+    TooLarge {
+        head: Vec<u8>,
+        declared: Option<u64>,
+    },
 }
 
 /// Reads a whole body of at most `cap` bytes, and stops reading (the
