@@ -506,3 +506,36 @@ fn escapes_and_megabytes_in_a_message_reach_no_terminal_log_or_state() {
         );
     }
 }
+
+/// The same job on Anthropic's Message Batches API (the base URL has no `/v1`).
+fn anthropic_job(sb: &Sandbox, port: u16) {
+    batch_job(sb, &format!("http://127.0.0.1:{port}"));
+    let spec = sb
+        .read("job.yaml")
+        .replace("kind: openai", "kind: anthropic")
+        .replace("model: gpt-4o-mini", "model: claude-haiku-4-5");
+    sb.write("job.yaml", spec);
+}
+
+#[test]
+fn anthropic_garbage_and_hung_answers_end_in_time_with_the_call_named() {
+    for (behaviour, names) in [
+        (
+            Behaviour::Garbage,
+            "HTTP 200 (request req_hostile_1): the answer is not the JSON this API sends",
+        ),
+        (Behaviour::Hang, "timed out"),
+    ] {
+        let server = Hostile::start(behaviour);
+        let sb = Sandbox::new();
+        anthropic_job(&sb, server.port);
+        let (run, took) = apply(&sb);
+        // A create that may have happened is never repeated blindly: the
+        // chunk looks for it, keeps failing, and is given up for the run.
+        assert_eq!(run.code, 3, "{behaviour:?}: {run:?}");
+        assert!(took < Duration::from_secs(60), "{behaviour:?}: {took:?}");
+        assert!(run.stderr.contains("message batch"), "{run:?}");
+        assert!(run.stderr.contains(names), "{behaviour:?}: {run:?}");
+        assert!(run.stderr.contains("giving up the chunk"), "{run:?}");
+    }
+}
