@@ -293,18 +293,27 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// second, until the step ends (this future never ends by itself).
     fn show_waiting(&self, units: &[UnitRecord]) -> impl Future<Output = ()> + use<B> {
         const SHOWN_AFTER: Duration = Duration::from_secs(3);
+        // Without a live table (CI, pipes), one plain line for a long wait.
+        const SAID_AFTER: Duration = Duration::from_secs(30);
         let watch = self.backend.calls().cloned();
         let progress = self.progress.clone();
         let layout = self.layout().clone();
+        let plain = !self.ui.tty;
         let mut snap = self.snapshot(units, RunState::Running, None, None);
         async move {
             let Some(watch) = watch else {
                 std::future::pending::<()>().await;
                 return;
             };
+            let mut said = false;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Some(line) = waiting_line(watch.oldest().as_ref(), SHOWN_AFTER) {
+                let oldest = watch.oldest();
+                if let Some(line) = waiting_line(oldest.as_ref(), SHOWN_AFTER) {
+                    if plain && !said && oldest.is_some_and(|w| w.for_ >= SAID_AFTER) {
+                        said = true;
+                        progress.event(None, &line);
+                    }
                     snap.message = Some(line);
                     snap.updated_at = state::now_secs();
                     progress.table(&snap);
