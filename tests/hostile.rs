@@ -38,6 +38,9 @@ enum Behaviour {
     Endless,
     /// A 400 whose message is 100 KB of text with terminal escapes.
     Escapes,
+    /// A working Files + Batches API whose one result file starts with a
+    /// line of 200 MB, produced as it is sent.
+    LongResultLine,
 }
 
 /// A hostile HTTP server on 127.0.0.1; counts the bytes of body it got out.
@@ -74,8 +77,10 @@ impl Hostile {
 }
 
 /// Reads one request: its head, then whatever body follows within a
-/// moment (enough for the small requests of these jobs).
-fn read_request(stream: &mut TcpStream) -> bool {
+/// moment (enough for the small requests of these jobs). Returns its
+/// request line (`POST /v1/files HTTP/1.1`), or `None` when the client
+/// hung up.
+fn read_request(stream: &mut TcpStream) -> Option<String> {
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -84,10 +89,13 @@ fn read_request(stream: &mut TcpStream) -> bool {
     let started = Instant::now();
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => return false,
+            Ok(0) => return None,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) if got.windows(4).any(|w| w == b"\r\n\r\n") => return true,
-            Err(_) if started.elapsed() > Duration::from_secs(5) => return false,
+            Err(_) if got.windows(4).any(|w| w == b"\r\n\r\n") => {
+                let text = String::from_utf8_lossy(&got);
+                return Some(text.lines().next().unwrap_or("").to_string());
+            }
+            Err(_) if started.elapsed() > Duration::from_secs(5) => return None,
             Err(_) => {}
         }
     }
@@ -95,9 +103,10 @@ fn read_request(stream: &mut TcpStream) -> bool {
 
 fn serve(mut stream: TcpStream, b: Behaviour, sent: &AtomicU64, requests: &AtomicU64) {
     // Keep-alive: answer every request on the connection the same way.
-    while read_request(&mut stream) {
+    while let Some(line) = read_request(&mut stream) {
         requests.fetch_add(1, Ordering::SeqCst);
         let ok = match b {
+            Behaviour::LongResultLine => batch_api(&mut stream, &line, sent),
             Behaviour::Hang => {
                 // Hold the connection (and drain anything sent) for longer
                 // than any test runs.
@@ -173,6 +182,72 @@ fn serve(mut stream: TcpStream, b: Behaviour, sent: &AtomicU64, requests: &Atomi
         if !ok {
             return;
         }
+    }
+}
+
+/// Just enough of the Files + Batches API for one job: every batch is
+/// completed at once, and its output file begins with a 200 MB line (then
+/// a good line for each of the job's rows).
+fn batch_api(stream: &mut TcpStream, request_line: &str, sent: &AtomicU64) -> bool {
+    let batch = r#"{"id":"batch_1","object":"batch","status":"completed","endpoint":"/v1/chat/completions",
+        "input_file_id":"file-in","output_file_id":"file-out","completion_window":"24h",
+        "request_counts":{"total":6,"completed":6,"failed":0}}"#;
+    let json = [("content-type", "application/json")];
+    match request_line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+        ["POST", "/v1/files"] => respond(
+            stream,
+            200,
+            &json,
+            br#"{"id":"file-in","object":"file","purpose":"batch","bytes":1}"#,
+        ),
+        ["POST", "/v1/batches"] | ["GET", "/v1/batches/batch_1"] => {
+            respond(stream, 200, &json, batch.as_bytes())
+        }
+        ["GET", "/v1/files/file-out/content"] => {
+            let mut good = String::new();
+            for row in 0..=7 {
+                good.push_str(&format!(
+                    "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":\
+                     {{\"choices\":[{{\"message\":{{\"content\":\"7\"}}}}],\
+                     \"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":1}}}}}},\"error\":null}}\n"
+                ));
+            }
+            const LONG: usize = 200_000_000;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                LONG + 1 + good.len()
+            );
+            if stream.write_all(head.as_bytes()).is_err() {
+                return false;
+            }
+            let chunk = vec![b'x'; 1 << 20];
+            let mut n = 0;
+            while n < LONG {
+                let k = chunk.len().min(LONG - n);
+                if stream.write_all(&chunk[..k]).is_err() {
+                    return false;
+                }
+                n += k;
+                sent.fetch_add(k as u64, Ordering::SeqCst);
+            }
+            stream.write_all(b"\n").is_ok() && stream.write_all(good.as_bytes()).is_ok()
+        }
+        ["DELETE", path] => respond(
+            stream,
+            200,
+            &json,
+            format!(
+                "{{\"id\":\"{}\",\"deleted\":true}}",
+                path.rsplit('/').next().unwrap_or("")
+            )
+            .as_bytes(),
+        ),
+        _ => respond(
+            stream,
+            404,
+            &json,
+            br#"{"error":{"message":"no such route"}}"#,
+        ),
     }
 }
 
@@ -538,4 +613,33 @@ fn anthropic_garbage_and_hung_answers_end_in_time_with_the_call_named() {
         assert!(run.stderr.contains(names), "{behaviour:?}: {run:?}");
         assert!(run.stderr.contains("giving up the chunk"), "{run:?}");
     }
+}
+
+#[test]
+fn a_result_line_of_200_mb_is_a_bad_line_not_a_200_mb_string() {
+    let server = Hostile::start(Behaviour::LongResultLine);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, took) = apply(&sb);
+    // The rows have their good lines: graded, and the long line is named.
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(
+        run.stderr.contains(
+            ":1: the line is 200000000 bytes long, above the 32 MiB a result line may be"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(server.sent.load(Ordering::SeqCst), 200_000_000);
+    let out = sb.read("out/graded.csv");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(",7,")).count(),
+        6,
+        "{out}"
+    );
+    // Read back a line at a time, never whole: the binary peaks near its
+    // usual ~110 MB plus the 32 MiB cap, where holding the line would add
+    // its 200 MB.
+    let rss = children_max_rss();
+    assert!(rss < 220_000_000, "peak RSS {rss} bytes");
 }
