@@ -741,3 +741,119 @@ async fn chat_completion_final_statuses() {
     assert!(e.is_auth());
     assert_eq!(s.unused_replies(), 0);
 }
+
+#[tokio::test]
+async fn a_declared_body_over_the_cap_is_refused_without_reading_it() {
+    // 9 MB of a page list, declared: above the 8 MiB of a control-plane answer.
+    let mut body = br#"{"object":"list","data":["#.to_vec();
+    body.resize(9_000_000, b' ');
+    let s = Scripted::start(vec![Reply::Respond {
+        status: 200,
+        headers: vec![("x-request-id".into(), "req_big".into())],
+        body,
+    }])
+    .await;
+    let e = client(&s.base_url(), KEY, 3)
+        .list_batches(None, 5)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol);
+    assert_eq!(
+        e.to_string(),
+        "list batches failed: HTTP 200 (request req_big): the answer is 9000000 bytes, above the \
+         8 MiB this call accepts (stopped reading); it begins: {\"object\":\"list\",\"data\":["
+    );
+    // Not retried: the next answer would be as large.
+    assert_eq!(s.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_is_too_large_is_unclear() {
+    let mut body = BATCH_OK.as_bytes().to_vec();
+    body.resize(9_000_000, b' ');
+    let s = Scripted::start(vec![Reply::Respond {
+        status: 200,
+        headers: vec![],
+        body,
+    }])
+    .await;
+    let e = client(&s.base_url(), KEY, 3)
+        .create_batch("file-1", "/v1/chat/completions", &meta("j", 1))
+        .await
+        .unwrap_err();
+    // The server said 2xx: the batch may exist, so look before creating again.
+    assert!(e.is_unclear(), "{e:?}");
+    assert!(e.to_string().contains("above the 8 MiB"), "{e}");
+}
+
+#[tokio::test]
+async fn a_trickling_download_is_given_up_for_its_pace() {
+    // One byte every 50 ms never stalls for the 1 s timeout, but is far
+    // under the minimum pace: the download is cut soon after the timeout.
+    let s = Scripted::start(vec![Reply::Trickle {
+        declared: 10_000,
+        every: Duration::from_millis(50),
+    }])
+    .await;
+    let mut config = ClientConfig::new(s.base_url(), Secret::new(KEY), KEY_ENV);
+    config.request_timeout = Duration::from_secs(1);
+    config.max_attempts = 1;
+    let c = OpenAiClient::new(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.jsonl");
+    let start = Instant::now();
+    let e = c.download_file("file-out", &dest).await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(e.kind(), ErrorKind::Transport);
+    assert!(e.to_string().contains("download too slow"), "{e}");
+    assert!(!dest.exists());
+    assert!(!dir.path().join("out.jsonl.tmp").exists());
+}
+
+#[tokio::test]
+async fn the_watch_names_the_call_that_is_out() {
+    let s = Scripted::start(vec![Reply::Hang]).await;
+    let mut config = ClientConfig::new(s.base_url(), Secret::new(KEY), KEY_ENV);
+    config.request_timeout = Duration::from_millis(600);
+    config.max_attempts = 1;
+    let c = OpenAiClient::new(config).unwrap();
+    let watch = c.watch().clone();
+    let call = tokio::spawn(async move { c.retrieve_batch("batch_9").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let w = watch.oldest().expect("the call is out");
+    assert_eq!(w.what, format!("{}: retrieve batch batch_9", s.addr));
+    assert!(w.for_ >= Duration::from_millis(200), "{w:?}");
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transport);
+    assert_eq!(watch.oldest(), None);
+}
+
+#[tokio::test]
+async fn direct_mode_answers_over_the_cap_are_not_held() {
+    use batchgrader::provider::direct::{DirectClient, Sent};
+    let mut body = br#"{"choices":[{"message":{"content":""#.to_vec();
+    body.resize(17 << 20, b'x');
+    let s = Scripted::start(vec![Reply::Respond {
+        status: 200,
+        headers: vec![],
+        body,
+    }])
+    .await;
+    let config = ClientConfig::new(s.base_url(), Secret::new(KEY), KEY_ENV);
+    let c = DirectClient::new(&[config], 1).unwrap();
+    match c.send(0, bytes::Bytes::from_static(b"{}")).await {
+        Sent::Transport { detail, .. } => {
+            assert!(
+                detail.starts_with(
+                    "HTTP 200: the answer is 17825792 bytes, above the 16 MiB a chat completion may be"
+                ),
+                "{detail}"
+            );
+        }
+        Sent::Answer(a) => panic!("held an answer of {} bytes", a.body.len()),
+    }
+}

@@ -77,7 +77,8 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
             // it never masks a word of the server's messages.
             Secret::new("sk-sim-local-0000"),
             "(simulated provider)",
-        );
+        )
+        .with_timeout_from_env()?;
         let backend = if speaks_anthropic {
             AnyBatches::Anthropic(AnthropicBatches::new(cfg, version, "simulated")?)
         } else {
@@ -142,7 +143,8 @@ pub async fn run_direct(
                 server.base_url(),
                 Secret::new("sk-sim-local-0000"),
                 "(simulated provider)",
-            );
+            )
+            .with_timeout_from_env()?;
             (vec![cfg], Some(server))
         }
         ProviderKind::Openai => {

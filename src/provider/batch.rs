@@ -194,6 +194,11 @@ pub trait BatchBackend {
 
     async fn cancel(&self, batch_id: &str) -> Result<(), ProviderError>;
 
+    /// The HTTP calls out now, so the live view can say what it waits for.
+    fn calls(&self) -> Option<&super::CallWatch> {
+        None
+    }
+
     /// Delete what the provider keeps for a merged batch (staged file, result
     /// files). Best effort: the caller only reports failures.
     async fn clean_up(

@@ -21,6 +21,15 @@ pub const ORG_ENV: &str = "OPENAI_ORG_ID";
 /// Sent as `OpenAI-Project` when set (openai-python `_client.py`).
 pub const PROJECT_ENV: &str = "OPENAI_PROJECT_ID";
 
+/// The longest one HTTP call may take (for uploads and downloads: the
+/// longest stall), e.g. `30s` or `5m`; default 2 minutes. Connecting gets at
+/// most 10 seconds of it. For slow servers (a local model writing long
+/// answers in direct mode) and for tests of hung servers.
+pub const TIMEOUT_ENV: &str = "BATCHGRADER_HTTP_TIMEOUT";
+
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 const OPERATION: &str = "configure provider";
 
 /// A secret string whose `Debug` and `Display` print `***`.
@@ -83,9 +92,27 @@ impl ClientConfig {
             organization: None,
             project: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-            request_timeout: Duration::from_secs(120),
-            connect_timeout: Duration::from_secs(10),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
+    }
+
+    /// Sets the timeouts from `BATCHGRADER_HTTP_TIMEOUT` when `lookup` has
+    /// it (see [`TIMEOUT_ENV`]).
+    pub fn with_timeout_from(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<ClientConfig, ProviderError> {
+        if let Some((request, connect)) = timeouts(lookup(TIMEOUT_ENV).as_deref())? {
+            self.request_timeout = request;
+            self.connect_timeout = connect;
+        }
+        Ok(self)
+    }
+
+    /// [`ClientConfig::with_timeout_from`] the process environment.
+    pub fn with_timeout_from_env(self) -> Result<ClientConfig, ProviderError> {
+        self.with_timeout_from(|n| std::env::var(n).ok())
     }
 
     /// Reads the key from `api_key_env`, the base URL from `OPENAI_BASE_URL`,
@@ -162,7 +189,8 @@ impl ClientConfig {
             })
             .unwrap_or_else(|| default_base.to_string());
         validate_base_url(&base_url)?;
-        let mut config = ClientConfig::new(base_url, Secret::new(key), api_key_env);
+        let mut config = ClientConfig::new(base_url, Secret::new(key), api_key_env)
+            .with_timeout_from(&lookup)?;
         config.organization = get(ORG_ENV);
         config.project = get(PROJECT_ENV);
         Ok(config)
@@ -173,6 +201,26 @@ impl ClientConfig {
         self.base_url
             .get(..7)
             .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    }
+}
+
+/// The request and connect timeouts a value of [`TIMEOUT_ENV`] sets;
+/// `None` when it is unset or blank.
+fn timeouts(value: Option<&str>) -> Result<Option<(Duration, Duration)>, ProviderError> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match humantime::parse_duration(v) {
+        Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(24 * 3600) => {
+            Ok(Some((d, d.min(DEFAULT_CONNECT_TIMEOUT))))
+        }
+        _ => Err(ProviderError::config(
+            OPERATION,
+            format!("{TIMEOUT_ENV}={v:?} is not a duration from 100ms to 24h"),
+            Some(format!(
+                "set {TIMEOUT_ENV} to a duration such as 30s or 5m, or unset it for the default (2m)"
+            )),
+        )),
     }
 }
 
@@ -301,6 +349,35 @@ mod tests {
         }
         let e = ClientConfig::from_lookup(None, "MY_KEY", lookup(&[])).unwrap_err();
         assert!(e.hint().unwrap().contains("export MY_KEY="));
+    }
+
+    #[test]
+    fn timeouts_table() {
+        let s = Duration::from_secs;
+        type Timeouts = Option<(Duration, Duration)>;
+        let cases: &[(Option<&str>, Timeouts)] = &[
+            (None, None),
+            (Some("  "), None),
+            (Some("2s"), Some((s(2), s(2)))),
+            (Some("5m"), Some((s(300), s(10)))),
+            (
+                Some("500ms"),
+                Some((Duration::from_millis(500), Duration::from_millis(500))),
+            ),
+        ];
+        for (v, want) in cases {
+            assert_eq!(timeouts(*v).unwrap(), *want, "{v:?}");
+        }
+        for bad in ["abc", "0s", "10", "2d"] {
+            let e = timeouts(Some(bad)).unwrap_err();
+            assert!(e.to_string().contains(TIMEOUT_ENV), "{e}");
+            assert!(e.is_setup_fault());
+        }
+        let c = ClientConfig::from_lookup(None, "K", lookup(&[("K", "k"), (TIMEOUT_ENV, "3s")]))
+            .unwrap();
+        assert_eq!((c.request_timeout, c.connect_timeout), (s(3), s(3)));
+        let c = ClientConfig::from_lookup(None, "K", lookup(&[("K", "k")])).unwrap();
+        assert_eq!((c.request_timeout, c.connect_timeout), (s(120), s(10)));
     }
 
     #[test]

@@ -9,16 +9,21 @@
 //! the pure pacing rules, because those decisions span every request in
 //! flight, not one call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use super::bounded::{self, MAX_CHAT_BODY, MAX_LABEL, cap_text, clean_text};
 use super::config::{ClientConfig, ORG_ENV, PROJECT_ENV, join_url, validate_base_url};
 use super::error::{ProviderError, redact};
-use super::openai::client::{error_chain, request_id_of, retry_headers_of};
+use super::openai::client::{
+    Body, error_chain, host_port, read_body, request_id_of, retry_headers_of,
+};
 use super::retry::{RetryHeaders, TransportFailure};
+use super::watch::CallWatch;
 
 /// What one attempt ended with.
 // Returned once per attempt; boxing the answer would cost an allocation each.
@@ -120,6 +125,9 @@ pub struct DirectClient {
     urls: Vec<Url>,
     shown: Vec<String>,
     key: String,
+    watch: CallWatch,
+    /// `host:port: chat completion` per endpoint, for the waiting line.
+    calls: Vec<Arc<str>>,
 }
 
 impl DirectClient {
@@ -180,12 +188,23 @@ impl DirectClient {
                 Some("https needs the system's CA certificates; install them".into()),
             )
         })?;
+        let calls = configs
+            .iter()
+            .map(|c| format!("{}: chat completion", host_port(&c.base_url)).into())
+            .collect();
         Ok(DirectClient {
             http,
             urls,
             shown,
             key: first.api_key.expose().to_string(),
+            watch: CallWatch::default(),
+            calls,
         })
+    }
+
+    /// The requests out now.
+    pub fn watch(&self) -> &CallWatch {
+        &self.watch
     }
 
     pub fn endpoints(&self) -> usize {
@@ -204,29 +223,47 @@ impl DirectClient {
 
     /// One attempt of one request to one endpoint.
     pub async fn send(&self, endpoint: usize, body: Bytes) -> Sent {
+        let _pending = self.watch.start(self.calls[endpoint].clone());
         let sent = self
             .http
             .post(self.urls[endpoint].clone())
             .body(body)
             .send()
             .await;
-        let response = match sent {
+        let mut response = match sent {
             Ok(r) => r,
             Err(e) => return self.transport(&e),
         };
         let status = response.status().as_u16();
         let headers = response.headers();
-        let request_id = request_id_of(headers).map(|r| self.redact(&r));
+        let request_id = request_id_of(headers).map(|r| clean_text(&self.redact(&r), MAX_LABEL));
         let retry = retry_headers_of(headers);
         let limits = RateHeaders::from_map(headers);
-        match response.bytes().await {
-            Ok(body) => Sent::Answer(Answer {
+        // The client's total timeout bounds the time; the cap the memory.
+        match read_body(&mut response, MAX_CHAT_BODY).await {
+            Ok(Body::Whole(body)) => Sent::Answer(Answer {
                 status,
                 request_id,
                 retry,
                 limits,
-                body,
+                body: body.into(),
             }),
+            Ok(Body::TooLarge { head, declared }) => Sent::Transport {
+                failure: TransportFailure::Other,
+                detail: format!(
+                    "HTTP {status}{}: the answer is {}, above the {} a chat completion may be \
+                     (stopped reading); it begins: {}",
+                    request_id
+                        .map(|r| format!(" (request {r})"))
+                        .unwrap_or_default(),
+                    declared.map_or_else(
+                        || format!("more than {}", cap_text(MAX_CHAT_BODY)),
+                        |n| format!("{n} bytes")
+                    ),
+                    cap_text(MAX_CHAT_BODY),
+                    bounded::describe_body(&self.redact(&String::from_utf8_lossy(&head)))
+                ),
+            },
             Err(e) => self.transport(&e),
         }
     }

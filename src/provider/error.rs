@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::bounded::{MAX_LABEL, MAX_MESSAGE, clean_text};
 use super::openai::types::ApiError;
 
 /// The broad class of a failure; callers branch on it.
@@ -220,9 +221,14 @@ impl ProviderError {
     }
 
     /// `create batch failed: HTTP 401 invalid_api_key (request req_123): Incorrect API key provided`
+    ///
+    /// Every part a server may have written (code, request id, message,
+    /// detail) is cleaned and cut here ([`clean_text`]), so no error can
+    /// carry an escape sequence or a megabyte into a terminal, a log or the
+    /// state, whoever built it.
     fn render(&self) -> String {
         let i = &self.0;
-        let mut s = format!("{} failed", i.operation);
+        let mut s = format!("{} failed", clean_text(&i.operation, MAX_MESSAGE));
         if i.attempts > 1 {
             s.push_str(&format!(" after {} attempts", i.attempts));
         }
@@ -230,17 +236,18 @@ impl ProviderError {
         if let Some(status) = i.status {
             s.push_str(&format!(" HTTP {status}"));
             if let Some(code) = i.api.as_ref().and_then(ApiError::code_or_type) {
-                s.push_str(&format!(" {code}"));
+                s.push_str(&format!(" {}", clean_text(code, MAX_LABEL)));
             }
         }
         if let Some(id) = &i.request_id {
-            s.push_str(&format!(" (request {id})"));
+            s.push_str(&format!(" (request {})", clean_text(id, MAX_LABEL)));
         }
         let message = i
             .api
             .as_ref()
             .and_then(|a| a.message.as_deref())
-            .or(i.detail.as_deref());
+            .or(i.detail.as_deref())
+            .map(|m| clean_text(m, MAX_MESSAGE));
         match (message, i.status.is_some() || i.request_id.is_some()) {
             (Some(m), true) => s.push_str(&format!(": {m}")),
             (Some(m), false) => s.push_str(&format!(" {m}")),
@@ -249,7 +256,7 @@ impl ProviderError {
         if i.api.as_ref().and_then(|a| a.message.as_ref()).is_some()
             && let Some(d) = &i.detail
         {
-            s.push_str(&format!("; {d}"));
+            s.push_str(&format!("; {}", clean_text(d, MAX_MESSAGE)));
         }
         s
     }
@@ -332,6 +339,26 @@ mod tests {
         let e = ProviderError::new("create batch", ErrorKind::Server).into_unclear();
         assert!(e.is_unclear() && e.is_retryable());
         assert!(e.hint().unwrap().contains("metadata"));
+    }
+
+    #[test]
+    fn server_text_is_cleaned_and_cut() {
+        let e = ProviderError::new("retrieve batch b1", ErrorKind::Server)
+            .with_status(Some(500))
+            .with_request_id(Some("req\u{1b}]0;title\u{7}_1".into()))
+            .with_api(Some(ApiError {
+                message: Some(format!("\u{1b}[2J\u{1b}[Hboom\n{}", "x".repeat(100_000))),
+                kind: None,
+                code: Some("\u{9b}31mcode".into()),
+                param: None,
+            }));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("retrieve batch b1 failed: HTTP 500 code (request req_1): boom x"),
+            "{text}"
+        );
+        assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+        assert!(text.chars().count() < MAX_MESSAGE + 100, "{}", text.len());
     }
 
     #[test]

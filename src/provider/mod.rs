@@ -14,11 +14,13 @@
 pub mod anthropic;
 pub mod any;
 pub mod batch;
+pub mod bounded;
 pub mod config;
 pub mod direct;
 pub mod error;
 pub mod openai;
 pub mod retry;
+pub mod watch;
 
 pub use any::AnyBatches;
 pub use batch::{
@@ -37,3 +39,4 @@ pub use openai::types::{
 };
 pub use openai::{OpenAiBatches, OpenAiClient};
 pub use retry::{Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure};
+pub use watch::{CallWatch, Waiting};

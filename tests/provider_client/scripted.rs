@@ -40,6 +40,8 @@ pub enum Reply {
     Hang,
     /// Declare `declared` bytes, send `body`, then close the connection.
     Truncate { declared: usize, body: Vec<u8> },
+    /// A 200 that declares `declared` bytes and sends one every `every`.
+    Trickle { declared: usize, every: Duration },
 }
 
 impl Reply {
@@ -143,6 +145,18 @@ async fn serve(
             Reply::Hang => {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 return;
+            }
+            Reply::Trickle { declared, every } => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {declared}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..declared {
+                    tokio::time::sleep(every).await;
+                    if stream.write_all(b"x").await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                }
             }
             Reply::Truncate { declared, body } => {
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {declared}\r\n\r\n");

@@ -234,8 +234,10 @@ impl<'a> DirectRunner<'a> {
     }
 
     fn event(&self, msg: &str) {
-        self.progress.event(None, msg);
-        journal::append_event(&self.store.layout().events(), None, msg);
+        // Events quote servers: the last guard before the terminal and the log.
+        let msg = crate::provider::bounded::clean_text(msg, crate::provider::bounded::MAX_EVENT);
+        self.progress.event(None, &msg);
+        journal::append_event(&self.store.layout().events(), None, &msg);
     }
 
     fn state_of(&self, outcome: Option<Outcome>) -> RequestState {
@@ -755,9 +757,11 @@ impl<'a> DirectRunner<'a> {
             _ => (0, 0),
         };
         self.pass_failures += 1;
+        // Server text, bound for the outcome log, the output and `report`.
+        use crate::provider::bounded::{MAX_LABEL, MAX_MESSAGE, clean_text};
         let f = FailureRecord {
-            code,
-            message,
+            code: clean_text(&code, MAX_LABEL),
+            message: clean_text(&message, MAX_MESSAGE),
             retryable,
             attempts: attempts + 1,
             ran: true,
@@ -951,7 +955,12 @@ impl<'a> DirectRunner<'a> {
     }
 
     fn write_status(&mut self, state: RunState, in_flight: usize) {
-        let snap = self.snapshot(state, in_flight, None, None);
+        // A request out for long: say what the run is waiting for.
+        let waiting = crate::provider::watch::waiting_line(
+            self.client.watch().oldest().as_ref(),
+            Duration::from_secs(3),
+        );
+        let snap = self.snapshot(state, in_flight, waiting, None);
         self.progress.table(&snap);
         if let Err(e) = status::write(self.store.layout(), &snap) {
             self.ui.warn(&format!("cannot write status.json: {e}"));

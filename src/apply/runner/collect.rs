@@ -187,9 +187,27 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let mut first_bad: Option<(usize, String)> = None;
             // Bytes, not text: a file that is not UTF-8 is bad lines, not a
             // reason to stop the job.
-            for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
-                let line = line.map_err(|e| Error::io("read", &path, e))?;
-                let line = String::from_utf8_lossy(&line);
+            // A line is held up to a cap: a result file from a hostile or
+            // broken server may be one endless line.
+            let mut reader = BufReader::new(f);
+            let mut buf = Vec::new();
+            let mut n = 0usize;
+            while let Some(read) = bounded::read_line_capped(&mut reader, &mut buf, MAX_RESULT_LINE)
+                .map_err(|e| Error::io("read", &path, e))?
+            {
+                n += 1;
+                if let bounded::Line::TooLong { len } = read {
+                    bad += 1;
+                    first_bad.get_or_insert((
+                        n,
+                        format!(
+                            "the line is {len} bytes long, above the {} a result line may be",
+                            bounded::cap_text(MAX_RESULT_LINE)
+                        ),
+                    ));
+                    continue;
+                }
+                let line = String::from_utf8_lossy(&buf);
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -197,7 +215,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     Ok(o) => o,
                     Err(why) => {
                         bad += 1;
-                        first_bad.get_or_insert((n + 1, why));
+                        first_bad.get_or_insert((n, why));
                         continue;
                     }
                 };
@@ -208,7 +226,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                         &format!(
                             "{}:{}: ignoring a result for `{}`, which this chunk did not send",
                             path.display(),
-                            n + 1,
+                            n,
                             outcome.custom_id()
                         ),
                     );
@@ -476,9 +494,16 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let mut seen: HashMap<String, ResultLine> = HashMap::new();
             for path in &paths {
                 let f = File::open(path).map_err(|e| Error::io("read", path, e))?;
-                for line in BufReader::new(f).split(b'\n') {
-                    let line = line.map_err(|e| Error::io("read", path, e))?;
-                    if let Ok(o) = self.backend.classify(&String::from_utf8_lossy(&line)) {
+                let mut reader = BufReader::new(f);
+                let mut buf = Vec::new();
+                while let Some(read) =
+                    bounded::read_line_capped(&mut reader, &mut buf, MAX_RESULT_LINE)
+                        .map_err(|e| Error::io("read", path, e))?
+                {
+                    if read != bounded::Line::Whole {
+                        continue;
+                    }
+                    if let Ok(o) = self.backend.classify(&String::from_utf8_lossy(&buf)) {
                         seen.insert(o.custom_id().to_string(), o);
                     }
                 }

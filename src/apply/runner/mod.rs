@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ use super::{ApplyOptions, Ending, Progress, Summary, answer, kill_point, write_o
 use crate::chunking::{Item, Limits};
 use crate::cost;
 use crate::error::{Error, Result};
+use crate::provider::bounded::{self, MAX_EVENT, MAX_RESULT_LINE};
+use crate::provider::watch::waiting_line;
 use crate::provider::{
     BatchBackend, ProviderError, RemoteBatch, RemoteState, ResultLine, SubmitIdentity,
 };
@@ -50,7 +53,8 @@ pub struct Runner<'a, B: BatchBackend> {
     opts: ApplyOptions,
     interrupted: Arc<AtomicBool>,
     simulated: bool,
-    progress: Progress,
+    /// Shared with the waiting line that runs beside a slow call.
+    progress: Rc<Progress>,
     /// Next status check per unit: (when, current interval).
     polls: HashMap<u32, (Instant, Duration)>,
     /// Requests by where they stand, as of the last merge.
@@ -98,7 +102,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             opts,
             interrupted,
             simulated,
-            progress: Progress::new(*ui),
+            progress: Rc::new(Progress::new(*ui)),
             polls: HashMap::new(),
             tally: Tally::default(),
             outage_since: None,
@@ -259,6 +263,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 let mut unit = units[idx].clone();
                 let flag = self.interrupted.clone();
                 let halting = self.halting.is_some();
+                let waiting = self.show_waiting(&units);
                 // Ctrl-C cuts a call short (a hung server, a long backoff):
                 // dropping it is like a kill, which the protocol survives.
                 let stopped = async move {
@@ -279,6 +284,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 tokio::select! {
                     r = step => r?,
                     () = stopped => return self.finish(Ending::Interrupted).await,
+                    () = waiting => {}
                 }
                 let merged = unit.phase == Phase::Merged && units[idx].phase != Phase::Merged;
                 units[idx] = unit;
@@ -298,6 +304,41 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     fn set_step(&mut self, units: &[UnitRecord], step: &str) {
         self.step = Some((step.to_string(), state::now_secs()));
         self.write_status(units, RunState::Running, None);
+    }
+
+    /// Beside a step: once one of its calls has been out for a while, the
+    /// live view and `status` say what the run is waiting for, every
+    /// second, until the step ends (this future never ends by itself).
+    fn show_waiting(&self, units: &[UnitRecord]) -> impl Future<Output = ()> + use<B> {
+        const SHOWN_AFTER: Duration = Duration::from_secs(3);
+        // Without a live table (CI, pipes), one plain line for a long wait.
+        const SAID_AFTER: Duration = Duration::from_secs(30);
+        let watch = self.backend.calls().cloned();
+        let progress = self.progress.clone();
+        let layout = self.layout().clone();
+        let plain = !self.ui.tty;
+        let mut snap = self.snapshot(units, RunState::Running, None, None);
+        async move {
+            let Some(watch) = watch else {
+                std::future::pending::<()>().await;
+                return;
+            };
+            let mut said = false;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let oldest = watch.oldest();
+                if let Some(line) = waiting_line(oldest.as_ref(), SHOWN_AFTER) {
+                    if plain && !said && oldest.is_some_and(|w| w.for_ >= SAID_AFTER) {
+                        said = true;
+                        progress.event(None, &line);
+                    }
+                    snap.message = Some(line);
+                    snap.updated_at = state::now_secs();
+                    progress.table(&snap);
+                    let _ = status::write(&layout, &snap);
+                }
+            }
+        }
     }
 
     fn halt_reason(&self, units: &[UnitRecord]) -> Option<String> {
@@ -378,8 +419,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     }
 
     fn event(&self, unit: Option<u32>, msg: &str) {
-        self.progress.event(unit, msg);
-        journal::append_event(&self.layout().events(), unit, msg);
+        // Events quote servers (errors, ids, statuses): the last guard
+        // before the terminal and the log.
+        let msg = bounded::clean_text(msg, MAX_EVENT);
+        self.progress.event(unit, &msg);
+        journal::append_event(&self.layout().events(), unit, &msg);
     }
 
     /// A unit's step succeeded: the provider is up and the unit's run of

@@ -102,6 +102,11 @@ impl AnthropicBatches {
         )
     }
 
+    /// The calls out, for the live view's waiting line.
+    pub fn watch(&self) -> &crate::provider::CallWatch {
+        self.client.watch()
+    }
+
     fn locate(&self, op: &str, results_url: &str) -> Result<String, ProviderError> {
         results_location(&self.client.config().base_url, results_url)
             .map_err(|e| ProviderError::new(op, ErrorKind::Protocol).with_detail(e))

@@ -22,6 +22,9 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
 use super::types::{ApiError, Batch, BatchList, FileDeleted, FileObject};
+use crate::provider::bounded::{
+    self, MAX_CHAT_BODY, MAX_CONTROL_BODY, MAX_ERROR_BODY, cap_text, clean_text,
+};
 use crate::provider::config::{
     ClientConfig, ORG_ENV, PROJECT_ENV, encode_path_segment, join_url, validate_base_url,
 };
@@ -29,11 +32,14 @@ use crate::provider::error::{ErrorKind, ProviderError, human_wait, redact};
 use crate::provider::retry::{
     self, Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure,
 };
+use crate::provider::watch::CallWatch;
 
-/// Error bodies are read up to this size; the rest says nothing new.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Uploads get `request_timeout` plus the time this slow a link would need.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 128 * 1024;
+/// Downloads have no total deadline (a result file may be gigabytes), but
+/// after the first `request_timeout` they must average at least this, so a
+/// server that trickles a byte a second cannot hold a run for ever.
+const MIN_DOWNLOAD_BYTES_PER_SEC: u64 = 16 * 1024;
 /// `GET /batches` allows 1..=100 (OpenAPI spec, `limit` of `/batches`).
 const LIST_LIMIT_MAX: u32 = 100;
 /// Metadata limits (OpenAPI spec, `Metadata`).
@@ -77,6 +83,8 @@ struct Call<'a> {
     payload: Payload<'a>,
     accept: &'static str,
     sink: Sink<'a>,
+    /// The most a `Sink::Text` answer may hold.
+    cap: usize,
     replay: Replay,
     /// Direct mode: a final non-2xx answer is returned as data, because it
     /// belongs to one row, not to the run.
@@ -131,6 +139,9 @@ pub struct OpenAiClient {
     config: ClientConfig,
     policy: RetryPolicy,
     flavor: Flavor,
+    watch: CallWatch,
+    /// `host:port` of the base URL, for the live view's waiting line.
+    host: String,
 }
 
 impl OpenAiClient {
@@ -206,16 +217,24 @@ impl OpenAiClient {
             max_attempts: config.max_attempts.max(1),
             ..RetryPolicy::default()
         };
+        let host = host_port(&config.base_url);
         Ok(OpenAiClient {
             http,
             config,
             policy,
             flavor,
+            watch: CallWatch::default(),
+            host,
         })
     }
 
     pub fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// The calls this client (and its clones) has out.
+    pub fn watch(&self) -> &CallWatch {
+        &self.watch
     }
 
     /// `POST /files` with `purpose=batch` (OpenAPI spec, `CreateFileRequest`).
@@ -416,6 +435,7 @@ impl OpenAiClient {
     pub async fn chat_completion(&self, body: &str) -> Result<(u16, String), ProviderError> {
         let call = Call {
             payload: Payload::Json(body.to_string()),
+            cap: MAX_CHAT_BODY,
             final_status_is_data: true,
             ..self.call(
                 "chat completion".to_string(),
@@ -550,6 +570,7 @@ impl OpenAiClient {
             payload: Payload::Empty,
             accept: "application/json",
             sink: Sink::Text,
+            cap: MAX_CONTROL_BODY,
             replay: Replay::Safe,
             final_status_is_data: false,
         })
@@ -557,22 +578,32 @@ impl OpenAiClient {
 
     fn parse<T: DeserializeOwned>(&self, op: &str, reply: &Reply) -> Result<T, ProviderError> {
         serde_json::from_str(&reply.body).map_err(|e| {
+            let body = self.redact(&reply.body);
+            let what = bounded::describe_body(&body);
+            let detail = if bounded::is_page(&body) {
+                format!("the answer is {what}, not the JSON this API sends")
+            } else {
+                format!("the answer is not the JSON this API sends ({e}); it begins: {what}")
+            };
             ProviderError::new(op, ErrorKind::Protocol)
                 .with_status(Some(reply.status))
                 .with_request_id(reply.request_id.clone())
-                .with_detail(format!(
-                    "unexpected response body ({e}): {}",
-                    snippet(&self.redact(&reply.body))
-                ))
-                .with_hint(Some(format!(
-                    "check that {} is an {} API",
-                    self.display_base_url(),
-                    match self.flavor {
-                        Flavor::OpenAi => "OpenAI-compatible",
-                        Flavor::Anthropic => "Anthropic Message Batches",
-                    }
-                )))
+                .with_detail(detail)
+                .with_hint(Some(self.api_hint()))
         })
+    }
+
+    /// The hint of an answer that is not this API's.
+    fn api_hint(&self) -> String {
+        format!(
+            "check that {} is an {} API (a wrong base URL, a proxy or a captive portal answers \
+             with pages of its own); the call is tried again later",
+            self.display_base_url(),
+            match self.flavor {
+                Flavor::OpenAi => "OpenAI-compatible",
+                Flavor::Anthropic => "Anthropic Message Batches",
+            }
+        )
     }
 
     async fn execute_text(&self, call: &Call<'_>) -> Result<Reply, ProviderError> {
@@ -617,6 +648,10 @@ impl OpenAiClient {
 
     /// The retry loop. Sleeping and reading the clock happen here, nowhere else.
     async fn execute(&self, call: &Call<'_>) -> Result<Done, ProviderError> {
+        // Out from the first attempt to the last answer, retry waits included.
+        let _pending = self
+            .watch
+            .start(format!("{}: {}", self.host, clean_text(&call.op, 200)).into());
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -799,12 +834,21 @@ impl OpenAiClient {
             };
         }
         match call.sink {
-            Sink::Text => match response.bytes().await {
-                Ok(bytes) => Attempt::Done(Done::Text(Reply {
+            Sink::Text => match read_body(&mut response, call.cap).await {
+                Ok(Body::Whole(bytes)) => Attempt::Done(Done::Text(Reply {
                     status,
                     request_id,
                     body: String::from_utf8_lossy(&bytes).into_owned(),
                 })),
+                Ok(Body::TooLarge { head, declared }) => {
+                    let e = self.too_large(call, status, request_id, &head, declared);
+                    Attempt::Fatal(if call.replay == Replay::CreateBatch {
+                        // A 2xx: the batch exists even if its answer is unreadable.
+                        e.into_unclear()
+                    } else {
+                        e
+                    })
+                }
                 Err(e) => transport_attempt(&e, request_id),
             },
             Sink::File(dest) => stream_to_file(&call.op, response, dest, request_id, timeout).await,
@@ -841,6 +885,31 @@ impl OpenAiClient {
         }
     }
 
+    /// A 2xx answer larger than any answer of this call can be: reading
+    /// stopped at the cap.
+    fn too_large(
+        &self,
+        call: &Call<'_>,
+        status: u16,
+        request_id: Option<String>,
+        head: &[u8],
+        declared: Option<u64>,
+    ) -> ProviderError {
+        let size = match declared {
+            Some(n) => format!("{n} bytes"),
+            None => format!("more than {}", cap_text(call.cap)),
+        };
+        let what = bounded::describe_body(&self.redact(&String::from_utf8_lossy(head)));
+        ProviderError::new(call.op.clone(), ErrorKind::Protocol)
+            .with_status(Some(status))
+            .with_request_id(request_id)
+            .with_detail(format!(
+                "the answer is {size}, above the {} this call accepts (stopped reading); it begins: {what}",
+                cap_text(call.cap)
+            ))
+            .with_hint(Some(self.api_hint()))
+    }
+
     /// Builds the error for a non-2xx answer; `reason` is `None` for an
     /// unclear create.
     fn http_error(
@@ -875,7 +944,8 @@ impl OpenAiClient {
                 human_wait(*wait)
             )),
             _ if api.as_ref().is_some_and(|a| a.message.is_some()) => None,
-            _ => Some(snippet(&self.redact(body))).filter(|s| !s.is_empty()),
+            _ if body.trim().is_empty() => None,
+            _ => Some(bounded::describe_body(&self.redact(body))),
         };
         let hint = match (kind, reason) {
             (ErrorKind::Auth, _) => Some(format!(
@@ -952,6 +1022,19 @@ impl OpenAiClient {
     }
 }
 
+/// `host:port` of a base URL, without user or password: what the live
+/// view names when it waits for a call.
+pub(crate) fn host_port(base: &str) -> String {
+    match Url::parse(base) {
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => "the provider".into(),
+        },
+        Err(_) => "the provider".into(),
+    }
+}
+
 /// The key as a header value, marked sensitive so that it stays out of
 /// reqwest's and hyper's Debug output.
 fn secret_header(config: &ClientConfig, value: &str) -> Result<HeaderValue, ProviderError> {
@@ -1021,11 +1104,13 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// Reads at most `cap` bytes of an error body; a failure keeps what was read.
-async fn read_capped(response: &mut Response, cap: usize, stall: Duration) -> String {
+/// Reads at most `cap` bytes of an error body within `deadline` in all; a
+/// failure or the deadline keeps what was read.
+async fn read_capped(response: &mut Response, cap: usize, deadline: Duration) -> String {
+    let end = tokio::time::Instant::now() + deadline;
     let mut buf: Vec<u8> = Vec::new();
     while buf.len() < cap {
-        match tokio::time::timeout(stall, response.chunk()).await {
+        match tokio::time::timeout_at(end, response.chunk()).await {
             Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk),
             _ => break,
         }
@@ -1039,6 +1124,58 @@ async fn read_capped(response: &mut Response, cap: usize, stall: Duration) -> St
 /// of hundreds of MB cost more CPU than building it.
 fn file_body(file: tokio::fs::File) -> reqwest::Body {
     reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20))
+}
+
+/// A body read with a cap.
+pub(crate) enum Body {
+    Whole(Vec<u8>),
+    /// Over the cap: its first bytes (for an excerpt) and the length the
+    /// server declared, if it did.
+    TooLarge {
+        head: Vec<u8>,
+        declared: Option<u64>,
+    },
+}
+
+/// Reads a whole body of at most `cap` bytes, and stops reading (the
+/// connection is dropped) as soon as it is known to be larger: a declared
+/// `content-length` over the cap reads only an excerpt. The request's own
+/// timeout bounds the time.
+pub(crate) async fn read_body(response: &mut Response, cap: usize) -> reqwest::Result<Body> {
+    const HEAD: usize = 4096;
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > cap as u64) {
+        let mut head = Vec::new();
+        while head.len() < HEAD {
+            match response.chunk().await {
+                Ok(Some(c)) => head.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        head.truncate(HEAD);
+        return Ok(Body::TooLarge { head, declared });
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if buf.len() + chunk.len() > cap {
+            buf.extend_from_slice(&chunk[..HEAD.saturating_sub(buf.len()).min(chunk.len())]);
+            buf.truncate(HEAD);
+            return Ok(Body::TooLarge {
+                head: buf,
+                declared,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Body::Whole(buf))
+}
+
+/// How long the next piece of a download may take: a stall is cut at
+/// `stall`, and the whole download at `stall` plus the time `written` bytes
+/// need at `min_rate` bytes a second. Zero: too slow, give up.
+fn download_time_left(elapsed: Duration, written: u64, stall: Duration, min_rate: u64) -> Duration {
+    let allowed = stall + Duration::from_secs_f64(written as f64 / min_rate.max(1) as f64);
+    allowed.saturating_sub(elapsed).min(stall)
 }
 
 /// Streams a 2xx body to `<dest>.tmp`, then fsync + rename, so `dest` is
@@ -1058,8 +1195,16 @@ async fn stream_to_file(
         Err(e) => return Attempt::Fatal(io_error(op, "create", &tmp, &e)),
     };
     let mut written = 0u64;
+    let started = tokio::time::Instant::now();
     loop {
-        let chunk = match tokio::time::timeout(stall, response.chunk()).await {
+        let left = download_time_left(
+            started.elapsed(),
+            written,
+            stall,
+            MIN_DOWNLOAD_BYTES_PER_SEC,
+        );
+        let slow = left < stall;
+        let chunk = match tokio::time::timeout(left, response.chunk()).await {
             Ok(Ok(Some(chunk))) => chunk,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
@@ -1070,12 +1215,21 @@ async fn stream_to_file(
             Err(_) => {
                 drop(file);
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Attempt::Transport {
-                    failure: TransportFailure::Timeout,
-                    detail: format!(
+                let detail = if slow {
+                    format!(
+                        "download too slow: {written} bytes in {}, under {} a second",
+                        human_wait(started.elapsed()),
+                        cap_text(MIN_DOWNLOAD_BYTES_PER_SEC as usize)
+                    )
+                } else {
+                    format!(
                         "download stalled for {} after {written} bytes",
                         human_wait(stall)
-                    ),
+                    )
+                };
+                return Attempt::Transport {
+                    failure: TransportFailure::Timeout,
+                    detail,
                     request_id,
                 };
             }
@@ -1125,15 +1279,6 @@ fn tmp_path(dest: &Path) -> PathBuf {
 fn io_error(op: &str, action: &str, path: &Path, e: &std::io::Error) -> ProviderError {
     ProviderError::new(op, ErrorKind::Io)
         .with_detail(format!("cannot {action} {}: {e}", path.display()))
-}
-
-/// The first 200 characters of a body, on one line.
-fn snippet(body: &str) -> String {
-    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(200) {
-        Some((i, _)) => format!("{}…", &one_line[..i]),
-        None => one_line,
-    }
 }
 
 /// A jitter value in [0, 1) from the clock; the classifier itself stays pure.
@@ -1202,12 +1347,29 @@ mod tests {
     }
 
     #[test]
-    fn snippets_are_short_single_lines() {
-        assert_eq!(snippet("a\n  b\tc"), "a b c");
-        let long = "é".repeat(300);
-        let s = snippet(&long);
-        assert_eq!(s.chars().count(), 201);
-        assert!(s.ends_with('…'));
+    fn downloads_must_keep_a_minimum_pace() {
+        let s = Duration::from_secs;
+        let stall = s(10);
+        let rate = 1000;
+        let cases = [
+            // At the start: the stall limit.
+            (s(0), 0, s(10)),
+            // No bytes after 4 s: 6 s left.
+            (s(4), 0, s(6)),
+            // A fast download is limited by stalls only.
+            (s(100), 1_000_000, s(10)),
+            // 20 KB in 25 s at 1 KB/s allows 30 s: 5 s left.
+            (s(25), 20_000, s(5)),
+            // A trickle: 30 bytes in 30 s is too slow.
+            (s(30), 30, s(0)),
+        ];
+        for (elapsed, written, want) in cases {
+            assert_eq!(
+                download_time_left(elapsed, written, stall, rate),
+                want,
+                "{elapsed:?} {written}"
+            );
+        }
     }
 
     #[test]

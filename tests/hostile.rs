@@ -1,0 +1,645 @@
+//! Hostile and hung servers, end to end: the real binary against a tiny
+//! HTTP server in the test (a `TcpListener` on a thread, answering with
+//! hand-written HTTP) that accepts and never answers, trickles, sends
+//! garbage JSON, a proxy's HTML page, text full of terminal escapes, or a
+//! 200 with an endless body. Each run must end in time with the documented
+//! exit code and a message naming the call, the status, the request id and
+//! an excerpt, without holding the body in memory or writing it to a log.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Run, Sandbox};
+
+const KEY_ENV: &str = "BG_HOSTILE_KEY";
+const KEY: &str = "sk-hostile-test-key-0042";
+/// Short timeouts keep each test to seconds: every call gets this long.
+const TIMEOUT: &str = "500ms";
+
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    /// Read the request, never answer, keep the connection open.
+    Hang,
+    /// A 200 that declares 100,000 bytes and sends one every 100 ms.
+    Trickle,
+    /// A 200 whose body is cut-off JSON.
+    Garbage,
+    /// A proxy's HTML page with this status.
+    Html(u16),
+    /// A 200 whose body never ends (no length; 200 MB before giving up),
+    /// produced as it is sent.
+    Endless,
+    /// A 400 whose message is 100 KB of text with terminal escapes.
+    Escapes,
+    /// A working Files + Batches API whose one result file starts with a
+    /// line of 200 MB, produced as it is sent.
+    LongResultLine,
+}
+
+/// A hostile HTTP server on 127.0.0.1; counts the bytes of body it got out.
+struct Hostile {
+    port: u16,
+    sent: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+}
+
+impl Hostile {
+    fn start(b: Behaviour) -> Hostile {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (s, r) = (sent.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (s, r) = (s.clone(), r.clone());
+                std::thread::spawn(move || serve(stream, b, &s, &r));
+            }
+        });
+        Hostile {
+            port,
+            sent,
+            requests,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
+
+/// Reads one request: its head, then whatever body follows within a
+/// moment (enough for the small requests of these jobs). Returns its
+/// request line (`POST /v1/files HTTP/1.1`), or `None` when the client
+/// hung up.
+fn read_request(stream: &mut TcpStream) -> Option<String> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let started = Instant::now();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) if got.windows(4).any(|w| w == b"\r\n\r\n") => {
+                let text = String::from_utf8_lossy(&got);
+                return Some(text.lines().next().unwrap_or("").to_string());
+            }
+            Err(_) if started.elapsed() > Duration::from_secs(5) => return None,
+            Err(_) => {}
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, b: Behaviour, sent: &AtomicU64, requests: &AtomicU64) {
+    // Keep-alive: answer every request on the connection the same way.
+    while let Some(line) = read_request(&mut stream) {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let ok = match b {
+            Behaviour::LongResultLine => batch_api(&mut stream, &line, sent),
+            Behaviour::Hang => {
+                // Hold the connection (and drain anything sent) for longer
+                // than any test runs.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                return;
+            }
+            Behaviour::Trickle => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n";
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for _ in 0..100_000 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if stream.write_all(b" ").is_err() {
+                        return;
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                true
+            }
+            Behaviour::Garbage => respond(
+                &mut stream,
+                200,
+                &[("x-request-id", "req_hostile_1")],
+                br#"{"id": "file-1", "object": tru"#,
+            ),
+            Behaviour::Html(status) => respond(
+                &mut stream,
+                status,
+                &[("content-type", "text/html")],
+                format!(
+                    "<html><head><title>{status} Bad Gateway</title></head>\
+                     <body><center><h1>{status} Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+                )
+                .as_bytes(),
+            ),
+            Behaviour::Endless => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let mut chunk = br#"{"id":"file-1","filler":""#.to_vec();
+                chunk.resize(64 * 1024, b'x');
+                let mut total = 0u64;
+                while total < 200_000_000 {
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    total += chunk.len() as u64;
+                    sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    chunk.fill(b'x');
+                }
+                return;
+            }
+            Behaviour::Escapes => {
+                let message = format!(
+                    "\u{1b}[2J\u{1b}[H\u{1b}]0;pwned\u{7}bad request\r\n\u{1b}[31m{}",
+                    "A".repeat(100_000)
+                );
+                let body = serde_json::json!({
+                    "error": {"message": message, "type": "invalid_request_error", "code": "\u{1b}[5mbad"}
+                });
+                respond(
+                    &mut stream,
+                    400,
+                    &[("x-request-id", &format!("req_{}", "9".repeat(5000)))],
+                    body.to_string().as_bytes(),
+                )
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// Just enough of the Files + Batches API for one job: every batch is
+/// completed at once, and its output file begins with a 200 MB line (then
+/// a good line for each of the job's rows).
+fn batch_api(stream: &mut TcpStream, request_line: &str, sent: &AtomicU64) -> bool {
+    let batch = r#"{"id":"batch_1","object":"batch","status":"completed","endpoint":"/v1/chat/completions",
+        "input_file_id":"file-in","output_file_id":"file-out","completion_window":"24h",
+        "request_counts":{"total":6,"completed":6,"failed":0}}"#;
+    let json = [("content-type", "application/json")];
+    match request_line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+        ["POST", "/v1/files"] => respond(
+            stream,
+            200,
+            &json,
+            br#"{"id":"file-in","object":"file","purpose":"batch","bytes":1}"#,
+        ),
+        ["POST", "/v1/batches"] | ["GET", "/v1/batches/batch_1"] => {
+            respond(stream, 200, &json, batch.as_bytes())
+        }
+        ["GET", "/v1/files/file-out/content"] => {
+            let mut good = String::new();
+            for row in 0..=7 {
+                good.push_str(&format!(
+                    "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":\
+                     {{\"choices\":[{{\"message\":{{\"content\":\"7\"}}}}],\
+                     \"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":1}}}}}},\"error\":null}}\n"
+                ));
+            }
+            const LONG: usize = 200_000_000;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                LONG + 1 + good.len()
+            );
+            if stream.write_all(head.as_bytes()).is_err() {
+                return false;
+            }
+            let chunk = vec![b'x'; 1 << 20];
+            let mut n = 0;
+            while n < LONG {
+                let k = chunk.len().min(LONG - n);
+                if stream.write_all(&chunk[..k]).is_err() {
+                    return false;
+                }
+                n += k;
+                sent.fetch_add(k as u64, Ordering::SeqCst);
+            }
+            stream.write_all(b"\n").is_ok() && stream.write_all(good.as_bytes()).is_ok()
+        }
+        ["DELETE", path] => respond(
+            stream,
+            200,
+            &json,
+            format!(
+                "{{\"id\":\"{}\",\"deleted\":true}}",
+                path.rsplit('/').next().unwrap_or("")
+            )
+            .as_bytes(),
+        ),
+        _ => respond(
+            stream,
+            404,
+            &json,
+            br#"{"error":{"message":"no such route"}}"#,
+        ),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    let mut head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).is_ok() && stream.write_all(body).is_ok()
+}
+
+/// A six-row batch job against `url`; a transient failure gives its chunk
+/// up after a second, so a run against a server that never works ends.
+fn batch_job(sb: &Sandbox, url: &str) {
+    sb.write("in.csv", "id,text\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n");
+    sb.write(
+        "job.yaml",
+        common::openai_job(
+            "hostile",
+            url,
+            KEY_ENV,
+            6,
+            1,
+            "retry:\n  give_up_after: 1s\n",
+        ),
+    );
+}
+
+fn direct_job(sb: &Sandbox, url: &str) {
+    sb.write("in.csv", "id,text\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n");
+    sb.write(
+        "job.yaml",
+        format!(
+            "version: 1
+name: hostile
+provider:
+  kind: openai
+  mode: direct
+  base_url: {url}
+  api_key_env: {KEY_ENV}
+model: gpt-4o-mini
+input:
+  path: in.csv
+  id: id
+prompt:
+  user: \"{{{{ text }}}}\"
+request:
+  max_tokens: 4
+output:
+  path: out/graded.csv
+concurrency:
+  max_requests_in_flight: 2
+retry:
+  give_up_after: 2s
+"
+        ),
+    );
+}
+
+fn env(timeout: &'static str) -> [(&'static str, &'static str); 2] {
+    [(KEY_ENV, KEY), ("BATCHGRADER_HTTP_TIMEOUT", timeout)]
+}
+
+fn apply(sb: &Sandbox) -> (Run, Duration) {
+    let t = Instant::now();
+    let run = sb.run_env(&["apply", "job.yaml", "--yes"], &env(TIMEOUT));
+    (run, t.elapsed())
+}
+
+/// Every byte under the job's state folder.
+fn state_bytes(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&sb.path("state"), &mut out);
+    out
+}
+
+/// Runs `apply` in the background and reads `status.json` while it runs;
+/// returns the run and every `message` the snapshot showed.
+fn apply_watching_status(
+    sb: &Sandbox,
+    timeout: &'static str,
+) -> (Run, Vec<String>, Option<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchgrader"));
+    cmd.current_dir(sb.dir.path())
+        .env_remove("BATCHGRADER_STATE")
+        .env_remove("BATCHGRADER_PRICING")
+        .env("NO_COLOR", "1")
+        .args(["apply", "job.yaml", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env(timeout) {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let status_file = sb.path("state/hostile/status.json");
+    let mut messages = Vec::new();
+    let mut status_text = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pid = child.id();
+    let out = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !out.is_finished() && Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&status_file)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(m) = v["message"].as_str()
+        {
+            if m.starts_with("waiting for") && status_text.is_none() {
+                // What `status` shows while apply waits.
+                let s = sb.run(&["status", "hostile"]);
+                status_text = Some(s.stderr + &s.stdout);
+            }
+            messages.push(m.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(out.is_finished(), "apply (pid {pid}) did not end in time");
+    let o = out.join().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let run = Run {
+        code: o.status.code().unwrap_or(-1),
+        signal: o.status.signal(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    };
+    (run, messages, status_text)
+}
+
+#[test]
+fn batch_mode_a_server_that_never_answers_is_timed_out_and_the_wait_is_shown() {
+    let server = Hostile::start(Behaviour::Hang);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let t = Instant::now();
+    let (run, messages, status) = apply_watching_status(&sb, TIMEOUT);
+    // The chunk is given up after its step failed for `give_up_after`; its
+    // rows are not graded (exit 3), and `resume` tries again.
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    assert!(run.stderr.contains("upload file"), "{run:?}");
+    assert!(run.stderr.contains("timed out"), "{run:?}");
+    assert!(run.stderr.contains("giving up the chunk"), "{run:?}");
+    let want = format!("waiting for 127.0.0.1:{}: upload file", server.port);
+    assert!(
+        messages.iter().any(|m| m.starts_with(&want)),
+        "no waiting line in status.json: {messages:?}"
+    );
+    let status = status.expect("status ran while apply waited");
+    assert!(status.contains(&want), "{status}");
+    assert!(server.requests.load(Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn direct_mode_a_server_that_never_answers_stops_the_run_in_time() {
+    let server = Hostile::start(Behaviour::Hang);
+    let sb = Sandbox::new();
+    direct_job(&sb, &server.url());
+    // Each request is out for 5 s before it times out: long enough for the
+    // live view to say what it waits for.
+    let t = Instant::now();
+    let (run, messages, _) = apply_watching_status(&sb, "5s");
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("no endpoint has answered for"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("(retry.give_up_after)"), "{run:?}");
+    assert!(run.stderr.contains("timed out"), "{run:?}");
+    let want = format!("waiting for 127.0.0.1:{}: chat completion", server.port);
+    assert!(
+        messages.iter().any(|m| m.starts_with(&want)),
+        "no waiting line in status.json: {messages:?}"
+    );
+}
+
+#[test]
+fn a_trickling_answer_is_cut_by_the_timeout() {
+    let server = Hostile::start(Behaviour::Trickle);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, took) = apply(&sb);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(run.stderr.contains("upload file"), "{run:?}");
+    assert!(run.stderr.contains("timed out"), "{run:?}");
+    // Each attempt was cut at the timeout, long before the 10,000 s the
+    // whole body would take.
+    let sent = server.sent.load(Ordering::SeqCst);
+    let attempts = server.requests.load(Ordering::SeqCst);
+    assert!(sent <= attempts * 10, "{sent} bytes in {attempts} attempts");
+}
+
+#[test]
+fn garbage_json_names_the_call_the_status_the_request_and_an_excerpt() {
+    let server = Hostile::start(Behaviour::Garbage);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, took) = apply(&sb);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(
+        run.stderr.contains(
+            "HTTP 200 (request req_hostile_1): the answer is not the JSON this API sends"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains(r#"it begins: {"id": "file-1", "object": tru"#),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("upload file hostile.chunk-1.attempt-1.jsonl failed"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn an_html_error_page_is_named_by_its_title_and_retried() {
+    let server = Hostile::start(Behaviour::Html(502));
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, took) = apply(&sb);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(
+        run.stderr
+            .contains(r#"HTTP 502: an HTML page titled "502 Bad Gateway""#),
+        "{run:?}"
+    );
+    // A 5xx is transient: tried again within the call and by the runner.
+    assert!(server.requests.load(Ordering::SeqCst) >= 6, "{run:?}");
+    assert!(!run.stderr.contains("<center>"), "{run:?}");
+}
+
+#[test]
+fn an_html_page_with_200_is_not_taken_for_an_answer() {
+    let server = Hostile::start(Behaviour::Html(200));
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, took) = apply(&sb);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(
+        run.stderr.contains(
+            r#"HTTP 200: the answer is an HTML page titled "200 Bad Gateway", not the JSON this API sends"#
+        ),
+        "{run:?}"
+    );
+}
+
+/// The largest resident set of the children this test process waited for,
+/// in bytes (each nextest test is its own process, so: the binary's).
+fn children_max_rss() -> u64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
+    u.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn a_200_with_an_endless_body_is_cut_at_the_cap_and_memory_stays_bounded() {
+    let server = Hostile::start(Behaviour::Endless);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, took) = apply(&sb);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(
+        run.stderr.contains(
+            "HTTP 200: the answer is more than 8 MiB, above the 8 MiB this call accepts (stopped reading)"
+        ),
+        "{run:?}"
+    );
+    // The client hung up soon after the cap, each time: far from the 200 MB
+    // on offer (socket buffers take a few MB more).
+    let sent = server.sent.load(Ordering::SeqCst);
+    let attempts = server.requests.load(Ordering::SeqCst);
+    assert!(
+        sent < attempts * 24_000_000,
+        "{sent} bytes sent in {attempts} requests"
+    );
+    let rss = children_max_rss();
+    assert!(rss < 150_000_000, "peak RSS {rss} bytes");
+    // Nothing of the body reached a log or the state.
+    for (path, bytes) in state_bytes(&sb) {
+        assert!(bytes.len() < 1_000_000, "{path}: {} bytes", bytes.len());
+    }
+}
+
+#[test]
+fn escapes_and_megabytes_in_a_message_reach_no_terminal_log_or_state() {
+    let server = Hostile::start(Behaviour::Escapes);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, _) = apply(&sb);
+    // A 400 on upload is final: the run stops with a runtime error.
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("bad request"), "{run:?}");
+    // The request id is cut too.
+    assert!(run.stderr.contains("(request req_999"), "{run:?}");
+    assert!(!run.stderr.contains(&"9".repeat(200)), "{run:?}");
+    assert!(!run.stderr.contains('\u{1b}'), "{run:?}");
+    assert!(!run.stderr.contains('\u{7}'), "{run:?}");
+    assert!(
+        run.stderr.len() < 8_000,
+        "{} bytes of stderr",
+        run.stderr.len()
+    );
+    for (path, bytes) in state_bytes(&sb) {
+        let text = String::from_utf8_lossy(&bytes);
+        // The text files (sled's and the request index are binary).
+        if path.ends_with(".json") || path.ends_with(".jsonl") {
+            assert!(!text.contains('\u{1b}'), "{path} holds an escape");
+        }
+        assert!(!text.contains("\\u001b"), "{path} holds an escaped escape");
+        assert!(
+            !text.contains(&"A".repeat(2000)),
+            "{path} holds the whole message"
+        );
+    }
+}
+
+/// The same job on Anthropic's Message Batches API (the base URL has no `/v1`).
+fn anthropic_job(sb: &Sandbox, port: u16) {
+    batch_job(sb, &format!("http://127.0.0.1:{port}"));
+    let spec = sb
+        .read("job.yaml")
+        .replace("kind: openai", "kind: anthropic")
+        .replace("model: gpt-4o-mini", "model: claude-haiku-4-5");
+    sb.write("job.yaml", spec);
+}
+
+#[test]
+fn anthropic_garbage_and_hung_answers_end_in_time_with_the_call_named() {
+    for (behaviour, names) in [
+        (
+            Behaviour::Garbage,
+            "HTTP 200 (request req_hostile_1): the answer is not the JSON this API sends",
+        ),
+        (Behaviour::Hang, "timed out"),
+    ] {
+        let server = Hostile::start(behaviour);
+        let sb = Sandbox::new();
+        anthropic_job(&sb, server.port);
+        let (run, took) = apply(&sb);
+        // A create that may have happened is never repeated blindly: the
+        // chunk looks for it, keeps failing, and is given up for the run.
+        assert_eq!(run.code, 3, "{behaviour:?}: {run:?}");
+        assert!(took < Duration::from_secs(60), "{behaviour:?}: {took:?}");
+        assert!(run.stderr.contains("message batch"), "{run:?}");
+        assert!(run.stderr.contains(names), "{behaviour:?}: {run:?}");
+        assert!(run.stderr.contains("giving up the chunk"), "{run:?}");
+    }
+}
+
+#[test]
+fn a_result_line_of_200_mb_is_a_bad_line_not_a_200_mb_string() {
+    let server = Hostile::start(Behaviour::LongResultLine);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let (run, took) = apply(&sb);
+    // The rows have their good lines: graded, and the long line is named.
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(
+        run.stderr.contains(
+            ":1: the line is 200000000 bytes long, above the 32 MiB a result line may be"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(server.sent.load(Ordering::SeqCst), 200_000_000);
+    let out = sb.read("out/graded.csv");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(",7,")).count(),
+        6,
+        "{out}"
+    );
+    // Read back a line at a time, never whole: the binary peaks near its
+    // usual ~110 MB plus the 32 MiB cap, where holding the line would add
+    // its 200 MB.
+    let rss = children_max_rss();
+    assert!(rss < 220_000_000, "peak RSS {rss} bytes");
+}
