@@ -162,6 +162,14 @@ fn direct_eight_kills_under_faults_resend_only_what_was_unrecorded() {
             "{report:#}"
         );
     }
+    // Short, never over: each of input and output tokens.
+    for i in 0..2 {
+        assert!(
+            report["ledger_tokens"][i].as_u64().unwrap()
+                <= report["clean_bill"][i].as_u64().unwrap(),
+            "{report:#}"
+        );
+    }
     assert_eq!(report["kills"], 8, "{report:#}\n{stderr}");
     assert_eq!(report["completed"], true, "{report:#}");
     assert_eq!(report["duplicates"], 0, "{report:#}");
