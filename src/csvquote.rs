@@ -172,8 +172,9 @@ mod tests {
 
     #[test]
     fn the_closing_quote_must_end_the_field() {
-        // (text, Some((offset of the opening quote, offset of the stray byte)))
-        let cases: &[(&[u8], Option<(u64, u64)>)] = &[
+        // (text, where the quote opened and the stray byte is)
+        type Case = (&'static [u8], Option<(u64, u64)>);
+        let cases: &[Case] = &[
             (b"a,b\n", None),
             (b"a,\"b\"\n", None),
             (b"a,\"b\",c\n", None),

@@ -162,6 +162,7 @@ fn direct_eight_kills_under_faults_resend_only_what_was_unrecorded() {
             "{report:#}"
         );
     }
+    assert_eq!(code, i32::from(!findings.is_empty()), "{stderr}");
     // Short, never over: each of input and output tokens.
     for i in 0..2 {
         assert!(
