@@ -7,12 +7,17 @@
 //! every ledger line of the job: what the answers carry beyond the ledger
 //! was a killed run's, and goes in as one line.
 //!
-//! It can fall short, never count an answer twice: the ledger side also
-//! holds answers no longer in the plan (rows changed since), which only
-//! shrinks the difference; input and output tokens are compared apart, each
-//! floored at zero. Answers re-sent because a kill lost them before they
-//! were durable were billed twice by the provider; the state never saw the
-//! lost copy, so the ledger holds each answer once.
+//! It can fall short: the ledger side also holds answers no longer in the
+//! plan (rows changed since), which only shrinks the difference; input and
+//! output tokens are compared apart, each floored at zero. Answers re-sent
+//! because a kill lost them before they were durable were billed twice by
+//! the provider; the state never saw the lost copy, so the ledger holds each
+//! answer once. One case counts more than was paid: two rows with the same
+//! request (same text) share one answer, and the held side counts it for
+//! each row; when a kill falls after the first was answered and before the
+//! second was sent, the second is never sent, yet its tokens are recovered.
+//! That is one answer's tokens per such row, the same as an uninterrupted
+//! run pays for it (it sends both).
 
 /// The tokens (input, output) of `held`, the answers the state holds, that
 /// no line of `job` in the ledger text accounts for.
