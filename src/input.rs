@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::csvquote::{self, QuoteCheck};
 use crate::spec::Format;
 
 #[derive(Debug, thiserror::Error)]
@@ -179,16 +180,21 @@ pub fn total_bytes(sources: &[Source]) -> u64 {
         .sum()
 }
 
-/// Counts bytes read, for progress reporting.
+/// Counts bytes read, for progress reporting; for a CSV file, also follows
+/// its quoting as the bytes go by (`csvquote`).
 struct Counting<R> {
     inner: R,
     count: Arc<AtomicU64>,
+    quotes: Option<QuoteCheck>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(q) = &mut self.quotes {
+            q.feed(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -269,6 +275,7 @@ impl RowReader {
         let counting = Counting {
             inner: open()?,
             count: self.bytes.clone(),
+            quotes: (src.format == Format::Csv).then(QuoteCheck::default),
         };
         let reader = match src.format {
             Format::Csv => {
@@ -278,8 +285,14 @@ impl RowReader {
                     .from_reader(counting);
                 let names: Vec<String> = match rdr.headers() {
                     Ok(h) => h.iter().map(str::to_string).collect(),
-                    Err(e) => return Err(csv_error(&src.path, e, 0)),
+                    Err(e) => {
+                        return Err(stray_text(&rdr, &src.path, 0, 1, None)
+                            .unwrap_or_else(|| csv_error(&src.path, e, 0)));
+                    }
                 };
+                if let Some(e) = stray_text(&rdr, &src.path, 0, 1, None) {
+                    return Err(e);
+                }
                 if names.is_empty() || (names.len() == 1 && names[0].is_empty()) {
                     return Err(InputError::BadFile {
                         path: src.path.clone(),
@@ -388,10 +401,19 @@ impl RowReader {
                 let start = rdr.position().byte();
                 let start_line = rdr.position().line();
                 let mut record = csv::StringRecord::with_capacity(hint.0, hint.1);
+                let row = Some(self.number + 1);
                 match rdr.read_record(&mut record) {
                     Ok(false) => return None,
                     Ok(true) => {}
-                    Err(e) => return Some(Err(csv_error(path, e, *line_shift))),
+                    Err(e) => {
+                        // Stray text after a quote is the likelier cause of
+                        // a row with too many or too few fields.
+                        return Some(Err(stray_text(rdr, path, start, start_line, row)
+                            .unwrap_or_else(|| csv_error(path, e, *line_shift))));
+                    }
+                }
+                if let Some(e) = stray_text(rdr, path, start, start_line, row) {
+                    return Some(Err(e));
                 }
                 let line = record.position().map_or(0, |p| p.line()) + *line_shift;
                 let end = rdr.position().byte();
@@ -540,6 +562,58 @@ fn copy_span(
         *at += 1;
     }
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The error for text after the closing quote of a field that opened in
+/// the record read last (`start..` the parser's position, starting on line
+/// `start_line`), if the quote check saw one there: it names the line where
+/// the field's quote opened.
+fn stray_text(
+    rdr: &csv::Reader<Counting<File>>,
+    path: &Path,
+    start: u64,
+    start_line: u64,
+    row: Option<u64>,
+) -> Option<InputError> {
+    let s = rdr.get_ref().quotes.as_ref()?.first()?;
+    if s.opened >= rdr.position().byte() {
+        return None;
+    }
+    // The error path only: read the record's bytes again for its lines.
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
+        let mut bytes = Vec::new();
+        f.take(s.at.saturating_sub(start) + 16)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let bytes = match read() {
+        Ok(b) => b,
+        Err(source) => {
+            return Some(InputError::Open {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let lines_to = |offset: u64| {
+        let end = (offset.saturating_sub(start) as usize).min(bytes.len());
+        bytes[..end].iter().filter(|&&b| b == b'\n').count() as u64
+    };
+    let open_line = start_line + lines_to(s.opened);
+    let close_line = start_line + lines_to(s.at);
+    let from = (s.at.saturating_sub(start) as usize).min(bytes.len());
+    let after: String = String::from_utf8_lossy(&bytes[from..])
+        .chars()
+        .take_while(|c| !matches!(c, '\n' | '\r' | ','))
+        .take(10)
+        .collect();
+    Some(InputError::Bad {
+        path: path.to_path_buf(),
+        line: open_line,
+        message: csvquote::message(row, close_line, open_line, &after),
+    })
 }
 
 /// A CSV record that runs to the end of the file (`start..len`, starting on

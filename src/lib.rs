@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod cost;
 pub mod costs;
+pub mod csvquote;
 pub mod error;
 pub mod exit;
 pub mod grades;

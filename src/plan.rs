@@ -95,7 +95,7 @@ pub struct Prepared {
 /// Check what a plan of `spec` needs from outside the state: prices, prompt
 /// files, the output path, the inputs (hashed, with everything else that
 /// decides the requests).
-pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
+pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>, ui: &Ui) -> Result<Prepared> {
     let mut warnings = Vec::new();
     let prices = PriceTable::load(pricing)?;
     // Direct mode pays standard prices: the plan keeps the prices the job pays.
@@ -138,7 +138,7 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         .iter()
         .map(|p| Source::new(p, spec.spec.input.format))
         .collect::<Result<Vec<_>, _>>()?;
-    let plan_hash = plan_hash(spec, &prompt, &sources, price.as_ref())?;
+    let plan_hash = plan_hash(spec, &prompt, &sources, price.as_ref(), ui)?;
     let (limits, limit_warnings) = Limits::from_spec(
         provider_limits(spec),
         spec.spec.chunking.max_requests,
@@ -841,6 +841,7 @@ fn plan_hash(
     prompt: &Prompt,
     sources: &[Source],
     price: Option<&cost::Price>,
+    ui: &Ui,
 ) -> Result<String> {
     #[derive(Serialize)]
     struct Inputs<'a> {
@@ -871,6 +872,10 @@ fn plan_hash(
     };
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&head).expect("plain data serializes"));
+    // Hashing reads every input once before planning: a multi-GB input
+    // takes seconds, which the meter shows.
+    let meter = ui.progress(crate::input::total_bytes(sources), "hashing the input");
+    let mut hashed = 0u64;
     for src in sources {
         let mut f = File::open(&src.path).map_err(|source| InputError::Open {
             path: src.path.clone(),
@@ -891,8 +896,11 @@ fn plan_hash(
                 break;
             }
             h.update(&buf[..n]);
+            hashed += n as u64;
+            meter.set_position(hashed);
         }
     }
+    meter.finish_and_clear();
     Ok(hex(&h.finalize()))
 }
 

@@ -162,6 +162,14 @@ fn crash_then_resume(point: &str) {
     assert_eq!(unique.len(), 3, "{ledger}");
 }
 
+/// Killed after the first of the plan's three units is written: the
+/// resume makes the other two (it used to go on with one, leaving two
+/// chunks never submitted and their rows not graded).
+#[test]
+fn kill_while_making_the_units() {
+    crash_then_resume("units");
+}
+
 #[test]
 fn kill_after_upload() {
     crash_then_resume("upload");

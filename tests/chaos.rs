@@ -1,10 +1,11 @@
-//! The short form of `bench/chaos`: a small multi-chunk job against the
-//! simulated provider in its own process, with about 10% of its API calls
-//! failing, creates that commit and then fail, flaky requests, expiring and
-//! token-limited batches, SIGKILLed 8 times (from outside and at protocol
-//! steps) and resumed until done. The script does the killing and the checks
-//! (from the server's `/_sim/stats` and the state folder); this test runs it
-//! with the debug binary and holds its report to the figures.
+//! The short form of `bench/chaos`, for each backend: a small multi-chunk
+//! job against the simulated provider in its own process, with about 10% of
+//! its API calls failing (and, for the batch APIs, creates that commit and
+//! then fail, flaky requests, expiring and token-limited batches), SIGKILLed
+//! 8 times (from outside and at protocol steps) and resumed until done. The
+//! script does the killing and the checks (from the server's `/_sim/stats`
+//! and the state folder); these tests run it with the debug binary and hold
+//! its report to the figures.
 
 use std::process::Command;
 
@@ -30,11 +31,13 @@ fn the_chaos_checks_see_the_defects_they_are_for() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-#[test]
-fn eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
+/// The short form's arguments for `mode`, in a fresh work folder.
+fn short_form(mode: &str, extra: &[&str]) -> (i32, Value, String) {
     let work = tempfile::tempdir().unwrap();
     let work_dir = work.path().join("chaos");
-    let (code, stdout, stderr) = chaos(&[
+    let mut args = vec![
+        "--mode",
+        mode,
         "--bin",
         env!("CARGO_BIN_EXE_batchgrader"),
         "--work",
@@ -43,21 +46,21 @@ fn eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
         "11",
         "--kills",
         "8",
-        "--rows",
-        "120",
-        "--chunk",
-        "10",
-        "--in-flight",
-        "3",
-        "--in-progress",
-        "300ms",
         "--hook-share",
         "0.4",
         "--json",
         "-v",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = chaos(&args);
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}), exit {code}:\n{stdout}\n{stderr}"));
+    (code, report, stderr)
+}
+
+/// What every batch mode must show: all checks passed, and they had
+/// something to check.
+fn assert_batch_report(code: i32, report: &Value, stderr: &str) {
     assert_eq!(
         report["findings"],
         serde_json::json!({}),
@@ -70,8 +73,7 @@ fn eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
     assert_eq!(report["duplicates"], 0);
     assert_eq!(report["output_identical"], true);
     assert_eq!(report["rows_out"], 120);
-    // Every chunk made a batch, and the ledger holds batches: the checks had
-    // something to check.
+    // Every chunk made a batch, and the ledger holds batches.
     assert!(
         report["batches_created"].as_u64().unwrap() >= 12,
         "{report:#}"
@@ -98,4 +100,74 @@ fn eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
         faults["token_limit_failures"].as_u64().unwrap() >= 1,
         "{report:#}"
     );
+}
+
+const BATCH_FORM: [&str; 10] = [
+    "--rows",
+    "120",
+    "--chunk",
+    "10",
+    "--in-flight",
+    "3",
+    "--in-progress",
+    "300ms",
+    "--fault-rate",
+    "0.10",
+];
+
+#[test]
+fn eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
+    let (code, report, stderr) = short_form("batch", &BATCH_FORM);
+    assert_batch_report(code, &report, &stderr);
+}
+
+/// Message Batches: no metadata and no file, so the checks read the
+/// requests and the submit identity from the tagged custom ids.
+#[test]
+fn anthropic_eight_kills_under_faults_lose_nothing_and_pay_nothing_twice() {
+    let (code, report, stderr) = short_form("anthropic", &BATCH_FORM);
+    assert_batch_report(code, &report, &stderr);
+}
+
+/// Direct mode: each request answered, at most what was in flight or
+/// unflushed at a kill sent again, and the same output.
+#[test]
+fn direct_eight_kills_under_faults_resend_only_what_was_unrecorded() {
+    let (code, report, stderr) = short_form(
+        "direct",
+        &[
+            "--rows",
+            "1000",
+            "--chunk",
+            "100",
+            "--in-flight",
+            "8",
+            "--fault-rate",
+            "0.10",
+        ],
+    );
+    assert_eq!(
+        report["findings"],
+        serde_json::json!({}),
+        "{report:#}\n{stderr}"
+    );
+    assert_eq!(code, 0, "{stderr}");
+    // The ledger holds each request's tokens once: a killed run's usage
+    // comes back from the outcome log at the next start.
+    assert_eq!(report["ledger_tokens"], report["clean_bill"], "{report:#}");
+    assert_eq!(report["kills"], 8, "{report:#}\n{stderr}");
+    assert_eq!(report["completed"], true, "{report:#}");
+    assert_eq!(report["duplicates"], 0, "{report:#}");
+    assert_eq!(report["output_identical"], true);
+    assert_eq!(report["rows_out"], 1000);
+    assert_eq!(report["requests"], 1000);
+    // Re-sent are exactly the answers lost at kills, each kill within bound.
+    assert_eq!(report["resent"], report["lost_at_kills"], "{report:#}");
+    assert!(
+        report["most_lost_at_one_kill"].as_u64().unwrap() <= report["loss_bound"].as_u64().unwrap(),
+        "{report:#}"
+    );
+    let faults = &report["faults"];
+    assert!(faults["injected_429"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(faults["injected_5xx"].as_u64().unwrap() > 0, "{report:#}");
 }

@@ -158,6 +158,67 @@ fn sigkill_mid_run_then_resume_resends_only_what_was_in_flight() {
         "only the requests without a recorded answer were sent again"
     );
     assert_eq!(sb.read("out/graded.csv"), want, "byte-identical output");
+    // The killed run wrote no ledger line (it writes every 30 s and at its
+    // end); the resume puts in what the first run recorded, so the ledger
+    // holds each answer's tokens once: what the server billed, less the
+    // answers it sent twice.
+    let ledger = ledger_tokens(&sb, "kill");
+    let stats = server.stats();
+    let billed = (
+        stats["chat_usage"]["input_tokens"].as_u64().unwrap(),
+        stats["chat_usage"]["output_tokens"].as_u64().unwrap(),
+    );
+    let held = outcome_tokens(&sb, "kill");
+    assert_eq!(ledger, held, "the ledger holds each recorded answer once");
+    assert!(
+        ledger.0 <= billed.0 && ledger.1 <= billed.1,
+        "{ledger:?} {billed:?}"
+    );
+    assert_eq!(
+        ledger == billed,
+        resent == 0,
+        "{ledger:?} {billed:?} {resent}"
+    );
+    let text = std::fs::read_to_string(sb.path("state/usage.jsonl")).unwrap();
+    assert!(text.contains("-recovered\""), "{text}");
+    // A run with nothing to do adds nothing.
+    let r = resume(&sb);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(ledger_tokens(&sb, "kill"), held);
+}
+
+/// The tokens of the job's lines in the cost ledger.
+fn ledger_tokens(sb: &Sandbox, job: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(sb.path("state/usage.jsonl")).unwrap_or_default();
+    let mut t = (0, 0);
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if v["job"] == job {
+            t.0 += v["input_tokens"].as_u64().unwrap();
+            t.1 += v["output_tokens"].as_u64().unwrap();
+        }
+    }
+    t
+}
+
+/// The tokens of the answers in the job's outcome log (the last line per
+/// request).
+fn outcome_tokens(sb: &Sandbox, job: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(sb.path(&format!("state/{job}/outcomes.jsonl"))).unwrap();
+    let mut last = std::collections::HashMap::new();
+    for l in text.lines() {
+        let json = l.split('\t').next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        last.insert(v["f"].as_str().unwrap().to_string(), v);
+    }
+    last.values()
+        .filter(|v| v["kind"] == "success")
+        .fold((0, 0), |t, v| {
+            (
+                t.0 + v["input_tokens"].as_u64().unwrap(),
+                t.1 + v["output_tokens"].as_u64().unwrap(),
+            )
+        })
 }
 
 #[test]

@@ -720,7 +720,18 @@ async fn direct_chat_completion_matches_the_batch_answer() {
         error(rejected, StatusCode::BAD_REQUEST).await["param"],
         "max_tokens"
     );
-    assert_eq!(api.stats().await["chat_completions"], 1);
+    let stats = api.stats().await;
+    assert_eq!(stats["chat_completions"], 1);
+    // What direct mode is billed: the answered completion's usage, the
+    // refused one's nothing.
+    assert_eq!(
+        stats["chat_usage"]["input_tokens"],
+        direct["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        stats["chat_usage"]["output_tokens"],
+        direct["usage"]["completion_tokens"]
+    );
     server.shutdown().await;
 }
 

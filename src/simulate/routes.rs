@@ -143,6 +143,8 @@ async fn chat_completions(State(app): AppState, body: Result<Bytes, BytesRejecti
     let n = {
         let mut db = app.db();
         db.counters.chat_completions += 1;
+        db.counters.chat_input_tokens += completion.prompt_tokens;
+        db.counters.chat_output_tokens += completion.completion_tokens;
         db.counters.chat_completions
     };
     let id = format!(
@@ -199,6 +201,10 @@ async fn stats(State(app): AppState) -> ApiResult {
             "batches_created": counters.batches_created,
             "batches_cancelled": counters.batches_cancelled,
             "chat_completions": counters.chat_completions,
+            "chat_usage": usage_json(Usage {
+                input_tokens: counters.chat_input_tokens,
+                output_tokens: counters.chat_output_tokens,
+            }),
             "usage": usage_json(total),
             "injected_429": counters.injected_429,
             "injected_5xx": counters.injected_5xx,

@@ -192,6 +192,10 @@ pub struct Counters {
     pub batches_created: u64,
     pub batches_cancelled: u64,
     pub chat_completions: u64,
+    /// The tokens of the chat completions answered: what direct mode is
+    /// billed, re-sent requests included.
+    pub chat_input_tokens: u64,
+    pub chat_output_tokens: u64,
     /// Calls answered with an injected 429 or 5xx. They reach the disk with
     /// the next save (an injected error changes nothing else).
     pub injected_429: u64,

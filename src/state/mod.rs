@@ -877,11 +877,33 @@ impl JobStore {
 /// Open the sled database. Our own lock is already held, and every command
 /// opens a job's store once, so sled's own lock is free.
 fn open_db(db_dir: &Path) -> Result<sled::Db, StateError> {
+    remove_unfinished_snapshots(db_dir);
     sled::Config::new()
         .path(db_dir)
         .cache_capacity(16 << 20)
         .open()
         .map_err(db_err(db_dir))
+}
+
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, fsyncs it and
+/// renames it to `snap.<lsn>`: the rename is the commit. A process killed
+/// before the rename leaves the unfinished file, and sled's next open takes
+/// it for the newest snapshot, fails its checksum and refuses the whole
+/// database as corrupt, for good (spacejam/sled#1527; found by bench/chaos,
+/// which killed a run during an open). The unfinished file never held a
+/// committed snapshot, so it goes before sled opens: the last renamed
+/// snapshot and the log after it are what sled then reads.
+fn remove_unfinished_snapshots(db_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(db_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Take the job's lock file. The OS releases it when the process dies, so a

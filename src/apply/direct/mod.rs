@@ -26,6 +26,7 @@
 
 mod commit;
 pub mod endpoints;
+mod ledger;
 pub mod pace;
 mod source;
 pub mod verdict;
@@ -140,6 +141,8 @@ pub struct DirectRunner<'a> {
     samples: VecDeque<(Instant, u64, u64)>,
     ledger_written: (u64, u64),
     ledger_seq: u32,
+    /// The tokens of the answers the state held for the plan at the last scan.
+    held: (u64, u64),
     /// Failures recorded in the current pass.
     pass_failures: u64,
 }
@@ -201,6 +204,7 @@ impl<'a> DirectRunner<'a> {
             samples: VecDeque::new(),
             ledger_written: (0, 0),
             ledger_seq: 0,
+            held: (0, 0),
             pass_failures: 0,
         })
     }
@@ -272,6 +276,7 @@ impl<'a> DirectRunner<'a> {
             }
         }
         self.tally = tally;
+        self.held = (input, output);
         self.spent_before = self.cost(input, output);
         self.run_input = 0;
         self.run_output = 0;
@@ -283,6 +288,7 @@ impl<'a> DirectRunner<'a> {
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
         journal::start_run(&self.store.layout().events());
         let mut to_send = self.scan()?;
+        self.recover_ledger();
         let estimate = self.plan.estimate.as_ref();
         let untouched = self.tally.settled() == 0;
         if let Some(reason) = decide::halt_before_start(
@@ -1008,6 +1014,49 @@ impl<'a> DirectRunner<'a> {
             Err(e) => self
                 .ui
                 .warn(&format!("cannot append to {}: {e}", ledger.display())),
+        }
+    }
+
+    /// The usage a killed run made durable and never put in the ledger
+    /// (`ledger::shortfall`), as one line.
+    fn recover_ledger(&mut self) {
+        let path = self.store.layout().ledger();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                self.ui
+                    .warn(&format!("cannot read {}: {e}", path.display()));
+                return;
+            }
+        };
+        let (i, o) = ledger::shortfall(&text, &self.spec.spec.name, self.held);
+        if i == 0 && o == 0 {
+            return;
+        }
+        let id = format!("{}-recovered", self.run_id);
+        let cost = self.cost(i, o);
+        let entry = LedgerEntry {
+            ts: state::now_secs(),
+            job: &self.spec.spec.name,
+            batch_id: &id,
+            provider: self.provider,
+            model: &self.plan.model,
+            input_tokens: i,
+            output_tokens: o,
+            cost_usd: cost,
+            standard_cost_usd: cost,
+            simulated: self.simulated,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
+        };
+        match journal::record_usage_once(&path, &entry) {
+            Ok(()) => self.event(&format!(
+                "the ledger was missing {i} input and {o} output tokens of answers an interrupted run recorded; added"
+            )),
+            Err(e) => self
+                .ui
+                .warn(&format!("cannot append to {}: {e}", path.display())),
         }
     }
 
