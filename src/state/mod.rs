@@ -75,6 +75,10 @@ impl StateError {
             ),
             StateError::TooNew { .. } => Some("upgrade batchgrader to work on this job".into()),
             StateError::Damaged { repair, .. } => Some(repair.clone()),
+            StateError::Db { dir, .. } => Some(format!(
+                "the job's database is {}; if another program holds or changed it, stop that program; if it is damaged, move the job's folder aside and plan the job again (the old folder keeps its results/ and events.jsonl, which name every batch sent)",
+                dir.display()
+            )),
             StateError::NoJob { .. } => {
                 Some("run `batchgrader plan SPEC` first, or pass --state to point at the right folder".into())
             }
@@ -86,7 +90,21 @@ impl StateError {
 fn db_err(dir: &Path) -> impl Fn(sled::Error) -> StateError + '_ {
     move |e| StateError::Db {
         dir: dir.to_path_buf(),
-        message: e.to_string(),
+        message: db_message(&e),
+    }
+}
+
+/// sled's own text for corruption is Rust debug output (`Read corrupted
+/// data at file offset None backtrace ()`): say it in words.
+fn db_message(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Corruption { .. } => {
+            "its files are damaged (the database found corrupted data)".into()
+        }
+        sled::Error::Io(io) => io.to_string(),
+        sled::Error::Unsupported(s) => s.clone(),
+        sled::Error::ReportableBug(s) => format!("internal error of the database: {s}"),
+        sled::Error::CollectionNotFound(_) => "a table of the database is missing".into(),
     }
 }
 
@@ -1005,6 +1023,29 @@ mod tests {
         wait_for_sled(tmp.path(), "j");
         let err = JobStore::open(tmp.path(), "j").err().unwrap();
         assert!(matches!(err, StateError::TooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn database_errors_are_said_in_words() {
+        let cases: [(sled::Error, &str); 3] = [
+            (
+                sled::Error::Corruption { at: None, bt: () },
+                "its files are damaged (the database found corrupted data)",
+            ),
+            (
+                sled::Error::Unsupported("a newer format".into()),
+                "a newer format",
+            ),
+            (
+                sled::Error::Io(std::io::Error::other("disk gone")),
+                "disk gone",
+            ),
+        ];
+        for (e, want) in cases {
+            let got = db_message(&e);
+            assert_eq!(got, want);
+            assert!(!got.contains("backtrace") && !got.contains("None"), "{got}");
+        }
     }
 
     #[test]
