@@ -575,8 +575,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let parser = self.parser()?;
         // Custom id → prompt tokens of each request to send again.
         let mut rows: HashMap<String, u64> = HashMap::new();
+        let meter = self
+            .ui
+            .progress_rows(self.plan.rows, "looking for requests to retry");
         for r in self.store.requests(self.generation()) {
             let r = r?;
+            if r.row.is_multiple_of(4096) {
+                meter.set_position(r.row);
+            }
             if r.seq.is_none() {
                 continue;
             }
@@ -593,6 +599,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 rows.insert(custom_id(r.row), r.tokens);
             }
         }
+        meter.finish_and_clear();
         if rows.is_empty() {
             return Ok(vec![]);
         }

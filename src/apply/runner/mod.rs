@@ -222,6 +222,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 if let Some(reason) = self.halt_reason(&units) {
                     return self.finish(Ending::Halted(reason)).await;
                 }
+                // Every request has a final outcome: nothing to retry, and
+                // no need to read millions of outcomes to find that out.
+                if self.tally.pending == 0 {
+                    return self.finish(Ending::Finished).await;
+                }
                 self.set_step(&units, "looking for requests to retry");
                 let retries = self.plan_retries(&units)?;
                 self.step = None;
