@@ -12,6 +12,14 @@
 //! claims lines whose slots were lost. A missing or unreadable table is
 //! rebuilt from the log.
 //!
+//! A table of up to `MAP_UP_TO` bytes (about 2,700,000 requests) is mapped
+//! into memory (`Mapped`): a lookup is then a few memory reads, where a
+//! positioned read costs a system call per probe (in a profile of a
+//! 1,000,000-row apply those calls took a fifth of the client's CPU). A
+//! bigger table is read and written with positioned I/O: mapped, its pages
+//! counted as the process's memory (a 10,000,000-row apply peaked at 360 MB)
+//! and every first write to a page cost a page fault in the file system.
+//!
 //! Layout: a 64-byte header (magic, capacity, entries, bytes of the log
 //! covered), then `capacity` slots of 24 bytes: the fingerprint (16 bytes)
 //! and a packed word (offset of the line + 1 in the low 40 bits, a success
@@ -112,17 +120,6 @@ impl Mapped {
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
-    /// Let go of the pages this process has touched: they stay in the page
-    /// cache (dirty ones are still written back), but no longer count as
-    /// the process's memory. For a shared file mapping this loses nothing.
-    fn release(&self) {
-        // SAFETY: the range is exactly the live mapping; MADV_DONTNEED on a
-        // shared file mapping only drops page-table entries.
-        unsafe {
-            libc::madvise(self.ptr.cast(), self.len, libc::MADV_DONTNEED);
-        }
-    }
-
     /// Write the changed pages to the file, and wait for the disk.
     fn sync(&self) -> std::io::Result<()> {
         // SAFETY: the range is exactly the live mapping.
@@ -142,16 +139,60 @@ impl Drop for Mapped {
     }
 }
 
-/// A table bigger than this has its pages let go every `RELEASE_EVERY`
-/// lookups, so that memory stays flat however big the job (a table of
-/// 10,000,000 requests is about 400 MB; its lookups land all over it).
-const RELEASE_ABOVE: usize = 64 << 20;
-const RELEASE_EVERY: u32 = 8192;
+/// The biggest table that is mapped.
+const MAP_UP_TO: u64 = 64 << 20;
+/// Slots read per probe step with positioned reads (192 bytes).
+const PROBE: usize = 8;
+
+/// Where the table's bytes are reached: mapped, or through the file.
+enum Store {
+    Mapped(Mapped),
+    File(File),
+}
+
+impl Store {
+    fn new(file: File, size: u64, map: bool) -> std::io::Result<Store> {
+        Ok(if map {
+            Store::Mapped(Mapped::new(&file, size)?)
+        } else {
+            Store::File(file)
+        })
+    }
+
+    fn read(&self, at: u64, out: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Store::Mapped(m) => {
+                let at = at as usize;
+                out.copy_from_slice(&m.bytes()[at..at + out.len()]);
+                Ok(())
+            }
+            Store::File(f) => f.read_exact_at(out, at),
+        }
+    }
+
+    fn write(&mut self, at: u64, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Store::Mapped(m) => {
+                let at = at as usize;
+                m.bytes_mut()[at..at + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            Store::File(f) => f.write_all_at(data, at),
+        }
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        match self {
+            Store::Mapped(m) => m.sync(),
+            Store::File(f) => f.sync_data(),
+        }
+    }
+}
 
 pub struct Index {
-    map: Mapped,
-    /// Lookups since the pages were last let go.
-    touched: std::cell::Cell<u32>,
+    store: Store,
+    /// Tables up to this size are mapped (`MAP_UP_TO`; tests lower it).
+    map_up_to: u64,
     path: PathBuf,
     capacity: u64,
     count: u64,
@@ -178,8 +219,8 @@ impl Index {
             return Ok(None);
         }
         Ok(Some(Index {
-            map: Mapped::new(&file, size)?,
-            touched: 0.into(),
+            store: Store::new(file, size, size <= MAP_UP_TO)?,
+            map_up_to: MAP_UP_TO,
             path: path.to_path_buf(),
             capacity,
             count,
@@ -189,6 +230,10 @@ impl Index {
 
     /// A new, empty table with room for `entries` (replacing any file).
     pub fn create(path: &Path, entries: u64) -> std::io::Result<Index> {
+        Index::create_as(path, entries, MAP_UP_TO)
+    }
+
+    fn create_as(path: &Path, entries: u64, map_up_to: u64) -> std::io::Result<Index> {
         let capacity = capacity_for(entries);
         let file = OpenOptions::new()
             .read(true)
@@ -200,8 +245,8 @@ impl Index {
         let size = HEADER + capacity * SLOT as u64;
         file.set_len(size)?;
         let mut index = Index {
-            map: Mapped::new(&file, size)?,
-            touched: 0.into(),
+            store: Store::new(file, size, size <= map_up_to)?,
+            map_up_to,
             path: path.to_path_buf(),
             capacity,
             count: 0,
@@ -214,20 +259,35 @@ impl Index {
     /// Count the entries again from the slots. The header's count is
     /// written with its mark; after a crash both are behind the slots.
     pub fn recount(&mut self) -> std::io::Result<()> {
-        self.count = self.slots().filter(|&(_, word)| word != 0).count() as u64;
+        let mut count = 0u64;
+        self.each_slot(|_, word| {
+            count += u64::from(word != 0);
+            Ok(())
+        })?;
+        self.count = count;
         Ok(())
     }
 
-    /// Every slot: (fingerprint, packed word).
-    fn slots(&self) -> impl Iterator<Item = (u128, u64)> + '_ {
-        self.map.bytes()[HEADER as usize..]
-            .chunks_exact(SLOT)
-            .map(|slot| {
-                (
+    /// Every slot in order, a block at a time: (fingerprint, packed word).
+    fn each_slot(
+        &self,
+        mut f: impl FnMut(u128, u64) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut block = vec![0u8; SLOT * 4096];
+        let mut at = 0u64;
+        while at < self.capacity {
+            let n = 4096.min(self.capacity - at) as usize;
+            let bytes = &mut block[..n * SLOT];
+            self.store.read(HEADER + at * SLOT as u64, bytes)?;
+            for slot in bytes.chunks_exact(SLOT) {
+                f(
                     u128::from_le_bytes(slot[..16].try_into().expect("16 bytes")),
                     u64::from_le_bytes(slot[16..].try_into().expect("8 bytes")),
-                )
-            })
+                )?;
+            }
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// Bytes of the log the table reflects.
@@ -247,26 +307,21 @@ impl Index {
     /// The slot holding `fp`, or the empty slot where it would go, with
     /// that slot's packed word (0 when empty).
     fn find(&self, fp: u128) -> std::io::Result<(u64, u64)> {
-        if self.map.len > RELEASE_ABOVE {
-            let n = self.touched.get() + 1;
-            if n >= RELEASE_EVERY {
-                self.map.release();
-                self.touched.set(0);
-            } else {
-                self.touched.set(n);
-            }
-        }
-        let table = &self.map.bytes()[HEADER as usize..];
-        let want = fp.to_le_bytes();
         let mut at = self.home(fp);
+        let mut buf = [0u8; SLOT * PROBE];
+        let want = fp.to_le_bytes();
         loop {
-            let slot = &table[at as usize * SLOT..(at as usize + 1) * SLOT];
-            let word = u64::from_le_bytes(slot[16..].try_into().expect("8 bytes"));
-            if word == 0 || slot[..16] == want {
-                return Ok((at, word));
+            let n = PROBE.min((self.capacity - at) as usize);
+            let bytes = &mut buf[..n * SLOT];
+            self.store.read(HEADER + at * SLOT as u64, bytes)?;
+            for (k, slot) in bytes.chunks_exact(SLOT).enumerate() {
+                let word = u64::from_le_bytes(slot[16..].try_into().expect("8 bytes"));
+                if word == 0 || slot[..16] == want {
+                    return Ok((at + k as u64, word));
+                }
             }
             // The table is never full (MAX_LOAD), so an empty slot comes.
-            at = (at + 1) % self.capacity;
+            at = (at + n as u64) % self.capacity;
         }
     }
 
@@ -287,8 +342,7 @@ impl Index {
         let mut slot = [0u8; SLOT];
         slot[..16].copy_from_slice(&fp.to_le_bytes());
         slot[16..].copy_from_slice(&entry.pack().to_le_bytes());
-        let start = HEADER as usize + at as usize * SLOT;
-        self.map.bytes_mut()[start..start + SLOT].copy_from_slice(&slot);
+        self.store.write(HEADER + at * SLOT as u64, &slot)?;
         if word == 0 {
             self.count += 1;
         }
@@ -306,15 +360,16 @@ impl Index {
 
     fn grow(&mut self, entries: u64) -> std::io::Result<()> {
         let tmp = self.path.with_extension("idx.tmp");
-        let mut bigger = Index::create(&tmp, entries.max(self.count * 2))?;
-        for (fp, word) in self.slots() {
+        let mut bigger = Index::create_as(&tmp, entries.max(self.count * 2), self.map_up_to)?;
+        self.each_slot(|fp, word| {
             if word != 0 {
                 bigger.put(fp, Entry::unpack(word))?;
             }
-        }
+            Ok(())
+        })?;
         bigger.covered = self.covered;
         bigger.write_header()?;
-        bigger.map.sync()?;
+        bigger.store.sync()?;
         std::fs::rename(&tmp, &self.path)?;
         bigger.path = self.path.clone();
         *self = bigger;
@@ -324,7 +379,7 @@ impl Index {
     /// Record that the log's first `covered` bytes are in the table: the
     /// slots reach the disk first.
     pub fn set_covered(&mut self, covered: u64) -> std::io::Result<()> {
-        self.map.sync()?;
+        self.store.sync()?;
         self.covered = covered;
         self.write_header()
     }
@@ -335,8 +390,7 @@ impl Index {
         h[8..16].copy_from_slice(&self.capacity.to_le_bytes());
         h[16..24].copy_from_slice(&self.count.to_le_bytes());
         h[24..32].copy_from_slice(&self.covered.to_le_bytes());
-        self.map.bytes_mut()[..HEADER as usize].copy_from_slice(&h);
-        Ok(())
+        self.store.write(0, &h)
     }
 }
 
@@ -371,9 +425,17 @@ mod tests {
 
     #[test]
     fn put_get_grow_and_reopen() {
+        // Mapped (the default for small tables), and through the file.
+        for map_up_to in [MAP_UP_TO, 0] {
+            put_get_grow_and_reopen_with(map_up_to);
+        }
+    }
+
+    fn put_get_grow_and_reopen_with(map_up_to: u64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
-        let mut ix = Index::create(&path, 10).unwrap();
+        let mut ix = Index::create_as(&path, 10, map_up_to).unwrap();
+        assert_eq!(matches!(ix.store, Store::Mapped(_)), map_up_to > 0);
         assert_eq!(ix.capacity, MIN_CAPACITY);
         // Fingerprints that share their low 64 bits probe past each other.
         let fps: Vec<u128> = (0..20_000u128)
@@ -389,6 +451,11 @@ mod tests {
             ix.put(fp, e(i as u64 * 10, Some(10), i % 2 == 0)).unwrap();
         }
         assert!(ix.capacity > MIN_CAPACITY, "grew");
+        assert_eq!(
+            matches!(ix.store, Store::Mapped(_)),
+            map_up_to > 0,
+            "kept its store"
+        );
         // Overwrites do not add entries.
         ix.put(fps[3], e(999, Some(5), true)).unwrap();
         assert_eq!(ix.len(), fps.len() as u64);
