@@ -105,6 +105,58 @@ pub struct Summary {
     pub receipt: crate::status::Receipt,
 }
 
+impl Ending {
+    /// The word the summary and `--json` use.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Ending::Finished => "finished",
+            Ending::Detached => "detached",
+            Ending::Interrupted => "interrupted",
+            Ending::Halted(_) => "halted",
+        }
+    }
+}
+
+/// What a run ended with, for `Summary::of`: both runners (batch and
+/// direct) end the same way.
+pub struct RunEnd<'a> {
+    pub job: &'a str,
+    pub ending: &'a Ending,
+    pub plan: &'a PlanRecord,
+    /// The output pass's counts and statistics (default when none was written).
+    pub graded: Graded,
+    /// The final snapshot: costs and receipt.
+    pub snap: &'a crate::status::Snapshot,
+    pub output_path: Option<String>,
+    pub simulated: bool,
+    pub message: Option<String>,
+}
+
+impl Summary {
+    pub fn of(end: RunEnd) -> Summary {
+        let w = end.graded.written;
+        Summary {
+            job: end.job.to_string(),
+            ending: end.ending.word().to_string(),
+            rows: end.plan.rows,
+            graded: w.ok,
+            parse_failures: w.parse_errors,
+            failed: w.failed,
+            not_graded: w.not_graded,
+            already_graded_before: end.plan.already_done,
+            estimated_cost_usd: end.snap.estimated_cost_usd,
+            actual_cost_usd: end.snap.actual_cost_usd,
+            output_path: end.output_path,
+            distribution: end.graded.distribution,
+            grades: end.graded.grades,
+            parse_failures_by_reason: end.graded.parse_failures_by_reason,
+            simulated: end.simulated,
+            message: end.message,
+            receipt: end.snap.receipt,
+        }
+    }
+}
+
 /// Where the process may be killed on purpose, for the crash-safety tests.
 /// `BATCHGRADER_TEST_KILL_AT=<point>` sends SIGKILL to this process right
 /// after that step; nothing else reads it.

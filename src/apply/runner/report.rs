@@ -119,33 +119,16 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         if let Some(line) = self.throughput.line() {
             self.event(None, &line);
         }
-        let graded = written.unwrap_or_default();
-        let w = graded.written;
-        let summary = Summary {
-            job: self.job().to_string(),
-            ending: match &ending {
-                Ending::Finished => "finished",
-                Ending::Detached => "detached",
-                Ending::Interrupted => "interrupted",
-                Ending::Halted(_) => "halted",
-            }
-            .to_string(),
-            rows: self.plan.rows,
-            graded: w.ok,
-            parse_failures: w.parse_errors,
-            failed: w.failed,
-            not_graded: w.not_graded,
-            already_graded_before: self.plan.already_done,
-            estimated_cost_usd: snap.estimated_cost_usd,
-            actual_cost_usd: snap.actual_cost_usd,
+        let summary = Summary::of(crate::apply::RunEnd {
+            job: self.job(),
+            ending: &ending,
+            plan: self.plan,
+            graded: written.unwrap_or_default(),
+            snap: &snap,
             output_path: out_path,
-            distribution: graded.distribution,
-            grades: graded.grades,
-            parse_failures_by_reason: graded.parse_failures_by_reason,
             simulated: self.simulated,
             message,
-            receipt: snap.receipt,
-        };
+        });
         Ok((ending, summary))
     }
 }
