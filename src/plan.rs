@@ -479,7 +479,7 @@ fn build(
     let records = RequestWriter::create(scratch)
         .map_err(|e| Error::io("create request records in", scratch, e))?;
     let builder = request_builder(spec, prompt);
-    let fixed_tokens = counter.fixed_chat_tokens_on_pool(prompt.system.as_deref()) as u64;
+    let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
     let id_column = spec.spec.input.id.as_deref();
 
     let mut reader = RowReader::new(sources.clone(), false);

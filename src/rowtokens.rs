@@ -98,9 +98,7 @@ impl Target {
         mut visit: impl FnMut(&Row, u64, &[Source]) -> Result<()>,
     ) -> Result<()> {
         let fixed = match &self.kind {
-            Kind::Spec { prompt, .. } => {
-                counter.fixed_chat_tokens_on_pool(prompt.system.as_deref()) as u64
-            }
+            Kind::Spec { prompt, .. } => counter.fixed_chat_tokens(prompt.system.as_deref()) as u64,
             Kind::File { .. } => 0,
         };
         let mut reader = RowReader::new(self.sources.clone(), keep_raw);

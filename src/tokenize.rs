@@ -3,8 +3,6 @@
 //! count build one.
 
 use std::fmt;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tiktoken_rs::CoreBPE;
 
@@ -64,19 +62,23 @@ pub fn encoding_for_model(model: &str) -> (Encoding, bool) {
 /// encoder's regex (fancy-regex) keeps its scratch space in a pool that only
 /// the first thread to use it reaches without a lock; when two threads share
 /// one encoder, the pool's get/put took over 15% of a `plan` profile and
-/// counting ran about 20% slower than with one encoder per thread. An extra
-/// encoder costs ~350 ms (built on its own thread, in parallel) and ~50 MB.
+/// counting ran about 20% slower than with one encoder per thread.
+///
+/// An encoder costs ~350 ms to build and ~50 MB, so they are all built at
+/// once, each on a thread of its own: built one after the other (or the
+/// first up front and the others when their thread first counts), `plan`
+/// spent ~350 ms with one core idle before counting the first row. Past
+/// `MAX_ENCODERS` threads share them, which keeps memory bounded on large
+/// machines.
 pub struct Counter {
-    /// Built eagerly, so that a broken tokenizer fails at once; it serves
-    /// the first thread that counts.
-    first: CoreBPE,
-    /// Slot (see `slot`) + 1 of the thread that owns `first`; 0 while nobody does.
-    first_owner: AtomicUsize,
-    /// Encoders of the other threads, built when a thread first counts
-    /// (None if that build failed: the thread then shares `first`).
-    own: Vec<OnceLock<Option<CoreBPE>>>,
+    /// Pool thread `i` counts with `encoders[i % len]`; threads outside the
+    /// pool with `encoders[0]`.
+    encoders: Vec<CoreBPE>,
     pub encoding: Encoding,
 }
+
+/// At most this many encoders (~50 MB each).
+const MAX_ENCODERS: usize = 4;
 
 /// Chat format overhead, as OpenAI's cookbook counts it for current models:
 /// every message costs 3 tokens plus its role and content, and every reply
@@ -86,43 +88,26 @@ const REPLY_PRIMING: usize = 3;
 
 impl Counter {
     pub fn new(encoding: Encoding) -> Result<Counter, TokenizerError> {
-        let first = build(encoding)?;
-        // Slot 0 is every thread outside rayon's pool, then one per pool thread.
-        let own = (0..=rayon::current_num_threads())
-            .map(|_| OnceLock::new())
-            .collect();
-        Ok(Counter {
-            first,
-            first_owner: AtomicUsize::new(0),
-            own,
-            encoding,
-        })
-    }
-
-    /// The encoder of the calling thread.
-    fn bpe(&self) -> &CoreBPE {
-        let slot = rayon::current_thread_index().map_or(0, |i| i + 1);
-        let Some(own) = self.own.get(slot) else {
-            return &self.first;
-        };
-        let owner = self.first_owner.load(Ordering::Relaxed);
-        if owner == slot + 1
-            || (owner == 0
-                && self
-                    .first_owner
-                    .compare_exchange(0, slot + 1, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok())
-        {
-            return &self.first;
-        }
-        own.get_or_init(|| build(self.encoding).ok())
-            .as_ref()
-            .unwrap_or(&self.first)
+        let wanted = rayon::current_num_threads().clamp(1, MAX_ENCODERS);
+        // Each is built on the pool thread that will use it.
+        let encoders = rayon::broadcast(|ctx| (ctx.index() < wanted).then(|| build(encoding)))
+            .into_iter()
+            .flatten()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Counter { encoders, encoding })
     }
 
     /// Tokens in plain text; special-token text such as `<|endoftext|>` counts as ordinary text.
     pub fn count(&self, text: &str) -> usize {
-        self.bpe().count_ordinary(text)
+        match rayon::current_thread_index() {
+            Some(i) => self.encoders[i % self.encoders.len()].count_ordinary(text),
+            // A thread outside the pool counts on it. An encoder's regex
+            // keeps its scratch space in one pool, shared by its clones of
+            // the regex, that is fast only for the first thread that used
+            // it: a caller counting once (the system message) must not
+            // become that thread and leave a pool thread on the slow path.
+            None => rayon::join(|| self.count(text), || ()).0,
+        }
     }
 
     /// Tokens of one chat message, overhead included.
@@ -147,12 +132,21 @@ impl Counter {
             + self.message_tokens("user", "")
             + REPLY_PRIMING
     }
+}
 
-    /// `fixed_chat_tokens`, counted on a rayon pool thread, so that the
-    /// eager encoder goes to a thread that counts rows rather than to a
-    /// caller that counts once.
-    pub fn fixed_chat_tokens_on_pool(&self, system: Option<&str>) -> usize {
-        rayon::join(|| self.fixed_chat_tokens(system), || ()).0
+/// Freeing an encoder's ~400,000 small allocations took ~250 ms at the end
+/// of `plan`, on one core, after the work was done: they are freed on a
+/// thread of their own, which the process may end before it finishes.
+impl Drop for Counter {
+    fn drop(&mut self) {
+        let encoders = std::mem::take(&mut self.encoders);
+        if let Err(e) = std::thread::Builder::new()
+            .name("free-encoders".into())
+            .spawn(move || drop(encoders))
+        {
+            // No thread to be had: the memory is freed here instead.
+            drop(e);
+        }
     }
 }
 
