@@ -186,7 +186,16 @@ struct Counting<R> {
     inner: R,
     count: Arc<AtomicU64>,
     quotes: Option<QuoteCheck>,
+    digest: Option<Digest>,
 }
+
+/// A SHA-256 fed every byte the reader reads, file after file (see
+/// `RowReader::digest`).
+pub type Digest = Arc<std::sync::Mutex<sha2::Sha256>>;
+
+/// Put between files in an input digest, so that moving bytes from the end
+/// of one file to the start of the next changes it.
+pub const FILE_SEPARATOR: &[u8] = b"\0file\0";
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -194,6 +203,9 @@ impl<R: Read> Read for Counting<R> {
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(q) = &mut self.quotes {
             q.feed(&buf[..n]);
+        }
+        if let Some(d) = &self.digest {
+            sha2::Digest::update(&mut *lock(d), &buf[..n]);
         }
         Ok(n)
     }
@@ -233,6 +245,7 @@ pub struct RowReader {
     number: u64,
     keep_raw: bool,
     bytes: Arc<AtomicU64>,
+    digest: Option<Digest>,
 }
 
 impl RowReader {
@@ -244,7 +257,18 @@ impl RowReader {
             number: 0,
             keep_raw,
             bytes: Arc::new(AtomicU64::new(0)),
+            digest: None,
         }
+    }
+
+    /// Feed `digest` every byte read, each file preceded by
+    /// `FILE_SEPARATOR`. Every format's reader reads its file to the end
+    /// (a CSV or JSONL reader until it ends; a JSON array's reader checks
+    /// that only white space follows the array), so once every row has
+    /// been read the digest covers exactly the bytes the rows came from.
+    pub fn digest(mut self, digest: Digest) -> Self {
+        self.digest = Some(digest);
+        self
     }
 
     pub fn sources(&self) -> &[Source] {
@@ -276,7 +300,11 @@ impl RowReader {
             inner: open()?,
             count: self.bytes.clone(),
             quotes: (src.format == Format::Csv).then(QuoteCheck::default),
+            digest: self.digest.clone(),
         };
+        if let Some(d) = &self.digest {
+            sha2::Digest::update(&mut *lock(d), FILE_SEPARATOR);
+        }
         let reader = match src.format {
             Format::Csv => {
                 let mut rdr = csv::ReaderBuilder::new()
@@ -807,6 +835,13 @@ fn skip_bom(reader: &mut impl BufRead) {
     if reader.fill_buf().is_ok_and(|b| b.starts_with(BOM)) {
         reader.consume(BOM.len());
     }
+}
+
+/// The digest, even if a thread that held it panicked: a panic while
+/// hashing leaves no half-done update behind that matters, since the plan
+/// that panicked is not saved.
+fn lock(d: &Digest) -> std::sync::MutexGuard<'_, sha2::Sha256> {
+    d.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn read_json_array(

@@ -23,7 +23,7 @@ use crate::cost::{self, PriceTable, PricingError};
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputError, Row, RowReader, Source, row_place};
 use crate::output::{self, AddedColumns};
-use crate::prompt::{Prompt, PromptError, RequestBuilder, batch_line};
+use crate::prompt::{Prompt, PromptError, RequestBuilder};
 use crate::report::Ui;
 use crate::spec::{self, CheckedSpec};
 use crate::state::chunkfile::ChunkWriter;
@@ -67,7 +67,7 @@ pub fn row_fingerprint(
     row: &Row,
 ) -> Result<String, String> {
     let user = prompt.user.render(|k| row.get(k))?;
-    Ok(fingerprint(&builder.body(&user)))
+    Ok(builder.fingerprint(&builder.body(&user)))
 }
 
 /// Hash of a request body: the identity of a request across re-plans.
@@ -85,7 +85,8 @@ pub struct Prepared {
     price: Option<cost::Price>,
     prompt: Prompt,
     sources: Vec<Source>,
-    plan_hash: String,
+    /// The plan hash fed everything but the inputs' bytes.
+    head: Sha256,
     limits: Limits,
     encoding: Encoding,
     /// Warnings so far (price, tokenizer, limits); they end up in the plan.
@@ -93,9 +94,9 @@ pub struct Prepared {
 }
 
 /// Check what a plan of `spec` needs from outside the state: prices, prompt
-/// files, the output path, the inputs (hashed, with everything else that
-/// decides the requests).
-pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>, ui: &Ui) -> Result<Prepared> {
+/// files, the output path, the inputs (that they open), and start the plan
+/// hash with everything but the inputs' bytes.
+pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let mut warnings = Vec::new();
     let prices = PriceTable::load(pricing)?;
     // Direct mode pays standard prices: the plan keeps the prices the job pays.
@@ -138,7 +139,13 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>, ui: &Ui) -> Result<Pr
         .iter()
         .map(|p| Source::new(p, spec.spec.input.format))
         .collect::<Result<Vec<_>, _>>()?;
-    let plan_hash = plan_hash(spec, &prompt, &sources, price.as_ref(), ui)?;
+    for src in &sources {
+        File::open(&src.path).map_err(|source| InputError::Open {
+            path: src.path.clone(),
+            source,
+        })?;
+    }
+    let head = hash_head(spec, &prompt, price.as_ref());
     let (limits, limit_warnings) = Limits::from_spec(
         provider_limits(spec),
         spec.spec.chunking.max_requests,
@@ -151,7 +158,7 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>, ui: &Ui) -> Result<Pr
         price,
         prompt,
         sources,
-        plan_hash,
+        head,
         limits,
         encoding,
         warnings,
@@ -166,33 +173,33 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         price,
         prompt,
         sources,
-        plan_hash,
+        head,
         limits,
         encoding,
         warnings,
     } = prepared;
     let job = job_record(spec, store.job()?.map(|j| j.created_at));
     let previous = store.plan()?;
-    if let Some(prev) = &previous
-        && prev.plan_hash == plan_hash
-        && chunk_files_intact(store.layout(), prev)
-    {
-        store.put_job(&job)?;
-        return Ok(Planned {
-            job: spec.spec.name.clone(),
-            plan: prev.clone(),
-            changed: false,
-            job_dir: store.dir().to_path_buf(),
-        });
-    }
-
-    if let Some(prev) = &previous
-        && prev.plan_hash == plan_hash
-        && let Err(damage) = store.check_plan_files(prev, &spec.file.display().to_string())
-    {
-        // The same plan, but its files are damaged: make it again (rows
-        // already graded keep their answers), and say why.
-        ui.warn(&format!("{damage}; planning again"));
+    if let Some(prev) = &previous {
+        // Whether the saved plan still holds takes a pass over the inputs.
+        // A first plan skips it: its hash is taken as the rows are read.
+        let plan_hash = hash_inputs(head.clone(), &sources, ui)?;
+        if prev.plan_hash == plan_hash && chunk_files_intact(store.layout(), prev) {
+            store.put_job(&job)?;
+            return Ok(Planned {
+                job: spec.spec.name.clone(),
+                plan: prev.clone(),
+                changed: false,
+                job_dir: store.dir().to_path_buf(),
+            });
+        }
+        if prev.plan_hash == plan_hash
+            && let Err(damage) = store.check_plan_files(prev, &spec.file.display().to_string())
+        {
+            // The same plan, but its files are damaged: make it again (rows
+            // already graded keep their answers), and say why.
+            ui.warn(&format!("{damage}; planning again"));
+        }
     }
     if let Some(prev) = &previous {
         refuse_if_in_flight(store, prev)?;
@@ -208,8 +215,21 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     let scratch = store.layout().plan_scratch(generation);
     clean_scratch(store.layout())?;
 
+    // The plan's hash covers the bytes the rows were read from, not a
+    // pass over the files before: an input edited meanwhile cannot leave a
+    // plan whose hash says it was made from the edited file.
+    let digest = std::sync::Arc::new(std::sync::Mutex::new(head));
     let built = build(
-        spec, &prompt, sources, &counter, &limits, store, generation, &scratch, ui, &marker,
+        spec,
+        &prompt,
+        RowReader::new(sources, false).digest(digest.clone()),
+        &counter,
+        &limits,
+        store,
+        generation,
+        &scratch,
+        ui,
+        &marker,
     );
     drop(marker);
     let mut built = match built {
@@ -220,6 +240,12 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         }
     };
     built.warnings.splice(0..0, warnings);
+    let plan_hash = {
+        let mut d = digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        hex(&std::mem::take(&mut *d).finalize())
+    };
     let request_params = &spec.spec.request;
     let max_output = request_params
         .get("max_completion_tokens")
@@ -455,7 +481,7 @@ fn chunk_record(index: u32, generation: u64, span: chunking::Span, sha256: Strin
 fn build(
     spec: &CheckedSpec,
     prompt: &Prompt,
-    sources: Vec<Source>,
+    mut reader: RowReader,
     counter: &Counter,
     limits: &Limits,
     store: &JobStore,
@@ -482,7 +508,7 @@ fn build(
     let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
     let id_column = spec.spec.input.id.as_deref();
 
-    let mut reader = RowReader::new(sources.clone(), false);
+    let sources = reader.sources().to_vec();
     let sources = &sources[..];
     let bar = ui.progress(reader.total_bytes(), "reading");
     let mut sink = Sink {
@@ -510,10 +536,9 @@ fn build(
                     return Err(String::new());
                 }
                 let user = prompt.user.render(|k| row.get(k))?;
-                let body = builder.body(&user);
-                let fingerprint = fingerprint(&body);
+                let (line, body) = builder.line(&state::custom_id(row.number), &user);
+                let fingerprint = builder.fingerprint(&line[body]);
                 let tokens = fixed_tokens + counter.count(&user) as u64;
-                let line = batch_line(&state::custom_id(row.number), &body);
                 Ok(Rendered {
                     line,
                     fingerprint,
@@ -836,13 +861,9 @@ fn missing_column(spec: &CheckedSpec, sources: &[Source], row: &Row, name: &str)
 }
 
 /// Hash of everything that decides the requests and their chunks.
-fn plan_hash(
-    spec: &CheckedSpec,
-    prompt: &Prompt,
-    sources: &[Source],
-    price: Option<&cost::Price>,
-    ui: &Ui,
-) -> Result<String> {
+/// The plan hash fed everything that decides the requests except the
+/// inputs' bytes (`hash_inputs`, or the reader's digest, adds those).
+fn hash_head(spec: &CheckedSpec, prompt: &Prompt, price: Option<&cost::Price>) -> Sha256 {
     #[derive(Serialize)]
     struct Inputs<'a> {
         format: &'static str,
@@ -872,18 +893,23 @@ fn plan_hash(
     };
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&head).expect("plain data serializes"));
-    // Hashing reads every input once before planning: a multi-GB input
-    // takes seconds, which the meter shows.
+    h
+}
+
+/// The plan hash of the inputs as they are now: `head` and every input's
+/// bytes, fed as `RowReader::digest` feeds them.
+fn hash_inputs(mut h: Sha256, sources: &[Source], ui: &Ui) -> Result<String> {
+    // A multi-GB input takes seconds, which the meter shows.
     let meter = ui.progress(crate::input::total_bytes(sources), "hashing the input");
     let mut hashed = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
     for src in sources {
         let mut f = File::open(&src.path).map_err(|source| InputError::Open {
             path: src.path.clone(),
             source,
         })?;
-        h.update(b"\0file\0");
+        h.update(crate::input::FILE_SEPARATOR);
         // In pieces, so Ctrl-C is heard while a large input is hashed.
-        let mut buf = vec![0u8; 1 << 20];
         loop {
             if crate::interrupt::requested() {
                 return Err(Error::Interrupted { what: "planning" });

@@ -5,9 +5,11 @@
 //! one part that changes per row, the user message. That keeps every body
 //! byte-for-byte deterministic (the fingerprint depends on it) and cheap.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::spec::CheckedSpec;
 
@@ -104,15 +106,30 @@ impl Template {
     }
 
     /// Fill the template; `Err(name)` names the first placeholder `lookup` lacks.
-    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
-        let mut out = String::new();
+    pub fn render<'a>(
+        &self,
+        lookup: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Cow<'a, str>, String> {
+        let cell = |v: &String| lookup(v).ok_or_else(|| v.clone());
+        // The usual template is one cell: it is used as it is, not copied.
+        if let [Part::Var(v)] = &self.parts[..] {
+            return cell(v).map(Cow::Borrowed);
+        }
+        let mut len = 0;
+        for p in &self.parts {
+            len += match p {
+                Part::Lit(s) => s.len(),
+                Part::Var(v) => cell(v)?.len(),
+            };
+        }
+        let mut out = String::with_capacity(len);
         for p in &self.parts {
             match p {
                 Part::Lit(s) => out.push_str(s),
-                Part::Var(v) => out.push_str(lookup(v).ok_or_else(|| v.clone())?),
+                Part::Var(v) => out.push_str(cell(v)?),
             }
         }
-        Ok(out)
+        Ok(Cow::Owned(out))
     }
 }
 
@@ -165,10 +182,19 @@ impl Prompt {
 pub struct RequestBuilder {
     prefix: String,
     suffix: String,
+    /// SHA-256 fed `prefix`: every body starts with it, and it holds the
+    /// system message, which may be a long rubric with examples that would
+    /// otherwise be hashed again for every row.
+    prefix_hash: Sha256,
 }
 
-/// The endpoint every request line targets.
-pub const CHAT_URL: &str = "/v1/chat/completions";
+/// The endpoint every request line targets (a macro, for `concat!`).
+macro_rules! chat_url {
+    () => {
+        "/v1/chat/completions"
+    };
+}
+pub const CHAT_URL: &str = chat_url!();
 
 impl RequestBuilder {
     pub fn new(model: &str, system: Option<&str>, params: &Map<String, Value>) -> Self {
@@ -189,26 +215,86 @@ impl RequestBuilder {
             suffix.push_str(&v.to_string());
         }
         suffix.push('}');
-        RequestBuilder { prefix, suffix }
+        let prefix_hash = Sha256::new_with_prefix(prefix.as_bytes());
+        RequestBuilder {
+            prefix,
+            suffix,
+            prefix_hash,
+        }
+    }
+
+    /// `crate::plan::fingerprint(body)`, without hashing the part every
+    /// body of this builder starts with again.
+    pub fn fingerprint(&self, body: &str) -> String {
+        let digest = match body.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => self.prefix_hash.clone().chain_update(rest).finalize(),
+            None => Sha256::digest(body),
+        };
+        crate::hex::lower(&digest[..16])
     }
 
     /// The JSON body for one user message.
     pub fn body(&self, user: &str) -> String {
-        let mut out =
-            String::with_capacity(self.prefix.len() + user.len() + self.suffix.len() + 16);
-        out.push_str(&self.prefix);
-        out.push_str(&json_str(user));
-        out.push_str(&self.suffix);
-        out
+        let mut out = Vec::with_capacity(self.prefix.len() + user.len() + self.suffix.len() + 16);
+        self.write_body(&mut out, user);
+        String::from_utf8(out).expect("JSON made of strings is UTF-8")
     }
+
+    /// `batch_line(custom_id, &self.body(user))` in one buffer, and where
+    /// in it the body is. `plan` makes one per row: built in pieces, the
+    /// escaped text, the body and the line were each a copy of the row's
+    /// text, and larger than the allocator's per-thread cache serves.
+    pub fn line(&self, custom_id: &str, user: &str) -> (String, std::ops::Range<usize>) {
+        let mut out = Vec::with_capacity(
+            LINE_HEAD.len()
+                + custom_id.len()
+                + LINE_MIDDLE.len()
+                + self.prefix.len()
+                + user.len()
+                + user.len() / 8
+                + self.suffix.len()
+                + 8,
+        );
+        out.extend_from_slice(LINE_HEAD.as_bytes());
+        write_json_str(&mut out, custom_id);
+        out.extend_from_slice(LINE_MIDDLE.as_bytes());
+        let start = out.len();
+        self.write_body(&mut out, user);
+        let end = out.len();
+        out.push(b'}');
+        let line = String::from_utf8(out).expect("JSON made of strings is UTF-8");
+        (line, start..end)
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>, user: &str) {
+        out.extend_from_slice(self.prefix.as_bytes());
+        write_json_str(out, user);
+        out.extend_from_slice(self.suffix.as_bytes());
+    }
+}
+
+/// A batch line is `LINE_HEAD` custom_id `LINE_MIDDLE` body `}`.
+const LINE_HEAD: &str = "{\"custom_id\":";
+const LINE_MIDDLE: &str = concat!(
+    ",\"method\":\"POST\",\"url\":\"",
+    chat_url!(),
+    "\",\"body\":"
+);
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("a string always serializes");
 }
 
 /// One line of a batch input file, without the trailing newline.
 pub fn batch_line(custom_id: &str, body: &str) -> String {
-    format!(
-        "{{\"custom_id\":{},\"method\":\"POST\",\"url\":\"{CHAT_URL}\",\"body\":{body}}}",
-        json_str(custom_id)
-    )
+    let mut out =
+        Vec::with_capacity(LINE_HEAD.len() + custom_id.len() + LINE_MIDDLE.len() + body.len() + 8);
+    out.extend_from_slice(LINE_HEAD.as_bytes());
+    write_json_str(&mut out, custom_id);
+    out.extend_from_slice(LINE_MIDDLE.as_bytes());
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'}');
+    String::from_utf8(out).expect("JSON made of strings is UTF-8")
 }
 
 fn json_str(s: &str) -> String {
@@ -244,6 +330,66 @@ mod tests {
                 .placeholders()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_line_built_at_once_is_the_line_built_in_pieces() {
+        let mut params = Map::new();
+        params.insert("max_tokens".into(), Value::from(4));
+        let builders = [
+            RequestBuilder::new("gpt-4o-mini", None, &Map::new()),
+            RequestBuilder::new("m", Some("Be \"strict\".\n"), &params),
+        ];
+        let users = [
+            "",
+            "plain",
+            "quotes \" and \\ back\tslash\r\n",
+            "\u{0}\u{1f}\u{7f} controls",
+            "Größe 東京 😀 \u{2028}",
+            &"x\"".repeat(5000),
+        ];
+        for b in &builders {
+            for (i, user) in users.iter().enumerate() {
+                let id = format!("r{i}\"");
+                let (line, body) = b.line(&id, user);
+                assert_eq!(line[body.clone()], b.body(user), "{user:?}");
+                assert_eq!(
+                    b.fingerprint(&line[body.clone()]),
+                    crate::plan::fingerprint(&b.body(user))
+                );
+                assert_eq!(line, batch_line(&id, &b.body(user)), "{user:?}");
+                let v: Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(v["custom_id"], id.as_str());
+                assert_eq!(v["url"], CHAT_URL);
+                assert_eq!(
+                    v["body"]["messages"].as_array().unwrap().last().unwrap()["content"],
+                    *user
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fingerprints_with_the_hashed_prefix_are_plain_fingerprints() {
+        let long_rubric = "Score 1 to 5. Examples: ".repeat(200);
+        for system in [None, Some("short"), Some(long_rubric.as_str())] {
+            let b = RequestBuilder::new("gpt-4o-mini", system, &Map::new());
+            let bodies = [
+                b.body(""),
+                b.body("an essay"),
+                // Not one of this builder's bodies: hashed in full.
+                "{}".to_string(),
+                String::new(),
+                b.body("x")[..10].to_string(),
+            ];
+            for body in &bodies {
+                assert_eq!(
+                    b.fingerprint(body),
+                    crate::plan::fingerprint(body),
+                    "{body:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -66,6 +66,80 @@ fn planning_again_with_nothing_changed_rewrites_nothing() {
     assert_eq!(third.code, 2, "{third:?}");
 }
 
+/// A first plan takes its hash from the bytes as the rows are read; a later
+/// plan hashes the files before reading them. The two must agree on every
+/// format and every way a file can end, or a job would be planned again
+/// (or refused while batches are out) with nothing changed.
+#[test]
+fn the_hash_taken_while_reading_is_the_hash_of_the_files() {
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "CSV with a BOM, CRLF and no final newline",
+            &[(
+                "a.csv",
+                "\u{feff}id,text\r\nk1,alpha\r\nk2,\"two\r\nlines\"",
+            )],
+        ),
+        (
+            "JSONL with blank lines at the end",
+            &[(
+                "a.jsonl",
+                "{\"id\":\"k1\",\"text\":\"alpha\"}\n\n{\"id\":\"k2\",\"text\":\"b\"}\n\n\n",
+            )],
+        ),
+        (
+            "a JSON array with white space after it",
+            &[(
+                "a.json",
+                "[{\"id\":\"k1\",\"text\":\"alpha\"},\n {\"id\":\"k2\",\"text\":\"b\"}]\n\n   \n",
+            )],
+        ),
+        (
+            "two CSV files",
+            &[
+                ("a.csv", "id,text\nk1,alpha\n"),
+                ("b.csv", "id,text\nk2,beta\nk3,gamma\n"),
+            ],
+        ),
+    ];
+    for (what, files) in cases {
+        let sb = Sandbox::new();
+        for (name, text) in *files {
+            sb.write(name, text);
+        }
+        let paths: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+        sb.write(
+            "s.yaml",
+            spec("job", &format!("{paths:?}"), "Grade: {{ text }}", "")
+                .replace("\n  path: [", "\n  id: id\n  path: ["),
+        );
+        let first = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(first.code, 0, "{what}: {first:?}");
+        assert_eq!(first.json()["changed"], true, "{what}");
+        let again = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(again.code, 0, "{what}: {again:?}");
+        assert_eq!(again.json()["changed"], false, "{what}: {again:?}");
+        assert_eq!(
+            again.json()["plan_hash"],
+            first.json()["plan_hash"],
+            "{what}"
+        );
+        // One more line end at the end of the last file is a change, though
+        // not to any row: the hash is of the bytes.
+        let (name, text) = files.last().unwrap();
+        sb.write(name, format!("{text}\n"));
+        let edited = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(edited.code, 0, "{what}: {edited:?}");
+        assert_ne!(
+            edited.json()["plan_hash"],
+            first.json()["plan_hash"],
+            "{what}"
+        );
+        let settled = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(settled.json()["changed"], false, "{what}: {settled:?}");
+    }
+}
+
 #[test]
 fn changed_input_replans_only_requests_without_a_result() {
     let sb = Sandbox::new();
