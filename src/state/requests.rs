@@ -169,7 +169,9 @@ pub struct Lookup {
     keys: Window,
 }
 
-/// A file read through one cached window of `WINDOW` bytes.
+/// A file read through one cached window: `WINDOW` bytes when reads go on
+/// from where the last one ended, `SMALL` bytes when they jump about (a
+/// large window for each scattered read copied up to 256 KB per record).
 struct Window {
     file: File,
     /// Start of the cached bytes in the file, and the bytes.
@@ -177,6 +179,15 @@ struct Window {
 }
 
 const WINDOW: usize = 1 << 18;
+const SMALL: usize = 1 << 12;
+
+/// How many bytes to read for `len` bytes at `at`, with `start..end`
+/// cached: a read that starts inside the cache or just past it goes on in
+/// order; any other is a jump.
+fn window_len(start: u64, end: u64, at: u64, len: usize) -> usize {
+    let in_order = at >= start && at <= end + SMALL as u64;
+    if in_order { WINDOW } else { SMALL }.max(len)
+}
 
 impl Window {
     fn new(file: File) -> Window {
@@ -190,9 +201,10 @@ impl Window {
     fn read(&self, at: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
         let mut cache = self.cache.borrow_mut();
         let (start, bytes) = &mut *cache;
-        let hit = at >= *start && at + len as u64 <= *start + bytes.len() as u64;
+        let end = *start + bytes.len() as u64;
+        let hit = at >= *start && at + len as u64 <= end;
         if !hit {
-            bytes.resize(WINDOW.max(len), 0);
+            bytes.resize(window_len(*start, end, at, len), 0);
             let mut filled = 0;
             while filled < bytes.len() {
                 match self
@@ -258,6 +270,46 @@ mod tests {
             fingerprint: format!("{:032x}", row * 0x1234_5678_9abc),
             tokens: row * 10,
             seq: (row % 2 == 1).then_some(row / 2),
+        }
+    }
+
+    #[test]
+    fn reads_in_order_take_a_window_and_jumps_a_small_block() {
+        let w = WINDOW as u64;
+        let cases = [
+            // (cached start, cached end, read at, len, bytes to read)
+            (0, 0, 0, 44, WINDOW),            // the first read
+            (0, w, w, 44, WINDOW),            // just past the window
+            (0, w, w + 100, 44, WINDOW),      // a little past it
+            (0, w, 10 * w, 44, SMALL),        // far ahead
+            (5 * w, 6 * w, w, 44, SMALL),     // behind
+            (0, w, 10 * w, 1 << 20, 1 << 20), // a long record, whole
+            (0, 4096, 4096, 44, WINDOW),      // after a small block, in order again
+        ];
+        for (start, end, at, len, want) in cases {
+            assert_eq!(
+                window_len(start, end, at, len),
+                want,
+                "{start} {end} {at} {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn look_ups_in_random_order_find_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path()).unwrap();
+        let rows = 20_000u64;
+        for row in 1..=rows {
+            w.push(&rec(row)).unwrap();
+        }
+        w.finish().unwrap();
+        let l = Lookup::open(dir.path()).unwrap();
+        let mut row = 1u64;
+        for _ in 0..rows {
+            // A full-period walk of 1..=rows in scattered order.
+            row = (row * 7919) % rows + 1;
+            assert_eq!(l.get(row).unwrap(), Some(rec(row)));
         }
     }
 

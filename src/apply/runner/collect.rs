@@ -268,7 +268,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let mut failures = Vec::new();
         let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
         let (mut cache_write, mut cache_read) = (0u64, 0u64);
-        for id in &ids {
+        for id in &ids.in_order {
             let Some(req) = self.request_of(id)? else {
                 continue;
             };
@@ -464,7 +464,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let u = &mut units[i];
             let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
             let mut lacking = Vec::new();
-            for id in ids {
+            for id in ids.in_order {
                 let Some(req) = self.request_of(&id)? else {
                     continue;
                 };
