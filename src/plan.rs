@@ -9,7 +9,6 @@
 
 mod idcheck;
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -418,7 +417,41 @@ struct ChunkFiles {
     dir: PathBuf,
     generation: u64,
     open: Option<ChunkWriter>,
-    done: Vec<ChunkRecord>,
+    /// Files closed so far.
+    closed: u32,
+    /// Closed files are flushed and synced on a thread of their own: synced
+    /// in the pipeline, every full chunk stalled the reading and writing
+    /// stage (and with it the counting) while the disk caught up.
+    syncer: Option<Syncer>,
+}
+
+struct Syncer {
+    tx: std::sync::mpsc::Sender<(u32, chunking::Span, ChunkWriter)>,
+    done: std::thread::JoinHandle<Result<Vec<ChunkRecord>>>,
+}
+
+impl Syncer {
+    fn start(generation: u64) -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, chunking::Span, ChunkWriter)>();
+        let done = std::thread::spawn(move || {
+            let mut records = Vec::new();
+            for (index, span, w) in rx {
+                let path = w.path().to_path_buf();
+                let written = w.finish().map_err(|e| Error::io("write", &path, e))?;
+                records.push(chunk_record(index, generation, span, written.sha256));
+            }
+            Ok(records)
+        });
+        Syncer { tx, done }
+    }
+
+    /// Every closed file's record, in order, once all are on disk.
+    fn finish(self) -> Result<Vec<ChunkRecord>> {
+        drop(self.tx);
+        self.done
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
 }
 
 impl ChunkFiles {
@@ -428,7 +461,8 @@ impl ChunkFiles {
             dir: dir.to_path_buf(),
             generation,
             open: None,
-            done: Vec::new(),
+            closed: 0,
+            syncer: None,
         }
     }
 
@@ -436,9 +470,8 @@ impl ChunkFiles {
         if let Some(span) = self.packer.push(item) {
             self.close(span)?;
         }
-        let index = self.done.len() as u32 + 1;
         if self.open.is_none() {
-            let path = self.dir.join(Layout::chunk_name(index));
+            let path = self.dir.join(Layout::chunk_name(self.closed + 1));
             let w = ChunkWriter::create(&path).map_err(|e| Error::io("create", &path, e))?;
             self.open = Some(w);
         }
@@ -449,19 +482,29 @@ impl ChunkFiles {
 
     fn close(&mut self, span: chunking::Span) -> Result<()> {
         let w = self.open.take().expect("a span closes an open file");
-        let path = w.path().to_path_buf();
-        let written = w.finish().map_err(|e| Error::io("write", &path, e))?;
-        let index = self.done.len() as u32 + 1;
-        self.done
-            .push(chunk_record(index, self.generation, span, written.sha256));
-        Ok(())
+        self.closed += 1;
+        let generation = self.generation;
+        let syncer = self.syncer.get_or_insert_with(|| Syncer::start(generation));
+        let Err(std::sync::mpsc::SendError((_, _, w))) = syncer.tx.send((self.closed, span, w))
+        else {
+            return Ok(());
+        };
+        // The syncer stopped at an error: that is the plan's error.
+        let stopped = self.syncer.take().expect("set above").finish();
+        Err(stopped.err().unwrap_or_else(|| {
+            Error::io(
+                "write",
+                w.path(),
+                std::io::Error::other("the thread that syncs chunk files stopped"),
+            )
+        }))
     }
 
     fn finish(mut self) -> Result<Vec<ChunkRecord>> {
         if let Some(span) = self.packer.finish() {
             self.close(span)?;
         }
-        Ok(self.done)
+        self.syncer.take().map_or(Ok(Vec::new()), Syncer::finish)
     }
 }
 
@@ -526,7 +569,8 @@ fn build(
         rows: 0,
         prompt_tokens: 0,
     };
-    let mut checked_files: HashSet<usize> = HashSet::new();
+    // Whether each file's columns were checked (on its first row).
+    let mut checked_files = vec![false; sources.len()];
     let render = |batch: &[Row]| -> RenderedBatch {
         batch
             .par_iter()
@@ -675,7 +719,7 @@ fn read_batch(
     spec: &CheckedSpec,
     prompt: &Prompt,
     sources: &[Source],
-    checked_files: &mut HashSet<usize>,
+    checked_files: &mut [bool],
     added: &(AddedColumns, Vec<String>),
 ) -> (Vec<Row>, Option<Error>) {
     let mut batch = Vec::with_capacity(BATCH_ROWS);
@@ -684,7 +728,10 @@ fn read_batch(
             Ok(row) => row,
             Err(e) => return (batch, Some(e.into())),
         };
-        let checked = if checked_files.insert(row.file) {
+        let first_of_file = checked_files
+            .get_mut(row.file)
+            .is_some_and(|seen| !std::mem::replace(seen, true));
+        let checked = if first_of_file {
             check_columns(spec, prompt, sources, &row).and_then(|()| {
                 output::check_collisions(&spec.file, &added.0, &added.1, sources, &row)
             })
