@@ -139,10 +139,14 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         .map(|p| Source::new(p, spec.spec.input.format))
         .collect::<Result<Vec<_>, _>>()?;
     for src in &sources {
-        File::open(&src.path).map_err(|source| InputError::Open {
-            path: src.path.clone(),
-            source,
-        })?;
+        // A byte read, not just an open: a folder opens, and only fails
+        // when read, which must happen before the job folder is made.
+        File::open(&src.path)
+            .and_then(|mut f| f.read(&mut [0u8; 1]))
+            .map_err(|source| InputError::Open {
+                path: src.path.clone(),
+                source,
+            })?;
     }
     let head = hash_head(spec, &prompt, price.as_ref());
     let (limits, limit_warnings) = Limits::from_spec(
@@ -183,21 +187,21 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         // Whether the saved plan still holds takes a pass over the inputs.
         // A first plan skips it: its hash is taken as the rows are read.
         let plan_hash = hash_inputs(head.clone(), &sources, ui)?;
-        if prev.plan_hash == plan_hash && chunk_files_intact(store.layout(), prev) {
-            store.put_job(&job)?;
-            return Ok(Planned {
-                job: spec.spec.name.clone(),
-                plan: prev.clone(),
-                changed: false,
-                job_dir: store.dir().to_path_buf(),
-            });
-        }
-        if prev.plan_hash == plan_hash
-            && let Err(damage) = store.check_plan_files(prev, &spec.file.display().to_string())
-        {
-            // The same plan, but its files are damaged: make it again (rows
-            // already graded keep their answers), and say why.
-            ui.warn(&format!("{damage}; planning again"));
+        if prev.plan_hash == plan_hash {
+            match store.check_plan_files(prev, &spec.file.display().to_string()) {
+                Ok(()) => {
+                    store.put_job(&job)?;
+                    return Ok(Planned {
+                        job: spec.spec.name.clone(),
+                        plan: prev.clone(),
+                        changed: false,
+                        job_dir: store.dir().to_path_buf(),
+                    });
+                }
+                // The same plan, but its files are damaged: make it again
+                // (rows already graded keep their answers), and say why.
+                Err(damage) => ui.warn(&format!("{damage}; planning again")),
+            }
         }
     }
     if let Some(prev) = &previous {
@@ -426,13 +430,19 @@ struct ChunkFiles {
 }
 
 struct Syncer {
-    tx: std::sync::mpsc::Sender<(u32, chunking::Span, ChunkWriter)>,
-    done: std::thread::JoinHandle<Result<Vec<ChunkRecord>>>,
+    tx: Option<std::sync::mpsc::SyncSender<(u32, chunking::Span, ChunkWriter)>>,
+    done: Option<std::thread::JoinHandle<Result<Vec<ChunkRecord>>>>,
 }
+
+/// Closed files that may wait for the syncer; each holds an open file and
+/// its write buffer, so planning waits beyond this (with no bound, a plan
+/// of many small chunks ran out of file descriptors).
+const SYNC_QUEUE: usize = 4;
 
 impl Syncer {
     fn start(generation: u64) -> Syncer {
-        let (tx, rx) = std::sync::mpsc::channel::<(u32, chunking::Span, ChunkWriter)>();
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel::<(u32, chunking::Span, ChunkWriter)>(SYNC_QUEUE);
         let done = std::thread::spawn(move || {
             let mut records = Vec::new();
             for (index, span, w) in rx {
@@ -442,15 +452,36 @@ impl Syncer {
             }
             Ok(records)
         });
-        Syncer { tx, done }
+        Syncer {
+            tx: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    fn send(&self, index: u32, span: chunking::Span, w: ChunkWriter) -> Option<ChunkWriter> {
+        let tx = self.tx.as_ref().expect("sending until finished");
+        tx.send((index, span, w)).err().map(|e| e.0.2)
     }
 
     /// Every closed file's record, in order, once all are on disk.
-    fn finish(self) -> Result<Vec<ChunkRecord>> {
-        drop(self.tx);
+    fn finish(mut self) -> Result<Vec<ChunkRecord>> {
+        self.tx = None;
         self.done
+            .take()
+            .expect("joined once")
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
+
+/// A plan that stops early (an error, Ctrl-C) waits for the files handed
+/// over before its scratch folder is removed.
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(done) = self.done.take() {
+            let _ = done.join();
+        }
     }
 }
 
@@ -485,8 +516,7 @@ impl ChunkFiles {
         self.closed += 1;
         let generation = self.generation;
         let syncer = self.syncer.get_or_insert_with(|| Syncer::start(generation));
-        let Err(std::sync::mpsc::SendError((_, _, w))) = syncer.tx.send((self.closed, span, w))
-        else {
+        let Some(w) = syncer.send(self.closed, span, w) else {
             return Ok(());
         };
         // The syncer stopped at an error: that is the plan's error.
@@ -1061,14 +1091,6 @@ fn speaks_anthropic(spec: &CheckedSpec) -> bool {
             .is_some_and(|s| s.api == spec::SimulatedApi::Anthropic),
         spec::ProviderKind::Openai => false,
     }
-}
-
-fn chunk_files_intact(layout: &Layout, plan: &PlanRecord) -> bool {
-    state::requests::check_files(&layout.plan_dir(plan.generation), plan.rows).is_ok()
-        && plan
-            .chunks
-            .iter()
-            .all(|c| std::fs::metadata(layout.resolve(&c.file)).is_ok_and(|m| m.len() == c.bytes))
 }
 
 /// Remove scratch folders an interrupted plan left behind.

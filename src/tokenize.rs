@@ -100,7 +100,7 @@ impl Counter {
     /// Tokens in plain text; special-token text such as `<|endoftext|>` counts as ordinary text.
     pub fn count(&self, text: &str) -> usize {
         match rayon::current_thread_index() {
-            Some(i) => self.encoders[i % self.encoders.len()].count_ordinary(text),
+            Some(i) => self.encoders[self.slot(i)].count_ordinary(text),
             // A thread outside the pool counts on it. An encoder's regex
             // keeps its scratch space in one pool, shared by its clones of
             // the regex, that is fast only for the first thread that used
@@ -108,6 +108,11 @@ impl Counter {
             // become that thread and leave a pool thread on the slow path.
             None => rayon::join(|| self.count(text), || ()).0,
         }
+    }
+
+    /// The encoder of pool thread `i`.
+    fn slot(&self, i: usize) -> usize {
+        i % self.encoders.len()
     }
 
     /// Tokens of one chat message, overhead included.
@@ -184,6 +189,30 @@ mod tests {
         ];
         for (model, enc, guessed) in cases {
             assert_eq!(encoding_for_model(model), (enc, guessed), "{model}");
+        }
+    }
+
+    #[test]
+    fn each_pool_thread_has_an_encoder_of_its_own_up_to_the_cap() {
+        for threads in [1, 3, MAX_ENCODERS + 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let c = pool.install(|| Counter::new(Encoding::O200kBase)).unwrap();
+            assert_eq!(c.encoders.len(), threads.min(MAX_ENCODERS), "{threads}");
+            let slots: Vec<usize> = pool.broadcast(|ctx| c.slot(ctx.index()));
+            let mut distinct = slots.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), threads.min(MAX_ENCODERS), "{slots:?}");
+            // Each counts alike, and so does a thread outside the pool.
+            let counts = pool.broadcast(|_| c.count("Größe 東京 😀 \"quoted\""));
+            assert!(
+                counts
+                    .iter()
+                    .all(|&n| n == c.count("Größe 東京 😀 \"quoted\""))
+            );
         }
     }
 

@@ -319,3 +319,50 @@ fn apply_plans_and_applies_with_one_store_and_reports_the_plan_warnings() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["warnings"], serde_json::json!([]), "{run:?}");
 }
+
+/// Full chunk files are synced on a thread of their own; the files waiting
+/// for it are few, so a plan of many small chunks fits in a small budget of
+/// open files (an unbounded queue ran out of them at ~1,200 chunks under
+/// the usual limit of 1,024).
+#[test]
+fn a_plan_of_many_chunks_keeps_few_files_open() {
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text\n");
+    for i in 1..=400 {
+        csv.push_str(&format!("k{i},text {i}\n"));
+    }
+    sb.write("in.csv", csv);
+    sb.write(
+        "s.yaml",
+        spec(
+            "many",
+            "in.csv",
+            "{{ text }}",
+            "chunking:\n  max_requests: 1\n",
+        ),
+    );
+    let out = std::process::Command::new("sh")
+        .current_dir(sb.path(""))
+        .env("NO_COLOR", "1")
+        .env_remove("BATCHGRADER_STATE")
+        .args(["-c", "ulimit -n 48 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_batchgrader"))
+        .args(["plan", "s.yaml", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chunks = v["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 400);
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c["index"], i as u64 + 1);
+        assert_eq!(c["requests"], 1);
+    }
+    // The records name each file with its own bytes, in order.
+    let third = sb.read(&format!(
+        "state/many/{}",
+        chunks[2]["file"].as_str().unwrap()
+    ));
+    assert!(third.contains("\"custom_id\":\"r3\""), "{third}");
+}

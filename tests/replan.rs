@@ -95,6 +95,20 @@ fn the_hash_taken_while_reading_is_the_hash_of_the_files() {
             )],
         ),
         (
+            "JSONL with a BOM, CRLF and no final newline",
+            &[(
+                "a.jsonl",
+                "\u{feff}{\"id\":\"k1\",\"text\":\"alpha\"}\r\n{\"id\":\"k2\",\"text\":\"b\"}",
+            )],
+        ),
+        (
+            "two JSON files, one with a BOM",
+            &[
+                ("a.json", "\u{feff}[{\"id\":\"k1\",\"text\":\"alpha\"}]  "),
+                ("b.json", "[{\"id\":\"k2\",\"text\":\"b\"}]\n"),
+            ],
+        ),
+        (
             "two CSV files",
             &[
                 ("a.csv", "id,text\nk1,alpha\n"),
@@ -136,6 +150,7 @@ fn the_hash_taken_while_reading_is_the_hash_of_the_files() {
             "{what}"
         );
         let settled = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(settled.code, 0, "{what}: {settled:?}");
         assert_eq!(settled.json()["changed"], false, "{what}: {settled:?}");
     }
 }

@@ -185,7 +185,7 @@ const SMALL: usize = 1 << 12;
 /// cached: a read that starts inside the cache or just past it goes on in
 /// order; any other is a jump.
 fn window_len(start: u64, end: u64, at: u64, len: usize) -> usize {
-    let in_order = at >= start && at <= end + SMALL as u64;
+    let in_order = at >= start && at <= end.saturating_add(SMALL as u64);
     if in_order { WINDOW } else { SMALL }.max(len)
 }
 
@@ -202,7 +202,7 @@ impl Window {
         let mut cache = self.cache.borrow_mut();
         let (start, bytes) = &mut *cache;
         let end = *start + bytes.len() as u64;
-        let hit = at >= *start && at + len as u64 <= end;
+        let hit = at >= *start && at.checked_add(len as u64).is_some_and(|e| e <= end);
         if !hit {
             bytes.resize(window_len(*start, end, at, len), 0);
             let mut filled = 0;
@@ -305,12 +305,16 @@ mod tests {
         }
         w.finish().unwrap();
         let l = Lookup::open(dir.path()).unwrap();
+        // Every row once, in scattered order: a step prime to `rows`.
+        let step = 7919u64;
+        let mut seen = std::collections::HashSet::new();
         let mut row = 1u64;
         for _ in 0..rows {
-            // A full-period walk of 1..=rows in scattered order.
-            row = (row * 7919) % rows + 1;
+            row = (row - 1 + step) % rows + 1;
+            assert!(seen.insert(row), "row {row} twice");
             assert_eq!(l.get(row).unwrap(), Some(rec(row)));
         }
+        assert_eq!(seen.len() as u64, rows);
     }
 
     #[test]
