@@ -64,7 +64,8 @@ pub fn encoding_for_model(model: &str) -> (Encoding, bool) {
 /// one encoder, the pool's get/put took over 15% of a `plan` profile and
 /// counting ran about 20% slower than with one encoder per thread.
 ///
-/// An encoder costs ~350 ms to build and ~50 MB, so they are all built at
+/// An encoder costs ~350 ms to build and ~50 MB: a small input is counted
+/// with one (`encoders_wanted`); for a larger one they are all built at
 /// once, each on a thread of its own: built one after the other (or the
 /// first up front and the others when their thread first counts), `plan`
 /// spent ~350 ms with one core idle before counting the first row. Past
@@ -80,6 +81,25 @@ pub struct Counter {
 /// At most this many encoders (~50 MB each).
 const MAX_ENCODERS: usize = 4;
 
+/// Input smaller than this is counted with one encoder, shared by the pool's
+/// threads. 1 MiB is ~250k tokens: counted in ~40 ms on a shared encoder
+/// (6.05M tokens/s on two threads here), far less than the ~350 ms of CPU
+/// and ~50 MB that a second encoder costs to build. Above it, the encoders
+/// are the same whatever the size, so memory stays flat from 1 MiB to the
+/// largest inputs.
+const ONE_ENCODER_BELOW: u64 = 1 << 20;
+
+/// How many encoders to build for `input_bytes` of input on a pool of
+/// `threads`: one per thread, up to `MAX_ENCODERS`, once the input is large
+/// enough for them to pay off.
+fn encoders_wanted(threads: usize, input_bytes: u64) -> usize {
+    if input_bytes < ONE_ENCODER_BELOW {
+        1
+    } else {
+        threads.clamp(1, MAX_ENCODERS)
+    }
+}
+
 /// Chat format overhead, as OpenAI's cookbook counts it for current models:
 /// every message costs 3 tokens plus its role and content, and every reply
 /// is primed with 3 more.
@@ -87,8 +107,16 @@ const TOKENS_PER_MESSAGE: usize = 3;
 const REPLY_PRIMING: usize = 3;
 
 impl Counter {
+    /// A counter with an encoder for each of the pool's threads (up to
+    /// `MAX_ENCODERS`).
     pub fn new(encoding: Encoding) -> Result<Counter, TokenizerError> {
-        let wanted = rayon::current_num_threads().clamp(1, MAX_ENCODERS);
+        Counter::for_input(encoding, u64::MAX)
+    }
+
+    /// A counter for `input_bytes` of input: one encoder when the input is
+    /// small (`encoders_wanted`).
+    pub fn for_input(encoding: Encoding, input_bytes: u64) -> Result<Counter, TokenizerError> {
+        let wanted = encoders_wanted(rayon::current_num_threads(), input_bytes);
         // Each is built on the pool thread that will use it.
         let encoders = rayon::broadcast(|ctx| (ctx.index() < wanted).then(|| build(encoding)))
             .into_iter()
@@ -190,6 +218,38 @@ mod tests {
         for (model, enc, guessed) in cases {
             assert_eq!(encoding_for_model(model), (enc, guessed), "{model}");
         }
+    }
+
+    #[test]
+    fn small_inputs_get_one_encoder_large_ones_one_per_thread_up_to_the_cap() {
+        let cases = [
+            // (threads, input bytes, encoders)
+            (2, 0, 1),
+            (2, 6, 1),
+            (2, ONE_ENCODER_BELOW - 1, 1),
+            (2, ONE_ENCODER_BELOW, 2),
+            (1, ONE_ENCODER_BELOW, 1),
+            (3, u64::MAX, 3),
+            (MAX_ENCODERS, u64::MAX, MAX_ENCODERS),
+            (MAX_ENCODERS + 4, u64::MAX, MAX_ENCODERS),
+            (64, 1 << 40, MAX_ENCODERS),
+            (0, u64::MAX, 1),
+        ];
+        for (threads, bytes, want) in cases {
+            assert_eq!(encoders_wanted(threads, bytes), want, "{threads} {bytes}");
+        }
+        // Built: a small input on a pool of 3 has one encoder, which every
+        // pool thread counts with.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let c = pool
+            .install(|| Counter::for_input(Encoding::O200kBase, 1000))
+            .unwrap();
+        assert_eq!(c.encoders.len(), 1);
+        let counts = pool.broadcast(|_| c.count("Größe 東京 😀"));
+        assert!(counts.iter().all(|&n| n == c.count("Größe 東京 😀")));
     }
 
     #[test]
