@@ -18,6 +18,7 @@ pub mod layout;
 mod outcome_index;
 mod outcomes;
 pub mod requests;
+mod window;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::outcome_index::{self, Entry, Index};
+use super::window::Window;
 use super::{FailureRecord, ResultRecord};
 
 pub const FILE: &str = "outcomes.jsonl";
@@ -30,6 +31,9 @@ pub const FILE: &str = "outcomes.jsonl";
 /// Bytes of log the index may lag behind its mark: at most this much is
 /// replayed when a job is opened after a crash (~1 s per 64 MB).
 const RESYNC_BYTES: u64 = 64 << 20;
+
+/// A line's buffer is kept for the next read up to this size.
+const LINE_KEPT: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -191,7 +195,11 @@ pub struct Log {
     /// Entries to make room for when the index is created.
     reserve: u64,
     len: u64,
-    reader: Option<File>,
+    /// Lines are read back mostly in the order they were written (the
+    /// output follows the rows, and results come in about row order).
+    reader: Option<Window>,
+    /// The bytes of the line last read.
+    line: Vec<u8>,
 }
 
 fn key(fp: &str) -> Option<u128> {
@@ -210,6 +218,7 @@ impl Log {
             reserve: 0,
             len: 0,
             reader: None,
+            line: Vec::new(),
         };
         let len = match std::fs::metadata(&log.path) {
             Ok(m) => m.len(),
@@ -324,6 +333,9 @@ impl Log {
             // The log was changed behind the index's back (restored from a
             // backup, edited): rebuild the index from the log, once.
             Lookup::Stale(_) => {
+                // Read the file as it is now, not through an old handle
+                // or cache.
+                self.reader = None;
                 let _ = std::fs::remove_file(&self.index_path);
                 self.index = Some(Index::create(&self.index_path, self.len / 100)?);
                 self.catch_up()?;
@@ -353,33 +365,55 @@ impl Log {
             return Ok(Lookup::Missing);
         };
         if self.reader.is_none() {
-            self.reader = Some(File::open(&self.path)?);
+            self.reader = Some(Window::new(File::open(&self.path)?));
         }
-        let file = self.reader.as_ref().expect("opened above");
-        let mut buf = vec![0u8; e.len.map_or(4096, |l| l as usize)];
-        let mut filled = 0;
-        loop {
-            let n = file.read_at(&mut buf[filled..], e.offset + filled as u64)?;
-            filled += n;
-            if n == 0 || e.len.is_some_and(|l| filled == l as usize) {
-                break;
+        let reader = self.reader.as_ref().expect("opened above");
+        let mut long = Vec::new();
+        let buf: &[u8] = match e.len {
+            Some(len) => match reader.read(e.offset, len as usize, &mut self.line) {
+                Ok(()) => &self.line,
+                // Cut short: the line was torn or changed under the index.
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(Lookup::Stale(e.offset));
+                }
+                Err(err) => return Err(err),
+            },
+            // A line too long for its length to be recorded (over 8 MiB):
+            // read until its newline, around the cache, into a buffer that
+            // is freed after.
+            None => {
+                long.resize(1 << 20, 0);
+                let mut filled = 0;
+                loop {
+                    let n = reader
+                        .file()
+                        .read_at(&mut long[filled..], e.offset + filled as u64)?;
+                    filled += n;
+                    if n == 0 || long[filled - n..filled].contains(&b'\n') {
+                        break;
+                    }
+                    if filled == long.len() {
+                        long.resize(long.len() * 2, 0);
+                    }
+                }
+                long.truncate(filled);
+                &long
             }
-            if e.len.is_none() && buf[..filled].contains(&b'\n') {
-                break;
-            }
-            if filled == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-        }
+        };
         // Cut at the line's newline (an unrecorded length reads past it);
         // a line without one was torn or changed under the index.
-        let Some(end) = buf[..filled].iter().position(|&b| b == b'\n') else {
+        let Some(end) = buf.iter().position(|&b| b == b'\n') else {
             return Ok(Lookup::Stale(e.offset));
         };
-        Ok(match decode_line(&buf[..end]) {
+        let found = match decode_line(&buf[..end]) {
             Ok((found, outcome)) if found == k => Lookup::Found(outcome),
             _ => Lookup::Stale(e.offset),
-        })
+        };
+        // A long line's bytes are not kept for the short ones after it.
+        if self.line.capacity() > LINE_KEPT {
+            self.line = Vec::new();
+        }
+        Ok(found)
     }
 
     /// The log's length in bytes as this process knows it.
@@ -562,6 +596,55 @@ mod tests {
         assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
         assert_eq!(log.get(&fp(9)).unwrap(), None);
         assert_eq!(log.get(&fp(3)).unwrap(), Some(ok("3")));
+    }
+
+    #[test]
+    fn reads_between_appends_and_past_long_lines_find_every_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        let answer = |n: u32| format!("answer {n} {}", "x".repeat((n % 97) as usize));
+        // Appends and reads interleave, as in direct mode: each read may
+        // have cached the log's end, which the next append moves.
+        for batch in 0..40u32 {
+            let lines: Vec<_> = (0..50).map(|i| batch * 50 + i).collect();
+            let entries: Vec<_> = lines.iter().map(|&n| (fp(n), ok(&answer(n)))).collect();
+            log.append(&entries).unwrap();
+            for &n in lines.iter().rev().take(3) {
+                assert_eq!(log.get(&fp(n)).unwrap(), Some(ok(&answer(n))), "{n}");
+            }
+        }
+        // A line over 8 MiB (its length is not in the index) between short ones.
+        let long = "y".repeat(9 << 20);
+        log.append(&[(fp(5000), ok(&long)), (fp(5001), ok("after"))])
+            .unwrap();
+        // A later line for a fingerprint wins over the cached one.
+        log.append(&[(fp(7), failed("later"))]).unwrap();
+        let check = |log: &mut Log, n: u32| {
+            let want = match n {
+                7 => failed("later"),
+                5000 => ok(&long),
+                5001 => ok("after"),
+                _ => ok(&answer(n)),
+            };
+            assert_eq!(log.get(&fp(n)).unwrap(), Some(want), "{n}");
+        };
+        let all: Vec<u32> = (0..2000).chain([5000, 5001]).collect();
+        for &n in &all {
+            check(&mut log, n);
+        }
+        // Out of order, in a fixed shuffle.
+        let mut shuffled = all.clone();
+        let mut seed = 0x9e37_79b9u64;
+        for i in (1..shuffled.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            shuffled.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &n in &shuffled {
+            check(&mut log, n);
+        }
+        assert!(log.line.capacity() <= LINE_KEPT);
     }
 
     #[test]

@@ -7,10 +7,10 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::RequestRecord;
+use super::window::Window;
 
 pub const INDEX: &str = "requests.idx";
 pub const KEYS: &str = "requests.keys";
@@ -169,65 +169,6 @@ pub struct Lookup {
     keys: Window,
 }
 
-/// A file read through one cached window: `WINDOW` bytes when reads go on
-/// from where the last one ended, `SMALL` bytes when they jump about (a
-/// large window for each scattered read copied up to 256 KB per record).
-struct Window {
-    file: File,
-    /// Start of the cached bytes in the file, and the bytes.
-    cache: std::cell::RefCell<(u64, Vec<u8>)>,
-}
-
-const WINDOW: usize = 1 << 18;
-const SMALL: usize = 1 << 12;
-
-/// How many bytes to read for `len` bytes at `at`, with `start..end`
-/// cached: a read that starts inside the cache or just past it goes on in
-/// order; any other is a jump.
-fn window_len(start: u64, end: u64, at: u64, len: usize) -> usize {
-    let in_order = at >= start && at <= end.saturating_add(SMALL as u64);
-    if in_order { WINDOW } else { SMALL }.max(len)
-}
-
-impl Window {
-    fn new(file: File) -> Window {
-        Window {
-            file,
-            cache: (0, Vec::new()).into(),
-        }
-    }
-
-    /// `len` bytes at `at`; UnexpectedEof past the end of the file.
-    fn read(&self, at: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-        let mut cache = self.cache.borrow_mut();
-        let (start, bytes) = &mut *cache;
-        let end = *start + bytes.len() as u64;
-        let hit = at >= *start && at.checked_add(len as u64).is_some_and(|e| e <= end);
-        if !hit {
-            bytes.resize(window_len(*start, end, at, len), 0);
-            let mut filled = 0;
-            while filled < bytes.len() {
-                match self
-                    .file
-                    .read_at(&mut bytes[filled..], at + filled as u64)?
-                {
-                    0 => break,
-                    n => filled += n,
-                }
-            }
-            bytes.truncate(filled);
-            *start = at;
-            if filled < len {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        let from = (at - *start) as usize;
-        out.clear();
-        out.extend_from_slice(&bytes[from..from + len]);
-        Ok(())
-    }
-}
-
 impl Lookup {
     pub fn open(dir: &Path) -> std::io::Result<Lookup> {
         Ok(Lookup {
@@ -270,28 +211,6 @@ mod tests {
             fingerprint: format!("{:032x}", row * 0x1234_5678_9abc),
             tokens: row * 10,
             seq: (row % 2 == 1).then_some(row / 2),
-        }
-    }
-
-    #[test]
-    fn reads_in_order_take_a_window_and_jumps_a_small_block() {
-        let w = WINDOW as u64;
-        let cases = [
-            // (cached start, cached end, read at, len, bytes to read)
-            (0, 0, 0, 44, WINDOW),            // the first read
-            (0, w, w, 44, WINDOW),            // just past the window
-            (0, w, w + 100, 44, WINDOW),      // a little past it
-            (0, w, 10 * w, 44, SMALL),        // far ahead
-            (5 * w, 6 * w, w, 44, SMALL),     // behind
-            (0, w, 10 * w, 1 << 20, 1 << 20), // a long record, whole
-            (0, 4096, 4096, 44, WINDOW),      // after a small block, in order again
-        ];
-        for (start, end, at, len, want) in cases {
-            assert_eq!(
-                window_len(start, end, at, len),
-                want,
-                "{start} {end} {at} {len}"
-            );
         }
     }
 
