@@ -26,8 +26,18 @@ const SCHEMA: &str = "  schema:
 
 const ROWS: usize = 200;
 
+/// The simulated provider's batch API, with short batch timings.
+const BATCH: &str = "  kind: simulated
+  simulated: { validating: 10ms, in_progress: 100ms, finalizing: 10ms }
+";
+
 /// A rubric job of `ROWS` rows in chunks of 50; `extra` is appended.
 fn rubric_job(sb: &Sandbox, extra: &str) {
+    rubric_job_on(sb, BATCH, extra)
+}
+
+/// The rubric job on `provider` (the lines under `provider:`).
+fn rubric_job_on(sb: &Sandbox, provider: &str, extra: &str) {
     let mut csv = String::from("id,text\n");
     for i in 1..=ROWS {
         csv.push_str(&format!("{i:04},answer number {i}\n"));
@@ -39,9 +49,7 @@ fn rubric_job(sb: &Sandbox, extra: &str) {
             "version: 1
 name: rubric
 provider:
-  kind: simulated
-  simulated: {{ validating: 10ms, in_progress: 100ms, finalizing: 10ms }}
-model: gpt-4o-mini
+{provider}model: gpt-4o-mini
 input:
   path: in.csv
   id: id
@@ -256,6 +264,68 @@ fn parse_failures_count_under_the_halt_policy() {
     );
     assert!(s["parse_failures"].as_u64().unwrap() > 0);
     assert!(s["not_graded"].as_u64().unwrap() > 0, "{s:#}");
+}
+
+/// The first number after `label` in `text`.
+fn number_after(text: &str, label: &str) -> u64 {
+    let rest = &text[text
+        .find(label)
+        .unwrap_or_else(|| panic!("{label:?} in {text}"))
+        + label.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_direct_run_counts_schema_breaking_answers_under_the_halt_policy() {
+    // Answers that are JSON but break the schema are parse failures for
+    // the halt policy too, as in batch mode: direct mode once judged them
+    // by `output.parse` alone (text, so everything parsed) and finished.
+    let sb = Sandbox::new();
+    rubric_job_on(
+        &sb,
+        "  kind: simulated\n  mode: direct\n",
+        "concurrency: { max_requests_in_flight: 2 }\nhalt: { max_failure_rate: 0.5% }\n",
+    );
+    let run = sb.run(&["apply", "job.yaml", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let s = run.json();
+    assert_eq!(s["ending"], "halted", "{s:#}");
+    assert_eq!(s["failed"], 0, "{s:#}");
+    assert!(s["parse_failures"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(s["not_graded"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(
+        run.stderr.contains("above halt.max_failure_rate"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn resuming_a_job_halted_on_parse_failures_counts_the_earlier_ones() {
+    let sb = Sandbox::new();
+    rubric_job(
+        &sb,
+        "concurrency: { max_batches_in_flight: 1 }\nhalt: { max_failure_rate: 0.5% }\n",
+    );
+    let first = sb.run(&["apply", "job.yaml", "--json"]);
+    assert_eq!(first.code, 4, "{first:?}");
+    let before = first.json();
+    // Still above the rate, counting the answers of the first run that
+    // break the schema: nothing more is sent (and paid for).
+    let again = sb.run(&["resume", "rubric", "--json"]);
+    assert_eq!(again.code, 4, "{again:?}");
+    let after = again.json();
+    for k in ["graded", "parse_failures", "not_graded"] {
+        assert_eq!(after[k], before[k], "{k}: {after:#}");
+    }
+    assert_eq!(
+        number_after(&again.stderr, "API failures, "),
+        before["parse_failures"].as_u64().unwrap(),
+        "{again:?}"
+    );
 }
 
 #[test]

@@ -29,11 +29,10 @@ pub struct Parsed {
 
 impl Parser {
     /// `pattern` is checked when the spec is loaded; an invalid one is an error here.
-    pub fn new(
-        mode: ParseMode,
-        labels: &[String],
-        pattern: Option<&str>,
-    ) -> Result<Parser, String> {
+    /// Private: outside this module a parser comes from `for_spec`, because
+    /// one made from `output.parse` alone misses the answer schema (direct
+    /// mode's halt policy once counted schema-breaking answers as graded).
+    fn new(mode: ParseMode, labels: &[String], pattern: Option<&str>) -> Result<Parser, String> {
         let pattern =
             match (mode, pattern) {
                 (ParseMode::Regex, Some(p)) => Some(Regex::new(p).map_err(|e| {

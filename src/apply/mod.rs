@@ -157,6 +157,41 @@ impl Summary {
     }
 }
 
+/// A running job's snapshot, filled alike by the batch and the direct runner:
+/// what the plan says (rows, model, estimate) and what the run has done.
+/// Each runner adds what is its own with struct update syntax (units,
+/// receipt, the direct-mode view, the outage, the step); those start empty.
+pub(crate) fn snapshot_of(
+    job: &str,
+    plan: &PlanRecord,
+    tally: &decide::Tally,
+    state: crate::status::RunState,
+    started_at: u64,
+    spent_usd: f64,
+) -> crate::status::Snapshot {
+    crate::status::Snapshot {
+        job: job.to_string(),
+        state,
+        pid: (state == crate::status::RunState::Running).then(std::process::id),
+        updated_at: crate::state::now_secs(),
+        started_at: Some(started_at),
+        model: plan.model.clone(),
+        totals: decide::totals(plan.rows, plan.outstanding, plan.already_done, tally),
+        estimated_cost_usd: plan
+            .estimate
+            .as_ref()
+            .map(|e| e.expected.or(e.high).unwrap_or(e.low)),
+        actual_cost_usd: spent_usd,
+        output_path: None,
+        message: None,
+        receipt: Default::default(),
+        outage_since: None,
+        step: None,
+        units: Vec::new(),
+        direct: None,
+    }
+}
+
 /// Where the process may be killed on purpose, for the crash-safety tests.
 /// `BATCHGRADER_TEST_KILL_AT=<point>` sends SIGKILL to this process right
 /// after that step; nothing else reads it.

@@ -51,7 +51,7 @@ use crate::report::Ui;
 use crate::spec::CheckedSpec;
 use crate::state::journal::{self, LedgerEntry};
 use crate::state::{self, FailureRecord, JobStore, Outcome, PlanRecord, ResultRecord};
-use crate::status::{self, DirectView, EndpointView, Receipt, RunState, Snapshot};
+use crate::status::{self, DirectView, EndpointView, RunState, Snapshot};
 use commit::Committer;
 use endpoints::{Endpoints, Failed};
 use pace::{Pace, PaceConfig};
@@ -158,13 +158,9 @@ impl<'a> DirectRunner<'a> {
         interrupted: Arc<AtomicBool>,
         simulated: bool,
     ) -> Result<Self> {
-        let o = &spec.spec.output;
-        let parser = answer::Parser::new(
-            o.parse,
-            o.labels.as_deref().unwrap_or_default(),
-            o.pattern.as_deref(),
-        )
-        .map_err(Error::usage)?;
+        // The same judgement as the output's: with an answer schema, an
+        // answer that breaks it is a parse failure for the halt policy too.
+        let parser = answer::Parser::for_spec(spec).map_err(Error::usage)?;
         let c = &spec.spec.concurrency;
         let endpoints = client.endpoints();
         let started_at = state::now_secs();
@@ -929,34 +925,21 @@ impl<'a> DirectRunner<'a> {
         output: Option<String>,
     ) -> Snapshot {
         let spent = self.spent();
+        // Direct mode pays standard prices: there is no batch receipt;
+        // the spend is at standard prices.
         Snapshot {
-            job: self.spec.spec.name.clone(),
-            state,
-            pid: (state == RunState::Running).then(std::process::id),
-            updated_at: state::now_secs(),
-            started_at: Some(self.started_at),
-            model: self.plan.model.clone(),
-            totals: decide::totals(
-                self.plan.rows,
-                self.plan.outstanding,
-                self.plan.already_done,
-                &self.tally,
-            ),
-            estimated_cost_usd: self
-                .plan
-                .estimate
-                .as_ref()
-                .map(|e| e.expected.or(e.high).unwrap_or(e.low)),
-            actual_cost_usd: spent,
             output_path: output,
             message,
-            // Direct mode pays standard prices: there is no batch receipt;
-            // the spend above is at standard prices.
-            receipt: Receipt::default(),
             outage_since: self.outage_since_ms.map(|ms| self.started_at + ms / 1000),
-            units: vec![],
             direct: Some(self.view(in_flight)),
-            step: None,
+            ..super::snapshot_of(
+                &self.spec.spec.name,
+                self.plan,
+                &self.tally,
+                state,
+                self.started_at,
+                spent,
+            )
         }
     }
 

@@ -674,13 +674,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
 /// Where every request of plan `generation` stands, from the outcomes
 /// recorded so far (one pass over the request records).
 pub fn tally_of(store: &JobStore, spec: &CheckedSpec, generation: u64) -> Result<Tally> {
-    let o = &spec.spec.output;
-    let parser = answer::Parser::new(
-        o.parse,
-        o.labels.as_deref().unwrap_or_default(),
-        o.pattern.as_deref(),
-    )
-    .map_err(Error::usage)?;
+    let parser = answer::Parser::for_spec(spec).map_err(Error::usage)?;
     let max_attempts = spec.spec.retry.max_attempts;
     let mut tally = Tally::default();
     for r in store.requests(generation) {

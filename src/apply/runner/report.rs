@@ -11,32 +11,22 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         output: Option<String>,
     ) -> Snapshot {
         let receipt = decide::receipt(units);
+        let paid = receipt.paid_usd;
         Snapshot {
-            job: self.job().to_string(),
-            state,
-            pid: (state == RunState::Running).then(std::process::id),
-            updated_at: state::now_secs(),
-            started_at: Some(self.started_at),
-            model: self.plan.model.clone(),
-            totals: decide::totals(
-                self.plan.rows,
-                self.plan.outstanding,
-                self.plan.already_done,
-                &self.tally,
-            ),
-            estimated_cost_usd: self
-                .plan
-                .estimate
-                .as_ref()
-                .map(|e| e.expected.or(e.high).unwrap_or(e.low)),
-            actual_cost_usd: receipt.paid_usd,
             output_path: output,
-            message,
             receipt,
+            message,
             outage_since: self.outage_since,
             step: self.step.clone().filter(|_| state == RunState::Running),
             units: units.iter().map(unit_status).collect(),
-            direct: None,
+            ..crate::apply::snapshot_of(
+                self.job(),
+                self.plan,
+                &self.tally,
+                state,
+                self.started_at,
+                paid,
+            )
         }
     }
 
