@@ -284,12 +284,13 @@ impl Log {
             .create(true)
             .append(true)
             .open(&self.path)?;
-        let mut at = file.metadata()?.len();
+        let at = file.metadata()?.len();
         let mut text = Vec::new();
         // After a torn write, start on a fresh line.
+        // (The newline is in `text`, so each line's offset below, `at`
+        // plus its place in `text`, counts it once.)
         if at > self.len || (at > 0 && !ends_with_newline(&self.path, at)?) {
             text.push(b'\n');
-            at += 1;
         }
         let mut placed = Vec::with_capacity(entries.len());
         for (fp, outcome) in entries {
@@ -364,6 +365,11 @@ impl Log {
         else {
             return Ok(Lookup::Missing);
         };
+        // A long line's bytes are not kept for the short ones after it
+        // (checked here too, as a stale line returns early below).
+        if self.line.capacity() > LINE_KEPT {
+            self.line = Vec::new();
+        }
         if self.reader.is_none() {
             self.reader = Some(Window::new(File::open(&self.path)?));
         }
@@ -385,9 +391,14 @@ impl Log {
                 long.resize(1 << 20, 0);
                 let mut filled = 0;
                 loop {
-                    let n = reader
+                    let n = match reader
                         .file()
-                        .read_at(&mut long[filled..], e.offset + filled as u64)?;
+                        .read_at(&mut long[filled..], e.offset + filled as u64)
+                    {
+                        Ok(n) => n,
+                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(err) => return Err(err),
+                    };
                     filled += n;
                     if n == 0 || long[filled - n..filled].contains(&b'\n') {
                         break;
@@ -554,6 +565,38 @@ mod tests {
         assert_eq!(log.get(&fp(1)).unwrap(), Some(ok("1")));
         assert_eq!(log.get(&fp(2)).unwrap(), Some(failed("x")));
         assert!(!log.succeeded(2).unwrap());
+    }
+
+    #[test]
+    fn after_a_torn_line_the_next_append_is_indexed_where_it_lies() {
+        // The torn bytes seen by this log (a failed write) or found when
+        // the log was opened (a crash): either way the next append starts
+        // with a newline, which its lines' offsets count once.
+        for reopen in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = Log::open(dir.path()).unwrap();
+            log.append(&[(fp(1), ok("1"))]).unwrap();
+            OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(FILE))
+                .unwrap()
+                .write_all(b"{\"f\":\"0000")
+                .unwrap();
+            if reopen {
+                log = Log::open(dir.path()).unwrap();
+            }
+            log.append(&[(fp(2), ok("2")), (fp(3), failed("x"))])
+                .unwrap();
+            let on_disk = std::fs::metadata(dir.path().join(FILE)).unwrap().len();
+            assert_eq!(log.bytes(), on_disk, "reopen {reopen}");
+            // Found where the index says, not after rebuilding the index.
+            for (n, want) in [(1, ok("1")), (2, ok("2")), (3, failed("x"))] {
+                match log.read_indexed(key(&fp(n)).unwrap()).unwrap() {
+                    Lookup::Found(o) => assert_eq!(o, want, "reopen {reopen}"),
+                    _ => panic!("{n} not where the index says (reopen {reopen})"),
+                }
+            }
+        }
     }
 
     #[test]
