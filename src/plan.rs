@@ -139,14 +139,26 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         .map(|p| Source::new(p, spec.spec.input.format))
         .collect::<Result<Vec<_>, _>>()?;
     for src in &sources {
-        // A byte read, not just an open: a folder opens, and only fails
-        // when read, which must happen before the job folder is made.
-        File::open(&src.path)
-            .and_then(|mut f| f.read(&mut [0u8; 1]))
-            .map_err(|source| InputError::Open {
+        // Before the job folder is made. An input is read more than once
+        // (planned, then read again for the output), so it must be a
+        // regular file: a folder opens and fails only when read, and a
+        // pipe is drained by the first reader, so a second one starts
+        // mid-stream (a byte read to check it once cost a CSV its header's
+        // first letter).
+        // Looked at before it is opened: opening a pipe waits for a writer.
+        let open = |source| InputError::Open {
+            path: src.path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&src.path).map_err(open)?;
+        if !meta.is_file() {
+            return Err(InputError::BadFile {
                 path: src.path.clone(),
-                source,
-            })?;
+                message: not_a_file(meta.is_dir()),
+            }
+            .into());
+        }
+        File::open(&src.path).map_err(open)?;
     }
     let head = hash_head(spec, &prompt, price.as_ref());
     let (limits, limit_warnings) = Limits::from_spec(
@@ -166,6 +178,19 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         encoding,
         warnings,
     })
+}
+
+/// Why an input that is not a regular file is refused.
+fn not_a_file(is_dir: bool) -> String {
+    format!(
+        "{} not a file: an input is read more than once (to plan, and again to write the output), \
+         so it must be a regular file; save it to one first",
+        if is_dir {
+            "a folder,"
+        } else {
+            "a pipe or a device,"
+        }
+    )
 }
 
 /// Plan the job `spec` describes into its opened `store` (or confirm that

@@ -366,3 +366,43 @@ fn a_plan_of_many_chunks_keeps_few_files_open() {
     ));
     assert!(third.contains("\"custom_id\":\"r3\""), "{third}");
 }
+
+#[test]
+fn an_input_that_is_a_pipe_is_refused_before_it_is_opened() {
+    // An input is read twice (plan, then the output): a pipe would be
+    // drained by the first reader. Opening a pipe with no writer waits
+    // for one, so the refusal must come before any open.
+    let sb = Sandbox::new();
+    sb.write("job.yaml", spec("piped", "in.csv", "{{ text }}", ""));
+    let fifo = std::ffi::CString::new(sb.path("in.csv").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+        .current_dir(sb.path(""))
+        .env_remove("BATCHGRADER_STATE")
+        .env("NO_COLOR", "1")
+        .args(["plan", "job.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("plan waited on the pipe");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("in.csv: a pipe or a device, not a file: an input is read more than once"),
+        "{stderr}"
+    );
+    assert!(
+        !sb.path("state").exists(),
+        "no job folder for a refused plan"
+    );
+}
