@@ -171,6 +171,19 @@ pub fn place(sources: &[Source], file: usize, line: u64) -> String {
     }
 }
 
+/// How many bytes the sources will give, for sizing work up front: their
+/// total size, or `u64::MAX` when one is not a regular file (a pipe's size
+/// says nothing of what it holds) or cannot be looked at.
+pub fn size_hint(sources: &[Source]) -> u64 {
+    sources
+        .iter()
+        .map(|s| match std::fs::metadata(&s.path) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => u64::MAX,
+        })
+        .fold(0, u64::saturating_add)
+}
+
 /// Total size of the sources in bytes, for progress bars.
 pub fn total_bytes(sources: &[Source]) -> u64 {
     sources
@@ -927,6 +940,38 @@ fn read_json_array(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_hint_is_the_files_size_or_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: usize| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "x".repeat(bytes)).unwrap();
+            Source {
+                path: p,
+                format: Format::Csv,
+            }
+        };
+        let (a, b) = (file("a.csv", 10), file("b.csv", 32));
+        let folder = Source {
+            path: dir.path().to_path_buf(),
+            format: Format::Csv,
+        };
+        let missing = Source {
+            path: dir.path().join("gone.csv"),
+            format: Format::Csv,
+        };
+        let cases = [
+            (vec![a.clone()], 10),
+            (vec![a.clone(), b.clone()], 42),
+            (vec![], 0),
+            (vec![a.clone(), folder], u64::MAX),
+            (vec![missing, b.clone()], u64::MAX),
+        ];
+        for (sources, want) in cases {
+            assert_eq!(size_hint(&sources), want, "{sources:?}");
+        }
+    }
 
     #[test]
     fn unclosed_quotes_are_found() {

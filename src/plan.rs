@@ -237,7 +237,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     if let Some(damage) = store.outcomes_damage()? {
         return Err(damage.into());
     }
-    let counter = Counter::for_input(encoding, crate::input::total_bytes(&sources))?;
+    let counter = Counter::for_input(encoding, crate::input::size_hint(&sources))?;
     let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
     let marker = PlanningMarker::start(store.layout(), &sources);
     let scratch = store.layout().plan_scratch(generation);

@@ -13,7 +13,7 @@ use crate::tokenize::Counter;
 
 pub fn run(target: &CountTarget, limits: SplitLimits, out_dir: &Path, ui: &Ui) -> Result<Code> {
     let t = resolve_target(target, ui)?;
-    let counter = Counter::for_input(t.encoding, t.total_bytes())?;
+    let counter = Counter::for_input(t.encoding, crate::input::size_hint(&t.sources))?;
     let bar = ui.progress(t.total_bytes(), "splitting");
     let parts = split(&t, &counter, limits, out_dir, |b| bar.set_position(b))?;
     bar.finish_and_clear();

@@ -17,7 +17,7 @@ const LISTED_OVER: usize = 10;
 
 pub fn run(target: &CountTarget, limit: Option<u64>, ui: &Ui) -> Result<Code> {
     let t = resolve_target(target, ui)?;
-    let counter = Counter::for_input(t.encoding, t.total_bytes())?;
+    let counter = Counter::for_input(t.encoding, crate::input::size_hint(&t.sources))?;
     let bar = ui.progress(t.total_bytes(), "counting");
     let mut counts: Vec<u64> = Vec::new();
     let mut first_over: Vec<String> = Vec::new();
