@@ -102,7 +102,12 @@ pub struct Totals {
     pub rows: u64,
     pub to_grade: u64,
     pub already_done: u64,
+    /// Answered, whether or not the answer parsed.
     pub succeeded: u64,
+    /// Of `succeeded`, answers that did not parse (or broke the answer
+    /// schema): the output marks them `parse_error`.
+    #[serde(default)]
+    pub parse_failures: u64,
     pub failed: u64,
     pub pending: u64,
 }
@@ -406,9 +411,16 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
     let t = &s.totals;
     writeln!(
         w,
-        "  rows {}: {} graded, {} failed, {} pending{}",
+        "  rows {}: {} answered{}, {} failed, {} pending{}",
         num(t.rows),
         num(t.succeeded + t.already_done),
+        // "graded" in the summary and the output is an answer that
+        // parsed: the ones that did not are said apart here too.
+        if t.parse_failures > 0 {
+            format!(" ({} did not parse)", num(t.parse_failures))
+        } else {
+            String::new()
+        },
         num(t.failed),
         num(t.pending),
         if t.already_done > 0 {
@@ -532,6 +544,7 @@ mod tests {
                 to_grade: 60_000,
                 already_done: 1_200,
                 succeeded: 19_990,
+                parse_failures: 37,
                 failed: 10,
                 pending: 40_000,
             },

@@ -313,6 +313,15 @@ fn resuming_a_job_halted_on_parse_failures_counts_the_earlier_ones() {
     let first = sb.run(&["apply", "job.yaml", "--json"]);
     assert_eq!(first.code, 4, "{first:?}");
     let before = first.json();
+    // `status` says how many answers did not parse, as the summary does.
+    let status = sb.run(&["status", "rubric"]);
+    assert!(
+        status.stderr.contains(&format!(
+            "({} did not parse)",
+            before["parse_failures"].as_u64().unwrap()
+        )),
+        "{status:?}\n{before:#}"
+    );
     // Still above the rate, counting the answers of the first run that
     // break the schema: nothing more is sent (and paid for).
     let again = sb.run(&["resume", "rubric", "--json"]);

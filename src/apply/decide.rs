@@ -498,6 +498,7 @@ pub fn totals(rows: u64, to_grade: u64, already_done: u64, tally: &Tally) -> Tot
         to_grade,
         already_done,
         succeeded,
+        parse_failures: tally.parse_failures,
         failed,
         pending: to_grade.saturating_sub(succeeded + failed),
     }
@@ -1126,8 +1127,14 @@ mod tests {
         };
         let got = totals(12, 10, 2, &t);
         assert_eq!(
-            (got.succeeded, got.failed, got.pending, got.already_done),
-            (7, 2, 1, 2)
+            (
+                got.succeeded,
+                got.parse_failures,
+                got.failed,
+                got.pending,
+                got.already_done
+            ),
+            (7, 1, 2, 1, 2)
         );
         let mut a = unit(1, Merged);
         a.cost_usd = 0.5;

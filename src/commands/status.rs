@@ -92,6 +92,7 @@ fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapsh
             to_grade: plan.outstanding,
             already_done: plan.already_done,
             succeeded: 0,
+            parse_failures: 0,
             failed: 0,
             pending: plan.outstanding,
         },
