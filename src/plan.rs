@@ -320,9 +320,20 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     };
     let chunks_dir = store.layout().chunks_root();
     let final_dir = store.plan_dir(generation);
+    // The files go in before the record that names them, so a recorded plan
+    // always has its files. A plan killed between the two leaves this
+    // generation's folder with no record; the next plan has the same
+    // generation (the recorded one + 1), and replaces it.
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)
+            .map_err(|e| Error::io("remove the unrecorded plan folder", &final_dir, e))?;
+    }
     let install = std::fs::create_dir_all(&chunks_dir)
         .and_then(|()| std::fs::rename(&scratch, &final_dir))
         .map_err(|e| Error::io("move chunk files into", &final_dir, e));
+    if install.is_ok() {
+        crate::apply::kill_point("plan-installed");
+    }
     if let Err(e) = install.and_then(|()| Ok(store.commit_plan(&job, &plan)?)) {
         let _ = std::fs::remove_dir_all(&scratch);
         let _ = std::fs::remove_dir_all(&final_dir);

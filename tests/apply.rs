@@ -121,6 +121,40 @@ fn several_chunks_with_shuffled_results_come_out_in_input_order() {
     );
 }
 
+#[test]
+fn a_plan_killed_between_its_files_and_its_record_is_made_again() {
+    // Killed after the chunk files are moved in and before the plan is
+    // recorded: the folder holds a plan the database does not know. The
+    // next `apply` plans again over it, for a first plan and a later one.
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    job(&sb, &server, "");
+    let kill = [("BATCHGRADER_TEST_KILL_AT", "plan-installed")];
+    let killed = bg(&sb, &["apply", "job.yaml"], &kill);
+    assert_eq!(killed.signal, Some(9), "{killed:?}");
+    assert!(sb.path("state/crash/chunks/plan-1").is_dir());
+    let again = bg(&sb, &["apply", "job.yaml"], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(sb.read("out/graded.csv"), reference_output());
+    assert_one_batch_per_chunk_attempt(&server, 3);
+
+    // A second plan (one row's text changed), killed the same way.
+    let input = sb
+        .read("in.csv")
+        .replace("answer number 2,", "answer number two,");
+    sb.write("in.csv", input);
+    let killed = bg(&sb, &["apply", "job.yaml"], &kill);
+    assert_eq!(killed.signal, Some(9), "{killed:?}");
+    assert!(sb.path("state/crash/chunks/plan-2").is_dir());
+    let again = bg(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let s = again.json();
+    assert_eq!(s["graded"], 25, "{s:#}");
+    assert_eq!(s["already_graded_before"], 24, "{s:#}");
+    let out = sb.read("out/graded.csv");
+    assert!(out.contains("002,answer number two,002,"), "{out}");
+}
+
 fn crash_then_resume(point: &str) {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);

@@ -195,7 +195,7 @@ pub(crate) fn snapshot_of(
 /// Where the process may be killed on purpose, for the crash-safety tests.
 /// `BATCHGRADER_TEST_KILL_AT=<point>` sends SIGKILL to this process right
 /// after that step; nothing else reads it.
-fn kill_point(name: &str) {
+pub(crate) fn kill_point(name: &str) {
     if std::env::var("BATCHGRADER_TEST_KILL_AT").is_ok_and(|v| v == name) {
         kill_now();
     }

@@ -106,10 +106,14 @@ pub fn current_plan(store: &JobStore, job: &str) -> Result<PlanRecord> {
 }
 
 /// A database without the job's records in a folder that holds what only
-/// a plan or a run writes: the database was lost or damaged.
+/// a run writes: the database was lost or damaged, and batches may be out
+/// that nothing records any more. Plan files alone (`chunks/`) are no such
+/// sign: a first plan killed after moving its files in and before
+/// recording itself leaves them, no run can have started, and planning
+/// again replaces them.
 pub(super) fn lost_records(store: &JobStore) -> Option<StateError> {
     let dir = store.dir();
-    let traces: Vec<&str> = ["chunks", "outcomes.jsonl", "status.json", "results"]
+    let traces: Vec<&str> = ["events.jsonl", "outcomes.jsonl", "status.json", "results"]
         .into_iter()
         .filter(|f| dir.join(f).exists())
         .collect();
