@@ -129,6 +129,11 @@ pub(super) fn lost_records(store: &JobStore) -> Option<StateError> {
             "the database holds no record of the job, but the folder holds its {}",
             traces.join(", ")
         ),
-        repair: "restore the db/ folder from a backup; or plan the job again with `batchgrader apply SPEC`: rows already graded keep their answers (outcomes.jsonl), but batches still out are not known any more".into(),
+        // `apply SPEC` refuses this same folder (a plan over it could send
+        // again what is still out), so the way on is a folder of its own.
+        repair: format!(
+            "restore the db/ folder from a backup; without one, the batches still out are not known any more: once none of this job's batches is running at the provider, move {} aside and run `batchgrader apply SPEC` (every row is sent again; the old folder keeps its answers in outcomes.jsonl)",
+            dir.display()
+        ),
     })
 }
