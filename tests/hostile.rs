@@ -616,6 +616,42 @@ fn anthropic_garbage_and_hung_answers_end_in_time_with_the_call_named() {
 }
 
 #[test]
+fn a_download_stops_before_the_disk_is_full_and_resume_takes_it_up() {
+    // The floor set above any disk's free space: the 200 MB result file
+    // stops at once, as an endless one would at the floor.
+    let server = Hostile::start(Behaviour::LongResultLine);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let [key, timeout] = env(TIMEOUT);
+    let run = sb.run_env(
+        &["apply", "job.yaml", "--yes"],
+        &[key, timeout, ("BATCHGRADER_MIN_FREE_DISK", "1000000GB")],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("stopped after 0 bytes: the disk of")
+            && run
+                .stderr
+                .contains("under the 1000.0 TB a download leaves free"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("BATCHGRADER_MIN_FREE_DISK"), "{run:?}");
+    assert!(server.sent.load(Ordering::SeqCst) < 50_000_000);
+    for (path, _) in state_bytes(&sb) {
+        assert!(!path.ends_with(".tmp"), "{path} left behind");
+    }
+    // With room again, the download is made and every row graded.
+    let again = sb.run_env(&["resume"], &env(TIMEOUT));
+    assert_eq!(again.code, 0, "{again:?}");
+    let out = sb.read("out/graded.csv");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(",7,")).count(),
+        6,
+        "{out}"
+    );
+}
+
+#[test]
 fn a_result_line_of_200_mb_is_a_bad_line_not_a_200_mb_string() {
     let server = Hostile::start(Behaviour::LongResultLine);
     let sb = Sandbox::new();

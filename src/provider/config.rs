@@ -27,6 +27,14 @@ pub const PROJECT_ENV: &str = "OPENAI_PROJECT_ID";
 /// answers in direct mode) and for tests of hung servers.
 pub const TIMEOUT_ENV: &str = "BATCHGRADER_HTTP_TIMEOUT";
 
+/// Space a download leaves free on the disk it writes to, e.g. `5GB`;
+/// default 1 GiB, `0` for none. A result file is streamed to disk as it
+/// comes, with no size known before: a server that sends without end (or a
+/// file far beyond the job's size) stops here instead of filling the disk.
+pub const MIN_FREE_DISK_ENV: &str = "BATCHGRADER_MIN_FREE_DISK";
+
+const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
+
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,6 +83,8 @@ pub struct ClientConfig {
     /// the longest stall allowed (see `OpenAiClient`).
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Bytes a download leaves free on its disk ([`MIN_FREE_DISK_ENV`]).
+    pub min_free_disk: u64,
 }
 
 impl ClientConfig {
@@ -94,6 +104,7 @@ impl ClientConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
         }
     }
 
@@ -106,6 +117,9 @@ impl ClientConfig {
         if let Some((request, connect)) = timeouts(lookup(TIMEOUT_ENV).as_deref())? {
             self.request_timeout = request;
             self.connect_timeout = connect;
+        }
+        if let Some(floor) = min_free_disk(lookup(MIN_FREE_DISK_ENV).as_deref())? {
+            self.min_free_disk = floor;
         }
         Ok(self)
     }
@@ -202,6 +216,25 @@ impl ClientConfig {
             .get(..7)
             .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
     }
+}
+
+/// The floor a value of [`MIN_FREE_DISK_ENV`] sets (None: unset or empty).
+fn min_free_disk(value: Option<&str>) -> Result<Option<u64>, ProviderError> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if v == "0" {
+        return Ok(Some(0));
+    }
+    crate::spec::units::parse_size(v).map(Some).map_err(|why| {
+        ProviderError::config(
+            OPERATION,
+            format!("{MIN_FREE_DISK_ENV}={v:?}: {why}"),
+            Some(format!(
+                "set {MIN_FREE_DISK_ENV} to a size such as 5GB, or 0 for no floor, or unset it for the default (1 GiB)"
+            )),
+        )
+    })
 }
 
 /// The request and connect timeouts a value of [`TIMEOUT_ENV`] sets;
@@ -378,6 +411,32 @@ mod tests {
         assert_eq!((c.request_timeout, c.connect_timeout), (s(3), s(3)));
         let c = ClientConfig::from_lookup(None, "K", lookup(&[("K", "k")])).unwrap();
         assert_eq!((c.request_timeout, c.connect_timeout), (s(120), s(10)));
+    }
+
+    #[test]
+    fn min_free_disk_table() {
+        let cases: &[(Option<&str>, Option<u64>)] = &[
+            (None, None),
+            (Some(" "), None),
+            (Some("0"), Some(0)),
+            (Some("5GB"), Some(5_000_000_000)),
+            (Some("512MiB"), Some(512 << 20)),
+            (Some("1000"), Some(1000)),
+        ];
+        for (v, want) in cases {
+            assert_eq!(min_free_disk(*v).unwrap(), *want, "{v:?}");
+        }
+        for bad in ["lots", "-1", "5 parsecs"] {
+            let e = min_free_disk(Some(bad)).unwrap_err();
+            assert!(e.to_string().contains(MIN_FREE_DISK_ENV), "{e}");
+            assert!(e.is_setup_fault());
+        }
+        let c = ClientConfig::from_lookup(None, "K", lookup(&[("K", "k")])).unwrap();
+        assert_eq!(c.min_free_disk, 1 << 30);
+        let c =
+            ClientConfig::from_lookup(None, "K", lookup(&[("K", "k"), (MIN_FREE_DISK_ENV, "2GB")]))
+                .unwrap();
+        assert_eq!(c.min_free_disk, 2_000_000_000);
     }
 
     #[test]

@@ -26,13 +26,15 @@ use crate::provider::bounded::{
     self, MAX_CHAT_BODY, MAX_CONTROL_BODY, MAX_ERROR_BODY, cap_text, clean_text,
 };
 use crate::provider::config::{
-    ClientConfig, ORG_ENV, PROJECT_ENV, encode_path_segment, join_url, validate_base_url,
+    ClientConfig, MIN_FREE_DISK_ENV, ORG_ENV, PROJECT_ENV, encode_path_segment, join_url,
+    validate_base_url,
 };
 use crate::provider::error::{ErrorKind, ProviderError, human_wait, redact};
 use crate::provider::retry::{
     self, Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure,
 };
 use crate::provider::watch::CallWatch;
+use crate::spec::units::human_bytes;
 
 /// Uploads get `request_timeout` plus the time this slow a link would need.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 128 * 1024;
@@ -851,7 +853,10 @@ impl OpenAiClient {
                 }
                 Err(e) => transport_attempt(&e, request_id),
             },
-            Sink::File(dest) => stream_to_file(&call.op, response, dest, request_id, timeout).await,
+            Sink::File(dest) => {
+                let floor = self.config.min_free_disk;
+                stream_to_file(&call.op, response, dest, request_id, timeout, floor).await
+            }
             Sink::FirstLine => {
                 const MAX_LINE: usize = 1 << 20;
                 let mut buf: Vec<u8> = Vec::new();
@@ -1186,8 +1191,14 @@ async fn stream_to_file(
     dest: &Path,
     request_id: Option<String>,
     stall: Duration,
+    min_free: u64,
 ) -> Attempt {
     let tmp = tmp_path(dest);
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut checked_at: Option<u64> = None;
     // Buffered: each write to a tokio file is a hop to a blocking thread,
     // and a body arrives in pieces of a few KB.
     let mut file = match tokio::fs::File::create(&tmp).await {
@@ -1234,6 +1245,22 @@ async fn stream_to_file(
                 };
             }
         };
+        if disk_check_due(checked_at, written)
+            && let Some(free) = free_disk_bytes(dir)
+        {
+            checked_at = Some(written);
+            if free < min_free {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Attempt::Fatal(ProviderError::new(op, ErrorKind::Io).with_detail(format!(
+                    "stopped after {written} bytes: the disk of {} has {} free, under the {} a download leaves free \
+                     (free some space and run `batchgrader resume`, or set {MIN_FREE_DISK_ENV})",
+                    dir.display(),
+                    human_bytes(free),
+                    human_bytes(min_free)
+                )));
+            }
+        }
         if let Err(e) = file.write_all(&chunk).await {
             drop(file);
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -1274,6 +1301,29 @@ fn tmp_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     dest.with_file_name(name)
+}
+
+/// Bytes written between two looks at the free space of a download's disk.
+const DISK_CHECK_EVERY: u64 = 64 << 20;
+
+/// Whether a download that has written `written` bytes, and last looked at
+/// its disk's free space at `checked_at`, looks again: before the first
+/// byte, then every `DISK_CHECK_EVERY` bytes.
+fn disk_check_due(checked_at: Option<u64>, written: u64) -> bool {
+    checked_at.is_none_or(|at| written.saturating_sub(at) >= DISK_CHECK_EVERY)
+}
+
+/// Bytes free for this user on the file system of `dir` (statvfs(3)), or
+/// None when it cannot be told.
+fn free_disk_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn io_error(op: &str, action: &str, path: &Path, e: &std::io::Error) -> ProviderError {
@@ -1344,6 +1394,29 @@ mod tests {
             PathBuf::from("/a/b/out.jsonl.tmp")
         );
         assert_eq!(tmp_path(Path::new("x")), PathBuf::from("x.tmp"));
+    }
+
+    #[test]
+    fn the_disk_is_looked_at_first_then_every_64_mib() {
+        let m = DISK_CHECK_EVERY;
+        let cases = [
+            // (last look at, written, look now)
+            (None, 0, true),
+            (None, 5 * m, true),
+            (Some(0), 1, false),
+            (Some(0), m - 1, false),
+            (Some(0), m, true),
+            (Some(m), 2 * m - 1, false),
+            (Some(m), 3 * m, true),
+            (Some(u64::MAX), 0, false),
+        ];
+        for (at, written, want) in cases {
+            assert_eq!(disk_check_due(at, written), want, "{at:?} {written}");
+        }
+        // This machine's temp folder has some free space, and a path that
+        // is not there has none to tell.
+        assert!(free_disk_bytes(&std::env::temp_dir()).is_some_and(|b| b > 0));
+        assert_eq!(free_disk_bytes(Path::new("/no/such/folder/here")), None);
     }
 
     #[test]
