@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The table shipped in the binary, used when no file is given or found.
 pub const BUILTIN_PRICING: &str = include_str!("../config/pricing.csv");
 
+/// The price table read from the working folder when no other is named.
+pub const LOCAL_PRICING: &str = "config/pricing.csv";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PricingError {
     #[error("cannot read price table {}: {source}", path.display())]
@@ -81,7 +84,7 @@ impl PriceTable {
         let path = match explicit {
             Some(p) => Some(p.to_path_buf()),
             None => {
-                let local = PathBuf::from("config/pricing.csv");
+                let local = PathBuf::from(LOCAL_PRICING);
                 local.is_file().then_some(local)
             }
         };

@@ -40,13 +40,22 @@ pub enum Clash {
     InState,
 }
 
+/// The same file: by device and inode when both exist, else by resolved path.
+fn same(a: &Resolved, b: &Resolved) -> bool {
+    match (a.inode, b.inode) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.path == b.path,
+    }
+}
+
+/// Whether `a` and `b` name the same file (links and spellings followed).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    same(&resolve(a), &resolve(b))
+}
+
 /// Whether writing `out` would destroy a guarded file or write into the
 /// state folder.
 pub fn clash(out: &Resolved, guarded: &[Guarded], state_root: &Resolved) -> Option<Clash> {
-    let same = |a: &Resolved, b: &Resolved| match (a.inode, b.inode) {
-        (Some(x), Some(y)) => x == y,
-        _ => a.path == b.path,
-    };
     if let Some(i) = guarded.iter().position(|g| same(out, &g.resolved)) {
         return Some(Clash::Is(i));
     }
@@ -126,6 +135,12 @@ pub fn guarded_files(spec: &CheckedSpec, pricing: Option<&Path>) -> Vec<Guarded>
     }
     if let Some(p) = pricing {
         add("the price table (--pricing)", p);
+    }
+    // The table a command without --pricing reads, whether or not this one
+    // was given another: overwritten, every later plan fails on it.
+    let local = Path::new(crate::cost::LOCAL_PRICING);
+    if local.is_file() {
+        add("the price table (config/pricing.csv)", local);
     }
     out
 }

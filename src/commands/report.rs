@@ -48,6 +48,24 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         || PathBuf::from(format!("{job}.report.html")),
         Path::to_path_buf,
     );
+    // The same guard as every output: not over the job's files, not into
+    // the state folder (a report written over db/ lost the job).
+    crate::protect::check_output(
+        &path,
+        crate::protect::OutputFrom::Flag("--out"),
+        &spec,
+        g.pricing.as_deref(),
+        &g.state_root,
+    )?;
+    if crate::protect::same_file(&path, &spec.output_path) {
+        return Err(crate::error::Error::usage_with_hint(
+            format!(
+                "--out {} is the job's output file; writing the report there would destroy the graded rows",
+                path.display()
+            ),
+            "name another file, e.g. --out report.html",
+        ));
+    }
     write_atomically(&path, render(&data).as_bytes())?;
     if ui.json {
         print_json(&serde_json::json!({
