@@ -573,3 +573,44 @@ fn an_unfinished_sled_snapshot_left_by_a_kill_does_not_lose_the_job() {
     assert_eq!(sb.read("out.csv"), want);
     assert!(!unfinished.exists());
 }
+
+#[test]
+fn rows_that_send_the_same_request_all_keep_its_answer_when_a_copy_fails() {
+    // 25 rows with the same text share one request fingerprint; with 30%
+    // of requests failing, some copies fail after others were answered. A
+    // failure once overwrote the answer for every copy, and nothing retried.
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text\n");
+    for i in 1..=50 {
+        let text = if i % 2 == 0 {
+            "same".to_string()
+        } else {
+            format!("x{i}")
+        };
+        csv.push_str(&format!("r{i},{text}\n"));
+    }
+    sb.write("in.csv", csv);
+    let spec = sim_spec("dup", "{path: out.csv, parse: number}", "")
+        .replace(
+            "    in_progress: 0s\n",
+            "    in_progress: 0s\n    request_failure_rate: 30%\n",
+        )
+        .replace("max_requests: 10", "max_requests: 7");
+    sb.write("job.yaml", spec);
+    let run = sb.run(&["apply", "--yes", "job.yaml", "--json"]);
+    assert!(run.code == 0 || run.code == 3, "{run:?}");
+    let out = sb.read("out.csv");
+    let mut r = csv::Reader::from_reader(out.as_bytes());
+    let header = r.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (text, status, grade) = (col("text"), col("answer_status"), col("answer"));
+    let same: Vec<(String, String)> = r
+        .records()
+        .map(Result::unwrap)
+        .filter(|rec| &rec[text] == "same")
+        .map(|rec| (rec[status].to_string(), rec[grade].to_string()))
+        .collect();
+    assert_eq!(same.len(), 25);
+    assert!(same.iter().all(|(s, _)| s == "ok"), "{same:?}");
+    assert!(same.iter().all(|(_, g)| *g == same[0].1), "{same:?}");
+}

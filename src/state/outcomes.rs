@@ -275,9 +275,35 @@ impl Log {
         }
     }
 
-    /// Append outcomes and make them durable before returning.
+    /// Append outcomes and make them durable before returning. A failure
+    /// for a fingerprint that has a success (recorded, or earlier in
+    /// `entries`) is left out: rows whose requests are the same share one
+    /// fingerprint, and a copy that failed after another was answered
+    /// turned every copy into a failure, with the answers paid for.
     pub fn append(&mut self, entries: &[(String, Outcome)]) -> std::io::Result<()> {
-        if entries.is_empty() {
+        let mut answered: std::collections::HashSet<u128> = Default::default();
+        let mut kept: Vec<&(String, Outcome)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (fp, outcome) = entry;
+            if let Some(k) = key(fp) {
+                match outcome {
+                    Outcome::Success(_) => {
+                        answered.insert(k);
+                    }
+                    Outcome::Failure(_) => {
+                        let recorded = match self.index.as_ref() {
+                            Some(ix) => ix.get(k)?.is_some_and(|e| e.ok),
+                            None => false,
+                        };
+                        if recorded || answered.contains(&k) {
+                            continue;
+                        }
+                    }
+                }
+            }
+            kept.push(entry);
+        }
+        if kept.is_empty() {
             return Ok(());
         }
         let mut file = OpenOptions::new()
@@ -292,8 +318,8 @@ impl Log {
         if at > self.len || (at > 0 && !ends_with_newline(&self.path, at)?) {
             text.push(b'\n');
         }
-        let mut placed = Vec::with_capacity(entries.len());
-        for (fp, outcome) in entries {
+        let mut placed = Vec::with_capacity(kept.len());
+        for (fp, outcome) in kept {
             let start = text.len();
             encode_line(fp, outcome, &mut text);
             placed.push((fp, outcome, at + start as u64, text.len() - start));
@@ -305,7 +331,7 @@ impl Log {
             let _ = std::fs::remove_file(&self.index_path);
             self.index = Some(Index::create(
                 &self.index_path,
-                self.reserve.max(entries.len() as u64),
+                self.reserve.max(placed.len() as u64),
             )?);
         }
         let index = self.index.as_mut().expect("created above");
@@ -548,6 +574,36 @@ mod tests {
     }
 
     #[test]
+    fn a_success_is_not_undone_by_a_later_failure_of_the_same_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path()).unwrap();
+        // Recorded before; in one append, before and after.
+        log.append(&[(fp(1), ok("7"))]).unwrap();
+        log.append(&[
+            (fp(1), failed("server_error")),
+            (fp(2), ok("8")),
+            (fp(2), failed("server_error")),
+            (fp(3), failed("server_error")),
+            (fp(3), ok("9")),
+            (fp(4), failed("server_error")),
+        ])
+        .unwrap();
+        let want = [ok("7"), ok("8"), ok("9"), failed("server_error")];
+        for (n, w) in (1..=4).zip(want) {
+            assert_eq!(log.get(&fp(n)).unwrap(), Some(w.clone()), "{n}");
+        }
+        // Only failures were left out; a later success still replaces one.
+        let before = log.bytes();
+        log.append(&[(fp(1), failed("x")), (fp(2), failed("x"))])
+            .unwrap();
+        assert_eq!(log.bytes(), before, "nothing written");
+        log.append(&[(fp(4), ok("5"))]).unwrap();
+        assert_eq!(log.get(&fp(4)).unwrap(), Some(ok("5")));
+        let mut again = Log::open(dir.path()).unwrap();
+        assert_eq!(again.get(&fp(2)).unwrap(), Some(ok("8")));
+    }
+
+    #[test]
     fn a_torn_last_line_is_skipped_and_appending_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::open(dir.path()).unwrap();
@@ -661,10 +717,10 @@ mod tests {
         log.append(&[(fp(5000), ok(&long)), (fp(5001), ok("after"))])
             .unwrap();
         // A later line for a fingerprint wins over the cached one.
-        log.append(&[(fp(7), failed("later"))]).unwrap();
+        log.append(&[(fp(7), ok("later"))]).unwrap();
         let check = |log: &mut Log, n: u32| {
             let want = match n {
-                7 => failed("later"),
+                7 => ok("later"),
                 5000 => ok(&long),
                 5001 => ok("after"),
                 _ => ok(&answer(n)),
