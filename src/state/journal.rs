@@ -57,11 +57,31 @@ pub fn append_event(path: &Path, chunk: Option<u32>, msg: &str) {
     .expect("events serialize");
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
     {
-        let _ = writeln!(f, "{line}");
+        let _ = append_line(&mut f, &line);
     }
+}
+
+/// Append `line` and a newline to `f` (opened to read and append) in one
+/// write, on a line of its own: a last line torn by a crash is ended first,
+/// so the new record is not glued to it and lost with it.
+fn append_line(f: &mut std::fs::File, line: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut text = String::with_capacity(line.len() + 2);
+    if len > 0 {
+        let mut last = [0u8];
+        f.read_exact_at(&mut last, len - 1)?;
+        if last[0] != b'\n' {
+            text.push('\n');
+        }
+    }
+    text.push_str(line);
+    text.push('\n');
+    f.write_all(text.as_bytes())
 }
 
 /// One batch's usage in the ledger.
@@ -102,11 +122,12 @@ pub fn record_usage_once(ledger: &Path, entry: &LedgerEntry<'_>) -> std::io::Res
     let line = serde_json::to_string(entry).expect("entries serialize");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(ledger)?;
     // The ledger sits beside the job folders, not inside one.
     super::owner_only(ledger, 0o600);
-    writeln!(f, "{line}")?;
+    append_line(&mut f, &line)?;
     f.sync_all()
 }
 
@@ -127,6 +148,39 @@ mod tests {
         assert_eq!(text.matches(RUN_MARK).count(), 10);
         assert!(text.contains("work of run 14") && text.contains("work of run 5"));
         assert!(!text.contains("work of run 4\""), "{text}");
+    }
+
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("usage.jsonl");
+        let events = dir.path().join("events.jsonl");
+        for p in [&ledger, &events] {
+            std::fs::write(p, "{\"ts\":1,\"job\":\"j\",\"batch_id\":\"b0\",\"inp").unwrap();
+        }
+        let entry = LedgerEntry {
+            ts: 2,
+            job: "j",
+            batch_id: "b1",
+            provider: "openai",
+            model: "m",
+            input_tokens: 10,
+            output_tokens: 1,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
+            cost_usd: 0.5,
+            standard_cost_usd: 1.0,
+            simulated: false,
+        };
+        record_usage_once(&ledger, &entry).unwrap();
+        append_event(&events, Some(1), "after the tear");
+        for (p, needle) in [(&ledger, "\"b1\""), (&events, "after the tear")] {
+            let text = std::fs::read_to_string(p).unwrap();
+            let last = text.lines().last().unwrap();
+            let v: serde_json::Value = serde_json::from_str(last).unwrap();
+            assert!(v.to_string().contains(needle), "{text}");
+            assert!(text.ends_with('\n'));
+        }
     }
 
     #[test]
