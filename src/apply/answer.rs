@@ -198,27 +198,61 @@ fn contains_word(hay: &str, word: &str) -> bool {
     })
 }
 
-/// The first number in the text, as written (`7`, `-2.5`, `8.0`).
+/// The first number in the text (`7`, `-2.5`, `8.0`, `.5`, `1e5`), as
+/// written but for its sign and a bare leading point: `−4` (U+2212, the
+/// typographic minus) becomes `-4` and `.75` becomes `0.75`. Before these
+/// were read, `.5` was taken for `5`, `-.5` for `5`, `1e5` for `1` and
+/// `−4` for `4`, each marked graded.
 fn first_number(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
+    let chars: Vec<char> = s.chars().collect();
+    let digit = |i: usize| chars.get(i).is_some_and(char::is_ascii_digit);
     let mut i = 0;
-    while i < bytes.len() {
-        let neg = bytes[i] == b'-' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
-        if bytes[i].is_ascii_digit() || neg {
-            let start = i;
-            i += usize::from(neg);
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
+    while i < chars.len() {
+        let minus = matches!(chars[i], '-' | '\u{2212}');
+        // Where the digits (or a point before them) start.
+        let at = i + usize::from(minus);
+        let starts = digit(at) || (chars.get(at) == Some(&'.') && digit(at + 1));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let mut out = String::new();
+        if minus {
+            out.push('-');
+        }
+        let mut j = at;
+        if chars[j] == '.' {
+            out.push('0');
+        }
+        while digit(j) {
+            out.push(chars[j]);
+            j += 1;
+        }
+        if chars.get(j) == Some(&'.') && digit(j + 1) {
+            out.push('.');
+            j += 1;
+            while digit(j) {
+                out.push(chars[j]);
+                j += 1;
             }
-            if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
-                i += 1;
-                while i < bytes.len() && bytes[i].is_ascii_digit() {
-                    i += 1;
+        }
+        // An exponent: `e` or `E`, a sign maybe, and digits.
+        if matches!(chars.get(j), Some('e' | 'E')) {
+            let sign = matches!(chars.get(j + 1), Some('-' | '+'));
+            let k = j + 1 + usize::from(sign);
+            if digit(k) {
+                out.push('e');
+                if sign {
+                    out.push(chars[j + 1]);
+                }
+                j = k;
+                while digit(j) {
+                    out.push(chars[j]);
+                    j += 1;
                 }
             }
-            return Some(s[start..i].to_string());
         }
-        i += 1;
+        return Some(out);
     }
     None
 }
@@ -248,6 +282,19 @@ mod tests {
             (ParseMode::Number, "Grade: 8.5/10", Ok("8.5")),
             (ParseMode::Number, "-2 points", Ok("-2")),
             (ParseMode::Number, "10.", Ok("10")),
+            (ParseMode::Number, ".5", Ok("0.5")),
+            (ParseMode::Number, "-.5", Ok("-0.5")),
+            (ParseMode::Number, "Score: .75", Ok("0.75")),
+            (ParseMode::Number, "1e5", Ok("1e5")),
+            (ParseMode::Number, "2.5e-3 exactly", Ok("2.5e-3")),
+            (ParseMode::Number, "3E+2", Ok("3e+2")),
+            (ParseMode::Number, "\u{2212}4", Ok("-4")),
+            (ParseMode::Number, "3 examples", Ok("3")),
+            (ParseMode::Number, "7e", Ok("7")),
+            (ParseMode::Number, "3-4", Ok("3")),
+            (ParseMode::Number, "Grade: 8. Good.", Ok("8")),
+            (ParseMode::Number, "-", Err(())),
+            (ParseMode::Number, ". and -", Err(())),
             (ParseMode::Number, "no idea", Err(())),
             (ParseMode::Number, "", Err(())),
             (ParseMode::Label, "Spam", Ok("spam")),
