@@ -138,28 +138,8 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         .iter()
         .map(|p| Source::new(p, spec.spec.input.format))
         .collect::<Result<Vec<_>, _>>()?;
-    for src in &sources {
-        // Before the job folder is made. An input is read more than once
-        // (planned, then read again for the output), so it must be a
-        // regular file: a folder opens and fails only when read, and a
-        // pipe is drained by the first reader, so a second one starts
-        // mid-stream (a byte read to check it once cost a CSV its header's
-        // first letter).
-        // Looked at before it is opened: opening a pipe waits for a writer.
-        let open = |source| InputError::Open {
-            path: src.path.clone(),
-            source,
-        };
-        let meta = std::fs::metadata(&src.path).map_err(open)?;
-        if !meta.is_file() {
-            return Err(InputError::BadFile {
-                path: src.path.clone(),
-                message: not_a_file(meta.is_dir()),
-            }
-            .into());
-        }
-        File::open(&src.path).map_err(open)?;
-    }
+    // Before the job folder is made.
+    check_inputs(&spec.inputs)?;
     let head = hash_head(spec, &prompt, price.as_ref());
     let (limits, limit_warnings) = Limits::from_spec(
         provider_limits(spec),
@@ -178,6 +158,30 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
         encoding,
         warnings,
     })
+}
+
+/// Every input can be read and is a regular file. An input is read more
+/// than once (planned, then read again for the output), so it must be a
+/// regular file: a folder opens and fails only when read, and a pipe is
+/// drained by the first reader, so a second one starts mid-stream (a byte
+/// read to check it once cost a CSV its header's first letter). Each is
+/// looked at before it is opened: opening a pipe waits for a writer.
+pub fn check_inputs(inputs: &[std::path::PathBuf]) -> std::result::Result<(), InputError> {
+    for path in inputs {
+        let open = |source| InputError::Open {
+            path: path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(open)?;
+        if !meta.is_file() {
+            return Err(InputError::BadFile {
+                path: path.clone(),
+                message: not_a_file(meta.is_dir()),
+            });
+        }
+        File::open(path).map_err(open)?;
+    }
+    Ok(())
 }
 
 /// Why an input that is not a regular file is refused.

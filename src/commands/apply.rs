@@ -60,6 +60,18 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
                 &g.state_root,
             )?;
             let plan = job::current_plan(&store, &name)?;
+            // The saved plan is applied without reading the inputs again,
+            // but the output needs them: a job with nothing sent yet stops
+            // here rather than pay for answers it cannot write out. One
+            // with batches out goes on to collect them (they are paid for).
+            if let Err(e) = crate::plan::check_inputs(&spec.inputs) {
+                if store.units(plan.generation)?.is_empty() {
+                    return Err(e.into());
+                }
+                ui.warn(&format!(
+                    "{e}; collecting what is out, but the output cannot be written until the input is back"
+                ));
+            }
             (store, spec, plan)
         }
     };
