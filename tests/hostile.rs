@@ -550,6 +550,42 @@ fn a_200_with_an_endless_body_is_cut_at_the_cap_and_memory_stays_bounded() {
 }
 
 #[test]
+fn a_token_in_the_base_urls_query_reaches_no_terminal_log_or_state() {
+    // The base URL from OPENAI_BASE_URL, which wins over the spec's. Nothing
+    // listens on port 1: every call fails, and its error names the URL it
+    // tried. The query's value stays out of all of it; Azure's api-version
+    // is not a secret and may show.
+    const TOKEN: &str = "SECRETQ-in-the-query";
+    let url = format!("http://127.0.0.1:1/v1?api-version=2024-10-21&token={TOKEN}");
+    for direct in [false, true] {
+        let sb = Sandbox::new();
+        if direct {
+            direct_job(&sb, "http://127.0.0.1:1/v1");
+        } else {
+            batch_job(&sb, "http://127.0.0.1:1/v1");
+        }
+        let [key, timeout] = env(TIMEOUT);
+        let run = sb.run_env(
+            &["apply", "job.yaml", "--yes"],
+            &[key, timeout, ("OPENAI_BASE_URL", &url)],
+        );
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(
+            !run.stderr.contains(TOKEN) && !run.stdout.contains(TOKEN),
+            "{run:?}"
+        );
+        assert!(
+            run.stderr.contains("token=***") || run.stderr.contains("127.0.0.1"),
+            "{run:?}"
+        );
+        for (path, bytes) in state_bytes(&sb) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(TOKEN), "{path} (direct {direct}): {text}");
+        }
+    }
+}
+
+#[test]
 fn escapes_and_megabytes_in_a_message_reach_no_terminal_log_or_state() {
     let server = Hostile::start(Behaviour::Escapes);
     let sb = Sandbox::new();

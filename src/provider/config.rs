@@ -210,6 +210,13 @@ impl ClientConfig {
         Ok(config)
     }
 
+    /// What no message may show: the key and the base URL's query values.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = vec![self.api_key.expose().to_string()];
+        out.extend(url_query_secrets(&self.base_url));
+        out
+    }
+
     /// True for `http://` base URLs: no TLS, so no CA certificates are needed.
     pub fn is_plain_http(&self) -> bool {
         self.base_url
@@ -255,6 +262,72 @@ fn timeouts(value: Option<&str>) -> Result<Option<(Duration, Duration)>, Provide
             )),
         )),
     }
+}
+
+/// Query parameters of a base URL that are shown as they are: Azure's API
+/// version says nothing secret. Any other value may be a token.
+const PLAIN_QUERY_KEYS: &[&str] = &["api-version"];
+
+/// The values of a base URL's query that no message may show (see
+/// `PLAIN_QUERY_KEYS`), as written and decoded; values under 4 bytes are
+/// left (too short to be a secret, too common to take out of text).
+pub fn url_query_secrets(base: &str) -> Vec<String> {
+    let Some(query) = base
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(q))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if PLAIN_QUERY_KEYS.contains(&k) || v.len() < 4 {
+            continue;
+        }
+        out.push(v.to_string());
+        let decoded: String = reqwest::Url::parse(&format!("http://x/?v={v}"))
+            .ok()
+            .and_then(|u| u.query_pairs().next().map(|(_, d)| d.into_owned()))
+            .unwrap_or_default();
+        if decoded.len() >= 4 && decoded != v {
+            out.push(decoded);
+        }
+    }
+    out
+}
+
+/// A base URL as messages and status files may show it: no user or
+/// password, and `***` for every query value but `PLAIN_QUERY_KEYS`.
+pub fn shown_url(base: &str) -> String {
+    match reqwest::Url::parse(base) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if PLAIN_QUERY_KEYS.contains(&k.as_ref()) {
+                        v.into_owned()
+                    } else {
+                        "***".to_string()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        Err(_) => base.to_string(),
+    }
+}
+
+/// `text` with the key and every secret of the base URL taken out.
+pub fn redact_all(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .fold(text.to_string(), |t, s| super::error::redact(&t, s))
 }
 
 /// The base URL must be an absolute `http` or `https` URL.
@@ -411,6 +484,49 @@ mod tests {
         assert_eq!((c.request_timeout, c.connect_timeout), (s(3), s(3)));
         let c = ClientConfig::from_lookup(None, "K", lookup(&[("K", "k")])).unwrap();
         assert_eq!((c.request_timeout, c.connect_timeout), (s(120), s(10)));
+    }
+
+    #[test]
+    fn query_values_of_the_base_url_are_kept_out_of_messages() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            (
+                "https://api.openai.com/v1",
+                &[],
+                "https://api.openai.com/v1",
+            ),
+            (
+                "https://x.openai.azure.com/openai?api-version=2024-10-21",
+                &[],
+                "https://x.openai.azure.com/openai?api-version=2024-10-21",
+            ),
+            (
+                "http://127.0.0.1:1/v1?token=SECRETQ&api-version=2024",
+                &["SECRETQ"],
+                "http://127.0.0.1:1/v1?token=***&api-version=2024",
+            ),
+            (
+                "http://h/v1?sig=a%2Bb%3Dcd&x=1",
+                &["a%2Bb%3Dcd", "a+b=cd"],
+                "http://h/v1?sig=***&x=***",
+            ),
+            ("http://u:p@h/v1", &[], "http://h/v1"),
+        ];
+        for (base, secrets, shown) in cases {
+            assert_eq!(url_query_secrets(base), *secrets, "{base}");
+            assert_eq!(shown_url(base), *shown, "{base}");
+        }
+        let c = ClientConfig::from_lookup(
+            Some("http://127.0.0.1:1/v1?token=SECRETQ"),
+            "K",
+            lookup(&[("K", "sk-key-1234")]),
+        )
+        .unwrap();
+        let text = "error sending request for url (http://127.0.0.1:1/v1/x?token=SECRETQ) with sk-key-1234";
+        let clean = redact_all(text, &c.secrets());
+        assert!(
+            !clean.contains("SECRETQ") && !clean.contains("sk-key-1234"),
+            "{clean}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName
 
 use super::bounded::{self, MAX_CHAT_BODY, MAX_LABEL, cap_text, clean_text};
 use super::config::{ClientConfig, ORG_ENV, PROJECT_ENV, join_url, validate_base_url};
-use super::error::{ProviderError, redact};
+use super::error::ProviderError;
 use super::openai::client::{
     Body, error_chain, host_port, read_body, request_id_of, retry_headers_of,
 };
@@ -124,7 +124,8 @@ pub struct DirectClient {
     http: reqwest::Client,
     urls: Vec<Url>,
     shown: Vec<String>,
-    key: String,
+    /// The keys and base-URL query values of every endpoint.
+    secrets: Vec<String>,
     watch: CallWatch,
     /// `host:port: chat completion` per endpoint, for the waiting line.
     calls: Vec<Arc<str>>,
@@ -196,7 +197,7 @@ impl DirectClient {
             http,
             urls,
             shown,
-            key: first.api_key.expose().to_string(),
+            secrets: configs.iter().flat_map(ClientConfig::secrets).collect(),
             watch: CallWatch::default(),
             calls,
         })
@@ -218,7 +219,7 @@ impl DirectClient {
 
     /// Text from a server may carry anything, the key too.
     pub fn redact(&self, text: &str) -> String {
-        redact(text, &self.key)
+        crate::provider::config::redact_all(text, &self.secrets)
     }
 
     /// One attempt of one request to one endpoint.
@@ -284,14 +285,9 @@ impl DirectClient {
 }
 
 fn display_url(base: &str) -> String {
-    match Url::parse(base) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string().trim_end_matches('/').to_string()
-        }
-        Err(_) => base.to_string(),
-    }
+    crate::provider::config::shown_url(base)
+        .trim_end_matches('/')
+        .to_string()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::provider::config::{
     ClientConfig, MIN_FREE_DISK_ENV, ORG_ENV, PROJECT_ENV, encode_path_segment, join_url,
     validate_base_url,
 };
-use crate::provider::error::{ErrorKind, ProviderError, human_wait, redact};
+use crate::provider::error::{ErrorKind, ProviderError, human_wait};
 use crate::provider::retry::{
     self, Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure,
 };
@@ -1011,19 +1011,12 @@ impl OpenAiClient {
     }
 
     fn redact(&self, text: &str) -> String {
-        redact(text, self.config.api_key.expose())
+        crate::provider::config::redact_all(text, &self.config.secrets())
     }
 
-    /// The base URL without any user or password in it.
+    /// The base URL without any user, password or query value in it.
     fn display_base_url(&self) -> String {
-        match Url::parse(&self.config.base_url) {
-            Ok(mut u) => {
-                let _ = u.set_username("");
-                let _ = u.set_password(None);
-                u.to_string()
-            }
-            Err(_) => self.config.base_url.clone(),
-        }
+        crate::provider::config::shown_url(&self.config.base_url)
     }
 }
 
