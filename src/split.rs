@@ -187,5 +187,13 @@ pub fn split(
     if let Some(w) = current.take() {
         parts.push(w.finish()?);
     }
+    // Parts past the last one, left by an earlier split of the same file
+    // into more parts: `cat parts/*` would read their rows twice.
+    let mut n = parts.len() + 1;
+    while part_path(n).is_file() {
+        let stale = part_path(n);
+        std::fs::remove_file(&stale).map_err(|e| Error::io("remove", stale, e))?;
+        n += 1;
+    }
     Ok(parts)
 }

@@ -139,3 +139,26 @@ fn token_and_byte_limits() {
     let run = sb.run(&["split", "in.csv"]);
     assert_eq!(run.code, 2, "{run:?}");
 }
+
+#[test]
+fn a_second_split_into_fewer_parts_leaves_none_of_the_first() {
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text\n");
+    for i in 1..=60 {
+        csv.push_str(&format!("{i},row {i}\n"));
+    }
+    sb.write("in.csv", csv);
+    let run = sb.run(&["split", "in.csv", "--max-rows", "10", "--out-dir", "parts"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(parts(&sb, "parts").len(), 6);
+    let run = sb.run(&["split", "in.csv", "--max-rows", "30", "--out-dir", "parts"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let names = parts(&sb, "parts");
+    assert_eq!(names.len(), 2, "{names:?}");
+    // Every row once across the parts.
+    let rows: usize = names
+        .iter()
+        .map(|n| sb.read(&format!("parts/{n}")).lines().count() - 1)
+        .sum();
+    assert_eq!(rows, 60);
+}
