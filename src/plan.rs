@@ -336,7 +336,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         .and_then(|()| std::fs::rename(&scratch, &final_dir))
         .map_err(|e| Error::io("move chunk files into", &final_dir, e));
     if install.is_ok() {
-        crate::apply::kill_point("plan-installed");
+        crate::interrupt::kill_point("plan-installed");
     }
     if let Err(e) = install.and_then(|()| Ok(store.commit_plan(&job, &plan)?)) {
         let _ = std::fs::remove_dir_all(&scratch);

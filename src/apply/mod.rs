@@ -192,21 +192,8 @@ pub(crate) fn snapshot_of(
     }
 }
 
-/// Where the process may be killed on purpose, for the crash-safety tests.
-/// `BATCHGRADER_TEST_KILL_AT=<point>` sends SIGKILL to this process right
-/// after that step; nothing else reads it.
-pub(crate) fn kill_point(name: &str) {
-    if std::env::var("BATCHGRADER_TEST_KILL_AT").is_ok_and(|v| v == name) {
-        kill_now();
-    }
-}
-
-fn kill_now() {
-    // SAFETY: kill(2) on our own pid with SIGKILL has no memory effects.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
-}
+// The crash tests' kill points, here for the runners' `super::kill_point`.
+pub(crate) use crate::interrupt::{kill_now, kill_point};
 
 /// What the output pass learned besides the rows.
 #[derive(Debug, Clone, Default)]
