@@ -2,6 +2,7 @@
 //! through provider batch APIs, with a plan you can read before paying and
 //! a state that survives crashes.
 
+pub mod answer;
 pub mod apply;
 pub mod chunking;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod prompt;
 pub mod protect;
 pub mod provider;
 pub mod report;
+pub mod request;
 pub mod rowtokens;
 pub mod settings;
 pub mod simulate;
@@ -30,7 +32,7 @@ pub mod split;
 pub mod state;
 pub mod stats;
 pub mod status;
-pub mod structured;
+pub mod template;
 pub mod tokenize;
 
 pub use commands::run;

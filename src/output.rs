@@ -71,7 +71,7 @@ impl AddedColumns {
     /// The columns a job's output adds, from its spec: the one list every
     /// check of output column names (e.g. against input columns) uses.
     pub fn for_spec(spec: &crate::spec::CheckedSpec) -> AddedColumns {
-        let o = &spec.spec.output;
+        let o = spec.output();
         let json = spec.schema.is_some() || o.parse == crate::spec::ParseMode::Json;
         AddedColumns {
             field: o.field.clone(),
@@ -80,7 +80,7 @@ impl AddedColumns {
             properties: spec
                 .schema
                 .as_ref()
-                .map(crate::structured::properties)
+                .map(crate::answer::properties)
                 .unwrap_or_default(),
             nested: json,
         }
@@ -109,7 +109,7 @@ impl AddedColumns {
         v.extend(
             self.properties
                 .iter()
-                .map(|p| crate::structured::cell(r.json.as_ref().and_then(|j| j.get(p)))),
+                .map(|p| crate::answer::cell(r.json.as_ref().and_then(|j| j.get(p)))),
         );
         v.push(r.status.as_str().to_string());
         if self.raw {

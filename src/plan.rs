@@ -22,9 +22,10 @@ use crate::cost::{self, PriceTable, PricingError};
 use crate::error::{Error, Result};
 use crate::input::{Fields, InputError, Row, RowReader, Source, row_place};
 use crate::output::{self, AddedColumns};
-use crate::prompt::{Prompt, PromptError, RequestBuilder};
+use crate::prompt::{Prompt, PromptError};
 use crate::report::Ui;
-use crate::spec::{self, CheckedSpec};
+use crate::request::RequestBuilder;
+use crate::spec::{self, CheckedSpec, Wire};
 use crate::state::chunkfile::ChunkWriter;
 use crate::state::{
     self, ChunkRecord, JobRecord, JobStore, Layout, PlanRecord, RequestLookup, RequestRecord,
@@ -52,9 +53,9 @@ pub struct Planned {
 /// and what the output checks each row against.
 pub fn request_builder(spec: &CheckedSpec, prompt: &Prompt) -> RequestBuilder {
     RequestBuilder::new(
-        &spec.spec.model,
+        spec.model(),
         prompt.system.as_deref(),
-        &crate::structured::body_params(spec),
+        &crate::request::body_params(spec),
     )
 }
 
@@ -99,26 +100,27 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let mut warnings = Vec::new();
     let prices = PriceTable::load(pricing)?;
     // Direct mode pays standard prices: the plan keeps the prices the job pays.
-    let direct = spec.spec.provider.mode == crate::spec::ProviderMode::Direct;
+    let direct = spec.endpoint.is_direct();
     let price = prices
-        .lookup(&spec.spec.model)
+        .lookup(spec.model())
         .cloned()
         .map(|p| if direct { p.at_standard_prices() } else { p });
     if price.is_none() {
-        if spec.spec.halt.max_cost_usd.is_some() {
+        if spec.run.halt.max_cost_usd.is_some() {
             return Err(PricingError::Unpriced {
-                model: spec.spec.model.clone(),
+                model: spec.model().to_string(),
                 source_name: prices.source_name.clone(),
             }
             .into());
         }
         warnings.push(format!(
             "model `{}` has no price in {}; the plan has no cost estimate",
-            spec.spec.model, prices.source_name
+            spec.model(),
+            prices.source_name
         ));
     }
-    let (encoding, guessed) = encoding_for_model(&spec.spec.model);
-    if speaks_anthropic(spec) {
+    let (encoding, guessed) = encoding_for_model(spec.model());
+    if spec.wire == Wire::AnthropicMessages {
         // Anthropic publishes no offline tokenizer (its token-counting
         // endpoint is online); o200k_base is a close stand-in for English.
         warnings.push(format!(
@@ -128,7 +130,7 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     } else if guessed {
         warnings.push(format!(
             "no known tokenizer for model `{}`; counting with {encoding}, so token counts are estimates",
-            spec.spec.model
+            spec.model()
         ));
     }
     let prompt = Prompt::load(spec)?;
@@ -136,17 +138,17 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let sources = spec
         .inputs
         .iter()
-        .map(|p| Source::new(p, spec.spec.input.format))
+        .map(|p| Source::new(p, spec.input().format))
         .collect::<Result<Vec<_>, _>>()?;
     // Before the job folder is made.
     check_inputs(&spec.inputs)?;
     let head = hash_head(spec, &prompt, price.as_ref());
     let (limits, limit_warnings) = Limits::from_spec(
         provider_limits(spec),
-        spec.spec.chunking.max_requests,
+        spec.chunking().max_requests,
         spec.max_bytes,
-        spec.spec.chunking.max_tokens,
-        spec.spec.chunking.chunks,
+        spec.chunking().max_tokens,
+        spec.chunking().chunks,
     );
     warnings.extend(limit_warnings);
     Ok(Prepared {
@@ -221,7 +223,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
                 Ok(()) => {
                     store.put_job(&job)?;
                     return Ok(Planned {
-                        job: spec.spec.name.clone(),
+                        job: spec.name().to_string(),
                         plan: prev.clone(),
                         changed: false,
                         job_dir: store.dir().to_path_buf(),
@@ -278,7 +280,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         hex(&std::mem::take(&mut *d).finalize())
     };
-    let request_params = &spec.spec.request;
+    let request_params = spec.request();
     let max_output = request_params
         .get("max_completion_tokens")
         .or_else(|| request_params.get("max_tokens"))
@@ -288,11 +290,11 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
             p,
             built.outstanding,
             built.prompt_tokens,
-            spec.spec.output.expected_output_tokens,
+            spec.output().expected_output_tokens,
             max_output,
         )
     });
-    if let (Some(budget), Some(e)) = (spec.spec.halt.max_cost_usd, &estimate) {
+    if let (Some(budget), Some(e)) = (spec.run.halt.max_cost_usd, &estimate) {
         match e.high {
             Some(high) if high > budget => built.warnings.push(format!(
                 "the upper cost bound {} is above halt.max_cost_usd {}; apply will refuse to start",
@@ -310,7 +312,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         generation,
         plan_hash,
         created_at: state::now_secs(),
-        model: spec.spec.model.clone(),
+        model: spec.model().to_string(),
         encoding,
         rows: built.rows,
         outstanding: built.outstanding,
@@ -347,7 +349,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         let _ = std::fs::remove_dir_all(store.layout().plan_dir(prev.generation));
     }
     Ok(Planned {
-        job: spec.spec.name.clone(),
+        job: spec.name().to_string(),
         plan,
         changed: true,
         job_dir: store.dir().to_path_buf(),
@@ -619,7 +621,7 @@ fn build(
         .map_err(|e| Error::io("create request records in", scratch, e))?;
     let builder = request_builder(spec, prompt);
     let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
-    let id_column = spec.spec.input.id.as_deref();
+    let id_column = spec.input().id.as_deref();
 
     let sources = reader.sources().to_vec();
     let sources = &sources[..];
@@ -951,7 +953,7 @@ fn check_columns(spec: &CheckedSpec, prompt: &Prompt, sources: &[Source], row: &
             return Err(missing_column(spec, sources, row, name));
         }
     }
-    if let Some(id) = spec.spec.input.id.as_deref()
+    if let Some(id) = spec.input().id.as_deref()
         && row.get(id).is_none()
     {
         return Err(Error::usage_with_hint(
@@ -998,13 +1000,13 @@ fn hash_head(spec: &CheckedSpec, prompt: &Prompt, price: Option<&cost::Price>) -
     }
     let head = Inputs {
         format: PLAN_FORMAT,
-        model: &spec.spec.model,
+        model: spec.model(),
         system: prompt.system.as_deref(),
         user: &prompt.user_text,
-        request: &spec.spec.request,
-        input: &spec.spec.input,
-        chunking: &spec.spec.chunking,
-        expected_output_tokens: spec.spec.output.expected_output_tokens,
+        request: spec.request(),
+        input: spec.input(),
+        chunking: spec.chunking(),
+        expected_output_tokens: spec.output().expected_output_tokens,
         price,
         schema: spec.schema.as_ref(),
     };
@@ -1064,7 +1066,7 @@ fn check_output_path(spec: &CheckedSpec) -> Result<()> {
     if out.is_dir() {
         return Err(fail("is a folder".into()));
     }
-    if spec.spec.output.format.is_none() && spec::Format::from_path(out).is_none() {
+    if spec.output().format.is_none() && spec::Format::from_path(out).is_none() {
         return Err(fail(
             "has no .csv, .json or .jsonl extension; set output.format".into(),
         ));
@@ -1098,12 +1100,12 @@ fn check_output_path(spec: &CheckedSpec) -> Result<()> {
 fn job_record(spec: &CheckedSpec, created_at: Option<u64>) -> JobRecord {
     let now = state::now_secs();
     JobRecord {
-        name: spec.spec.name.clone(),
+        name: spec.name().to_string(),
         spec_file: std::path::absolute(&spec.file)
             .unwrap_or_else(|_| spec.file.clone())
             .display()
             .to_string(),
-        spec: serde_json::to_value(&spec.spec).expect("a spec serializes"),
+        spec: spec.saved(),
         created_at: created_at.unwrap_or(now),
         updated_at: now,
     }
@@ -1112,24 +1114,9 @@ fn job_record(spec: &CheckedSpec, created_at: Option<u64>) -> JobRecord {
 /// What one batch may hold at the spec's provider: the backend's own
 /// ceilings, so that a chunk never outgrows the batch it becomes.
 fn provider_limits(spec: &CheckedSpec) -> crate::provider::BatchLimits {
-    if speaks_anthropic(spec) {
-        crate::provider::anthropic::LIMITS
-    } else {
-        crate::provider::openai::LIMITS
-    }
-}
-
-/// Whether the job's batches go to a Message Batches API (Anthropic's, or
-/// the simulated provider speaking it).
-fn speaks_anthropic(spec: &CheckedSpec) -> bool {
-    let p = &spec.spec.provider;
-    match p.kind {
-        spec::ProviderKind::Anthropic => true,
-        spec::ProviderKind::Simulated => p
-            .simulated
-            .as_ref()
-            .is_some_and(|s| s.api == spec::SimulatedApi::Anthropic),
-        spec::ProviderKind::Openai => false,
+    match spec.wire {
+        Wire::AnthropicMessages => crate::provider::anthropic::LIMITS,
+        Wire::OpenAiChat => crate::provider::openai::LIMITS,
     }
 }
 

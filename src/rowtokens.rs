@@ -53,11 +53,11 @@ impl Target {
             }
             let spec = spec::load(path)?;
             let prompt = Prompt::load(&spec)?;
-            let model = model.unwrap_or(&spec.spec.model).to_string();
+            let model = model.unwrap_or(spec.model()).to_string();
             let sources = spec
                 .inputs
                 .iter()
-                .map(|p| Source::new(p, format.or(spec.spec.input.format)))
+                .map(|p| Source::new(p, format.or(spec.input().format)))
                 .collect::<Result<Vec<_>, _>>()?;
             let (encoding, guessed) = encoding_for_model(&model);
             Ok(Target {

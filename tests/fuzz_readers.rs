@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use batchgrader::cost::PriceTable;
 use batchgrader::input::{Fields, RowReader, Source};
-use batchgrader::prompt::Template;
 use batchgrader::spec::{self, Format};
+use batchgrader::template::Template;
 
 /// One call on one input; generous for a debug build on a loaded machine.
 const CALL_LIMIT: Duration = Duration::from_secs(3);

@@ -5,7 +5,9 @@
 
 use crate::provider::{EndKind, RemoteState, StepClass};
 use crate::state::{Backoff, Phase, UnitRecord};
-use crate::status::{Receipt, Totals};
+use crate::status::{Receipt, RunState, Totals};
+
+use super::Ending;
 
 // ---------------------------------------------------------------- the loop
 
@@ -376,13 +378,7 @@ impl Tally {
 
 // ---------------------------------------------------------------- halt
 
-/// `halt:` of the spec, resolved.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct HaltPolicy {
-    pub on_chunk_failure: bool,
-    pub max_failure_rate: Option<f64>,
-    pub max_cost_usd: Option<f64>,
-}
+pub use crate::spec::HaltPolicy;
 
 /// A unit that failed as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -515,9 +511,57 @@ pub fn receipt(units: &[UnitRecord]) -> Receipt {
     }
 }
 
+/// How a run closes, whatever its lane: whether the output is written, and
+/// the state `status` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    pub write_output: bool,
+    pub state: RunState,
+}
+
+/// The output is written when every request has its final outcome, and
+/// after a halt (what was graded and paid for is kept), except a halt that
+/// refused the start: nothing was sent, and a file of "not graded" rows
+/// must not replace an earlier, better output. Interrupted and detached
+/// runs write nothing: batches or requests are still to come.
+pub fn closing(ending: &Ending, refused_start: bool) -> Closing {
+    let (write_output, state) = match ending {
+        Ending::Finished => (true, RunState::Finished),
+        Ending::Halted(_) => (!refused_start, RunState::Halted),
+        Ending::Interrupted | Ending::Detached => (false, RunState::Detached),
+    };
+    Closing {
+        write_output,
+        state,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closing_table() {
+        let halted = || Ending::Halted("budget".into());
+        // (ending, refused start, output written, state)
+        let cases = [
+            (Ending::Finished, false, true, RunState::Finished),
+            (halted(), false, true, RunState::Halted),
+            (halted(), true, false, RunState::Halted),
+            (Ending::Interrupted, false, false, RunState::Detached),
+            (Ending::Detached, false, false, RunState::Detached),
+        ];
+        for (ending, refused, write, state) in cases {
+            assert_eq!(
+                closing(&ending, refused),
+                Closing {
+                    write_output: write,
+                    state
+                },
+                "{ending:?} refused={refused}"
+            );
+        }
+    }
     use Action::*;
     use Phase::*;
 

@@ -20,9 +20,9 @@
 //! After every transition `status.json` is rewritten, so `status` works
 //! while this process holds the job's lock.
 
-pub mod answer;
 pub mod decide;
 pub mod direct;
+mod frame;
 mod progress;
 mod runner;
 pub mod throughput;
@@ -32,6 +32,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::answer;
 use crate::error::{Error, Result};
 use crate::grades::{self, PropertyStats};
 use crate::input::Source;
@@ -39,8 +40,9 @@ use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
 use crate::report::Ui;
 use crate::spec::{CheckedSpec, ParseMode};
 use crate::state::{JobStore, Outcome, PlanRecord};
+pub use frame::{RunFrame, tally_of};
 pub use progress::Progress;
-pub use runner::{Runner, tally_of};
+pub use runner::Runner;
 
 /// What the command line asked for.
 #[derive(Debug, Clone, Copy, Default)]
@@ -225,7 +227,7 @@ impl Judge {
     fn new(spec: &CheckedSpec) -> Result<Judge> {
         Ok(Judge {
             parser: answer::Parser::for_spec(spec).map_err(Error::usage)?,
-            mode: spec.spec.output.parse,
+            mode: spec.output().parse,
             dist: BTreeMap::new(),
             tally: grades::Tally::new(spec.schema.as_ref()),
             written: Written::default(),
@@ -309,7 +311,7 @@ pub fn write_output_file(
         spec,
         plan,
         &spec.output_path,
-        spec.spec.output.format,
+        spec.output().format,
         ui,
     )
 }
@@ -347,7 +349,7 @@ pub fn write_output_to(
     let sources: Vec<Source> = spec
         .inputs
         .iter()
-        .map(|p| Source::new(p, spec.spec.input.format))
+        .map(|p| Source::new(p, spec.input().format))
         .collect::<Result<_, _>>()?;
     let prompt = crate::prompt::Prompt::load(spec)?;
     let builder = crate::plan::request_builder(spec, &prompt);
@@ -356,7 +358,7 @@ pub fn write_output_to(
     let changed: std::cell::RefCell<Vec<String>> = Default::default();
     let changed_count = std::cell::Cell::new(0u64);
     let mut requests = store.requests(plan.generation);
-    let id_column = spec.spec.input.id.clone();
+    let id_column = spec.input().id.clone();
     let meter = ui.progress_rows(plan.rows, "writing the output");
     let result_of = |row: &crate::input::Row| {
         if row.number.is_multiple_of(4096) {
@@ -424,7 +426,7 @@ fn rows_changed(spec: &CheckedSpec, n: u64, named: &[String]) -> Error {
         format!(
             "{n} row{} of job `{}` changed since the plan (the row's text, or a prompt file): {}{}; their answers are to other text, so no output was written",
             if n == 1 { "" } else { "s" },
-            spec.spec.name,
+            spec.name(),
             named.join(", "),
             if more > 0 {
                 format!(" and {more} more")
@@ -443,7 +445,7 @@ fn input_changed(spec: &CheckedSpec) -> Error {
     Error::usage_with_hint(
         format!(
             "the input of job `{}` changed since it was planned: its rows no longer match the plan",
-            spec.spec.name
+            spec.name()
         ),
         format!(
             "run `batchgrader apply {}` to plan the changed rows (rows already graded are kept)",

@@ -97,7 +97,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
         let opts = ApplyOptions {
             detach: args.detach,
         };
-        if spec.spec.provider.mode == spec::ProviderMode::Direct {
+        if spec.endpoint.mode == spec::ProviderMode::Direct {
             return run_direct(&store, &spec, &plan, ui, interrupted.clone()).await;
         }
         with_runner(

@@ -19,7 +19,7 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
-    if spec.spec.provider.mode == crate::spec::ProviderMode::Direct {
+    if spec.endpoint.mode == crate::spec::ProviderMode::Direct {
         // Nothing runs at the provider: stop sending is all there is. A run
         // in progress holds the job's lock, so this comes after it (Ctrl-C
         // stops one at once).

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::apply::direct::DirectRunner;
-use crate::apply::{ApplyOptions, Ending, Runner, Summary};
+use crate::apply::{ApplyOptions, Ending, RunFrame, Runner, Summary};
 use crate::error::{Error, Result};
-use crate::provider::anthropic::{self, AnthropicBatches};
+use crate::provider::anthropic::AnthropicBatches;
 use crate::provider::direct::DirectClient;
 use crate::provider::{AnyBatches, ClientConfig, OpenAiBatches, OpenAiClient, Secret};
 use crate::report::Ui;
 use crate::simulate::{SimConfig, SimServer};
-use crate::spec::{CheckedSpec, ProviderKind, ProviderMode};
+use crate::spec::{CheckedSpec, Simulated, Wire};
 use crate::state::{self, JobStore, Layout};
 
 /// Connect to the spec's provider, let `f` drive a runner, then stop the
@@ -30,17 +30,10 @@ pub async fn with_runner<T>(
     f: impl AsyncFnOnce(&mut Runner<'_, AnyBatches>) -> Result<T>,
 ) -> Result<T> {
     let (backend, server) = connect(spec, store.layout()).await?;
-    let mut runner = Runner::new(
-        store,
-        spec,
-        plan,
-        &backend,
-        ui,
-        opts,
-        interrupted,
-        server.is_some(),
-    );
-    let out = f(&mut runner).await;
+    let out = match RunFrame::open(store, spec, plan, ui, interrupted, server.is_some()) {
+        Ok(frame) => f(&mut Runner::new(frame, &backend, opts)).await,
+        Err(e) => Err(e),
+    };
     if let Some(s) = server {
         s.shutdown().await;
     }
@@ -49,8 +42,8 @@ pub async fn with_runner<T>(
 
 /// The backend for the spec's provider; for `simulated`, the server it talks to.
 async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Option<SimServer>)> {
-    let p = &spec.spec.provider;
-    if p.mode == ProviderMode::Direct {
+    let e = &spec.endpoint;
+    if e.is_direct() {
         return Err(Error::usage_with_hint(
             format!(
                 "{}: provider mode `direct` is not available in this version",
@@ -60,52 +53,46 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
              `kind: anthropic` or `kind: simulated`",
         ));
     }
-    let version = p
-        .anthropic_version
-        .as_deref()
-        .unwrap_or(anthropic::DEFAULT_VERSION);
-    if p.kind == ProviderKind::Simulated {
-        let s = p.simulated.clone().unwrap_or_default();
-        let config = SimConfig::from_spec(&s, Some(layout.simulated()));
-        let speaks_anthropic = config.anthropic;
-        let server = SimServer::start(config, 0)
-            .await
-            .map_err(|e| Error::io("start the simulated provider in", layout.simulated(), e))?;
-        let cfg = ClientConfig::new(
-            server.base_url(),
-            // Any key works; this one is long and odd enough that redacting
-            // it never masks a word of the server's messages.
-            Secret::new("sk-sim-local-0000"),
-            "(simulated provider)",
-        )
-        .with_timeout_from_env()?;
-        let backend = if speaks_anthropic {
-            AnyBatches::Anthropic(AnthropicBatches::new(cfg, version, "simulated")?)
-        } else {
-            AnyBatches::OpenAi(OpenAiBatches::new(OpenAiClient::new(cfg)?, "simulated"))
-        };
-        return Ok((backend, Some(server)));
-    }
-    if p.kind == ProviderKind::Anthropic {
-        let cfg = AnthropicBatches::config_from_env(
-            p.base_urls().first().map(String::as_str),
-            p.api_key_env
-                .as_deref()
-                .unwrap_or(anthropic::DEFAULT_KEY_ENV),
-        )?;
-        return Ok((
-            AnyBatches::Anthropic(AnthropicBatches::new(cfg, version, "anthropic")?),
-            None,
-        ));
-    }
-    let cfg = ClientConfig::from_env(
-        p.base_urls().first().map(String::as_str),
-        p.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY"),
-    )?;
-    Ok((
-        AnyBatches::OpenAi(OpenAiBatches::new(OpenAiClient::new(cfg)?, "openai")),
-        None,
-    ))
+    let name = e.provider_name();
+    let (cfg, server) = match &e.simulated {
+        Some(s) => {
+            let (cfg, server) = simulated(s, layout).await?;
+            (cfg, Some(server))
+        }
+        None => {
+            let base = e.base_urls.first().map(String::as_str);
+            let cfg = match spec.wire {
+                Wire::AnthropicMessages => AnthropicBatches::config_from_env(base, &e.key_env)?,
+                Wire::OpenAiChat => ClientConfig::from_env(base, &e.key_env)?,
+            };
+            (cfg, None)
+        }
+    };
+    let backend = match spec.wire {
+        Wire::AnthropicMessages => {
+            AnyBatches::Anthropic(AnthropicBatches::new(cfg, &e.anthropic_version, name)?)
+        }
+        Wire::OpenAiChat => AnyBatches::OpenAi(OpenAiBatches::new(OpenAiClient::new(cfg)?, name)),
+    };
+    Ok((backend, server))
+}
+
+/// Start the simulated provider of the spec in the job's folder, and the
+/// client settings that reach it.
+async fn simulated(s: &Simulated, layout: &Layout) -> Result<(ClientConfig, SimServer)> {
+    let config = SimConfig::from_spec(s, Some(layout.simulated()));
+    let server = SimServer::start(config, 0)
+        .await
+        .map_err(|e| Error::io("start the simulated provider in", layout.simulated(), e))?;
+    let cfg = ClientConfig::new(
+        server.base_url(),
+        // Any key works; this one is long and odd enough that redacting
+        // it never masks a word of the server's messages.
+        Secret::new("sk-sim-local-0000"),
+        "(simulated provider)",
+    )
+    .with_timeout_from_env()?;
+    Ok((cfg, server))
 }
 
 /// Direct mode: connect to the spec's endpoints (for `simulated`, start its
@@ -117,57 +104,41 @@ pub async fn run_direct(
     ui: &Ui,
     interrupted: Arc<AtomicBool>,
 ) -> Result<(Ending, Summary)> {
-    let p = &spec.spec.provider;
-    let in_flight = spec.spec.concurrency.max_requests_in_flight as usize;
-    let (configs, server) = match p.kind {
-        ProviderKind::Anthropic => {
-            return Err(Error::usage_with_hint(
-                format!(
-                    "{}: `mode: direct` is for OpenAI-compatible servers",
-                    spec.file.display()
-                ),
-                "use `kind: openai` (any OpenAI-compatible server) or `kind: simulated`",
-            ));
-        }
-        ProviderKind::Simulated => {
-            let s = p.simulated.clone().unwrap_or_default();
-            let config = SimConfig::from_spec(&s, Some(store.layout().simulated()));
-            let server = SimServer::start(config, 0).await.map_err(|e| {
-                Error::io(
-                    "start the simulated provider in",
-                    store.layout().simulated(),
-                    e,
-                )
-            })?;
-            let cfg = ClientConfig::new(
-                server.base_url(),
-                Secret::new("sk-sim-local-0000"),
-                "(simulated provider)",
-            )
-            .with_timeout_from_env()?;
+    let e = &spec.endpoint;
+    let in_flight = spec.run.max_requests_in_flight as usize;
+    if spec.wire != Wire::OpenAiChat {
+        return Err(Error::usage_with_hint(
+            format!(
+                "{}: `mode: direct` is for OpenAI-compatible servers",
+                spec.file.display()
+            ),
+            "use `kind: openai` (any OpenAI-compatible server) or `kind: simulated`",
+        ));
+    }
+    let (configs, server) = match &e.simulated {
+        Some(s) => {
+            let (cfg, server) = simulated(s, store.layout()).await?;
             (vec![cfg], Some(server))
         }
-        ProviderKind::Openai => {
-            let key_env = p.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY");
-            let urls = p.base_urls();
+        None => {
+            let urls = &e.base_urls;
             // OPENAI_BASE_URL names one server and overrides the spec's list.
             let configs = if urls.len() <= 1 || std::env::var_os("OPENAI_BASE_URL").is_some() {
                 vec![ClientConfig::from_env(
                     urls.first().map(String::as_str),
-                    key_env,
+                    &e.key_env,
                 )?]
             } else {
                 urls.iter()
-                    .map(|u| ClientConfig::from_env(Some(u), key_env))
+                    .map(|u| ClientConfig::from_env(Some(u), &e.key_env))
                     .collect::<Result<Vec<_>, _>>()?
             };
             (configs, None)
         }
     };
     let client = Arc::new(DirectClient::new(&configs, in_flight)?);
-    let out = match DirectRunner::new(store, spec, plan, client, ui, interrupted, server.is_some())
-    {
-        Ok(mut r) => r.run().await,
+    let out = match RunFrame::open(store, spec, plan, ui, interrupted, server.is_some()) {
+        Ok(frame) => DirectRunner::new(frame, client).run().await,
         Err(e) => Err(e),
     };
     if let Some(s) = server {

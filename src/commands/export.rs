@@ -34,7 +34,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         if out.is_some() {
             None
         } else {
-            spec.spec.output.format
+            spec.output().format
         },
         ui,
     )?

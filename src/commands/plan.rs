@@ -96,7 +96,7 @@ pub(super) fn open_and_plan(
     // SIGINT back (to apply's runner) when planning is over.
     let _ctrl_c = crate::interrupt::catch();
     let prepared = planner::prepare(spec, g.pricing.as_deref())?;
-    let store = JobStore::open(&g.state_root, &spec.spec.name)?;
+    let store = JobStore::open(&g.state_root, spec.name())?;
     // A database that lost the job's records beside its files: planning
     // anew would trip over (and could orphan) what the folder holds.
     if store.plan()?.is_none()

@@ -25,7 +25,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
     let data = ReportData {
         job: job.clone(),
         model: plan.model.clone(),
-        simulated: spec.spec.provider.kind == ProviderKind::Simulated,
+        simulated: spec.endpoint.kind == ProviderKind::Simulated,
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         rows: plan.rows,
         outstanding: plan.outstanding,

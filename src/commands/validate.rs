@@ -11,15 +11,8 @@ use crate::spec;
 pub fn run(path: &Path, ui: &Ui) -> Result<Code> {
     let checked = spec::load(path)?;
     if ui.json {
-        print_json(&serde_json::json!({"valid": true, "spec": checked.spec}));
+        print_json(&serde_json::json!({"valid": true, "spec": checked.saved()}));
     }
-    ui.show(|w| {
-        writeln!(
-            w,
-            "{}: valid job spec `{}`",
-            path.display(),
-            checked.spec.name
-        )
-    });
+    ui.show(|w| writeln!(w, "{}: valid job spec `{}`", path.display(), checked.name()));
     Ok(Code::Success)
 }

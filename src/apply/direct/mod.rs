@@ -34,23 +34,21 @@ pub mod verdict;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinSet;
 
-use super::decide::{self, HaltPolicy, NEVER_RAN_FACTOR, RequestState, Tally};
-use super::{Ending, Progress, Summary, answer, kill_point, write_output_file};
+use super::decide::{self, NEVER_RAN_FACTOR, RequestState, Tally};
+use super::frame::{CANCELLED, failed_state};
+use super::{Ending, RunFrame, Summary};
 use crate::cost;
 use crate::error::{Error, Result};
 use crate::provider::direct::{DirectClient, RateHeaders, Sent};
 use crate::provider::openai::lines::classify_reply;
 use crate::provider::retry::{Reason, RetryHeaders, RetryPolicy, TransportFailure};
 use crate::provider::{ErrorKind, LineOutcome, ProviderError};
-use crate::report::Ui;
-use crate::spec::CheckedSpec;
-use crate::state::journal::{self, LedgerEntry};
-use crate::state::{self, FailureRecord, JobStore, Outcome, PlanRecord, ResultRecord};
+use crate::state::journal::LedgerEntry;
+use crate::state::{self, FailureRecord, Outcome, ResultRecord};
 use crate::status::{self, DirectView, EndpointView, RunState, Snapshot};
 use commit::Committer;
 use endpoints::{Endpoints, Failed};
@@ -108,20 +106,12 @@ enum PassEnd {
     Halted(String),
 }
 
+/// One direct-mode run: the frame every run shares, the client, and the
+/// loop's own state.
 pub struct DirectRunner<'a> {
-    store: &'a JobStore,
-    spec: &'a CheckedSpec,
-    plan: &'a PlanRecord,
+    frame: RunFrame<'a>,
     client: Arc<DirectClient>,
-    ui: &'a Ui,
-    interrupted: Arc<AtomicBool>,
-    simulated: bool,
-    provider: &'static str,
-    progress: Progress,
-    started: Instant,
-    started_at: u64,
     run_id: String,
-    parser: answer::Parser,
     policy: RetryPolicy,
     tally: Tally,
     /// Spend of earlier runs (standard prices), from the outcome log.
@@ -148,36 +138,21 @@ pub struct DirectRunner<'a> {
 }
 
 impl<'a> DirectRunner<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: &'a JobStore,
-        spec: &'a CheckedSpec,
-        plan: &'a PlanRecord,
-        client: Arc<DirectClient>,
-        ui: &'a Ui,
-        interrupted: Arc<AtomicBool>,
-        simulated: bool,
-    ) -> Result<Self> {
-        // The same judgement as the output's: with an answer schema, an
-        // answer that breaks it is a parse failure for the halt policy too.
-        let parser = answer::Parser::for_spec(spec).map_err(Error::usage)?;
-        let c = &spec.spec.concurrency;
+    pub fn new(frame: RunFrame<'a>, client: Arc<DirectClient>) -> Self {
+        let run = &frame.spec.run;
         let endpoints = client.endpoints();
-        let started_at = state::now_secs();
-        Ok(DirectRunner {
-            store,
-            spec,
-            plan,
+        let pace = Pace::new(
+            PaceConfig {
+                max_in_flight: run.max_requests_in_flight.max(1),
+                requests_per_minute: run.requests_per_minute,
+                tokens_per_minute: run.tokens_per_minute,
+            },
+            0,
+        );
+        DirectRunner {
+            run_id: format!("direct-{}-{}", frame.started_at, std::process::id()),
+            frame,
             client,
-            ui,
-            interrupted,
-            simulated,
-            provider: if simulated { "simulated" } else { "openai" },
-            progress: Progress::new(*ui),
-            started: Instant::now(),
-            started_at,
-            run_id: format!("direct-{started_at}-{}", std::process::id()),
-            parser,
             policy: RetryPolicy::default(),
             tally: Tally::default(),
             spent_before: 0.0,
@@ -186,14 +161,7 @@ impl<'a> DirectRunner<'a> {
             done: 0,
             total: 0,
             errors: BTreeMap::new(),
-            pace: Pace::new(
-                PaceConfig {
-                    max_in_flight: c.max_requests_in_flight.max(1),
-                    requests_per_minute: c.requests_per_minute,
-                    tokens_per_minute: c.tokens_per_minute,
-                },
-                0,
-            ),
+            pace,
             endpoints: Endpoints::new(endpoints),
             last_errors: vec![None; endpoints],
             outage_since_ms: None,
@@ -202,28 +170,21 @@ impl<'a> DirectRunner<'a> {
             ledger_seq: 0,
             held: (0, 0),
             pass_failures: 0,
-        })
+        }
     }
 
     fn ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.frame.started.elapsed().as_millis() as u64
     }
 
     fn max_attempts(&self) -> u32 {
-        self.spec.spec.retry.max_attempts
-    }
-
-    fn halt_policy(&self) -> HaltPolicy {
-        HaltPolicy {
-            on_chunk_failure: self.spec.spec.halt.on_chunk_failure,
-            max_failure_rate: self.spec.max_failure_rate,
-            max_cost_usd: self.spec.spec.halt.max_cost_usd,
-        }
+        self.frame.spec.run.max_attempts
     }
 
     fn cost(&self, input: u64, output: u64) -> f64 {
         // The plan of a direct job holds standard prices (plan.rs).
-        self.plan
+        self.frame
+            .plan
             .price
             .as_ref()
             .map_or(0.0, |p| cost::actual(p, input, output))
@@ -234,20 +195,7 @@ impl<'a> DirectRunner<'a> {
     }
 
     fn event(&self, msg: &str) {
-        // Events quote servers: the last guard before the terminal and the log.
-        let msg = crate::provider::bounded::clean_text(msg, crate::provider::bounded::MAX_EVENT);
-        self.progress.event(None, &msg);
-        journal::append_event(&self.store.layout().events(), None, &msg);
-    }
-
-    fn state_of(&self, outcome: Option<Outcome>) -> RequestState {
-        match outcome {
-            Some(Outcome::Success(r)) => RequestState::Succeeded {
-                parsed: self.parser.parse(&r.answer).is_ok(),
-            },
-            Some(Outcome::Failure(f)) => failed_state(&f),
-            None => RequestState::Pending,
-        }
+        self.frame.event(None, msg);
     }
 
     /// Where every outstanding request stands: the tally, the spend so far,
@@ -257,15 +205,15 @@ impl<'a> DirectRunner<'a> {
         let mut tally = Tally::default();
         let (mut input, mut output) = (0u64, 0u64);
         let mut send = HashMap::new();
-        for r in self.store.requests(self.plan.generation) {
+        for r in self.frame.store.requests(self.frame.plan.generation) {
             let r = r?;
             let Some(seq) = r.seq else { continue };
-            let outcome = self.store.outcome(&r.fingerprint)?;
+            let outcome = self.frame.store.outcome(&r.fingerprint)?;
             if let Some(Outcome::Success(res)) = &outcome {
                 input += res.input_tokens;
                 output += res.output_tokens;
             }
-            let state = self.state_of(outcome);
+            let state = self.frame.request_state(outcome);
             tally.add(state, max);
             if state == RequestState::Pending || decide::should_retry(state, max) {
                 send.insert(seq, state);
@@ -282,25 +230,15 @@ impl<'a> DirectRunner<'a> {
     /// Run the job until every request has a final outcome, or it is
     /// interrupted or halted.
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
-        journal::start_run(&self.store.layout().events());
+        self.frame.begin();
         let mut to_send = self.scan()?;
-        self.recover_ledger();
-        let estimate = self.plan.estimate.as_ref();
+        self.recover_ledger()?;
         let untouched = self.tally.settled() == 0;
-        if let Some(reason) = decide::halt_before_start(
-            &self.halt_policy(),
-            estimate.and_then(|e| e.high),
-            estimate.is_some(),
-            untouched,
-        ) {
-            return self.finish(Ending::Halted(reason)).await;
+        if let Some(reason) = self.frame.refuse_start(untouched) {
+            return self.finish(Ending::Halted(reason));
         }
-        if self.store.cancelled_at()?.is_some() {
-            return self
-                .finish(Ending::Halted(
-                    "the job was cancelled with `batchgrader cancel`; `batchgrader apply SPEC` starts it again".into(),
-                ))
-                .await;
+        if self.frame.cancelled()? {
+            return self.finish(Ending::Halted(CANCELLED.into()));
         }
         let urls: Vec<&str> = (0..self.client.endpoints())
             .map(|i| self.client.shown(i))
@@ -310,9 +248,9 @@ impl<'a> DirectRunner<'a> {
             to_send.len(),
             if to_send.len() == 1 { "" } else { "s" },
             urls.join(", "),
-            self.spec.spec.concurrency.max_requests_in_flight
+            self.frame.spec.run.max_requests_in_flight
         ));
-        let mut committer = Committer::start(self.store.outcome_appender()?);
+        let mut committer = Committer::start(self.frame.store.outcome_appender()?);
         let mut pass = 0u32;
         let ending = loop {
             if to_send.is_empty() {
@@ -336,7 +274,9 @@ impl<'a> DirectRunner<'a> {
                 Ok(e) => e,
                 Err(e) => {
                     let _ = committer.finish();
-                    self.write_ledger();
+                    // The run's error is the one to show; usage a failed
+                    // ledger line misses is put in by the next run.
+                    let _ = self.write_ledger();
                     return Err(e);
                 }
             };
@@ -363,8 +303,8 @@ impl<'a> DirectRunner<'a> {
             self.total = total;
         };
         committer.finish()?;
-        self.write_ledger();
-        self.finish(ending).await
+        self.write_ledger()?;
+        self.finish(ending)
     }
 
     /// Send the requests `to_send` names, until each has a recorded outcome.
@@ -374,20 +314,21 @@ impl<'a> DirectRunner<'a> {
         to_send: HashMap<u64, RequestState>,
     ) -> Result<PassEnd> {
         let files: Vec<PathBuf> = self
+            .frame
             .plan
             .chunks
             .iter()
-            .map(|c| self.store.layout().resolve(&c.file))
+            .map(|c| self.frame.store.layout().resolve(&c.file))
             .collect();
         let wanted = move |seq: u64, _: &state::RequestRecord| to_send.get(&seq).copied();
-        let cap = output_cap(&self.spec.spec.request);
+        let cap = output_cap(self.frame.spec.request());
         let mut source = Source::new(
             files,
-            self.store.requests(self.plan.generation),
+            self.frame.store.requests(self.frame.plan.generation),
             &wanted,
             cap,
         );
-        let max_in_flight = u64::from(self.spec.spec.concurrency.max_requests_in_flight.max(1));
+        let max_in_flight = u64::from(self.frame.spec.run.max_requests_in_flight.max(1));
         let unrecorded_cap = max_in_flight * UNRECORDED_FACTOR;
         let mut flying: JoinSet<Done> = JoinSet::new();
         let mut again: VecDeque<Req> = VecDeque::new();
@@ -413,13 +354,13 @@ impl<'a> DirectRunner<'a> {
             if let Some(e) = committer.error() {
                 return Err(e.into());
             }
-            if self.interrupted.load(Ordering::SeqCst) {
+            if self.frame.interrupted() {
                 flying.abort_all();
                 return Ok(PassEnd::Interrupted);
             }
             if halting.is_none()
                 && let Some(reason) =
-                    decide::halt(&self.halt_policy(), &self.tally, self.spent(), &[])
+                    decide::halt(&self.frame.policy(), &self.tally, self.spent(), &[])
             {
                 self.event(&format!(
                     "halting: {reason}; waiting for the {} request{} in flight",
@@ -528,7 +469,7 @@ impl<'a> DirectRunner<'a> {
             // All endpoints down for longer than retry.give_up_after: stop;
             // `resume` goes on later.
             if let Some(since) = self.outage_since_ms
-                && now.saturating_sub(since) > self.spec.give_up_after.as_millis() as u64
+                && now.saturating_sub(since) > self.frame.spec.run.give_up_after.as_millis() as u64
             {
                 flying.abort_all();
                 return Err(Error::runtime_with_hint(
@@ -545,13 +486,13 @@ impl<'a> DirectRunner<'a> {
             if status_due {
                 next_status = Instant::now() + STATUS_EVERY;
                 self.write_status(RunState::Running, flying.len());
-                if !self.ui.tty && Instant::now() >= next_line {
+                if !self.frame.ui.tty && Instant::now() >= next_line {
                     next_line = Instant::now() + LINE_EVERY;
                     self.progress_line(flying.len());
                 }
                 if Instant::now() >= next_ledger {
                     next_ledger = Instant::now() + LEDGER_EVERY;
-                    self.write_ledger();
+                    self.write_ledger()?;
                 }
             }
             let until_status = next_status.saturating_duration_since(Instant::now());
@@ -710,7 +651,7 @@ impl<'a> DirectRunner<'a> {
                 match line {
                     LineOutcome::Success(s) => {
                         let after = RequestState::Succeeded {
-                            parsed: self.parser.parse(&s.content).is_ok(),
+                            parsed: self.frame.parser.parse(&s.content).is_ok(),
                         };
                         let (i, o) = (s.usage.prompt_tokens, s.usage.completion_tokens);
                         shifts.push_back(Shift {
@@ -820,13 +761,7 @@ impl<'a> DirectRunner<'a> {
         else {
             unreachable!("only answers stop a run")
         };
-        let env = self
-            .spec
-            .spec
-            .provider
-            .api_key_env
-            .as_deref()
-            .unwrap_or("OPENAI_API_KEY");
+        let env = &self.frame.spec.endpoint.key_env;
         let (kind, hint) = match reason {
             Reason::Quota => (
                 ErrorKind::Quota,
@@ -864,9 +799,9 @@ impl<'a> DirectRunner<'a> {
 
     /// The tokens of a typical request, for the server's token headers.
     fn typical_tokens(&self) -> u64 {
-        let p = self.plan;
+        let p = self.frame.plan;
         p.prompt_tokens.checked_div(p.outstanding).unwrap_or(0)
-            + output_cap(&self.spec.spec.request)
+            + output_cap(self.frame.spec.request())
     }
 
     fn rates(&mut self) -> (f64, f64) {
@@ -889,7 +824,7 @@ impl<'a> DirectRunner<'a> {
     fn view(&mut self, in_flight: usize) -> DirectView {
         let (rps, tps) = self.rates();
         let now_ms = self.ms();
-        let unix = |ms: u64| self.started_at + ms.div_ceil(1000);
+        let unix = |ms: u64| self.frame.started_at + ms.div_ceil(1000);
         let left = self.total.saturating_sub(self.done);
         DirectView {
             done: self.done,
@@ -917,29 +852,29 @@ impl<'a> DirectRunner<'a> {
         }
     }
 
-    fn snapshot(
-        &mut self,
-        state: RunState,
-        in_flight: usize,
-        message: Option<String>,
-        output: Option<String>,
-    ) -> Snapshot {
-        let spent = self.spent();
+    /// Since when no endpoint has answered (Unix seconds).
+    fn outage_since(&self) -> Option<u64> {
+        self.outage_since_ms
+            .map(|ms| self.frame.started_at + ms / 1000)
+    }
+
+    fn snapshot(&mut self, state: RunState, in_flight: usize, message: Option<String>) -> Snapshot {
         // Direct mode pays standard prices: there is no batch receipt;
         // the spend is at standard prices.
+        let f = &self.frame;
+        let snap = super::snapshot_of(
+            f.job(),
+            f.plan,
+            &self.tally,
+            state,
+            f.started_at,
+            self.spent(),
+        );
         Snapshot {
-            output_path: output,
             message,
-            outage_since: self.outage_since_ms.map(|ms| self.started_at + ms / 1000),
+            outage_since: self.outage_since(),
             direct: Some(self.view(in_flight)),
-            ..super::snapshot_of(
-                &self.spec.spec.name,
-                self.plan,
-                &self.tally,
-                state,
-                self.started_at,
-                spent,
-            )
+            ..snap
         }
     }
 
@@ -949,11 +884,8 @@ impl<'a> DirectRunner<'a> {
             self.client.watch().oldest().as_ref(),
             Duration::from_secs(3),
         );
-        let snap = self.snapshot(state, in_flight, waiting, None);
-        self.progress.table(&snap);
-        if let Err(e) = status::write(self.store.layout(), &snap) {
-            self.ui.warn(&format!("cannot write status.json: {e}"));
-        }
+        let snap = self.snapshot(state, in_flight, waiting);
+        self.frame.show(&snap);
     }
 
     /// A plain progress line (CI, pipes).
@@ -965,86 +897,58 @@ impl<'a> DirectRunner<'a> {
 
     /// The usage recorded since the last ledger line, as one more line
     /// (one per run and part, so `costs` sees direct runs as they go).
-    fn write_ledger(&mut self) {
+    fn write_ledger(&mut self) -> Result<()> {
         let (i, o) = (self.run_input, self.run_output);
         let (di, do_) = (
             i.saturating_sub(self.ledger_written.0),
             o.saturating_sub(self.ledger_written.1),
         );
         if di == 0 && do_ == 0 {
-            return;
+            return Ok(());
         }
         self.ledger_seq += 1;
         let id = format!("{}-{}", self.run_id, self.ledger_seq);
-        let cost = self.cost(di, do_);
-        let ledger = self.store.layout().ledger();
-        let entry = LedgerEntry {
-            ts: state::now_secs(),
-            job: &self.spec.spec.name,
-            batch_id: &id,
-            provider: self.provider,
-            model: &self.plan.model,
-            input_tokens: di,
-            output_tokens: do_,
+        self.record_usage(&id, di, do_)?;
+        self.ledger_written = (i, o);
+        Ok(())
+    }
+
+    /// One ledger line of `input` and `output` tokens at the plan's prices
+    /// (standard prices: direct mode has no batch discount).
+    fn record_usage(&self, id: &str, input: u64, output: u64) -> Result<()> {
+        let cost = self.cost(input, output);
+        self.frame.record_usage(&LedgerEntry {
+            input_tokens: input,
+            output_tokens: output,
             cost_usd: cost,
             standard_cost_usd: cost,
-            simulated: self.simulated,
-            cache_write_tokens: 0,
-            cache_read_tokens: 0,
-        };
-        match journal::record_usage_once(&ledger, &entry) {
-            Ok(()) => self.ledger_written = (i, o),
-            Err(e) => self
-                .ui
-                .warn(&format!("cannot append to {}: {e}", ledger.display())),
-        }
+            ..self.frame.ledger_entry(id)
+        })
     }
 
     /// The usage a killed run made durable and never put in the ledger
     /// (`ledger::shortfall`), as one line.
-    fn recover_ledger(&mut self) {
-        let path = self.store.layout().ledger();
+    fn recover_ledger(&mut self) -> Result<()> {
+        let path = self.frame.layout().ledger();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                self.ui
-                    .warn(&format!("cannot read {}: {e}", path.display()));
-                return;
-            }
+            Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let (i, o) = ledger::shortfall(&text, &self.spec.spec.name, self.held);
+        let (i, o) = ledger::shortfall(&text, self.frame.job(), self.held);
         if i == 0 && o == 0 {
-            return;
+            return Ok(());
         }
-        let id = format!("{}-recovered", self.run_id);
-        let cost = self.cost(i, o);
-        let entry = LedgerEntry {
-            ts: state::now_secs(),
-            job: &self.spec.spec.name,
-            batch_id: &id,
-            provider: self.provider,
-            model: &self.plan.model,
-            input_tokens: i,
-            output_tokens: o,
-            cost_usd: cost,
-            standard_cost_usd: cost,
-            simulated: self.simulated,
-            cache_write_tokens: 0,
-            cache_read_tokens: 0,
-        };
-        match journal::record_usage_once(&path, &entry) {
-            Ok(()) => self.event(&format!(
-                "the ledger was missing {i} input and {o} output tokens of answers an interrupted run recorded; added"
-            )),
-            Err(e) => self
-                .ui
-                .warn(&format!("cannot append to {}: {e}", path.display())),
-        }
+        self.record_usage(&format!("{}-recovered", self.run_id), i, o)?;
+        self.event(&format!(
+            "the ledger was missing {i} input and {o} output tokens of answers an interrupted run recorded; added"
+        ));
+        Ok(())
     }
 
-    async fn finish(&mut self, ending: Ending) -> Result<(Ending, Summary)> {
-        let secs = self.started.elapsed().as_secs_f64();
+    /// The direct lane's closing words; the frame does the rest.
+    fn finish(&mut self, ending: Ending) -> Result<(Ending, Summary)> {
+        let secs = self.frame.started.elapsed().as_secs_f64();
         let message = match &ending {
             Ending::Finished if self.done > 0 => Some(format!(
                 "direct mode: {} requests answered in {:.1} s ({:.0}/s), cost at standard prices",
@@ -1060,48 +964,18 @@ impl<'a> DirectRunner<'a> {
             Ending::Halted(r) => Some(format!("halted: {r}")),
             Ending::Detached => None,
         };
-        let state = match &ending {
-            Ending::Finished => RunState::Finished,
-            Ending::Halted(_) => RunState::Halted,
-            Ending::Interrupted | Ending::Detached => RunState::Detached,
-        };
-        let write_output = matches!(ending, Ending::Finished | Ending::Halted(_));
-        let mut written = None;
-        if write_output {
-            self.event("writing the output");
-            // `status` says the process is busy writing, not hung.
-            let mut busy = self.snapshot(RunState::Running, 0, None, None);
-            busy.step = Some(("writing the output".to_string(), state::now_secs()));
-            let _ = status::write(self.store.layout(), &busy);
-            written = Some(write_output_file(
-                self.store, self.spec, self.plan, self.ui,
-            )?);
-            kill_point("output");
-        }
-        let out_path = write_output.then(|| self.spec.output_path.display().to_string());
-        let snap = self.snapshot(state, 0, message.clone(), out_path.clone());
-        self.progress.clear();
-        status::write(self.store.layout(), &snap)
-            .map_err(|e| Error::io("write", self.store.layout().status(), e))?;
-        let summary = Summary::of(crate::apply::RunEnd {
-            job: &self.spec.spec.name,
-            ending: &ending,
-            plan: self.plan,
-            graded: written.unwrap_or_default(),
-            snap: &snap,
-            output_path: out_path,
-            simulated: self.simulated,
+        let view = self.view(0);
+        let spent = self.spent();
+        let outage_since = self.outage_since();
+        let tally = &self.tally;
+        let f = &self.frame;
+        f.finish(ending, message, |state, message, output| Snapshot {
+            output_path: output,
             message,
-        });
-        Ok((ending, summary))
-    }
-}
-
-fn failed_state(f: &FailureRecord) -> RequestState {
-    RequestState::Failed {
-        retryable: f.retryable,
-        attempts: f.attempts,
-        runs: f.runs(),
+            outage_since,
+            direct: Some(view.clone()),
+            ..super::snapshot_of(f.job(), f.plan, tally, state, f.started_at, spent)
+        })
     }
 }
 

@@ -2,11 +2,12 @@
 //! line, the ledger, clean-up, and the retry chunks.
 
 use super::*;
+use crate::apply::frame::failed_state;
 
 impl<'a, B: BatchBackend> Runner<'a, B> {
     pub(super) fn schedule_poll(&mut self, id: u32, fresh: bool) {
-        let interval = self.spec.poll_interval.as_millis() as u64;
-        let max = self.spec.poll_max_interval.as_millis() as u64;
+        let interval = self.frame.spec.run.poll_interval.as_millis() as u64;
+        let max = self.frame.spec.run.poll_max_interval.as_millis() as u64;
         let previous = if fresh {
             None
         } else {
@@ -46,7 +47,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let label = state_label(&batch.state).to_string();
         let changed = u.remote_status.as_deref() != Some(label.as_str());
         u.remote_status = Some(label.clone());
-        let poll_secs = self.spec.poll_interval.as_secs();
+        let poll_secs = self.frame.spec.run.poll_interval.as_secs();
         match (
             decide::on_status(&batch.state, u.creates, poll_secs),
             batch.state,
@@ -116,7 +117,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let began = Instant::now();
             match self.backend.fetch(&r, &dest).await {
                 Ok(bytes) => {
-                    self.throughput.add("download", bytes, began.elapsed());
+                    self.frame
+                        .throughput
+                        .borrow_mut()
+                        .add("download", bytes, began.elapsed());
                     // The unit's run of failures ends once its results merge
                     // (a file that turns out not to be JSONL is fetched again).
                     self.provider_up();
@@ -150,7 +154,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let Some(row) = id.strip_prefix('r').and_then(|n| n.parse::<u64>().ok()) else {
             return Ok(None);
         };
-        Ok(self.store.request(self.generation(), row)?)
+        Ok(self.frame.store.request(self.generation(), row)?)
     }
 
     /// Classify every line of the result files and account for every
@@ -168,7 +172,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             })
             .sum();
         let merged = self.ingest_files(u).await;
-        self.throughput.add("ingest", bytes, began.elapsed());
+        self.frame
+            .throughput
+            .borrow_mut()
+            .add("ingest", bytes, began.elapsed());
         merged
     }
 
@@ -261,7 +268,6 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             }
         }
         let end = u.end.clone().unwrap_or(state::EndKind::Completed);
-        let parser = self.parser()?;
         // Each request's state before and after this merge, to move the tally.
         let mut shifts: Vec<(RequestState, RequestState)> = Vec::with_capacity(ids.len());
         let mut successes = Vec::new();
@@ -272,14 +278,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let Some(req) = self.request_of(id)? else {
                 continue;
             };
-            let earlier = self.store.outcome(&req.fingerprint)?;
+            let earlier = self.frame.store.outcome(&req.fingerprint)?;
             // Runs of earlier attempts carry over: a request that expired
             // twice and then failed when it ran has run once.
             let earlier_runs = match &earlier {
                 Some(Outcome::Failure(f)) => f.runs(),
                 _ => 0,
             };
-            let before = request_state(earlier, &parser);
+            let before = self.frame.request_state(earlier);
             let failure = |code, message, retryable, ran: bool| FailureRecord {
                 code,
                 message,
@@ -301,7 +307,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     output_tokens += o;
                     cache_write += w;
                     cache_read += r;
-                    let parsed = parser.parse(&answer).is_ok();
+                    let parsed = self.frame.parser.parse(&answer).is_ok();
                     shifts.push((before, RequestState::Succeeded { parsed }));
                     successes.push((
                         req.fingerprint,
@@ -340,7 +346,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         u.output_tokens = output_tokens;
         u.cache_write_tokens = cache_write;
         u.cache_read_tokens = cache_read;
-        if let Some(p) = self.plan.price.as_ref() {
+        if let Some(p) = self.frame.plan.price.as_ref() {
             let (i, o, w, r) = (input_tokens, output_tokens, cache_write, cache_read);
             u.cost_usd = cost::actual_cached(p, i, o, w, r);
             u.standard_cost_usd = cost::standard_cached(p, i, o, w, r);
@@ -349,9 +355,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         u.failed = failures.len() as u64;
         u.backoff = None;
         u.phase = Phase::Merged;
-        self.store
+        self.frame
+            .store
             .merge_outcomes(&successes, &failures, u, self.generation())?;
-        let max_attempts = self.spec.spec.retry.max_attempts;
+        let max_attempts = self.frame.spec.run.max_attempts;
         for (before, after) in shifts {
             self.tally.shift(before, after, max_attempts);
         }
@@ -380,25 +387,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let Some(batch_id) = u.batch_id.clone() else {
             return Ok(());
         };
-        let ledger = self.layout().ledger();
-        journal::record_usage_once(
-            &ledger,
-            &LedgerEntry {
-                ts: state::now_secs(),
-                job: self.job(),
-                batch_id: &batch_id,
-                provider: self.backend.name(),
-                model: &self.plan.model,
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
-                cache_write_tokens: u.cache_write_tokens,
-                cache_read_tokens: u.cache_read_tokens,
-                cost_usd: u.cost_usd,
-                standard_cost_usd: u.standard_cost_usd,
-                simulated: self.simulated,
-            },
-        )
-        .map_err(|e| Error::io("append to", &ledger, e))?;
+        self.frame.record_usage(&LedgerEntry {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            cache_read_tokens: u.cache_read_tokens,
+            cost_usd: u.cost_usd,
+            standard_cost_usd: u.standard_cost_usd,
+            ..self.frame.ledger_entry(&batch_id)
+        })?;
         u.ledger_written = true;
         self.put(u)
     }
@@ -450,10 +447,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// again; a file the provider no longer has counts its requests as not
     /// executed, so they are sent again. Never a silent drop.
     pub(super) fn repair_outcomes(&mut self, units: &mut [UnitRecord]) -> Result<()> {
-        let Some(damage) = self.store.outcomes_damage()? else {
+        let Some(damage) = self.frame.store.outcomes_damage()? else {
             return Ok(());
         };
-        let aside = self.store.rebuild_outcomes()?;
+        let aside = self.frame.store.rebuild_outcomes()?;
         let mut order: Vec<usize> = (0..units.len())
             .filter(|&i| units[i].phase == Phase::Merged)
             .collect();
@@ -469,7 +466,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     continue;
                 };
                 if !filled.contains(&req.fingerprint)
-                    && self.store.outcome(&req.fingerprint)?.is_none()
+                    && self.frame.store.outcome(&req.fingerprint)?.is_none()
                 {
                     lacking.push((id, req.fingerprint));
                 }
@@ -487,7 +484,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 .collect();
             if paths.iter().any(|p| !p.exists()) {
                 u.phase = Phase::Ended;
-                self.store.put_unit(self.generation(), u)?;
+                self.frame.store.put_unit(self.generation(), u)?;
                 refetch += 1;
                 continue;
             }
@@ -552,7 +549,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 entries.push((fp, outcome));
             }
             rebuilt += entries.len();
-            self.store.add_outcomes(&entries)?;
+            self.frame.store.add_outcomes(&entries)?;
         }
         let msg = format!(
             "repaired damaged state ({damage}): the damaged file is kept as {}; {rebuilt} outcome{} rebuilt from results/, {refetch} chunk{} to download again",
@@ -561,24 +558,24 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             if refetch == 1 { "" } else { "s" },
         );
         self.event(None, &msg);
-        self.ui.warn(&msg);
+        self.frame.ui.warn(&msg);
         Ok(())
     }
 
     pub(super) fn scan_tally(&self) -> Result<Tally> {
-        tally_of(self.store, self.spec, self.generation())
+        self.frame.tally()
     }
 
     /// Retryable failures with attempts left go into new units.
     pub(super) fn plan_retries(&mut self, units: &[UnitRecord]) -> Result<Vec<UnitRecord>> {
-        let max_attempts = self.spec.spec.retry.max_attempts;
-        let parser = self.parser()?;
+        let max_attempts = self.frame.spec.run.max_attempts;
         // Custom id → prompt tokens of each request to send again.
         let mut rows: HashMap<String, u64> = HashMap::new();
         let meter = self
+            .frame
             .ui
-            .progress_rows(self.plan.rows, "looking for requests to retry");
-        for r in self.store.requests(self.generation()) {
+            .progress_rows(self.frame.plan.rows, "looking for requests to retry");
+        for r in self.frame.store.requests(self.generation()) {
             let r = r?;
             if r.row.is_multiple_of(4096) {
                 meter.set_position(r.row);
@@ -589,12 +586,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             // A success is never sent again: the index says so without
             // reading its line (most requests, on a big job).
             if self
+                .frame
                 .store
                 .succeeded(crate::plan::fingerprint_bits(&r.fingerprint))?
             {
                 continue;
             }
-            let state = request_state(self.store.outcome(&r.fingerprint)?, &parser);
+            let state = self
+                .frame
+                .request_state(self.frame.store.outcome(&r.fingerprint)?);
             if decide::should_retry(state, max_attempts) {
                 rows.insert(custom_id(r.row), r.tokens);
             }
@@ -608,7 +608,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         // Lines come from the plan's own chunk files, so a retry sends
         // exactly the bytes the first attempt sent.
         let mut lines: Vec<(String, u64)> = Vec::new();
-        for c in &self.plan.chunks {
+        for c in &self.frame.plan.chunks {
             let path = self.layout().resolve(&c.file);
             let f = File::open(&path).map_err(|e| Error::io("read", &path, e))?;
             for line in BufReader::new(f).lines() {
@@ -627,9 +627,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             .collect();
         let (limits, _) = Limits::from_spec(
             self.backend.limits(),
-            self.spec.spec.chunking.max_requests,
-            self.spec.max_bytes,
-            self.spec.spec.chunking.max_tokens,
+            self.frame.spec.chunking().max_requests,
+            self.frame.spec.max_bytes,
+            self.frame.spec.chunking().max_tokens,
             None,
         );
         let packing = crate::chunking::pack(&items, &limits)?;
@@ -664,48 +664,6 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             out.push(u);
         }
         Ok(out)
-    }
-
-    pub(super) fn parser(&self) -> Result<answer::Parser> {
-        answer::Parser::for_spec(self.spec).map_err(Error::usage)
-    }
-}
-
-/// Where every request of plan `generation` stands, from the outcomes
-/// recorded so far (one pass over the request records).
-pub fn tally_of(store: &JobStore, spec: &CheckedSpec, generation: u64) -> Result<Tally> {
-    let parser = answer::Parser::for_spec(spec).map_err(Error::usage)?;
-    let max_attempts = spec.spec.retry.max_attempts;
-    let mut tally = Tally::default();
-    for r in store.requests(generation) {
-        let r = r?;
-        if r.seq.is_none() {
-            continue;
-        }
-        tally.add(
-            request_state(store.outcome(&r.fingerprint)?, &parser),
-            max_attempts,
-        );
-    }
-    Ok(tally)
-}
-
-/// Where a request stands, from its latest outcome.
-fn request_state(outcome: Option<Outcome>, parser: &answer::Parser) -> RequestState {
-    match outcome {
-        Some(Outcome::Success(res)) => RequestState::Succeeded {
-            parsed: parser.parse(&res.answer).is_ok(),
-        },
-        Some(Outcome::Failure(f)) => failed_state(&f),
-        None => RequestState::Pending,
-    }
-}
-
-fn failed_state(f: &FailureRecord) -> RequestState {
-    RequestState::Failed {
-        retryable: f.retryable,
-        attempts: f.attempts,
-        runs: f.runs(),
     }
 }
 

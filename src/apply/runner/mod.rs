@@ -8,7 +8,6 @@
 //! snapshot and the summary; this file holds the loop and the fault model.
 
 mod collect;
-pub use collect::tally_of;
 mod report;
 mod submit;
 
@@ -16,45 +15,35 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::decide::{
-    self, Action, Admission, HaltPolicy, RequestState, StatusVerdict, StepVerdict, Tally, UnitView,
+    self, Action, Admission, RequestState, StatusVerdict, StepVerdict, Tally, UnitView,
 };
-use super::{ApplyOptions, Ending, Progress, Summary, answer, kill_point, write_output_file};
+use super::frame::CANCELLED;
+use super::{ApplyOptions, Ending, RunFrame, Summary, kill_point};
 use crate::chunking::{Item, Limits};
 use crate::cost;
 use crate::error::{Error, Result};
-use crate::provider::bounded::{self, MAX_EVENT, MAX_RESULT_LINE};
+use crate::provider::bounded::{self, MAX_RESULT_LINE};
 use crate::provider::watch::waiting_line;
 use crate::provider::{
     BatchBackend, ProviderError, RemoteBatch, RemoteState, ResultLine, SubmitIdentity,
 };
-use crate::report::Ui;
-use crate::spec::CheckedSpec;
 use crate::state::chunkfile::{ChunkWriter, sha256_of};
-use crate::state::journal::{self, LedgerEntry};
+use crate::state::journal::LedgerEntry;
 use crate::state::{
-    self, FailureRecord, JobStore, Layout, Outcome, Phase, PlanRecord, ResultRecord, UnitRecord,
-    custom_id,
+    self, FailureRecord, Layout, Outcome, Phase, ResultRecord, UnitRecord, custom_id,
 };
 use crate::status::{self, RunState, Snapshot, UnitStatus};
 
-/// Everything one run needs.
+/// Everything one batch run needs: the frame every run shares, the
+/// backend, and the loop's own state.
 pub struct Runner<'a, B: BatchBackend> {
-    store: &'a JobStore,
-    spec: &'a CheckedSpec,
-    plan: &'a PlanRecord,
+    frame: RunFrame<'a>,
     backend: &'a B,
-    ui: &'a Ui,
     opts: ApplyOptions,
-    interrupted: Arc<AtomicBool>,
-    simulated: bool,
-    /// Shared with the waiting line that runs beside a slow call.
-    progress: Rc<Progress>,
     /// Next status check per unit: (when, current interval).
     polls: HashMap<u32, (Instant, Duration)>,
     /// Requests by where they stand, as of the last merge.
@@ -66,15 +55,8 @@ pub struct Runner<'a, B: BatchBackend> {
     /// Set once the halt policy has spoken: nothing more is submitted, the
     /// batches that were out are collected, then the run ends.
     halting: Option<String>,
-    /// The halt policy refused the start: nothing was sent, so no output
-    /// (a file of "not graded" rows) replaces an earlier one.
-    refused_start: bool,
     /// The long local step under way, and since when (for `status`).
     step: Option<(String, u64)>,
-    /// Bytes and time per local step, said at the end of the run.
-    throughput: super::throughput::Throughput,
-    started: Instant,
-    started_at: u64,
 }
 
 fn now_ms_since(start: Instant, t: Instant) -> u64 {
@@ -82,71 +64,42 @@ fn now_ms_since(start: Instant, t: Instant) -> u64 {
 }
 
 impl<'a, B: BatchBackend> Runner<'a, B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: &'a JobStore,
-        spec: &'a CheckedSpec,
-        plan: &'a PlanRecord,
-        backend: &'a B,
-        ui: &'a Ui,
-        opts: ApplyOptions,
-        interrupted: Arc<AtomicBool>,
-        simulated: bool,
-    ) -> Self {
+    pub fn new(frame: RunFrame<'a>, backend: &'a B, opts: ApplyOptions) -> Self {
         Runner {
-            store,
-            spec,
-            plan,
+            frame,
             backend,
-            ui,
             opts,
-            interrupted,
-            simulated,
-            progress: Rc::new(Progress::new(*ui)),
             polls: HashMap::new(),
             tally: Tally::default(),
             outage_since: None,
             outage_said: None,
             halting: None,
-            refused_start: false,
             step: None,
-            throughput: Default::default(),
-            started: Instant::now(),
-            started_at: state::now_secs(),
         }
     }
 
     fn job(&self) -> &str {
-        &self.spec.spec.name
+        self.frame.job()
     }
 
     fn generation(&self) -> u64 {
-        self.plan.generation
+        self.frame.plan.generation
     }
 
     fn layout(&self) -> &Layout {
-        self.store.layout()
-    }
-
-    fn policy(&self) -> HaltPolicy {
-        let h = &self.spec.spec.halt;
-        HaltPolicy {
-            on_chunk_failure: h.on_chunk_failure,
-            max_failure_rate: self.spec.max_failure_rate,
-            max_cost_usd: h.max_cost_usd,
-        }
+        self.frame.layout()
     }
 
     fn interrupted(&self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
+        self.frame.interrupted()
     }
 
     /// Run the job until it is finished, detached, interrupted or halted.
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
-        journal::start_run(&self.layout().events());
+        self.frame.begin();
         let mut units = self.ensure_units()?;
         // Size the outcome index for the whole job once, rather than grow it.
-        self.store.reserve_outcomes(self.plan.rows)?;
+        self.frame.store.reserve_outcomes(self.frame.plan.rows)?;
         self.repair_outcomes(&mut units)?;
         self.set_step(&units, "counting where the requests stand");
         self.tally = self.scan_tally()?;
@@ -176,19 +129,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let untouched = units
             .iter()
             .all(|u| u.phase == Phase::Planned && u.attempt == 1);
-        let estimate = self.plan.estimate.as_ref();
-        if let Some(reason) = decide::halt_before_start(
-            &self.policy(),
-            estimate.and_then(|e| e.high),
-            estimate.is_some(),
-            untouched,
-        ) {
-            self.refused_start = true;
+        if let Some(reason) = self.frame.refuse_start(untouched) {
             return self.finish(Ending::Halted(reason)).await;
         }
         // After `batchgrader cancel`, collect what the cancelled batches
         // finished, but submit nothing new and retry nothing.
-        let cancelled = self.store.cancelled_at()?.is_some();
+        let cancelled = self.frame.cancelled()?;
         loop {
             if self.interrupted() {
                 return self.finish(Ending::Interrupted).await;
@@ -199,19 +145,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let views: Vec<UnitView> = units.iter().map(|u| self.view(u, now)).collect();
             let step = decide::step(
                 &views,
-                now_ms_since(self.started, now),
+                now_ms_since(self.frame.started, now),
                 Admission {
-                    max_in_flight: self.spec.spec.concurrency.max_batches_in_flight as usize,
-                    token_budget: self.spec.spec.chunking.max_tokens,
+                    max_in_flight: self.frame.spec.run.max_batches_in_flight as usize,
+                    token_budget: self.frame.spec.chunking().max_tokens,
                     submit: !cancelled && self.halting.is_none(),
                 },
             );
             if cancelled && !step.collecting {
-                return self
-                    .finish(Ending::Halted(
-                        "the job was cancelled with `batchgrader cancel`; `batchgrader apply SPEC` starts it again".into(),
-                    ))
-                    .await;
+                return self.finish(Ending::Halted(CANCELLED.into())).await;
             }
             if let Some(reason) = self.halting.clone()
                 && !step.collecting
@@ -244,7 +186,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 let latest = now + Duration::from_secs(60);
                 let wake = step
                     .wake_at_ms
-                    .and_then(|ms| self.started.checked_add(Duration::from_millis(ms)))
+                    .and_then(|ms| self.frame.started.checked_add(Duration::from_millis(ms)))
                     .map_or(now + Duration::from_secs(1), |w| w.min(latest));
                 self.sleep_until(wake).await;
                 continue;
@@ -266,7 +208,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     .position(|u| u.id == action.unit())
                     .expect("actions name known units");
                 let mut unit = units[idx].clone();
-                let flag = self.interrupted.clone();
+                let flag = self.frame.interrupt_flag();
                 let halting = self.halting.is_some();
                 let waiting = self.show_waiting(&units);
                 // Ctrl-C cuts a call short (a hung server, a long backoff):
@@ -319,9 +261,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         // Without a live table (CI, pipes), one plain line for a long wait.
         const SAID_AFTER: Duration = Duration::from_secs(30);
         let watch = self.backend.calls().cloned();
-        let progress = self.progress.clone();
+        let progress = self.frame.progress.clone();
         let layout = self.layout().clone();
-        let plain = !self.ui.tty;
+        let plain = !self.frame.ui.tty;
         let mut snap = self.snapshot(units, RunState::Running, None, None);
         async move {
             let Some(watch) = watch else {
@@ -349,7 +291,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     fn halt_reason(&self, units: &[UnitRecord]) -> Option<String> {
         let spent: f64 = units.iter().map(|u| u.cost_usd).sum();
         decide::halt(
-            &self.policy(),
+            &self.frame.policy(),
             &self.tally,
             spent,
             &decide::chunk_failures(units),
@@ -360,7 +302,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let now_secs = state::now_secs();
         let at = |unix: u64| {
             let wait = unix.saturating_sub(now_secs);
-            now_ms_since(self.started, now + Duration::from_secs(wait))
+            now_ms_since(self.frame.started, now + Duration::from_secs(wait))
         };
         UnitView {
             id: u.id,
@@ -369,7 +311,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             next_poll_ms: self
                 .polls
                 .get(&u.id)
-                .map(|(t, _)| now_ms_since(self.started, *t)),
+                .map(|(t, _)| now_ms_since(self.frame.started, *t)),
             parked_until_ms: u.backoff.as_ref().map(|b| at(b.retry_at)),
             given_up: u.given_up.is_some(),
             tokens: u.tokens,
@@ -390,9 +332,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// left 22 of 40 chunks never submitted, and every resume then "finished"
     /// with their rows not graded).
     fn ensure_units(&mut self) -> Result<Vec<UnitRecord>> {
-        let mut units = self.store.units(self.generation())?;
+        let mut units = self.frame.store.units(self.generation())?;
         let have: HashSet<u32> = units.iter().map(|u| u.id).collect();
-        for c in &self.plan.chunks {
+        for c in &self.frame.plan.chunks {
             if have.contains(&c.index) {
                 continue;
             }
@@ -416,7 +358,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     }
 
     fn put(&self, u: &UnitRecord) -> Result<()> {
-        Ok(self.store.put_unit(self.generation(), u)?)
+        Ok(self.frame.store.put_unit(self.generation(), u)?)
     }
 
     fn identity(&self, u: &UnitRecord) -> SubmitIdentity {
@@ -425,18 +367,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             chunk: u.id,
             attempt: u.attempt,
             submit: u.creates,
-            plan: self.plan.plan_hash[..16].to_string(),
+            plan: self.frame.plan.plan_hash[..16].to_string(),
             intent_at: u.intent_at.unwrap_or(0),
             requests: u.requests,
         }
     }
 
     fn event(&self, unit: Option<u32>, msg: &str) {
-        // Events quote servers (errors, ids, statuses): the last guard
-        // before the terminal and the log.
-        let msg = bounded::clean_text(msg, MAX_EVENT);
-        self.progress.event(unit, &msg);
-        journal::append_event(&self.layout().events(), unit, &msg);
+        self.frame.event(unit, msg);
     }
 
     /// A unit's step succeeded: the provider is up and the unit's run of
@@ -467,7 +405,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             &e.to_string(),
             u.backoff.as_ref(),
             now,
-            self.spec.give_up_after.as_secs(),
+            self.frame.spec.run.give_up_after.as_secs(),
         );
         match verdict {
             StepVerdict::Stop => Err(e.into()),

@@ -21,10 +21,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             units: units.iter().map(unit_status).collect(),
             ..crate::apply::snapshot_of(
                 self.job(),
-                self.plan,
+                self.frame.plan,
                 &self.tally,
                 state,
-                self.started_at,
+                self.frame.started_at,
                 paid,
             )
         }
@@ -36,17 +36,13 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         state: RunState,
         message: Option<String>,
     ) {
-        let snap = self.snapshot(units, state, message, None);
-        self.progress.table(&snap);
-        if let Err(e) = status::write(self.layout(), &snap) {
-            self.ui.warn(&format!("cannot write status.json: {e}"));
-        }
+        self.frame.show(&self.snapshot(units, state, message, None));
     }
 
-    /// Write the output (unless interrupted or detached with work left),
-    /// the final status, and the summary.
+    /// The batch lane's closing: collect the clean-ups a finished run owes,
+    /// count again, say what was given up; the frame does the rest.
     pub(super) async fn finish(&mut self, ending: Ending) -> Result<(Ending, Summary)> {
-        let mut units = self.store.units(self.generation())?;
+        let mut units = self.frame.store.units(self.generation())?;
         if ending == Ending::Finished {
             self.clean_pending(&mut units).await?;
         }
@@ -61,65 +57,26 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             .iter()
             .filter_map(|u| u.given_up.as_ref().map(|r| format!("chunk {}: {r}", u.id)))
             .collect();
-        let (state, message) = match &ending {
-            Ending::Finished if !given_up.is_empty() => (
-                RunState::Finished,
-                Some(format!(
-                    "given up for now: {}; its rows are not graded yet: `batchgrader resume` tries again",
-                    given_up.join("; ")
-                )),
+        let message = match &ending {
+            Ending::Finished if !given_up.is_empty() => Some(format!(
+                "given up for now: {}; its rows are not graded yet: `batchgrader resume` tries again",
+                given_up.join("; ")
+            )),
+            Ending::Finished => None,
+            Ending::Detached => Some(
+                "detached: batches keep running; `batchgrader resume` collects them".to_string(),
             ),
-            Ending::Finished => (RunState::Finished, None),
-            Ending::Detached => (
-                RunState::Detached,
-                Some("detached: batches keep running; `batchgrader resume` collects them".to_string()),
+            Ending::Interrupted => Some(
+                "interrupted: state is saved and batches keep running; run `batchgrader resume` to continue"
+                    .to_string(),
             ),
-            Ending::Interrupted => (
-                RunState::Detached,
-                Some("interrupted: state is saved and batches keep running; run `batchgrader resume` to continue".to_string()),
-            ),
-            Ending::Halted(r) => (RunState::Halted, Some(format!("halted: {r}"))),
+            Ending::Halted(r) => Some(format!("halted: {r}")),
         };
-        // A halt that refused the start (the budget) writes nothing: a file
-        // of "not graded" rows must not replace an earlier, better output.
-        let write_output = match ending {
-            Ending::Finished => true,
-            Ending::Halted(_) => !self.refused_start,
-            Ending::Detached | Ending::Interrupted => false,
-        };
-        let mut written = None;
-        if write_output {
-            self.event(None, "writing the output");
-            self.step = Some(("writing the output".into(), state::now_secs()));
-            self.write_status(&units, RunState::Running, None);
-            let began = Instant::now();
-            written = Some(write_output_file(
-                self.store, self.spec, self.plan, self.ui,
-            )?);
-            let bytes = std::fs::metadata(&self.spec.output_path).map_or(0, |m| m.len());
-            self.throughput.add("output", bytes, began.elapsed());
-            self.step = None;
-            kill_point("output");
-        }
-        let out_path = write_output.then(|| self.spec.output_path.display().to_string());
-        let snap = self.snapshot(&units, state, message.clone(), out_path.clone());
-        self.progress.clear();
-        status::write(self.layout(), &snap)
-            .map_err(|e| Error::io("write", self.layout().status(), e))?;
-        if let Some(line) = self.throughput.line() {
-            self.event(None, &line);
-        }
-        let summary = Summary::of(crate::apply::RunEnd {
-            job: self.job(),
-            ending: &ending,
-            plan: self.plan,
-            graded: written.unwrap_or_default(),
-            snap: &snap,
-            output_path: out_path,
-            simulated: self.simulated,
-            message,
-        });
-        Ok((ending, summary))
+        self.step = None;
+        self.frame
+            .finish(ending, message, |state, message, output| {
+                self.snapshot(&units, state, message, output)
+            })
     }
 }
 

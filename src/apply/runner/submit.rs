@@ -13,7 +13,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let began = Instant::now();
             match self.backend.stage(&path, &name).await {
                 Ok(staged) => {
-                    self.throughput.add("upload", u.bytes, began.elapsed());
+                    self.frame
+                        .throughput
+                        .borrow_mut()
+                        .add("upload", u.bytes, began.elapsed());
                     self.answered(u);
                     u.file_id = staged;
                     u.phase = Phase::Uploaded;
@@ -152,17 +155,17 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// and nothing is left to submit, or the job is cancelled already): then
     /// nothing is changed.
     pub async fn cancel(&mut self) -> Result<Option<(usize, Vec<String>)>> {
-        let existing = self.store.units(self.generation())?;
+        let existing = self.frame.store.units(self.generation())?;
         let maybe_out = existing
             .iter()
             .any(|u| matches!(u.phase, Phase::Creating | Phase::Submitted));
-        let already = self.store.cancelled_at()?.is_some();
+        let already = self.frame.store.cancelled_at()?.is_some();
         if !maybe_out && (already || self.scan_tally()?.pending == 0) {
             return Ok(None);
         }
         let mut units = self.ensure_units()?;
         self.settle_creating(&mut units).await?;
-        self.store.set_cancelled(Some(state::now_secs()))?;
+        self.frame.store.set_cancelled(Some(state::now_secs()))?;
         let out = units.iter().filter(|u| u.phase == Phase::Submitted).count();
         let unreached = self.cancel_in_flight(&mut units).await;
         self.tally = self.scan_tally()?;

@@ -1,21 +1,12 @@
-//! Structured grades: `output.schema`, a JSON Schema for the answer.
-//!
-//! Three pure parts, each used from one place:
-//!
-//! - [`strict_problems`]: what a provider's structured-output mode refuses,
-//!   found at `validate` time with the place in the schema and the fix;
-//! - [`request_params`]: how the schema rides in each request, keyed on the
-//!   provider kind (the one place that knows each provider's encoding);
-//! - [`AnswerSchema`]: every answer parsed and checked against the schema,
-//!   with the first violation named, whatever the provider promised.
-//!
-//! Providers enforce the schema while decoding, yet an answer cut off by
-//! `max_tokens`, a refusal, or a server that ignores `response_format` can
-//! still break it, so answers are always validated here too.
+//! `output.schema` as each wire's structured-output mode takes it: what the
+//! provider refuses, found at `validate` time with the place in the schema
+//! and the fix. How the schema then rides in a request is `request.rs`'s;
+//! how answers are checked against it is `answer/schema.rs`'s.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::spec::{ProviderKind, Seg};
+use super::Seg;
+use super::Wire;
 
 /// A schema problem, at a path inside the schema.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +63,7 @@ const OPENAI_MAX_ENUM_VALUES: usize = 1000;
 /// official SDKs drop them from the schema they send and check them on the
 /// answer). batchgrader does the same: they are left out of the request and
 /// enforced by [`AnswerSchema`].
-const ANTHROPIC_DROPPED: &[&str] = &[
+pub(crate) const ANTHROPIC_DROPPED: &[&str] = &[
     "minimum",
     "maximum",
     "exclusiveMinimum",
@@ -88,7 +79,7 @@ const ANTHROPIC_DROPPED: &[&str] = &[
 
 /// Everything in `schema` that the provider's structured-output mode (or
 /// batchgrader's columns) cannot take. Paths are relative to the schema.
-pub fn strict_problems(kind: ProviderKind, schema: &Value) -> Vec<SchemaProblem> {
+pub fn strict_problems(wire: Wire, schema: &Value) -> Vec<SchemaProblem> {
     let mut out = Vec::new();
     let at = |path: &[Seg], message: String| SchemaProblem {
         path: path.to_vec(),
@@ -131,14 +122,14 @@ pub fn strict_problems(kind: ProviderKind, schema: &Value) -> Vec<SchemaProblem>
         ));
     }
     let mut walk = Walk {
-        kind,
+        wire,
         out: &mut out,
         properties: 0,
         enum_values: 0,
     };
     walk.node(schema, &mut Vec::new(), 0);
     let (properties, enum_values) = (walk.properties, walk.enum_values);
-    if strict_openai(kind) {
+    if strict_openai(wire) {
         if properties > OPENAI_MAX_PROPERTIES {
             out.push(at(
                 &[],
@@ -159,12 +150,12 @@ pub fn strict_problems(kind: ProviderKind, schema: &Value) -> Vec<SchemaProblem>
     out
 }
 
-fn strict_openai(kind: ProviderKind) -> bool {
-    matches!(kind, ProviderKind::Openai | ProviderKind::Simulated)
+fn strict_openai(wire: Wire) -> bool {
+    matches!(wire, Wire::OpenAiChat)
 }
 
 struct Walk<'a> {
-    kind: ProviderKind,
+    wire: Wire,
     out: &'a mut Vec<SchemaProblem>,
     properties: usize,
     enum_values: usize,
@@ -183,7 +174,7 @@ impl Walk<'_> {
         let Some(obj) = schema.as_object() else {
             return;
         };
-        let openai = strict_openai(self.kind);
+        let openai = strict_openai(self.wire);
         if openai {
             for key in obj.keys() {
                 if !OPENAI_KEYWORDS.contains(&key.as_str()) {
@@ -291,180 +282,17 @@ impl Walk<'_> {
     }
 }
 
-/// The top-level properties, in the schema's order: one output column each.
-pub fn properties(schema: &Value) -> Vec<String> {
-    schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// The request parameters that carry `schema` to `kind`'s structured-output
-/// mode, merged into every request body. `name` is the output field.
-///
-/// - OpenAI and OpenAI-compatible servers (Azure, LiteLLM, and vLLM or
-///   SGLang guided decoding in direct mode): Chat Completions
-///   `response_format: {type: json_schema, json_schema: {name, strict: true, schema}}`
-///   (OpenAPI `ResponseFormatJsonSchema`; `name` matches `^[a-zA-Z0-9_-]{1,64}$`).
-/// - Anthropic Messages: `output_config: {format: {type: json_schema, schema}}`,
-///   with the constraints its grammar does not take left out (see
-///   [`ANTHROPIC_DROPPED`]); answers are still checked against all of them.
-pub fn request_params(kind: ProviderKind, name: &str, schema: &Value) -> Map<String, Value> {
-    let mut out = Map::new();
-    match kind {
-        ProviderKind::Openai | ProviderKind::Simulated => {
-            out.insert(
-                "response_format".into(),
-                json!({
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": format_name(name),
-                        "strict": true,
-                        "schema": schema,
-                    }
-                }),
-            );
-        }
-        ProviderKind::Anthropic => {
-            out.insert(
-                "output_config".into(),
-                json!({"format": {"type": "json_schema", "schema": without(schema, ANTHROPIC_DROPPED)}}),
-            );
-        }
-    }
-    out
-}
-
-/// The parameters merged into every request body: the spec's `request`
-/// block, then the answer schema in the provider's encoding.
-pub fn body_params(spec: &crate::spec::CheckedSpec) -> Map<String, Value> {
-    let mut params = spec.spec.request.clone();
-    if let Some(schema) = &spec.schema {
-        params.extend(request_params(
-            spec.spec.provider.kind,
-            &spec.spec.output.field,
-            schema,
-        ));
-    }
-    params
-}
-
-/// The request parameter names [`request_params`] may set, which the spec's
-/// `request` block must then leave alone.
+/// The request parameter names the answer schema is sent in (by
+/// `request::request_params`), which the spec's `request` block must then
+/// leave alone.
 pub const REQUEST_KEYS: &[&str] = &["response_format", "output_config"];
 
-/// `name` as OpenAI accepts a response format's name.
-fn format_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if s.is_empty() { "answer".into() } else { s }
-}
-
-/// `schema` with `keys` removed wherever they are keywords (not inside
-/// `properties`, where they would be property names).
-fn without(schema: &Value, keys: &[&str]) -> Value {
-    fn walk(v: &Value, keys: &[&str], in_props: bool) -> Value {
-        match v {
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .filter(|(k, _)| in_props || !keys.contains(&k.as_str()))
-                    .map(|(k, sub)| {
-                        let props = !in_props
-                            && matches!(k.as_str(), "properties" | "$defs" | "definitions");
-                        (k.clone(), walk(sub, keys, props))
-                    })
-                    .collect(),
-            ),
-            Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, keys, false)).collect()),
-            other => other.clone(),
-        }
-    }
-    walk(schema, keys, false)
-}
-
-/// Why an answer is a parse failure: a short class for counting and the
-/// first violation in full.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Violation {
-    /// `not JSON`, or the keyword broken and where: `maximum at /accuracy`.
-    pub class: String,
-    pub message: String,
-}
-
-/// A compiled answer schema.
-#[derive(Debug)]
-pub struct AnswerSchema {
-    validator: jsonschema::Validator,
-}
-
-impl AnswerSchema {
-    pub fn new(schema: &Value) -> Result<AnswerSchema, String> {
-        let validator = jsonschema::validator_for(schema)
-            .map_err(|e| format!("output.schema is not a valid JSON Schema: {e}"))?;
-        Ok(AnswerSchema { validator })
-    }
-
-    /// The parsed answer, or its first violation. `answer` is the text the
-    /// model wrote (a Markdown code fence around it is tolerated).
-    pub fn check(&self, answer: &str) -> Result<Value, Violation> {
-        let body = crate::apply::answer::strip_fences(answer.trim());
-        let value: Value = serde_json::from_str(body).map_err(|e| Violation {
-            class: "not JSON".into(),
-            message: format!(
-                "the answer is not JSON ({e}): {}",
-                crate::apply::answer::quote(answer.trim())
-            ),
-        })?;
-        if let Err(e) = self.validator.validate(&value) {
-            let at = match e.instance_path().as_str() {
-                "" => "(root)".to_string(),
-                p => p.to_string(),
-            };
-            let class = match e.kind() {
-                jsonschema::error::ValidationErrorKind::Required { property } => {
-                    format!(
-                        "required {} missing at {at}",
-                        property.as_str().unwrap_or("?")
-                    )
-                }
-                kind => format!("{} at {at}", kind.keyword()),
-            };
-            return Err(Violation {
-                class,
-                message: format!("the answer breaks output.schema at {at}: {e}"),
-            });
-        }
-        Ok(value)
-    }
-}
-
-/// A property's value as one CSV cell: strings as they are, numbers and
-/// booleans as JSON writes them, null as empty, arrays and objects as
-/// compact JSON.
-pub fn cell(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::dotted;
+pub(crate) mod fixtures {
+    use serde_json::{Value, json};
 
-    fn rubric() -> Value {
+    /// A strict rubric every wire takes.
+    pub(crate) fn rubric() -> Value {
         json!({
             "type": "object",
             "properties": {
@@ -476,9 +304,17 @@ mod tests {
             "additionalProperties": false
         })
     }
+}
 
-    fn found(kind: ProviderKind, schema: &Value) -> Vec<(String, String)> {
-        strict_problems(kind, schema)
+#[cfg(test)]
+mod tests {
+    use super::fixtures::rubric;
+    use super::*;
+    use crate::spec::dotted;
+    use serde_json::json;
+
+    fn found(wire: Wire, schema: &Value) -> Vec<(String, String)> {
+        strict_problems(wire, schema)
             .into_iter()
             .map(|p| (dotted(&p.path), p.message))
             .collect()
@@ -486,8 +322,8 @@ mod tests {
 
     #[test]
     fn a_strict_rubric_passes() {
-        assert_eq!(found(ProviderKind::Openai, &rubric()), vec![]);
-        assert_eq!(found(ProviderKind::Anthropic, &rubric()), vec![]);
+        assert_eq!(found(Wire::OpenAiChat, &rubric()), vec![]);
+        assert_eq!(found(Wire::AnthropicMessages, &rubric()), vec![]);
     }
 
     #[test]
@@ -545,7 +381,7 @@ mod tests {
             ),
         ];
         for (name, schema, field, needle) in cases {
-            let got = found(ProviderKind::Openai, &schema);
+            let got = found(Wire::OpenAiChat, &schema);
             assert!(
                 got.iter().any(|(f, m)| f == field && m.contains(needle)),
                 "{name}: {got:#?}"
@@ -561,12 +397,12 @@ mod tests {
             deep = json!({"type": "object", "properties": {"n": deep},
                 "required": ["n"], "additionalProperties": false});
         }
-        let got = found(ProviderKind::Openai, &deep);
+        let got = found(Wire::OpenAiChat, &deep);
         assert!(got.iter().any(|(_, m)| m.contains("11 levels")), "{got:#?}");
         let values: Vec<String> = (0..1001).map(|i| format!("v{i}")).collect();
         let wide = json!({"type": "object", "properties": {"e": {"enum": values}},
             "required": ["e"], "additionalProperties": false});
-        let got = found(ProviderKind::Openai, &wide);
+        let got = found(Wire::OpenAiChat, &wide);
         assert!(
             got.iter().any(|(_, m)| m.contains("1001 enum values")),
             "{got:#?}"
@@ -578,88 +414,11 @@ mod tests {
         let mut optional = rubric();
         optional["required"] = json!(["accuracy"]);
         optional["properties"]["reason"]["minLength"] = json!(3);
-        assert_eq!(found(ProviderKind::Anthropic, &optional), vec![]);
+        assert_eq!(found(Wire::AnthropicMessages, &optional), vec![]);
         let mut open = rubric();
         open["additionalProperties"] = json!(true);
-        let got = found(ProviderKind::Anthropic, &open);
+        let got = found(Wire::AnthropicMessages, &open);
         assert_eq!(got.len(), 1, "{got:#?}");
         assert_eq!(got[0].0, "additionalProperties");
-    }
-
-    #[test]
-    fn each_provider_gets_its_own_encoding() {
-        let openai = request_params(ProviderKind::Openai, "grade.v1", &rubric());
-        assert_eq!(openai["response_format"]["type"], "json_schema");
-        assert_eq!(openai["response_format"]["json_schema"]["name"], "grade_v1");
-        assert_eq!(openai["response_format"]["json_schema"]["strict"], true);
-        assert_eq!(openai["response_format"]["json_schema"]["schema"], rubric());
-        let anthropic = request_params(ProviderKind::Anthropic, "grade", &rubric());
-        let sent = &anthropic["output_config"]["format"];
-        assert_eq!(sent["type"], "json_schema");
-        // The bounds stay out of the request and in the local check.
-        assert_eq!(
-            sent["schema"]["properties"]["accuracy"],
-            json!({"type": "integer"})
-        );
-        assert_eq!(
-            sent["schema"]["properties"]["verdict"],
-            rubric()["properties"]["verdict"]
-        );
-        for k in openai.keys().chain(anthropic.keys()) {
-            assert!(REQUEST_KEYS.contains(&k.as_str()));
-        }
-    }
-
-    #[test]
-    fn a_property_named_like_a_keyword_is_kept() {
-        let schema = json!({"type": "object", "properties": {"maximum": {"type": "integer", "maximum": 3}},
-            "required": ["maximum"], "additionalProperties": false});
-        let sent = request_params(ProviderKind::Anthropic, "g", &schema);
-        assert_eq!(
-            sent["output_config"]["format"]["schema"]["properties"],
-            json!({"maximum": {"type": "integer"}})
-        );
-    }
-
-    #[test]
-    fn answers_are_checked_and_the_first_violation_named() {
-        let s = AnswerSchema::new(&rubric()).unwrap();
-        let ok = s
-            .check("```json\n{\"accuracy\": 4, \"verdict\": \"pass\", \"reason\": \"right\"}\n```")
-            .unwrap();
-        assert_eq!(ok["accuracy"], 4);
-        let cases = [
-            ("grade 4", "not JSON", "not JSON"),
-            (
-                r#"{"accuracy": 9, "verdict": "pass", "reason": "x"}"#,
-                "maximum at /accuracy",
-                "9 is greater than the maximum of 5",
-            ),
-            (
-                r#"{"accuracy": 3, "verdict": "pass"}"#,
-                "required reason missing at (root)",
-                "\"reason\" is a required property",
-            ),
-            (
-                r#"{"accuracy": 3, "verdict": "maybe", "reason": "x"}"#,
-                "enum at /verdict",
-                "/verdict",
-            ),
-        ];
-        for (answer, class, needle) in cases {
-            let v = s.check(answer).unwrap_err();
-            assert_eq!(v.class, class, "{answer}");
-            assert!(v.message.contains(needle), "{answer}: {}", v.message);
-        }
-    }
-
-    #[test]
-    fn cells() {
-        let v = json!({"s": "a,b", "n": 4.5, "b": true, "z": null, "o": {"k": [1, 2]}});
-        let got: Vec<String> = ["s", "n", "b", "z", "o", "absent"]
-            .iter()
-            .map(|k| cell(v.get(*k)))
-            .collect();
-        assert_eq!(got, ["a,b", "4.5", "true", "", "{\"k\":[1,2]}", ""]);
     }
 }

@@ -7,7 +7,10 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::spec::{CheckedSpec, ParseMode};
-use crate::structured::{AnswerSchema, Violation};
+
+pub mod schema;
+
+pub use schema::{AnswerSchema, Violation, cell, properties};
 
 /// How to parse answers, built once per job.
 #[derive(Debug, Clone)]
@@ -52,7 +55,7 @@ impl Parser {
     /// The parser of a job's `output` block: with `output.schema`, answers
     /// are JSON validated against it.
     pub fn for_spec(spec: &CheckedSpec) -> Result<Parser, String> {
-        let o = &spec.spec.output;
+        let o = spec.output();
         match &spec.schema {
             Some(schema) => {
                 let mut p = Parser::new(ParseMode::Json, &[], None)?;

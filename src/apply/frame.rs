@@ -1,0 +1,282 @@
+//! The run frame: what every run does around its loop, whatever its lane.
+//!
+//! Both runners (batch in `runner/`, direct in `direct/`) open a run here,
+//! count where the requests stand through the same judgement, ask the same
+//! pre-flight questions (the budget, a `cancel`), send their events,
+//! snapshots and ledger lines through the same plumbing, and end in the one
+//! [`RunFrame::finish`], whose decisions ([`decide::closing`]) are pure and
+//! table-tested. A lane keeps only its loop and what only it knows (its
+//! snapshot's own part, its closing words).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::decide::{self, Closing, HaltPolicy, RequestState, Tally};
+use super::throughput::Throughput;
+use super::{Ending, Graded, Progress, RunEnd, Summary, kill_point, write_output_file};
+use crate::answer;
+use crate::error::{Error, Result};
+use crate::provider::bounded::{MAX_EVENT, clean_text};
+use crate::report::Ui;
+use crate::spec::CheckedSpec;
+use crate::state::journal::{self, LedgerEntry};
+use crate::state::{self, FailureRecord, JobStore, Layout, Outcome, PlanRecord};
+use crate::status::{self, RunState, Snapshot};
+
+/// Why a run that found the job cancelled stops (both lanes say the same).
+pub const CANCELLED: &str =
+    "the job was cancelled with `batchgrader cancel`; `batchgrader apply SPEC` starts it again";
+
+/// One run of one job, whatever its lane.
+pub struct RunFrame<'a> {
+    pub store: &'a JobStore,
+    pub spec: &'a CheckedSpec,
+    pub plan: &'a PlanRecord,
+    pub ui: &'a Ui,
+    /// Shared with the waiting line that runs beside a slow call.
+    pub progress: Rc<Progress>,
+    interrupted: Arc<AtomicBool>,
+    /// The answers are the simulated provider's.
+    pub simulated: bool,
+    pub started: Instant,
+    pub started_at: u64,
+    /// The one judgement of an answer: with an answer schema, an answer
+    /// that breaks it is a parse failure for the halt policy as for the output.
+    pub parser: answer::Parser,
+    /// Bytes and time per local step, said at the end of the run.
+    pub throughput: RefCell<Throughput>,
+    /// The pre-flight refused the start: nothing was sent, so no output
+    /// (a file of "not graded" rows) may replace an earlier one.
+    refused_start: bool,
+}
+
+impl<'a> RunFrame<'a> {
+    /// The frame of a run (or of `cancel`, which drives the backend too).
+    pub fn open(
+        store: &'a JobStore,
+        spec: &'a CheckedSpec,
+        plan: &'a PlanRecord,
+        ui: &'a Ui,
+        interrupted: Arc<AtomicBool>,
+        simulated: bool,
+    ) -> Result<Self> {
+        let parser = answer::Parser::for_spec(spec).map_err(Error::usage)?;
+        Ok(RunFrame {
+            store,
+            spec,
+            plan,
+            ui,
+            progress: Rc::new(Progress::new(*ui)),
+            interrupted,
+            simulated,
+            started: Instant::now(),
+            started_at: state::now_secs(),
+            parser,
+            throughput: RefCell::default(),
+            refused_start: false,
+        })
+    }
+
+    /// A run begins: its events file marks the start.
+    pub fn begin(&self) {
+        journal::start_run(&self.layout().events());
+    }
+
+    pub fn job(&self) -> &str {
+        self.spec.name()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        self.store.layout()
+    }
+
+    pub fn policy(&self) -> HaltPolicy {
+        self.spec.run.halt
+    }
+
+    /// The provider's name in the ledger and messages.
+    pub fn provider(&self) -> &'static str {
+        self.spec.endpoint.provider_name()
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        self.interrupted.clone()
+    }
+
+    /// Where one request stands, from its latest outcome.
+    pub fn request_state(&self, outcome: Option<Outcome>) -> RequestState {
+        request_state(outcome, &self.parser)
+    }
+
+    /// Where every request of the plan stands (one pass over the records).
+    pub fn tally(&self) -> Result<Tally> {
+        tally_with(self.store, &self.parser, self.spec, self.plan.generation)
+    }
+
+    /// The budget before anything is sent: `Some(reason)` refuses the
+    /// start, and the run's finish then leaves every file as it was.
+    /// `untouched`: nothing of this plan was sent yet.
+    pub fn refuse_start(&mut self, untouched: bool) -> Option<String> {
+        let estimate = self.plan.estimate.as_ref();
+        let reason = decide::halt_before_start(
+            &self.policy(),
+            estimate.and_then(|e| e.high),
+            estimate.is_some(),
+            untouched,
+        )?;
+        self.refused_start = true;
+        Some(reason)
+    }
+
+    /// `batchgrader cancel` was run for this job.
+    pub fn cancelled(&self) -> Result<bool> {
+        Ok(self.store.cancelled_at()?.is_some())
+    }
+
+    /// One thing that happened: on the terminal and in `events.jsonl`.
+    pub fn event(&self, unit: Option<u32>, msg: &str) {
+        // Events quote servers (errors, ids, statuses): the last guard
+        // before the terminal and the log.
+        let msg = clean_text(msg, MAX_EVENT);
+        self.progress.event(unit, &msg);
+        journal::append_event(&self.layout().events(), unit, &msg);
+    }
+
+    /// Show a snapshot and write it for `status`; a failed write is said,
+    /// not fatal (the next one may work, and the state is in sled).
+    pub fn show(&self, snap: &Snapshot) {
+        self.progress.table(snap);
+        if let Err(e) = status::write(self.layout(), snap) {
+            self.ui.warn(&format!("cannot write status.json: {e}"));
+        }
+    }
+
+    /// A ledger line, at most once per id. A line that cannot be written
+    /// stops the run in either lane: `costs` would otherwise miss spend.
+    pub fn record_usage(&self, entry: &LedgerEntry) -> Result<()> {
+        let ledger = self.layout().ledger();
+        journal::record_usage_once(&ledger, entry).map_err(|e| Error::io("append to", &ledger, e))
+    }
+
+    /// A ledger entry of this run's job, model and provider.
+    pub fn ledger_entry<'e>(&'e self, batch_id: &'e str) -> LedgerEntry<'e> {
+        LedgerEntry {
+            ts: state::now_secs(),
+            job: self.job(),
+            batch_id,
+            provider: self.provider(),
+            model: &self.plan.model,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            standard_cost_usd: 0.0,
+            simulated: self.simulated,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
+        }
+    }
+
+    /// End the run: write the output when [`decide::closing`] says so, the
+    /// final snapshot, and the summary. `snapshot` is the lane's own
+    /// (state, message, output path); `message` its closing words.
+    pub fn finish(
+        &self,
+        ending: Ending,
+        message: Option<String>,
+        mut snapshot: impl FnMut(RunState, Option<String>, Option<String>) -> Snapshot,
+    ) -> Result<(Ending, Summary)> {
+        let Closing {
+            write_output,
+            state,
+        } = decide::closing(&ending, self.refused_start);
+        let mut graded = Graded::default();
+        if write_output {
+            self.event(None, "writing the output");
+            // `status` says the process is busy writing, not hung.
+            let mut busy = snapshot(RunState::Running, None, None);
+            busy.step = Some(("writing the output".to_string(), state::now_secs()));
+            self.show(&busy);
+            let began = Instant::now();
+            graded = write_output_file(self.store, self.spec, self.plan, self.ui)?;
+            let bytes = std::fs::metadata(&self.spec.output_path).map_or(0, |m| m.len());
+            self.throughput
+                .borrow_mut()
+                .add("output", bytes, began.elapsed());
+            kill_point("output");
+        }
+        let out_path = write_output.then(|| self.spec.output_path.display().to_string());
+        let snap = snapshot(state, message.clone(), out_path.clone());
+        self.progress.clear();
+        status::write(self.layout(), &snap)
+            .map_err(|e| Error::io("write", self.layout().status(), e))?;
+        let line = self.throughput.borrow().line();
+        if let Some(line) = line {
+            self.event(None, &line);
+        }
+        let summary = Summary::of(RunEnd {
+            job: self.job(),
+            ending: &ending,
+            plan: self.plan,
+            graded,
+            snap: &snap,
+            output_path: out_path,
+            simulated: self.simulated,
+            message,
+        });
+        Ok((ending, summary))
+    }
+}
+
+/// Where every request of plan `generation` stands, from the outcomes
+/// recorded so far (one pass over the request records).
+pub fn tally_of(store: &JobStore, spec: &CheckedSpec, generation: u64) -> Result<Tally> {
+    let parser = answer::Parser::for_spec(spec).map_err(Error::usage)?;
+    tally_with(store, &parser, spec, generation)
+}
+
+fn tally_with(
+    store: &JobStore,
+    parser: &answer::Parser,
+    spec: &CheckedSpec,
+    generation: u64,
+) -> Result<Tally> {
+    let max_attempts = spec.run.max_attempts;
+    let mut tally = Tally::default();
+    for r in store.requests(generation) {
+        let r = r?;
+        if r.seq.is_none() {
+            continue;
+        }
+        tally.add(
+            request_state(store.outcome(&r.fingerprint)?, parser),
+            max_attempts,
+        );
+    }
+    Ok(tally)
+}
+
+/// Where a request stands, from its latest outcome.
+pub fn request_state(outcome: Option<Outcome>, parser: &answer::Parser) -> RequestState {
+    match outcome {
+        Some(Outcome::Success(res)) => RequestState::Succeeded {
+            parsed: parser.parse(&res.answer).is_ok(),
+        },
+        Some(Outcome::Failure(f)) => failed_state(&f),
+        None => RequestState::Pending,
+    }
+}
+
+pub fn failed_state(f: &FailureRecord) -> RequestState {
+    RequestState::Failed {
+        retryable: f.retryable,
+        attempts: f.attempts,
+        runs: f.runs(),
+    }
+}

@@ -1,0 +1,79 @@
+//! What can go wrong with a job's state, in words for people.
+
+use std::path::{Path, PathBuf};
+
+use super::FORMAT_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "job `{job}` is in use by another batchgrader process ({holder}); it may be applying the job right now"
+    )]
+    Locked { job: String, holder: String },
+    #[error(
+        "state of job `{job}` has format version {found}; this batchgrader understands up to {FORMAT_VERSION}"
+    )]
+    TooNew { job: String, found: u32 },
+    #[error("state store {} failed: {message}", dir.display())]
+    Db { dir: PathBuf, message: String },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state of job `{job}` is damaged: {message}")]
+    Corrupt { job: String, message: String },
+    #[error("no job `{job}` in {}", root.display())]
+    NoJob { job: String, root: PathBuf },
+    /// A file of the state is damaged; `repair` says how to mend it.
+    #[error("state of job `{job}` is damaged: {}: {message}", file.display())]
+    Damaged {
+        job: String,
+        file: PathBuf,
+        message: String,
+        repair: String,
+    },
+}
+
+impl StateError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Locked { .. } => Some(
+                "wait for it to finish, or use `batchgrader status` to watch it; if no such process exists, the lock is released automatically"
+                    .into(),
+            ),
+            StateError::TooNew { .. } => Some("upgrade batchgrader to work on this job".into()),
+            StateError::Damaged { repair, .. } => Some(repair.clone()),
+            StateError::Db { dir, .. } => Some(format!(
+                "the job's database is {}; if another program holds or changed it, stop that program; if it is damaged, move the job's folder aside and plan the job again (the old folder keeps its results/ and events.jsonl, which name every batch sent)",
+                dir.display()
+            )),
+            StateError::NoJob { .. } => {
+                Some("run `batchgrader plan SPEC` first, or pass --state to point at the right folder".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn db_err(dir: &Path) -> impl Fn(sled::Error) -> StateError + '_ {
+    move |e| StateError::Db {
+        dir: dir.to_path_buf(),
+        message: db_message(&e),
+    }
+}
+
+/// sled's own text for corruption is Rust debug output (`Read corrupted
+/// data at file offset None backtrace ()`): say it in words.
+pub(super) fn db_message(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Corruption { .. } => {
+            "its files are damaged (the database found corrupted data)".into()
+        }
+        sled::Error::Io(io) => io.to_string(),
+        sled::Error::Unsupported(s) => s.clone(),
+        sled::Error::ReportableBug(s) => format!("internal error of the database: {s}"),
+        sled::Error::CollectionNotFound(_) => "a table of the database is missing".into(),
+    }
+}
