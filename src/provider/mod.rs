@@ -13,6 +13,7 @@
 
 pub mod anthropic;
 pub mod any;
+pub mod api_error;
 pub mod batch;
 pub mod bounded;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod retry;
 pub mod watch;
 
 pub use any::AnyBatches;
+pub use api_error::ApiError;
 pub use batch::{
     BatchBackend, BatchLimits, BilledUsage, EndKind, RemoteBatch, RemoteState, ResultLine,
     ResultRef, StepClass, SubmitIdentity,
@@ -34,8 +36,8 @@ pub use openai::lines::{
     failure_is_retryable,
 };
 pub use openai::types::{
-    ApiError, Batch, BatchError, BatchErrors, BatchList, BatchStatus, BatchUsage, FileDeleted,
-    FileObject, RequestCounts,
+    Batch, BatchError, BatchErrors, BatchList, BatchStatus, BatchUsage, FileDeleted, FileObject,
+    RequestCounts,
 };
 pub use openai::{OpenAiBatches, OpenAiClient};
 pub use retry::{Decision, Outcome, Reason, RetryHeaders, RetryPolicy, TransportFailure};

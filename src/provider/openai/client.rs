@@ -21,7 +21,8 @@ use reqwest::{Method, Response, Url};
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
-use super::types::{ApiError, Batch, BatchList, FileDeleted, FileObject};
+use super::types::{Batch, BatchList, FileDeleted, FileObject};
+use crate::provider::api_error::ApiError;
 use crate::provider::bounded::{
     self, MAX_CHAT_BODY, MAX_CONTROL_BODY, MAX_ERROR_BODY, cap_text, clean_text,
 };

@@ -13,7 +13,8 @@
 
 use serde_json::Value;
 
-use super::types::{ApiError, is_quota_code, lenient};
+use super::types::lenient;
+use crate::provider::api_error::{ApiError, is_quota_code};
 
 /// What one result line says about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
