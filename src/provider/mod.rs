@@ -19,6 +19,7 @@ pub mod bounded;
 pub mod config;
 pub mod direct;
 pub mod error;
+pub(crate) mod http;
 pub mod openai;
 pub mod retry;
 pub mod watch;
