@@ -8,6 +8,12 @@
 //! the direct runner with the one retry classifier (`retry::classify`) and
 //! the pure pacing rules, because those decisions span every request in
 //! flight, not one call.
+//!
+//! The client is built through the HTTP core (`provider::http`: the key as
+//! `Authorization: Bearer`, TLS, the connect timeout) with one pool for all
+//! endpoints, and reads answers with the core's capped `read_body` and
+//! header readers. What an answer's body says is the OpenAI chat wire's
+//! (`openai::lines::classify_reply`), read by the runner, not here.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //!
 //! Built on the provider's HTTP core (`provider/http`: one retry loop,
 //! streamed downloads, unclear creates) with Anthropic's headers
-//! ([`Auth::Anthropic`]); `types` are this API's wire types, `encode` turns
+//! (`Auth::Anthropic`); `types` are this API's wire types, `encode` turns
 //! a chunk file into a create body.
 //!
 //! **Crash safety without metadata.** A message batch carries no metadata,

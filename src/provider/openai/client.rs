@@ -2,7 +2,7 @@
 //! spec, `/files` and `/batches` paths), built on the provider's HTTP core
 //! (`provider/http`), which sends them, retries them and reads their answers.
 //!
-//! `create batch` is a [`Replay::Create`]: the SDKs send no idempotency key
+//! `create batch` is a `Replay::Create`: the SDKs send no idempotency key
 //! (openai-python `_base_client.py`, `_idempotency_header`), so a timeout, a
 //! broken connection or a 5xx there is returned as an *unclear* error, and
 //! the caller looks for the batch by its metadata before creating another
