@@ -1,17 +1,21 @@
 //! The OpenAI client over real HTTP: against the simulated provider for the
 //! whole Files + Batches cycle, and against a scripted server for the answers
 //! the simulator never gives (quota, Azure shapes, hangs, dropped bodies).
+//! Chat completions go through direct mode's client, judged by the one
+//! retry classifier (`chat_completion` below).
 
 #[path = "provider_client/scripted.rs"]
 mod scripted;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use batchgrader::provider::direct::{DirectClient, Sent};
+use batchgrader::provider::retry;
 use batchgrader::provider::{
-    Batch, BatchStatus, ClientConfig, ErrorKind, LineOutcome, LineParseError, OpenAiClient,
-    ProviderError, Secret, classify_line,
+    Batch, BatchStatus, ClientConfig, Decision, ErrorKind, LineOutcome, LineParseError,
+    OpenAiClient, Outcome, ProviderError, Reason, RetryPolicy, Secret, classify_line,
 };
 use batchgrader::simulate::{SimConfig, SimServer};
 use scripted::{Reply, Scripted};
@@ -19,12 +23,57 @@ use scripted::{Reply, Scripted};
 const KEY: &str = "sk-test-0123456789abcdef";
 const KEY_ENV: &str = "BG_TEST_OPENAI_KEY";
 
-fn client(base_url: &str, key: &str, max_attempts: u32) -> OpenAiClient {
+fn config(base_url: &str, key: &str, max_attempts: u32) -> ClientConfig {
     let mut config = ClientConfig::new(base_url, Secret::new(key), KEY_ENV);
     config.max_attempts = max_attempts;
     config.request_timeout = Duration::from_secs(5);
     config.connect_timeout = Duration::from_secs(2);
-    OpenAiClient::new(config).unwrap()
+    config
+}
+
+fn client(base_url: &str, key: &str, max_attempts: u32) -> OpenAiClient {
+    OpenAiClient::new(config(base_url, key, max_attempts)).unwrap()
+}
+
+/// `POST /chat/completions` as direct mode treats one row's request, with
+/// up to 3 attempts: retryable failures are sent again; a final or
+/// exhausted non-2xx answer belongs to the row and is returned as data; a
+/// refused key, no credit or an overlong Retry-After concern the whole run
+/// and are returned as the classifier's reason.
+async fn chat_completion(base_url: &str, body: &str) -> Result<(u16, String), Reason> {
+    let config = config(base_url, KEY, 3);
+    let policy = RetryPolicy {
+        max_attempts: config.max_attempts,
+        ..RetryPolicy::default()
+    };
+    let c = DirectClient::new(&[config], 1).unwrap();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let answer = match c.send(0, body.to_string().into()).await {
+            Sent::Answer(a) => a,
+            Sent::Transport { detail, .. } => panic!("no answer: {detail}"),
+        };
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
+        if (200..300).contains(&answer.status) {
+            return Ok((answer.status, text));
+        }
+        let outcome = Outcome::Http {
+            status: answer.status,
+            headers: &answer.retry,
+            body: &text,
+        };
+        match retry::classify(&outcome, attempt, &policy, 0.0, SystemTime::now()) {
+            Decision::Retry { after } => tokio::time::sleep(after).await,
+            Decision::GiveUp(
+                reason @ (Reason::Quota
+                | Reason::Unauthorized
+                | Reason::Forbidden
+                | Reason::RetryAfterTooLong { .. }),
+            ) => return Err(reason),
+            Decision::GiveUp(_) => return Ok((answer.status, text)),
+        }
+    }
 }
 
 fn fast_sim(config: SimConfig) -> SimConfig {
@@ -338,14 +387,15 @@ async fn chat_completion_against_the_simulator() {
     let sim = SimServer::start(fast_sim(SimConfig::default()), 0)
         .await
         .unwrap();
-    let c = client(&sim.base_url(), KEY, 3);
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
-    let (status, text) = c.chat_completion(body).await.unwrap();
+    let (status, text) = chat_completion(&sim.base_url(), body).await.unwrap();
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(v["choices"][0]["message"]["content"].is_string());
     // A bad request belongs to the row: returned as data, not retried.
-    let (status, text) = c.chat_completion(r#"{"model":"m"}"#).await.unwrap();
+    let (status, text) = chat_completion(&sim.base_url(), r#"{"model":"m"}"#)
+        .await
+        .unwrap();
     assert_eq!(status, 400, "{text}");
     sim.shutdown().await;
 }
@@ -733,12 +783,14 @@ async fn chat_completion_final_statuses() {
         ),
     ])
     .await;
-    let c = client(&s.base_url(), KEY, 3);
-    let (status, body) = c.chat_completion("{}").await.unwrap();
+    let (status, body) = chat_completion(&s.base_url(), "{}").await.unwrap();
     assert_eq!(status, 400);
     assert!(body.contains("bad"));
-    let e = c.chat_completion("{}").await.unwrap_err();
-    assert!(e.is_auth());
+    let e = chat_completion(&s.base_url(), "{}").await.unwrap_err();
+    assert!(
+        matches!(e, Reason::Unauthorized | Reason::Forbidden),
+        "{e:?}"
+    );
     assert_eq!(s.unused_replies(), 0);
 }
 

@@ -80,7 +80,7 @@ pub struct ClientConfig {
     /// Attempts per call, first try included.
     pub max_attempts: u32,
     /// Total time for one control-plane request; for uploads and downloads,
-    /// the longest stall allowed (see `OpenAiClient`).
+    /// the longest stall allowed (see `provider::http`).
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     /// Bytes a download leaves free on its disk ([`MIN_FREE_DISK_ENV`]).

@@ -8,19 +8,26 @@
 //! the direct runner with the one retry classifier (`retry::classify`) and
 //! the pure pacing rules, because those decisions span every request in
 //! flight, not one call.
+//!
+//! The client is built through the HTTP core (`provider::http`: the key as
+//! `Authorization: Bearer`, TLS, the connect timeout) with one pool for all
+//! endpoints, and reads answers with the core's capped `read_body` and
+//! header readers. What an answer's body says is the OpenAI chat wire's
+//! (`openai::lines::classify_reply`), read by the runner, not here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Url;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::bounded::{self, MAX_CHAT_BODY, MAX_LABEL, cap_text, clean_text};
-use super::config::{ClientConfig, ORG_ENV, PROJECT_ENV, join_url, validate_base_url};
+use super::config::{ClientConfig, join_url, validate_base_url};
 use super::error::ProviderError;
-use super::openai::client::{
-    Body, error_chain, host_port, read_body, request_id_of, retry_headers_of,
+use super::http::{
+    self, Auth, Body, error_chain, host_port, read_body, request_id_of, retry_headers_of,
+    transport_failure,
 };
 use super::retry::{RetryHeaders, TransportFailure};
 use super::watch::CallWatch;
@@ -139,31 +146,9 @@ impl DirectClient {
         let first = configs
             .first()
             .ok_or_else(|| ProviderError::config(OP, "no base URL", None))?;
-        let env = &first.api_key_env;
-        let mut headers = HeaderMap::new();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", first.api_key.expose()))
-            .map_err(|_| {
-                ProviderError::config(
-                    OP,
-                    format!("the value of {env} cannot be sent in an HTTP header"),
-                    Some(format!("check that {env} holds only the key")),
-                )
-            })?;
-        auth.set_sensitive(true);
-        headers.insert(AUTHORIZATION, auth);
+        let mut headers = Auth::Bearer.headers(first)?;
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value, var) in [
-            ("openai-organization", &first.organization, ORG_ENV),
-            ("openai-project", &first.project, PROJECT_ENV),
-        ] {
-            if let Some(v) = value {
-                let v = HeaderValue::from_str(v).map_err(|_| {
-                    ProviderError::config(OP, format!("{var} is not a valid header value"), None)
-                })?;
-                headers.insert(HeaderName::from_static(name), v);
-            }
-        }
         let mut urls = Vec::new();
         let mut shown = Vec::new();
         for c in configs {
@@ -171,24 +156,13 @@ impl DirectClient {
             urls.push(join_url(&c.base_url, "chat/completions")?);
             shown.push(display_url(&c.base_url));
         }
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent(concat!("batchgrader/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(first.connect_timeout)
-            .timeout(first.request_timeout)
-            .pool_max_idle_per_host(pool)
-            .tcp_nodelay(true);
-        if configs.iter().all(ClientConfig::is_plain_http) {
-            // No CA roots are needed for plain http (see OpenAiClient::new).
-            builder = builder.tls_certs_only(Vec::<reqwest::Certificate>::new());
-        }
-        let http = builder.build().map_err(|e| {
-            ProviderError::config(
-                OP,
-                format!("cannot set up the HTTP client: {}", error_chain(&e)),
-                Some("https needs the system's CA certificates; install them".into()),
-            )
-        })?;
+        let plain_http = configs.iter().all(ClientConfig::is_plain_http);
+        let http = http::build(
+            http::client_builder(headers, first.connect_timeout, plain_http)
+                .timeout(first.request_timeout)
+                .pool_max_idle_per_host(pool)
+                .tcp_nodelay(true),
+        )?;
         let calls = configs
             .iter()
             .map(|c| format!("{}: chat completion", host_port(&c.base_url)).into())
@@ -270,15 +244,8 @@ impl DirectClient {
     }
 
     fn transport(&self, e: &reqwest::Error) -> Sent {
-        let failure = if e.is_connect() {
-            TransportFailure::Connect
-        } else if e.is_timeout() {
-            TransportFailure::Timeout
-        } else {
-            TransportFailure::Other
-        };
         Sent::Transport {
-            failure,
+            failure: transport_failure(e),
             detail: self.redact(&error_chain(e)),
         }
     }
@@ -293,6 +260,7 @@ fn display_url(base: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderName;
 
     #[test]
     fn go_durations() {

@@ -8,8 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::api_error::ApiError;
 use super::bounded::{MAX_LABEL, MAX_MESSAGE, clean_text};
-use super::openai::types::ApiError;
 
 /// The broad class of a failure; callers branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::openai::types::ApiError;
+use super::api_error::ApiError;
 
 /// Attempts in all (first try included) for the long-running CLI.
 /// The SDK makes 3 (`DEFAULT_MAX_RETRIES = 2`, openai-python `_constants.py`).

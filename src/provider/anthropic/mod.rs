@@ -2,9 +2,10 @@
 //! (`POST /v1/messages/batches` with inline requests, retrieve, list,
 //! cancel, delete, and the `results_url` stream).
 //!
-//! The HTTP core is the OpenAI client's (one retry loop, streamed
-//! downloads, unclear creates), built with Anthropic's headers; `types` are
-//! this API's wire types, `encode` turns a chunk file into a create body.
+//! Built on the provider's HTTP core (`provider/http`: one retry loop,
+//! streamed downloads, unclear creates) with Anthropic's headers
+//! (`Auth::Anthropic`); `types` are this API's wire types, `encode` turns
+//! a chunk file into a create body.
 //!
 //! **Crash safety without metadata.** A message batch carries no metadata,
 //! so a create that may have happened (a timeout, a 5xx, a kill between
@@ -39,7 +40,7 @@ use super::batch::{
 };
 use super::config::{ClientConfig, encode_path_segment};
 use super::error::{ErrorKind, ProviderError};
-use super::openai::OpenAiClient;
+use super::http::{Api, Auth, HttpClient};
 use types::{BatchPage, BatchResult, MessageBatch};
 
 /// The public endpoint (anthropic-sdk-python `_client.py`); paths start
@@ -69,9 +70,22 @@ const LIST_PAGE: u32 = 100;
 /// have happened can be judged.
 pub const CLOCK_SLACK_SECS: i64 = 600;
 
+/// What the HTTP core's errors say of a Message Batches server.
+const API: Api = Api {
+    name: "Anthropic Message Batches",
+    not_found_hint,
+};
+
+fn not_found_hint(base: &str) -> String {
+    format!(
+        "check the id and that {base} serves the Message Batches API (the base URL has no /v1 \
+         suffix); batches can be read for 29 days"
+    )
+}
+
 /// The Message Batches backend.
 pub struct AnthropicBatches {
-    client: OpenAiClient,
+    client: HttpClient,
     name: String,
 }
 
@@ -82,7 +96,7 @@ impl AnthropicBatches {
         name: impl Into<String>,
     ) -> Result<Self, ProviderError> {
         Ok(AnthropicBatches {
-            client: OpenAiClient::anthropic(config, version)?,
+            client: HttpClient::new(config, Auth::Anthropic { version }, API)?,
             name: name.into(),
         })
     }

@@ -10,10 +10,20 @@
 //! The caller splits the file into lines; this module accepts a trailing `\r`
 //! (CRLF files) and reports blank lines as [`LineParseError::Blank`] so they
 //! can be skipped.
+//!
+//! [`classify_reply`] reads a direct `POST /chat/completions` answer the
+//! same way. It stays here, not at the provider level: it is the reply
+//! classifier of OpenAI's chat wire, which a batch line's `response` and a
+//! direct answer share. Direct mode (`apply/direct`) runs that wire, so it
+//! imports it from this module. No shared provider module (`http`,
+//! `direct`, `retry`, `error`) imports a backend: `provider/direct.rs`
+//! sends and reads headers only, and the error body every reader shares is
+//! `provider::api_error`.
 
 use serde_json::Value;
 
-use super::types::{ApiError, is_quota_code, lenient};
+use super::types::lenient;
+use crate::provider::api_error::{ApiError, is_quota_code};
 
 /// What one result line says about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

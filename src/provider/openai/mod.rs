@@ -2,8 +2,9 @@
 //! protocol serves Azure OpenAI, LiteLLM proxies, llm-d's batch gateway and
 //! the simulated provider.
 //!
-//! `client` is the HTTP shell, `types` the lenient wire types, `lines` the
-//! result-line classifier; this file maps them onto [`BatchBackend`] with
+//! `client` holds the Files and Batches calls (built on the provider's HTTP
+//! core, `provider::http`), `types` the lenient wire types, `lines` the
+//! result-line and chat-reply classifier; this file maps them onto [`BatchBackend`] with
 //! pure functions ([`remote_state`], [`batch_is_ours`]) that are
 //! table-tested below.
 
