@@ -848,3 +848,74 @@ fn malformed_output_config_is_an_invalid_request_naming_the_field() {
     assert_eq!(counts["errored"], cases.len(), "{counts}");
     assert_eq!(counts["succeeded"], 2, "{counts}");
 }
+
+#[test]
+fn a_schema_job_is_graded_into_typed_columns_through_structured_outputs() {
+    let sb = Sandbox::new();
+    let server = server(&sb, &[]);
+    let mut csv = String::from("id,text\n");
+    for i in 1..=12 {
+        csv.push_str(&format!("{i:02},answer number {i}\n"));
+    }
+    sb.write("in.csv", csv);
+    // The score's bounds are not sent (structured outputs refuse them) but
+    // are checked on every answer; the simulated model grades 0 to 10.
+    let s = spec("typed", &server.url, 5, 2, "")
+        .replace("  max_tokens: 4\n", "  max_tokens: 200\n")
+        .replace(
+            "  parse: number\n",
+            "  schema:
+    type: object
+    properties:
+      score: { type: integer, minimum: 0, maximum: 10 }
+      verdict: { type: string, enum: [pass, fail, unsure] }
+      confident: { type: boolean }
+    required: [score, verdict, confident]
+    additionalProperties: false
+",
+        );
+    sb.write("job.yaml", &s);
+    let r = run(&sb, &["apply", "job.yaml", "--yes", "--json"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["graded"], 12, "{r:?}");
+    // Every request carried the schema as structured outputs, bounds left out.
+    let lines = common::chunk_lines(&sb, "typed");
+    assert_eq!(lines.len(), 12);
+    for l in &lines {
+        let format = &l["body"]["output_config"]["format"];
+        assert_eq!(format["type"], "json_schema", "{l}");
+        assert_eq!(
+            format["schema"]["properties"]["score"],
+            serde_json::json!({"type": "integer"})
+        );
+    }
+    let text = sb.read("out/graded.csv");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    for c in [
+        "grade.score",
+        "grade.verdict",
+        "grade.confident",
+        "grade_status",
+    ] {
+        assert!(header.iter().any(|h| h == c), "{c} in {header:?}");
+    }
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 12);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(&row[0], format!("{:02}", i + 1), "input order");
+        assert_eq!(&row[col("grade_status")], "ok", "{row:?}");
+        let score: u64 = row[col("grade.score")].parse().unwrap();
+        assert!(score <= 10, "{row:?}");
+        assert!(
+            ["pass", "fail", "unsure"].contains(&&row[col("grade.verdict")]),
+            "{row:?}"
+        );
+        assert!(
+            ["true", "false"].contains(&&row[col("grade.confident")]),
+            "{row:?}"
+        );
+    }
+    assert_key_nowhere(&sb, &[&r]);
+}
