@@ -919,3 +919,45 @@ fn a_schema_job_is_graded_into_typed_columns_through_structured_outputs() {
     }
     assert_key_nowhere(&sb, &[&r]);
 }
+
+#[test]
+#[ignore = "needs the wire resolution in src/ (in progress in another branch)"]
+fn a_schema_job_on_the_in_process_simulated_message_batches_api_is_graded() {
+    // `kind: simulated` with `api: anthropic` must send the schema as
+    // `output_config`, not as OpenAI's `response_format` (which the
+    // Messages API refuses on every row).
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text\n");
+    for i in 1..=6 {
+        csv.push_str(&format!("{i},answer {i}\n"));
+    }
+    sb.write("in.csv", &csv);
+    let s = spec("insim", "http://unused", 5, 2, "")
+        .replace(
+            "  kind: anthropic\n  base_url: http://unused\n",
+            "  kind: simulated\n  simulated:\n    api: anthropic\n    in_progress: 200ms\n",
+        )
+        .replace(&format!("  api_key_env: {KEY_ENV}\n"), "")
+        .replace("  max_tokens: 4\n", "  max_tokens: 200\n")
+        .replace(
+            "  parse: number\n",
+            "  schema:
+    type: object
+    properties:
+      score: { type: integer, minimum: 0, maximum: 10 }
+      verdict: { type: string, enum: [pass, fail] }
+    required: [score, verdict]
+    additionalProperties: false
+",
+        );
+    sb.write("job.yaml", &s);
+    let r = sb.run(&["apply", "job.yaml", "--yes", "--json"]);
+    for l in common::chunk_lines(&sb, "insim") {
+        assert_eq!(
+            l["body"]["output_config"]["format"]["type"], "json_schema",
+            "{l}"
+        );
+    }
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["graded"], 6, "{r:?}");
+}
