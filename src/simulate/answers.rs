@@ -510,6 +510,29 @@ mod tests {
     }
 
     #[test]
+    fn constrained_answers_fit_the_schema_or_are_refused() {
+        let mut refused = 0;
+        for i in 0..1000 {
+            let body = rubric_body(json!({"user": i}));
+            let c = complete_constrained(&body);
+            let open = complete(&body);
+            assert_eq!(c.prompt_tokens, open.prompt_tokens);
+            if misfit_kind(hash_json(b"answer", &body)).is_some() {
+                refused += 1;
+                assert_eq!(c.finish_reason, "refusal");
+                assert_eq!(c.content, REFUSAL);
+                continue;
+            }
+            // The same answer as without the constraint.
+            assert_eq!(c, open);
+            let v: Value = serde_json::from_str(&c.content).unwrap();
+            assert!((1..=5).contains(&v["score"].as_i64().unwrap()), "{v}");
+            assert!(["a", "b"].contains(&v["label"].as_str().unwrap()), "{v}");
+        }
+        assert!((20..=70).contains(&refused), "{refused}");
+    }
+
+    #[test]
     fn json_schema_answers_follow_the_schema() {
         let cases = [
             (
