@@ -732,7 +732,7 @@ fn structured_output_answers_are_json_that_fits_the_schema() {
         }
     }
     assert_eq!(fits + refused, 150);
-    assert!(refused >= 1 && refused <= 20, "{refused} refusals");
+    assert!((1..=20).contains(&refused), "{refused} refusals");
     assert_eq!(verdicts.len(), 3, "{verdicts:?}");
     assert_eq!(confident.len(), 2);
 
