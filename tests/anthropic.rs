@@ -573,3 +573,391 @@ fn the_in_process_simulated_message_batches_api_survives_a_kill_too() {
     assert!(resumed.stderr.contains("adopted batch"), "{resumed:?}");
     assert_eq!(sb.read("out/graded.csv"), reference);
 }
+
+/// One call to the Message Batches API of `server`: the status and the
+/// body (JSON, or the JSONL text as a string).
+fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", server.url))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01");
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    })
+}
+
+/// Creates a batch of `requests` (custom id, params), waits until it has
+/// ended, and gives its result lines by custom id.
+fn run_batch(server: &Server, requests: &[(String, Value)]) -> HashMap<String, Value> {
+    let body = serde_json::json!({
+        "requests": requests.iter().map(|(id, p)| serde_json::json!({"custom_id": id, "params": p}))
+            .collect::<Vec<_>>(),
+    });
+    let (status, batch) = call(
+        server,
+        reqwest::Method::POST,
+        "/v1/messages/batches",
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{batch:#}");
+    let id = batch["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ended = loop {
+        let (_, b) = call(
+            server,
+            reqwest::Method::GET,
+            &format!("/v1/messages/batches/{id}"),
+            None,
+        );
+        if b["processing_status"] == "ended" {
+            break b;
+        }
+        assert!(std::time::Instant::now() < deadline, "{b:#}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let url = ended["results_url"].as_str().unwrap();
+    let path = url
+        .strip_prefix(&server.url)
+        .expect("results on the same server");
+    let (status, text) = call(server, reqwest::Method::GET, path, None);
+    assert_eq!(status, 200, "{text}");
+    let lines: HashMap<String, Value> = text
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["custom_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    assert_eq!(lines.len(), requests.len());
+    lines
+}
+
+/// A rubric schema of the kind structured outputs compile: an integer, an
+/// enum and a boolean, every object closed.
+fn rubric_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "score": {"type": "integer", "description": "from 0 to 10"},
+            "verdict": {"type": "string", "enum": ["pass", "fail", "unsure"]},
+            "confident": {"type": "boolean"}
+        },
+        "required": ["score", "verdict", "confident"],
+        "additionalProperties": false
+    })
+}
+
+fn schema_params(text: &str, output_config: Value) -> Value {
+    serde_json::json!({
+        "model": "claude-haiku-4-5",
+        "max_tokens": 200,
+        "system": "Grade the answer on the rubric.",
+        "messages": [{"role": "user", "content": text}],
+        "output_config": output_config,
+    })
+}
+
+#[test]
+fn structured_output_answers_are_json_that_fits_the_schema() {
+    let sb = Sandbox::new();
+    let server = server(&sb, &[]);
+    let schema = rubric_schema();
+    let config = serde_json::json!({"format": {"type": "json_schema", "schema": schema}});
+    let requests: Vec<(String, Value)> = (0..150)
+        .map(|i| {
+            (
+                format!("r{i}"),
+                schema_params(&format!("answer number {i}"), config.clone()),
+            )
+        })
+        .collect();
+    let lines = run_batch(&server, &requests);
+    // Checked as a client would, against the schema sent, with every
+    // keyword it has; and against bounds on the score it did not carry,
+    // which the simulated model keeps to (its 0-10 scale).
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut bounded = schema.clone();
+    bounded["properties"]["score"]["minimum"] = 0.into();
+    bounded["properties"]["score"]["maximum"] = 10.into();
+    let bounded = jsonschema::validator_for(&bounded).unwrap();
+    let (mut fits, mut refused) = (0, 0);
+    let mut verdicts = HashSet::new();
+    let mut confident = HashSet::new();
+    for (id, line) in &lines {
+        let result = &line["result"];
+        assert_eq!(result["type"], "succeeded", "{line}");
+        let m = &result["message"];
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["role"], "assistant");
+        let content = m["content"].as_array().unwrap();
+        assert_eq!(content.len(), 1, "{m}");
+        assert_eq!(content[0]["type"], "text");
+        let text = content[0]["text"].as_str().unwrap();
+        match m["stop_reason"].as_str().unwrap() {
+            "end_turn" => {
+                let v: Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("{id}: {text:?} is not JSON: {e}"));
+                assert!(validator.is_valid(&v), "{id}: {v} breaks the schema");
+                assert!(bounded.is_valid(&v), "{id}: {v}");
+                verdicts.insert(v["verdict"].as_str().unwrap().to_string());
+                confident.insert(v["confident"].as_bool().unwrap());
+                assert!(m["usage"]["output_tokens"].as_u64().unwrap() > 1);
+                fits += 1;
+            }
+            // A refusal is the documented way such an answer may miss the
+            // schema: prose, with `stop_reason: "refusal"`.
+            "refusal" => {
+                assert!(serde_json::from_str::<Value>(text).is_err(), "{text}");
+                refused += 1;
+            }
+            other => panic!("{id}: stop_reason {other}: {m}"),
+        }
+    }
+    assert_eq!(fits + refused, 150);
+    assert!((1..=20).contains(&refused), "{refused} refusals");
+    assert_eq!(verdicts.len(), 3, "{verdicts:?}");
+    assert_eq!(confident.len(), 2);
+
+    // Deterministic: the same request gets the same answer in a new batch.
+    let again = run_batch(&server, &requests[..5]);
+    for (id, line) in &again {
+        assert_eq!(
+            line["result"]["message"]["content"],
+            lines[id]["result"]["message"]["content"]
+        );
+    }
+}
+
+#[test]
+fn malformed_output_config_is_an_invalid_request_naming_the_field() {
+    let sb = Sandbox::new();
+    let server = server(&sb, &[]);
+    let schema = rubric_schema();
+    let mut bounded = schema.clone();
+    bounded["properties"]["score"]["minimum"] = 1.into();
+    bounded["properties"]["score"]["maximum"] = 5.into();
+    let mut long = schema.clone();
+    long["properties"]["verdict"] = serde_json::json!({"type": "string", "maxLength": 10});
+    let mut open = schema.clone();
+    open["additionalProperties"] = true.into();
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            serde_json::json!({"format": {"type": "json_object", "schema": schema}}),
+            "output_config.format.type: Input should be 'json_schema'",
+        ),
+        (
+            serde_json::json!({"format": {"schema": schema}}),
+            "output_config.format.type: Field required",
+        ),
+        (
+            serde_json::json!({"format": {"type": "json_schema"}}),
+            "output_config.format.schema: Field required",
+        ),
+        (
+            serde_json::json!({"format": {"type": "json_schema", "schema": "{}"}}),
+            "output_config.format.schema: Input should be a valid dictionary",
+        ),
+        (
+            serde_json::json!({"format": "json"}),
+            "output_config.format: Input should be a valid dictionary",
+        ),
+        (
+            serde_json::json!([1]),
+            "output_config: Input should be a valid dictionary",
+        ),
+        (
+            serde_json::json!({"format": {"type": "json_schema", "schema": schema, "strict": true}}),
+            "output_config.format.strict: Extra inputs are not permitted",
+        ),
+        (
+            serde_json::json!({"format": {"type": "json_schema", "schema": bounded}}),
+            "output_config.format.schema: For 'integer' type, property 'minimum' is not supported",
+        ),
+        (
+            serde_json::json!({"format": {"type": "json_schema", "schema": long}}),
+            "output_config.format.schema: For 'string' type, property 'maxLength' is not supported",
+        ),
+        (
+            serde_json::json!({"format": {"type": "json_schema", "schema": open}}),
+            "output_config.format.schema: For 'object' type, 'additionalProperties' must be explicitly set to false",
+        ),
+    ];
+    let mut requests: Vec<(String, Value)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| (format!("bad{i}"), schema_params("an answer", c.clone())))
+        .collect();
+    // Beside them, output_config without a format (only `effort`) is a
+    // plain-text request, and a good one is answered.
+    requests.push((
+        "effort".into(),
+        schema_params("an answer", serde_json::json!({"effort": "low"})),
+    ));
+    requests.push((
+        "good".into(),
+        schema_params(
+            "an answer",
+            serde_json::json!({"format": {"type": "json_schema", "schema": schema}}),
+        ),
+    ));
+    let lines = run_batch(&server, &requests);
+    for (i, (_, want)) in cases.iter().enumerate() {
+        let line = &lines[&format!("bad{i}")];
+        let r = &line["result"];
+        // Params are checked while the batch runs: the line carries the
+        // error body a synchronous Messages call answers with a 400.
+        assert_eq!(r["type"], "errored", "{line}");
+        assert_eq!(r["error"]["type"], "error", "{line}");
+        assert_eq!(
+            r["error"]["error"]["type"], "invalid_request_error",
+            "{line}"
+        );
+        assert_eq!(r["error"]["error"]["message"], *want, "{line}");
+        assert!(
+            r["error"]["request_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("req_")
+        );
+    }
+    let effort = &lines["effort"]["result"];
+    assert_eq!(effort["type"], "succeeded", "{effort}");
+    let text = effort["message"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.parse::<u64>().unwrap() <= 10, "{text}");
+    assert_eq!(lines["good"]["result"]["type"], "succeeded");
+    let (_, batches) = call(&server, reqwest::Method::GET, "/v1/messages/batches", None);
+    let counts = &batches["data"][0]["request_counts"];
+    assert_eq!(counts["errored"], cases.len(), "{counts}");
+    assert_eq!(counts["succeeded"], 2, "{counts}");
+}
+
+#[test]
+fn a_schema_job_is_graded_into_typed_columns_through_structured_outputs() {
+    let sb = Sandbox::new();
+    let server = server(&sb, &[]);
+    let mut csv = String::from("id,text\n");
+    for i in 1..=12 {
+        csv.push_str(&format!("{i:02},answer number {i}\n"));
+    }
+    sb.write("in.csv", csv);
+    // The score's bounds are not sent (structured outputs refuse them) but
+    // are checked on every answer; the simulated model grades 0 to 10.
+    let s = spec("typed", &server.url, 5, 2, "")
+        .replace("  max_tokens: 4\n", "  max_tokens: 200\n")
+        .replace(
+            "  parse: number\n",
+            "  schema:
+    type: object
+    properties:
+      score: { type: integer, minimum: 0, maximum: 10 }
+      verdict: { type: string, enum: [pass, fail, unsure] }
+      confident: { type: boolean }
+    required: [score, verdict, confident]
+    additionalProperties: false
+",
+        );
+    sb.write("job.yaml", &s);
+    let r = run(&sb, &["apply", "job.yaml", "--yes", "--json"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["graded"], 12, "{r:?}");
+    // Every request carried the schema as structured outputs, bounds left out.
+    let lines = common::chunk_lines(&sb, "typed");
+    assert_eq!(lines.len(), 12);
+    for l in &lines {
+        let format = &l["body"]["output_config"]["format"];
+        assert_eq!(format["type"], "json_schema", "{l}");
+        assert_eq!(
+            format["schema"]["properties"]["score"],
+            serde_json::json!({"type": "integer"})
+        );
+    }
+    let text = sb.read("out/graded.csv");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    for c in [
+        "grade.score",
+        "grade.verdict",
+        "grade.confident",
+        "grade_status",
+    ] {
+        assert!(header.iter().any(|h| h == c), "{c} in {header:?}");
+    }
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 12);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(&row[0], format!("{:02}", i + 1), "input order");
+        assert_eq!(&row[col("grade_status")], "ok", "{row:?}");
+        let score: u64 = row[col("grade.score")].parse().unwrap();
+        assert!(score <= 10, "{row:?}");
+        assert!(
+            ["pass", "fail", "unsure"].contains(&&row[col("grade.verdict")]),
+            "{row:?}"
+        );
+        assert!(
+            ["true", "false"].contains(&&row[col("grade.confident")]),
+            "{row:?}"
+        );
+    }
+    assert_key_nowhere(&sb, &[&r]);
+}
+
+#[test]
+#[ignore = "needs the wire resolution in src/ (in progress in another branch)"]
+fn a_schema_job_on_the_in_process_simulated_message_batches_api_is_graded() {
+    // `kind: simulated` with `api: anthropic` must send the schema as
+    // `output_config`, not as OpenAI's `response_format` (which the
+    // Messages API refuses on every row).
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text\n");
+    for i in 1..=6 {
+        csv.push_str(&format!("{i},answer {i}\n"));
+    }
+    sb.write("in.csv", &csv);
+    let s = spec("insim", "http://unused", 5, 2, "")
+        .replace(
+            "  kind: anthropic\n  base_url: http://unused\n",
+            "  kind: simulated\n  simulated:\n    api: anthropic\n    in_progress: 200ms\n",
+        )
+        .replace(&format!("  api_key_env: {KEY_ENV}\n"), "")
+        .replace("  max_tokens: 4\n", "  max_tokens: 200\n")
+        .replace(
+            "  parse: number\n",
+            "  schema:
+    type: object
+    properties:
+      score: { type: integer, minimum: 0, maximum: 10 }
+      verdict: { type: string, enum: [pass, fail] }
+    required: [score, verdict]
+    additionalProperties: false
+",
+        );
+    sb.write("job.yaml", &s);
+    let r = sb.run(&["apply", "job.yaml", "--yes", "--json"]);
+    for l in common::chunk_lines(&sb, "insim") {
+        assert_eq!(
+            l["body"]["output_config"]["format"]["type"], "json_schema",
+            "{l}"
+        );
+    }
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["graded"], 6, "{r:?}");
+}

@@ -116,8 +116,26 @@ fn invalid_type(param: &str, expected: &str, got: &Value) -> ErrorBody {
 
 /// The answer to a request that passed [`check_request`].
 pub fn complete(body: &Value) -> Completion {
+    answer(body, false)
+}
+
+/// The answer of a model that decodes under the schema in
+/// `response_format.json_schema.schema` (how Anthropic's
+/// `output_config.format` works): the same schema-fitting object as
+/// [`complete`] gives, never broken. A request that draws a misfit there is
+/// refused here instead (prose, `finish_reason: "refusal"`): besides the
+/// token limit, a refusal is the one way such an answer can miss its schema.
+pub fn complete_constrained(body: &Value) -> Completion {
+    answer(body, true)
+}
+
+/// The text of a refusal under a schema.
+pub const REFUSAL: &str = "I can't provide a grade for this answer.";
+
+fn answer(body: &Value, constrained: bool) -> Completion {
     let h = hash_json(b"answer", body);
     let grade = h % 11;
+    let mut finish_reason = "stop";
     let (content, is_json) = match body
         .pointer("/response_format/type")
         .and_then(Value::as_str)
@@ -129,6 +147,10 @@ pub fn complete(body: &Value) -> Completion {
                 .unwrap_or(&Value::Null);
             let answer = fake_object(schema, grade, h);
             match misfit_kind(h) {
+                Some(_) if constrained => {
+                    finish_reason = "refusal";
+                    (REFUSAL.to_string(), false)
+                }
                 Some(kind) => (misfit(answer, schema, kind), true),
                 None => (answer.to_string(), true),
             }
@@ -139,7 +161,7 @@ pub fn complete(body: &Value) -> Completion {
     let completion_tokens = estimate_tokens(&content) + u64::from(is_json);
     let completion = Completion {
         content,
-        finish_reason: "stop",
+        finish_reason,
         prompt_tokens: prompt_tokens(body),
         completion_tokens,
     };
@@ -485,6 +507,29 @@ mod tests {
         // About one in MISFIT_EVERY, every kind seen.
         assert!((20..=70).contains(&broken), "{broken}");
         assert!(kinds.iter().all(|k| *k > 0), "{kinds:?}");
+    }
+
+    #[test]
+    fn constrained_answers_fit_the_schema_or_are_refused() {
+        let mut refused = 0;
+        for i in 0..1000 {
+            let body = rubric_body(json!({"user": i}));
+            let c = complete_constrained(&body);
+            let open = complete(&body);
+            assert_eq!(c.prompt_tokens, open.prompt_tokens);
+            if misfit_kind(hash_json(b"answer", &body)).is_some() {
+                refused += 1;
+                assert_eq!(c.finish_reason, "refusal");
+                assert_eq!(c.content, REFUSAL);
+                continue;
+            }
+            // The same answer as without the constraint.
+            assert_eq!(c, open);
+            let v: Value = serde_json::from_str(&c.content).unwrap();
+            assert!((1..=5).contains(&v["score"].as_i64().unwrap()), "{v}");
+            assert!(["a", "b"].contains(&v["label"].as_str().unwrap()), "{v}");
+        }
+        assert!((20..=70).contains(&refused), "{refused}");
     }
 
     #[test]

@@ -7,7 +7,12 @@
 //! results are made when asked for, as deterministic functions of each
 //! request (the same answers as the OpenAI simulation gives), so a batch
 //! needs no background worker and a restarted server on the same data
-//! folder carries on. The fault flags are the OpenAI simulation's, mapped
+//! folder carries on. A request with structured outputs
+//! (`output_config.format`, `json_schema`) is answered with a JSON document
+//! built from its schema, as the OpenAI simulation answers
+//! `response_format`; decoding under the schema never breaks it, so the
+//! answers that break it there are refusals here (`stop_reason:
+//! "refusal"`). The fault flags are the OpenAI simulation's, mapped
 //! onto this API: injected 429 `rate_limit_error` and 500/529 errors,
 //! creates that make the batch and then answer 500, every Nth create
 //! refused with 429 (a full queue), every Nth batch ending with half its

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::Failure;
 use crate::simulate::SimConfig;
-use crate::simulate::answers::complete;
+use crate::simulate::answers::{complete, complete_constrained};
 use crate::simulate::app::now_ms;
 use crate::simulate::faults::{CallFault, CallRates, call_fault};
 use crate::simulate::hash::{SplitMix64, hash_json, hash64, unit};
@@ -639,6 +639,121 @@ fn check_params(p: &Value) -> Result<(), String> {
     if p.get("stream") == Some(&Value::Bool(true)) {
         return Err("stream: batch requests cannot stream".into());
     }
+    if let Some(config) = p.get("output_config") {
+        check_output_config(config)?;
+    }
+    Ok(())
+}
+
+/// The checks on `output_config` (structured outputs): `format`, when
+/// given, is `{type: "json_schema", schema: {...}}`, and the schema uses
+/// none of the constraints the API's grammar does not take (the structured
+/// outputs guide's "JSON Schema limitations": numeric bounds, string
+/// lengths, array sizes past `minItems` 0 or 1). Other keys (`effort`) are
+/// left alone.
+fn check_output_config(config: &Value) -> Result<(), String> {
+    let config = config
+        .as_object()
+        .ok_or("output_config: Input should be a valid dictionary")?;
+    let format = match config.get("format") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(f)) => f,
+        Some(_) => return Err("output_config.format: Input should be a valid dictionary".into()),
+    };
+    match format.get("type") {
+        None => return Err("output_config.format.type: Field required".into()),
+        Some(Value::String(t)) if t == "json_schema" => {}
+        Some(_) => {
+            return Err("output_config.format.type: Input should be 'json_schema'".into());
+        }
+    }
+    let schema = match format.get("schema") {
+        None | Some(Value::Null) => {
+            return Err("output_config.format.schema: Field required".into());
+        }
+        Some(Value::Object(s)) => s,
+        Some(_) => {
+            return Err("output_config.format.schema: Input should be a valid dictionary".into());
+        }
+    };
+    if let Some(extra) = format
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "schema"))
+    {
+        return Err(format!(
+            "output_config.format.{extra}: Extra inputs are not permitted"
+        ));
+    }
+    unsupported_in(schema, 0).map_err(|m| format!("output_config.format.schema: {m}"))
+}
+
+/// The first constraint of `schema` (or of a schema inside it) that
+/// structured outputs do not support.
+fn unsupported_in(schema: &serde_json::Map<String, Value>, depth: usize) -> Result<(), String> {
+    if depth > 64 {
+        return Err("the schema is nested too deeply".into());
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ => "",
+    };
+    let numeric = [
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+    ];
+    let refused: &[&str] = match kind {
+        "integer" | "number" => &numeric,
+        "string" => &["minLength", "maxLength"],
+        "array" => &["maxItems"],
+        _ => &[],
+    };
+    if let Some(k) = refused.iter().find(|k| schema.contains_key(**k)) {
+        return Err(format!(
+            "For '{kind}' type, property '{k}' is not supported"
+        ));
+    }
+    if kind == "array"
+        && let Some(n) = schema.get("minItems")
+        && !matches!(n.as_u64(), Some(0 | 1))
+    {
+        return Err(format!(
+            "For 'array' type, 'minItems' values other than 0 or 1 are not supported (got {n})"
+        ));
+    }
+    if schema
+        .get("additionalProperties")
+        .is_some_and(|a| a != &Value::Bool(false))
+    {
+        return Err(
+            "For 'object' type, 'additionalProperties' must be explicitly set to false".into(),
+        );
+    }
+    // The schemas inside this one.
+    let mut subs: Vec<&Value> = Vec::new();
+    for key in ["properties", "$defs", "definitions"] {
+        if let Some(m) = schema.get(key).and_then(Value::as_object) {
+            subs.extend(m.values());
+        }
+    }
+    for key in ["anyOf", "allOf", "oneOf"] {
+        if let Some(a) = schema.get(key).and_then(Value::as_array) {
+            subs.extend(a);
+        }
+    }
+    subs.extend(schema.get("items"));
+    for sub in subs {
+        if let Some(sub) = sub.as_object() {
+            unsupported_in(sub, depth + 1)?;
+        }
+    }
     Ok(())
 }
 
@@ -665,12 +780,23 @@ fn message(params: &Value, batch: &str, i: u64) -> (Value, u64, u64) {
             .cloned()
             .unwrap_or_default(),
     );
-    let chat = json!({
+    let mut chat = json!({
         "model": params.get("model").cloned().unwrap_or(Value::Null),
         "messages": messages,
         "max_tokens": params.get("max_tokens").cloned().unwrap_or(Value::Null),
     });
-    let c = complete(&chat);
+    // Structured outputs: the answer is built from the schema, as the
+    // OpenAI simulation builds it for `response_format`, and decoded under
+    // it (never broken, but now and then refused).
+    let schema = params.pointer("/output_config/format/schema");
+    let c = match schema {
+        Some(schema) => {
+            chat["response_format"] =
+                json!({"type": "json_schema", "json_schema": {"schema": schema}});
+            complete_constrained(&chat)
+        }
+        None => complete(&chat),
+    };
     let id = format!(
         "msg_sim{:016x}",
         hash64(&[b"msg", batch.as_bytes(), &i.to_le_bytes()])
@@ -681,7 +807,11 @@ fn message(params: &Value, batch: &str, i: u64) -> (Value, u64, u64) {
         "role": "assistant",
         "model": params.get("model").cloned().unwrap_or(Value::Null),
         "content": [{"type": "text", "text": c.content}],
-        "stop_reason": if c.finish_reason == "length" { "max_tokens" } else { "end_turn" },
+        "stop_reason": match c.finish_reason {
+            "length" => "max_tokens",
+            "refusal" => "refusal",
+            _ => "end_turn",
+        },
         "stop_sequence": null,
         "usage": {
             "input_tokens": c.prompt_tokens,
