@@ -200,21 +200,38 @@ fn format_name(name: &str) -> String {
     if s.is_empty() { "answer".into() } else { s }
 }
 
-/// `schema` with `keys` removed wherever they are keywords (not inside
-/// `properties`, where they would be property names).
+/// `schema` with `keys` taken out wherever they are keywords (not inside
+/// `properties`, where they would be property names), and written into
+/// the node's `description` instead, as a JSON object after a blank line,
+/// so the model still reads them. Anthropic's SDKs do the same with the
+/// constraints its grammar does not compile ("How SDK transformation
+/// works" in the structured outputs guide); the answer is then checked
+/// against the full schema.
 fn without(schema: &Value, keys: &[&str]) -> Value {
     fn walk(v: &Value, keys: &[&str], in_props: bool) -> Value {
         match v {
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .filter(|(k, _)| in_props || !keys.contains(&k.as_str()))
-                    .map(|(k, sub)| {
-                        let props = !in_props
-                            && matches!(k.as_str(), "properties" | "$defs" | "definitions");
-                        (k.clone(), walk(sub, keys, props))
-                    })
-                    .collect(),
-            ),
+            Value::Object(m) => {
+                let mut moved = Map::new();
+                let mut out: Map<String, Value> = Map::new();
+                for (k, sub) in m {
+                    if !in_props && keys.contains(&k.as_str()) {
+                        moved.insert(k.clone(), sub.clone());
+                        continue;
+                    }
+                    let props =
+                        !in_props && matches!(k.as_str(), "properties" | "$defs" | "definitions");
+                    out.insert(k.clone(), walk(sub, keys, props));
+                }
+                if !moved.is_empty() {
+                    let said = Value::Object(moved).to_string();
+                    let description = match out.get("description").and_then(Value::as_str) {
+                        Some(d) => format!("{d}\n\n{said}"),
+                        None => said,
+                    };
+                    out.insert("description".into(), Value::String(description));
+                }
+                Value::Object(out)
+            }
             Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, keys, false)).collect()),
             other => other.clone(),
         }
@@ -325,10 +342,11 @@ mod tests {
         let anthropic = request_params(Wire::AnthropicMessages, "grade", &rubric());
         let sent = &anthropic["output_config"]["format"];
         assert_eq!(sent["type"], "json_schema");
-        // The bounds stay out of the request and in the local check.
+        // The bounds leave the grammar for the description (the model
+        // still reads them) and stay in the local check.
         assert_eq!(
             sent["schema"]["properties"]["accuracy"],
-            json!({"type": "integer"})
+            json!({"type": "integer", "description": "{\"minimum\":0,\"maximum\":5}"})
         );
         assert_eq!(
             sent["schema"]["properties"]["verdict"],
@@ -341,12 +359,12 @@ mod tests {
 
     #[test]
     fn a_property_named_like_a_keyword_is_kept() {
-        let schema = json!({"type": "object", "properties": {"maximum": {"type": "integer", "maximum": 3}},
-            "required": ["maximum"], "additionalProperties": false});
+        let schema = json!({"type": "object", "properties": {"maximum": {"type": "integer", "maximum": 3,
+            "description": "How high."}}, "required": ["maximum"], "additionalProperties": false});
         let sent = request_params(Wire::AnthropicMessages, "g", &schema);
         assert_eq!(
             sent["output_config"]["format"]["schema"]["properties"],
-            json!({"maximum": {"type": "integer"}})
+            json!({"maximum": {"type": "integer", "description": "How high.\n\n{\"maximum\":3}"}})
         );
     }
 }

@@ -89,7 +89,7 @@ fn both_lanes_name_the_provider_alike_in_the_ledger() {
         sb.write("job.yaml", job(provider, "Grade it.", ""));
         let run = sb.run(&["apply", "job.yaml", "--yes"]);
         assert_eq!(run.code, 0, "{lane}: {run:?}");
-        let ledger = sb.read("state/frame/usage.jsonl");
+        let ledger = sb.read("state/usage.jsonl");
         let lines: Vec<serde_json::Value> = ledger
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -110,8 +110,12 @@ fn both_lanes_name_the_provider_alike_in_the_ledger() {
 #[test]
 fn a_schema_job_through_the_simulated_anthropic_api_grades_every_row() {
     let sb = Sandbox::new();
+    // The simulator refuses one request in 25, chosen by a hash of the
+    // request, as a model under a grammar may; these rows are none of them
+    // (tests/anthropic.rs checks the refusals).
+    const ROWS: usize = 9;
     let mut csv = String::from("id,text\n");
-    for i in 1..=30 {
+    for i in 1..=ROWS {
         csv.push_str(&format!("{i:03},answer number {i}\n"));
     }
     sb.write("in.csv", csv);
@@ -154,7 +158,7 @@ poll:
     let run = sb.run(&["apply", "job.yaml", "--yes", "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
     let summary = run.json();
-    assert_eq!(summary["graded"], 30, "{summary}");
+    assert_eq!(summary["graded"], ROWS, "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
     assert_eq!(summary["parse_failures"], 0, "{summary}");
 
@@ -187,5 +191,5 @@ poll:
         assert!(["pass", "fail"].contains(&&rec[verdict]), "{rec:?}");
         assert!(["true", "false"].contains(&&rec[confident]), "{rec:?}");
     }
-    assert_eq!(rows, 30);
+    assert_eq!(rows, ROWS);
 }

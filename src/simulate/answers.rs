@@ -129,6 +129,32 @@ pub fn complete_constrained(body: &Value) -> Completion {
     answer(body, true)
 }
 
+/// `schema` with the constraints a client moved into a `description`
+/// (a JSON object after its last blank line, as `request::request_params`
+/// and Anthropic's SDKs write them) put back as keywords, where the
+/// answer generator reads them. Keywords the node still has win.
+fn with_described_constraints(schema: &Value) -> Value {
+    match schema {
+        Value::Object(m) => {
+            let mut out: serde_json::Map<String, Value> = m
+                .iter()
+                .map(|(k, v)| (k.clone(), with_described_constraints(v)))
+                .collect();
+            let said = m
+                .get("description")
+                .and_then(Value::as_str)
+                .and_then(|d| d.rsplit("\n\n").next())
+                .and_then(|tail| serde_json::from_str::<serde_json::Map<String, Value>>(tail).ok());
+            for (k, v) in said.into_iter().flatten() {
+                out.entry(k).or_insert(v);
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(with_described_constraints).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The text of a refusal under a schema.
 pub const REFUSAL: &str = "I can't provide a grade for this answer.";
 
@@ -145,6 +171,15 @@ fn answer(body: &Value, constrained: bool) -> Completion {
             let schema = body
                 .pointer("/response_format/json_schema/schema")
                 .unwrap_or(&Value::Null);
+            // Under Anthropic's grammar the bounds it cannot compile ride
+            // in the description, where a model reads and follows them.
+            let described;
+            let schema = if constrained {
+                described = with_described_constraints(schema);
+                &described
+            } else {
+                schema
+            };
             let answer = fake_object(schema, grade, h);
             match misfit_kind(h) {
                 Some(_) if constrained => {
@@ -530,6 +565,30 @@ mod tests {
             assert!(["a", "b"].contains(&v["label"].as_str().unwrap()), "{v}");
         }
         assert!((20..=70).contains(&refused), "{refused}");
+    }
+
+    #[test]
+    fn bounds_moved_into_a_description_are_followed_under_the_grammar() {
+        let schema = json!({"type": "object", "properties": {"score": {"type": "integer",
+            "description": "The grade.\n\n{\"minimum\":2,\"maximum\":3}"}},
+            "required": ["score"], "additionalProperties": false});
+        let (mut low, mut high) = (i64::MAX, i64::MIN);
+        for i in 0..300 {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": i.to_string()}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "g", "schema": schema}}});
+            let c = complete_constrained(&body);
+            if c.finish_reason == "refusal" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(&c.content).unwrap();
+            let s = v["score"].as_i64().unwrap();
+            low = low.min(s);
+            high = high.max(s);
+        }
+        assert_eq!((low, high), (2, 3));
+        // A description without such a tail changes nothing.
+        let plain = json!({"type": "integer", "description": "a {note}"});
+        assert_eq!(with_described_constraints(&plain), plain);
     }
 
     #[test]

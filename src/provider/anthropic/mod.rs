@@ -48,8 +48,6 @@ use types::{BatchPage, BatchResult, MessageBatch};
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 /// Overrides the spec's base URL, as in the SDK.
 pub const BASE_URL_ENV: &str = "ANTHROPIC_BASE_URL";
-pub const DEFAULT_KEY_ENV: &str = "ANTHROPIC_API_KEY";
-pub const DEFAULT_VERSION: &str = "2023-06-01";
 
 const BATCHES: &str = "v1/messages/batches";
 
