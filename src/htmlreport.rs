@@ -443,7 +443,7 @@ fn short(x: f64) -> String {
 }
 
 fn num(n: u64) -> String {
-    crate::report::num(n)
+    crate::ui::num(n)
 }
 
 /// Text for HTML content and attribute values.

@@ -22,7 +22,6 @@ pub mod plan;
 pub mod prompt;
 pub mod protect;
 pub mod provider;
-pub mod report;
 pub mod request;
 pub mod rowtokens;
 pub mod settings;
@@ -34,5 +33,6 @@ pub mod stats;
 pub mod status;
 pub mod template;
 pub mod tokenize;
+pub mod ui;
 
 pub use commands::run;

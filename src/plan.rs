@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::input::{Fields, InputError, Row, RowReader, Source, row_place};
 use crate::output::{self, AddedColumns};
 use crate::prompt::{Prompt, PromptError};
-use crate::report::Ui;
 use crate::request::RequestBuilder;
 use crate::spec::{self, CheckedSpec, Wire};
 use crate::state::chunkfile::ChunkWriter;
@@ -32,6 +31,7 @@ use crate::state::{
     RequestWriter,
 };
 use crate::tokenize::{Counter, Encoding, encoding_for_model};
+use crate::ui::Ui;
 
 /// Bumped when the way requests are rendered or chunked changes, so an
 /// older plan is never taken for a current one.

@@ -8,9 +8,9 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::cost::usd;
-use crate::report::{Paint, Ui, num, plural};
 use crate::spec::units::human_bytes;
 use crate::state::{Layout, Phase, UnitRecord};
+use crate::ui::{Paint, Ui, num, plural};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

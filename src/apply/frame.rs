@@ -20,11 +20,11 @@ use super::{Ending, Graded, Progress, RunEnd, Summary, kill_point, write_output_
 use crate::answer;
 use crate::error::{Error, Result};
 use crate::provider::bounded::{MAX_EVENT, clean_text};
-use crate::report::Ui;
 use crate::spec::CheckedSpec;
 use crate::state::journal::{self, LedgerEntry};
 use crate::state::{self, FailureRecord, JobStore, Layout, Outcome, PlanRecord};
 use crate::status::{self, RunState, Snapshot};
+use crate::ui::Ui;
 
 /// Why a run that found the job cancelled stops (both lanes say the same).
 pub const CANCELLED: &str =
@@ -231,6 +231,41 @@ impl<'a> RunFrame<'a> {
             message,
         });
         Ok((ending, summary))
+    }
+}
+
+/// A running job's snapshot, filled alike by the batch and the direct runner:
+/// what the plan says (rows, model, estimate) and what the run has done.
+/// Each runner adds what is its own with struct update syntax (units,
+/// receipt, the direct-mode view, the outage, the step); those start empty.
+pub fn snapshot_of(
+    job: &str,
+    plan: &PlanRecord,
+    tally: &Tally,
+    state: RunState,
+    started_at: u64,
+    spent_usd: f64,
+) -> Snapshot {
+    Snapshot {
+        job: job.to_string(),
+        state,
+        pid: (state == RunState::Running).then(std::process::id),
+        updated_at: crate::state::now_secs(),
+        started_at: Some(started_at),
+        model: plan.model.clone(),
+        totals: decide::totals(plan.rows, plan.outstanding, plan.already_done, tally),
+        estimated_cost_usd: plan
+            .estimate
+            .as_ref()
+            .map(|e| e.expected.or(e.high).unwrap_or(e.low)),
+        actual_cost_usd: spent_usd,
+        output_path: None,
+        message: None,
+        receipt: Default::default(),
+        outage_since: None,
+        step: None,
+        units: Vec::new(),
+        direct: None,
     }
 }
 

@@ -6,9 +6,9 @@ use std::cell::Cell;
 
 use console::Term;
 
-use crate::report::Ui;
 use crate::state::now_secs;
 use crate::status::{Snapshot, render};
+use crate::ui::Ui;
 
 pub struct Progress {
     ui: Ui,

@@ -16,11 +16,11 @@ use crate::cost::usd;
 use crate::error::{Error, Result};
 use crate::exit::{self, Code};
 use crate::grades::{Bin, PropertyStats, Stats};
-use crate::report::{Paint, Ui, num, plural, print_json};
 use crate::settings::{ApplySettings, Global};
 use crate::spec;
 use crate::state::{JobStore, PlanRecord};
 use crate::status::{self, RunState, receipt_line};
+use crate::ui::{Paint, Ui, num, plural, print_json};
 
 pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     let (store, spec, plan) = match (&args.spec, args.resume) {

@@ -10,9 +10,9 @@ use super::job;
 use crate::apply::ApplyOptions;
 use crate::error::{Error, Result};
 use crate::exit::Code;
-use crate::report::{Ui, plural, print_json};
 use crate::settings::Global;
 use crate::state::JobStore;
+use crate::ui::{Ui, plural, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
     let job = job::resolve(&g.state_root, job)?;

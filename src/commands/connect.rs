@@ -13,10 +13,10 @@ use crate::error::{Error, Result};
 use crate::provider::anthropic::AnthropicBatches;
 use crate::provider::direct::DirectClient;
 use crate::provider::{AnyBatches, ClientConfig, OpenAiBatches, OpenAiClient, Secret};
-use crate::report::Ui;
 use crate::simulate::{SimConfig, SimServer};
 use crate::spec::{CheckedSpec, Simulated, Wire};
 use crate::state::{self, JobStore, Layout};
+use crate::ui::Ui;
 
 /// Connect to the spec's provider, let `f` drive a runner, then stop the
 /// simulated server (if any) whatever `f` returned.

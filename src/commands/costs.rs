@@ -8,9 +8,9 @@ use crate::cost::usd;
 use crate::costs::{Report, aggregate, read};
 use crate::error::{Error, Result};
 use crate::exit::Code;
-use crate::report::{Paint, Ui, num, plural, print_json};
 use crate::settings::Global;
 use crate::state::now_secs;
+use crate::ui::{Paint, Ui, num, plural, print_json};
 
 pub fn run(g: &Global, since: Option<Duration>, ui: &Ui) -> Result<Code> {
     let ledger = crate::state::Layout::ledger_in(&g.state_root);

@@ -6,9 +6,9 @@ use std::path::Path;
 use super::job;
 use crate::error::Result;
 use crate::exit::Code;
-use crate::report::{Ui, num, print_json};
 use crate::settings::Global;
 use crate::state::JobStore;
+use crate::ui::{Ui, num, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result<Code> {
     let job = job::resolve(&g.state_root, job)?;

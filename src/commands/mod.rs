@@ -22,8 +22,8 @@ use std::ffi::OsString;
 use crate::cli;
 use crate::error::{Report, Result};
 use crate::exit::{self, Code, Convention};
-use crate::report::Ui;
 use crate::settings::{Global, Invocation};
+use crate::ui::Ui;
 
 /// Run the command line `args` (program name first); returns the process
 /// exit code.

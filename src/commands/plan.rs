@@ -10,11 +10,11 @@ use crate::error::Result;
 use crate::exit::{self, Code};
 use crate::plan::{self as planner, Planned};
 use crate::protect::{self, OutputFrom};
-use crate::report::{Paint, Ui, num, plural, print_json};
 use crate::settings::Global;
 use crate::spec::units::human_bytes;
 use crate::spec::{self, CheckedSpec};
 use crate::state::{JobStore, PlanRecord};
+use crate::ui::{Paint, Ui, num, plural, print_json};
 
 pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Result<Code> {
     let spec = spec::load(spec_path)?;

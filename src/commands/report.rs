@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 use crate::exit::Code;
 use crate::htmlreport::{ChunkRow, ReportData, render};
 use crate::provider::EndKind;
-use crate::report::{Ui, print_json};
 use crate::settings::Global;
 use crate::spec::ProviderKind;
 use crate::state::{JobStore, UnitRecord};
+use crate::ui::{Ui, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result<Code> {
     let job = job::resolve(&g.state_root, job)?;
@@ -80,7 +80,7 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
             "{}: report of job {} ({} rows, {} charts)",
             path.display(),
             job,
-            crate::report::num(data.rows),
+            crate::ui::num(data.rows),
             data.grades.len() + usize::from(!data.distribution.is_empty())
         )
     });

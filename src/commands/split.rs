@@ -6,10 +6,10 @@ use std::path::Path;
 use super::tokens::resolve_target;
 use crate::error::Result;
 use crate::exit::Code;
-use crate::report::{Ui, num, plural, print_json};
 use crate::settings::CountTarget;
 use crate::split::{Part, SplitLimits, split};
 use crate::tokenize::Counter;
+use crate::ui::{Ui, num, plural, print_json};
 
 pub fn run(target: &CountTarget, limits: SplitLimits, out_dir: &Path, ui: &Ui) -> Result<Code> {
     let t = resolve_target(target, ui)?;

@@ -8,10 +8,10 @@ use std::time::Duration;
 use super::job;
 use crate::error::{Error, Result};
 use crate::exit::{self, Code};
-use crate::report::{Ui, print_json};
 use crate::settings::Global;
 use crate::state::{self, JobStore, Layout};
 use crate::status::{self, RunState, Snapshot};
+use crate::ui::{Ui, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &Ui) -> Result<Code> {
     let job = job::resolve(&g.state_root, job)?;

@@ -6,11 +6,11 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::exit::Code;
-use crate::report::{Paint, Ui, num, print_json};
 use crate::rowtokens::Target;
 use crate::settings::CountTarget;
 use crate::stats::{TokenStats, summarize};
 use crate::tokenize::Counter;
+use crate::ui::{Paint, Ui, num, print_json};
 
 /// Rows over `--limit` listed by place, at most this many.
 const LISTED_OVER: usize = 10;

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::exit::Code;
-use crate::report::{Ui, print_json};
 use crate::spec;
+use crate::ui::{Ui, print_json};
 
 pub fn run(path: &Path, ui: &Ui) -> Result<Code> {
     let checked = spec::load(path)?;

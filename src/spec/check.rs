@@ -7,6 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::locate::{self, Seg, dotted};
+use super::place::problem_at;
 use super::rules::{answer_schema_problems, prompt_problems, request_problems, semantic_problems};
 use super::types::JobSpec;
 use super::{CheckedSpec, Problem, SpecError, resolve};
@@ -136,16 +137,6 @@ fn strip_yaml_location(msg: &str) -> String {
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
-    }
-}
-
-pub(super) fn problem_at(locator: &locate::Locator, path: &[Seg], message: String) -> Problem {
-    let (line, column) = locator.locate(path);
-    Problem {
-        line,
-        column,
-        field: dotted(path),
-        message,
     }
 }
 
@@ -351,19 +342,4 @@ fn friendlier(msg: &str, path: &[Seg]) -> String {
         };
     }
     msg.to_string()
-}
-
-pub(super) fn json_at<'a>(json: &'a Value, path: &[Seg]) -> Option<&'a Value> {
-    let mut cur = json;
-    for seg in path {
-        cur = match seg {
-            Seg::Key(k) => cur.get(k)?,
-            Seg::Index(i) => cur.get(*i)?,
-        };
-    }
-    Some(cur)
-}
-
-pub(super) fn key_path(keys: &[&str]) -> Vec<Seg> {
-    keys.iter().map(|k| Seg::Key((*k).to_string())).collect()
 }

@@ -9,6 +9,7 @@
 
 mod check;
 mod locate;
+mod place;
 mod resolve;
 mod rules;
 pub mod structured;

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::check::{json_at, key_path, problem_at};
 use super::locate;
+use super::place::{json_at, key_path, problem_at};
 use super::resolve::Wire;
 use super::types::{Rate, Size};
 use super::{Problem, SPEC_VERSION, dotted, units};

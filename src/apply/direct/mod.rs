@@ -952,7 +952,7 @@ impl<'a> DirectRunner<'a> {
         let message = match &ending {
             Ending::Finished if self.done > 0 => Some(format!(
                 "direct mode: {} requests answered in {:.1} s ({:.0}/s), cost at standard prices",
-                crate::report::num(self.done),
+                crate::ui::num(self.done),
                 secs,
                 self.done as f64 / secs.max(0.001)
             )),

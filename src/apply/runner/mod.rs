@@ -4,11 +4,11 @@
 //! the protocol). It holds no wire type and makes no decision of its own.
 //!
 //! `submit.rs` creates batches (and finds what an earlier create made),
-//! `collect.rs` polls, fetches and merges results, `report.rs` writes the
+//! `collect.rs` polls, fetches and merges results, `snapshot.rs` writes the
 //! snapshot and the summary; this file holds the loop and the fault model.
 
 mod collect;
-mod report;
+mod snapshot;
 mod submit;
 
 use std::collections::{HashMap, HashSet};

@@ -10,7 +10,8 @@ use reqwest::Response;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use reqwest::multipart::{Form, Part};
 
-use super::download::{io_error, stream_to_file};
+use super::download::stream_to_file;
+use super::outcome::{Attempt, Done, io_error, transport_attempt};
 use super::{Call, HttpClient, Payload, Replay, Reply, Sink};
 use crate::provider::bounded::MAX_ERROR_BODY;
 use crate::provider::error::{ErrorKind, ProviderError, human_wait};
@@ -21,29 +22,6 @@ const MIN_UPLOAD_BYTES_PER_SEC: u64 = 128 * 1024;
 
 /// The most of a body read for its first line.
 const MAX_LINE: usize = 1 << 20;
-
-/// What a 2xx answer became.
-pub(super) enum Done {
-    Text(Reply),
-    File(u64),
-}
-
-pub(super) enum Attempt {
-    Done(Done),
-    /// A local problem (file unreadable, disk full): retrying cannot help.
-    Fatal(ProviderError),
-    Transport {
-        failure: TransportFailure,
-        detail: String,
-        request_id: Option<String>,
-    },
-    Http {
-        status: u16,
-        headers: RetryHeaders,
-        request_id: Option<String>,
-        body: String,
-    },
-}
 
 impl HttpClient {
     /// One request, start to finish.
@@ -245,40 +223,6 @@ pub(crate) fn retry_headers_of(headers: &HeaderMap) -> RetryHeaders {
         retry_after: get("retry-after"),
         should_retry: get("x-should-retry"),
     }
-}
-
-/// What kind of failure a reqwest error is, for the retry classifier.
-pub(crate) fn transport_failure(e: &reqwest::Error) -> TransportFailure {
-    // A connect timeout is both; it still proves the request was not sent.
-    if e.is_connect() {
-        TransportFailure::Connect
-    } else if e.is_timeout() {
-        TransportFailure::Timeout
-    } else {
-        TransportFailure::Other
-    }
-}
-
-pub(super) fn transport_attempt(e: &reqwest::Error, request_id: Option<String>) -> Attempt {
-    Attempt::Transport {
-        failure: transport_failure(e),
-        detail: error_chain(e),
-        request_id,
-    }
-}
-
-/// `Display` of an error and its sources, joined, without repeats.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 /// Reads at most `cap` bytes of an error body within `deadline` in all; a

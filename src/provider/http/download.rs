@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::Response;
 use tokio::io::AsyncWriteExt;
 
-use super::attempt::{Attempt, Done, transport_attempt};
+use super::outcome::{Attempt, Done, io_error, transport_attempt};
 use crate::provider::bounded::cap_text;
 use crate::provider::config::MIN_FREE_DISK_ENV;
 use crate::provider::error::{ErrorKind, ProviderError, human_wait};
@@ -170,11 +170,6 @@ fn free_disk_bytes(dir: &Path) -> Option<u64> {
         return None;
     }
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-pub(super) fn io_error(op: &str, action: &str, path: &Path, e: &std::io::Error) -> ProviderError {
-    ProviderError::new(op, ErrorKind::Io)
-        .with_detail(format!("cannot {action} {}: {e}", path.display()))
 }
 
 #[cfg(test)]

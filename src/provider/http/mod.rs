@@ -23,6 +23,7 @@
 mod attempt;
 mod download;
 mod failure;
+mod outcome;
 mod setup;
 
 use std::path::Path;
@@ -36,10 +37,9 @@ use crate::provider::config::{ClientConfig, join_url, validate_base_url};
 use crate::provider::error::{ErrorKind, ProviderError};
 use crate::provider::retry::{self, Decision, Outcome, RetryPolicy, TransportFailure};
 use crate::provider::watch::CallWatch;
-use attempt::{Attempt, Done};
-pub(crate) use attempt::{
-    Body, error_chain, read_body, request_id_of, retry_headers_of, transport_failure,
-};
+pub(crate) use attempt::{Body, read_body, request_id_of, retry_headers_of};
+use outcome::{Attempt, Done};
+pub(crate) use outcome::{error_chain, transport_failure};
 pub(crate) use setup::{Auth, build, client_builder, host_port};
 
 /// What the errors of a client say about the API it expects, for the hints

@@ -1,4 +1,4 @@
-//! What a run shows: the status snapshot and the end-of-run summary.
+//! What a batch run shows (its status snapshot) and how it closes (the lane's part of the frame's finish).
 
 use super::*;
 

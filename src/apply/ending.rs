@@ -1,0 +1,167 @@
+//! How a run ended, and the summary people and `--json` read.
+
+use serde::Serialize;
+
+use crate::grades::PropertyStats;
+use crate::state::PlanRecord;
+
+use super::Graded;
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Submit what may be submitted, then exit; a later `resume` collects.
+    pub detach: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// Every request has a final outcome and the output is written.
+    Finished,
+    /// `--detach`: batches are out, nobody watches them.
+    Detached,
+    /// Ctrl-C: state is consistent, batches keep running.
+    Interrupted,
+    /// The halt policy stopped the job.
+    Halted(String),
+}
+
+impl Ending {
+    /// What the exit code needs to know of this ending.
+    pub fn run_end(&self, summary: &Summary) -> crate::exit::RunEnd {
+        use crate::exit::RunEnd;
+        match self {
+            Ending::Finished => RunEnd::Finished {
+                rows_failed: summary.failed + summary.parse_failures + summary.not_graded > 0,
+            },
+            Ending::Halted(_) => RunEnd::Halted,
+            Ending::Detached | Ending::Interrupted => RunEnd::StillRunning,
+        }
+    }
+}
+
+/// The end-of-run summary (human text and `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub job: String,
+    pub ending: String,
+    pub rows: u64,
+    pub graded: u64,
+    pub parse_failures: u64,
+    pub failed: u64,
+    pub not_graded: u64,
+    pub already_graded_before: u64,
+    pub estimated_cost_usd: Option<f64>,
+    pub actual_cost_usd: f64,
+    pub output_path: Option<String>,
+    /// For `number` and `label` parses: how often each value occurs.
+    pub distribution: Vec<(String, u64)>,
+    /// For `output.schema`: each numeric property's distribution (min,
+    /// quartiles, max, histogram), each enum or boolean property's counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grades: Vec<PropertyStats>,
+    /// Parse failures by reason (`not JSON`, `maximum at /accuracy`), most frequent first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parse_failures_by_reason: Vec<(String, u64)>,
+    pub simulated: bool,
+    pub message: Option<String>,
+    /// Paid at batch prices, what standard prices would have cost, the difference.
+    pub receipt: crate::status::Receipt,
+}
+
+impl Ending {
+    /// The word the summary and `--json` use.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Ending::Finished => "finished",
+            Ending::Detached => "detached",
+            Ending::Interrupted => "interrupted",
+            Ending::Halted(_) => "halted",
+        }
+    }
+}
+
+/// What a run ended with, for `Summary::of`: both runners (batch and
+/// direct) end the same way.
+pub struct RunEnd<'a> {
+    pub job: &'a str,
+    pub ending: &'a Ending,
+    pub plan: &'a PlanRecord,
+    /// The output pass's counts and statistics (default when none was written).
+    pub graded: Graded,
+    /// The final snapshot: costs and receipt.
+    pub snap: &'a crate::status::Snapshot,
+    pub output_path: Option<String>,
+    pub simulated: bool,
+    pub message: Option<String>,
+}
+
+impl Summary {
+    pub fn of(end: RunEnd) -> Summary {
+        let w = end.graded.written;
+        Summary {
+            job: end.job.to_string(),
+            ending: end.ending.word().to_string(),
+            rows: end.plan.rows,
+            graded: w.ok,
+            parse_failures: w.parse_errors,
+            failed: w.failed,
+            not_graded: w.not_graded,
+            already_graded_before: end.plan.already_done,
+            estimated_cost_usd: end.snap.estimated_cost_usd,
+            actual_cost_usd: end.snap.actual_cost_usd,
+            output_path: end.output_path,
+            distribution: end.graded.distribution,
+            grades: end.graded.grades,
+            parse_failures_by_reason: end.graded.parse_failures_by_reason,
+            simulated: end.simulated,
+            message: end.message,
+            receipt: end.snap.receipt,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::RunEnd;
+
+    #[test]
+    fn endings_for_the_exit_code() {
+        let s = Summary {
+            job: "j".into(),
+            ending: "finished".into(),
+            rows: 10,
+            graded: 10,
+            parse_failures: 0,
+            failed: 0,
+            not_graded: 0,
+            already_graded_before: 0,
+            estimated_cost_usd: None,
+            actual_cost_usd: 0.0,
+            output_path: None,
+            distribution: vec![],
+            grades: vec![],
+            parse_failures_by_reason: vec![],
+            simulated: false,
+            message: None,
+            receipt: Default::default(),
+        };
+        let clean = RunEnd::Finished { rows_failed: false };
+        assert_eq!(Ending::Finished.run_end(&s), clean);
+        assert_eq!(Ending::Halted("x".into()).run_end(&s), RunEnd::Halted);
+        assert_eq!(Ending::Detached.run_end(&s), RunEnd::StillRunning);
+        assert_eq!(Ending::Interrupted.run_end(&s), RunEnd::StillRunning);
+        for bad in 0..3 {
+            let mut t = s.clone();
+            match bad {
+                0 => t.failed = 1,
+                1 => t.parse_failures = 1,
+                _ => t.not_graded = 1,
+            }
+            let failed = RunEnd::Finished { rows_failed: true };
+            assert_eq!(Ending::Finished.run_end(&t), failed, "case {bad}");
+        }
+    }
+}
