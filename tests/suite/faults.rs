@@ -1,7 +1,7 @@
 //! The fault model and the halt policy, end to end: the real binary against
 //! the simulated provider in its own process, through the real HTTP client.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

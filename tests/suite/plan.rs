@@ -1,6 +1,6 @@
 //! `plan`, `validate` and `schema` through the real binary.
 
-mod common;
+use crate::common;
 
 use common::{Sandbox, chunk_lines, repo, spec, user_text};
 

@@ -2,7 +2,6 @@
 //! whole Files + Batches cycle, and against a scripted server for the answers
 //! the simulator never gives (quota, Azure shapes, hangs, dropped bodies).
 
-#[path = "provider_client/scripted.rs"]
 mod scripted;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,7 +4,7 @@
 //! metadata, so what these tests prove about duplicates they prove from
 //! the server's own record of every batch and the custom ids it held.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 

@@ -6,7 +6,7 @@
 //! exit code and a message naming the call, the status, the request id and
 //! an excerpt, without holding the body in memory or writing it to a log.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -3,7 +3,7 @@
 //! checks the exit code, that the message names the place, and that no
 //! user file was changed by a command that failed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! as a separate process (`batchgrader simulate-server`), through the real
 //! HTTP client. The server outlives the `apply` processes these tests kill.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};

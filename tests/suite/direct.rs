@@ -3,7 +3,7 @@
 //! process so it outlives an `apply` that is killed, and counting every
 //! request it answered.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
