@@ -309,7 +309,7 @@ pub fn properties(schema: &Value) -> Vec<String> {
 ///   (OpenAPI `ResponseFormatJsonSchema`; `name` matches `^[a-zA-Z0-9_-]{1,64}$`).
 /// - Anthropic Messages: `output_config: {format: {type: json_schema, schema}}`,
 ///   with the constraints its grammar does not take left out (see
-///   [`ANTHROPIC_DROPPED`]); answers are still checked against all of them.
+///   `ANTHROPIC_DROPPED`); answers are still checked against all of them.
 pub fn request_params(kind: ProviderKind, name: &str, schema: &Value) -> Map<String, Value> {
     let mut out = Map::new();
     match kind {

@@ -133,7 +133,7 @@ enum Flavor {
 
 /// An OpenAI-compatible Files + Batches client. The same HTTP core (one
 /// retry loop, streamed downloads, the unclear create) also serves the
-/// Anthropic backend, through [`OpenAiClient::anthropic`] and the
+/// Anthropic backend, through `OpenAiClient::anthropic` and the
 /// `pub(crate)` calls at the end of this impl.
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
