@@ -146,8 +146,9 @@ fn json_str(s: &str) -> String {
 ///   `response_format: {type: json_schema, json_schema: {name, strict: true, schema}}`
 ///   (OpenAPI `ResponseFormatJsonSchema`; `name` matches `^[a-zA-Z0-9_-]{1,64}$`).
 /// - Anthropic Messages: `output_config: {format: {type: json_schema, schema}}`,
-///   with the constraints its grammar does not take left out (see
-///   [`ANTHROPIC_DROPPED`]); answers are still checked against all of them.
+///   with the constraints its grammar does not take (`ANTHROPIC_DROPPED`)
+///   moved into each node's description; answers are still checked
+///   against all of them.
 pub fn request_params(wire: Wire, name: &str, schema: &Value) -> Map<String, Value> {
     let mut out = Map::new();
     match wire {

@@ -1,10 +1,40 @@
-//! A small harness: a temp folder with files, and the real binary run in it.
-#![allow(dead_code)]
+//! The shared harness: a temp folder with files, the real binary run in it
+//! (every run of the binary goes through [`bin`]), and the graded jobs, kill
+//! tests and checks the end-to-end tests share ([`jobs`]).
 
+pub mod jobs;
 pub mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+pub use jobs::*;
+
+/// The binary under test, built by Cargo for the tests.
+pub fn bin_path() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_batchgrader"))
+}
+
+/// The binary under test with the harness's environment: no state folder
+/// or price table from the caller's environment, no colours.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(bin_path());
+    harness_env(&mut cmd);
+    cmd
+}
+
+/// `args` for the binary, run in `dir` (see [`bin`]).
+pub fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.current_dir(dir).args(args);
+    cmd
+}
+
+fn harness_env(cmd: &mut Command) {
+    cmd.env_remove("BATCHGRADER_STATE")
+        .env_remove("BATCHGRADER_PRICING")
+        .env("NO_COLOR", "1");
+}
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -26,6 +56,18 @@ impl Run {
                 self.stdout, self.stderr
             )
         })
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        use std::os::unix::process::ExitStatusExt;
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
@@ -69,24 +111,43 @@ impl Sandbox {
     }
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchgrader"));
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        cmd.output().expect("run batchgrader").into()
+    }
+
+    /// The binary with `args`, in the sandbox, not started: for runs a test
+    /// spawns, signals or pipes itself.
+    pub fn command(&self, args: &[&str]) -> Command {
+        command_in(self.dir.path(), args)
+    }
+
+    /// The binary with `args`, in the sandbox, started by `wrapper` (a
+    /// program and its arguments, the binary's path appended after them),
+    /// e.g. a shell that lowers a limit first.
+    pub fn command_under(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = Command::new(wrapper[0]);
+        harness_env(&mut cmd);
         cmd.current_dir(self.dir.path())
-            .env_remove("BATCHGRADER_STATE")
-            .env_remove("BATCHGRADER_PRICING")
-            .env("NO_COLOR", "1")
+            .args(&wrapper[1..])
+            .arg(bin_path())
             .args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out: Output = cmd.output().expect("run batchgrader");
-        use std::os::unix::process::ExitStatusExt;
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            signal: out.status.signal(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        cmd
+    }
+}
+
+/// Every file under `dir`, depth first.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
         }
     }
+    out
 }
 
 /// Wait until sled has closed its lock file of `job` after this process
@@ -124,48 +185,6 @@ request:
   max_tokens: 4
 output:
   path: out/{name}.csv
-{extra}"
-    )
-}
-
-/// A number-grading job on `in.csv` (columns `id`, `text`) against an
-/// OpenAI-compatible server at `url`, written to `out/graded.csv`, with
-/// short polls for tests; `extra` is appended.
-pub fn openai_job(
-    name: &str,
-    url: &str,
-    key_env: &str,
-    chunk: u32,
-    in_flight: u32,
-    extra: &str,
-) -> String {
-    format!(
-        "version: 1
-name: {name}
-provider:
-  kind: openai
-  base_url: {url}
-  api_key_env: {key_env}
-model: gpt-4o-mini
-input:
-  path: in.csv
-  id: id
-prompt:
-  system: Grade the answer from 0 to 10. Reply with the number only.
-  user: \"{{{{ text }}}}\"
-request:
-  max_tokens: 4
-output:
-  path: out/graded.csv
-  field: grade
-  parse: number
-chunking:
-  max_requests: {chunk}
-concurrency:
-  max_batches_in_flight: {in_flight}
-poll:
-  interval: 100ms
-  max_interval: 200ms
 {extra}"
     )
 }

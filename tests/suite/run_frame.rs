@@ -2,7 +2,7 @@
 //! structured output on every wire: the real binary against the simulated
 //! provider it starts on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use common::Sandbox;
 

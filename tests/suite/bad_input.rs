@@ -15,6 +15,8 @@
 //! `BAD_INPUT_PENDING=1` is set, which runs them and reports which of them
 //! now pass, so their flag can be removed.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -159,7 +161,7 @@ fn one() -> usize {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad")
+    common::repo().join("tests/fixtures/bad")
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -258,14 +260,9 @@ struct Ran {
 }
 
 fn command(dir: &Path, args: &[String], env: &BTreeMap<String, String>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchgrader"));
-    cmd.current_dir(dir)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
+    let mut cmd = common::bin();
+    cmd.current_dir(dir).args(args).stdin(Stdio::null());
     for var in [
-        "BATCHGRADER_STATE",
-        "BATCHGRADER_PRICING",
         "OPENAI_API_KEY",
         "OPENAI_BASE_URL",
         "OPENAI_ORG_ID",

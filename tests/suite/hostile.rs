@@ -6,17 +6,16 @@
 //! exit code and a message naming the call, the status, the request id and
 //! an excerpt, without holding the body in memory or writing it to a log.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Run, Sandbox};
+use common::{Direct, Job, OpenAi, Run, Sandbox};
 
 const KEY_ENV: &str = "BG_HOSTILE_KEY";
 const KEY: &str = "sk-hostile-test-key-0042";
@@ -266,46 +265,28 @@ fn batch_job(sb: &Sandbox, url: &str) {
     sb.write("in.csv", "id,text\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n");
     sb.write(
         "job.yaml",
-        common::openai_job(
-            "hostile",
-            url,
-            KEY_ENV,
-            6,
-            1,
-            "retry:\n  give_up_after: 1s\n",
-        ),
+        Job::new(OpenAi, "hostile", url)
+            .key_env(KEY_ENV)
+            .chunk(6)
+            .in_flight(1)
+            .yaml("retry:\n  give_up_after: 1s\n"),
     );
 }
 
+/// A six-row direct job against `url`, with no system prompt and the
+/// answers kept as text; a failing request is given up after two seconds.
 fn direct_job(sb: &Sandbox, url: &str) {
     sb.write("in.csv", "id,text\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n");
-    sb.write(
-        "job.yaml",
-        format!(
-            "version: 1
-name: hostile
-provider:
-  kind: openai
-  mode: direct
-  base_url: {url}
-  api_key_env: {KEY_ENV}
-model: gpt-4o-mini
-input:
-  path: in.csv
-  id: id
-prompt:
-  user: \"{{{{ text }}}}\"
-request:
-  max_tokens: 4
-output:
-  path: out/graded.csv
-concurrency:
-  max_requests_in_flight: 2
-retry:
-  give_up_after: 2s
-"
-        ),
-    );
+    let spec = Job::new(Direct, "hostile", url)
+        .key_env(KEY_ENV)
+        .in_flight(2)
+        .yaml("retry:\n  give_up_after: 2s\n")
+        .replace(
+            "  system: Grade the answer from 0 to 10. Reply with the number only.\n",
+            "",
+        )
+        .replace("  field: grade\n  parse: number\n", "");
+    sb.write("job.yaml", spec);
 }
 
 fn env(timeout: &'static str) -> [(&'static str, &'static str); 2] {
@@ -320,19 +301,10 @@ fn apply(sb: &Sandbox) -> (Run, Duration) {
 
 /// Every byte under the job's state folder.
 fn state_bytes(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
-    fn walk(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&sb.path("state"), &mut out);
-    out
+    common::files_under(&sb.path("state"))
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect()
 }
 
 /// Runs `apply` in the background and reads `status.json` while it runs;
@@ -341,18 +313,13 @@ fn apply_watching_status(
     sb: &Sandbox,
     timeout: &'static str,
 ) -> (Run, Vec<String>, Option<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchgrader"));
-    cmd.current_dir(sb.dir.path())
-        .env_remove("BATCHGRADER_STATE")
-        .env_remove("BATCHGRADER_PRICING")
-        .env("NO_COLOR", "1")
-        .args(["apply", "job.yaml", "--yes"])
+    let child = sb
+        .command(&["apply", "job.yaml", "--yes"])
+        .envs(env(timeout))
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env(timeout) {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let status_file = sb.path("state/hostile/status.json");
     let mut messages = Vec::new();
     let mut status_text = None;
@@ -374,14 +341,7 @@ fn apply_watching_status(
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(out.is_finished(), "apply (pid {pid}) did not end in time");
-    let o = out.join().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    let run = Run {
-        code: o.status.code().unwrap_or(-1),
-        signal: o.status.signal(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    };
+    let run = Run::from(out.join().unwrap());
     (run, messages, status_text)
 }
 

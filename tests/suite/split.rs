@@ -1,6 +1,6 @@
 //! `split`: parts under the limits, same format, rows copied verbatim.
 
-mod common;
+use crate::common;
 
 use common::Sandbox;
 

@@ -4,7 +4,7 @@
 //! counted under the halt policy, `validate` refusing what strict mode
 //! refuses, and `report` rendered in a real headless browser.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

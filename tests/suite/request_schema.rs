@@ -2,7 +2,7 @@
 //! `CreateChatCompletionRequest` (extracted from the published OpenAPI spec
 //! into tests/fixtures/ by tests/fixtures/gen/extract_chat_schema.py).
 
-mod common;
+use crate::common;
 
 use common::{Sandbox, chunk_lines, repo, spec};
 use serde_json::{Value, json};

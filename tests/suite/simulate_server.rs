@@ -1321,7 +1321,7 @@ struct ServerProcess {
 impl ServerProcess {
     fn start(flags: &[&str]) -> ServerProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+        let mut child = crate::common::bin()
             .args(["simulate-server", "--port", "0", "--validating", "10ms"])
             .args(["--in-progress", "100ms", "--finalizing", "10ms"])
             .args(flags)

@@ -3,7 +3,7 @@
 //! checks the exit code, that the message names the place, and that no
 //! user file was changed by a command that failed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -260,7 +260,11 @@ fn a_row_edited_between_detach_and_resume_never_gets_the_old_answer() {
     sb.write("in.csv", rows_csv(12));
     sb.write(
         "job.yaml",
-        common::openai_job("edit", &server.url, "BG_KEY", 5, 3, ""),
+        common::Job::new(common::OpenAi, "edit", &server.url)
+            .key_env("BG_KEY")
+            .chunk(5)
+            .in_flight(3)
+            .yaml(""),
     );
     let key = [("BG_KEY", "sk-test-edit-0001")];
     let detached = sb.run_env(&["apply", "--yes", "--detach", "job.yaml"], &key);
@@ -301,7 +305,7 @@ fn a_row_edited_between_detach_and_resume_never_gets_the_old_answer() {
 
 #[test]
 fn ctrl_c_while_planning_stops_keeps_the_previous_plan_and_status_says_planning() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let sb = Sandbox::new();
     sb.write("in.csv", rows_csv(20));
     sb.write("job.yaml", sim_spec("p", "{path: out.csv}", ""));
@@ -316,11 +320,8 @@ fn ctrl_c_while_planning_stops_keeps_the_previous_plan_and_status_says_planning(
         ));
     }
     sb.write("in.csv", &big);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
-        .current_dir(sb.dir.path())
-        .env_remove("BATCHGRADER_STATE")
-        .env("NO_COLOR", "1")
-        .args(["plan", "job.yaml"])
+    let mut child = sb
+        .command(&["plan", "job.yaml"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -382,7 +383,11 @@ fn a_damaged_outcome_log_is_named_never_makes_a_worse_output_and_resume_rebuilds
     sb.write("in.csv", rows_csv(12));
     sb.write(
         "job.yaml",
-        common::openai_job("dmg", &server.url, "BG_KEY", 5, 3, ""),
+        common::Job::new(common::OpenAi, "dmg", &server.url)
+            .key_env("BG_KEY")
+            .chunk(5)
+            .in_flight(3)
+            .yaml(""),
     );
     let key = [("BG_KEY", "sk-test-damage-0001")];
     let done = sb.run_env(&["apply", "--yes", "job.yaml"], &key);

@@ -1,6 +1,6 @@
 //! `plan`, `validate` and `schema` through the real binary.
 
-mod common;
+use crate::common;
 
 use common::{Sandbox, chunk_lines, repo, spec, user_text};
 
@@ -341,13 +341,11 @@ fn a_plan_of_many_chunks_keeps_few_files_open() {
             "chunking:\n  max_requests: 1\n",
         ),
     );
-    let out = std::process::Command::new("sh")
-        .current_dir(sb.path(""))
-        .env("NO_COLOR", "1")
-        .env_remove("BATCHGRADER_STATE")
-        .args(["-c", "ulimit -n 48 && exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_batchgrader"))
-        .args(["plan", "s.yaml", "--json"])
+    let out = sb
+        .command_under(
+            &["sh", "-c", "ulimit -n 48 && exec \"$0\" \"$@\""],
+            &["plan", "s.yaml", "--json"],
+        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -377,11 +375,8 @@ fn an_input_that_is_a_pipe_is_refused_before_it_is_opened() {
     let fifo = std::ffi::CString::new(sb.path("in.csv").to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
-        .current_dir(sb.path(""))
-        .env_remove("BATCHGRADER_STATE")
-        .env("NO_COLOR", "1")
-        .args(["plan", "job.yaml"])
+    let mut child = sb
+        .command(&["plan", "job.yaml"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

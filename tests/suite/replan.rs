@@ -1,7 +1,7 @@
 //! Re-planning: a no-op when nothing changed, incremental when inputs change,
 //! and bad input never damages a saved plan.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

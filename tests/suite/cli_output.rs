@@ -1,7 +1,7 @@
 //! What the real binary shows a user, as snapshots: `--help` of every
 //! command and the report of a spec error. Review a change here like code.
 
-mod common;
+use crate::common;
 
 use common::Sandbox;
 

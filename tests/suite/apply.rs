@@ -2,88 +2,27 @@
 //! as a separate process (`batchgrader simulate-server`), through the real
 //! HTTP client. The server outlives the `apply` processes these tests kill.
 
-mod common;
+use crate::common;
 
-use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Sandbox;
 use common::sim::Server;
+use common::{OpenAi, Sandbox};
 use serde_json::Value;
 
-const KEY_ENV: &str = "BG_TEST_KEY";
-const KEY: &str = "sk-test-not-a-real-key-4242";
+const KEY_ENV: &str = OpenAi.key_env();
+const KEY: &str = OpenAi.key();
 
-/// 25 rows with cells that must survive verbatim, in chunks of 10.
+/// The standard OpenAI job: 25 rows with cells that must survive verbatim,
+/// in chunks of 10.
 fn job(sb: &Sandbox, server: &Server, extra: &str) {
-    let mut csv = String::from("id,text,note\n");
-    for i in 1..=25 {
-        let text = match i {
-            3 => "\"quoted, \"\"with\"\" comma\"".to_string(),
-            7 => "\"two\nlines\"".to_string(),
-            11 => "café ☕".to_string(),
-            _ => format!("answer number {i}"),
-        };
-        let note = if i % 5 == 0 {
-            String::new()
-        } else {
-            format!("00{i}")
-        };
-        csv.push_str(&format!("{i:03},{text},{note}\n"));
-    }
-    sb.write("in.csv", csv);
-    sb.write(
-        "job.yaml",
-        common::openai_job("crash", &server.url, KEY_ENV, 10, 2, extra),
-    );
-}
-
-fn bg(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> common::Run {
-    let mut e = vec![(KEY_ENV, KEY)];
-    e.extend_from_slice(env);
-    sb.run_env(args, &e)
-}
-
-/// Batches per (chunk, attempt, submit) on the server: each must be 1.
-fn assert_one_batch_per_chunk_attempt(server: &Server, chunks: usize) {
-    let stats = server.stats();
-    let batches = stats["batches"].as_array().unwrap();
-    let mut seen = HashSet::new();
-    for b in batches {
-        let m = &b["metadata"];
-        let key = (
-            m["batchgrader_chunk"].as_str().unwrap().to_string(),
-            m["batchgrader_attempt"].as_str().unwrap().to_string(),
-            m["batchgrader_submit"].as_str().unwrap().to_string(),
-        );
-        assert!(
-            seen.insert(key.clone()),
-            "two batches for {key:?}: {stats:#}"
-        );
-    }
-    assert_eq!(batches.len(), chunks, "{stats:#}");
-    assert_eq!(stats["batches_created"], chunks as u64);
-}
-
-/// The output of an uninterrupted run, made once per test process.
-fn reference_output() -> String {
-    static REF: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    REF.get_or_init(|| {
-        let sb = Sandbox::new();
-        let server = Server::start(&sb, &[]);
-        job(&sb, &server, "");
-        let run = bg(&sb, &["apply", "job.yaml"], &[]);
-        assert_eq!(run.code, 0, "{run:?}");
-        assert_one_batch_per_chunk_attempt(&server, 3);
-        sb.read("out/graded.csv")
-    })
-    .clone()
+    common::standard_job(sb, OpenAi, &server.url, 25, extra);
 }
 
 #[test]
 fn several_chunks_with_shuffled_results_come_out_in_input_order() {
-    let out = reference_output();
+    let out = common::reference_output(OpenAi, 25);
     let mut rdr = csv::Reader::from_reader(out.as_bytes());
     let headers: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
     assert_eq!(
@@ -130,23 +69,26 @@ fn a_plan_killed_between_its_files_and_its_record_is_made_again() {
     let server = Server::start(&sb, &[]);
     job(&sb, &server, "");
     let kill = [("BATCHGRADER_TEST_KILL_AT", "plan-installed")];
-    let killed = bg(&sb, &["apply", "job.yaml"], &kill);
+    let killed = OpenAi.run(&sb, &["apply", "job.yaml"], &kill);
     assert_eq!(killed.signal, Some(9), "{killed:?}");
     assert!(sb.path("state/crash/chunks/plan-1").is_dir());
-    let again = bg(&sb, &["apply", "job.yaml"], &[]);
+    let again = OpenAi.run(&sb, &["apply", "job.yaml"], &[]);
     assert_eq!(again.code, 0, "{again:?}");
-    assert_eq!(sb.read("out/graded.csv"), reference_output());
-    assert_one_batch_per_chunk_attempt(&server, 3);
+    assert_eq!(
+        sb.read("out/graded.csv"),
+        common::reference_output(OpenAi, 25)
+    );
+    common::assert_one_batch_per_chunk_attempt(&server.stats(), 3);
 
     // A second plan (one row's text changed), killed the same way.
     let input = sb
         .read("in.csv")
         .replace("answer number 2,", "answer number two,");
     sb.write("in.csv", input);
-    let killed = bg(&sb, &["apply", "job.yaml"], &kill);
+    let killed = OpenAi.run(&sb, &["apply", "job.yaml"], &kill);
     assert_eq!(killed.signal, Some(9), "{killed:?}");
     assert!(sb.path("state/crash/chunks/plan-2").is_dir());
-    let again = bg(&sb, &["apply", "job.yaml", "--json"], &[]);
+    let again = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
     assert_eq!(again.code, 0, "{again:?}");
     let s = again.json();
     assert_eq!(s["graded"], 25, "{s:#}");
@@ -155,103 +97,58 @@ fn a_plan_killed_between_its_files_and_its_record_is_made_again() {
     assert!(out.contains("002,answer number two,002,"), "{out}");
 }
 
-fn crash_then_resume(point: &str) {
-    let sb = Sandbox::new();
-    let server = Server::start(&sb, &[]);
-    job(&sb, &server, "");
-    let killed = bg(
-        &sb,
-        &["apply", "job.yaml"],
-        &[("BATCHGRADER_TEST_KILL_AT", point)],
-    );
-    assert_eq!(
-        killed.signal,
-        Some(9),
-        "the process was not killed at {point}: {killed:?}"
-    );
-    let resumed = bg(&sb, &["resume"], &[]);
-    assert_eq!(
-        resumed.code, 0,
-        "resume after a kill at {point}: {resumed:?}"
-    );
-    assert_one_batch_per_chunk_attempt(&server, 3);
-    assert_eq!(
-        sb.read("out/graded.csv"),
-        reference_output(),
-        "output after a kill at {point}"
-    );
-    // The usage ledger has each batch once.
-    let ledger = sb.read("state/usage.jsonl");
-    let ids: Vec<String> = ledger
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["batch_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let unique: HashSet<&String> = ids.iter().collect();
-    assert_eq!(ids.len(), 3, "{ledger}");
-    assert_eq!(unique.len(), 3, "{ledger}");
-}
-
 /// Killed after the first of the plan's three units is written: the
 /// resume makes the other two (it used to go on with one, leaving two
 /// chunks never submitted and their rows not graded).
 #[test]
 fn kill_while_making_the_units() {
-    crash_then_resume("units");
+    common::crash_then_resume(OpenAi, "units");
 }
 
 #[test]
 fn kill_after_upload() {
-    crash_then_resume("upload");
+    common::crash_then_resume(OpenAi, "upload");
 }
 
 #[test]
 fn kill_after_create_intent() {
-    crash_then_resume("create-intent");
+    common::crash_then_resume(OpenAi, "create-intent");
 }
 
 #[test]
 fn kill_after_create_before_recording_it() {
-    crash_then_resume("create-sent");
+    common::crash_then_resume(OpenAi, "create-sent");
 }
 
 #[test]
 fn kill_after_create() {
-    crash_then_resume("create");
+    common::crash_then_resume(OpenAi, "create");
 }
 
 #[test]
 fn kill_while_polling() {
-    crash_then_resume("poll");
+    common::crash_then_resume(OpenAi, "poll");
 }
 
 #[test]
 fn kill_while_downloading() {
-    crash_then_resume("download");
+    common::crash_then_resume(OpenAi, "download");
 }
 
 #[test]
 fn kill_after_merging_a_chunk() {
-    crash_then_resume("ingest");
+    common::crash_then_resume(OpenAi, "ingest");
 }
 
 #[test]
 fn kill_while_writing_the_output() {
-    crash_then_resume("output");
+    common::crash_then_resume(OpenAi, "output");
 }
 
 /// `apply job.yaml` in the background; stderr piped when asked for.
 fn spawn_apply(sb: &Sandbox, stderr: Stdio) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_batchgrader"))
-        .current_dir(sb.dir.path())
+    sb.command(&["apply", "job.yaml"])
         .env(KEY_ENV, KEY)
-        .env("NO_COLOR", "1")
-        .env_remove("BATCHGRADER_STATE")
-        .args(["apply", "job.yaml"])
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -282,7 +179,7 @@ fn status_answers_while_apply_runs_and_a_second_apply_is_refused() {
     assert_eq!(v["totals"]["rows"], 25);
     let human = sb.run(&["status"]);
     assert!(human.stderr.contains("running (pid"), "{human:?}");
-    let second = bg(&sb, &["apply", "job.yaml"], &[]);
+    let second = OpenAi.run(&sb, &["apply", "job.yaml"], &[]);
     assert_eq!(second.code, 1, "{second:?}");
     assert!(
         second
@@ -304,18 +201,21 @@ fn detach_then_resume_collects() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
     job(&sb, &server, "");
-    let detached = bg(&sb, &["apply", "job.yaml", "--detach"], &[]);
+    let detached = OpenAi.run(&sb, &["apply", "job.yaml", "--detach"], &[]);
     assert_eq!(detached.code, 5, "{detached:?}");
     assert!(!sb.path("out/graded.csv").exists());
     let s = sb.run(&["status", "--json"]);
     assert_eq!(s.json()["state"], "detached", "{s:?}");
-    let resumed = bg(&sb, &["resume", "--json"], &[]);
+    let resumed = OpenAi.run(&sb, &["resume", "--json"], &[]);
     assert_eq!(resumed.code, 0, "{resumed:?}");
     let summary = resumed.json();
     assert_eq!(summary["ending"], "finished");
     assert_eq!(summary["graded"], 25);
-    assert_one_batch_per_chunk_attempt(&server, 3);
-    assert_eq!(sb.read("out/graded.csv"), reference_output());
+    common::assert_one_batch_per_chunk_attempt(&server.stats(), 3);
+    assert_eq!(
+        sb.read("out/graded.csv"),
+        common::reference_output(OpenAi, 25)
+    );
 }
 
 #[test]
@@ -323,7 +223,7 @@ fn export_in_each_format() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
     job(&sb, &server, "");
-    assert_eq!(bg(&sb, &["apply", "job.yaml"], &[]).code, 0);
+    assert_eq!(OpenAi.run(&sb, &["apply", "job.yaml"], &[]).code, 0);
     let csv_out = sb.read("out/graded.csv");
     let grades: Vec<String> = csv::Reader::from_reader(csv_out.as_bytes())
         .records()
@@ -371,7 +271,7 @@ fn failed_requests_are_retried_and_reported() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &["--request-failure-rate", "0.4"]);
     job(&sb, &server, "retry:\n  max_attempts: 2\n");
-    let run = bg(&sb, &["apply", "job.yaml", "--json"], &[]);
+    let run = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
     let summary = run.json();
     let failed = summary["failed"].as_u64().unwrap();
     assert_eq!(summary["graded"].as_u64().unwrap() + failed, 25, "{run:?}");
@@ -411,13 +311,13 @@ fn a_wrong_key_stops_before_anything_is_submitted() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &["--api-key", "the-right-key"]);
     job(&sb, &server, "");
-    let run = bg(&sb, &["apply", "job.yaml"], &[]);
+    let run = OpenAi.run(&sb, &["apply", "job.yaml"], &[]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains(KEY_ENV), "{run:?}");
     assert!(!run.stderr.contains(KEY), "the key leaked: {run:?}");
     assert_eq!(server.stats()["batches_created"], 0);
     // The key is in no state file either.
-    for entry in walk(&sb.path("state")) {
+    for entry in common::files_under(&sb.path("state")) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(
             !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
@@ -429,19 +329,6 @@ fn a_wrong_key_stops_before_anything_is_submitted() {
     let run = sb.run(&["apply", "job.yaml"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains(KEY_ENV), "{run:?}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
@@ -469,10 +356,13 @@ fn ctrl_c_stops_cleanly_and_resume_finishes() {
     assert!(stderr.contains("batchgrader resume"), "{stderr}");
     let s = sb.run(&["status", "--json"]);
     assert_eq!(s.json()["state"], "detached", "{s:?}");
-    let resumed = bg(&sb, &["resume"], &[]);
+    let resumed = OpenAi.run(&sb, &["resume"], &[]);
     assert_eq!(resumed.code, 0, "{resumed:?}");
-    assert_one_batch_per_chunk_attempt(&server, 3);
-    assert_eq!(sb.read("out/graded.csv"), reference_output());
+    common::assert_one_batch_per_chunk_attempt(&server.stats(), 3);
+    assert_eq!(
+        sb.read("out/graded.csv"),
+        common::reference_output(OpenAi, 25)
+    );
 }
 
 #[test]
@@ -480,9 +370,9 @@ fn cancel_stops_batches_and_resume_submits_nothing_new() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &["--in-progress", "5s"]);
     job(&sb, &server, "");
-    let detached = bg(&sb, &["apply", "job.yaml", "--detach"], &[]);
+    let detached = OpenAi.run(&sb, &["apply", "job.yaml", "--detach"], &[]);
     assert_eq!(detached.code, 5, "{detached:?}");
-    let cancelled = bg(&sb, &["cancel"], &[]);
+    let cancelled = OpenAi.run(&sb, &["cancel"], &[]);
     assert_eq!(cancelled.code, 0, "{cancelled:?}");
     assert!(
         cancelled.stderr.contains("asked 2 batches to stop"),
@@ -492,7 +382,7 @@ fn cancel_stops_batches_and_resume_submits_nothing_new() {
     let s = sb.run(&["status", "--json"]);
     assert_eq!(s.json()["state"], "halted", "{s:?}");
     // Resume collects what the cancelled batches finished and submits nothing.
-    let resumed = bg(&sb, &["resume", "--json"], &[]);
+    let resumed = OpenAi.run(&sb, &["resume", "--json"], &[]);
     assert_eq!(resumed.code, 4, "{resumed:?}");
     assert_eq!(
         server.stats()["batches_created"],
@@ -512,7 +402,7 @@ fn cancel_stops_batches_and_resume_submits_nothing_new() {
         "chunk 3 was never sent: {summary}"
     );
     // `apply` starts the job again and finishes it.
-    let again = bg(&sb, &["apply", "job.yaml", "--json"], &[]);
+    let again = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(again.json()["graded"], 25);
 }
@@ -524,15 +414,18 @@ fn a_batch_created_before_a_crash_is_found_on_a_server_that_drops_metadata() {
     let sb = Sandbox::new();
     let server = Server::start(&sb, &["--drop-metadata"]);
     job(&sb, &server, "");
-    let killed = bg(
+    let killed = OpenAi.run(
         &sb,
         &["apply", "job.yaml"],
         &[("BATCHGRADER_TEST_KILL_AT", "create-sent")],
     );
     assert_eq!(killed.signal, Some(9), "{killed:?}");
-    let resumed = bg(&sb, &["resume"], &[]);
+    let resumed = OpenAi.run(&sb, &["resume"], &[]);
     assert_eq!(resumed.code, 0, "{resumed:?}");
     assert!(resumed.stderr.contains("adopted batch"), "{resumed:?}");
-    assert_one_batch_per_chunk_attempt(&server, 3);
-    assert_eq!(sb.read("out/graded.csv"), reference_output());
+    common::assert_one_batch_per_chunk_attempt(&server.stats(), 3);
+    assert_eq!(
+        sb.read("out/graded.csv"),
+        common::reference_output(OpenAi, 25)
+    );
 }

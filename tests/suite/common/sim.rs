@@ -2,11 +2,11 @@
 //! so that it outlives the `apply` processes a test kills.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use serde_json::Value;
 
-use super::Sandbox;
+use super::{Sandbox, bin};
 
 /// A simulated provider in its own process.
 pub struct Server {
@@ -35,7 +35,7 @@ impl Server {
                 args.extend([flag, value]);
             }
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchgrader"))
+        let mut child = bin()
             .args(&args)
             .arg("--data-dir")
             .arg(&data)

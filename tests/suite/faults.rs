@@ -1,16 +1,15 @@
 //! The fault model and the halt policy, end to end: the real binary against
 //! the simulated provider in its own process, through the real HTTP client.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
-use common::Sandbox;
 use common::sim::Server;
-use serde_json::Value;
+use common::{Job, OpenAi, Sandbox};
 
-const KEY_ENV: &str = "BG_TEST_KEY";
-const KEY: &str = "sk-test-not-a-real-key-4242";
+const KEY_ENV: &str = OpenAi.key_env();
+const KEY: &str = OpenAi.key();
 
 /// `rows` rows of `text`, in chunks of `chunk` requests, `in_flight` at once.
 fn job(sb: &Sandbox, url: &str, rows: usize, text: &str, chunk: u32, in_flight: u32, extra: &str) {
@@ -21,30 +20,23 @@ fn job(sb: &Sandbox, url: &str, rows: usize, text: &str, chunk: u32, in_flight: 
     sb.write("in.csv", csv);
     sb.write(
         "job.yaml",
-        common::openai_job("faults", url, KEY_ENV, chunk, in_flight, extra),
+        Job::new(OpenAi, "faults", url)
+            .chunk(chunk)
+            .in_flight(in_flight)
+            .yaml(extra),
     );
 }
 
 fn apply(sb: &Sandbox) -> common::Run {
-    sb.run_env(&["apply", "job.yaml", "--json"], &[(KEY_ENV, KEY)])
+    OpenAi.run(sb, &["apply", "job.yaml", "--json"], &[])
 }
 
 /// The output's `grade_status` column, by row id.
 fn statuses(sb: &Sandbox) -> HashMap<String, String> {
-    let out = sb.read("out/graded.csv");
-    let mut r = csv::Reader::from_reader(out.as_bytes());
-    let header = r.headers().unwrap().clone();
-    let col = header.iter().position(|h| h == "grade_status").unwrap();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            (rec[0].to_string(), rec[col].to_string())
-        })
+    common::statuses(sb)
+        .into_iter()
+        .map(|(id, (status, _))| (id, status))
         .collect()
-}
-
-fn batches(stats: &Value) -> &Vec<Value> {
-    stats["batches"].as_array().unwrap()
 }
 
 #[test]
@@ -132,7 +124,7 @@ fn a_storm_of_429_and_5xx_does_not_abort_the_job() {
     // One batch per chunk: every unclear create was looked for first.
     let stats = server.stats();
     let mut per_chunk: HashMap<String, u32> = HashMap::new();
-    for b in batches(&stats) {
+    for b in common::batches(&stats) {
         *per_chunk
             .entry(
                 b["metadata"]["batchgrader_chunk"]
@@ -144,45 +136,6 @@ fn a_storm_of_429_and_5xx_does_not_abort_the_job() {
     }
     assert_eq!(per_chunk.len(), 8, "{stats:#}");
     assert!(per_chunk.values().all(|n| *n == 1), "{per_chunk:?}");
-}
-
-/// Every (custom id → batches) interval must be disjoint: no request is live
-/// in two batches at once.
-fn assert_never_live_twice(stats: &Value) {
-    let mut live: HashMap<String, Vec<(u64, u64, String)>> = HashMap::new();
-    for b in batches(stats) {
-        let start = b["created_at_ms"].as_u64().unwrap();
-        let end = b["ended_at_ms"].as_u64().unwrap_or(u64::MAX);
-        for id in b["custom_ids"].as_array().into_iter().flatten() {
-            live.entry(id.as_str().unwrap().to_string())
-                .or_default()
-                .push((start, end, b["id"].as_str().unwrap().to_string()));
-        }
-    }
-    for (id, mut spans) in live {
-        spans.sort();
-        for w in spans.windows(2) {
-            assert!(
-                w[0].1 <= w[1].0,
-                "request {id} was live in {} and {} at once",
-                w[0].2,
-                w[1].2
-            );
-        }
-    }
-}
-
-/// The ledger's tokens for this job, summed over its lines.
-fn ledger_tokens(sb: &Sandbox) -> (u64, u64) {
-    sb.read("state/usage.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .fold((0, 0), |(i, o), e| {
-            (
-                i + e["input_tokens"].as_u64().unwrap(),
-                o + e["output_tokens"].as_u64().unwrap(),
-            )
-        })
 }
 
 fn fault_storm(server_errors: &str, rows: usize) {
@@ -220,10 +173,10 @@ fn fault_storm(server_errors: &str, rows: usize) {
     ] {
         assert!(stats[counter].as_u64().unwrap() > 0, "{counter}: {stats:#}");
     }
-    assert_never_live_twice(&stats);
+    common::assert_never_live_twice(OpenAi, &stats);
     let usage = &stats["usage"];
     assert_eq!(
-        ledger_tokens(&sb),
+        common::ledger_tokens(&sb, "faults"),
         (
             usage["input_tokens"].as_u64().unwrap(),
             usage["output_tokens"].as_u64().unwrap()
@@ -293,7 +246,7 @@ fn batches_the_provider_lost_are_sent_again() {
     assert!(s.values().all(|v| v == "ok"), "{s:?}");
     // The second server ran every request once more, in retry chunks.
     let stats = second.stats();
-    let ids: usize = batches(&stats)
+    let ids: usize = common::batches(&stats)
         .iter()
         .map(|b| b["custom_ids"].as_array().map_or(0, Vec::len))
         .sum();
@@ -346,7 +299,7 @@ fn a_halt_cancels_the_batches_still_out_and_collects_them() {
     assert_eq!(stats["batches_created"], 3, "{stats:#}");
     let usage = &stats["usage"];
     assert_eq!(
-        ledger_tokens(&sb),
+        common::ledger_tokens(&sb, "faults"),
         (
             usage["input_tokens"].as_u64().unwrap(),
             usage["output_tokens"].as_u64().unwrap()

@@ -4,7 +4,6 @@
 //! Chat completions go through direct mode's client, judged by the one
 //! retry classifier (`chat_completion` below).
 
-#[path = "provider_client/scripted.rs"]
 mod scripted;
 
 use std::collections::{BTreeMap, BTreeSet};

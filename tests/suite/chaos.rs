@@ -9,12 +9,14 @@
 
 use std::process::Command;
 
+use crate::common;
+
 use serde_json::Value;
 
 fn chaos(args: &[&str]) -> (i32, String, String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/chaos");
+    let script = common::repo().join("bench/chaos");
     let out = Command::new("python3")
-        .arg(script)
+        .arg(&script)
         .args(args)
         .output()
         .expect("python3 runs bench/chaos");
@@ -35,11 +37,12 @@ fn the_chaos_checks_see_the_defects_they_are_for() {
 fn short_form(mode: &str, extra: &[&str]) -> (i32, Value, String) {
     let work = tempfile::tempdir().unwrap();
     let work_dir = work.path().join("chaos");
+    let bin = common::bin_path().to_str().unwrap();
     let mut args = vec![
         "--mode",
         mode,
         "--bin",
-        env!("CARGO_BIN_EXE_batchgrader"),
+        bin,
         "--work",
         work_dir.to_str().unwrap(),
         "--seed",

@@ -3,81 +3,27 @@
 //! process so it outlives an `apply` that is killed, and counting every
 //! request it answered.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::sim::Server;
-use common::{Run, Sandbox, wait_for_store_release};
-
-const KEY_ENV: &str = "DIRECT_TEST_KEY";
-
-/// `rows` rows of `id,text`, the texts all different.
-fn input(rows: usize) -> String {
-    let mut s = String::from("id,text\n");
-    for i in 1..=rows {
-        s.push_str(&format!(
-            "id{i:04},answer number {i} says {}\n",
-            i * 7919 % 1000
-        ));
-    }
-    s
-}
+use common::{Direct, Job, Run, Sandbox, wait_for_store_release};
 
 /// A direct job against `urls` (one, or a YAML list), `extra` appended.
 fn direct_job(name: &str, urls: &[&str], in_flight: u32, extra: &str) -> String {
-    let base = if urls.len() == 1 {
-        urls[0].to_string()
-    } else {
-        format!("[{}]", urls.join(", "))
-    };
-    format!(
-        "version: 1
-name: {name}
-provider:
-  kind: openai
-  mode: direct
-  base_url: {base}
-  api_key_env: {KEY_ENV}
-model: gpt-4o-mini
-input:
-  path: in.csv
-  id: id
-prompt:
-  system: Grade the answer from 0 to 10. Reply with the number only.
-  user: \"{{{{ text }}}}\"
-request:
-  max_tokens: 4
-output:
-  path: out/graded.csv
-  field: grade
-  parse: number
-concurrency:
-  max_requests_in_flight: {in_flight}
-{extra}"
-    )
+    Job::new(Direct, name, &common::url_list(urls))
+        .in_flight(in_flight)
+        .yaml(extra)
 }
 
 fn apply(sb: &Sandbox, env: &[(&str, &str)]) -> Run {
-    let mut all = vec![(KEY_ENV, "sk-test-direct-0001")];
-    all.extend_from_slice(env);
-    sb.run_env(&["apply", "job.yaml", "--yes"], &all)
+    Direct.run(sb, &["apply", "job.yaml", "--yes"], env)
 }
 
 fn resume(sb: &Sandbox) -> Run {
-    sb.run_env(&["resume"], &[(KEY_ENV, "sk-test-direct-0001")])
-}
-
-/// The output of the same job run once, without faults, on its own server.
-fn reference_output(rows: usize) -> String {
-    let sb = Sandbox::new();
-    let server = Server::start(&sb, &[]);
-    sb.write("in.csv", input(rows));
-    sb.write("job.yaml", direct_job("ref", &[&server.url], 8, ""));
-    let r = apply(&sb, &[]);
-    assert_eq!(r.code, 0, "{r:?}");
-    sb.read("out/graded.csv")
+    Direct.run(sb, &["resume"], &[])
 }
 
 fn answered(server: &Server) -> u64 {
@@ -93,13 +39,13 @@ fn recorded(sb: &Sandbox, job: &str) -> usize {
 #[test]
 fn injected_429s_and_5xx_still_answer_every_row_once_in_input_order() {
     let rows = 120;
-    let want = reference_output(rows);
+    let want = common::reference_output(Direct, rows);
     let sb = Sandbox::new();
     let server = Server::start(
         &sb,
         &["--rate-limit-rate", "15%", "--server-error-rate", "15%"],
     );
-    sb.write("in.csv", input(rows));
+    sb.write("in.csv", common::standard_input(Direct, rows));
     sb.write("job.yaml", direct_job("faults", &[&server.url], 16, ""));
     let r = apply(&sb, &[]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -129,10 +75,10 @@ fn injected_429s_and_5xx_still_answer_every_row_once_in_input_order() {
 fn sigkill_mid_run_then_resume_resends_only_what_was_in_flight() {
     let rows = 400;
     let in_flight = 8u32;
-    let want = reference_output(rows);
+    let want = common::reference_output(Direct, rows);
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
-    sb.write("in.csv", input(rows));
+    sb.write("in.csv", common::standard_input(Direct, rows));
     sb.write(
         "job.yaml",
         direct_job("kill", &[&server.url], in_flight, ""),
@@ -162,7 +108,7 @@ fn sigkill_mid_run_then_resume_resends_only_what_was_in_flight() {
     // end); the resume puts in what the first run recorded, so the ledger
     // holds each answer's tokens once: what the server billed, less the
     // answers it sent twice.
-    let ledger = ledger_tokens(&sb, "kill");
+    let ledger = common::ledger_tokens(&sb, "kill");
     let stats = server.stats();
     let billed = (
         stats["chat_usage"]["input_tokens"].as_u64().unwrap(),
@@ -184,21 +130,7 @@ fn sigkill_mid_run_then_resume_resends_only_what_was_in_flight() {
     // A run with nothing to do adds nothing.
     let r = resume(&sb);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(ledger_tokens(&sb, "kill"), held);
-}
-
-/// The tokens of the job's lines in the cost ledger.
-fn ledger_tokens(sb: &Sandbox, job: &str) -> (u64, u64) {
-    let text = std::fs::read_to_string(sb.path("state/usage.jsonl")).unwrap_or_default();
-    let mut t = (0, 0);
-    for l in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        if v["job"] == job {
-            t.0 += v["input_tokens"].as_u64().unwrap();
-            t.1 += v["output_tokens"].as_u64().unwrap();
-        }
-    }
-    t
+    assert_eq!(common::ledger_tokens(&sb, "kill"), held);
 }
 
 /// The tokens of the answers in the job's outcome log (the last line per
@@ -224,7 +156,7 @@ fn outcome_tokens(sb: &Sandbox, job: &str) -> (u64, u64) {
 #[test]
 fn two_endpoints_one_down_the_job_completes_on_the_other() {
     let rows = 60;
-    let want = reference_output(rows);
+    let want = common::reference_output(Direct, rows);
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
     // A port nobody listens on: connections are refused.
@@ -232,7 +164,7 @@ fn two_endpoints_one_down_the_job_completes_on_the_other() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://127.0.0.1:{}/v1", l.local_addr().unwrap().port())
     };
-    sb.write("in.csv", input(rows));
+    sb.write("in.csv", common::standard_input(Direct, rows));
     sb.write("job.yaml", direct_job("two", &[&dead, &server.url], 8, ""));
     let r = apply(&sb, &[]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -249,18 +181,15 @@ fn ctrl_c_stops_sending_at_once_and_resume_finishes() {
     let rows = 80;
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
-    sb.write("in.csv", input(rows));
+    sb.write("in.csv", common::standard_input(Direct, rows));
     // 600 a minute: ten a second, so the run takes eight seconds.
     sb.write(
         "job.yaml",
         direct_job("stop", &[&server.url], 4, "  requests_per_minute: 600\n"),
     );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_batchgrader"))
-        .current_dir(sb.dir.path())
-        .args(["apply", "job.yaml", "--yes"])
-        .env(KEY_ENV, "sk-test-direct-0001")
-        .env("NO_COLOR", "1")
-        .env_remove("BATCHGRADER_STATE")
+    let child = sb
+        .command(&["apply", "job.yaml", "--yes"])
+        .env(Direct.key_env(), Direct.key())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -307,7 +236,7 @@ fn a_failure_rate_above_the_policy_halts_and_writes_what_was_graded() {
     let rows = 40;
     let sb = Sandbox::new();
     let server = Server::start(&sb, &[]);
-    sb.write("in.csv", input(rows));
+    sb.write("in.csv", common::standard_input(Direct, rows));
     // The server refuses a max_tokens above its model's output limit with a
     // 400 (only the server knows the limit): every row is a final failure.
     let spec = direct_job(

@@ -2,7 +2,7 @@
 //! tests/fixtures/tiktoken_expected.json, made by tests/fixtures/gen/), and
 //! the `tokens` command.
 
-mod common;
+use crate::common;
 
 use batchgrader::tokenize::{Counter, Encoding, encoding_for_model};
 use common::{Sandbox, repo, spec};
