@@ -56,7 +56,7 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
     let name = e.provider_name();
     let (cfg, server) = match &e.simulated {
         Some(s) => {
-            let (cfg, server) = simulated(s, layout).await?;
+            let (cfg, server) = simulated(s, spec.wire, layout).await?;
             (cfg, Some(server))
         }
         None => {
@@ -79,8 +79,12 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
 
 /// Start the simulated provider of the spec in the job's folder, and the
 /// client settings that reach it.
-async fn simulated(s: &Simulated, layout: &Layout) -> Result<(ClientConfig, SimServer)> {
-    let config = SimConfig::from_spec(s, Some(layout.simulated()));
+async fn simulated(
+    s: &Simulated,
+    wire: Wire,
+    layout: &Layout,
+) -> Result<(ClientConfig, SimServer)> {
+    let config = SimConfig::from_spec(s, wire, Some(layout.simulated()));
     let server = SimServer::start(config, 0)
         .await
         .map_err(|e| Error::io("start the simulated provider in", layout.simulated(), e))?;
@@ -117,7 +121,7 @@ pub async fn run_direct(
     }
     let (configs, server) = match &e.simulated {
         Some(s) => {
-            let (cfg, server) = simulated(s, store.layout()).await?;
+            let (cfg, server) = simulated(s, spec.wire, store.layout()).await?;
             (vec![cfg], Some(server))
         }
         None => {

@@ -142,7 +142,13 @@ impl Default for SimConfig {
 impl SimConfig {
     /// The server a job spec's `provider.simulated` block describes. The spec
     /// was validated, so a value that does not parse keeps the default.
-    pub fn from_spec(s: &crate::spec::Simulated, data_dir: Option<PathBuf>) -> SimConfig {
+    /// The simulator a spec's `simulated:` block asks for, speaking the
+    /// job's wire.
+    pub fn from_spec(
+        s: &crate::spec::Simulated,
+        wire: crate::spec::Wire,
+        data_dir: Option<PathBuf>,
+    ) -> SimConfig {
         use crate::spec::{Rate, units};
         let defaults = SimConfig::default();
         let duration = |v: &str, default: Duration| units::parse_duration(v).unwrap_or(default);
@@ -160,7 +166,7 @@ impl SimConfig {
             create_commit_error_rate: rate(&s.create_commit_error_rate),
             token_limit_every: s.token_limit_every.unwrap_or(0),
             expire_every: s.expire_every.unwrap_or(0),
-            anthropic: s.api == crate::spec::SimulatedApi::Anthropic,
+            anthropic: wire == crate::spec::Wire::AnthropicMessages,
             ..defaults
         }
     }
@@ -305,7 +311,11 @@ mod tests {
             request_flake_rate: Some(Rate::Percent("1%".into())),
         };
         let dir = PathBuf::from("/tmp/sim");
-        let c = SimConfig::from_spec(&spec, Some(dir.clone()));
+        let c = SimConfig::from_spec(
+            &spec,
+            crate::spec::Wire::of(crate::spec::ProviderKind::Simulated, spec.api),
+            Some(dir.clone()),
+        );
         assert_eq!(c.data_dir, Some(dir));
         assert_eq!(
             (c.validating, c.in_progress, c.finalizing),
@@ -332,7 +342,7 @@ mod tests {
 
     #[test]
     fn from_spec_defaults() {
-        let c = SimConfig::from_spec(&Simulated::default(), None);
+        let c = SimConfig::from_spec(&Simulated::default(), crate::spec::Wire::OpenAiChat, None);
         assert_eq!(c.data_dir, None);
         assert_eq!(c.validating, Duration::from_millis(200));
         assert_eq!(c.in_progress, Duration::from_secs(2));
