@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::anthropic::AnthropicBatches;
 use super::batch::{
-    BatchBackend, BatchLimits, EndKind, RemoteBatch, RemoteState, ResultLine, ResultRef,
+    BatchBackend, BatchLimits, EndKind, LineError, RemoteBatch, RemoteState, ResultLine, ResultRef,
     SubmitIdentity,
 };
 use super::bounded::{MAX_LABEL, MAX_MESSAGE, clean_text, id_problem};
@@ -178,8 +178,8 @@ impl BatchBackend for AnyBatches {
         each!(self, b => b.fetch(result, dest).await)
     }
 
-    fn classify(&self, line: &str) -> Result<ResultLine, String> {
-        checked_line(each!(self, b => b.classify(line))?)
+    fn classify(&self, line: &str, submit: &SubmitIdentity) -> Result<ResultLine, LineError> {
+        checked_line(each!(self, b => b.classify(line, submit))?).map_err(LineError::Unreadable)
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<(), ProviderError> {

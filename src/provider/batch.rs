@@ -113,6 +113,16 @@ pub struct RemoteBatch {
     pub state: RemoteState,
 }
 
+/// A result line that cannot be merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineError {
+    /// It says nothing about a request (blank, not JSON, not a result).
+    Unreadable(String),
+    /// A well-formed result of another submit (its tag says so): named,
+    /// never merged, and no sign that the file is not a result file.
+    NotThisSubmit(String),
+}
+
 /// One classified result line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultLine {
@@ -188,9 +198,11 @@ pub trait BatchBackend {
     /// returns its size in bytes.
     async fn fetch(&self, result: &ResultRef, dest: &Path) -> Result<u64, ProviderError>;
 
-    /// Classify one line of a fetched result file; `Err` for a line that says
-    /// nothing about a request (blank, not JSON), with the reason.
-    fn classify(&self, line: &str) -> Result<ResultLine, String>;
+    /// Classify one line of a result file fetched for `submit`; `Err` for a
+    /// line that says nothing about a request (blank, not JSON), or that
+    /// proves it is not this submit's (a backend whose lines carry the
+    /// submit's tag checks it on every line), with the reason.
+    fn classify(&self, line: &str, submit: &SubmitIdentity) -> Result<ResultLine, LineError>;
 
     async fn cancel(&self, batch_id: &str) -> Result<(), ProviderError>;
 

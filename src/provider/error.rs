@@ -272,14 +272,33 @@ pub(crate) fn redact(text: &str, secret: &str) -> String {
     text.replace(secret, "***")
 }
 
-/// A wait as people read it: `1h 30m`, `45s`.
+/// A wait as people read it: `1h 30m`, `45s`; a server's wait of a year or
+/// more (or one too large to count) is said as such.
 pub(crate) fn human_wait(d: Duration) -> String {
+    const YEAR: u64 = 365 * 24 * 3600;
+    if d.as_secs() >= YEAR {
+        return "more than a year".into();
+    }
     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_as_people_read_them() {
+        let cases = [
+            (Duration::ZERO, "1s"),
+            (Duration::from_secs(45), "45s"),
+            (Duration::from_secs(5400), "1h 30m"),
+            (Duration::from_secs(365 * 24 * 3600), "more than a year"),
+            (Duration::MAX, "more than a year"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(human_wait(d), want, "{d:?}");
+        }
+    }
 
     fn api(code: &str, message: &str) -> Option<ApiError> {
         Some(ApiError {

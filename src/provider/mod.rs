@@ -30,8 +30,8 @@ pub mod watch;
 pub use any::AnyBatches;
 pub use api_error::ApiError;
 pub use batch::{
-    BatchBackend, BatchLimits, BilledUsage, EndKind, RemoteBatch, RemoteState, ResultLine,
-    ResultRef, StepClass, SubmitIdentity,
+    BatchBackend, BatchLimits, BilledUsage, EndKind, LineError, RemoteBatch, RemoteState,
+    ResultLine, ResultRef, StepClass, SubmitIdentity,
 };
 pub use config::{ClientConfig, DEFAULT_BASE_URL, Secret, encode_path_segment};
 pub use error::{ErrorKind, ProviderError};

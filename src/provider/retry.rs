@@ -206,19 +206,20 @@ pub fn backoff(policy: &RetryPolicy, retries_done: u32, jitter: f64) -> Duration
 /// The server-requested wait: `retry-after-ms`, then `retry-after` in seconds,
 /// then `retry-after` as an HTTP date (openai-python
 /// `_parse_retry_after_header`). A date in the past means 0.
+///
+/// A number too large for a `Duration` (`1e23`, `inf`) is the longest wait
+/// there is, never no wait: a server that asks to be left alone for ever
+/// must stop the run, not be asked again at once.
 pub fn retry_after(headers: &RetryHeaders, now: SystemTime) -> Option<Duration> {
-    let secs = |s: &str| {
-        s.trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-    };
+    // NaN and negative numbers say nothing; `>=` is false for NaN.
+    let secs = |s: &str| s.trim().parse::<f64>().ok().filter(|v| *v >= 0.0);
+    let wait = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
     if let Some(ms) = headers.retry_after_ms.as_deref().and_then(secs) {
-        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+        return Some(wait(ms / 1000.0));
     }
     let raw = headers.retry_after.as_deref()?;
     if let Some(s) = secs(raw) {
-        return Duration::try_from_secs_f64(s).ok();
+        return Some(wait(s));
     }
     let at = parse_http_date(raw)?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -456,6 +457,40 @@ mod tests {
                 Decision::GiveUp(Reason::RetryAfterTooLong {
                     wait: Duration::from_secs(3600),
                 }),
+            ),
+            (
+                "retry-after too large for a duration stops, not retries",
+                429,
+                h(None, Some("100000000000000000000000"), None),
+                "",
+                Decision::GiveUp(Reason::RetryAfterTooLong {
+                    wait: Duration::MAX,
+                }),
+            ),
+            (
+                "retry-after-ms too large, in exponent form",
+                429,
+                h(Some("1e400"), None, None),
+                "",
+                Decision::GiveUp(Reason::RetryAfterTooLong {
+                    wait: Duration::MAX,
+                }),
+            ),
+            (
+                "retry-after infinite",
+                503,
+                h(None, Some("inf"), None),
+                "",
+                Decision::GiveUp(Reason::RetryAfterTooLong {
+                    wait: Duration::MAX,
+                }),
+            ),
+            (
+                "retry-after NaN says nothing",
+                503,
+                h(None, Some("NaN"), None),
+                "",
+                retry(0.5),
             ),
             (
                 "retry-after as an HTTP date",

@@ -40,7 +40,22 @@ enum Behaviour {
     /// A working Files + Batches API whose one result file starts with a
     /// line of 200 MB, produced as it is sent.
     LongResultLine,
+    /// Chat completions and batch result lines that are 2xx answers of
+    /// the wrong shape (`WRONG_SHAPES`, one after another).
+    WrongShape,
+    /// A Files + Batches API whose result file holds every request twice:
+    /// first answered `7`, then `3`.
+    Duplicates,
 }
+
+/// 2xx bodies that are not a chat completion: none may become an answer.
+const WRONG_SHAPES: [&str; 5] = [
+    "{}",
+    r#"{"choices":"nope"}"#,
+    r#"{"choices":[]}"#,
+    r#"{"choices":[{"message":{"content":null,"refusal":null}}]}"#,
+    r#"{"choices":[{"message":{"role":"assistant","content":7}}]}"#,
+];
 
 /// A hostile HTTP server on 127.0.0.1; counts the bytes of body it got out.
 struct Hostile {
@@ -106,6 +121,8 @@ fn serve(mut stream: TcpStream, b: Behaviour, sent: &AtomicU64, requests: &Atomi
         requests.fetch_add(1, Ordering::SeqCst);
         let ok = match b {
             Behaviour::LongResultLine => batch_api(&mut stream, &line, sent),
+            Behaviour::WrongShape => wrong_shapes(&mut stream, &line, requests),
+            Behaviour::Duplicates => duplicates(&mut stream, &line),
             Behaviour::Hang => {
                 // Hold the connection (and drain anything sent) for longer
                 // than any test runs.
@@ -247,6 +264,53 @@ fn batch_api(stream: &mut TcpStream, request_line: &str, sent: &AtomicU64) -> bo
             &json,
             br#"{"error":{"message":"no such route"}}"#,
         ),
+    }
+}
+
+/// Direct mode's chat completions and the Files + Batches API, every
+/// answer a 2xx of the wrong shape.
+fn wrong_shapes(stream: &mut TcpStream, request_line: &str, requests: &AtomicU64) -> bool {
+    let json = [("content-type", "application/json")];
+    let n = requests.load(Ordering::SeqCst) as usize;
+    match request_line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+        ["POST", "/v1/chat/completions"] => respond(
+            stream,
+            200,
+            &json,
+            WRONG_SHAPES[n % WRONG_SHAPES.len()].as_bytes(),
+        ),
+        ["GET", "/v1/files/file-out/content"] => {
+            let mut lines = String::new();
+            for row in 0..=7 {
+                let body = WRONG_SHAPES[(n + row) % WRONG_SHAPES.len()];
+                lines.push_str(&format!(
+                    "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":{body}}},\"error\":null}}\n"
+                ));
+            }
+            respond(stream, 200, &[], lines.as_bytes())
+        }
+        _ => batch_api(stream, request_line, &AtomicU64::new(0)),
+    }
+}
+
+/// The Files + Batches API with every result line there twice, the second
+/// with another answer.
+fn duplicates(stream: &mut TcpStream, request_line: &str) -> bool {
+    match request_line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+        ["GET", "/v1/files/file-out/content"] => {
+            let mut lines = String::new();
+            for answer in ["7", "3"] {
+                for row in 0..=7 {
+                    lines.push_str(&format!(
+                        "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":\
+                         {{\"choices\":[{{\"message\":{{\"content\":\"{answer}\"}}}}],\
+                         \"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":1}}}}}},\"error\":null}}\n"
+                    ));
+                }
+            }
+            respond(stream, 200, &[], lines.as_bytes())
+        }
+        _ => batch_api(stream, request_line, &AtomicU64::new(0)),
     }
 }
 
@@ -674,4 +738,63 @@ fn a_result_line_of_200_mb_is_a_bad_line_not_a_200_mb_string() {
     // its 200 MB.
     let rss = children_max_rss();
     assert!(rss < 220_000_000, "peak RSS {rss} bytes");
+}
+
+#[test]
+fn a_2xx_of_the_wrong_shape_is_never_an_answer_in_either_lane() {
+    for lane in ["batch", "direct"] {
+        let server = Hostile::start(Behaviour::WrongShape);
+        let sb = Sandbox::new();
+        if lane == "batch" {
+            batch_job(&sb, &server.url());
+        } else {
+            direct_job(&sb, &server.url());
+        }
+        let run = sb.run_env(&["apply", "job.yaml", "--yes", "--json"], &env("2s"));
+        assert_eq!(run.code, 3, "{lane}: {run:?}");
+        let summary = run.json();
+        assert_eq!(summary["graded"], 0, "{lane}: {summary}");
+        assert_eq!(summary["parse_failures"], 0, "{lane}: {summary}");
+        assert_eq!(summary["failed"], 6, "{lane}: {summary}");
+        let out = sb.read("out/graded.csv");
+        let mut rows = csv::Reader::from_reader(out.as_bytes());
+        let header: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| h.ends_with(name))
+                .unwrap_or_else(|| panic!("{name} in {header:?}"))
+        };
+        let (status, error) = (col("_status"), col("_error"));
+        for row in rows.records() {
+            let row = row.unwrap();
+            assert_eq!(&row[status], "failed", "{lane}: {row:?}");
+            assert!(
+                row[error].starts_with("bad_response: HTTP 200, but not a chat completion: "),
+                "{lane}: {row:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_repeated_result_line_is_named_and_the_first_is_kept() {
+    let server = Hostile::start(Behaviour::Duplicates);
+    let sb = Sandbox::new();
+    batch_job(&sb, &server.url());
+    let run = sb.run_env(&["apply", "job.yaml", "--yes", "--json"], &env("2s"));
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["graded"], 6, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("not merged: a second result for `r1` (the first is kept)"),
+        "{run:?}"
+    );
+    let out = sb.read("out/graded.csv");
+    let mut rows = csv::Reader::from_reader(out.as_bytes());
+    let header: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();
+    let grade = header.iter().position(|h| h == "grade").unwrap();
+    for row in rows.records() {
+        assert_eq!(&row.unwrap()[grade], "7");
+    }
 }

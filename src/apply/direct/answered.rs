@@ -246,7 +246,7 @@ impl DirectRunner<'_> {
                 ErrorKind::RetryAfterTooLong,
                 format!(
                     "the server asked to wait {}; run `batchgrader resume` then",
-                    status::short_duration(wait.as_secs())
+                    crate::provider::error::human_wait(*wait)
                 ),
             ),
             _ => (ErrorKind::Rejected, "run `batchgrader resume`".to_string()),

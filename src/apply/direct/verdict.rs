@@ -216,7 +216,7 @@ mod tests {
                 0,
                 Verdict::Fail {
                     code: "bad_response".into(),
-                    message: "HTTP 200 with a body that is not a chat completion".into(),
+                    message: "HTTP 200, but not a chat completion: the body is not JSON".into(),
                 },
             ),
             // 429: the server's wait (retry-after-ms first), not counted.

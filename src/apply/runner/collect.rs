@@ -181,7 +181,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
 
     async fn ingest_files(&mut self, u: &mut UnitRecord) -> Result<()> {
         let ids = unit_custom_ids(&self.layout().resolve(&u.file))?;
+        let submit = self.identity(u);
         let mut seen: HashMap<String, ResultLine> = HashMap::with_capacity(ids.len());
+        // Lines of another submit, and repeats of an id: named (the first
+        // few), never merged.
+        let mut refused = 0u64;
         for r in u.results.clone() {
             let path = self
                 .layout()
@@ -218,11 +222,22 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let outcome = match self.backend.classify(&line) {
+                let outcome = match self.backend.classify(&line, &submit) {
                     Ok(o) => o,
-                    Err(why) => {
+                    Err(LineError::Unreadable(why)) => {
                         bad += 1;
                         first_bad.get_or_insert((n, why));
+                        continue;
+                    }
+                    Err(LineError::NotThisSubmit(why)) => {
+                        good += 1;
+                        refused += 1;
+                        if refused <= 5 {
+                            self.event(
+                                Some(u.id),
+                                &format!("{}:{n}: not merged: {why}", path.display()),
+                            );
+                        }
                         continue;
                     }
                 };
@@ -237,6 +252,20 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                             outcome.custom_id()
                         ),
                     );
+                    continue;
+                }
+                if seen.contains_key(outcome.custom_id()) {
+                    refused += 1;
+                    if refused <= 5 {
+                        self.event(
+                            Some(u.id),
+                            &format!(
+                                "{}:{n}: not merged: a second result for `{}` (the first is kept)",
+                                path.display(),
+                                outcome.custom_id()
+                            ),
+                        );
+                    }
                     continue;
                 }
                 seen.insert(outcome.custom_id().to_string(), outcome);
@@ -488,6 +517,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 refetch += 1;
                 continue;
             }
+            let submit = self.identity(u);
             let mut seen: HashMap<String, ResultLine> = HashMap::new();
             for path in &paths {
                 let f = File::open(path).map_err(|e| Error::io("read", path, e))?;
@@ -500,8 +530,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     if read != bounded::Line::Whole {
                         continue;
                     }
-                    if let Ok(o) = self.backend.classify(&String::from_utf8_lossy(&buf)) {
-                        seen.insert(o.custom_id().to_string(), o);
+                    if let Ok(o) = self
+                        .backend
+                        .classify(&String::from_utf8_lossy(&buf), &submit)
+                    {
+                        // The first result of an id is the one ingest kept.
+                        seen.entry(o.custom_id().to_string()).or_insert(o);
                     }
                 }
             }

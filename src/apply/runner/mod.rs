@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::provider::bounded::{self, MAX_RESULT_LINE};
 use crate::provider::watch::waiting_line;
 use crate::provider::{
-    BatchBackend, ProviderError, RemoteBatch, RemoteState, ResultLine, SubmitIdentity,
+    BatchBackend, LineError, ProviderError, RemoteBatch, RemoteState, ResultLine, SubmitIdentity,
 };
 use crate::state::chunkfile::{ChunkWriter, sha256_of};
 use crate::state::journal::LedgerEntry;

@@ -35,7 +35,7 @@ use std::path::Path;
 use reqwest::Method;
 
 use super::batch::{
-    BatchBackend, BatchLimits, EndKind, RemoteBatch, RemoteState, ResultLine, ResultRef,
+    BatchBackend, BatchLimits, EndKind, LineError, RemoteBatch, RemoteState, ResultLine, ResultRef,
     SubmitIdentity,
 };
 use super::config::{ClientConfig, encode_path_segment};
@@ -324,21 +324,64 @@ pub fn error_is_final(kind: &str) -> bool {
 /// One line of a results stream in the runner's terms. The custom id is
 /// given back without its tag.
 pub fn classify_line(line: &str) -> Result<ResultLine, String> {
+    classify_tagged(line).map(|(r, _)| r)
+}
+
+/// A line of the results of the create tagged `own`: every line must carry
+/// that tag, which proves it this submit's (a line of another create, or
+/// with no tag, is named and not merged).
+pub fn classify_own(line: &str, own: &str) -> Result<ResultLine, LineError> {
+    let (result, tag) = classify_tagged(line).map_err(LineError::Unreadable)?;
+    match tag.as_deref() {
+        Some(t) if t == own => Ok(result),
+        Some(t) => Err(LineError::NotThisSubmit(format!(
+            "the result for `{}` carries the tag {t} of another create, not this one's ({own})",
+            result.custom_id()
+        ))),
+        None => Err(LineError::NotThisSubmit(format!(
+            "the result for `{}` carries no create tag (this create's is {own})",
+            result.custom_id()
+        ))),
+    }
+}
+
+fn classify_tagged(line: &str) -> Result<(ResultLine, Option<String>), String> {
     let parsed: types::ResultLine =
         serde_json::from_str(line.trim()).map_err(|e| format!("not a result line: {e}"))?;
-    let custom_id = untag(&parsed.custom_id).0.to_string();
-    Ok(match parsed.result {
-        BatchResult::Succeeded { message } => {
-            let u = message.usage;
-            ResultLine::Success {
+    let (id, tag) = untag(&parsed.custom_id);
+    let (custom_id, tag) = (id.to_string(), tag.map(str::to_string));
+    let result = classify_result(custom_id, parsed.result);
+    Ok((result, tag))
+}
+
+fn classify_result(custom_id: String, result: BatchResult) -> ResultLine {
+    match result {
+        BatchResult::Succeeded { message } => match (message.content, message.usage) {
+            (Some(content), Some(u)) => ResultLine::Success {
                 custom_id,
-                answer: answer_text(&message.content),
+                answer: answer_text(&content),
                 input_tokens: u.input_tokens,
                 output_tokens: u.output_tokens,
                 cache_write_tokens: u.cache_creation_input_tokens.unwrap_or(0),
                 cache_read_tokens: u.cache_read_input_tokens.unwrap_or(0),
-            }
-        }
+            },
+            // `{"type":"succeeded","message":{}}` is a server fault, not an
+            // empty answer to blame on the model: retried like a 5xx.
+            (content, _) => ResultLine::Failure {
+                custom_id,
+                code: "bad_response".into(),
+                message: format!(
+                    "a succeeded result whose message has no {}",
+                    if content.is_none() {
+                        "`content` list"
+                    } else {
+                        "`usage`"
+                    }
+                ),
+                retryable: true,
+                ran: true,
+            },
+        },
         BatchResult::Errored { error } => {
             let (kind, message, request_id) = types::error_parts(&error);
             let message = match request_id {
@@ -367,7 +410,7 @@ pub fn classify_line(line: &str) -> Result<ResultLine, String> {
             retryable: true,
             ran: false,
         },
-    })
+    }
 }
 
 /// The answer of a message: its text blocks joined; with none, the input of
@@ -527,8 +570,8 @@ impl BatchBackend for AnthropicBatches {
         self.client.download_url(op, &url, dest).await
     }
 
-    fn classify(&self, line: &str) -> Result<ResultLine, String> {
-        classify_line(line)
+    fn classify(&self, line: &str, submit: &SubmitIdentity) -> Result<ResultLine, LineError> {
+        classify_own(line, &tag(submit))
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<(), ProviderError> {
@@ -701,6 +744,79 @@ mod tests {
         for (name, v, want) in cases {
             assert_eq!(remote_state(&batch(v)), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_succeeded_line_without_an_answer_is_a_bad_response() {
+        let line = |message: &str| {
+            format!(
+                r#"{{"custom_id":"r4_0a1b2c3d4e","result":{{"type":"succeeded","message":{message}}}}}"#
+            )
+        };
+        let usage = r#""usage":{"input_tokens":2,"output_tokens":1}"#;
+        for (message, missing) in [
+            ("{}".to_string(), "`content` list"),
+            (format!("{{{usage}}}"), "`content` list"),
+            (
+                r#"{"content":[{"type":"text","text":"7"}]}"#.to_string(),
+                "`usage`",
+            ),
+        ] {
+            assert_eq!(
+                classify_line(&line(&message)).unwrap(),
+                ResultLine::Failure {
+                    custom_id: "r4".into(),
+                    code: "bad_response".into(),
+                    message: format!("a succeeded result whose message has no {missing}"),
+                    retryable: true,
+                    ran: true,
+                },
+                "{message}"
+            );
+        }
+        // An empty list of blocks is an answer (a refusal may have no text).
+        let empty = line(&format!(
+            r#"{{"content":[],"stop_reason":"refusal",{usage}}}"#
+        ));
+        assert!(matches!(
+            classify_line(&empty).unwrap(),
+            ResultLine::Success { .. }
+        ));
+    }
+
+    #[test]
+    fn every_line_must_carry_this_creates_tag() {
+        let own = "0a1b2c3d4e";
+        let line = |id: &str| {
+            format!(
+                r#"{{"custom_id":"{id}","result":{{"type":"succeeded","message":{{"content":[{{"type":"text","text":"7"}}],"usage":{{"input_tokens":2,"output_tokens":1}}}}}}}}"#
+            )
+        };
+        assert!(matches!(
+            classify_own(&line("r4_0a1b2c3d4e"), own),
+            Ok(ResultLine::Success { ref custom_id, .. }) if custom_id == "r4"
+        ));
+        let cases = [
+            (
+                "r4_ffffffffff",
+                "the result for `r4` carries the tag ffffffffff of another create, not this one's (0a1b2c3d4e)",
+            ),
+            (
+                "r4",
+                "the result for `r4` carries no create tag (this create's is 0a1b2c3d4e)",
+            ),
+        ];
+        for (id, why) in cases {
+            assert_eq!(
+                classify_own(&line(id), own),
+                Err(LineError::NotThisSubmit(why.into())),
+                "{id}"
+            );
+        }
+        assert!(matches!(
+            classify_own("not json", own),
+            Err(LineError::Unreadable(_))
+        ));
     }
 
     #[test]

@@ -76,11 +76,13 @@ pub enum BatchResult {
     Expired,
 }
 
+/// A `Message`: the API documents `content` (a list of blocks) and `usage`
+/// on every one; a line without them is not an answer (`classify_line`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Message {
-    pub content: Vec<Value>,
-    pub usage: Usage,
+    pub content: Option<Vec<Value>>,
+    pub usage: Option<Usage>,
     pub stop_reason: Option<String>,
 }
 

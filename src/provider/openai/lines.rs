@@ -188,7 +188,10 @@ fn classify_lenient(line: &str) -> Result<LineOutcome, LineParseError> {
 
     // 2. A 2xx status is a success; the body is the endpoint's normal response.
     if (200..300).contains(&status) {
-        let answer = extract_answer(body);
+        let answer = match extract_answer(body) {
+            Ok(a) => a,
+            Err(why) => return Ok(bad_response(custom_id, line_id, status, why, request_id)),
+        };
         return Ok(LineOutcome::Success(LineSuccess {
             custom_id,
             line_id,
@@ -234,32 +237,28 @@ fn classify_lenient(line: &str) -> Result<LineOutcome, LineParseError> {
 pub fn classify_reply(custom_id: &str, status: u16, body: &str) -> LineOutcome {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     if (200..300).contains(&status) {
-        if parsed.as_ref().is_some_and(Value::is_object) {
-            let answer = extract_answer(parsed.as_ref());
-            return LineOutcome::Success(LineSuccess {
-                custom_id: custom_id.to_string(),
-                line_id: parsed
-                    .as_ref()
-                    .and_then(|b| b.get("id"))
-                    .and_then(lenient::value_to_id),
-                status,
-                content: answer.content,
-                finish_reason: answer.finish_reason,
-                usage: extract_usage(parsed.as_ref()),
-                request_id: None,
-                note: answer.note,
-            });
-        }
-        // A 2xx that is not a completion (a proxy's page, a truncated body)
-        // is worth another try, like a 5xx.
-        return LineOutcome::Failure(LineFailure {
+        // A 2xx that is not a completion (a proxy's page, a truncated
+        // body, another shape) is worth another try, like a 5xx.
+        let answer = match &parsed {
+            None => Err("the body is not JSON".to_string()),
+            Some(_) => extract_answer(parsed.as_ref()),
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(why) => return bad_response(custom_id.to_string(), None, status, why, None),
+        };
+        return LineOutcome::Success(LineSuccess {
             custom_id: custom_id.to_string(),
-            line_id: None,
-            code: "bad_response".into(),
-            message: format!("HTTP {status} with a body that is not a chat completion"),
-            status: Some(status),
-            retryable: true,
+            line_id: parsed
+                .as_ref()
+                .and_then(|b| b.get("id"))
+                .and_then(lenient::value_to_id),
+            status,
+            content: answer.content,
+            finish_reason: answer.finish_reason,
+            usage: extract_usage(parsed.as_ref()),
             request_id: None,
+            note: answer.note,
         });
     }
     let api = parsed.as_ref().and_then(ApiError::from_value);
@@ -418,29 +417,44 @@ struct Answer {
     note: Option<String>,
 }
 
-/// The answer text of a chat completion, or of a Responses API body.
-fn extract_answer(body: Option<&Value>) -> Answer {
+/// The answer text of a chat completion, or of a Responses API body; or
+/// why the body is not the protocol's answer. Chat Completions documents
+/// `choices` as an array of choices whose `message` holds `content` (a
+/// string, or parts), or a `refusal`, or `tool_calls`; the Responses API an
+/// `output` array. A body of another shape (`{}`, `{"choices": "nope"}`, a
+/// message with null content and nothing else) is a server fault, never an
+/// empty answer that would then be blamed on the model.
+fn extract_answer(body: Option<&Value>) -> Result<Answer, String> {
     let Some(body) = body.filter(|b| b.is_object()) else {
-        return Answer {
-            content: String::new(),
-            finish_reason: None,
-            note: Some("response has no body".into()),
-        };
+        return Err("the response has no body".into());
     };
-    if let Some(choice) = body.get("choices").and_then(|c| c.get(0)) {
+    if let Some(choices) = body.get("choices") {
+        let Some(choice) = choices.as_array().and_then(|c| c.first()) else {
+            return Err("`choices` is not a list of choices".into());
+        };
         let finish_reason = choice.get("finish_reason").and_then(lenient::value_to_id);
-        let message = choice.get("message");
-        let (content, note) = match message.and_then(|m| m.get("content")) {
+        let Some(message) = choice.get("message").filter(|m| m.is_object()) else {
+            return Err("the choice has no `message`".into());
+        };
+        let (content, note) = match message.get("content") {
             Some(Value::String(s)) => (s.clone(), None),
             // Some servers send content parts instead of a string.
             Some(Value::Array(parts)) => (join_text_parts(parts), None),
-            _ => (String::new(), Some(null_content_note(message))),
+            None | Some(Value::Null) => match null_content_note(message) {
+                Some(note) => (String::new(), Some(note)),
+                None => {
+                    return Err(
+                        "the message's `content` is null, with no refusal or tool call".into(),
+                    );
+                }
+            },
+            Some(_) => return Err("the message's `content` is not text".into()),
         };
-        return Answer {
+        return Ok(Answer {
             content,
             finish_reason,
             note,
-        };
+        });
     }
     // Responses API: output[].content[] parts of type `output_text`.
     if let Some(output) = body.get("output").and_then(Value::as_array) {
@@ -456,17 +470,32 @@ fn extract_answer(body: Option<&Value>) -> Answer {
         let note = text
             .is_empty()
             .then(|| "response output has no text".to_string());
-        return Answer {
+        return Ok(Answer {
             content: text,
             finish_reason,
             note,
-        };
+        });
     }
-    Answer {
-        content: String::new(),
-        finish_reason: None,
-        note: Some("response body has no choices".into()),
-    }
+    Err("the body has neither `choices` nor `output`".into())
+}
+
+/// A 2xx whose body is not the protocol's answer: retryable, like a 5xx.
+fn bad_response(
+    custom_id: String,
+    line_id: Option<String>,
+    status: u16,
+    why: String,
+    request_id: Option<String>,
+) -> LineOutcome {
+    LineOutcome::Failure(LineFailure {
+        custom_id,
+        line_id,
+        code: "bad_response".into(),
+        message: format!("HTTP {status}, but not a chat completion: {why}"),
+        status: Some(status),
+        retryable: true,
+        request_id,
+    })
 }
 
 fn join_text_parts(parts: &[Value]) -> String {
@@ -479,22 +508,21 @@ fn join_text_parts(parts: &[Value]) -> String {
         .collect()
 }
 
-fn null_content_note(message: Option<&Value>) -> String {
+/// Why a message's content is null, when the protocol allows it: a
+/// refusal, or a tool call. None: it does not.
+fn null_content_note(message: &Value) -> Option<String> {
     let refusal = message
-        .and_then(|m| m.get("refusal"))
+        .get("refusal")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty());
     if let Some(r) = refusal {
-        return format!("content is null; the model refused: {r}");
+        return Some(format!("content is null; the model refused: {r}"));
     }
     let has_tool_calls = message
-        .and_then(|m| m.get("tool_calls"))
+        .get("tool_calls")
         .and_then(Value::as_array)
         .is_some_and(|a| !a.is_empty());
-    if has_tool_calls {
-        return "content is null; the answer is a tool call".into();
-    }
-    "content is null".into()
+    has_tool_calls.then(|| "content is null; the answer is a tool call".into())
 }
 
 fn extract_usage(body: Option<&Value>) -> TokenUsage {
@@ -617,15 +645,15 @@ mod tests {
                 None,
             ),
             (
-                "2xx without a body",
-                r#"{"custom_id":"r6","response":{"status_code":200,"body":null},"error":null}"#,
+                "null content with a tool call",
+                r#"{"custom_id":"r6","response":{"status_code":200,"body":{"choices":[{"message":{"content":null,"tool_calls":[{"id":"c","type":"function"}]},"finish_reason":"tool_calls"}]}}}"#,
                 "",
-                None,
+                Some("tool_calls"),
                 0,
                 0,
                 None,
                 None,
-                Some("response has no body"),
+                Some("content is null; the answer is a tool call"),
             ),
         ];
         for (name, line, content, finish, prompt, completion, req, line_id, note) in cases {
@@ -748,6 +776,69 @@ mod tests {
             assert_eq!(f.message, message, "{name}");
             assert_eq!(f.status, status, "{name}");
             assert_eq!(f.retryable, retryable, "{name}");
+        }
+    }
+
+    /// A 2xx whose body is not the protocol's answer is a retryable
+    /// `bad_response`, in a batch line and in a direct reply alike.
+    #[test]
+    fn a_2xx_of_the_wrong_shape_is_a_bad_response() {
+        let bodies = [
+            ("no body", "null", "the response has no body"),
+            (
+                "empty object",
+                "{}",
+                "the body has neither `choices` nor `output`",
+            ),
+            (
+                "choices not a list",
+                r#"{"choices":"nope"}"#,
+                "`choices` is not a list of choices",
+            ),
+            (
+                "no choice",
+                r#"{"choices":[]}"#,
+                "`choices` is not a list of choices",
+            ),
+            (
+                "no message",
+                r#"{"choices":[{"finish_reason":"stop"}]}"#,
+                "the choice has no `message`",
+            ),
+            (
+                "null content, nothing else",
+                r#"{"choices":[{"message":{"content":null,"refusal":null}}]}"#,
+                "the message's `content` is null, with no refusal or tool call",
+            ),
+            (
+                "content missing",
+                r#"{"choices":[{"message":{"role":"assistant"}}]}"#,
+                "the message's `content` is null, with no refusal or tool call",
+            ),
+            (
+                "content a number",
+                r#"{"choices":[{"message":{"content":7}}]}"#,
+                "the message's `content` is not text",
+            ),
+        ];
+        for (name, body, why) in bodies {
+            let line = format!(
+                r#"{{"custom_id":"r1","response":{{"status_code":200,"body":{body}}},"error":null}}"#
+            );
+            let direct = classify_reply("r1", 200, body);
+            for (how, got) in [("line", classify_line(&line).unwrap()), ("reply", direct)] {
+                let LineOutcome::Failure(f) = got else {
+                    panic!("{name} ({how}): taken as an answer");
+                };
+                assert_eq!(f.code, "bad_response", "{name} ({how})");
+                assert!(f.retryable, "{name} ({how})");
+                assert_eq!(f.status, Some(200), "{name} ({how})");
+                assert_eq!(
+                    f.message,
+                    format!("HTTP 200, but not a chat completion: {why}"),
+                    "{name} ({how})"
+                );
+            }
         }
     }
 

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::batch::{
-    BatchBackend, BatchLimits, BilledUsage, EndKind, RemoteBatch, RemoteState, ResultLine,
-    ResultRef, SubmitIdentity,
+    BatchBackend, BatchLimits, BilledUsage, EndKind, LineError, RemoteBatch, RemoteState,
+    ResultLine, ResultRef, SubmitIdentity,
 };
 use super::error::{ErrorKind, ProviderError};
 pub use client::OpenAiClient;
@@ -256,24 +256,28 @@ impl BatchBackend for OpenAiBatches {
         self.client.download_file(&result.id, dest).await
     }
 
-    fn classify(&self, line: &str) -> Result<ResultLine, String> {
-        Ok(match classify_line(line).map_err(|e| e.to_string())? {
-            LineOutcome::Success(s) => ResultLine::Success {
-                custom_id: s.custom_id,
-                answer: s.content,
-                input_tokens: s.usage.prompt_tokens,
-                output_tokens: s.usage.completion_tokens,
-                cache_write_tokens: 0,
-                cache_read_tokens: 0,
+    /// OpenAI's ids carry no tag: a result file is the batch's own, found
+    /// by its id, so every line of it is.
+    fn classify(&self, line: &str, _submit: &SubmitIdentity) -> Result<ResultLine, LineError> {
+        Ok(
+            match classify_line(line).map_err(|e| LineError::Unreadable(e.to_string()))? {
+                LineOutcome::Success(s) => ResultLine::Success {
+                    custom_id: s.custom_id,
+                    answer: s.content,
+                    input_tokens: s.usage.prompt_tokens,
+                    output_tokens: s.usage.completion_tokens,
+                    cache_write_tokens: 0,
+                    cache_read_tokens: 0,
+                },
+                LineOutcome::Failure(f) => ResultLine::Failure {
+                    ran: !never_ran(&f.code),
+                    custom_id: f.custom_id,
+                    code: f.code,
+                    message: f.message,
+                    retryable: f.retryable,
+                },
             },
-            LineOutcome::Failure(f) => ResultLine::Failure {
-                ran: !never_ran(&f.code),
-                custom_id: f.custom_id,
-                code: f.code,
-                message: f.message,
-                retryable: f.retryable,
-            },
-        })
+        )
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<(), ProviderError> {
