@@ -17,6 +17,7 @@ pub mod hex;
 pub mod htmlreport;
 pub mod input;
 pub mod interrupt;
+pub mod nofollow;
 pub mod output;
 pub mod plan;
 pub mod prompt;

@@ -3,7 +3,6 @@
 //! `export`. The file is written to a temporary name beside the target and
 //! renamed into place, so a reader never sees half a file.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -255,7 +254,7 @@ pub fn write(
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
     }
     let tmp = temp_path(path);
-    let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let file = crate::nofollow::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let outcome = write_rows(
         spec_file,

@@ -262,7 +262,7 @@ impl Planning {
 pub fn write_planning(layout: &Layout, p: &Planning) -> std::io::Result<()> {
     let path = layout.planning();
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(p).expect("plain data serializes"))?;
+    crate::nofollow::write(&tmp, &serde_json::to_vec(p).expect("plain data serializes"))?;
     std::fs::rename(&tmp, path)
 }
 
@@ -279,9 +279,9 @@ pub fn clear_planning(layout: &Layout) {
 /// Replace the snapshot atomically (write a temp file, then rename).
 pub fn write(layout: &Layout, snap: &Snapshot) -> std::io::Result<()> {
     let tmp = layout.status_tmp();
-    std::fs::write(
+    crate::nofollow::write(
         &tmp,
-        serde_json::to_vec_pretty(snap).expect("snapshot serializes"),
+        &serde_json::to_vec_pretty(snap).expect("snapshot serializes"),
     )?;
     std::fs::rename(&tmp, layout.status())
 }

@@ -123,7 +123,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map_or("report".into(), |n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let res = std::fs::write(&tmp, bytes)
+    let res = crate::nofollow::write(&tmp, bytes)
         .map_err(|e| Error::io("write", &tmp, e))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e)));
     if res.is_err() {

@@ -68,7 +68,7 @@ impl<'a> IdCheck<'a> {
         self.pairs.sort_unstable();
         let path = self.dir.join(format!("ids-{}.run", self.runs.len() + 1));
         let io = |e| Error::io("write", &path, e);
-        let mut w = BufWriter::with_capacity(1 << 16, File::create(&path).map_err(io)?);
+        let mut w = BufWriter::with_capacity(1 << 16, crate::nofollow::create(&path).map_err(io)?);
         for (h, row) in self.pairs.drain(..) {
             w.write_all(&h.to_le_bytes()).map_err(io)?;
             w.write_all(&row.to_le_bytes()).map_err(io)?;

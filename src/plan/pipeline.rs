@@ -184,7 +184,7 @@ pub(super) fn build(
         None => Lines::Direct(Box::new(ChunkFiles::new(*limits, scratch, generation))),
         Some(_) => {
             let path = scratch.join("spool.jsonl");
-            let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            let f = crate::nofollow::create(&path).map_err(|e| Error::io("create", &path, e))?;
             Lines::Spool {
                 w: BufWriter::with_capacity(1 << 20, f),
                 path,

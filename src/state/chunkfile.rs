@@ -28,7 +28,7 @@ pub struct WrittenChunk {
 impl ChunkWriter {
     pub fn create(path: &Path) -> std::io::Result<ChunkWriter> {
         Ok(ChunkWriter {
-            w: BufWriter::with_capacity(1 << 20, File::create(path)?),
+            w: BufWriter::with_capacity(1 << 20, crate::nofollow::create(path)?),
             hash: Sha256::new(),
             path: path.to_path_buf(),
             bytes: 0,

@@ -26,6 +26,12 @@ pub enum StateError {
     Corrupt { job: String, message: String },
     #[error("no job `{job}` in {}", root.display())]
     NoJob { job: String, root: PathBuf },
+    /// A file the state reads and writes is a symbolic link.
+    #[error(
+        "{} is a symbolic link inside the state folder; batchgrader never reads or writes a job's state through one",
+        path.display()
+    )]
+    Link { path: PathBuf },
     /// A file of the state is damaged; `repair` says how to mend it.
     #[error("state of job `{job}` is damaged: {}: {message}", file.display())]
     Damaged {
@@ -44,6 +50,10 @@ impl StateError {
                     .into(),
             ),
             StateError::TooNew { .. } => Some("upgrade batchgrader to work on this job".into()),
+            StateError::Link { .. } => Some(
+                "remove the link; if the file it points to is this job's own, move that file into its place"
+                    .into(),
+            ),
             StateError::Damaged { repair, .. } => Some(repair.clone()),
             StateError::Db { dir, .. } => Some(format!(
                 "the job's database is {}; if another program holds or changed it, stop that program; if it is damaged, move the job's folder aside and plan the job again (the old folder keeps its results/ and events.jsonl, which name every batch sent)",

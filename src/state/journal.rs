@@ -35,7 +35,7 @@ fn prune(path: &Path, keep: usize) {
     }
     let from = starts[starts.len() + 1 - keep];
     let tmp = path.with_extension("jsonl.tmp");
-    if std::fs::write(&tmp, &text[from..]).is_ok() {
+    if crate::nofollow::write(&tmp, &text.as_bytes()[from..]).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
 }
@@ -55,12 +55,13 @@ pub fn append_event(path: &Path, chunk: Option<u32>, msg: &str) {
         event: msg,
     })
     .expect("events serialize");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)
-    {
+    if let Ok(mut f) = crate::nofollow::open(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true),
+        path,
+    ) {
         let _ = append_line(&mut f, &line);
     }
 }
@@ -120,11 +121,13 @@ pub fn record_usage_once(ledger: &Path, entry: &LedgerEntry<'_>) -> std::io::Res
         return Ok(());
     }
     let line = serde_json::to_string(entry).expect("entries serialize");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(ledger)?;
+    let mut f = crate::nofollow::open(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true),
+        ledger,
+    )?;
     // The ledger sits beside the job folders, not inside one.
     super::owner_only(ledger, 0o600);
     append_line(&mut f, &line)?;

@@ -203,7 +203,7 @@ impl Index {
     /// Open an existing table; None when it is missing or unreadable (then
     /// the caller rebuilds it).
     pub fn open(path: &Path) -> std::io::Result<Option<Index>> {
-        let file = match OpenOptions::new().read(true).write(true).open(path) {
+        let file = match crate::nofollow::open(OpenOptions::new().read(true).write(true), path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -235,12 +235,14 @@ impl Index {
 
     fn create_as(path: &Path, entries: u64, map_up_to: u64) -> std::io::Result<Index> {
         let capacity = capacity_for(entries);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let file = crate::nofollow::open(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true),
+            path,
+        )?;
         // A sparse file: untouched slots cost no disk and read as empty.
         let size = HEADER + capacity * SLOT as u64;
         file.set_len(size)?;

@@ -306,10 +306,8 @@ impl Log {
         if kept.is_empty() {
             return Ok(());
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let mut file =
+            crate::nofollow::open(OpenOptions::new().create(true).append(true), &self.path)?;
         let at = file.metadata()?.len();
         let mut text = Vec::new();
         // After a torn write, start on a fresh line.
@@ -465,7 +463,7 @@ impl Log {
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let fresh_path = dir.join(format!("{FILE}.rebuilding"));
         {
-            let mut out = std::io::BufWriter::new(File::create(&fresh_path)?);
+            let mut out = std::io::BufWriter::new(crate::nofollow::create(&fresh_path)?);
             each_line(&self.path, 0, self.len, |_, _, body| {
                 if decode_line(body).is_ok() {
                     out.write_all(body)?;

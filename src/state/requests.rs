@@ -55,8 +55,8 @@ pub struct Writer {
 impl Writer {
     pub fn create(dir: &Path) -> std::io::Result<Writer> {
         Ok(Writer {
-            index: BufWriter::with_capacity(1 << 18, File::create(dir.join(INDEX))?),
-            keys: BufWriter::with_capacity(1 << 18, File::create(dir.join(KEYS))?),
+            index: BufWriter::with_capacity(1 << 18, crate::nofollow::create(&dir.join(INDEX))?),
+            keys: BufWriter::with_capacity(1 << 18, crate::nofollow::create(&dir.join(KEYS))?),
             key_offset: 0,
             next_row: 1,
         })

@@ -80,6 +80,7 @@ impl JobStore {
         // only (0700), whatever the umask; files inside are then out of
         // anyone else's reach, whatever their own mode.
         owner_only(&dir, 0o700);
+        refuse_links(&layout)?;
         let lock = take_lock(&layout.lock(), job)?;
         let db_dir = layout.db();
         let db = open_db(&db_dir)?;
@@ -525,6 +526,27 @@ fn remove_unfinished_snapshots(db_dir: &Path) {
     }
 }
 
+/// No file at the top of the job's folder, nor the state's ledger, may be a
+/// symbolic link: a link planted there would make the state read another
+/// file as its own, or write to it (`nofollow` refuses the writes too).
+fn refuse_links(layout: &Layout) -> Result<(), StateError> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(layout.dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    paths.push(layout.ledger());
+    paths.sort();
+    match paths
+        .into_iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+    {
+        Some(path) => Err(StateError::Link { path }),
+        None => Ok(()),
+    }
+}
+
 /// Take the job's lock file. The OS releases it when the process dies, so a
 /// crash never leaves a stale lock; the file's text names the holder.
 fn take_lock(path: &Path, job: &str) -> Result<File, StateError> {
@@ -534,13 +556,15 @@ fn take_lock(path: &Path, job: &str) -> Result<File, StateError> {
         path: path.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io("open lock file", e))?;
+    let mut file = crate::nofollow::open(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+        &path,
+    )
+    .map_err(|e| io("open lock file", e))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

@@ -798,3 +798,44 @@ fn a_repeated_result_line_is_named_and_the_first_is_kept() {
         assert_eq!(&row.unwrap()[grade], "7");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_planted_in_the_state_is_never_written_through() {
+    // Each file the state writes, replaced by a link to a file of the user.
+    for planted in [
+        "state/links/lock",
+        "state/links/outcomes.idx",
+        "state/links/outcomes.jsonl",
+        "state/links/events.jsonl",
+        "state/usage.jsonl",
+    ] {
+        let sb = Sandbox::new();
+        sb.write("in.csv", "id,text\n1,a\n2,b\n");
+        sb.write(
+            "job.yaml",
+            common::spec(
+                "links",
+                "in.csv",
+                "{{ text }}",
+                "provider:\n  kind: simulated\n  mode: direct\n",
+            ),
+        );
+        let first = sb.run(&["apply", "job.yaml", "--yes"]);
+        assert_eq!(first.code, 0, "{planted}: {first:?}");
+        let victim = sb.write("victim.txt", "precious\n");
+        let link = sb.path(planted);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        // A new row, so the next run sends, records, logs and books.
+        sb.write("in.csv", "id,text\n1,a\n2,b\n3,c\n");
+        let run = sb.run(&["apply", "job.yaml", "--yes"]);
+        assert_eq!(sb.read("victim.txt"), "precious\n", "{planted}: {run:?}");
+        if run.code != 0 {
+            assert!(
+                run.stderr.contains("is a symbolic link"),
+                "{planted}: {run:?}"
+            );
+        }
+    }
+}

@@ -47,8 +47,9 @@ pub(super) async fn stream_to_file(
     let mut checked_at: Option<u64> = None;
     // Buffered: each write to a tokio file is a hop to a blocking thread,
     // and a body arrives in pieces of a few KB.
-    let mut file = match tokio::fs::File::create(&tmp).await {
-        Ok(f) => tokio::io::BufWriter::with_capacity(1 << 20, f),
+    // Never through a link planted at the `.tmp` name (`nofollow`).
+    let mut file = match crate::nofollow::create(&tmp) {
+        Ok(f) => tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(f)),
         Err(e) => return Attempt::Fatal(io_error(op, "create", &tmp, &e)),
     };
     let mut written = 0u64;
