@@ -54,11 +54,13 @@ pub struct Prompt {
 impl Prompt {
     pub fn load(spec: &CheckedSpec) -> Result<Prompt, PromptError> {
         let read = |what, path: &PathBuf| {
-            std::fs::read_to_string(path).map_err(|source| PromptError::Read {
-                what,
-                path: path.clone(),
-                source,
-            })
+            crate::spec::limits::read_capped(path, crate::spec::limits::MAX_PROMPT_BYTES).map_err(
+                |source| PromptError::Read {
+                    what,
+                    path: path.clone(),
+                    source,
+                },
+            )
         };
         let mut system = match &spec.system_file {
             Some(p) => Some(read("prompt.system_file", p)?),

@@ -18,6 +18,16 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
         path: path.to_path_buf(),
         problems,
     };
+    // A BOM (Windows editors) is no part of the YAML.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some((line, message)) = super::limits::too_deep(text) {
+        return Err(invalid(vec![Problem {
+            line,
+            column: 1,
+            field: "(root)".into(),
+            message,
+        }]));
+    }
     let yaml: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {

@@ -8,6 +8,7 @@
 //! Every problem found is reported, each with `FILE:LINE:COL: field.path: message`.
 
 mod check;
+pub mod limits;
 mod locate;
 mod place;
 mod resolve;
@@ -93,10 +94,11 @@ pub fn schema_json() -> String {
 
 /// Read and check a spec file.
 pub fn load(path: &Path) -> Result<CheckedSpec, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        limits::read_capped(path, limits::MAX_SPEC_BYTES).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     check(path, &text)
 }
 

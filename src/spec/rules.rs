@@ -367,8 +367,12 @@ pub(super) fn answer_schema_problems(
         (None, Some(f)) => {
             let rel = f.as_str().unwrap_or_default();
             let file = spec_path.parent().unwrap_or(Path::new("")).join(rel);
-            let loaded = std::fs::read_to_string(&file)
+            let loaded = super::limits::read_capped(&file, super::limits::MAX_SPEC_BYTES)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                .and_then(|text| match super::limits::too_deep(&text) {
+                    Some((line, why)) => Err(format!("{}:{line}: {why}", file.display())),
+                    None => Ok(text),
+                })
                 .and_then(|text| {
                     serde_yaml::from_str::<serde_json::Value>(&text)
                         .map_err(|e| format!("{} is not JSON or YAML: {e}", file.display()))
