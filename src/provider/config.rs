@@ -333,6 +333,16 @@ pub fn redact_all(text: &str, secrets: &[String]) -> String {
 /// The base URL must be an absolute `http` or `https` URL.
 pub(crate) fn validate_base_url(base: &str) -> Result<(), ProviderError> {
     match reqwest::Url::parse(base) {
+        // reqwest would send them as Basic auth instead of the key, and a
+        // server that echoes its Authorization header would put them in
+        // every message; the URL itself is not shown, as it holds them.
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            Err(ProviderError::config(
+                OPERATION,
+                "the base URL (from the environment or the spec) holds a user name or password (`user:pass@`)".to_string(),
+                Some("remove them: the key goes in the variable named by provider.api_key_env".to_string()),
+            ))
+        }
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
         _ => Err(ProviderError::config(
             OPERATION,
