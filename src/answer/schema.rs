@@ -32,8 +32,8 @@ pub struct AnswerSchema {
 
 impl AnswerSchema {
     pub fn new(schema: &Value) -> Result<AnswerSchema, String> {
-        let validator = jsonschema::validator_for(schema)
-            .map_err(|e| format!("output.schema is not a valid JSON Schema: {e}"))?;
+        let validator = crate::spec::structured::compile(schema)
+            .map_err(|e| format!("output.schema is {e}"))?;
         Ok(AnswerSchema { validator })
     }
 

@@ -412,7 +412,20 @@ pub(super) fn answer_schema_problems(
             }
         }
     }
-    for p in super::structured::strict_problems(wire, &schema) {
+    let strict = super::structured::strict_problems(wire, &schema);
+    if strict.is_empty()
+        && let Err(why) = super::structured::compile(&schema)
+    {
+        let (at, what) = match &file {
+            Some(f) => (
+                key_path(&["output", "schema_file"]),
+                format!("{}: {why}", f.display()),
+            ),
+            None => (key_path(&["output", "schema"]), why),
+        };
+        out.push(problem_at(locator, &at, what));
+    }
+    for p in strict {
         match &file {
             // Placed at the spec's key, naming the place in the file.
             Some(f) => out.push(problem_at(

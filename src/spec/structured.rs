@@ -287,6 +287,35 @@ impl Walk<'_> {
 /// leave alone.
 pub const REQUEST_KEYS: &[&str] = &["response_format", "output_config"];
 
+/// The answer schema compiled, as every answer is checked against it: the
+/// one compile that `validate` and a run share, so a schema `validate`
+/// passes (a `$ref` that resolves, a `pattern` that compiles) is one the
+/// run takes.
+pub fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    if let Some(target) = external_ref(schema) {
+        return Err(format!(
+            "`$ref: {target}` points outside the schema; batchgrader reads no schema from the network or another file: put the definition under `$defs` and refer to it as `#/$defs/NAME`"
+        ));
+    }
+    jsonschema::validator_for(schema).map_err(|e| format!("not a valid JSON Schema: {e}"))
+}
+
+/// The first `$ref` that is not a pointer into the schema itself.
+fn external_ref(v: &Value) -> Option<&str> {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref")
+                && !r.starts_with('#')
+            {
+                return Some(r);
+            }
+            m.values().find_map(external_ref)
+        }
+        Value::Array(a) => a.iter().find_map(external_ref),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use serde_json::{Value, json};
