@@ -447,6 +447,11 @@ fn num(n: u64) -> String {
 }
 
 /// Text for HTML content and attribute values.
+/// Text for the page. Besides HTML's own characters, Unicode's
+/// bidirectional controls (U+202A..U+202E embeddings and overrides,
+/// U+2066..U+2069 isolates, U+200E/U+200F/U+061C marks) are shown as what
+/// they are, `[U+202E]`: written as they came, a label or cell could reorder
+/// itself and its neighbours on screen and display as another.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -456,6 +461,13 @@ fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{061c}' => {
+                out.push_str(&format!("[U+{:04X}]", c as u32));
+            }
             c => out.push(c),
         }
     }
@@ -465,6 +477,21 @@ fn esc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidirectional_controls_are_shown_not_obeyed() {
+        let cases = [
+            ("pass", "pass"),
+            ("\u{202e}liaf", "[U+202E]liaf"),
+            ("a\u{2066}b\u{2069}", "a[U+2066]b[U+2069]"),
+            ("\u{200f}<x>", "[U+200F]&lt;x&gt;"),
+            ("\u{061c}\u{202a}", "[U+061C][U+202A]"),
+            ("arabic \u{0627}", "arabic \u{0627}"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(esc(text), want, "{text:?}");
+        }
+    }
     use crate::grades::Tally;
     use serde_json::json;
 
