@@ -16,6 +16,9 @@ pub enum StateError {
     TooNew { job: String, found: u32 },
     #[error("state store {} failed: {message}", dir.display())]
     Db { dir: PathBuf, message: String },
+    /// The disk under the state is full: nothing is damaged.
+    #[error("the disk holding {} is full: the job's state cannot be written", dir.display())]
+    DiskFull { dir: PathBuf },
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -50,6 +53,10 @@ impl StateError {
                     .into(),
             ),
             StateError::TooNew { .. } => Some("upgrade batchgrader to work on this job".into()),
+            StateError::DiskFull { .. } => Some(
+                "free space on that disk, then run the same command again: what was recorded is kept, and nothing is sent twice"
+                    .into(),
+            ),
             StateError::Link { .. } => Some(
                 "remove the link; if the file it points to is this job's own, move that file into its place"
                     .into(),
@@ -68,10 +75,26 @@ impl StateError {
 }
 
 pub(super) fn db_err(dir: &Path) -> impl Fn(sled::Error) -> StateError + '_ {
-    move |e| StateError::Db {
-        dir: dir.to_path_buf(),
-        message: db_message(&e),
+    move |e| match &e {
+        sled::Error::Io(io) if disk_full(io) => StateError::DiskFull {
+            dir: dir.to_path_buf(),
+        },
+        _ => StateError::Db {
+            dir: dir.to_path_buf(),
+            message: db_message(&e),
+        },
     }
+}
+
+/// ENOSPC, whether sled hands the error on as it came or wraps its debug
+/// text (`Os { code: 28, kind: StorageFull, .. }`) in another error.
+fn disk_full(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    if e.raw_os_error() == Some(ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull {
+        return true;
+    }
+    let text = format!("{e} {e:?}");
+    text.contains("StorageFull") || text.contains("code: 28,")
 }
 
 /// sled's own text for corruption is Rust debug output (`Read corrupted
@@ -85,5 +108,35 @@ pub(super) fn db_message(e: &sled::Error) -> String {
         sled::Error::Unsupported(s) => s.clone(),
         sled::Error::ReportableBug(s) => format!("internal error of the database: {s}"),
         sled::Error::CollectionNotFound(_) => "a table of the database is missing".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_said_as_such_however_sled_passes_it_on() {
+        let dir = Path::new("/s/job/db");
+        let wrapped = std::io::Error::other(format!("{:?}", std::io::Error::from_raw_os_error(28)));
+        let cases = [
+            (std::io::Error::from_raw_os_error(28), true),
+            (std::io::Error::from(std::io::ErrorKind::StorageFull), true),
+            (wrapped, true),
+            (std::io::Error::from_raw_os_error(5), false),
+            (std::io::Error::other("code: 280, not a disk"), false),
+        ];
+        for (e, full) in cases {
+            let text = format!("{e:?}");
+            let got = db_err(dir)(sled::Error::Io(e));
+            assert_eq!(matches!(got, StateError::DiskFull { .. }), full, "{text}");
+            if full {
+                assert_eq!(
+                    got.to_string(),
+                    "the disk holding /s/job/db is full: the job's state cannot be written"
+                );
+                assert!(got.hint().unwrap().starts_with("free space on that disk"));
+            }
+        }
     }
 }
