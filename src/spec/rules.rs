@@ -490,10 +490,17 @@ fn anthropic_request_problems(json: &Value, locator: &locate::Locator) -> Vec<Pr
     let mut out = Vec::new();
     let req = json.get("request").and_then(Value::as_object);
     match req.and_then(|r| r.get("max_tokens")) {
+        // Placed at `request:`, or, with no such block, at the provider
+        // that needs it (there is no line of a missing block to point at).
         None => out.push(problem_at(
             locator,
-            &key_path(&["request"]),
-            "`request.max_tokens` is required by the Anthropic Messages API; add e.g.              `max_tokens: 16` under `request:`"
+            &key_path(if req.is_some() {
+                &["request"]
+            } else {
+                &["provider", "kind"]
+            }),
+            "`request.max_tokens` is required by the Anthropic Messages API; add e.g. \
+             `max_tokens: 16` under `request:`"
                 .into(),
         )),
         Some(v) if v.as_u64().is_none_or(|n| n == 0) => out.push(problem_at(

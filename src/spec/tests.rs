@@ -250,8 +250,19 @@ fn anthropic_requests_table() {
     let sim = "provider:\n  kind: simulated\n  simulated:\n    api: anthropic\n";
     // (provider block, request block, field with a problem or "" for none, text)
     let cases: &[(&str, &str, &str, &str)] = &[
-        (anthropic, "", "request", "`request.max_tokens` is required"),
-        (sim, "", "request", "`request.max_tokens` is required"),
+        (
+            anthropic,
+            "",
+            "provider.kind",
+            "`request.max_tokens` is required",
+        ),
+        (sim, "", "provider.kind", "`request.max_tokens` is required"),
+        (
+            anthropic,
+            "request:\n  temperature: 0\n",
+            "request",
+            "add e.g. `max_tokens: 16` under `request:`",
+        ),
         (
             anthropic,
             "request:\n  max_tokens: 0\n",
