@@ -209,10 +209,10 @@ enum Command {
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
         /// Most tokens per part.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_count_arg)]
         max_tokens: Option<u64>,
         /// Most rows per part.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_count_arg)]
         max_rows: Option<u64>,
         /// Most bytes of rows per part, e.g. 190MB.
         #[arg(long, value_parser = parse_size_arg)]
@@ -231,6 +231,15 @@ struct CountArgs {
     /// Input format when the file extension does not tell.
     #[arg(long, value_parser = parse_format_arg)]
     format: Option<Format>,
+}
+
+/// A count of at least 1 (rows, tokens), in words when it is not one.
+fn parse_count_arg(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
