@@ -378,6 +378,10 @@ pub fn receipt_line(r: &Receipt) -> Option<String> {
 /// The chunk table and totals, for `status` and the live view of `apply`.
 /// `now` (Unix seconds) is passed in so that the text depends on the
 /// snapshot alone.
+/// Words every message of a cancelled job holds, so `status` says
+/// "cancelled" rather than "halted by policy".
+pub const CANCELLED_BY: &str = "cancelled with `batchgrader cancel`";
+
 pub fn render(ui: &Ui, s: &Snapshot, now: u64) -> String {
     let mut out = Vec::new();
     render_to(&mut out, ui.paint(), s, now).expect("writing to a Vec cannot fail");
@@ -390,6 +394,13 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
         RunState::Running => format!("running (pid {})", s.pid.unwrap_or(0)),
         RunState::Planned => "planned, not submitted".into(),
         RunState::Detached => "batches out, no process watching (run `batchgrader resume`)".into(),
+        RunState::Halted
+            if s.message
+                .as_deref()
+                .is_some_and(|m| m.contains(CANCELLED_BY)) =>
+        {
+            "cancelled".into()
+        }
         RunState::Halted => "halted by policy".into(),
         RunState::Finished => "finished".into(),
     };

@@ -26,9 +26,27 @@ use crate::state::{self, FailureRecord, JobStore, Layout, Outcome, PlanRecord};
 use crate::status::{self, RunState, Snapshot};
 use crate::ui::Ui;
 
-/// Why a run that found the job cancelled stops (both lanes say the same).
+/// Why a run that found the job cancelled stops (both lanes say the same;
+/// `status` knows a cancel by `status::CANCELLED_BY` in it).
 pub const CANCELLED: &str =
     "the job was cancelled with `batchgrader cancel`; `batchgrader apply SPEC` starts it again";
+const _: () = assert!(const_contains(CANCELLED, status::CANCELLED_BY));
+
+const fn const_contains(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    let mut i = 0;
+    while i + n.len() <= h.len() {
+        let mut j = 0;
+        while j < n.len() && h[i + j] == n[j] {
+            j += 1;
+        }
+        if j == n.len() {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
 
 /// One run of one job, whatever its lane.
 pub struct RunFrame<'a> {

@@ -381,6 +381,12 @@ fn cancel_stops_batches_and_resume_submits_nothing_new() {
     assert_eq!(server.stats()["batches_cancelled"], 2);
     let s = sb.run(&["status", "--json"]);
     assert_eq!(s.json()["state"], "halted", "{s:?}");
+    // In words: a cancel, not the halt policy, and the batches asked to stop.
+    let said = sb.run(&["status"]);
+    assert!(said.stderr.contains("cancelled"), "{said:?}");
+    assert!(!said.stderr.contains("halted by policy"), "{said:?}");
+    assert!(!said.stderr.contains("validating"), "{said:?}");
+    assert!(said.stderr.contains("cancelling"), "{said:?}");
     // Resume collects what the cancelled batches finished and submits nothing.
     let resumed = OpenAi.run(&sb, &["resume", "--json"], &[]);
     assert_eq!(resumed.code, 4, "{resumed:?}");

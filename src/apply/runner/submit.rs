@@ -172,7 +172,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let snap = self.snapshot(
             &units,
             RunState::Halted,
-            Some("cancelled: `batchgrader resume` collects what the batches finished; `batchgrader apply SPEC` starts the job again".into()),
+            Some(format!("{}: `batchgrader resume` collects what the batches finished; `batchgrader apply SPEC` starts the job again", status::CANCELLED_BY)),
             None,
         );
         status::write(self.layout(), &snap)
@@ -196,6 +196,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 let e = match self.backend.cancel(&id).await {
                     Ok(()) => {
                         self.event(Some(u.id), &format!("cancelled batch {id}"));
+                        // Until the next poll says more, `status` shows the
+                        // batch as asked to stop, not as it last was.
+                        u.remote_status = Some("cancelling".into());
+                        let _ = self.put(u);
                         break;
                     }
                     Err(e) => e,
