@@ -750,6 +750,12 @@ fn a_2xx_of_the_wrong_shape_is_never_an_answer_in_either_lane() {
         } else {
             direct_job(&sb, &server.url());
         }
+        // One attempt per request: what is checked is how each answer is
+        // taken, not how often it is asked again.
+        let spec = sb
+            .read("job.yaml")
+            .replace("retry:\n", "retry:\n  max_attempts: 1\n");
+        sb.write("job.yaml", spec);
         let run = sb.run_env(&["apply", "job.yaml", "--yes", "--json"], &env("2s"));
         assert_eq!(run.code, 3, "{lane}: {run:?}");
         let summary = run.json();
