@@ -222,11 +222,7 @@ fn batch_api(stream: &mut TcpStream, request_line: &str, sent: &AtomicU64) -> bo
         ["GET", "/v1/files/file-out/content"] => {
             let mut good = String::new();
             for row in 0..=7 {
-                good.push_str(&format!(
-                    "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":\
-                     {{\"choices\":[{{\"message\":{{\"content\":\"7\"}}}}],\
-                     \"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":1}}}}}},\"error\":null}}\n"
-                ));
+                good.push_str(&result_line(row, &answer_body("7")));
             }
             const LONG: usize = 200_000_000;
             let head = format!(
@@ -282,9 +278,9 @@ fn wrong_shapes(stream: &mut TcpStream, request_line: &str, requests: &AtomicU64
         ["GET", "/v1/files/file-out/content"] => {
             let mut lines = String::new();
             for row in 0..=7 {
-                let body = WRONG_SHAPES[(n + row) % WRONG_SHAPES.len()];
-                lines.push_str(&format!(
-                    "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":{body}}},\"error\":null}}\n"
+                lines.push_str(&result_line(
+                    row,
+                    WRONG_SHAPES[(n + row) % WRONG_SHAPES.len()],
                 ));
             }
             respond(stream, 200, &[], lines.as_bytes())
@@ -301,17 +297,28 @@ fn duplicates(stream: &mut TcpStream, request_line: &str) -> bool {
             let mut lines = String::new();
             for answer in ["7", "3"] {
                 for row in 0..=7 {
-                    lines.push_str(&format!(
-                        "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":\
-                         {{\"choices\":[{{\"message\":{{\"content\":\"{answer}\"}}}}],\
-                         \"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":1}}}}}},\"error\":null}}\n"
-                    ));
+                    lines.push_str(&result_line(row, &answer_body(answer)));
                 }
             }
             respond(stream, 200, &[], lines.as_bytes())
         }
         _ => batch_api(stream, request_line, &AtomicU64::new(0)),
     }
+}
+
+/// One line of a batch output file: the 200 answer `body` to request `r{row}`.
+fn result_line(row: usize, body: &str) -> String {
+    format!(
+        "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":{body}}},\"error\":null}}\n"
+    )
+}
+
+/// A chat completion answering `content`.
+fn answer_body(content: &str) -> String {
+    format!(
+        "{{\"choices\":[{{\"message\":{{\"content\":\"{content}\"}}}}],\
+         \"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":1}}}}"
+    )
 }
 
 fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {

@@ -231,13 +231,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     }
                     Err(LineError::NotThisSubmit(why)) => {
                         good += 1;
-                        refused += 1;
-                        if refused <= 5 {
-                            self.event(
-                                Some(u.id),
-                                &format!("{}:{n}: not merged: {why}", path.display()),
-                            );
-                        }
+                        self.not_merged(
+                            u.id,
+                            &mut refused,
+                            &format!("{}:{n}", path.display()),
+                            &why,
+                        );
                         continue;
                     }
                 };
@@ -255,17 +254,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     continue;
                 }
                 if seen.contains_key(outcome.custom_id()) {
-                    refused += 1;
-                    if refused <= 5 {
-                        self.event(
-                            Some(u.id),
-                            &format!(
-                                "{}:{n}: not merged: a second result for `{}` (the first is kept)",
-                                path.display(),
-                                outcome.custom_id()
-                            ),
-                        );
-                    }
+                    let why = format!(
+                        "a second result for `{}` (the first is kept)",
+                        outcome.custom_id()
+                    );
+                    self.not_merged(u.id, &mut refused, &format!("{}:{n}", path.display()), &why);
                     continue;
                 }
                 seen.insert(outcome.custom_id().to_string(), outcome);
@@ -594,6 +587,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         self.event(None, &msg);
         self.frame.ui.warn(&msg);
         Ok(())
+    }
+
+    /// A result line left out of the merge (another submit's, a repeat):
+    /// named in the events, the first few of a unit.
+    fn not_merged(&self, unit: u32, refused: &mut u64, place: &str, why: &str) {
+        *refused += 1;
+        if *refused <= 5 {
+            self.event(Some(unit), &format!("{place}: not merged: {why}"));
+        }
     }
 
     pub(super) fn scan_tally(&self) -> Result<Tally> {
