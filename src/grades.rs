@@ -55,6 +55,34 @@ pub struct Bin {
     pub count: u64,
 }
 
+/// One failed row, to show what a failure looks like.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureExample {
+    /// The row's number in the input (1-based).
+    pub row: u64,
+    /// The row's id (`input.id`), or its number.
+    pub key: String,
+    /// The answer as the model wrote it, cut to 200 characters (empty for
+    /// API failures, which have no answer).
+    pub raw: String,
+    /// Why the row failed.
+    pub error: String,
+}
+
+/// A failure class (`api: 400 invalid_request`, `parse: not a label`), how
+/// many rows it holds, and its first few rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureClass {
+    /// `api` (a final error from the provider) or `parse` (an answer that
+    /// did not parse).
+    pub kind: &'static str,
+    /// The error code, or the parse failure's reason.
+    pub class: String,
+    pub rows: u64,
+    /// Up to three rows of this class, in input order.
+    pub examples: Vec<FailureExample>,
+}
+
 /// The properties worth a chart, and how to count them, from the schema.
 #[derive(Debug, Clone)]
 enum Kind {

@@ -2,6 +2,7 @@
 //! through provider batch APIs, with a plan you can read before paying and
 //! a state that survives crashes.
 
+pub mod agreement;
 pub mod answer;
 pub mod apply;
 pub mod chunking;
