@@ -123,6 +123,9 @@ enum Command {
         /// Default: the spec's output.path.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only the rows where the judge and a gold value (`output.gold`) differ; needs --out.
+        #[arg(long)]
+        disagreements: bool,
     },
     /// One self-contained HTML report of a job: cost, grade charts, failures, timings.
     ///
@@ -337,7 +340,15 @@ impl Cli {
             },
             Command::Cancel { job } => Invocation::Cancel { job },
             Command::Costs { since } => Invocation::Costs { since },
-            Command::Export { job, out } => Invocation::Export { job, out },
+            Command::Export {
+                job,
+                out,
+                disagreements,
+            } => Invocation::Export {
+                job,
+                out,
+                disagreements,
+            },
             Command::Report { job, out } => Invocation::Report { job, out },
             Command::SimulateServer {
                 port,

@@ -17,6 +17,7 @@ pub enum Code {
     RowsFailed = 3,
     Halted = 4,
     Running = 5,
+    BelowGate = 6,
 }
 
 /// One line of the table.
@@ -59,6 +60,11 @@ pub const TABLE: &[Row] = &[
         code: Code::Running,
         name: "still running",
         description: "still running or stopped: after `apply --detach`, after Ctrl-C (batches keep running; `resume` continues; a plan stopped by Ctrl-C keeps the previous plan), or `status --exit-status` of an unfinished or planning job",
+    },
+    Row {
+        code: Code::BelowGate,
+        name: "below the quality gate",
+        description: "finished, but the judge's agreement with the gold values (`output.gold`) is under `halt.min_kappa` or `halt.min_accuracy` (comes before 3)",
     },
 ];
 
@@ -134,6 +140,8 @@ pub enum RunEnd {
     /// did not parse, or were not graded.
     Finished {
         rows_failed: bool,
+        /// The quality gate (`halt.min_kappa`, `halt.min_accuracy`) failed.
+        below_gate: bool,
     },
     Halted,
     /// Detached or interrupted: batches may still be out.
@@ -143,8 +151,13 @@ pub enum RunEnd {
 /// The code of an `apply` or `resume` run that ended without an error.
 pub fn for_run(end: RunEnd) -> Code {
     match end {
-        RunEnd::Finished { rows_failed: true } => Code::RowsFailed,
-        RunEnd::Finished { rows_failed: false } => Code::Success,
+        RunEnd::Finished {
+            below_gate: true, ..
+        } => Code::BelowGate,
+        RunEnd::Finished {
+            rows_failed: true, ..
+        } => Code::RowsFailed,
+        RunEnd::Finished { .. } => Code::Success,
         RunEnd::Halted => Code::Halted,
         RunEnd::StillRunning => Code::Running,
     }
@@ -245,8 +258,10 @@ mod tests {
     #[test]
     fn endings_and_states() {
         let cases = [
-            (RunEnd::Finished { rows_failed: false }, Code::Success),
-            (RunEnd::Finished { rows_failed: true }, Code::RowsFailed),
+            (RunEnd::Finished { rows_failed: false, below_gate: false }, Code::Success),
+            (RunEnd::Finished { rows_failed: true, below_gate: false }, Code::RowsFailed),
+            (RunEnd::Finished { rows_failed: false, below_gate: true }, Code::BelowGate),
+            (RunEnd::Finished { rows_failed: true, below_gate: true }, Code::BelowGate),
             (RunEnd::Halted, Code::Halted),
             (RunEnd::StillRunning, Code::Running),
         ];

@@ -56,7 +56,7 @@ pub struct Bin {
 }
 
 /// One failed row, to show what a failure looks like.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct FailureExample {
     /// The row's number in the input (1-based).
     pub row: u64,
@@ -71,11 +71,11 @@ pub struct FailureExample {
 
 /// A failure class (`api: 400 invalid_request`, `parse: not a label`), how
 /// many rows it holds, and its first few rows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct FailureClass {
     /// `api` (a final error from the provider) or `parse` (an answer that
     /// did not parse).
-    pub kind: &'static str,
+    pub kind: String,
     /// The error code, or the parse failure's reason.
     pub class: String,
     pub rows: u64,

@@ -26,6 +26,11 @@ pub struct RowResult {
     pub output_tokens: Option<u64>,
     /// The parsed answer, for JSON answers (`parse: json`, `output.schema`).
     pub json: Option<serde_json::Value>,
+    /// Per gold field (`output.gold`): whether judge and gold agree;
+    /// `None` when there is nothing to compare.
+    pub agrees: Vec<Option<bool>>,
+    /// Leave the row out of the file (`export --disagreements`).
+    pub omit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -64,6 +69,8 @@ pub struct AddedColumns {
     /// value itself, nested (and no `<field>.<property>` columns, which the
     /// nested value holds).
     pub nested: bool,
+    /// `<field>_agrees` (or `<field>.<property>_agrees`) per gold field, last.
+    pub agrees: Vec<String>,
 }
 
 impl AddedColumns {
@@ -82,6 +89,7 @@ impl AddedColumns {
                 .map(crate::answer::properties)
                 .unwrap_or_default(),
             nested: json,
+            agrees: spec.gold.iter().map(|g| g.agrees_column()).collect(),
         }
     }
 
@@ -100,6 +108,7 @@ impl AddedColumns {
             v.push(format!("{f}_input_tokens"));
             v.push(format!("{f}_output_tokens"));
         }
+        v.extend(self.agrees.iter().cloned());
         v
     }
 
@@ -119,6 +128,11 @@ impl AddedColumns {
             v.push(r.input_tokens.map(|t| t.to_string()).unwrap_or_default());
             v.push(r.output_tokens.map(|t| t.to_string()).unwrap_or_default());
         }
+        v.extend((0..self.agrees.len()).map(|i| match r.agrees.get(i).copied().flatten() {
+            Some(true) => "true".to_string(),
+            Some(false) => "false".to_string(),
+            None => String::new(),
+        }));
         v
     }
 }
@@ -206,9 +220,14 @@ impl AddedColumns {
             0
         };
         let mut out: Vec<(String, Value)> = Vec::with_capacity(names.len());
+        let first_agrees = names.len() - self.agrees.len();
         for (i, (k, v)) in names.into_iter().zip(values).enumerate() {
             if i == 0 && self.nested {
                 out.push((k, r.json.clone().unwrap_or(Value::Null)));
+            } else if i >= first_agrees {
+                // A JSON output says agreement as a boolean, or null.
+                let agrees = r.agrees.get(i - first_agrees).copied().flatten();
+                out.push((k, agrees.map_or(Value::Null, Value::Bool)));
             } else if i == 0 || i > skip {
                 out.push((k, Value::String(v)));
             }
@@ -313,6 +332,8 @@ fn write_rows(
         w.write_all(b"[\n").map_err(io)?;
     }
     let mut header_done = false;
+    // Rows written (all of them, unless some are omitted).
+    let mut shown = 0u64;
     let mut checked_file = None;
     for row in RowReader::new(sources.to_vec(), true) {
         let row = row?;
@@ -322,20 +343,25 @@ fn write_rows(
             check_collisions(spec_file, added, &names, sources, &row)?;
         }
         let r = result_of(&row)?;
+        // The header comes with the first row, written or not.
+        if format == Format::Csv && !header_done {
+            header_done = true;
+            let header = match (&columns, &row.fields) {
+                (None, Fields::Csv { header, .. }) => {
+                    splice_csv(header.raw.as_deref().unwrap_or_default(), &names)
+                }
+                (Some(cols), _) => csv_line(cols.iter().chain(names.iter())),
+                (None, Fields::Object(_)) => unreachable!("verbatim CSV needs CSV inputs"),
+            };
+            w.write_all(header.as_bytes()).map_err(io)?;
+        }
+        if r.omit {
+            written.count(r.status);
+            continue;
+        }
         let values = added.values(&r);
         match format {
             Format::Csv => {
-                if !header_done {
-                    header_done = true;
-                    let header = match (&columns, &row.fields) {
-                        (None, Fields::Csv { header, .. }) => {
-                            splice_csv(header.raw.as_deref().unwrap_or_default(), &names)
-                        }
-                        (Some(cols), _) => csv_line(cols.iter().chain(names.iter())),
-                        (None, Fields::Object(_)) => unreachable!("verbatim CSV needs CSV inputs"),
-                    };
-                    w.write_all(header.as_bytes()).map_err(io)?;
-                }
                 let line = match &columns {
                     None => splice_csv(row.raw.as_deref().unwrap_or_default(), &values),
                     Some(cols) => csv_line(
@@ -347,7 +373,7 @@ fn write_rows(
                 w.write_all(line.as_bytes()).map_err(io)?;
             }
             Format::Jsonl | Format::Json => {
-                if format == Format::Json && written.rows > 0 {
+                if format == Format::Json && shown > 0 {
                     w.write_all(b",\n").map_err(io)?;
                 }
                 let obj = json_row(&row, &added.json_members(&r));
@@ -357,10 +383,11 @@ fn write_rows(
                 }
             }
         }
+        shown += 1;
         written.count(r.status);
     }
     if format == Format::Json {
-        w.write_all(if written.rows > 0 { b"\n]\n" } else { b"]\n" })
+        w.write_all(if shown > 0 { b"\n]\n" } else { b"]\n" })
             .map_err(io)?;
     }
     Ok(written)

@@ -445,6 +445,18 @@ fn check_columns(spec: &CheckedSpec, prompt: &Prompt, sources: &[Source], row: &
             return Err(missing_column(spec, sources, row, name));
         }
     }
+    if let Some(g) = spec.gold.iter().find(|g| row.get(&g.column).is_none()) {
+        return Err(Error::usage_with_hint(
+            format!(
+                "{}: output.gold: column `{}` is not in {}; the columns are: {}",
+                spec.file.display(),
+                g.column,
+                row_place(sources, row),
+                row.column_names().join(", ")
+            ),
+            "name the input column that holds the expected values, or remove `output.gold`",
+        ));
+    }
     if let Some(id) = spec.input().id.as_deref()
         && row.get(id).is_none()
     {

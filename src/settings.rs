@@ -77,6 +77,8 @@ pub enum Invocation {
     Export {
         job: Option<String>,
         out: Option<PathBuf>,
+        /// Only rows where judge and gold differ.
+        disagreements: bool,
     },
     Report {
         job: Option<String>,

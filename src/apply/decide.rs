@@ -411,6 +411,99 @@ pub fn chunk_failures(units: &[UnitRecord]) -> Vec<ChunkFailure> {
         .collect()
 }
 
+pub use crate::agreement::GateCheck;
+
+/// The gate's numbers of finished agreement figures: κ is Cohen's for a
+/// categorical field and the quadratic-weighted one for a numeric field
+/// (whose interval is not computed, so its lower bound is the estimate);
+/// accuracy is exact agreement.
+pub fn gate_numbers(agreement: &[crate::agreement::FieldAgreement]) -> Vec<GateNumbers> {
+    agreement
+        .iter()
+        .map(|a| match (&a.categorical, &a.ordinal) {
+            (Some(c), _) => GateNumbers {
+                field: a.field.clone(),
+                n: c.n,
+                accuracy: (c.n > 0).then_some(c.accuracy),
+                kappa: c.kappa,
+                kappa_low: c.kappa_ci.map(|i| i[0]),
+            },
+            (_, Some(o)) => GateNumbers {
+                field: a.field.clone(),
+                n: o.n,
+                accuracy: (o.n > 0).then_some(o.exact),
+                kappa: o.weighted_kappa,
+                kappa_low: None,
+            },
+            _ => GateNumbers {
+                field: a.field.clone(),
+                n: 0,
+                accuracy: None,
+                kappa: None,
+                kappa_low: None,
+            },
+        })
+        .collect()
+}
+
+pub use crate::agreement::GateNumbers;
+pub use crate::spec::Gate;
+
+/// Judge the quality gate over each gold field. A field is judged once
+/// `gate.min_gold_rows` of its gold rows are graded; κ is compared on its
+/// estimate, or on the lower end of its 95% interval with
+/// `gate_on: lower_bound` (halting only when the judge is surely under). An
+/// undefined κ (one class only) is not compared: there is nothing to say.
+pub fn quality_gate(gate: &Gate, fields: &[GateNumbers]) -> GateCheck {
+    let judged: Vec<&GateNumbers> = fields.iter().filter(|f| f.n >= gate.min_gold_rows).collect();
+    if judged.is_empty() {
+        let most = fields.iter().map(|f| f.n).max().unwrap_or(0);
+        return GateCheck::NotJudged(format!(
+            "not judged yet: {most} gold row{} graded, halt.min_gold_rows is {}",
+            if most == 1 { "" } else { "s" },
+            gate.min_gold_rows
+        ));
+    }
+    let mut passed = Vec::new();
+    for f in judged {
+        if let Some(min) = gate.min_kappa
+            && let Some(kappa) = f.kappa
+        {
+            let (value, what) = match (gate.on, f.kappa_low) {
+                (crate::spec::GateOn::LowerBound, Some(low)) => (low, "the lower end of κ's 95% interval"),
+                _ => (kappa, "κ"),
+            };
+            if value < min {
+                return GateCheck::Failed(format!(
+                    "{}: {what} {value:.3} is under halt.min_kappa {min:.3} ({} gold rows compared)",
+                    f.field, f.n
+                ));
+            }
+            passed.push(format!("{}: {what} {value:.3} ≥ {min:.3}", f.field));
+        }
+        if let Some(min) = gate.min_accuracy
+            && let Some(acc) = f.accuracy
+        {
+            if acc < min {
+                return GateCheck::Failed(format!(
+                    "{}: accuracy {:.1}% is under halt.min_accuracy {:.1}% ({} gold rows compared)",
+                    f.field,
+                    acc * 100.0,
+                    min * 100.0,
+                    f.n
+                ));
+            }
+            passed.push(format!("{}: accuracy {:.1}% ≥ {:.1}%", f.field, acc * 100.0, min * 100.0));
+        }
+    }
+    if passed.is_empty() {
+        return GateCheck::NotJudged(
+            "not judged: κ is undefined for every field (one class only)".into(),
+        );
+    }
+    GateCheck::Passed(passed.join("; "))
+}
+
 /// Should the job stop? Checked after every merge and before every
 /// submission, so that nothing more is spent once the policy is passed.
 /// The failure rate counts final API failures and parse failures (shown
@@ -420,7 +513,11 @@ pub fn halt(
     tally: &Tally,
     spent_usd: f64,
     failures: &[ChunkFailure],
+    quality: &GateCheck,
 ) -> Option<String> {
+    if let GateCheck::Failed(why) = quality {
+        return Some(format!("quality gate: {why}"));
+    }
     if let Some(budget) = policy.max_cost_usd
         && spent_usd > budget
     {

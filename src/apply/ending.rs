@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
-use crate::grades::PropertyStats;
+use crate::agreement::FieldAgreement;
+use crate::grades::{FailureClass, PropertyStats};
+
+use super::decide::GateCheck;
 use crate::state::PlanRecord;
 
 use super::Graded;
@@ -34,6 +37,7 @@ impl Ending {
         match self {
             Ending::Finished => RunEnd::Finished {
                 rows_failed: summary.failed + summary.parse_failures + summary.not_graded > 0,
+                below_gate: summary.gate.as_ref().is_some_and(GateCheck::failed),
             },
             Ending::Halted(_) => RunEnd::Halted,
             Ending::Detached | Ending::Interrupted => RunEnd::StillRunning,
@@ -64,6 +68,16 @@ pub struct Summary {
     /// Parse failures by reason (`not JSON`, `maximum at /accuracy`), most frequent first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parse_failures_by_reason: Vec<(String, u64)>,
+    /// Each failure class (API error code, parse-failure reason) with up
+    /// to three example rows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailureClass>,
+    /// Agreement with the gold values (`output.gold`), per field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agreement: Vec<FieldAgreement>,
+    /// The quality gate's verdict at the end (`halt.min_kappa`, `halt.min_accuracy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateCheck>,
     pub simulated: bool,
     pub message: Option<String>,
     /// Paid at batch prices, what standard prices would have cost, the difference.
@@ -95,6 +109,8 @@ pub struct RunEnd<'a> {
     pub output_path: Option<String>,
     pub simulated: bool,
     pub message: Option<String>,
+    /// The quality gate, judged on the output's agreement when the run finished.
+    pub gate: Option<&'a crate::spec::Gate>,
 }
 
 impl Summary {
@@ -115,6 +131,11 @@ impl Summary {
             distribution: end.graded.distribution,
             grades: end.graded.grades,
             parse_failures_by_reason: end.graded.parse_failures_by_reason,
+            gate: end.gate.map(|g| {
+                super::decide::quality_gate(g, &super::decide::gate_numbers(&end.graded.agreement))
+            }),
+            failures: end.graded.failures,
+            agreement: end.graded.agreement,
             simulated: end.simulated,
             message: end.message,
             receipt: end.snap.receipt,
@@ -144,11 +165,17 @@ mod tests {
             distribution: vec![],
             grades: vec![],
             parse_failures_by_reason: vec![],
+            failures: vec![],
+            agreement: vec![],
+            gate: None,
             simulated: false,
             message: None,
             receipt: Default::default(),
         };
-        let clean = RunEnd::Finished { rows_failed: false };
+        let clean = RunEnd::Finished {
+            rows_failed: false,
+            below_gate: false,
+        };
         assert_eq!(Ending::Finished.run_end(&s), clean);
         assert_eq!(Ending::Halted("x".into()).run_end(&s), RunEnd::Halted);
         assert_eq!(Ending::Detached.run_end(&s), RunEnd::StillRunning);
@@ -160,7 +187,10 @@ mod tests {
                 1 => t.parse_failures = 1,
                 _ => t.not_graded = 1,
             }
-            let failed = RunEnd::Finished { rows_failed: true };
+            let failed = RunEnd::Finished {
+                rows_failed: true,
+                below_gate: false,
+            };
             assert_eq!(Ending::Finished.run_end(&t), failed, "case {bad}");
         }
     }

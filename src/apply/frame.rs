@@ -52,6 +52,8 @@ pub struct RunFrame<'a> {
     /// The pre-flight refused the start: nothing was sent, so no output
     /// (a file of "not graded" rows) may replace an earlier one.
     refused_start: bool,
+    /// The quality gate's watch over the gold rows (`halt.min_kappa`).
+    quality: RefCell<Option<super::quality::QualityWatch>>,
 }
 
 impl<'a> RunFrame<'a> {
@@ -78,7 +80,17 @@ impl<'a> RunFrame<'a> {
             parser,
             throughput: RefCell::default(),
             refused_start: false,
+            quality: RefCell::new(super::quality::QualityWatch::load(store, spec, plan)?),
         })
+    }
+
+    /// The quality gate's verdict now (`settled`: requests with a final
+    /// outcome; nothing is read again while it stays the same).
+    pub fn quality(&self, settled: u64) -> Result<decide::GateCheck> {
+        match self.quality.borrow_mut().as_mut() {
+            None => Ok(decide::GateCheck::NotJudged("no quality gate".into())),
+            Some(w) => w.check(self.store, &self.parser, settled),
+        }
     }
 
     /// A run begins: its events file marks the start.
@@ -230,6 +242,7 @@ impl<'a> RunFrame<'a> {
             output_path: out_path,
             simulated: self.simulated,
             message,
+            gate: self.spec.run.halt.gate.as_ref().filter(|_| write_output),
         });
         Ok((ending, summary))
     }

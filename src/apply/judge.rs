@@ -8,7 +8,8 @@ use std::path::Path;
 
 use crate::answer;
 use crate::error::{Error, Result};
-use crate::grades::{self, PropertyStats};
+use crate::agreement::{Collector, FieldAgreement, Grade};
+use crate::grades::{self, FailureClass, FailureExample, PropertyStats};
 use crate::input::Source;
 use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
 use crate::spec::{CheckedSpec, ParseMode};
@@ -27,7 +28,27 @@ pub struct Graded {
     pub parse_failures_by_reason: Vec<(String, u64)>,
     /// Final API failures by error code, most frequent first.
     pub api_failures_by_code: Vec<(String, u64)>,
+    /// Each failure class with its first few rows: API failures first, then
+    /// parse failures, each most frequent first.
+    pub failures: Vec<FailureClass>,
+    /// Agreement with the gold values, per gold field (`output.gold`).
+    pub agreement: Vec<FieldAgreement>,
+    /// Rows left out of the file (`Rows::Disagreements`).
+    pub left_out: u64,
 }
+
+/// Where a row is and what its gold values are, for the judge.
+pub struct RowAt<'a> {
+    pub number: u64,
+    pub key: &'a str,
+    /// The gold cells, in `spec.gold`'s order (empty without gold).
+    pub gold: Vec<Option<String>>,
+}
+
+/// Example rows kept per failure class.
+const FAILURE_EXAMPLES: usize = 3;
+/// Longest error message kept with an example.
+const ERROR_CUT: usize = 300;
 
 /// Turns each row's outcome into its output values and adds up what the
 /// grades look like; the one place both the output file and `report` judge
@@ -39,6 +60,12 @@ struct Judge {
     tally: grades::Tally,
     written: Written,
     failure_codes: BTreeMap<String, u64>,
+    /// Failure classes by (kind, class), with their first rows.
+    failures: BTreeMap<(&'static str, String), FailureClass>,
+    agreement: Collector,
+    /// Leave out of the file every row with no disagreement.
+    only_disagreements: bool,
+    left_out: u64,
 }
 
 impl Judge {
@@ -50,10 +77,53 @@ impl Judge {
             tally: grades::Tally::new(spec.schema.as_ref()),
             written: Written::default(),
             failure_codes: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            agreement: Collector::new(&spec.gold),
+            only_disagreements: false,
+            left_out: 0,
         })
     }
 
-    fn row(&mut self, outcome: Option<Outcome>) -> RowResult {
+    fn fail(&mut self, kind: &'static str, class: &str, at: &RowAt, raw: &str, error: &str) {
+        let c = self
+            .failures
+            .entry((kind, class.to_string()))
+            .or_insert_with(|| FailureClass {
+                kind: kind.to_string(),
+                class: class.to_string(),
+                rows: 0,
+                examples: Vec::new(),
+            });
+        c.rows += 1;
+        if c.examples.len() < FAILURE_EXAMPLES {
+            c.examples.push(FailureExample {
+                row: at.number,
+                key: at.key.to_string(),
+                raw: crate::agreement::cut(raw, crate::agreement::RAW_CUT),
+                error: crate::agreement::cut(error, ERROR_CUT),
+            });
+        }
+    }
+
+    fn row(&mut self, at: RowAt, outcome: Option<Outcome>) -> RowResult {
+        let mut r = self.judge(&at, outcome);
+        if !self.agreement.is_empty() {
+            let grade = (r.status == RowStatus::Ok).then(|| Grade {
+                text: &r.value,
+                json: r.json.as_ref(),
+            });
+            r.agrees = self
+                .agreement
+                .add(at.number, at.key, &at.gold, grade, &r.raw);
+        }
+        if self.only_disagreements {
+            r.omit = !r.agrees.contains(&Some(false));
+            self.left_out += u64::from(r.omit);
+        }
+        r
+    }
+
+    fn judge(&mut self, at: &RowAt, outcome: Option<Outcome>) -> RowResult {
         let r = match outcome {
             Some(Outcome::Success(res)) => {
                 let mut r = RowResult {
@@ -75,6 +145,7 @@ impl Judge {
                     }
                     Err(why) => {
                         self.tally.fail(&why.class);
+                        self.fail("parse", &why.class, at, &res.answer, &why.message);
                         r.status = RowStatus::ParseError;
                         r.error = why.message;
                     }
@@ -83,6 +154,7 @@ impl Judge {
             }
             Some(Outcome::Failure(f)) => {
                 *self.failure_codes.entry(f.code.clone()).or_default() += 1;
+                self.fail("api", &f.code, at, "", &format!("{}: {}", f.code, f.message));
                 RowResult {
                     status: RowStatus::Failed,
                     error: format!("{}: {}", f.code, f.message),
@@ -106,12 +178,27 @@ impl Judge {
         }
         let mut codes: Vec<(String, u64)> = self.failure_codes.into_iter().collect();
         codes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut failures: Vec<FailureClass> = self.failures.into_values().collect();
+        failures.sort_by(|a, b| {
+            (a.kind != "api", std::cmp::Reverse(a.rows), &a.class).cmp(&(
+                b.kind != "api",
+                std::cmp::Reverse(b.rows),
+                &b.class,
+            ))
+        });
         Graded {
             written: self.written,
             distribution: dist,
             grades: self.tally.properties(),
             parse_failures_by_reason: self.tally.failures(),
             api_failures_by_code: codes,
+            failures,
+            agreement: if self.agreement.is_empty() {
+                Vec::new()
+            } else {
+                self.agreement.finish()
+            },
+            left_out: self.left_out,
         }
     }
 }
@@ -130,8 +217,17 @@ pub fn write_output_file(
         plan,
         &spec.output_path,
         spec.output().format,
+        Rows::All,
         ui,
     )
+}
+
+/// Which rows an output file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    All,
+    /// Only rows where the judge and a gold value differ (`export --disagreements`).
+    Disagreements,
 }
 
 /// Same, to any path and format (`export`).
@@ -141,6 +237,7 @@ pub fn write_output_to(
     plan: &PlanRecord,
     path: &Path,
     format: Option<crate::spec::Format>,
+    rows: Rows,
     ui: &Ui,
 ) -> Result<Graded> {
     let format = output::format_for(path, format)?;
@@ -163,6 +260,7 @@ pub fn write_output_to(
         store.layout().root(),
     )?;
     let mut judge = Judge::new(spec)?;
+    judge.only_disagreements = rows == Rows::Disagreements;
     let added = AddedColumns::for_spec(spec);
     let sources: Vec<Source> = spec
         .inputs
@@ -205,7 +303,12 @@ pub fn write_output_to(
             }
             return Ok(RowResult::default());
         }
-        Ok(judge.row(store.outcome(&req.fingerprint)?))
+        let at = RowAt {
+            number: row.number,
+            key: &key,
+            gold: crate::agreement::gold_cells(&spec.gold, row),
+        };
+        Ok(judge.row(at, store.outcome(&req.fingerprint)?))
     };
     let before_commit = || match changed_count.get() {
         0 => Ok(()),
@@ -230,11 +333,36 @@ pub fn write_output_to(
 /// read): the same judgement as the output file's, for `report`.
 pub fn grade_stats(store: &JobStore, spec: &CheckedSpec, plan: &PlanRecord) -> Result<Graded> {
     let mut judge = Judge::new(spec)?;
+    let mut gold = gold_rows(store, spec, plan)?.into_iter().peekable();
     for req in store.requests(plan.generation) {
         let req = req?;
-        judge.row(store.outcome(&req.fingerprint)?);
+        let cells = match gold.peek() {
+            Some(g) if g.row == req.row => gold.next().map(|g| g.gold).unwrap_or_default(),
+            _ => vec![None; spec.gold.len()],
+        };
+        let at = RowAt {
+            number: req.row,
+            key: &req.key,
+            gold: cells,
+        };
+        judge.row(at, store.outcome(&req.fingerprint)?);
     }
     Ok(judge.finish())
+}
+
+/// The gold values the plan recorded, in row order (none without `output.gold`).
+pub fn gold_rows(
+    store: &JobStore,
+    spec: &CheckedSpec,
+    plan: &PlanRecord,
+) -> Result<Vec<crate::state::gold::GoldRow>> {
+    if spec.gold.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = store.plan_dir(plan.generation);
+    crate::state::gold::read(&dir)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Error::io("read gold values in", &dir, e))
 }
 
 /// `n` rows whose request is not the planned one (`named`: the first few).

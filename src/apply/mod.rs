@@ -26,12 +26,13 @@ mod ending;
 mod frame;
 mod judge;
 mod progress;
+mod quality;
 mod runner;
 pub mod throughput;
 
 pub use ending::{ApplyOptions, Ending, RunEnd, Summary};
 pub use frame::{RunFrame, snapshot_of, tally_of};
-pub use judge::{Graded, grade_stats, write_output_file, write_output_to};
+pub use judge::{Graded, Rows, grade_stats, gold_rows, write_output_file, write_output_to};
 pub use progress::Progress;
 pub use runner::Runner;
 

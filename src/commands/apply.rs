@@ -243,6 +243,7 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
                 }
             )?;
         }
+        render_quality(w, p, s)?;
     }
     writeln!(
         w,
@@ -257,6 +258,26 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
     }
     if let Some(path) = &s.output_path {
         writeln!(w, "  output      {path}")?;
+    }
+    Ok(())
+}
+
+/// Agreement with the gold values, the quality gate, and example rows of
+/// each failure class.
+fn render_quality(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
+    use crate::agreement::text;
+    for a in &s.agreement {
+        for (head, body) in text::field_lines(a) {
+            writeln!(w, "  {head:<12}{body}")?;
+        }
+    }
+    if let Some(g) = &s.gate {
+        let line = text::gate_line(g);
+        let line = if g.failed() { p.bold(&line) } else { line };
+        writeln!(w, "  {:<12}{line}", "gate")?;
+    }
+    for (head, body) in text::failure_lines(&s.failures) {
+        writeln!(w, "  {head:<12}{body}")?;
     }
     Ok(())
 }
@@ -331,6 +352,9 @@ mod tests {
             distribution: (1..=10).map(|g| (g.to_string(), 5_000 - g * 7)).collect(),
             grades: vec![],
             parse_failures_by_reason: vec![],
+            failures: vec![],
+            agreement: vec![],
+            gate: None,
             simulated: false,
             message: None,
             receipt: Receipt {

@@ -4,16 +4,36 @@ use std::io::Write;
 use std::path::Path;
 
 use super::job;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exit::Code;
 use crate::settings::Global;
 use crate::state::JobStore;
 use crate::ui::{Ui, num, print_json};
 
-pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result<Code> {
+pub fn run(
+    g: &Global,
+    job: Option<&str>,
+    out: Option<&Path>,
+    disagreements: bool,
+    ui: &Ui,
+) -> Result<Code> {
     let job = job::resolve(&g.state_root, job)?;
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;
+    if disagreements {
+        if spec.gold.is_empty() {
+            return Err(Error::usage_with_hint(
+                format!("job `{job}` has no gold values, so there are no disagreements to export"),
+                "name the column with the expected values in the spec's `output.gold`, then run `batchgrader apply SPEC` (no answer is paid for again)",
+            ));
+        }
+        if out.is_none() {
+            return Err(Error::usage_with_hint(
+                "--disagreements writes only some rows, so it needs a file of its own",
+                format!("add `--out FILE`, e.g. `batchgrader export {job} --disagreements --out disagreements.csv`"),
+            ));
+        }
+    }
     let plan = job::current_plan(&store, &job)?;
     let path = out.map_or_else(|| spec.output_path.clone(), Path::to_path_buf);
     crate::protect::check_output(
@@ -36,25 +56,44 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         } else {
             spec.output().format
         },
+        if disagreements {
+            crate::apply::Rows::Disagreements
+        } else {
+            crate::apply::Rows::All
+        },
         ui,
-    )?
-    .written;
+    )?;
+    let shown = w.written.rows - w.left_out;
+    let w = w.written;
     if ui.json {
-        print_json(
-            &serde_json::json!({"job": job, "output_path": path.display().to_string(), "written": w}),
-        );
+        let mut v = serde_json::json!({"job": job, "output_path": path.display().to_string(), "written": w});
+        if disagreements {
+            v["disagreements"] = shown.into();
+        }
+        print_json(&v);
     }
     ui.show(|out| {
-        writeln!(
-            out,
-            "{}: {} rows ({} graded, {} parse failures, {} failed, {} not graded)",
-            path.display(),
-            num(w.rows),
-            num(w.ok),
-            num(w.parse_errors),
-            num(w.failed),
-            num(w.not_graded)
-        )
+        if disagreements {
+            writeln!(
+                out,
+                "{}: {} row{} where the judge and a gold value differ (of {} rows)",
+                path.display(),
+                num(shown),
+                if shown == 1 { "" } else { "s" },
+                num(w.rows),
+            )
+        } else {
+            writeln!(
+                out,
+                "{}: {} rows ({} graded, {} parse failures, {} failed, {} not graded)",
+                path.display(),
+                num(w.rows),
+                num(w.ok),
+                num(w.parse_errors),
+                num(w.failed),
+                num(w.not_graded)
+            )
+        }
     });
     Ok(Code::Success)
 }

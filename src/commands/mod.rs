@@ -74,7 +74,11 @@ fn dispatch(g: &Global, invocation: Invocation, ui: &Ui) -> Result<Code> {
         } => status::run(g, job.as_deref(), watch, exit_status, ui),
         Invocation::Cancel { job } => cancel::run(g, job.as_deref(), ui),
         Invocation::Costs { since } => costs::run(g, since, ui),
-        Invocation::Export { job, out } => export::run(g, job.as_deref(), out.as_deref(), ui),
+        Invocation::Export {
+            job,
+            out,
+            disagreements,
+        } => export::run(g, job.as_deref(), out.as_deref(), disagreements, ui),
         Invocation::Report { job, out } => report::run(g, job.as_deref(), out.as_deref(), ui),
         Invocation::SimulateServer { config, port } => simulate_server::run(config, port),
         Invocation::Tokens { target, limit } => tokens::run(&target, limit, ui),

@@ -193,6 +193,14 @@ pub(super) fn build(
     };
     let records = RequestWriter::create(scratch)
         .map_err(|e| Error::io("create request records in", scratch, e))?;
+    let gold = if spec.gold.is_empty() {
+        None
+    } else {
+        Some(
+            state::gold::Writer::create(scratch)
+                .map_err(|e| Error::io("create gold values in", scratch, e))?,
+        )
+    };
     let builder = request_builder(spec, prompt);
     let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
     let id_column = spec.input().id.as_deref();
@@ -209,6 +217,7 @@ pub(super) fn build(
         store,
         lines,
         records,
+        gold,
         scratch,
         items: Vec::new(),
         outstanding: 0,
@@ -302,6 +311,7 @@ pub(super) fn build(
         ids,
         lines,
         records,
+        gold,
         ..
     } = sink;
     bar.finish_and_clear();
@@ -319,6 +329,10 @@ pub(super) fn build(
     records
         .finish()
         .map_err(|e| Error::io("write request records in", scratch, e))?;
+    if let Some(gold) = gold {
+        gold.finish()
+            .map_err(|e| Error::io("write gold values in", scratch, e))?;
+    }
     if let Some(ids) = ids {
         let lookup = RequestLookup::open(scratch)
             .map_err(|e| Error::io("read request records in", scratch, e))?;
@@ -408,6 +422,8 @@ struct Sink<'a> {
     store: &'a JobStore,
     lines: Lines,
     records: RequestWriter,
+    /// The rows' gold values, when the spec names gold columns.
+    gold: Option<state::gold::Writer>,
     scratch: &'a Path,
     /// Every outstanding request's size, kept only for a forced chunk count.
     items: Vec<Item>,
@@ -461,6 +477,10 @@ impl Sink<'_> {
                     seq,
                 })
                 .map_err(|e| Error::io("write request records in", self.scratch, e))?;
+            if let Some(gold) = &mut self.gold {
+                gold.push(row.number, crate::agreement::gold_cells(&spec.gold, row))
+                    .map_err(|e| Error::io("write gold values in", self.scratch, e))?;
+            }
         }
         Ok(())
     }

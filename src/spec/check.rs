@@ -94,6 +94,9 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     if problems.is_empty() {
         problems.extend(answer_schema_problems(path, &mut json, &locator));
     }
+    if problems.is_empty() {
+        problems.extend(super::gold::problems(&json, &locator));
+    }
     if !problems.is_empty() {
         problems.sort_by_key(|p| (p.line, p.column));
         return Err(invalid(problems));

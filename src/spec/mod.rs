@@ -8,6 +8,7 @@
 //! Every problem found is reported, each with `FILE:LINE:COL: field.path: message`.
 
 mod check;
+mod gold;
 pub mod limits;
 mod locate;
 mod place;
@@ -20,10 +21,11 @@ pub mod units;
 use std::path::{Path, PathBuf};
 
 pub use check::check;
+pub use gold::{GoldField, GoldKind};
 pub use locate::{Seg, dotted, from_pointer};
 use resolve::resolve;
 pub use resolve::{
-    CheckedSpec, DEFAULT_ANTHROPIC_VERSION, Endpoint, HaltPolicy, RunSettings, Wire, from_saved,
+    CheckedSpec, DEFAULT_ANTHROPIC_VERSION, Endpoint, Gate, HaltPolicy, RunSettings, Wire, from_saved,
 };
 pub use types::*;
 

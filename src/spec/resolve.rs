@@ -83,7 +83,22 @@ pub struct HaltPolicy {
     pub on_chunk_failure: bool,
     pub max_failure_rate: Option<f64>,
     pub max_cost_usd: Option<f64>,
+    /// The quality gate, when `halt.min_kappa` or `halt.min_accuracy` is set.
+    pub gate: Option<Gate>,
 }
+
+/// The quality gate: how well the judge must agree with the gold values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    pub min_kappa: Option<f64>,
+    pub min_accuracy: Option<f64>,
+    /// Gold rows graded before the gate is judged.
+    pub min_gold_rows: u64,
+    pub on: super::GateOn,
+}
+
+/// `halt.min_gold_rows` when the spec sets none.
+pub const DEFAULT_MIN_GOLD_ROWS: u64 = 50;
 
 /// How a run behaves, whatever its lane: halt policy, attempts, give-up,
 /// how much may be in flight, how often batches are polled.
@@ -151,6 +166,8 @@ pub struct CheckedSpec {
     pub max_bytes: Option<u64>,
     /// The answer's JSON Schema: `output.schema`, or the content of `output.schema_file`.
     pub schema: Option<Value>,
+    /// The graded fields with a gold column (`output.gold`), in output order.
+    pub gold: Vec<super::GoldField>,
     pub wire: Wire,
     pub run: RunSettings,
     pub endpoint: Endpoint,
@@ -209,6 +226,16 @@ pub fn from_saved(spec_file: &Path, value: Value) -> Result<CheckedSpec, SpecErr
     Ok(resolve(spec_file, spec))
 }
 
+fn gate(h: &super::Halt) -> Option<Gate> {
+    let min_accuracy = h.min_accuracy.as_ref().and_then(|r| r.fraction().ok());
+    (h.min_kappa.is_some() || min_accuracy.is_some()).then(|| Gate {
+        min_kappa: h.min_kappa,
+        min_accuracy,
+        min_gold_rows: h.min_gold_rows.unwrap_or(DEFAULT_MIN_GOLD_ROWS),
+        on: h.gate_on.unwrap_or_default(),
+    })
+}
+
 pub(super) fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
     let base = file.parent().unwrap_or(Path::new(""));
     let rel = |p: &str| -> PathBuf {
@@ -243,6 +270,7 @@ pub(super) fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
             on_chunk_failure: spec.halt.on_chunk_failure,
             max_failure_rate,
             max_cost_usd: spec.halt.max_cost_usd,
+            gate: gate(&spec.halt),
         },
         max_attempts: spec.retry.max_attempts,
         give_up_after: units::parse_duration(&spec.retry.give_up_after)
@@ -277,6 +305,10 @@ pub(super) fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
         examples_file: spec.prompt.examples_file.as_deref().map(rel),
         max_bytes,
         schema: spec.output.schema.clone().map(Value::Object),
+        gold: super::gold::resolve(
+            &spec.output,
+            spec.output.schema.clone().map(Value::Object).as_ref(),
+        ),
         wire,
         run,
         endpoint,

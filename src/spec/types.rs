@@ -339,6 +339,21 @@ pub struct Output {
     /// Add prompt/completion token columns to the output.
     #[serde(default)]
     pub include_usage: bool,
+    /// Input column(s) holding the expected value, to measure how well the
+    /// judge agrees: one column for the graded field, or with `schema` a map
+    /// from top-level property to column. Empty cells mean "no gold for this
+    /// row". Gold columns are never sent to the model and are not part of
+    /// any request, so adding or editing them sends nothing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold: Option<Gold>,
+}
+
+/// `output.gold`: one column, or a map from schema property to column.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Gold {
+    Column(#[schemars(length(min = 1))] String),
+    Properties(std::collections::BTreeMap<String, String>),
 }
 
 fn default_field() -> String {
@@ -512,4 +527,30 @@ pub struct Halt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub max_cost_usd: Option<f64>,
+    /// Stop when Cohen's κ between the judge and `output.gold` falls under
+    /// this (once `min_gold_rows` gold rows are graded); a finished job under
+    /// it exits with its own code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1.0, max = 1.0))]
+    pub min_kappa: Option<f64>,
+    /// The same with accuracy (a share such as 0.8 or `80%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_accuracy: Option<Rate>,
+    /// Gold rows that must be graded before the quality gate is judged (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_gold_rows: Option<u64>,
+    /// Judge the gate on the estimate (default) or on the lower end of κ's
+    /// 95% interval (`lower_bound`: halts only when the judge is surely under).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_on: Option<GateOn>,
+}
+
+/// Which value of κ the quality gate compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GateOn {
+    #[default]
+    Estimate,
+    LowerBound,
 }

@@ -15,6 +15,7 @@
 //! new one, never a mix.
 
 pub mod chunkfile;
+pub mod gold;
 pub mod journal;
 pub mod layout;
 mod outcome_index;

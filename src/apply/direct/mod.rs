@@ -361,8 +361,13 @@ impl<'a> DirectRunner<'a> {
                 return Ok(PassEnd::Interrupted);
             }
             if halting.is_none()
-                && let Some(reason) =
-                    decide::halt(&self.frame.policy(), &self.tally, self.spent(), &[])
+                && let Some(reason) = decide::halt(
+                    &self.frame.policy(),
+                    &self.tally,
+                    self.spent(),
+                    &[],
+                    &self.frame.quality(self.tally.settled())?,
+                )
             {
                 self.event(&format!(
                     "halting: {reason}; waiting for the {} request{} in flight",

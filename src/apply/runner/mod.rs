@@ -161,7 +161,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 return self.finish(Ending::Halted(reason)).await;
             }
             if step.all_merged {
-                if let Some(reason) = self.halt_reason(&units) {
+                if let Some(reason) = self.halt_reason(&units)? {
                     return self.finish(Ending::Halted(reason)).await;
                 }
                 // Every request has a final outcome: nothing to retry, and
@@ -198,7 +198,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 // Halt decisions come before spending (a recovery may create).
                 if self.halting.is_none()
                     && matches!(action, Action::Submit(_) | Action::Recover(_))
-                    && let Some(reason) = self.halt_reason(&units)
+                    && let Some(reason) = self.halt_reason(&units)?
                 {
                     self.start_halt(&mut units, reason).await?;
                     break;
@@ -238,7 +238,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 self.write_status(&units, RunState::Running, None);
                 if merged
                     && self.halting.is_none()
-                    && let Some(reason) = self.halt_reason(&units)
+                    && let Some(reason) = self.halt_reason(&units)?
                 {
                     self.start_halt(&mut units, reason).await?;
                     break;
@@ -288,14 +288,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         }
     }
 
-    fn halt_reason(&self, units: &[UnitRecord]) -> Option<String> {
+    fn halt_reason(&self, units: &[UnitRecord]) -> Result<Option<String>> {
         let spent: f64 = units.iter().map(|u| u.cost_usd).sum();
-        decide::halt(
+        Ok(decide::halt(
             &self.frame.policy(),
             &self.tally,
             spent,
             &decide::chunk_failures(units),
-        )
+            &self.frame.quality(self.tally.settled())?,
+        ))
     }
 
     fn view(&self, u: &UnitRecord, now: Instant) -> UnitView {
