@@ -515,7 +515,11 @@ pub fn halt(
     failures: &[ChunkFailure],
     quality: &GateCheck,
 ) -> Option<String> {
-    if let GateCheck::Failed(why) = quality {
+    // With nothing left to send, the gate stops no spending: the run
+    // finishes, and its end says the gate failed (an exit code of its own).
+    if let GateCheck::Failed(why) = quality
+        && tally.pending > 0
+    {
         return Some(format!("quality gate: {why}"));
     }
     if let Some(budget) = policy.max_cost_usd
@@ -1190,8 +1194,9 @@ mod tests {
                 Some("spend $1.01 passed halt.max_cost_usd $1.00"),
             ),
         ];
+        let quiet = GateCheck::NotJudged("no quality gate".into());
         for (name, policy, t, spent, failures, want) in cases {
-            let got = halt(&policy, &t, spent, &failures);
+            let got = halt(&policy, &t, spent, &failures, &quiet);
             match want {
                 None => assert_eq!(got, None, "{name}"),
                 Some(w) => {
@@ -1199,6 +1204,76 @@ mod tests {
                     assert!(got.contains(w), "{name}: {got}");
                 }
             }
+        }
+        // A failed quality gate halts whatever else holds; a passed one does not.
+        let failed = GateCheck::Failed("answer: κ 0.200 is under halt.min_kappa 0.600".into());
+        let mut open = tally(1, 0, 0);
+        open.pending = 5;
+        let got = halt(&HaltPolicy::default(), &open, 0.0, &[], &failed);
+        assert_eq!(
+            got.as_deref(),
+            Some("quality gate: answer: κ 0.200 is under halt.min_kappa 0.600")
+        );
+        // Nothing left to send: nothing to stop; the end says it.
+        assert_eq!(halt(&HaltPolicy::default(), &tally(1, 0, 0), 0.0, &[], &failed), None);
+        let passed = GateCheck::Passed("answer: κ 0.9 ≥ 0.6".into());
+        assert_eq!(halt(&HaltPolicy::default(), &tally(1, 0, 0), 0.0, &[], &passed), None);
+    }
+
+    #[test]
+    fn quality_gate_table() {
+        use crate::spec::GateOn;
+        let gate = |min_kappa: Option<f64>, min_accuracy: Option<f64>, on: GateOn| Gate {
+            min_kappa,
+            min_accuracy,
+            min_gold_rows: 50,
+            on,
+        };
+        let field = |n: u64, accuracy: f64, kappa: Option<f64>, low: Option<f64>| GateNumbers {
+            field: "answer".into(),
+            n,
+            accuracy: Some(accuracy),
+            kappa,
+            kappa_low: low,
+        };
+        let est = GateOn::Estimate;
+        let low = GateOn::LowerBound;
+        // (name, gate, fields, want: "not", "pass" or "fail" and a word of the message)
+        let cases: Vec<(&str, Gate, Vec<GateNumbers>, &str, &str)> = vec![
+            ("too few gold rows", gate(Some(0.6), None, est), vec![field(49, 0.1, Some(0.1), None)], "not", "49 gold rows graded, halt.min_gold_rows is 50"),
+            ("no field at all", gate(Some(0.6), None, est), vec![], "not", "0 gold rows"),
+            ("kappa at the minimum passes", gate(Some(0.6), None, est), vec![field(50, 0.8, Some(0.6), None)], "pass", "κ 0.600 ≥ 0.600"),
+            ("kappa under", gate(Some(0.6), None, est), vec![field(50, 0.8, Some(0.59), None)], "fail", "κ 0.590 is under halt.min_kappa 0.600 (50 gold rows compared)"),
+            ("lower bound under the minimum fails", gate(Some(0.6), None, low), vec![field(80, 0.8, Some(0.7), Some(0.55))], "fail", "the lower end of κ's 95% interval 0.550"),
+            ("estimate over, bound ignored without lower_bound", gate(Some(0.6), None, est), vec![field(80, 0.8, Some(0.7), Some(0.55))], "pass", "κ 0.700"),
+            ("lower bound missing: the estimate is used", gate(Some(0.6), None, low), vec![field(80, 0.8, Some(0.7), None)], "pass", "κ 0.700"),
+            ("undefined kappa is not compared", gate(Some(0.6), None, est), vec![field(80, 1.0, None, None)], "not", "κ is undefined"),
+            ("accuracy under", gate(None, Some(0.9), est), vec![field(60, 0.85, Some(0.8), None)], "fail", "accuracy 85.0% is under halt.min_accuracy 90.0%"),
+            ("both pass", gate(Some(0.5), Some(0.8), est), vec![field(60, 0.85, Some(0.8), None)], "pass", "accuracy 85.0% ≥ 80.0%"),
+            (
+                "one field under fails the gate",
+                gate(Some(0.5), None, est),
+                vec![field(60, 0.9, Some(0.8), None), GateNumbers { field: "answer.urgency".into(), ..field(60, 0.5, Some(0.3), None) }],
+                "fail",
+                "answer.urgency: κ 0.300",
+            ),
+            (
+                "a field with too few rows is left out, the other judged",
+                gate(Some(0.5), None, est),
+                vec![field(60, 0.9, Some(0.8), None), GateNumbers { field: "answer.urgency".into(), ..field(10, 0.5, Some(0.1), None) }],
+                "pass",
+                "answer: κ 0.800",
+            ),
+        ];
+        for (name, g, fields, want, words) in cases {
+            let got = quality_gate(&g, &fields);
+            let (kind, msg) = match &got {
+                GateCheck::NotJudged(m) => ("not", m),
+                GateCheck::Passed(m) => ("pass", m),
+                GateCheck::Failed(m) => ("fail", m),
+            };
+            assert_eq!(kind, want, "{name}: {got:?}");
+            assert!(msg.contains(words), "{name}: {msg}");
         }
     }
 

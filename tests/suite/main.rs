@@ -4,6 +4,7 @@
 
 mod common;
 
+mod agreement;
 mod anthropic;
 mod apply;
 mod bad_input;

@@ -1,0 +1,176 @@
+//! Gold values (`output.gold`): agreement computed from the run, checked
+//! number for number against a computation of our own from the output
+//! file and the gold column; gold edits that send nothing again; the
+//! quality gate halting a run mid-way and failing a finished one.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::common::Sandbox;
+use crate::common::jobs::{Job, OpenAi, batches};
+use crate::common::sim::Server;
+
+/// `rows` rows (`id`, `text`, `expected`): `expected` empty for every
+/// tenth row, `seven` (not a number) in row 4, otherwise `gold(i)`.
+fn input(rows: usize, gold: impl Fn(usize) -> u64) -> String {
+    let mut csv = String::from("id,text,expected\n");
+    for i in 1..=rows {
+        let g = match i {
+            4 => "seven".to_string(),
+            _ if i % 10 == 0 => String::new(),
+            _ => gold(i).to_string(),
+        };
+        csv.push_str(&format!("r{i:03},answer number {i},{g}\n"));
+    }
+    csv
+}
+
+/// The output file's rows, by column name.
+fn output_rows(sb: &Sandbox) -> Vec<HashMap<String, String>> {
+    let text = sb.read("out/graded.csv");
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    rdr.records()
+        .map(|r| {
+            let r = r.unwrap();
+            header.iter().cloned().zip(r.iter().map(String::from)).collect()
+        })
+        .collect()
+}
+
+/// Exact agreement, within 1, MAE and bias from the output file alone.
+fn recompute(rows: &[HashMap<String, String>]) -> (u64, f64, f64, f64, f64) {
+    let pairs: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r["grade_status"] == "ok")
+        .filter_map(|r| Some((r["expected"].trim().parse::<f64>().ok()?, r["grade"].parse::<f64>().ok()?)))
+        .collect();
+    let n = pairs.len() as f64;
+    let exact = pairs.iter().filter(|(g, j)| g == j).count() as f64 / n;
+    let within = pairs.iter().filter(|(g, j)| (g - j).abs() <= 1.0).count() as f64 / n;
+    let mae = pairs.iter().map(|(g, j)| (j - g).abs()).sum::<f64>() / n;
+    let bias = pairs.iter().map(|(g, j)| j - g).sum::<f64>() / n;
+    (pairs.len() as u64, exact, within, mae, bias)
+}
+
+fn close(a: &Value, b: f64, what: &str) {
+    let a = a.as_f64().unwrap_or_else(|| panic!("{what}: {a}"));
+    assert!((a - b).abs() < 1e-9, "{what}: {a} vs {b}");
+}
+
+fn check_against_output(sb: &Sandbox, summary: &Value) {
+    let a = &summary["agreement"][0];
+    assert_eq!(a["field"], "grade", "{a}");
+    assert_eq!(a["gold_column"], "expected");
+    assert_eq!(a["kind"], "ordinal");
+    let rows = output_rows(sb);
+    let (n, exact, within, mae, bias) = recompute(&rows);
+    assert_eq!(a["n"], n, "{a}");
+    close(&a["exact"], exact, "exact");
+    close(&a["within_1"], within, "within_1");
+    close(&a["mae"], mae, "mae");
+    close(&a["bias"], bias, "bias");
+    // Rows without gold, and the typo named, not compared.
+    let empty = rows.iter().filter(|r| r["expected"].is_empty()).count();
+    assert_eq!(a["missing_gold"], empty as u64);
+    assert_eq!(a["unknown_gold"][0]["value"], "seven", "{a}");
+    // The agrees column says the same, row by row.
+    for r in &rows {
+        let want = match (r["expected"].parse::<f64>(), r["grade"].parse::<f64>()) {
+            (Ok(g), Ok(j)) if r["grade_status"] == "ok" => (g == j).to_string(),
+            _ => String::new(),
+        };
+        assert_eq!(r["grade_agrees"], want, "{r:?}");
+    }
+}
+
+#[test]
+fn agreement_matches_the_output_and_a_gold_edit_sends_nothing() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", input(60, |i| (i % 11) as u64));
+    let job = Job::new(OpenAi, "gold", &server.url);
+    let yaml = job
+        .yaml("")
+        .replace("  parse: number\n", "  parse: number\n  gold: expected\n");
+    sb.write("job.yaml", yaml);
+    let run = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let first = run.json();
+    check_against_output(&sb, &first);
+    assert!(run.stderr.contains("grade vs expected"), "{}", run.stderr);
+    let made = batches(&server.stats()).len();
+
+    // New gold values: nothing is sent again, the agreement follows them.
+    sb.write("in.csv", input(60, |i| (i % 3) as u64));
+    let again = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let second = again.json();
+    assert_eq!(batches(&server.stats()).len(), made, "a gold edit sent requests");
+    assert_eq!(second["already_graded_before"], 60, "{second}");
+    check_against_output(&sb, &second);
+    assert_ne!(first["agreement"][0]["mae"], second["agreement"][0]["mae"]);
+
+    // Every disagreement, and only those, through export.
+    let export = sb.run(&["export", "gold", "--disagreements", "--out", "differ.csv"]);
+    assert_eq!(export.code, 0, "{export:?}");
+    let text = sb.read("differ.csv");
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let listed = rdr.records().count();
+    let want = output_rows(&sb)
+        .iter()
+        .filter(|r| r["grade_agrees"] == "false")
+        .count();
+    assert!(want > 0);
+    assert_eq!(listed, want, "{text}");
+    // Without --out it refuses: the job's output holds every row.
+    let bare = sb.run(&["export", "gold", "--disagreements"]);
+    assert_eq!(bare.code, 2, "{bare:?}");
+    assert!(bare.stderr.contains("--out"), "{}", bare.stderr);
+}
+
+/// A gate the judge cannot pass: after the first batch's merge the run
+/// halts, and nothing more is submitted.
+#[test]
+fn the_quality_gate_halts_a_run_mid_way() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", input(50, |i| (i * 7 % 11) as u64));
+    let job = Job::new(OpenAi, "gate", &server.url).chunk(10).in_flight(1);
+    let yaml = job
+        .yaml("halt:\n  min_kappa: 0.95\n  min_gold_rows: 5\n")
+        .replace("  parse: number\n", "  parse: number\n  gold: expected\n");
+    sb.write("job.yaml", yaml);
+    let run = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let s = run.json();
+    let msg = s["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("quality gate") && msg.contains("halt.min_kappa 0.950"), "{s}");
+    assert_eq!(batches(&server.stats()).len(), 1, "submitted after the gate failed");
+    assert_eq!(s["graded"].as_u64().unwrap() + s["parse_failures"].as_u64().unwrap(), 10, "{s}");
+}
+
+/// The same gate judged only at the end (more gold rows needed than a
+/// batch holds, so no halt): the job finishes and exits 6.
+#[test]
+fn a_finished_job_under_the_gate_exits_6() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", input(30, |i| (i * 7 % 11) as u64));
+    let job = Job::new(OpenAi, "gate-end", &server.url).chunk(30);
+    let yaml = job
+        .yaml("halt:\n  min_accuracy: 99%\n  min_gold_rows: 5\n")
+        .replace("  parse: number\n", "  parse: number\n  gold: expected\n");
+    sb.write("job.yaml", yaml);
+    let run = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let s = run.json();
+    assert_eq!(s["ending"], "finished", "{s}");
+    assert_eq!(s["gate"]["verdict"], "failed", "{s}");
+    assert!(
+        s["gate"]["message"].as_str().unwrap().contains("halt.min_accuracy 99.0%"),
+        "{s}"
+    );
+    assert!(run.stderr.contains("FAILED"), "{}", run.stderr);
+}
