@@ -5,12 +5,12 @@
 pub mod metrics;
 pub mod text;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use metrics::{Binary, Categorical, ClassStats, Confusion, Interval, Ordinal};
 
 /// How a field's values compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Labels, enums, booleans, regex captures, text (exact after trimming).
@@ -21,14 +21,14 @@ pub enum Kind {
 
 /// A gold value that is not among the field's classes (a typo in the gold
 /// file), with how many rows hold it. Such rows are left out of the metrics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnknownGold {
     pub value: String,
     pub rows: u64,
 }
 
 /// One row where the judge and the gold value differ.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Disagreement {
     /// The row's number in the input (1-based, as the output's order).
     pub row: u64,
@@ -41,7 +41,7 @@ pub struct Disagreement {
 }
 
 /// Agreement of one graded field (or schema property) with its gold column.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FieldAgreement {
     /// `answer`, or `answer.category` for a schema property.
     pub field: String,
@@ -407,7 +407,7 @@ fn example(row: u64, key: &str, pair: &(String, String), raw: &str) -> Disagreem
 }
 
 /// What the quality gate (`halt.min_kappa`, `halt.min_accuracy`) says.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", content = "message", rename_all = "snake_case")]
 pub enum GateCheck {
     /// No gate, or too few gold rows graded yet to judge it.
