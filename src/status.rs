@@ -143,6 +143,21 @@ pub struct Snapshot {
     /// errors by class and the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct: Option<DirectView>,
+    /// What the last output pass found: agreement with the gold values,
+    /// failure examples, the quality gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+}
+
+/// The output pass's findings, kept for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quality {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agreement: Vec<crate::agreement::FieldAgreement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<crate::grades::FailureClass>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::agreement::GateCheck>,
 }
 
 /// What a direct-mode run is doing.
@@ -576,6 +591,7 @@ mod tests {
                 parked,
             ],
             direct: None,
+            quality: None,
         }
     }
 

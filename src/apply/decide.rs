@@ -459,7 +459,7 @@ pub fn quality_gate(gate: &Gate, fields: &[GateNumbers]) -> GateCheck {
     if judged.is_empty() {
         let most = fields.iter().map(|f| f.n).max().unwrap_or(0);
         return GateCheck::NotJudged(format!(
-            "not judged yet: {most} gold row{} graded, halt.min_gold_rows is {}",
+            "not judged: {most} gold row{} compared, halt.min_gold_rows is {}",
             if most == 1 { "" } else { "s" },
             gate.min_gold_rows
         ));
@@ -1240,7 +1240,7 @@ mod tests {
         let low = GateOn::LowerBound;
         // (name, gate, fields, want: "not", "pass" or "fail" and a word of the message)
         let cases: Vec<(&str, Gate, Vec<GateNumbers>, &str, &str)> = vec![
-            ("too few gold rows", gate(Some(0.6), None, est), vec![field(49, 0.1, Some(0.1), None)], "not", "49 gold rows graded, halt.min_gold_rows is 50"),
+            ("too few gold rows", gate(Some(0.6), None, est), vec![field(49, 0.1, Some(0.1), None)], "not", "49 gold rows compared, halt.min_gold_rows is 50"),
             ("no field at all", gate(Some(0.6), None, est), vec![], "not", "0 gold rows"),
             ("kappa at the minimum passes", gate(Some(0.6), None, est), vec![field(50, 0.8, Some(0.6), None)], "pass", "κ 0.600 ≥ 0.600"),
             ("kappa under", gate(Some(0.6), None, est), vec![field(50, 0.8, Some(0.59), None)], "fail", "κ 0.590 is under halt.min_kappa 0.600 (50 gold rows compared)"),

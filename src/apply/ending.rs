@@ -109,8 +109,8 @@ pub struct RunEnd<'a> {
     pub output_path: Option<String>,
     pub simulated: bool,
     pub message: Option<String>,
-    /// The quality gate, judged on the output's agreement when the run finished.
-    pub gate: Option<&'a crate::spec::Gate>,
+    /// The quality gate, judged on the output's agreement.
+    pub gate: Option<GateCheck>,
 }
 
 impl Summary {
@@ -131,9 +131,7 @@ impl Summary {
             distribution: end.graded.distribution,
             grades: end.graded.grades,
             parse_failures_by_reason: end.graded.parse_failures_by_reason,
-            gate: end.gate.map(|g| {
-                super::decide::quality_gate(g, &super::decide::gate_numbers(&end.graded.agreement))
-            }),
+            gate: end.gate,
             failures: end.graded.failures,
             agreement: end.graded.agreement,
             simulated: end.simulated,

@@ -225,7 +225,22 @@ impl<'a> RunFrame<'a> {
             kill_point("output");
         }
         let out_path = write_output.then(|| self.spec.output_path.display().to_string());
-        let snap = snapshot(state, message.clone(), out_path.clone());
+        // The gate at the end is judged on the output's agreement.
+        let gate = self
+            .spec
+            .run
+            .halt
+            .gate
+            .filter(|_| write_output)
+            .map(|g| decide::quality_gate(&g, &decide::gate_numbers(&graded.agreement)));
+        let mut snap = snapshot(state, message.clone(), out_path.clone());
+        if write_output {
+            snap.quality = Some(status::Quality {
+                agreement: graded.agreement.clone(),
+                failures: graded.failures.clone(),
+                gate: gate.clone(),
+            });
+        }
         self.progress.clear();
         status::write(self.layout(), &snap)
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
@@ -242,7 +257,7 @@ impl<'a> RunFrame<'a> {
             output_path: out_path,
             simulated: self.simulated,
             message,
-            gate: self.spec.run.halt.gate.as_ref().filter(|_| write_output),
+            gate,
         });
         Ok((ending, summary))
     }
@@ -280,6 +295,7 @@ pub fn snapshot_of(
         step: None,
         units: Vec::new(),
         direct: None,
+        quality: None,
     }
 }
 

@@ -108,6 +108,7 @@ fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapsh
         step: None,
         units: vec![],
         direct: None,
+        quality: None,
     })
 }
 
