@@ -35,6 +35,10 @@ pub struct ReportData {
     pub parse_failures_by_reason: Vec<(String, u64)>,
     pub api_failures_by_code: Vec<(String, u64)>,
     pub chunks: Vec<ChunkRow>,
+    /// Agreement of each graded field that has a gold column; empty without gold.
+    pub agreement: Vec<crate::agreement::FieldAgreement>,
+    /// Failure classes with a few example rows each.
+    pub failures: Vec<crate::grades::FailureClass>,
 }
 
 /// One batch attempt of a chunk.

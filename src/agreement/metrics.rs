@@ -99,6 +99,10 @@ pub struct Ordinal {
     pub weighted_kappa: Option<f64>,
     /// Spearman's ρ (average ranks for ties); `None` when either side is constant.
     pub spearman: Option<f64>,
+    /// Gold × judge counts over the distinct values (sorted numerically),
+    /// when there are at most 25 of them: the report's heat table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Confusion>,
 }
 
 /// Widest integer scale weighted κ is computed on.
