@@ -1,12 +1,15 @@
 //! `report`: one self-contained HTML file about a job (inline CSS and SVG,
 //! no scripts or fonts from the network): the plan and what it cost, the
-//! distribution of each graded property, failures by class and by chunk, and
+//! distribution of each graded property, agreement with the gold column
+//! (`agreement`), failures by class (with example rows) and by chunk, and
 //! how long each chunk took. Pure: [`render`] turns plain data into text.
+
+mod agreement;
 
 use std::fmt::Write as _;
 
 use crate::cost::{Estimate, usd};
-use crate::grades::{Bin, PropertyStats, Stats};
+use crate::grades::{Bin, FailureClass, PropertyStats, Stats};
 use crate::output::Written;
 use crate::status::Receipt;
 
@@ -35,6 +38,10 @@ pub struct ReportData {
     pub parse_failures_by_reason: Vec<(String, u64)>,
     pub api_failures_by_code: Vec<(String, u64)>,
     pub chunks: Vec<ChunkRow>,
+    /// Agreement of each graded field that has a gold column; empty without gold.
+    pub agreement: Vec<crate::agreement::FieldAgreement>,
+    /// Failure classes with a few example rows each.
+    pub failures: Vec<crate::grades::FailureClass>,
 }
 
 /// One batch attempt of a chunk.
@@ -62,16 +69,28 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:flex;flex-wrap:wrap;gap:1.5em}figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}
 svg text{font:11px system-ui,sans-serif;fill:#57606a}.bar{fill:#4c8bd6}.bar.bad{fill:#d1553f}.bar.ok{fill:#3f9d5c}
 .axis{stroke:#8c959f;stroke-width:1}.none{color:#57606a;font-style:italic}
+h3{font-size:1.05em;margin:1.4em 0 .4em}section.agree+section.agree{border-top:1px dashed #d8dee4;margin-top:1.6em}.scroll{overflow-x:auto;max-width:100%}
+.ci{color:#57606a;font-size:.9em}.undef{color:#57606a;cursor:help}.note{color:#57606a;margin:.3em 0}
+figure.matrix{min-width:0;max-width:100%}.matrix td.cell{text-align:center;min-width:2em;padding:.25em .4em}
+.matrix td.diag{box-shadow:inset 0 0 0 2px #1d232a;font-weight:600}.matrix td.zero{color:#8c959f}
+.matrix th.row{white-space:nowrap}.matrix th.col{text-align:center;max-width:8em;overflow-wrap:anywhere}td[data-key=key]{white-space:nowrap}.matrix .corner{color:#57606a;font-weight:400;white-space:nowrap}
+.matrix.tall tr:first-child th{vertical-align:bottom}.matrix.tall th.col{padding:.4em .2em}.matrix.tall th.col span{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap}
+.matrix td.total{color:#57606a}.raw{max-width:36em;overflow-wrap:anywhere;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:.9em}
+.bar.p,.swatch.p{fill:#4c8bd6}.bar.r,.swatch.r{fill:#8a63d2}.bar.f1,.swatch.f1{fill:#3f9d5c}svg text.undef{font-style:italic}
 ";
 
-/// Checks, once the page is laid out, that every chart has a size and its
-/// bars have heights, and writes what it found on `<body>`; a browser test
-/// reads it. Inline, so the page still needs no network.
+/// Checks, once the page is laid out, that every chart has a size, its
+/// bars have heights and every matrix cell a box, and by how many pixels
+/// the page is wider than the window (a table that does not fit must
+/// scroll in its own box); writes what it found on `<body>`, where a
+/// browser test reads it. Inline, so the page still needs no network.
 const SELF_CHECK: &str = "
-window.addEventListener('load',function(){var c=0,b=0;
+window.addEventListener('load',function(){var c=0,b=0,m=0,e=document.documentElement;
 document.querySelectorAll('svg.chart').forEach(function(s){var r=s.getBoundingClientRect();if(r.width>0&&r.height>0)c++;});
 document.querySelectorAll('svg.chart rect.bar').forEach(function(x){if(x.getBBox().height>0&&x.getBBox().width>0)b++;});
-document.body.setAttribute('data-rendered-charts',c);document.body.setAttribute('data-rendered-bars',b);});
+document.querySelectorAll('table.matrix td.cell').forEach(function(t){var r=t.getBoundingClientRect();if(r.width>0&&r.height>0)m++;});
+document.body.setAttribute('data-rendered-charts',c);document.body.setAttribute('data-rendered-bars',b);
+document.body.setAttribute('data-rendered-cells',m);document.body.setAttribute('data-overflow-x',Math.max(0,e.scrollWidth-e.clientWidth));});
 ";
 
 /// The whole report.
@@ -99,6 +118,7 @@ pub fn render(d: &ReportData) -> String {
     }
     receipt(&mut h, d);
     grades(&mut h, d);
+    agreement::section(&mut h, &d.agreement);
     failures(&mut h, d);
     timing(&mut h, d);
     let _ = write!(h, "<script>{SELF_CHECK}</script>\n</body></html>\n");
@@ -250,8 +270,9 @@ fn failures(h: &mut String, d: &ReportData) {
         bars(h, "failures", &classes, "bar bad");
         h.push_str("</figure>\n");
     }
+    failure_examples(h, &d.failures);
     h.push_str(
-        "<table class=\"chunks\"><tr><th>chunk</th><th class=\"n\">attempt</th><th>batch</th>\
+        "<h3>by chunk</h3><table class=\"chunks\"><tr><th>chunk</th><th class=\"n\">attempt</th><th>batch</th>\
          <th>ended</th><th class=\"n\">requests</th><th class=\"n\">completed</th>\
          <th class=\"n\">failed</th><th class=\"n\">cost</th></tr>\n",
     );
@@ -274,6 +295,44 @@ fn failures(h: &mut String, d: &ReportData) {
         );
     }
     h.push_str("</table>\n");
+}
+
+/// Each failure class with its first rows: what such a failure looks like.
+fn failure_examples(h: &mut String, classes: &[FailureClass]) {
+    for c in classes {
+        let (kind, class) = (esc(&c.kind), esc(&c.class));
+        let _ = write!(
+            h,
+            "<div class=\"fclass\" data-kind=\"{kind}\" data-class=\"{class}\">\
+             <h3>{kind}: {class} <span class=\"sub\" data-key=\"rows\" data-value=\"{}\">{} {}</span></h3>",
+            c.rows,
+            num(c.rows),
+            if c.rows == 1 { "row" } else { "rows" }
+        );
+        if !c.examples.is_empty() {
+            h.push_str(
+                "<div class=\"scroll\"><table class=\"examples\"><tr><th>row</th>\
+                 <th>raw answer</th><th>error</th></tr>",
+            );
+            for e in &c.examples {
+                let raw = if e.raw.is_empty() {
+                    "<span class=\"none\">no answer</span>".to_string()
+                } else {
+                    esc(&e.raw)
+                };
+                let _ = write!(
+                    h,
+                    "<tr data-kind=\"{kind}\" data-class=\"{class}\" data-row=\"{}\">\
+                     <td data-key=\"key\">{}</td><td class=\"raw\">{raw}</td><td>{}</td></tr>",
+                    e.row,
+                    esc(&e.key),
+                    esc(&e.error)
+                );
+            }
+            h.push_str("</table></div>");
+        }
+        h.push_str("</div>\n");
+    }
 }
 
 fn timing(h: &mut String, d: &ReportData) {
@@ -582,5 +641,380 @@ mod tests {
         assert!(h.contains("data-failures=\"0\""));
         assert!(h.contains("No chunk was submitted yet."));
         assert_eq!(h.matches("<svg class=\"chart\"").count(), 1);
+    }
+
+    mod agreement_fixture {
+        //! A job with gold for three fields and two failure classes, built
+        //! by hand: what the agreement module would hand the report.
+        use crate::agreement::{
+            Binary, Categorical, ClassStats, Confusion, Disagreement, FieldAgreement, Kind,
+            Ordinal, UnknownGold,
+        };
+        use crate::grades::{FailureClass, FailureExample};
+
+        fn class(
+            label: &str,
+            support: u64,
+            p: Option<f64>,
+            r: Option<f64>,
+            f1: Option<f64>,
+        ) -> ClassStats {
+            ClassStats {
+                label: label.into(),
+                support,
+                precision: p,
+                recall: r,
+                f1,
+            }
+        }
+
+        fn confusion(labels: &[&str], matrix: &[&[u64]]) -> Confusion {
+            Confusion {
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                matrix: matrix.iter().map(|r| r.to_vec()).collect(),
+            }
+        }
+
+        fn field(name: &str, kind: Kind) -> FieldAgreement {
+            FieldAgreement {
+                field: name.into(),
+                gold_column: format!("gold_{name}"),
+                kind,
+                missing_gold: 0,
+                no_grade: 0,
+                unknown_gold: vec![],
+                categorical: None,
+                binary: None,
+                ordinal: None,
+                notes: vec![],
+                disagreements: vec![],
+            }
+        }
+
+        /// Three classes; the judge never answers "opinion <i>".
+        pub fn topic() -> FieldAgreement {
+            let mut f = field("topic", Kind::Categorical);
+            f.missing_gold = 3;
+            f.no_grade = 1;
+            f.unknown_gold = vec![UnknownGold {
+                value: "Sprot".into(),
+                rows: 2,
+            }];
+            f.categorical = Some(Categorical {
+                n: 20,
+                accuracy: 0.55,
+                kappa: Some(0.3077),
+                kappa_ci: Some([0.12, 0.49]),
+                baseline: 0.4,
+                baseline_label: "news".into(),
+                classes: vec![
+                    class("news", 8, Some(0.6), Some(0.75), Some(0.6667)),
+                    class("sport", 6, Some(0.5), Some(0.8333), Some(0.625)),
+                    class("opinion <i>", 6, None, Some(0.0), None),
+                ],
+                confusion: confusion(
+                    &["news", "sport", "opinion <i>"],
+                    &[&[6, 2, 0], &[1, 5, 0], &[3, 3, 0]],
+                ),
+            });
+            f.disagreements = vec![
+                Disagreement {
+                    row: 3,
+                    key: "r3".into(),
+                    gold: "opinion <i>".into(),
+                    judge: "news".into(),
+                    raw: "{\"topic\": \"news\"}".into(),
+                },
+                Disagreement {
+                    row: 7,
+                    key: "r7".into(),
+                    gold: "sport".into(),
+                    judge: "news".into(),
+                    raw: "\u{202e}swen".into(),
+                },
+            ];
+            f
+        }
+
+        /// Two classes, with the corrected positive rate.
+        pub fn relevant() -> FieldAgreement {
+            let mut f = field("relevant", Kind::Categorical);
+            f.categorical = Some(Categorical {
+                n: 20,
+                accuracy: 0.85,
+                kappa: Some(0.7),
+                kappa_ci: Some([0.38, 0.92]),
+                baseline: 0.5,
+                baseline_label: "true".into(),
+                classes: vec![
+                    class("true", 10, Some(0.8182), Some(0.9), Some(0.8571)),
+                    class("false", 10, Some(0.8889), Some(0.8), Some(0.8421)),
+                ],
+                confusion: confusion(&["true", "false"], &[&[9, 1], &[2, 8]]),
+            });
+            f.binary = Some(Binary {
+                positive: "true".into(),
+                tpr: Some(0.9),
+                tpr_ci: Some([0.5958, 0.9821]),
+                tnr: Some(0.8),
+                tnr_ci: Some([0.4902, 0.9433]),
+                unlabelled: 40,
+                judge_positive_rate: Some(0.45),
+                corrected_positive_rate: Some(0.3571),
+                corrected_ci: Some([0.12, 0.59]),
+            });
+            f
+        }
+
+        /// Numbers, one of them not an integer: no weighted κ.
+        pub fn score() -> FieldAgreement {
+            let mut f = field("score", Kind::Ordinal);
+            f.ordinal = Some(Ordinal {
+                n: 12,
+                exact: 0.5,
+                within_1: 0.9167,
+                mae: 0.6667,
+                bias: 0.25,
+                weighted_kappa: None,
+                spearman: Some(0.81),
+                confusion: Some(confusion(
+                    &["1", "2", "2.5", "3", "4"],
+                    &[
+                        &[1, 1, 0, 0, 0],
+                        &[0, 2, 1, 1, 0],
+                        &[0, 0, 1, 1, 0],
+                        &[0, 0, 0, 1, 1],
+                        &[0, 0, 0, 1, 1],
+                    ],
+                )),
+            });
+            f.notes = vec!["weighted κ undefined: a value is not an integer".into()];
+            f
+        }
+
+        pub fn failures() -> Vec<FailureClass> {
+            vec![
+                FailureClass {
+                    kind: "api".into(),
+                    class: "400 invalid_request".into(),
+                    rows: 2,
+                    examples: vec![FailureExample {
+                        row: 4,
+                        key: "r4".into(),
+                        raw: String::new(),
+                        error: "max_tokens is too large".into(),
+                    }],
+                },
+                FailureClass {
+                    kind: "parse".into(),
+                    class: "not JSON".into(),
+                    rows: 1,
+                    examples: vec![FailureExample {
+                        row: 9,
+                        key: "r9".into(),
+                        raw: "I think <b>yes</b>".into(),
+                        error: "expected value at line 1 column 1".into(),
+                    }],
+                },
+            ]
+        }
+    }
+
+    fn with_gold() -> ReportData {
+        use agreement_fixture::*;
+        ReportData {
+            agreement: vec![topic(), relevant(), score()],
+            failures: failures(),
+            ..data()
+        }
+    }
+
+    /// Every `needle` is in the page.
+    fn has_all(h: &str, needles: &[&str]) {
+        for n in needles {
+            assert!(h.contains(n), "missing {n}");
+        }
+    }
+
+    #[test]
+    fn categorical_agreement_shows_its_numbers_matrix_classes_and_rows() {
+        let h = render(&with_gold());
+        has_all(
+            &h,
+            &[
+                "<h2 id=\"agreement\">Agreement with gold</h2>",
+                "data-field=\"topic\" data-kind=\"categorical\"",
+                "data-field=\"topic\" data-key=\"n\" data-value=\"20\">20<",
+                "data-field=\"topic\" data-key=\"accuracy\" data-value=\"0.55\">55.0%<",
+                "data-key=\"kappa\" data-value=\"0.3077\" data-lo=\"0.12\" data-hi=\"0.49\">0.31 \
+                 <span class=\"ci\">95% CI 0.12 – 0.49</span>",
+                "majority baseline (always “news”)",
+                "data-field=\"topic\" data-key=\"baseline\" data-value=\"0.4\">40.0%<",
+                "data-field=\"topic\" data-key=\"missing_gold\" data-value=\"3\"",
+                "data-field=\"topic\" data-key=\"no_grade\" data-value=\"1\"",
+                "data-field=\"topic\" data-gold=\"news\" data-key=\"gold_rows\" data-value=\"8\">8<",
+                // The matrix: gold rows, judge columns, the diagonal marked.
+                "data-matrix=\"confusion\"",
+                "class=\"n cell diag\" data-field=\"topic\" data-gold=\"news\" data-judge=\"news\" \
+                 data-count=\"6\" data-share=\"0.75\"",
+                "class=\"n cell\" data-field=\"topic\" data-gold=\"opinion &lt;i&gt;\" \
+                 data-judge=\"sport\" data-count=\"3\" data-share=\"0.5\"",
+                "<th class=\"lab col\" title=\"opinion &lt;i&gt;\"><span>opinion &lt;i&gt;</span></th>",
+                // Per class: bars, support, and the precision nobody answered.
+                "rect class=\"bar r\" data-field=\"topic\" data-class=\"news\" data-key=\"recall\" \
+                 data-value=\"0.75\"",
+                "data-class=\"news\" data-key=\"support\" data-value=\"8\">8 gold<",
+                "data-class=\"opinion &lt;i&gt;\" data-key=\"precision\" data-undefined=\"true\">\
+                 <title>undefined: the judge never answered this class</title>",
+                // Gold values outside the classes, named with their counts.
+                "data-unknown-gold=\"Sprot\" data-rows=\"2\">“Sprot” (2 rows)",
+                // The disagreeing rows, their text escaped and bidi shown.
+                "<tr data-field=\"topic\" data-row=\"3\"><td data-key=\"key\">r3</td>\
+                 <td data-key=\"gold\">opinion &lt;i&gt;</td><td data-key=\"judge\">news</td>",
+                "{&quot;topic&quot;: &quot;news&quot;}",
+                "[U+202E]swen",
+            ],
+        );
+        assert!(!h.contains("opinion <i>"));
+        assert!(!h.contains('\u{202e}'));
+    }
+
+    #[test]
+    fn binary_agreement_shows_rates_with_wilson_intervals_and_the_corrected_rate() {
+        let h = render(&with_gold());
+        has_all(
+            &h,
+            &[
+                "sensitivity (TPR, positive “true”)",
+                "data-field=\"relevant\" data-key=\"tpr\" data-value=\"0.9\" data-lo=\"0.5958\" \
+                 data-hi=\"0.9821\">90.0% <span class=\"ci\">95% CI 59.6% – 98.2%</span>",
+                "data-field=\"relevant\" data-key=\"tnr\" data-value=\"0.8\" data-lo=\"0.4902\"",
+                "data-field=\"relevant\" data-key=\"unlabelled\" data-value=\"40\"",
+                "data-field=\"relevant\" data-key=\"judge_positive_rate\" data-value=\"0.45\">45.0%<",
+                "data-field=\"relevant\" data-key=\"corrected_positive_rate\" data-value=\"0.3571\" \
+                 data-lo=\"0.12\" data-hi=\"0.59\">35.7%",
+                "data-field=\"relevant\" data-gold=\"false\" data-judge=\"false\" data-count=\"8\"",
+            ],
+        );
+        // The three-class field is no binary one.
+        assert!(!h.contains("data-field=\"topic\" data-key=\"tpr\""));
+    }
+
+    #[test]
+    fn ordinal_agreement_shows_errors_the_heat_table_and_why_a_number_is_missing() {
+        let h = render(&with_gold());
+        has_all(
+            &h,
+            &[
+                "data-field=\"score\" data-kind=\"ordinal\"",
+                "data-field=\"score\" data-key=\"exact\" data-value=\"0.5\">50.0%<",
+                "data-field=\"score\" data-key=\"within_1\" data-value=\"0.9167\">91.7%<",
+                "data-field=\"score\" data-key=\"mae\" data-value=\"0.6667\">0.67<",
+                "data-field=\"score\" data-key=\"bias\" data-value=\"0.25\">+0.25<",
+                "data-field=\"score\" data-key=\"spearman\" data-value=\"0.81\">0.81<",
+                "class=\"n undef\" data-field=\"score\" data-key=\"weighted_kappa\" \
+                 data-undefined=\"true\" title=\"undefined: a value is not an integer",
+                ">—</td>",
+                // The note, as a sentence.
+                ">Weighted κ undefined: a value is not an integer.</p>",
+                "data-matrix=\"heat\"",
+                "data-field=\"score\" data-gold=\"2\" data-judge=\"3\" data-count=\"1\" \
+                 data-share=\"0.25\"",
+            ],
+        );
+        // No per-class chart for numbers, and no NaN anywhere.
+        assert!(!h.contains("data-chart=\"classes\" data-field=\"score\""));
+        assert!(!h.contains("NaN"));
+    }
+
+    #[test]
+    fn a_number_that_is_not_finite_is_shown_as_undefined() {
+        let mut d = with_gold();
+        let o = d.agreement[2].ordinal.as_mut().unwrap();
+        o.spearman = Some(f64::NAN);
+        o.mae = f64::INFINITY;
+        let h = render(&d);
+        assert!(h.contains("data-field=\"score\" data-key=\"spearman\" data-undefined=\"true\""));
+        assert!(h.contains("data-field=\"score\" data-key=\"mae\" data-undefined=\"true\""));
+        assert!(!h.contains("NaN") && !h.contains("inf"));
+    }
+
+    #[test]
+    fn failure_classes_list_their_example_rows() {
+        let h = render(&with_gold());
+        has_all(
+            &h,
+            &[
+                "<div class=\"fclass\" data-kind=\"api\" data-class=\"400 invalid_request\">\
+                 <h3>api: 400 invalid_request <span class=\"sub\" data-key=\"rows\" \
+                 data-value=\"2\">2 rows</span></h3>",
+                "<tr data-kind=\"api\" data-class=\"400 invalid_request\" data-row=\"4\">\
+                 <td data-key=\"key\">r4</td><td class=\"raw\"><span class=\"none\">no answer</span></td>\
+                 <td>max_tokens is too large</td></tr>",
+                "data-value=\"1\">1 row</span>",
+                "<tr data-kind=\"parse\" data-class=\"not JSON\" data-row=\"9\">",
+                "I think &lt;b&gt;yes&lt;/b&gt;",
+            ],
+        );
+        // Inside the one Failures section, before the chunks.
+        assert_eq!(h.matches("id=\"failures\"").count(), 1);
+        assert!(h.find("class=\"fclass\"") > h.find("id=\"failures\""));
+        assert!(h.find("class=\"fclass\"") < h.find("class=\"chunks\""));
+    }
+
+    #[test]
+    fn without_gold_or_failure_rows_the_sections_are_left_out() {
+        let h = render(&data());
+        assert!(!h.contains("Agreement with gold"));
+        assert!(!h.contains("class=\"fclass\""));
+        // The gold page adds one chart per categorical field.
+        let gold = render(&with_gold());
+        assert_eq!(
+            gold.matches("<svg class=\"chart\"").count(),
+            h.matches("<svg class=\"chart\"").count() + 2
+        );
+        for needle in ["http://", "https://", "src=", "<link"] {
+            assert!(!gold.contains(needle), "{needle}");
+        }
+    }
+
+    #[test]
+    fn many_long_class_names_stand_on_their_side_cut_in_the_middle() {
+        let labels: Vec<String> = (1..=15)
+            .map(|i| format!("a rather long category name {i}"))
+            .collect();
+        assert!(!agreement::upright_heads(&labels));
+        assert!(agreement::upright_heads(&labels[..3]));
+        assert!(agreement::upright_heads(
+            &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"].map(String::from)
+        ));
+        let mut d = with_gold();
+        let c = d.agreement[0].categorical.as_mut().unwrap();
+        c.confusion.labels = labels;
+        c.confusion.matrix = vec![vec![1; 15]; 15];
+        let h = render(&d);
+        assert!(h.contains("class=\"matrix tall\" data-field=\"topic\""));
+        // The end of a name is what tells two classes apart: it is kept.
+        assert!(h.contains(
+            "<th class=\"lab col\" title=\"a rather long category name 12\">\
+             <span>a rather lo…gory name 12</span></th>"
+        ));
+        assert_eq!(agreement::clip_middle("short", 24), "short");
+        assert_eq!(agreement::clip_middle("abcdefghij", 5), "ab…ij");
+    }
+
+    #[test]
+    fn notes_read_as_sentences() {
+        for (note, want) in [
+            (
+                "κ undefined: one class only",
+                "κ undefined: one class only.",
+            ),
+            ("no gold rows.", "No gold rows."),
+            ("  Is it? ", "Is it?"),
+            ("", ""),
+        ] {
+            assert_eq!(agreement::sentence(note), want, "{note:?}");
+        }
     }
 }

@@ -18,6 +18,7 @@ mod plan;
 mod provider_client;
 mod reliability;
 mod replan;
+mod report_agreement;
 mod request_schema;
 mod run_frame;
 mod simulate_server;

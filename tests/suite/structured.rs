@@ -7,10 +7,9 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 
 use common::Sandbox;
+use common::browser::{attr, dump_dom, screenshot};
 use serde_json::{Value, json};
 
 const SCHEMA: &str = "  schema:
@@ -430,46 +429,6 @@ fn a_schema_strict_mode_refuses_is_a_validate_error_at_its_line() {
     }
 }
 
-/// The browser to render reports with: Debian's `chromium` (CI installs it).
-fn chromium() -> &'static str {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return name;
-        }
-    }
-    panic!("no headless browser found: install Debian's `chromium` (apt-get install -y chromium)");
-}
-
-fn headless(profile: &Path) -> Command {
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1100,2400",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    cmd
-}
-
-/// An attribute of the first element that has it, in dumped HTML.
-fn attr<'a>(dom: &'a str, name: &str) -> &'a str {
-    let start = dom
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name}"))
-        + name.len()
-        + 2;
-    &dom[start..start + dom[start..].find('"').unwrap()]
-}
-
 #[test]
 fn the_report_renders_in_a_headless_browser_with_its_charts_and_numbers() {
     let sb = Sandbox::new();
@@ -480,19 +439,7 @@ fn the_report_renders_in_a_headless_browser_with_its_charts_and_numbers() {
     let report = sb.run(&["report", "--out", "site/report.html"]);
     assert_eq!(report.code, 0, "{report:?}");
     let path = sb.path("site/report.html");
-    let url = format!("file://{}", path.display());
-
-    let out = headless(&sb.path("profile"))
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dom = String::from_utf8(out.stdout).unwrap();
+    let dom = dump_dom(&sb.path("profile"), &path);
     // The page's own check ran after layout: every chart has a size and
     // every bar an area. Charts: accuracy, clarity, verdict, failures, timing.
     let charts = dom.matches("<svg class=\"chart\"").count();
@@ -551,18 +498,12 @@ fn the_report_renders_in_a_headless_browser_with_its_charts_and_numbers() {
     }
 
     // And it paints: a screenshot of the page is a real image.
-    let shot = sb.path("shot.png");
-    let out = headless(&sb.path("profile2"))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let png = screenshot(
+        &sb.path("profile2"),
+        &path,
+        &sb.path("shot.png"),
+        (1100, 2400),
     );
-    let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 20_000, "{} bytes", png.len());
 }

@@ -2,6 +2,7 @@
 //! (every run of the binary goes through [`bin`]), and the graded jobs, kill
 //! tests and checks the end-to-end tests share ([`jobs`]).
 
+pub mod browser;
 pub mod jobs;
 pub mod sim;
 
