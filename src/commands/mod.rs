@@ -76,7 +76,7 @@ fn dispatch(g: &Global, invocation: Invocation, ui: &Ui) -> Result<Code> {
         Invocation::Costs { since } => costs::run(g, since, ui),
         Invocation::Export { job, out } => export::run(g, job.as_deref(), out.as_deref(), ui),
         Invocation::Report { job, out } => report::run(g, job.as_deref(), out.as_deref(), ui),
-        Invocation::SimulateServer { config, port } => simulate_server::run(config, port),
+        Invocation::SimulateServer { config, port } => simulate_server::run(config, port, ui),
         Invocation::Tokens { target, limit } => tokens::run(&target, limit, ui),
         Invocation::Split {
             target,
