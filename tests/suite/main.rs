@@ -4,6 +4,7 @@
 
 mod common;
 
+mod answer_shapes;
 mod anthropic;
 mod apply;
 mod bad_input;
