@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::exit;
 use crate::settings::{ApplySettings, CountTarget, Global, Invocation, OutputMode};
-use crate::simulate::SimConfig;
+use crate::simulate::{AnswerShape, SimConfig};
 use crate::spec::{Format, units};
 use crate::split::SplitLimits;
 
@@ -191,6 +191,15 @@ enum Command {
         /// refusals are 429s of a full queue and failures are `errored` result lines.
         #[arg(long, value_enum, default_value = "openai")]
         api: SimApiArg,
+        /// For `parse: label` jobs: answer like a keyword classifier, with the first of these
+        /// labels the last user message names (else one by hash; now and then untidy, or none).
+        /// Requests with a JSON response_format are answered as before.
+        #[arg(long, value_name = "A,B,C", value_delimiter = ',', value_parser = parse_label_arg)]
+        labels: Vec<String>,
+        /// For `parse: regex` jobs: answer with text this regex matches (a number, `Score: 7`,
+        /// `7/10`, a letter A-E, yes/no, pass/fail, true/false or a label), where one does.
+        #[arg(long, value_name = "REGEX", value_parser = parse_pattern_arg)]
+        pattern: Option<String>,
     },
     /// Token statistics per row of a spec's inputs (as requests) or of a data file.
     Tokens {
@@ -254,6 +263,32 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 }
 
 /// A share as the spec takes it: `5%` or a fraction such as `0.05`.
+/// A label of `--labels`: not blank (`a,,b` is a slip).
+fn parse_label_arg(s: &str) -> Result<String, String> {
+    let label = s.trim();
+    if label.is_empty() {
+        return Err("a label is empty; write e.g. --labels billing,bug,feature".into());
+    }
+    Ok(label.to_string())
+}
+
+/// `--pattern`: a regular expression as `output.pattern` takes it.
+fn parse_pattern_arg(s: &str) -> Result<String, String> {
+    crate::answer::compile_pattern(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a valid regular expression: {e}"))
+}
+
+/// The simulator's answer shape from `--labels` and `--pattern`: a pattern
+/// wins (the labels are among the answers it tries).
+fn answer_shape(labels: Vec<String>, pattern: Option<String>) -> AnswerShape {
+    match pattern {
+        Some(pattern) => AnswerShape::Pattern { pattern, labels },
+        None if labels.is_empty() => AnswerShape::Free,
+        None => AnswerShape::Labels(labels),
+    }
+}
+
 fn parse_rate_arg(s: &str) -> Result<f64, String> {
     if s.trim().ends_with('%') {
         return units::parse_percent_str(s);
@@ -367,6 +402,8 @@ impl Cli {
                 expire_every,
                 drop_metadata,
                 api,
+                labels,
+                pattern,
             } => Invocation::SimulateServer {
                 config: SimConfig {
                     data_dir,
@@ -385,6 +422,7 @@ impl Cli {
                     seed: 0,
                     drop_metadata,
                     anthropic: api == SimApiArg::Anthropic,
+                    answers: answer_shape(labels, pattern),
                 },
                 port,
             },
@@ -460,6 +498,40 @@ mod tests {
         }
         for good in ["0.5", "5%", "0"] {
             assert!(parse(["batchgrader", "simulate-server", "--http-error-rate", good]).is_ok());
+        }
+    }
+
+    #[test]
+    fn labels_and_a_pattern_set_the_answer_shape() {
+        let shape = |args: &[&str]| {
+            let mut argv = vec!["batchgrader", "simulate-server"];
+            argv.extend_from_slice(args);
+            match parse(argv).unwrap().resolve().1 {
+                Invocation::SimulateServer { config, .. } => config.answers,
+                other => panic!("{other:?}"),
+            }
+        };
+        let ab = vec!["a".to_string(), "b c".into()];
+        assert_eq!(shape(&[]), AnswerShape::Free);
+        assert_eq!(
+            shape(&["--labels", "a, b c"]),
+            AnswerShape::Labels(ab.clone())
+        );
+        assert_eq!(
+            shape(&["--labels", "a", "--labels", "b c"]),
+            AnswerShape::Labels(ab.clone())
+        );
+        assert_eq!(
+            shape(&["--pattern", r"(\d+)", "--labels", "a,b c"]),
+            AnswerShape::Pattern {
+                pattern: r"(\d+)".into(),
+                labels: ab
+            }
+        );
+        for bad in [&["--labels", "a,,b"][..], &["--pattern", "("]] {
+            let mut argv = vec!["batchgrader", "simulate-server"];
+            argv.extend_from_slice(bad);
+            assert!(parse(argv).is_err(), "{bad:?}");
         }
     }
 }

@@ -38,7 +38,7 @@ impl Parser {
     fn new(mode: ParseMode, labels: &[String], pattern: Option<&str>) -> Result<Parser, String> {
         let pattern =
             match (mode, pattern) {
-                (ParseMode::Regex, Some(p)) => Some(Regex::new(p).map_err(|e| {
+                (ParseMode::Regex, Some(p)) => Some(compile_pattern(p).map_err(|e| {
                     format!("output.pattern is not a valid regular expression: {e}")
                 })?),
                 (ParseMode::Regex, None) => return Err("parse: regex needs output.pattern".into()),
@@ -129,7 +129,7 @@ impl Parser {
             ParseMode::Number => {
                 first_number(a).ok_or_else(|| format!("no number in the answer {}", quote(a)))
             }
-            ParseMode::Label => self.label(a),
+            ParseMode::Label => label_of(&self.labels, a),
             ParseMode::Json => {
                 let body = strip_fences(a);
                 serde_json::from_str::<serde_json::Value>(body)
@@ -138,46 +138,57 @@ impl Parser {
             }
             ParseMode::Regex => {
                 let re = self.pattern.as_ref().expect("checked in new");
-                re.captures(a)
-                    .map(|c| {
-                        c.get(1)
-                            .or_else(|| c.get(0))
-                            .map_or("", |m| m.as_str())
-                            .to_string()
-                    })
+                capture(re, a)
+                    .map(String::from)
                     .ok_or_else(|| format!("output.pattern does not match the answer {}", quote(a)))
             }
         }
     }
+}
 
-    fn label(&self, a: &str) -> Result<String, String> {
-        let cleaned = a.trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace());
-        if let Some(l) = self.labels.iter().find(|l| l.eq_ignore_ascii_case(cleaned)) {
-            return Ok(l.clone());
-        }
-        // One label named as a whole word in a longer answer ("Label: spam.").
-        let lower = a.to_lowercase();
-        let found: Vec<&String> = self
-            .labels
-            .iter()
-            .filter(|l| contains_word(&lower, &l.to_lowercase()))
-            .collect();
-        match found.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(format!(
-                "the answer {} is none of the labels {}",
-                quote(a),
-                self.labels.join(", ")
-            )),
-            many => Err(format!(
-                "the answer {} names several labels ({})",
-                quote(a),
-                many.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        }
+/// `output.pattern` as the parser compiles it. Public so that the simulated
+/// provider tries its answers with the very same regex (crate and flags).
+pub fn compile_pattern(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(pattern)
+}
+
+/// What `parse: regex` takes from an answer (already trimmed): the first
+/// capture group, or the whole match; `None` when the pattern does not match.
+pub fn capture<'a>(re: &Regex, answer: &'a str) -> Option<&'a str> {
+    re.captures(answer)
+        .map(|c| c.get(1).or_else(|| c.get(0)).map_or("", |m| m.as_str()))
+}
+
+/// What `parse: label` makes of an answer: the one label it is (any case,
+/// punctuation around it aside) or names as a whole word. Public so that
+/// the simulated provider writes only untidy answers this accepts.
+pub fn label_of(labels: &[String], answer: &str) -> Result<String, String> {
+    let a = answer.trim();
+    let cleaned = a.trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace());
+    if let Some(l) = labels.iter().find(|l| l.eq_ignore_ascii_case(cleaned)) {
+        return Ok(l.clone());
+    }
+    // One label named as a whole word in a longer answer ("Label: spam.").
+    let lower = a.to_lowercase();
+    let found: Vec<&String> = labels
+        .iter()
+        .filter(|l| contains_word(&lower, &l.to_lowercase()))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!(
+            "the answer {} is none of the labels {}",
+            quote(a),
+            labels.join(", ")
+        )),
+        many => Err(format!(
+            "the answer {} names several labels ({})",
+            quote(a),
+            many.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -190,11 +201,20 @@ pub(crate) fn quote(a: &str) -> String {
     }
 }
 
+/// `word` occurs in `hay` with no letter or digit right before or after it.
 fn contains_word(hay: &str, word: &str) -> bool {
+    find_word(hay, word).is_some()
+}
+
+/// Where `word` first occurs in `hay` as a whole word: no letter or digit
+/// right before or after it.
+/// Public for the simulated provider's keyword classifier, which must see
+/// a label in a text where the parser would.
+pub fn find_word(hay: &str, word: &str) -> Option<usize> {
     if word.is_empty() {
-        return false;
+        return None;
     }
-    hay.match_indices(word).any(|(i, _)| {
+    hay.match_indices(word).map(|(i, _)| i).find(|&i| {
         let before = hay[..i].chars().next_back();
         let after = hay[i + word.len()..].chars().next();
         !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)

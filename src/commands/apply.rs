@@ -45,6 +45,8 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
                         &state_dir,
                     )
                 });
+            } else {
+                simulated_note(&spec, ui);
             }
             (store, spec, planned.plan)
         }
@@ -60,6 +62,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
                 &g.state_root,
             )?;
             let plan = job::current_plan(&store, &name)?;
+            simulated_note(&spec, ui);
             // The saved plan is applied without reading the inputs again,
             // but the output needs them: a job with nothing sent yet stops
             // here rather than pay for answers it cannot write out. One
@@ -134,6 +137,15 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     }
     ui.show(|w| render_summary(w, ui.paint(), &summary));
     Ok(exit::for_run(ending.run_end(&summary)))
+}
+
+/// Before a run on the simulated provider: that its answers will not parse,
+/// when it cannot write what the job's pattern matches (a fresh plan says
+/// so among its warnings).
+fn simulated_note(spec: &spec::CheckedSpec, ui: &Ui) {
+    if let Some(note) = crate::simulate::spec_note(spec) {
+        ui.warn(&note);
+    }
 }
 
 /// A run that stopped on an error leaves batches running with nobody

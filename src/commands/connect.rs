@@ -14,7 +14,7 @@ use crate::provider::anthropic::AnthropicBatches;
 use crate::provider::direct::DirectClient;
 use crate::provider::{AnyBatches, ClientConfig, OpenAiBatches, OpenAiClient, Secret};
 use crate::simulate::{SimConfig, SimServer};
-use crate::spec::{CheckedSpec, Simulated, Wire};
+use crate::spec::{CheckedSpec, Wire};
 use crate::state::{self, JobStore, Layout};
 use crate::ui::Ui;
 
@@ -55,8 +55,8 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
     }
     let name = e.provider_name();
     let (cfg, server) = match &e.simulated {
-        Some(s) => {
-            let (cfg, server) = simulated(s, spec.wire, layout).await?;
+        Some(_) => {
+            let (cfg, server) = simulated(spec, layout).await?;
             (cfg, Some(server))
         }
         None => {
@@ -79,12 +79,8 @@ async fn connect(spec: &CheckedSpec, layout: &Layout) -> Result<(AnyBatches, Opt
 
 /// Start the simulated provider of the spec in the job's folder, and the
 /// client settings that reach it.
-async fn simulated(
-    s: &Simulated,
-    wire: Wire,
-    layout: &Layout,
-) -> Result<(ClientConfig, SimServer)> {
-    let config = SimConfig::from_spec(s, wire, Some(layout.simulated()));
+async fn simulated(spec: &CheckedSpec, layout: &Layout) -> Result<(ClientConfig, SimServer)> {
+    let config = SimConfig::from_spec(spec, Some(layout.simulated()));
     let server = SimServer::start(config, 0)
         .await
         .map_err(|e| Error::io("start the simulated provider in", layout.simulated(), e))?;
@@ -120,8 +116,8 @@ pub async fn run_direct(
         ));
     }
     let (configs, server) = match &e.simulated {
-        Some(s) => {
-            let (cfg, server) = simulated(s, spec.wire, store.layout()).await?;
+        Some(_) => {
+            let (cfg, server) = simulated(spec, store.layout()).await?;
             (vec![cfg], Some(server))
         }
         None => {

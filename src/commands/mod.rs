@@ -80,7 +80,7 @@ fn dispatch(g: &Global, invocation: Invocation, ui: &Ui) -> Result<Code> {
             disagreements,
         } => export::run(g, job.as_deref(), out.as_deref(), disagreements, ui),
         Invocation::Report { job, out } => report::run(g, job.as_deref(), out.as_deref(), ui),
-        Invocation::SimulateServer { config, port } => simulate_server::run(config, port),
+        Invocation::SimulateServer { config, port } => simulate_server::run(config, port, ui),
         Invocation::Tokens { target, limit } => tokens::run(&target, limit, ui),
         Invocation::Split {
             target,

@@ -104,7 +104,13 @@ pub(super) fn open_and_plan(
     {
         return Err(damage.into());
     }
-    let planned = planner::plan(&store, spec, prepared, ui)?;
+    let mut planned = planner::plan(&store, spec, prepared, ui)?;
+    // Shown with the plan's warnings but not saved in it: it follows the
+    // spec's `output` block, which can change without a new plan.
+    planned
+        .plan
+        .warnings
+        .extend(crate::simulate::spec_note(spec));
     Ok((store, planned))
 }
 

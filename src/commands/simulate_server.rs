@@ -6,8 +6,13 @@ use super::connect::runtime;
 use crate::error::{Error, Result};
 use crate::exit::Code;
 use crate::simulate::SimConfig;
+use crate::ui::Ui;
 
-pub fn run(config: SimConfig, port: u16) -> Result<Code> {
+pub fn run(config: SimConfig, port: u16, ui: &Ui) -> Result<Code> {
+    if let Some(note) = config.answers.note() {
+        // On stderr: the first line on stdout is the URL, for scripts.
+        ui.warn(&note);
+    }
     let rt = runtime()?;
     rt.block_on(crate::simulate::run_forever(config, port))
         .map_err(|e| {

@@ -1,10 +1,14 @@
 //! Deterministic chat completions: the same request body always gets the same
 //! answer, in a batch line and on `/v1/chat/completions` alike.
 
+use std::cmp::Reverse;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::api_error::ErrorBody;
 use super::hash::hash_json;
+use crate::answer::{capture, compile_pattern, find_word, label_of};
 
 /// Marks every simulated completion, so nobody mistakes it for a model's output.
 pub const SYSTEM_FINGERPRINT: &str = "batchgrader-simulated";
@@ -114,9 +118,10 @@ fn invalid_type(param: &str, expected: &str, got: &Value) -> ErrorBody {
     .code("invalid_type")
 }
 
-/// The answer to a request that passed [`check_request`].
-pub fn complete(body: &Value) -> Completion {
-    answer(body, false)
+/// The answer to a request that passed [`check_request`]; a request without
+/// a JSON `response_format` is answered in the job's shape.
+pub fn complete(body: &Value, plain: &Plain) -> Completion {
+    answer(body, false, plain)
 }
 
 /// The answer of a model that decodes under the schema in
@@ -126,7 +131,7 @@ pub fn complete(body: &Value) -> Completion {
 /// refused here instead (prose, `finish_reason: "refusal"`): besides the
 /// token limit, a refusal is the one way such an answer can miss its schema.
 pub fn complete_constrained(body: &Value) -> Completion {
-    answer(body, true)
+    answer(body, true, &Plain::Grade)
 }
 
 /// `schema` with the constraints a client moved into a `description`
@@ -155,10 +160,229 @@ fn with_described_constraints(schema: &Value) -> Value {
     }
 }
 
+/// The grades a plain answer is drawn from: 0 to 10.
+const GRADES: u64 = 11;
+
+/// What a job expects its answers to look like, for requests that carry no
+/// JSON `response_format` (a schema says the shape itself). Frozen into each
+/// batch when it is made, as its timing is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerShape {
+    /// A grade from 0 to 10, which `parse: number` and `text` take.
+    #[default]
+    Free,
+    /// One of these labels (`parse: label`), chosen by a keyword classifier.
+    Labels(Vec<String>),
+    /// Text this regular expression matches (`parse: regex`); the labels, if
+    /// any, are among the answers tried.
+    Pattern {
+        pattern: String,
+        labels: Vec<String>,
+    },
+}
+
+impl AnswerShape {
+    /// The shape made ready to answer with.
+    pub fn plain(&self) -> Plain {
+        match self {
+            AnswerShape::Free => Plain::Grade,
+            AnswerShape::Labels(labels) if labels.is_empty() => Plain::Grade,
+            AnswerShape::Labels(labels) => Plain::Labels(labels.clone()),
+            AnswerShape::Pattern { pattern, labels } => {
+                pattern_answers(pattern, labels).map_or(Plain::Grade, Plain::ByGrade)
+            }
+        }
+    }
+
+    /// What to tell a user whose pattern the simulator cannot answer: its
+    /// answers then fail to parse, and that is the simulator's limit, not
+    /// a mistake in the spec.
+    pub fn note(&self) -> Option<String> {
+        match (self, self.plain()) {
+            (AnswerShape::Pattern { .. }, Plain::Grade) => Some(
+                "the simulated provider cannot write answers your output.pattern matches \
+                 (it tries numbers, `Score: 7`, `7/10`, `{\"grade\": 7}`, A to E, yes/no, \
+                 pass/fail, true/false and the labels); its answers will fail to parse"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// An [`AnswerShape`] ready to answer with: a pattern's answers worked out
+/// once, not per request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plain {
+    /// The grade as a number (also for a pattern nothing can match).
+    Grade,
+    Labels(Vec<String>),
+    /// The answer for each grade, 0 to 10.
+    ByGrade(Vec<String>),
+}
+
+impl Plain {
+    fn answer(&self, body: &Value, grade: u64, h: u64) -> String {
+        match self {
+            Plain::Grade => grade.to_string(),
+            Plain::Labels(labels) => label_answer(labels, &last_user_text(body), h),
+            Plain::ByGrade(answers) => answers[grade as usize].clone(),
+        }
+    }
+}
+
+/// Label answers, per thousand, that are written untidily ("BUG", "bug.",
+/// "Label: bug") and that name no label at all: so that a demo shows the
+/// parser's leniency and a parse failure, as real models give both.
+const UNTIDY_PER_MILLE: u64 = 40;
+const NO_LABEL_PER_MILLE: u64 = 20;
+
+/// A keyword classifier: the label the row's text names first (as a whole
+/// word, in any case), else one chosen by the request's hash; now and then
+/// written untidily, or no label at all.
+fn label_answer(labels: &[String], text: &str, h: u64) -> String {
+    let label = named_label(labels, text)
+        .unwrap_or_else(|| &labels[((h >> 8) % labels.len() as u64) as usize]);
+    // Bits of the hash the grade and the schema misfits hardly use.
+    let draw = (h >> 32) % 1000;
+    if draw < NO_LABEL_PER_MILLE {
+        no_label(labels).unwrap_or_else(|| label.clone())
+    } else if draw < NO_LABEL_PER_MILLE + UNTIDY_PER_MILLE {
+        untidy(labels, label, h >> 48)
+    } else {
+        label.clone()
+    }
+}
+
+/// The label `text` names first, as `parse: label` finds a label in an
+/// answer (whole words, any case); of two starting at the same place, the
+/// longer ("bug report" before "bug").
+fn named_label<'a>(labels: &'a [String], text: &str) -> Option<&'a String> {
+    let text = text.to_lowercase();
+    labels
+        .iter()
+        .filter_map(|l| find_word(&text, &l.to_lowercase()).map(|at| (at, l)))
+        .min_by_key(|(at, l)| (*at, Reverse(l.len())))
+        .map(|(_, l)| l)
+}
+
+/// `label` written as models sometimes write it, in the first form (from
+/// `pick` on) that the label parser still reads as `label`; some label
+/// lists make a form ambiguous ("Label: x" when a label is `label`).
+fn untidy(labels: &[String], label: &str, pick: u64) -> String {
+    let mut capital = label.chars();
+    let capital = capital
+        .next()
+        .map(|c| c.to_uppercase().chain(capital).collect::<String>())
+        .unwrap_or_default();
+    let forms = [
+        label.to_uppercase(),
+        capital,
+        format!("{label}."),
+        format!("Label: {label}"),
+    ];
+    let n = forms.len();
+    (0..n)
+        .map(|i| &forms[(pick as usize + i) % n])
+        .find(|f| f.as_str() != label && label_of(labels, f).is_ok_and(|l| l == label))
+        .cloned()
+        .unwrap_or_else(|| label.to_string())
+}
+
+/// An answer that is none of the labels, as the parser sees it.
+fn no_label(labels: &[String]) -> Option<String> {
+    ["unsure", "unclear", "I cannot tell."]
+        .into_iter()
+        .find(|a| label_of(labels, a).is_err())
+        .map(String::from)
+}
+
+/// The text of the last user message: the row, in a grading prompt (the
+/// system prompt, which lists the labels, is not read).
+fn last_user_text(body: &Value) -> String {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let Some(content) = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .and_then(|m| m.get("content"))
+    else {
+        return String::new();
+    };
+    match content {
+        Value::String(s) => s.clone(),
+        // Content parts (OpenAI) and content blocks (Anthropic) alike.
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The answer for each grade that `pattern` matches (compiled and applied
+/// as `parse: regex` does): the first of the grade's candidates it matches,
+/// else that of the nearest grade that has one (`^[0-5]$` answers 5 for a
+/// 7). `None` when it matches no candidate of any grade.
+fn pattern_answers(pattern: &str, labels: &[String]) -> Option<Vec<String>> {
+    let re = compile_pattern(pattern).ok()?;
+    let own: Vec<Option<String>> = (0..GRADES)
+        .map(|g| {
+            candidates(g, labels)
+                .into_iter()
+                .find(|c| capture(&re, c).is_some())
+        })
+        .collect();
+    (0..GRADES)
+        .map(|g| {
+            (0..GRADES).find_map(|d| {
+                let lower = g.checked_sub(d).and_then(|g| own[g as usize].clone());
+                lower.or_else(|| own.get((g + d) as usize).cloned().flatten())
+            })
+        })
+        .collect()
+}
+
+/// What a grader may answer for grade `g` (0 to 10), most common forms
+/// first: the number alone and in the usual phrasings, JSON, a letter
+/// grade, a verdict word in three cases, and the labels (from the `g`-th
+/// on, so that grades spread over them).
+fn candidates(g: u64, labels: &[String]) -> Vec<String> {
+    let good = g >= 5;
+    let letter = ["E", "E", "E", "D", "D", "C", "C", "B", "B", "A", "A"][g as usize];
+    let mut out = vec![
+        g.to_string(),
+        format!("Score: {g}"),
+        format!("Grade: {g}"),
+        format!("Rating: {g}"),
+        format!("{g}/10"),
+        format!("{g} out of 10"),
+        format!("[[{g}]]"),
+        format!("{{\"grade\": {g}}}"),
+        format!("{{\"score\": {g}}}"),
+        letter.to_string(),
+    ];
+    for (yes, no) in [("yes", "no"), ("pass", "fail"), ("true", "false")] {
+        let word = if good { yes } else { no };
+        let mut capital = word.to_string();
+        capital[..1].make_ascii_uppercase();
+        out.extend([word.to_string(), capital, word.to_uppercase()]);
+    }
+    let n = labels.len();
+    out.extend((0..n).map(|i| labels[(g as usize + i) % n].clone()));
+    out
+}
+
 /// The text of a refusal under a schema.
 pub const REFUSAL: &str = "I can't provide a grade for this answer.";
 
-fn answer(body: &Value, constrained: bool) -> Completion {
+fn answer(body: &Value, constrained: bool, plain: &Plain) -> Completion {
     let h = hash_json(b"answer", body);
     let grade = h % 11;
     let mut finish_reason = "stop";
@@ -190,7 +414,7 @@ fn answer(body: &Value, constrained: bool) -> Completion {
                 None => (answer.to_string(), true),
             }
         }
-        _ => (grade.to_string(), false),
+        _ => (plain.answer(body, grade, h), false),
     };
     // JSON punctuation costs a token or two on top of the characters.
     let completion_tokens = estimate_tokens(&content) + u64::from(is_json);
@@ -449,6 +673,11 @@ pub fn completion_json(request: &Value, completion: &Completion, id: &str, creat
 mod tests {
     use super::*;
 
+    /// Today's plain answers: a grade.
+    fn complete(body: &Value) -> Completion {
+        super::complete(body, &Plain::Grade)
+    }
+
     fn request(extra: Value) -> Value {
         let mut body = json!({
             "model": "gpt-4o-mini",
@@ -699,5 +928,260 @@ mod tests {
             v["usage"]["total_tokens"].as_u64().unwrap(),
             c.prompt_tokens + c.completion_tokens
         );
+    }
+
+    fn labels(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A request whose last user message is `text`, told apart by `i`.
+    fn row(text: &str, i: usize) -> Value {
+        json!({"model": "gpt-4o-mini", "user": i, "messages": [
+            {"role": "system", "content": "Classify the ticket: billing, bug or feature."},
+            {"role": "user", "content": text}
+        ]})
+    }
+
+    /// A hash whose draw gives the label as it is (neither untidy nor none).
+    const TIDY: u64 = 999 << 32;
+
+    #[test]
+    fn the_label_the_text_names_first_wins() {
+        let l = labels(&["billing", "bug", "feature", "bug report"]);
+        let cases: &[(&str, Option<&str>)] = &[
+            ("I was charged twice: a billing mistake", Some("billing")),
+            ("There is a BUG in the export", Some("bug")),
+            ("Bug: the billing page is blank", Some("bug")),
+            ("the billing page has a bug", Some("billing")),
+            ("Feature idea: dark mode.", Some("feature")),
+            // The longer of two labels starting at the same place.
+            ("bug report: it crashes", Some("bug report")),
+            // Only whole words: no label inside another word.
+            ("debugging the featured billings", None),
+            ("nothing to see", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(named_label(&l, text).map(String::as_str), *want, "{text:?}");
+            if let Some(want) = want {
+                assert_eq!(label_answer(&l, text, TIDY), *want, "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_row_is_read_from_the_last_user_message() {
+        let l = Plain::Labels(labels(&["billing", "bug", "feature"]));
+        let body = json!({"model": "m", "messages": [
+            {"role": "system", "content": "Answer bug, billing or feature."},
+            {"role": "user", "content": "an example about billing"},
+            {"role": "assistant", "content": "billing"},
+            {"role": "user", "content": [{"type": "text", "text": "a feature request"}]}
+        ]});
+        assert_eq!(last_user_text(&body), "a feature request");
+        assert_eq!(last_user_text(&json!({"model": "m"})), "");
+        let Plain::Labels(names) = l else {
+            unreachable!()
+        };
+        assert_eq!(
+            label_answer(&names, &last_user_text(&body), TIDY),
+            "feature"
+        );
+    }
+
+    #[test]
+    fn without_a_named_label_the_hash_picks_one() {
+        let names = labels(&["billing", "bug", "feature"]);
+        let plain = Plain::Labels(names.clone());
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..300 {
+            let body = row(&format!("ticket number {i}"), i);
+            let answer = super::complete(&body, &plain);
+            assert_eq!(answer, super::complete(&body, &plain), "deterministic");
+            seen.extend(label_of(&names, &answer.content).ok());
+            let h = hash_json(b"answer", &body);
+            let clean = label_answer(&names, "ticket", (h & 0xffff_ffff) | TIDY);
+            assert!(names.contains(&clean), "{clean}");
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    #[test]
+    fn some_label_answers_are_untidy_and_a_few_no_label() {
+        let names = labels(&["billing", "bug", "feature"]);
+        let plain = Plain::Labels(names.clone());
+        let (mut tidy, mut untidy, mut none) = (0, 0, 0);
+        for i in 0..2000 {
+            let body = row("the export has a bug", i);
+            let answer = super::complete(&body, &plain).content;
+            match label_of(&names, &answer) {
+                Ok(l) if answer == l => tidy += 1,
+                Ok(l) => {
+                    // Untidy, but still the label the text names.
+                    assert_eq!(l, "bug", "{answer:?}");
+                    untidy += 1;
+                }
+                Err(_) => none += 1,
+            }
+        }
+        assert_eq!(tidy + untidy + none, 2000);
+        // 4% and 2% of 2,000: 80 and 40.
+        assert!((50..=115).contains(&untidy), "{untidy}");
+        assert!((20..=60).contains(&none), "{none}");
+    }
+
+    #[test]
+    fn untidy_forms_are_ones_the_label_parser_reads() {
+        let sets = [
+            labels(&["billing", "bug", "feature"]),
+            // "Label: x" names two labels here; "x." is not `x.y`.
+            labels(&["label", "x", "x.y"]),
+            labels(&["bug", "bug report", "c++", "N/A"]),
+        ];
+        for set in &sets {
+            for label in set {
+                let mut forms = std::collections::HashSet::new();
+                for pick in 0..4 {
+                    let form = untidy(set, label, pick);
+                    assert_eq!(
+                        label_of(set, &form).as_ref(),
+                        Ok(label),
+                        "{form:?} in {set:?}"
+                    );
+                    forms.insert(form);
+                }
+                assert!(forms.len() >= 2, "{label}: {forms:?}");
+            }
+        }
+        assert_eq!(untidy(&labels(&["bug"]), "bug", 0), "BUG");
+        assert_eq!(untidy(&labels(&["bug"]), "bug", 1), "Bug");
+        assert_eq!(untidy(&labels(&["bug"]), "bug", 2), "bug.");
+        assert_eq!(untidy(&labels(&["bug"]), "bug", 3), "Label: bug");
+    }
+
+    #[test]
+    fn an_answer_that_is_no_label_is_none_the_parser_takes() {
+        assert_eq!(no_label(&labels(&["a", "b"])).as_deref(), Some("unsure"));
+        let set = labels(&["unsure", "unclear"]);
+        let none = no_label(&set).unwrap();
+        assert!(label_of(&set, &none).is_err(), "{none}");
+    }
+
+    #[test]
+    fn json_requests_keep_their_shape_whatever_the_job_parses() {
+        let plain = Plain::Labels(labels(&["billing", "bug"]));
+        let body = request(json!({"response_format": {"type": "json_object"}}));
+        assert_eq!(super::complete(&body, &plain), complete(&body));
+        let body = rubric_body(json!({}));
+        assert_eq!(super::complete(&body, &plain), complete(&body));
+        let pattern = AnswerShape::Pattern {
+            pattern: "^(A|B)$".into(),
+            labels: vec![],
+        };
+        assert_eq!(super::complete(&body, &pattern.plain()), complete(&body));
+    }
+
+    fn pattern(p: &str, names: &[&str]) -> AnswerShape {
+        AnswerShape::Pattern {
+            pattern: p.into(),
+            labels: labels(names),
+        }
+    }
+
+    #[test]
+    fn a_pattern_is_answered_with_text_it_matches() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            (r"(\d+)", &[], "7"),
+            (r"Score: (\d+)", &[], "Score: 7"),
+            (r"^(A|B|C|D)$", &[], "B"),
+            (r"(pass|fail)", &[], "pass"),
+            (r"^(yes|no)$", &[], "yes"),
+            (r"^(PASS|FAIL)$", &[], "PASS"),
+            (r"(?i)^verdict: (true|false)$", &[], ""),
+            (r"(True|False)", &[], "True"),
+            (r"(\d+)/10", &[], "7/10"),
+            (r"\[\[(\d+)\]\]", &[], "[[7]]"),
+            (r#""grade":\s*(\d+)"#, &[], "{\"grade\": 7}"),
+            // From the grade's own place on: grade 7 of 3 labels is the second.
+            (
+                r"^(billing|bug|feature)$",
+                &["billing", "bug", "feature"],
+                "bug",
+            ),
+        ];
+        for (p, names, at_seven) in cases {
+            let shape = pattern(p, names);
+            let re = compile_pattern(p).unwrap();
+            let Plain::ByGrade(answers) = shape.plain() else {
+                assert!(at_seven.is_empty(), "{p}: no answers");
+                assert!(shape.note().is_some(), "{p}");
+                continue;
+            };
+            assert!(shape.note().is_none(), "{p}");
+            assert_eq!(answers.len(), GRADES as usize);
+            assert_eq!(answers[7], *at_seven, "{p}");
+            for a in &answers {
+                assert!(capture(&re, a).is_some(), "{p} does not match {a:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_grade_the_pattern_refuses_takes_the_nearest_it_allows() {
+        let Plain::ByGrade(answers) = pattern(r"^[3-5]$", &[]).plain() else {
+            panic!("no answers");
+        };
+        assert_eq!(
+            answers,
+            ["3", "3", "3", "3", "4", "5", "5", "5", "5", "5", "5"]
+        );
+        // Letters: grades 0 to 2 are E, which `^(A|B|C|D)$` refuses.
+        let Plain::ByGrade(letters) = pattern(r"^(A|B|C|D)$", &[]).plain() else {
+            panic!("no answers");
+        };
+        assert_eq!(letters[..4], ["D", "D", "D", "D"]);
+        assert_eq!(letters[10], "A");
+    }
+
+    #[test]
+    fn a_pattern_nothing_matches_answers_grades_and_says_so() {
+        for p in ["^zzz$", r"^\d{5}$", "("] {
+            let shape = pattern(p, &[]);
+            assert_eq!(shape.plain(), Plain::Grade, "{p}");
+            let note = shape.note().unwrap();
+            assert!(
+                note.contains("cannot write answers your output.pattern matches"),
+                "{note}"
+            );
+            assert!(note.contains("will fail to parse"), "{note}");
+        }
+        // The labels are tried too.
+        assert!(pattern("^zzz$", &["zzz"]).note().is_none());
+        assert!(AnswerShape::Free.note().is_none());
+        assert!(AnswerShape::Labels(labels(&["a"])).note().is_none());
+    }
+
+    #[test]
+    fn pattern_answers_follow_the_grade() {
+        let plain = pattern(r"^Score: (\d+)$", &[]).plain();
+        for i in 0..50 {
+            let body = request(json!({"user": i}));
+            let grade = complete(&body).content;
+            let c = super::complete(&body, &plain);
+            assert_eq!(c.content, format!("Score: {grade}"));
+            assert_eq!(c.completion_tokens, estimate_tokens(&c.content));
+        }
+    }
+
+    #[test]
+    fn the_shape_is_kept_in_json() {
+        for shape in [
+            AnswerShape::Free,
+            AnswerShape::Labels(labels(&["a", "b"])),
+            pattern(r"(\d+)", &["a"]),
+        ] {
+            let text = serde_json::to_string(&shape).unwrap();
+            assert_eq!(serde_json::from_str::<AnswerShape>(&text).unwrap(), shape);
+        }
     }
 }

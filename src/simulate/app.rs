@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::SimConfig;
+use super::answers::Plain;
 use super::api_error::ApiError;
 use super::batch_file::{self, Flakes, RunClock, RunContext, Unrun};
 use super::faults::{CallFault, CallRates, call_fault, token_limit_error};
@@ -32,6 +33,8 @@ pub fn now_ms() -> u64 {
 
 pub struct App {
     pub config: SimConfig,
+    /// `config.answers` ready for `/v1/chat/completions`.
+    pub answers: Plain,
     db: Mutex<Db>,
     pub blobs: Blobs,
     /// Serialises `state.json` writes so an older snapshot never lands last.
@@ -77,6 +80,7 @@ impl App {
         let blobs = Blobs::open(config.data_dir.as_deref())?;
         let nonce = server_nonce();
         Ok(Arc::new(App {
+            answers: config.answers.plain(),
             config,
             db: Mutex::new(db),
             blobs,
@@ -466,6 +470,7 @@ fn run_context<'a>(batch: &'a BatchRecord, flakes: &'a Flakes) -> RunContext<'a>
             Unrun::Expired
         },
         flakes,
+        answers: batch.answers.plain(),
     }
 }
 

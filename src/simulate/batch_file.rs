@@ -10,7 +10,7 @@ use std::io::{self, BufRead};
 
 use serde_json::{Value, json};
 
-use super::answers::{check_request, complete, completion_json};
+use super::answers::{Plain, check_request, complete, completion_json};
 use super::api_error::ErrorBody;
 use super::hash::{SplitMix64, hash_json, hash64, unit};
 use super::state::{Counts, LineError, Usage, Validation};
@@ -29,6 +29,8 @@ pub struct RunContext<'a> {
     /// Why the requests past `executed` did not run.
     pub unrun: Unrun,
     pub flakes: &'a Flakes,
+    /// How plain requests are answered (the batch's frozen answer shape).
+    pub answers: Plain,
 }
 
 /// Requests that fail once (`request_flake_rate`): those whose draw falls
@@ -408,7 +410,7 @@ fn request_id(ctx: &RunContext, request: &Request) -> String {
 }
 
 fn success_line(ctx: &RunContext, request: &Request, created: u64) -> (String, u64, u64) {
-    let completion = complete(&request.body);
+    let completion = complete(&request.body, &ctx.answers);
     let id = format!("chatcmpl-sim-{:016x}", line_hash(b"chatcmpl", ctx, request));
     let body = completion_json(&request.body, &completion, &id, created);
     let line = json!({
@@ -511,6 +513,7 @@ mod tests {
             request_failure_rate: rate,
             unrun: Unrun::Cancelled,
             flakes: &NO_FLAKES,
+            answers: Plain::Grade,
         }
     }
 

@@ -201,6 +201,7 @@ pub(super) async fn create_batch(
             cancel_ms: None,
             outcome: None,
             fault,
+            answers: config.answers.clone(),
         };
         let object = shown(&app, batch_object(&record, &view(&record, now)));
         db.batches.insert(id.clone(), record);

@@ -33,7 +33,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::spec::{CheckedSpec, Output, ParseMode, Simulated, Wire};
 use app::App;
+
+pub use answers::AnswerShape;
 
 /// How long `shutdown` waits for open connections (a long download, say).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -90,6 +93,9 @@ pub struct SimConfig {
     /// Speak Anthropic's Message Batches API instead of OpenAI's Files +
     /// Batches (see `anthropic`).
     pub anthropic: bool,
+    /// The shape of the answers to requests without a JSON `response_format`:
+    /// the job's labels or pattern, so a rehearsal parses as the real job would.
+    pub answers: AnswerShape,
 }
 
 /// By hand, so that a key never reaches a log.
@@ -112,6 +118,7 @@ impl std::fmt::Debug for SimConfig {
             .field("seed", &self.seed)
             .field("drop_metadata", &self.drop_metadata)
             .field("anthropic", &self.anthropic)
+            .field("answers", &self.answers)
             .finish()
     }
 }
@@ -135,20 +142,26 @@ impl Default for SimConfig {
             seed: 0,
             drop_metadata: false,
             anthropic: false,
+            answers: AnswerShape::Free,
         }
     }
 }
 
 impl SimConfig {
-    /// The server a job spec's `provider.simulated` block describes. The spec
-    /// was validated, so a value that does not parse keeps the default.
-    /// The simulator a spec's `simulated:` block asks for, speaking the
-    /// job's wire.
-    pub fn from_spec(
-        s: &crate::spec::Simulated,
-        wire: crate::spec::Wire,
-        data_dir: Option<PathBuf>,
-    ) -> SimConfig {
+    /// The simulator a job spec asks for: its `provider.simulated` block
+    /// (defaults when it has none), speaking the job's wire, answering in
+    /// the shape its `output` block parses.
+    pub fn from_spec(spec: &CheckedSpec, data_dir: Option<PathBuf>) -> SimConfig {
+        let block = spec.endpoint.simulated.clone().unwrap_or_default();
+        SimConfig {
+            answers: AnswerShape::for_output(spec.output(), spec.schema.is_some()),
+            ..SimConfig::from_block(&block, spec.wire, data_dir)
+        }
+    }
+
+    /// The server a `provider.simulated` block describes. The spec was
+    /// validated, so a value that does not parse keeps the default.
+    fn from_block(s: &Simulated, wire: Wire, data_dir: Option<PathBuf>) -> SimConfig {
         use crate::spec::{Rate, units};
         let defaults = SimConfig::default();
         let duration = |v: &str, default: Duration| units::parse_duration(v).unwrap_or(default);
@@ -166,10 +179,37 @@ impl SimConfig {
             create_commit_error_rate: rate(&s.create_commit_error_rate),
             token_limit_every: s.token_limit_every.unwrap_or(0),
             expire_every: s.expire_every.unwrap_or(0),
-            anthropic: wire == crate::spec::Wire::AnthropicMessages,
+            anthropic: wire == Wire::AnthropicMessages,
             ..defaults
         }
     }
+}
+
+impl AnswerShape {
+    /// The shape an `output` block parses: its labels for `parse: label`,
+    /// its pattern for `parse: regex`; with a schema the requests carry it
+    /// (and are answered by it), so the shape stays free.
+    pub fn for_output(output: &Output, has_schema: bool) -> AnswerShape {
+        let labels = output.labels.clone().unwrap_or_default();
+        match (output.parse, &output.pattern) {
+            _ if has_schema => AnswerShape::Free,
+            (ParseMode::Label, _) => AnswerShape::Labels(labels),
+            (ParseMode::Regex, Some(pattern)) => AnswerShape::Pattern {
+                pattern: pattern.clone(),
+                labels,
+            },
+            _ => AnswerShape::Free,
+        }
+    }
+}
+
+/// What to tell the user before a job runs on the simulated provider:
+/// that it cannot write answers the job's `output.pattern` matches, if so.
+pub fn spec_note(spec: &CheckedSpec) -> Option<String> {
+    if !spec.endpoint.is_simulated() {
+        return None;
+    }
+    AnswerShape::for_output(spec.output(), spec.schema.is_some()).note()
 }
 
 /// A running simulated provider. Dropping it stops serving; prefer
@@ -311,9 +351,9 @@ mod tests {
             request_flake_rate: Some(Rate::Percent("1%".into())),
         };
         let dir = PathBuf::from("/tmp/sim");
-        let c = SimConfig::from_spec(
+        let c = SimConfig::from_block(
             &spec,
-            crate::spec::Wire::of(crate::spec::ProviderKind::Simulated, spec.api),
+            Wire::of(crate::spec::ProviderKind::Simulated, spec.api),
             Some(dir.clone()),
         );
         assert_eq!(c.data_dir, Some(dir));
@@ -342,7 +382,7 @@ mod tests {
 
     #[test]
     fn from_spec_defaults() {
-        let c = SimConfig::from_spec(&Simulated::default(), crate::spec::Wire::OpenAiChat, None);
+        let c = SimConfig::from_block(&Simulated::default(), Wire::OpenAiChat, None);
         assert_eq!(c.data_dir, None);
         assert_eq!(c.validating, Duration::from_millis(200));
         assert_eq!(c.in_progress, Duration::from_secs(2));
@@ -356,5 +396,73 @@ mod tests {
         );
         assert_eq!(off, (0.0, 0.0, 0.0, 0.0));
         assert_eq!((c.token_limit_every, c.expire_every), (0, 0));
+    }
+
+    /// A checked spec on `provider` with `output` lines after `path:`.
+    fn checked(provider: &str, output: &str) -> CheckedSpec {
+        let text = format!(
+            "version: 1\nname: t\nmodel: gpt-4o-mini\nprovider:\n  kind: {provider}\n\
+             input:\n  path: in.csv\nprompt:\n  user: \"{{{{ text }}}}\"\n\
+             output:\n  path: out.csv\n{output}"
+        );
+        crate::spec::check(std::path::Path::new("s.yaml"), &text).unwrap()
+    }
+
+    #[test]
+    fn from_spec_answers_in_the_shape_the_output_parses() {
+        let labels = vec!["billing".to_string(), "bug".into()];
+        let cases = [
+            ("", AnswerShape::Free),
+            ("  parse: number\n", AnswerShape::Free),
+            (
+                "  parse: label\n  labels: [billing, bug]\n",
+                AnswerShape::Labels(labels.clone()),
+            ),
+            (
+                "  parse: regex\n  pattern: 'Score: (\\d+)'\n",
+                AnswerShape::Pattern {
+                    pattern: "Score: (\\d+)".into(),
+                    labels: vec![],
+                },
+            ),
+            (
+                "  parse: regex\n  pattern: '(billing|bug)'\n  labels: [billing, bug]\n",
+                AnswerShape::Pattern {
+                    pattern: "(billing|bug)".into(),
+                    labels,
+                },
+            ),
+            // A schema rides in the request and shapes the answer itself.
+            (
+                "  schema:\n    type: object\n    properties: {grade: {type: integer}}\n    \
+                 required: [grade]\n    additionalProperties: false\n",
+                AnswerShape::Free,
+            ),
+        ];
+        for (output, want) in cases {
+            let spec = checked("simulated", output);
+            let c = SimConfig::from_spec(&spec, None);
+            assert_eq!(c.answers, want, "{output}");
+            assert!(!c.anthropic);
+            assert_eq!(
+                c.in_progress,
+                Duration::from_secs(2),
+                "the block's defaults"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pattern_the_simulator_cannot_answer_is_said_before_the_run() {
+        let never = "  parse: regex\n  pattern: '^\\d{5}$'\n";
+        let note = spec_note(&checked("simulated", never)).unwrap();
+        assert!(
+            note.contains("simulated provider cannot write answers"),
+            "{note}"
+        );
+        // A real provider's model may well write them.
+        assert_eq!(spec_note(&checked("openai", never)), None);
+        let fine = "  parse: regex\n  pattern: '(\\d+)/10'\n";
+        assert_eq!(spec_note(&checked("simulated", fine)), None);
     }
 }

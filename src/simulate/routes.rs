@@ -139,7 +139,7 @@ async fn wrong_method_v1(request: Request) -> ApiError {
 async fn chat_completions(State(app): AppState, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = Value::Object(json_body(body)?);
     check_request(&body).map_err(ApiError::bad_request)?;
-    let completion = complete(&body);
+    let completion = complete(&body, &app.answers);
     let n = {
         let mut db = app.db();
         db.counters.chat_completions += 1;

@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::answers::AnswerShape;
+
 /// How long a batch stays in `cancelling` at least.
 pub const CANCEL_DELAY_MS: u64 = 300;
 /// `expires_at` is creation + the 24 h completion window.
@@ -169,6 +171,10 @@ pub struct BatchRecord {
     /// Absent in records written before faults existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<BatchFault>,
+    /// The shape plain requests are answered in, frozen like the timing;
+    /// records written before it existed were answered with grades.
+    #[serde(default)]
+    pub answers: AnswerShape,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -538,6 +544,7 @@ mod tests {
             cancel_ms: None,
             outcome: None,
             fault: None,
+            answers: AnswerShape::Free,
         }
     }
 

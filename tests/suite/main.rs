@@ -5,6 +5,7 @@
 mod common;
 
 mod agreement;
+mod answer_shapes;
 mod anthropic;
 mod apply;
 mod bad_input;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::Failure;
 use crate::simulate::SimConfig;
-use crate::simulate::answers::{complete, complete_constrained};
+use crate::simulate::answers::{AnswerShape, Plain, complete, complete_constrained};
 use crate::simulate::app::now_ms;
 use crate::simulate::faults::{CallFault, CallRates, call_fault};
 use crate::simulate::hash::{SplitMix64, hash_json, hash64, unit};
@@ -43,6 +43,10 @@ pub struct SimBatch {
     pub validating_ms: u64,
     pub failure_rate: f64,
     pub seed: u64,
+    /// The shape plain requests are answered in (absent before it existed:
+    /// answered with grades).
+    #[serde(default)]
+    pub answers: AnswerShape,
     /// Filled once the batch has ended and its results were made.
     pub counts: Option<Counts>,
 }
@@ -284,6 +288,7 @@ impl Sim {
             validating_ms: ms(c.validating),
             failure_rate: c.request_failure_rate,
             seed: c.seed,
+            answers: c.answers.clone(),
             counts: None,
         };
         let stored = Arc::new(requests.to_vec());
@@ -399,6 +404,7 @@ impl Sim {
         let requests = self.requests_of(&b.id)?;
         let executed = b.executed();
         let flaked: HashSet<u64> = b.flaked.iter().copied().collect();
+        let plain = b.answers.plain();
         let mut counts = Counts::default();
         let mut lines: Vec<String> = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
@@ -427,7 +433,7 @@ impl Sim {
                 counts.errored += 1;
                 errored("overloaded_error", "Overloaded (simulated)", &b.id, i)
             } else {
-                let (message, input, output) = message(params, &b.id, i);
+                let (message, input, output) = message(params, &b.id, i, &plain);
                 counts.succeeded += 1;
                 counts.input_tokens += input;
                 counts.output_tokens += output;
@@ -758,8 +764,8 @@ fn unsupported_in(schema: &serde_json::Map<String, Value>, depth: usize) -> Resu
 }
 
 /// A deterministic `Message` for `params`: the OpenAI simulation's answer
-/// to the same prompt, so both simulated APIs grade alike.
-fn message(params: &Value, batch: &str, i: u64) -> (Value, u64, u64) {
+/// to the same prompt (in the same shape), so both simulated APIs grade alike.
+fn message(params: &Value, batch: &str, i: u64, plain: &Plain) -> (Value, u64, u64) {
     let mut messages = Vec::new();
     if let Some(s) = params.get("system") {
         let text = match s {
@@ -795,7 +801,7 @@ fn message(params: &Value, batch: &str, i: u64) -> (Value, u64, u64) {
                 json!({"type": "json_schema", "json_schema": {"schema": schema}});
             complete_constrained(&chat)
         }
-        None => complete(&chat),
+        None => complete(&chat, plain),
     };
     let id = format!(
         "msg_sim{:016x}",
