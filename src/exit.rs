@@ -163,9 +163,11 @@ pub fn for_run(end: RunEnd) -> Code {
     }
 }
 
-/// `status --exit-status`: whether the job is done, halted or still going.
-pub fn for_run_state(state: RunState) -> Code {
+/// `status --exit-status`: whether the job is done, halted or still going
+/// (`below_gate`: finished under the quality gate).
+pub fn for_run_state(state: RunState, below_gate: bool) -> Code {
     match state {
+        RunState::Finished if below_gate => Code::BelowGate,
         RunState::Finished => Code::Success,
         RunState::Halted => Code::Halted,
         RunState::Planned | RunState::Running | RunState::Detached => Code::Running,
@@ -258,20 +260,45 @@ mod tests {
     #[test]
     fn endings_and_states() {
         let cases = [
-            (RunEnd::Finished { rows_failed: false, below_gate: false }, Code::Success),
-            (RunEnd::Finished { rows_failed: true, below_gate: false }, Code::RowsFailed),
-            (RunEnd::Finished { rows_failed: false, below_gate: true }, Code::BelowGate),
-            (RunEnd::Finished { rows_failed: true, below_gate: true }, Code::BelowGate),
+            (
+                RunEnd::Finished {
+                    rows_failed: false,
+                    below_gate: false,
+                },
+                Code::Success,
+            ),
+            (
+                RunEnd::Finished {
+                    rows_failed: true,
+                    below_gate: false,
+                },
+                Code::RowsFailed,
+            ),
+            (
+                RunEnd::Finished {
+                    rows_failed: false,
+                    below_gate: true,
+                },
+                Code::BelowGate,
+            ),
+            (
+                RunEnd::Finished {
+                    rows_failed: true,
+                    below_gate: true,
+                },
+                Code::BelowGate,
+            ),
             (RunEnd::Halted, Code::Halted),
             (RunEnd::StillRunning, Code::Running),
         ];
         for (end, code) in cases {
             assert_eq!(for_run(end), code, "{end:?}");
         }
-        assert_eq!(for_run_state(RunState::Finished), Code::Success);
-        assert_eq!(for_run_state(RunState::Halted), Code::Halted);
+        assert_eq!(for_run_state(RunState::Finished, false), Code::Success);
+        assert_eq!(for_run_state(RunState::Finished, true), Code::BelowGate);
+        assert_eq!(for_run_state(RunState::Halted, true), Code::Halted);
         for st in [RunState::Planned, RunState::Running, RunState::Detached] {
-            assert_eq!(for_run_state(st), Code::Running);
+            assert_eq!(for_run_state(st, false), Code::Running);
         }
     }
 

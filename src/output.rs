@@ -128,11 +128,13 @@ impl AddedColumns {
             v.push(r.input_tokens.map(|t| t.to_string()).unwrap_or_default());
             v.push(r.output_tokens.map(|t| t.to_string()).unwrap_or_default());
         }
-        v.extend((0..self.agrees.len()).map(|i| match r.agrees.get(i).copied().flatten() {
-            Some(true) => "true".to_string(),
-            Some(false) => "false".to_string(),
-            None => String::new(),
-        }));
+        v.extend(
+            (0..self.agrees.len()).map(|i| match r.agrees.get(i).copied().flatten() {
+                Some(true) => "true".to_string(),
+                Some(false) => "false".to_string(),
+                None => String::new(),
+            }),
+        );
         v
     }
 }

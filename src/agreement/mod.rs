@@ -41,7 +41,7 @@ pub struct Disagreement {
 }
 
 /// Agreement of one graded field (or schema property) with its gold column.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FieldAgreement {
     /// `answer`, or `answer.category` for a schema property.
     pub field: String,
@@ -52,20 +52,70 @@ pub struct FieldAgreement {
     /// Rows with a gold value but no usable grade (failed, parse error, not graded).
     pub no_grade: u64,
     /// Gold values that are not among the field's classes, most frequent first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown_gold: Vec<UnknownGold>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub categorical: Option<Categorical>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<Binary>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub ordinal: Option<Ordinal>,
     /// What could not be computed, in words (κ with one class, no gold rows).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     /// The first few disagreements per (gold, judge) pair.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disagreements: Vec<Disagreement>,
+}
+
+/// By hand: the kind's numbers are flattened into the object, and serde's
+/// derive for two flattened options takes keys out for the first one it
+/// tries, so the second never reads back. `kind` says which one it is.
+impl<'de> Deserialize<'de> for FieldAgreement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        struct Common {
+            field: String,
+            gold_column: String,
+            kind: Kind,
+            missing_gold: u64,
+            no_grade: u64,
+            #[serde(default)]
+            unknown_gold: Vec<UnknownGold>,
+            #[serde(default)]
+            binary: Option<Binary>,
+            #[serde(default)]
+            notes: Vec<String>,
+            #[serde(default)]
+            disagreements: Vec<Disagreement>,
+        }
+        let v = Value::deserialize(d)?;
+        let c: Common = serde_json::from_value(v.clone()).map_err(D::Error::custom)?;
+        let (categorical, ordinal) = match c.kind {
+            Kind::Categorical => (
+                Some(serde_json::from_value(v).map_err(D::Error::custom)?),
+                None,
+            ),
+            Kind::Ordinal => (
+                None,
+                Some(serde_json::from_value(v).map_err(D::Error::custom)?),
+            ),
+        };
+        Ok(FieldAgreement {
+            field: c.field,
+            gold_column: c.gold_column,
+            kind: c.kind,
+            missing_gold: c.missing_gold,
+            no_grade: c.no_grade,
+            unknown_gold: c.unknown_gold,
+            categorical,
+            binary: c.binary,
+            ordinal,
+            notes: c.notes,
+            disagreements: c.disagreements,
+        })
+    }
 }
 
 impl FieldAgreement {
@@ -277,7 +327,12 @@ impl FieldAcc {
     fn pairs(&self) -> Vec<(&str, &str)> {
         self.classes
             .iter()
-            .map(|&(g, j)| (self.names[g as usize].as_str(), self.names[j as usize].as_str()))
+            .map(|&(g, j)| {
+                (
+                    self.names[g as usize].as_str(),
+                    self.names[j as usize].as_str(),
+                )
+            })
             .collect()
     }
 
@@ -355,12 +410,18 @@ impl FieldAcc {
                 unknown_gold
                     .iter()
                     .take(5)
-                    .map(|u| format!("`{}` ({} row{})", u.value, u.rows, if u.rows == 1 { "" } else { "s" }))
+                    .map(|u| format!(
+                        "`{}` ({} row{})",
+                        u.value,
+                        u.rows,
+                        if u.rows == 1 { "" } else { "s" }
+                    ))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         }
-        let mut pairs: Vec<(&(String, String), &Vec<Disagreement>)> = self.examples.iter().collect();
+        let mut pairs: Vec<(&(String, String), &Vec<Disagreement>)> =
+            self.examples.iter().collect();
         let count = |p: &(String, String)| match (&categorical, &ordinal) {
             (Some(c), _) => cell(&c.confusion, &p.0, &p.1),
             (_, Some(o)) => o.confusion.as_ref().map_or(0, |t| cell(t, &p.0, &p.1)),
@@ -378,7 +439,10 @@ impl FieldAcc {
             binary,
             ordinal,
             notes,
-            disagreements: pairs.into_iter().flat_map(|(_, v)| v.iter().cloned()).collect(),
+            disagreements: pairs
+                .into_iter()
+                .flat_map(|(_, v)| v.iter().cloned())
+                .collect(),
         }
     }
 }
@@ -523,7 +587,12 @@ impl Collector {
                         } else {
                             None
                         };
-                        (n, (n > 0).then(|| same / n as f64), metrics::cohen_kappa(&pairs), low)
+                        (
+                            n,
+                            (n > 0).then(|| same / n as f64),
+                            metrics::cohen_kappa(&pairs),
+                            low,
+                        )
                     }
                 };
                 GateNumbers {
@@ -535,5 +604,134 @@ impl Collector {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(kind: GoldKind) -> GoldField {
+        GoldField {
+            field: "answer".into(),
+            property: None,
+            column: "gold".into(),
+            kind,
+        }
+    }
+
+    fn grade(text: &str) -> Option<Grade<'_>> {
+        Some(Grade { text, json: None })
+    }
+
+    /// Gold spelled as users spell it, per kind: `None` is an unknown value.
+    #[test]
+    fn gold_values_are_read_in_the_field_s_terms() {
+        let classes = GoldKind::Classes(vec!["pass".into(), "fail".into(), "Pass".into()]);
+        let cases: Vec<(&GoldKind, &str, Option<&str>)> = vec![
+            (&classes, "fail", Some("fail")),
+            (&classes, "FAIL", Some("fail")),
+            // Two classes differ only in case: the exact one, or none.
+            (&classes, "Pass", Some("Pass")),
+            (&classes, "PASS", None),
+            (&classes, "failed", None),
+            (&GoldKind::Boolean, "Yes", Some("true")),
+            (&GoldKind::Boolean, "0", Some("false")),
+            (&GoldKind::Boolean, "maybe", None),
+            (&GoldKind::Number { integer: true }, "3.0", Some("3")),
+            (&GoldKind::Number { integer: false }, " 2.5 ", Some("2.5")),
+            (&GoldKind::Number { integer: false }, "NaN", None),
+            (&GoldKind::Number { integer: false }, "seven", None),
+            (&GoldKind::Text, "anything at all", Some("anything at all")),
+        ];
+        for (kind, gold, want) in cases {
+            assert_eq!(
+                canonical_gold(kind, gold).as_deref(),
+                want,
+                "{kind:?} {gold:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rows_are_counted_where_they_belong_and_agreement_is_said_per_row() {
+        let f = field(GoldKind::Classes(vec!["a".into(), "b".into()]));
+        let mut c = Collector::new(std::slice::from_ref(&f));
+        let g = |s: &str| vec![Some(s.to_string())];
+        assert_eq!(c.add(1, "1", &g("a"), grade("a"), "a"), vec![Some(true)]);
+        assert_eq!(c.add(2, "2", &g("a"), grade("b"), "b!"), vec![Some(false)]);
+        assert_eq!(c.add(3, "3", &[None], grade("a"), "a"), vec![None]);
+        assert_eq!(c.add(4, "4", &g("a"), None, "???"), vec![None]);
+        assert_eq!(c.add(5, "5", &g("c"), grade("a"), "a"), vec![None]);
+        let a = &c.finish()[0];
+        assert_eq!((a.n(), a.missing_gold, a.no_grade), (2, 1, 1));
+        assert_eq!(
+            a.unknown_gold,
+            vec![UnknownGold {
+                value: "c".into(),
+                rows: 1
+            }]
+        );
+        assert_eq!(a.disagreements.len(), 1);
+        assert_eq!(
+            (
+                a.disagreements[0].gold.as_str(),
+                a.disagreements[0].judge.as_str()
+            ),
+            ("a", "b")
+        );
+        // Two classes: the first is positive; row 3 (no gold) is the one unlabelled answer.
+        let b = a.binary.as_ref().expect("two classes");
+        assert_eq!((b.positive.as_str(), b.unlabelled), ("a", 1));
+    }
+
+    /// What `status.json` keeps reads back as it was written.
+    #[test]
+    fn field_agreement_round_trips_through_json() {
+        for kind in [
+            GoldKind::Classes(vec!["a".into(), "b".into()]),
+            GoldKind::Number { integer: true },
+        ] {
+            let mut c = Collector::new(&[field(kind)]);
+            for (i, (g, j)) in [("1", "1"), ("1", "2"), ("2", "2"), ("2", "1"), ("1", "1")]
+                .iter()
+                .enumerate()
+            {
+                let (g, j) = match c.fields[0].field.kind {
+                    GoldKind::Number { .. } => (*g, *j),
+                    _ => (
+                        if *g == "1" { "a" } else { "b" },
+                        if *j == "1" { "a" } else { "b" },
+                    ),
+                };
+                c.add(i as u64 + 1, "k", &[Some(g.to_string())], grade(j), j);
+            }
+            let a = c.finish();
+            let text = serde_json::to_string(&a).unwrap();
+            let back: Vec<FieldAgreement> = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, a, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_schema_property_is_read_from_the_object() {
+        let f = GoldField {
+            field: "answer.ok".into(),
+            property: Some("ok".into()),
+            column: "gold_ok".into(),
+            kind: GoldKind::Boolean,
+        };
+        let json = serde_json::json!({"ok": true, "why": "fine"});
+        let grade = Grade {
+            text: "",
+            json: Some(&json),
+        };
+        assert_eq!(judge_value(&f, grade).as_deref(), Some("true"));
+        let null = serde_json::json!({"ok": null});
+        let grade = Grade {
+            text: "",
+            json: Some(&null),
+        };
+        assert_eq!(judge_value(&f, grade), None);
     }
 }

@@ -19,7 +19,8 @@ fn val(x: Option<f64>) -> String {
 }
 
 fn interval(i: Option<[f64; 2]>) -> String {
-    i.map(|[lo, hi]| format!(" [{lo:.3}, {hi:.3}]")).unwrap_or_default()
+    i.map(|[lo, hi]| format!(" [{lo:.3}, {hi:.3}]"))
+        .unwrap_or_default()
 }
 
 fn pct_interval(i: Option<[f64; 2]>) -> String {
@@ -45,8 +46,9 @@ fn quoted(raw: &str) -> String {
     format!("{:?}", one_line.trim())
 }
 
-/// `(head, body)` lines for one field's agreement.
-pub fn field_lines(a: &FieldAgreement) -> Vec<(&'static str, String)> {
+/// `(head, body)` lines for one field's agreement (`job`: for the hint
+/// that lists every disagreement).
+pub fn field_lines(job: &str, a: &FieldAgreement) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     let n = a.n();
     if let Some(c) = &a.categorical {
@@ -145,6 +147,7 @@ pub fn field_lines(a: &FieldAgreement) -> Vec<(&'static str, String)> {
     for note in &a.notes {
         out.push(("", format!("note     {note}")));
     }
+    let differ = disagreements(a);
     for d in a.disagreements.iter().take(SHOWN_DISAGREEMENTS) {
         out.push((
             "",
@@ -157,7 +160,31 @@ pub fn field_lines(a: &FieldAgreement) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    if differ > 0 {
+        out.push((
+            "",
+            format!(
+                "         {} disagreement{} in all: `batchgrader export {job} --disagreements --out FILE` lists them",
+                num(differ),
+                if differ == 1 { "" } else { "s" }
+            ),
+        ));
+    }
     out
+}
+
+/// Rows compared where judge and gold differ.
+pub fn disagreements(a: &FieldAgreement) -> u64 {
+    match (&a.categorical, &a.ordinal) {
+        (Some(c), _) => {
+            let same: u64 = (0..c.confusion.labels.len())
+                .map(|i| c.confusion.matrix[i][i])
+                .sum();
+            c.n - same.min(c.n)
+        }
+        (_, Some(o)) => o.n - ((o.exact * o.n as f64).round() as u64).min(o.n),
+        _ => 0,
+    }
 }
 
 fn short(x: Option<f64>) -> String {
@@ -197,7 +224,10 @@ pub fn failure_lines(failures: &[FailureClass]) -> Vec<(&'static str, String)> {
             } else {
                 format!(" answered {}", quoted(&e.raw))
             };
-            out.push(("", format!("  {}{raw}: {}", row_name(e.row, &e.key), e.error)));
+            out.push((
+                "",
+                format!("  {}{raw}: {}", row_name(e.row, &e.key), e.error),
+            ));
         }
     }
     if failures.len() > SHOWN_FAILURE_CLASSES {

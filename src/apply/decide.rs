@@ -455,7 +455,10 @@ pub use crate::spec::Gate;
 /// `gate_on: lower_bound` (halting only when the judge is surely under). An
 /// undefined κ (one class only) is not compared: there is nothing to say.
 pub fn quality_gate(gate: &Gate, fields: &[GateNumbers]) -> GateCheck {
-    let judged: Vec<&GateNumbers> = fields.iter().filter(|f| f.n >= gate.min_gold_rows).collect();
+    let judged: Vec<&GateNumbers> = fields
+        .iter()
+        .filter(|f| f.n >= gate.min_gold_rows)
+        .collect();
     if judged.is_empty() {
         let most = fields.iter().map(|f| f.n).max().unwrap_or(0);
         return GateCheck::NotJudged(format!(
@@ -470,7 +473,9 @@ pub fn quality_gate(gate: &Gate, fields: &[GateNumbers]) -> GateCheck {
             && let Some(kappa) = f.kappa
         {
             let (value, what) = match (gate.on, f.kappa_low) {
-                (crate::spec::GateOn::LowerBound, Some(low)) => (low, "the lower end of κ's 95% interval"),
+                (crate::spec::GateOn::LowerBound, Some(low)) => {
+                    (low, "the lower end of κ's 95% interval")
+                }
                 _ => (kappa, "κ"),
             };
             if value < min {
@@ -493,7 +498,12 @@ pub fn quality_gate(gate: &Gate, fields: &[GateNumbers]) -> GateCheck {
                     f.n
                 ));
             }
-            passed.push(format!("{}: accuracy {:.1}% ≥ {:.1}%", f.field, acc * 100.0, min * 100.0));
+            passed.push(format!(
+                "{}: accuracy {:.1}% ≥ {:.1}%",
+                f.field,
+                acc * 100.0,
+                min * 100.0
+            ));
         }
     }
     if passed.is_empty() {
@@ -1215,9 +1225,15 @@ mod tests {
             Some("quality gate: answer: κ 0.200 is under halt.min_kappa 0.600")
         );
         // Nothing left to send: nothing to stop; the end says it.
-        assert_eq!(halt(&HaltPolicy::default(), &tally(1, 0, 0), 0.0, &[], &failed), None);
+        assert_eq!(
+            halt(&HaltPolicy::default(), &tally(1, 0, 0), 0.0, &[], &failed),
+            None
+        );
         let passed = GateCheck::Passed("answer: κ 0.9 ≥ 0.6".into());
-        assert_eq!(halt(&HaltPolicy::default(), &tally(1, 0, 0), 0.0, &[], &passed), None);
+        assert_eq!(
+            halt(&HaltPolicy::default(), &tally(1, 0, 0), 0.0, &[], &passed),
+            None
+        );
     }
 
     #[test]
@@ -1240,27 +1256,99 @@ mod tests {
         let low = GateOn::LowerBound;
         // (name, gate, fields, want: "not", "pass" or "fail" and a word of the message)
         let cases: Vec<(&str, Gate, Vec<GateNumbers>, &str, &str)> = vec![
-            ("too few gold rows", gate(Some(0.6), None, est), vec![field(49, 0.1, Some(0.1), None)], "not", "49 gold rows compared, halt.min_gold_rows is 50"),
-            ("no field at all", gate(Some(0.6), None, est), vec![], "not", "0 gold rows"),
-            ("kappa at the minimum passes", gate(Some(0.6), None, est), vec![field(50, 0.8, Some(0.6), None)], "pass", "κ 0.600 ≥ 0.600"),
-            ("kappa under", gate(Some(0.6), None, est), vec![field(50, 0.8, Some(0.59), None)], "fail", "κ 0.590 is under halt.min_kappa 0.600 (50 gold rows compared)"),
-            ("lower bound under the minimum fails", gate(Some(0.6), None, low), vec![field(80, 0.8, Some(0.7), Some(0.55))], "fail", "the lower end of κ's 95% interval 0.550"),
-            ("estimate over, bound ignored without lower_bound", gate(Some(0.6), None, est), vec![field(80, 0.8, Some(0.7), Some(0.55))], "pass", "κ 0.700"),
-            ("lower bound missing: the estimate is used", gate(Some(0.6), None, low), vec![field(80, 0.8, Some(0.7), None)], "pass", "κ 0.700"),
-            ("undefined kappa is not compared", gate(Some(0.6), None, est), vec![field(80, 1.0, None, None)], "not", "κ is undefined"),
-            ("accuracy under", gate(None, Some(0.9), est), vec![field(60, 0.85, Some(0.8), None)], "fail", "accuracy 85.0% is under halt.min_accuracy 90.0%"),
-            ("both pass", gate(Some(0.5), Some(0.8), est), vec![field(60, 0.85, Some(0.8), None)], "pass", "accuracy 85.0% ≥ 80.0%"),
+            (
+                "too few gold rows",
+                gate(Some(0.6), None, est),
+                vec![field(49, 0.1, Some(0.1), None)],
+                "not",
+                "49 gold rows compared, halt.min_gold_rows is 50",
+            ),
+            (
+                "no field at all",
+                gate(Some(0.6), None, est),
+                vec![],
+                "not",
+                "0 gold rows",
+            ),
+            (
+                "kappa at the minimum passes",
+                gate(Some(0.6), None, est),
+                vec![field(50, 0.8, Some(0.6), None)],
+                "pass",
+                "κ 0.600 ≥ 0.600",
+            ),
+            (
+                "kappa under",
+                gate(Some(0.6), None, est),
+                vec![field(50, 0.8, Some(0.59), None)],
+                "fail",
+                "κ 0.590 is under halt.min_kappa 0.600 (50 gold rows compared)",
+            ),
+            (
+                "lower bound under the minimum fails",
+                gate(Some(0.6), None, low),
+                vec![field(80, 0.8, Some(0.7), Some(0.55))],
+                "fail",
+                "the lower end of κ's 95% interval 0.550",
+            ),
+            (
+                "estimate over, bound ignored without lower_bound",
+                gate(Some(0.6), None, est),
+                vec![field(80, 0.8, Some(0.7), Some(0.55))],
+                "pass",
+                "κ 0.700",
+            ),
+            (
+                "lower bound missing: the estimate is used",
+                gate(Some(0.6), None, low),
+                vec![field(80, 0.8, Some(0.7), None)],
+                "pass",
+                "κ 0.700",
+            ),
+            (
+                "undefined kappa is not compared",
+                gate(Some(0.6), None, est),
+                vec![field(80, 1.0, None, None)],
+                "not",
+                "κ is undefined",
+            ),
+            (
+                "accuracy under",
+                gate(None, Some(0.9), est),
+                vec![field(60, 0.85, Some(0.8), None)],
+                "fail",
+                "accuracy 85.0% is under halt.min_accuracy 90.0%",
+            ),
+            (
+                "both pass",
+                gate(Some(0.5), Some(0.8), est),
+                vec![field(60, 0.85, Some(0.8), None)],
+                "pass",
+                "accuracy 85.0% ≥ 80.0%",
+            ),
             (
                 "one field under fails the gate",
                 gate(Some(0.5), None, est),
-                vec![field(60, 0.9, Some(0.8), None), GateNumbers { field: "answer.urgency".into(), ..field(60, 0.5, Some(0.3), None) }],
+                vec![
+                    field(60, 0.9, Some(0.8), None),
+                    GateNumbers {
+                        field: "answer.urgency".into(),
+                        ..field(60, 0.5, Some(0.3), None)
+                    },
+                ],
                 "fail",
                 "answer.urgency: κ 0.300",
             ),
             (
                 "a field with too few rows is left out, the other judged",
                 gate(Some(0.5), None, est),
-                vec![field(60, 0.9, Some(0.8), None), GateNumbers { field: "answer.urgency".into(), ..field(10, 0.5, Some(0.1), None) }],
+                vec![
+                    field(60, 0.9, Some(0.8), None),
+                    GateNumbers {
+                        field: "answer.urgency".into(),
+                        ..field(10, 0.5, Some(0.1), None)
+                    },
+                ],
                 "pass",
                 "answer: κ 0.800",
             ),

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::agreement::{Collector, FieldAgreement, Grade};
 use crate::answer;
 use crate::error::{Error, Result};
-use crate::agreement::{Collector, FieldAgreement, Grade};
 use crate::grades::{self, FailureClass, FailureExample, PropertyStats};
 use crate::input::Source;
 use crate::output::{self, AddedColumns, RowResult, RowStatus, Written};
@@ -154,7 +154,13 @@ impl Judge {
             }
             Some(Outcome::Failure(f)) => {
                 *self.failure_codes.entry(f.code.clone()).or_default() += 1;
-                self.fail("api", &f.code, at, "", &format!("{}: {}", f.code, f.message));
+                self.fail(
+                    "api",
+                    &f.code,
+                    at,
+                    "",
+                    &format!("{}: {}", f.code, f.message),
+                );
                 RowResult {
                     status: RowStatus::Failed,
                     error: format!("{}: {}", f.code, f.message),

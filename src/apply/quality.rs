@@ -18,7 +18,10 @@ use crate::state::{JobStore, Outcome, PlanRecord};
 /// A gold row's answer, judged.
 #[derive(Debug, Clone)]
 enum Judged {
-    Grade { text: String, json: Option<Value> },
+    Grade {
+        text: String,
+        json: Option<Value>,
+    },
     /// The answer did not parse.
     NoGrade,
 }
@@ -50,15 +53,13 @@ impl QualityWatch {
         };
         let mut rows = Vec::new();
         for g in super::gold_rows(store, spec, plan)? {
-            let req = store
-                .request(plan.generation, g.row)?
-                .ok_or_else(|| {
-                    Error::io(
-                        "read request records in",
-                        store.plan_dir(plan.generation),
-                        std::io::Error::other(format!("no record of gold row {}", g.row)),
-                    )
-                })?;
+            let req = store.request(plan.generation, g.row)?.ok_or_else(|| {
+                Error::io(
+                    "read request records in",
+                    store.plan_dir(plan.generation),
+                    std::io::Error::other(format!("no record of gold row {}", g.row)),
+                )
+            })?;
             rows.push(Watched {
                 row: g.row,
                 key: req.key,

@@ -279,7 +279,7 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
 fn render_quality(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
     use crate::agreement::text;
     for a in &s.agreement {
-        for (head, body) in text::field_lines(a) {
+        for (head, body) in text::field_lines(&s.job, a) {
             writeln!(w, "  {head:<12}{body}")?;
         }
     }

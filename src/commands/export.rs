@@ -30,7 +30,9 @@ pub fn run(
         if out.is_none() {
             return Err(Error::usage_with_hint(
                 "--disagreements writes only some rows, so it needs a file of its own",
-                format!("add `--out FILE`, e.g. `batchgrader export {job} --disagreements --out disagreements.csv`"),
+                format!(
+                    "add `--out FILE`, e.g. `batchgrader export {job} --disagreements --out disagreements.csv`"
+                ),
             ));
         }
     }

@@ -43,8 +43,8 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         parse_failures_by_reason: graded.parse_failures_by_reason,
         api_failures_by_code: graded.api_failures_by_code,
         chunks: units.iter().map(chunk_row).collect(),
-        agreement: Vec::new(),
-        failures: Vec::new(),
+        agreement: graded.agreement,
+        failures: graded.failures,
     };
     let path = out.map_or_else(
         || PathBuf::from(format!("{job}.report.html")),

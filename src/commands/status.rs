@@ -55,7 +55,13 @@ pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &U
         let done = matches!(snap.state, RunState::Finished | RunState::Halted);
         if !watch || done {
             return Ok(if exit_status {
-                exit::for_run_state(snap.state)
+                exit::for_run_state(
+                    snap.state,
+                    snap.quality
+                        .as_ref()
+                        .and_then(|q| q.gate.as_ref())
+                        .is_some_and(|g| g.failed()),
+                )
             } else {
                 Code::Success
             });

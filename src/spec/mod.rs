@@ -25,7 +25,8 @@ pub use gold::{GoldField, GoldKind};
 pub use locate::{Seg, dotted, from_pointer};
 use resolve::resolve;
 pub use resolve::{
-    CheckedSpec, DEFAULT_ANTHROPIC_VERSION, Endpoint, Gate, HaltPolicy, RunSettings, Wire, from_saved,
+    CheckedSpec, DEFAULT_ANTHROPIC_VERSION, Endpoint, Gate, HaltPolicy, RunSettings, Wire,
+    from_saved,
 };
 pub use types::*;
 

@@ -61,9 +61,8 @@ pub fn read(dir: &Path) -> std::io::Result<Option<Vec<GoldRow>>> {
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line?;
-        let row: GoldRow = serde_json::from_str(&line).map_err(|e| {
-            std::io::Error::other(format!("{GOLD} line {} is damaged: {e}", i + 1))
-        })?;
+        let row: GoldRow = serde_json::from_str(&line)
+            .map_err(|e| std::io::Error::other(format!("{GOLD} line {} is damaged: {e}", i + 1)))?;
         rows.push(row);
     }
     Ok(Some(rows))
@@ -87,8 +86,14 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                GoldRow { row: 1, gold: vec![Some("a".into()), None] },
-                GoldRow { row: 3, gold: vec![None, Some("7".into())] },
+                GoldRow {
+                    row: 1,
+                    gold: vec![Some("a".into()), None]
+                },
+                GoldRow {
+                    row: 3,
+                    gold: vec![None, Some("7".into())]
+                },
             ]
         );
         std::fs::remove_dir_all(&dir).unwrap();

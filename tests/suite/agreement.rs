@@ -34,7 +34,11 @@ fn output_rows(sb: &Sandbox) -> Vec<HashMap<String, String>> {
     rdr.records()
         .map(|r| {
             let r = r.unwrap();
-            header.iter().cloned().zip(r.iter().map(String::from)).collect()
+            header
+                .iter()
+                .cloned()
+                .zip(r.iter().map(String::from))
+                .collect()
         })
         .collect()
 }
@@ -44,7 +48,12 @@ fn recompute(rows: &[HashMap<String, String>]) -> (u64, f64, f64, f64, f64) {
     let pairs: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r["grade_status"] == "ok")
-        .filter_map(|r| Some((r["expected"].trim().parse::<f64>().ok()?, r["grade"].parse::<f64>().ok()?)))
+        .filter_map(|r| {
+            Some((
+                r["expected"].trim().parse::<f64>().ok()?,
+                r["grade"].parse::<f64>().ok()?,
+            ))
+        })
         .collect();
     let n = pairs.len() as f64;
     let exact = pairs.iter().filter(|(g, j)| g == j).count() as f64 / n;
@@ -107,7 +116,11 @@ fn agreement_matches_the_output_and_a_gold_edit_sends_nothing() {
     let again = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
     assert_eq!(again.code, 0, "{again:?}");
     let second = again.json();
-    assert_eq!(batches(&server.stats()).len(), made, "a gold edit sent requests");
+    assert_eq!(
+        batches(&server.stats()).len(),
+        made,
+        "a gold edit sent requests"
+    );
     assert_eq!(second["already_graded_before"], 60, "{second}");
     check_against_output(&sb, &second);
     assert_ne!(first["agreement"][0]["mae"], second["agreement"][0]["mae"]);
@@ -146,9 +159,20 @@ fn the_quality_gate_halts_a_run_mid_way() {
     assert_eq!(run.code, 4, "{run:?}");
     let s = run.json();
     let msg = s["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("quality gate") && msg.contains("halt.min_kappa 0.950"), "{s}");
-    assert_eq!(batches(&server.stats()).len(), 1, "submitted after the gate failed");
-    assert_eq!(s["graded"].as_u64().unwrap() + s["parse_failures"].as_u64().unwrap(), 10, "{s}");
+    assert!(
+        msg.contains("quality gate") && msg.contains("halt.min_kappa 0.950"),
+        "{s}"
+    );
+    assert_eq!(
+        batches(&server.stats()).len(),
+        1,
+        "submitted after the gate failed"
+    );
+    assert_eq!(
+        s["graded"].as_u64().unwrap() + s["parse_failures"].as_u64().unwrap(),
+        10,
+        "{s}"
+    );
 }
 
 /// The same gate judged only at the end (more gold rows needed than a
@@ -169,8 +193,126 @@ fn a_finished_job_under_the_gate_exits_6() {
     assert_eq!(s["ending"], "finished", "{s}");
     assert_eq!(s["gate"]["verdict"], "failed", "{s}");
     assert!(
-        s["gate"]["message"].as_str().unwrap().contains("halt.min_accuracy 99.0%"),
+        s["gate"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("halt.min_accuracy 99.0%"),
         "{s}"
     );
     assert!(run.stderr.contains("FAILED"), "{}", run.stderr);
+    // `status` keeps the verdict, and its exit status says it too.
+    let status = sb.run(&["status", "gate-end", "--exit-status"]);
+    assert_eq!(status.code, 6, "{status:?}");
+    assert!(
+        status.stderr.contains("FAILED: grade: accuracy"),
+        "{}",
+        status.stderr
+    );
+}
+
+/// Cohen's κ from (gold, judge) pairs, written out here from its
+/// definition (Cohen 1960), as a check independent of the binary's code.
+fn kappa(pairs: &[(String, String)]) -> f64 {
+    let n = pairs.len() as f64;
+    let mut labels: Vec<&String> = pairs.iter().flat_map(|(g, j)| [g, j]).collect();
+    labels.sort();
+    labels.dedup();
+    let po = pairs.iter().filter(|(g, j)| g == j).count() as f64 / n;
+    let pe: f64 = labels
+        .iter()
+        .map(|l| {
+            let g = pairs.iter().filter(|(g, _)| g == *l).count() as f64 / n;
+            let j = pairs.iter().filter(|(_, j)| j == *l).count() as f64 / n;
+            g * j
+        })
+        .sum();
+    (po - pe) / (1.0 - pe)
+}
+
+const LABELS: [&str; 3] = ["billing", "bug", "feature"];
+
+/// A label job with gold labels against the standalone server answering
+/// labels: κ and accuracy as the output file says, the report's confusion
+/// matrix and disagreements drawn in a headless browser, `status` showing
+/// the same numbers.
+#[test]
+fn a_label_job_agrees_as_its_output_says_and_the_report_draws_it() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--labels", "billing,bug,feature"]);
+    let mut csv = String::from("id,text,expected\n");
+    for i in 1..=90 {
+        // Two thirds of the rows name their label (the simulator answers
+        // it), the rest name none; gold is the named label, or a guess.
+        let named = LABELS[i % 3];
+        let text = if i % 3 == 0 {
+            format!("ticket {i} with no keyword")
+        } else {
+            format!("ticket {i} about {named}")
+        };
+        let gold = if i % 9 == 0 { "" } else { named };
+        csv.push_str(&format!("t{i},{text},{gold}\n"));
+    }
+    sb.write("in.csv", csv);
+    let yaml = Job::new(OpenAi, "labels", &server.url)
+        .chunk(30)
+        .yaml("")
+        .replace(
+            "  parse: number\n",
+            "  parse: label\n  labels: [billing, bug, feature]\n  gold: expected\n",
+        );
+    sb.write("job.yaml", yaml);
+    let run = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert!(run.code == 0 || run.code == 3, "{run:?}");
+    let s = run.json();
+    let a = &s["agreement"][0];
+    assert_eq!(a["kind"], "categorical", "{a}");
+    let rows = output_rows(&sb);
+    let pairs: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r["grade_status"] == "ok" && !r["expected"].is_empty())
+        .map(|r| (r["expected"].clone(), r["grade"].clone()))
+        .collect();
+    assert_eq!(a["n"], pairs.len() as u64);
+    let same = pairs.iter().filter(|(g, j)| g == j).count() as f64 / pairs.len() as f64;
+    close(&a["accuracy"], same, "accuracy");
+    close(&a["kappa"], kappa(&pairs), "kappa");
+    let ci = a["kappa_ci"].as_array().unwrap();
+    let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+    assert!(lo <= kappa(&pairs) && kappa(&pairs) <= hi, "{a}");
+    // The confusion matrix adds up to n, its diagonal to the agreements.
+    let m = a["confusion"]["matrix"].as_array().unwrap();
+    let total: u64 = m
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, pairs.len() as u64);
+    assert!(!a["disagreements"].as_array().unwrap().is_empty(), "{a}");
+
+    // `status` says the same after the run.
+    let status = sb.run(&["status", "labels", "--json"]);
+    assert_eq!(
+        status.json()["quality"]["agreement"][0]["kappa"],
+        a["kappa"]
+    );
+    let text = sb.run(&["status", "labels"]);
+    assert!(text.stderr.contains("grade vs expected"), "{}", text.stderr);
+
+    // The report draws the matrix (3 × 3 cells) and the disagreements.
+    let report = sb.run(&["report", "labels", "--out", "site/r.html"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let page = sb.path("site/r.html");
+    let dom = crate::common::browser::dump_dom(&sb.path("profile"), &page);
+    assert_eq!(dom.matches("data-judge=").count(), 9, "confusion cells");
+    let first = &a["disagreements"][0];
+    assert!(
+        dom.contains(&format!(">{}<", first["key"].as_str().unwrap())),
+        "{dom}"
+    );
+    let shot = sb.path("site/r.png");
+    let png = crate::common::browser::screenshot(&sb.path("profile"), &page, &shot, (1100, 2400));
+    assert!(png.len() > 20_000, "a painted page");
+    if let Ok(dir) = std::env::var("BG_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, std::path::Path::new(&dir).join("gold-report.png")).unwrap();
+    }
 }
