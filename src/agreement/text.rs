@@ -132,17 +132,23 @@ pub fn field_lines(job: &str, a: &FieldAgreement) -> Vec<(&'static str, String)>
             ));
         }
     }
-    if a.missing_gold > 0 || a.no_grade > 0 {
-        out.push((
-            "",
-            format!(
-                "also     {} row{} without gold, {} gold row{} without a usable grade",
-                num(a.missing_gold),
-                if a.missing_gold == 1 { "" } else { "s" },
-                num(a.no_grade),
-                if a.no_grade == 1 { "" } else { "s" }
-            ),
+    let mut also = Vec::new();
+    if a.missing_gold > 0 {
+        also.push(format!(
+            "{} row{} without gold",
+            num(a.missing_gold),
+            if a.missing_gold == 1 { "" } else { "s" }
         ));
+    }
+    if a.no_grade > 0 {
+        also.push(format!(
+            "{} gold row{} without a usable grade",
+            num(a.no_grade),
+            if a.no_grade == 1 { "" } else { "s" }
+        ));
+    }
+    if !also.is_empty() {
+        out.push(("", format!("also     {}", also.join(", "))));
     }
     for note in &a.notes {
         out.push(("", format!("note     {note}")));

@@ -79,8 +79,12 @@ impl QualityWatch {
     /// The gate's verdict now. `settled`: requests with a final outcome,
     /// so that nothing is read again when nothing new came in.
     pub fn check(&mut self, store: &JobStore, parser: &Parser, settled: u64) -> Result<GateCheck> {
+        // A check costs a pass over the gold rows: it is made again once a
+        // tenth of them could have come in (every answer, with few gold
+        // rows), so that a long direct run does not spend its time here.
+        let step = (self.rows.len() as u64 / 10).max(1);
         if let Some((at, verdict)) = &self.last
-            && *at == settled
+            && settled < at.saturating_add(step)
         {
             return Ok(verdict.clone());
         }

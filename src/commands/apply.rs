@@ -418,6 +418,85 @@ mod tests {
         insta::assert_snapshot!(text(&s));
     }
 
+    /// The agreement block, the gate and failure examples, as users read them.
+    #[test]
+    fn summary_with_gold_values() {
+        use crate::agreement::{Collector, Grade};
+        use crate::spec::{GoldField, GoldKind};
+        let field = GoldField {
+            field: "route".into(),
+            property: None,
+            column: "gold_label".into(),
+            kind: GoldKind::Classes(vec!["billing".into(), "bug".into(), "feature".into()]),
+        };
+        let mut c = Collector::new(&[field]);
+        let gold = [
+            "billing", "bug", "feature", "billing", "bug", "feature", "billing", "bug",
+        ];
+        let judge = [
+            "billing", "bug", "feature", "bug", "bug", "billing", "billing", "bug",
+        ];
+        for (i, (g, j)) in gold.iter().zip(judge).enumerate() {
+            let row = i as u64 + 1;
+            let grade = Some(Grade {
+                text: j,
+                json: None,
+            });
+            c.add(
+                row,
+                &format!("t{row}"),
+                &[Some(g.to_string())],
+                grade,
+                &format!("It is {j}."),
+            );
+        }
+        c.add(
+            9,
+            "t9",
+            &[Some("Billng".into())],
+            Some(Grade {
+                text: "bug",
+                json: None,
+            }),
+            "bug",
+        );
+        c.add(
+            10,
+            "t10",
+            &[None],
+            Some(Grade {
+                text: "bug",
+                json: None,
+            }),
+            "bug",
+        );
+        let s = Summary {
+            rows: 11,
+            graded: 10,
+            parse_failures: 1,
+            failed: 0,
+            distribution: vec![],
+            agreement: c.finish(),
+            gate: Some(crate::agreement::GateCheck::Passed(
+                "route: κ 0.619 ≥ 0.400".into(),
+            )),
+            failures: vec![crate::grades::FailureClass {
+                kind: "parse".into(),
+                class: "not a label".into(),
+                rows: 1,
+                examples: vec![crate::grades::FailureExample {
+                    row: 11,
+                    key: "t11".into(),
+                    raw: "unsure".into(),
+                    error: "the answer \"unsure\" is none of the labels billing, bug, feature"
+                        .into(),
+                }],
+            }],
+            ..finished()
+        };
+        insta::assert_snapshot!(text(&s));
+    }
+
     #[test]
     fn halt_summary() {
         let s = Summary {

@@ -316,3 +316,87 @@ fn a_label_job_agrees_as_its_output_says_and_the_report_draws_it() {
         std::fs::copy(&shot, std::path::Path::new(&dir).join("gold-report.png")).unwrap();
     }
 }
+
+/// With an answer schema, gold maps properties to columns: each property
+/// is compared in its own terms (an enum of two is binary, an integer is
+/// ordinal) and gets its own `_agrees` column.
+#[test]
+fn schema_properties_have_their_own_gold_columns() {
+    let sb = Sandbox::new();
+    let mut csv = String::from("id,text,gold_verdict,gold_score\n");
+    for i in 1..=40 {
+        let verdict = if i % 3 == 0 { "fail" } else { "pass" };
+        let score = if i % 7 == 0 {
+            String::new()
+        } else {
+            (i % 6).to_string()
+        };
+        csv.push_str(&format!("{i},answer {i},{verdict},{score}\n"));
+    }
+    sb.write("in.csv", csv);
+    sb.write(
+        "job.yaml",
+        "version: 1
+name: props
+provider:
+  kind: simulated
+  simulated: {validating: 10ms, in_progress: 50ms, finalizing: 10ms}
+model: gpt-4o-mini
+input: {path: in.csv, id: id}
+prompt: {system: Grade it., user: \"{{ text }}\"}
+request: {max_tokens: 40}
+output:
+  path: out/graded.csv
+  field: grade
+  schema:
+    type: object
+    properties:
+      score: {type: integer, minimum: 0, maximum: 5}
+      verdict: {type: string, enum: [pass, fail]}
+    required: [score, verdict]
+    additionalProperties: false
+  gold: {verdict: gold_verdict, score: gold_score}
+poll: {interval: 100ms, max_interval: 200ms}
+",
+    );
+    let run = sb.run(&["apply", "job.yaml", "--json"]);
+    assert!(run.code == 0 || run.code == 3, "{run:?}");
+    let s = run.json();
+    let fields: Vec<&str> = s["agreement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["field"].as_str().unwrap())
+        .collect();
+    // In the schema's property order.
+    assert_eq!(fields, ["grade.score", "grade.verdict"], "{s}");
+    let (score, verdict) = (&s["agreement"][0], &s["agreement"][1]);
+    assert_eq!(score["kind"], "ordinal");
+    assert_eq!(verdict["kind"], "categorical");
+    assert_eq!(verdict["binary"]["positive"], "pass", "{verdict}");
+    let rows = output_rows(&sb);
+    let ok: Vec<_> = rows.iter().filter(|r| r["grade_status"] == "ok").collect();
+    let same = ok
+        .iter()
+        .filter(|r| r["grade.verdict"] == r["gold_verdict"])
+        .count();
+    assert_eq!(verdict["n"], ok.len() as u64);
+    close(
+        &verdict["accuracy"],
+        same as f64 / ok.len() as f64,
+        "verdict accuracy",
+    );
+    let scored: Vec<_> = ok.iter().filter(|r| !r["gold_score"].is_empty()).collect();
+    assert_eq!(score["n"], scored.len() as u64);
+    assert_eq!(
+        score["missing_gold"],
+        rows.iter().filter(|r| r["gold_score"].is_empty()).count() as u64
+    );
+    for r in &ok {
+        let want = (r["grade.verdict"] == r["gold_verdict"]).to_string();
+        assert_eq!(r["grade.verdict_agrees"], want, "{r:?}");
+        if r["gold_score"].is_empty() {
+            assert_eq!(r["grade.score_agrees"], "", "{r:?}");
+        }
+    }
+}
