@@ -325,6 +325,7 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         price,
         estimate,
         warnings: built.warnings,
+        gold_rows: built.gold_rows,
     };
     let chunks_dir = store.layout().chunks_root();
     let final_dir = store.plan_dir(generation);

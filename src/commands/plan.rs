@@ -150,6 +150,17 @@ pub(super) fn render(
             num(plan.already_done)
         ),
     )?;
+    if plan.gold_rows > 0 {
+        line(
+            w,
+            "gold",
+            &format!(
+                "{} row{} with gold values (never sent; agreement is shown after the run)",
+                num(plan.gold_rows),
+                plural(plan.gold_rows, "s")
+            ),
+        )?;
+    }
     line(
         w,
         "prompt tokens",
@@ -293,6 +304,7 @@ mod tests {
                 high: Some(0.6533),
             }),
             warnings: vec![],
+            gold_rows: 0,
         }
     }
 

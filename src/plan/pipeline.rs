@@ -11,6 +11,8 @@ pub(super) struct Built {
     pub prompt_tokens: u64,
     pub chunks: Vec<ChunkRecord>,
     pub warnings: Vec<String>,
+    /// Rows with at least one gold value.
+    pub gold_rows: u64,
 }
 
 /// A batch's rendered rows, or the name of a column a row lacks.
@@ -218,6 +220,7 @@ pub(super) fn build(
         lines,
         records,
         gold,
+        gold_rows: 0,
         scratch,
         items: Vec::new(),
         outstanding: 0,
@@ -312,6 +315,7 @@ pub(super) fn build(
         lines,
         records,
         gold,
+        gold_rows,
         ..
     } = sink;
     bar.finish_and_clear();
@@ -363,6 +367,7 @@ pub(super) fn build(
         prompt_tokens,
         chunks,
         warnings,
+        gold_rows,
     })
 }
 
@@ -424,6 +429,7 @@ struct Sink<'a> {
     records: RequestWriter,
     /// The rows' gold values, when the spec names gold columns.
     gold: Option<state::gold::Writer>,
+    gold_rows: u64,
     scratch: &'a Path,
     /// Every outstanding request's size, kept only for a forced chunk count.
     items: Vec<Item>,
@@ -478,7 +484,9 @@ impl Sink<'_> {
                 })
                 .map_err(|e| Error::io("write request records in", self.scratch, e))?;
             if let Some(gold) = &mut self.gold {
-                gold.push(row.number, crate::agreement::gold_cells(&spec.gold, row))
+                let cells = crate::agreement::gold_cells(&spec.gold, row);
+                self.gold_rows += u64::from(cells.iter().any(Option::is_some));
+                gold.push(row.number, cells)
                     .map_err(|e| Error::io("write gold values in", self.scratch, e))?;
             }
         }

@@ -54,6 +54,9 @@ pub struct PlanRecord {
     pub price: Option<Price>,
     pub estimate: Option<Estimate>,
     pub warnings: Vec<String>,
+    /// Rows with at least one gold value (`output.gold`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gold_rows: u64,
 }
 
 /// One row's request, as the plan recorded it.
