@@ -137,6 +137,24 @@ fn base_url_problem(url: &str) -> Result<(), String> {
     if authority.is_empty() {
         return Err(format!("`{url}` has no host"));
     }
+    // The spec is saved in the job's state, so a token in the query would
+    // be stored there. Azure's `api-version` is the one value known to say
+    // nothing secret (messages mask every other one, as
+    // `provider::config::shown_url` does).
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(q))
+        .unwrap_or_default();
+    if let Some(key) = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+        .find(|k| *k != "api-version")
+    {
+        return Err(format!(
+            "carries the query parameter `{key}`, which may be a secret, and the spec is saved in the job's state; put the key in the variable named by provider.api_key_env, or give this URL in OPENAI_BASE_URL (ANTHROPIC_BASE_URL), which is read at every run and never saved"
+        ));
+    }
     Ok(())
 }
 
