@@ -218,12 +218,17 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
                 String::new()
             }
         )?;
-        if s.rows > 0 && (s.failed > 0 || s.parse_failures > 0) {
+        // Rates over the rows that got an answer or a final error, as the
+        // halt policy counts them (over all rows, a halted run's rates read
+        // as much lower than the rate that halted it).
+        let answered = s.graded + s.parse_failures + s.failed;
+        if answered > 0 && (s.failed > 0 || s.parse_failures > 0) {
             writeln!(
                 w,
-                "  rates       API failures {:.1}%, parse failures {:.1}%",
-                s.failed as f64 * 100.0 / s.rows as f64,
-                s.parse_failures as f64 * 100.0 / s.rows as f64
+                "  rates       API failures {:.1}%, parse failures {:.1}% (of {} answered)",
+                s.failed as f64 * 100.0 / answered as f64,
+                s.parse_failures as f64 * 100.0 / answered as f64,
+                num(answered)
             )?;
         }
         if !s.distribution.is_empty() {
