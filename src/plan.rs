@@ -248,8 +248,8 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
     let counter = Counter::for_input(encoding, crate::input::size_hint(&sources))?;
     let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
     let marker = PlanningMarker::start(store.layout(), &sources);
+    // Scratch folders of plans that died went when the store was opened.
     let scratch = store.layout().plan_scratch(generation);
-    clean_scratch(store.layout())?;
 
     // The plan's hash covers the bytes the rows were read from, not a
     // pass over the files before: an input edited meanwhile cannot leave a
@@ -623,18 +623,6 @@ fn provider_limits(spec: &CheckedSpec) -> crate::provider::BatchLimits {
         Wire::AnthropicMessages => crate::provider::anthropic::LIMITS,
         Wire::OpenAiChat => crate::provider::openai::LIMITS,
     }
-}
-
-/// Remove scratch folders an interrupted plan left behind.
-fn clean_scratch(layout: &Layout) -> Result<()> {
-    let dir = layout.dir();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
-    for entry in entries.flatten() {
-        if Layout::is_plan_scratch(&entry.file_name().to_string_lossy()) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -66,6 +66,21 @@ const KEY_CANCELLED: &[u8] = b"cancelled";
 /// of: a shorter file was cut or emptied.
 const KEY_OUTCOMES_LEN: &[u8] = b"outcomes_len";
 
+/// What a plan killed mid-way leaves (its scratch folder, up to hundreds
+/// of MB, and its progress marker): with the lock in hand no plan is
+/// running, so they are a dead process's, and go. Best effort: a folder
+/// that cannot be removed now is tried again by the next command.
+fn clear_leftovers(layout: &Layout) {
+    if let Ok(entries) = std::fs::read_dir(layout.dir()) {
+        for entry in entries.flatten() {
+            if Layout::is_plan_scratch(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_file(layout.planning());
+}
+
 impl JobStore {
     /// Open (creating if needed) the job's folder and take its lock.
     pub fn open(root: &Path, job: &str) -> Result<JobStore, StateError> {
@@ -82,6 +97,7 @@ impl JobStore {
         owner_only(&dir, 0o700);
         refuse_links(&layout)?;
         let lock = take_lock(&layout.lock(), job)?;
+        clear_leftovers(&layout);
         let db_dir = layout.db();
         let db = open_db(&db_dir)?;
         let version = db.get(KEY_VERSION).map_err(db_err(&db_dir))?;

@@ -383,3 +383,25 @@ fn a_second_process_is_refused_while_the_job_is_locked() {
     wait_for_store_release(&sb, "job");
     assert_eq!(sb.run(&["plan", "s.yaml"]).code, 0);
 }
+
+/// A plan killed with SIGKILL leaves its scratch folder (hundreds of MB at
+/// a million rows) and its progress marker; the next command that takes
+/// the job (here `export`) clears them.
+#[test]
+fn what_a_killed_plan_left_is_cleared_by_the_next_command() {
+    let sb = Sandbox::new();
+    setup(&sb, &["a", "b", "c"]);
+    let plan = sb.run(&["plan", "s.yaml"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let scratch = sb.path("state/job/tmp-plan-9");
+    std::fs::create_dir_all(&scratch).unwrap();
+    sb.write("state/job/tmp-plan-9/spool.jsonl", "x".repeat(100_000));
+    sb.write(
+        "state/job/planning.json",
+        r#"{"pid": 999999, "started_at": 1, "read_bytes": 5, "total_bytes": 10}"#,
+    );
+    let export = sb.run(&["export", "job", "--out", "again.csv"]);
+    assert_eq!(export.code, 0, "{export:?}");
+    assert!(!scratch.exists(), "the scratch folder is still there");
+    assert!(!sb.path("state/job/planning.json").exists());
+}
