@@ -89,3 +89,15 @@ fn dispatch(g: &Global, invocation: Invocation, ui: &Ui) -> Result<Code> {
         } => split::run(&target, limits, &out_dir, ui),
     }
 }
+
+/// A flag that names a folder (created when missing) must not name a file:
+/// said in words, before the system's "File exists" can.
+fn must_be_folder(flag: &str, path: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(crate::error::Error::usage_with_hint(
+            format!("{flag} {}: is a file, not a folder", path.display()),
+            format!("give {flag} a folder (it is created when missing), not an existing file"),
+        )),
+        _ => Ok(()),
+    }
+}

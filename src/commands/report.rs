@@ -46,10 +46,13 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         agreement: graded.agreement,
         failures: graded.failures,
     };
-    let path = out.map_or_else(
-        || PathBuf::from(format!("{job}.report.html")),
-        Path::to_path_buf,
-    );
+    // `--out DIR` (`.` included) puts the report in that folder, as `cp` would.
+    let name = format!("{job}.report.html");
+    let path = match out {
+        None => PathBuf::from(name),
+        Some(p) if p.is_dir() => p.join(name),
+        Some(p) => p.to_path_buf(),
+    };
     // The same guard as every output: not over the job's files, not into
     // the state folder (a report written over db/ lost the job).
     crate::protect::check_output(
@@ -76,14 +79,23 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
             "written": data.written,
         }));
     }
+    let charts = (data.grades.len() + usize::from(!data.distribution.is_empty())) as u64;
     ui.show(|w| {
         writeln!(
             w,
-            "{}: report of job {} ({} rows, {} charts)",
+            "{}: report of job {} ({} rows, {} chart{}{})",
             path.display(),
             job,
             crate::ui::num(data.rows),
-            data.grades.len() + usize::from(!data.distribution.is_empty())
+            charts,
+            crate::ui::plural(charts, "s"),
+            match data.agreement.len() {
+                0 => String::new(),
+                n => format!(
+                    ", agreement with gold for {n} field{}",
+                    crate::ui::plural(n as u64, "s")
+                ),
+            }
         )
     });
     Ok(Code::Success)

@@ -9,6 +9,9 @@ use crate::simulate::SimConfig;
 use crate::ui::Ui;
 
 pub fn run(config: SimConfig, port: u16, ui: &Ui) -> Result<Code> {
+    if let Some(dir) = &config.data_dir {
+        super::must_be_folder("--data-dir", dir)?;
+    }
     if let Some(note) = config.answers.note() {
         // On stderr: the first line on stdout is the URL, for scripts.
         ui.warn(&note);

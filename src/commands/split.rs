@@ -12,6 +12,7 @@ use crate::tokenize::Counter;
 use crate::ui::{Ui, num, plural, print_json};
 
 pub fn run(target: &CountTarget, limits: SplitLimits, out_dir: &Path, ui: &Ui) -> Result<Code> {
+    super::must_be_folder("--out-dir", out_dir)?;
     let t = resolve_target(target, ui)?;
     let counter = Counter::for_input(t.encoding, crate::input::size_hint(&t.sources))?;
     let bar = ui.progress(t.total_bytes(), "splitting");

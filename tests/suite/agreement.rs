@@ -309,6 +309,15 @@ fn a_label_job_agrees_as_its_output_says_and_the_report_draws_it() {
         dom.contains(&format!(">{}<", first["key"].as_str().unwrap())),
         "{dom}"
     );
+    // `--out FOLDER` puts the report in it, under the job's name.
+    let into = sb.run(&["report", "labels", "--out", "site"]);
+    assert_eq!(into.code, 0, "{into:?}");
+    assert!(sb.path("site/labels.report.html").is_file(), "{into:?}");
+    assert!(
+        into.stderr.contains("agreement with gold for 1 field"),
+        "{}",
+        into.stderr
+    );
     let shot = sb.path("site/r.png");
     let png = crate::common::browser::screenshot(&sb.path("profile"), &page, &shot, (1100, 2400));
     assert!(png.len() > 20_000, "a painted page");
