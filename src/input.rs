@@ -761,11 +761,26 @@ fn json_message(e: &serde_json::Error) -> String {
         Some(i) => msg[..i].to_string(),
         None => msg,
     };
-    if msg.starts_with("invalid type") {
-        format!("{msg}: every row must be a JSON object")
-    } else {
-        msg
+    match found_type(&msg) {
+        Some(found) => format!("{found}, not a JSON object: every row must be a JSON object"),
+        None => msg,
     }
+}
+
+/// What serde's "invalid type: map, expected ..." found, in JSON's words
+/// ("an object", "a string"); `None` for other errors.
+fn found_type(msg: &str) -> Option<&'static str> {
+    let found = msg.strip_prefix("invalid type: ")?;
+    let kind = found.split([' ', ',']).next().unwrap_or_default();
+    Some(match kind {
+        "map" => "an object",
+        "sequence" => "an array",
+        "string" => "a string",
+        "integer" | "floating" => "a number",
+        "boolean" => "true or false",
+        "null" | "unit" => "null",
+        _ => "a value of another kind",
+    })
 }
 
 /// One JSON object as (key, cell) pairs in file order.
@@ -916,11 +931,17 @@ fn read_json_array(
     .and_then(|()| de.end());
     if let Err(e) = result {
         let message = if count == 0 {
-            format!(
-                "{} (line {}); a JSON input must be an array of objects",
-                json_message(&e),
-                e.line()
-            )
+            match found_type(&e.to_string()) {
+                Some(found) => format!(
+                    "the file holds {found}, not an array of objects (line {}); a JSON input is an array of objects, `[{{...}}, {{...}}]`; for one object per line use JSONL (a .jsonl file, or input.format: jsonl)",
+                    e.line()
+                ),
+                None => format!(
+                    "{} (line {}); a JSON input must be an array of objects",
+                    json_message(&e),
+                    e.line()
+                ),
+            }
         } else {
             format!(
                 "element {count}: {} (line {}, column {})",

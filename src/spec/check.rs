@@ -54,6 +54,16 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
                     "(root)".to_string(),
                 ),
             };
+            // A number past 64 bits: the parser says `as u128`; say it in
+            // the spec's words, at its key.
+            if let Some((field, number)) = too_large_number(&msg) {
+                return Err(invalid(vec![Problem {
+                    line,
+                    column,
+                    field,
+                    message: format!("{number} is too large a number (at most {})", u64::MAX),
+                }]));
+            }
             return Err(invalid(vec![Problem {
                 line,
                 column,
@@ -346,7 +356,17 @@ fn friendlier(msg: &str, path: &[Seg]) -> String {
         return match field.as_str() {
             "input.path" => "expected a path or a list of paths".into(),
             f if f.ends_with("max_bytes") => {
-                "expected a size: bytes as an integer, or text such as 190MB".into()
+                // The validator's message starts with the value.
+                let value = msg.split(" is not valid").next().unwrap_or_default();
+                match value.trim().parse::<f64>() {
+                    Ok(n) if n < 1.0 => {
+                        format!("{value} is not a size: a size is at least 1 byte, e.g. 190MB")
+                    }
+                    Ok(_) => format!(
+                        "{value} is not a size: give a whole number of bytes, or text such as 190MB"
+                    ),
+                    Err(_) => "expected a size: bytes as an integer, or text such as 190MB".into(),
+                }
             }
             f if f.ends_with("_rate") => {
                 "expected a percentage such as \"5%\" or a fraction such as 0.05".into()
@@ -355,4 +375,15 @@ fn friendlier(msg: &str, path: &[Seg]) -> String {
         };
     }
     msg.to_string()
+}
+
+/// `chunking.max_bytes: invalid type: integer `123...` as u128, ...` →
+/// (`chunking.max_bytes`, `123...`).
+fn too_large_number(msg: &str) -> Option<(String, String)> {
+    let (path, rest) = msg.split_once(": invalid type: integer `")?;
+    let (number, tail) = rest.split_once('`')?;
+    if !(tail.starts_with(" as u128") || tail.starts_with(" as i128")) {
+        return None;
+    }
+    Some((path.trim().to_string(), number.to_string()))
 }

@@ -394,7 +394,7 @@ pub struct Chunking {
     pub max_tokens: Option<u64>,
     /// Force this many chunks of near-equal size (limits still apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub chunks: Option<u32>,
 }
 
@@ -403,7 +403,7 @@ pub struct Chunking {
 pub struct Concurrency {
     /// Most batches submitted and not yet ended at any time (default 4).
     #[serde(default = "default_in_flight")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4294967295u32))]
     pub max_batches_in_flight: u32,
     /// `mode: direct`: most requests sent and not yet answered at any time (default 64).
     #[serde(default = "default_requests_in_flight")]

@@ -37,7 +37,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         }
     };
     let bytes = value * mult as f64;
-    if bytes < 1.0 || !bytes.is_finite() || bytes > u64::MAX as f64 {
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!(
+            "size `{text}` is too large (at most {} bytes)",
+            u64::MAX
+        ));
+    }
+    if bytes < 1.0 {
         return Err(format!("size `{text}` must be at least 1 byte"));
     }
     Ok(bytes.round() as u64)
