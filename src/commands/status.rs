@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::job;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exit::{self, Code};
 use crate::settings::Global;
 use crate::state::{self, JobStore, Layout};
@@ -71,9 +71,22 @@ pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &U
 }
 
 fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapshot> {
-    if let Some(mut snap) =
-        status::read(layout).map_err(|e| Error::io("read", layout.status(), e))?
-    {
+    // `status.json` is derived from the database: missing or unreadable, it
+    // is rebuilt from the database, which every other command trusts (a
+    // finished job once showed as "planned, 0 answered" without it).
+    let derived = match status::read(layout) {
+        Ok(found) => found,
+        Err(_) => {
+            return from_database(state_root, job).map(|mut snap| {
+                snap.message = Some(format!(
+                    "{} is damaged; this status is rebuilt from the database",
+                    layout.status().display()
+                ));
+                snap
+            });
+        }
+    };
+    if let Some(mut snap) = derived {
         if snap.state == RunState::Running && !snap.pid.is_some_and(process_alive) {
             snap.state = RunState::Detached;
             snap.message = Some(format!(
@@ -83,42 +96,68 @@ fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapsh
         }
         return Ok(snap);
     }
-    // Planned but never applied: build the snapshot from the plan.
+    from_database(state_root, job)
+}
+
+/// The snapshot the database gives: where every request stands, the
+/// batches, the spend they report.
+fn from_database(state_root: &Path, job: &str) -> Result<Snapshot> {
     let store = JobStore::open_existing(state_root, job)?;
     let plan = job::current_plan(&store, job)?;
-    Ok(Snapshot {
-        job: job.to_string(),
-        state: RunState::Planned,
-        pid: None,
-        updated_at: plan.created_at,
-        started_at: None,
-        model: plan.model.clone(),
-        totals: status::Totals {
-            rows: plan.rows,
-            to_grade: plan.outstanding,
-            already_done: plan.already_done,
-            succeeded: 0,
-            parse_failures: 0,
-            failed: 0,
-            pending: plan.outstanding,
-        },
-        estimated_cost_usd: plan
-            .estimate
-            .as_ref()
-            .map(|e| e.expected.or(e.high).unwrap_or(e.low)),
-        actual_cost_usd: 0.0,
-        output_path: None,
-        message: Some("planned; run `batchgrader apply` to submit".into()),
-        receipt: status::Receipt::default(),
-        outage_since: None,
-        step: None,
-        units: vec![],
-        direct: None,
-        quality: None,
-    })
+    let spec = job::saved_spec(&store)?;
+    let tally = crate::apply::tally_of(&store, &spec, plan.generation)?;
+    let units = store.units(plan.generation)?;
+    let spent: f64 = units.iter().map(|u| u.cost_usd).sum();
+    let state = decide_state(tally.pending, tally.settled(), units.len());
+    let mut snap = crate::apply::snapshot_of(job, &plan, &tally, state, plan.created_at, spent);
+    snap.message = Some(match state {
+        RunState::Planned => format!(
+            "planned; run `batchgrader apply {}` to submit",
+            spec.file.display()
+        ),
+        RunState::Finished => "finished".to_string(),
+        _ => format!("not finished; run `batchgrader resume {job}` to continue"),
+    });
+    snap.output_path = (state == RunState::Finished && spec.output_path.exists())
+        .then(|| spec.output_path.display().to_string());
+    Ok(snap)
+}
+
+/// Where a job stands from its counts alone: nothing pending is finished;
+/// nothing answered and no batch is planned; anything else waits for
+/// `resume`.
+fn decide_state(pending: u64, settled: u64, units: usize) -> RunState {
+    match (pending, settled, units) {
+        (0, _, _) => RunState::Finished,
+        (_, 0, 0) => RunState::Planned,
+        _ => RunState::Detached,
+    }
 }
 
 fn process_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_from_the_database_alone() {
+        let cases = [
+            ((0, 10, 2), RunState::Finished),
+            ((0, 10, 0), RunState::Finished),
+            ((10, 0, 0), RunState::Planned),
+            ((10, 0, 1), RunState::Detached),
+            ((4, 6, 0), RunState::Detached),
+        ];
+        for ((pending, settled, units), want) in cases {
+            assert_eq!(
+                decide_state(pending, settled, units),
+                want,
+                "{pending} {settled} {units}"
+            );
+        }
+    }
 }

@@ -405,3 +405,36 @@ fn what_a_killed_plan_left_is_cleared_by_the_next_command() {
     assert!(!scratch.exists(), "the scratch folder is still there");
     assert!(!sb.path("state/job/planning.json").exists());
 }
+
+/// `status.json` is derived from the database: missing or emptied, `status`
+/// says what the database says (the job finished), as every other command.
+#[test]
+fn status_follows_the_database_when_its_derived_file_is_gone() {
+    let sb = Sandbox::new();
+    setup(&sb, &["a", "b", "c"]);
+    let simulated = sb.read("s.yaml").replace(
+        "name: job\n",
+        "name: job\nprovider:\n  kind: simulated\n  simulated: {validating: 10ms, in_progress: 50ms, finalizing: 10ms}\npoll: {interval: 100ms, max_interval: 200ms}\n",
+    );
+    sb.write("s.yaml", simulated);
+    let run = sb.run(&["apply", "s.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for damage in ["remove", "empty"] {
+        let file = sb.path("state/job/status.json");
+        match damage {
+            "remove" => std::fs::remove_file(&file).unwrap(),
+            _ => std::fs::write(&file, "").unwrap(),
+        }
+        let status = sb.run(&["status", "job", "--json", "--exit-status"]);
+        assert_eq!(status.code, 0, "{damage}: {status:?}");
+        let s = status.json();
+        assert_eq!(s["state"], "finished", "{damage}: {s}");
+        assert_eq!(s["totals"]["pending"], 0, "{damage}: {s}");
+        assert_eq!(
+            s["totals"]["succeeded"].as_u64().unwrap()
+                + s["totals"]["already_done"].as_u64().unwrap(),
+            3,
+            "{damage}: {s}"
+        );
+    }
+}
