@@ -161,6 +161,11 @@ enum Command {
         /// Share of requests that fail with a server error every time (5% or 0.05).
         #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
         request_failure_rate: f64,
+        /// Share of requests answered HTTP 400 invalid_request_error every time (a batch line, an
+        /// errored Anthropic result, a chat completion): a final error, like a gateway without its
+        /// database or a server refusing the request's grammar.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
+        reject_requests: f64,
         /// Share of requests that fail once (HTTP 500/503 line) and succeed when sent again.
         #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
         request_flake_rate: f64,
@@ -393,6 +398,7 @@ impl Cli {
                 in_progress,
                 finalizing,
                 request_failure_rate,
+                reject_requests,
                 request_flake_rate,
                 http_error_rate,
                 rate_limit_rate,
@@ -412,6 +418,7 @@ impl Cli {
                     in_progress,
                     finalizing,
                     request_failure_rate,
+                    reject_rate: reject_requests,
                     request_flake_rate,
                     http_error_rate,
                     rate_limit_rate,
