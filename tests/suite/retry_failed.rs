@@ -6,7 +6,9 @@
 
 use serde_json::Value;
 
-use crate::common::jobs::{Backend, Direct, Job, OpenAi, reference_output, standard_job, statuses};
+use crate::common::jobs::{
+    Anthropic, Backend, Direct, Job, OpenAi, reference_output, standard_job, statuses,
+};
 use crate::common::sim::Server;
 use crate::common::{self, Sandbox};
 
@@ -52,9 +54,7 @@ fn all_refused(sb: &Sandbox, backend: Backend) -> Server {
     assert_eq!(first.code, 3, "{first:?}");
     assert_all(sb, "failed");
     assert!(
-        statuses(sb)
-            .values()
-            .all(|(_, e)| e.contains("request_refused")),
+        statuses(sb).values().all(|(_, e)| e.contains("refused")),
         "{:?}",
         statuses(sb)
     );
@@ -66,7 +66,11 @@ fn all_refused(sb: &Sandbox, backend: Backend) -> Server {
     );
     let port = bad.port();
     drop(bad);
-    Server::start_at(sb, port, "fixed", &[])
+    let api: &[&str] = match backend {
+        Anthropic => &["--api", "anthropic", "--api-key", Anthropic.key()],
+        OpenAi | Direct => &[],
+    };
+    Server::start_at(sb, port, "fixed", api)
 }
 
 fn retry_failed_after_the_server_is_fixed(backend: Backend) {
@@ -104,6 +108,11 @@ fn retry_failed_after_the_server_is_fixed(backend: Backend) {
 #[test]
 fn retry_failed_sends_the_refused_rows_again_in_batch_mode() {
     retry_failed_after_the_server_is_fixed(OpenAi);
+}
+
+#[test]
+fn retry_failed_sends_the_errored_rows_again_with_message_batches() {
+    retry_failed_after_the_server_is_fixed(Anthropic);
 }
 
 #[test]
