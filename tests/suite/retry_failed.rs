@@ -120,18 +120,21 @@ fn retry_failed_sends_the_refused_rows_again_in_direct_mode() {
     retry_failed_after_the_server_is_fixed(Direct);
 }
 
-/// A kill right after the grant is recorded, before anything is sent: the
-/// next run sends each row once, with the flag given again or not.
-fn killed_after_the_grant(backend: Backend, flag_again: bool) {
+/// A kill right after the grant is recorded, before anything is sent (or at
+/// a later `point` of the send): the next run sends each row once, with the
+/// flag given again or not.
+fn killed_after_the_grant(backend: Backend, point: &str, flag_again: bool) {
     let sb = Sandbox::new();
     let good = all_refused(&sb, backend);
     let killed = backend.run(
         &sb,
         &["resume", "--retry-failed"],
-        &[("BATCHGRADER_TEST_KILL_AT", "retry-granted")],
+        &[("BATCHGRADER_TEST_KILL_AT", point)],
     );
-    assert_eq!(killed.signal, Some(9), "not killed: {killed:?}");
-    assert_eq!(requests_seen(backend, &good.stats()), 0);
+    assert_eq!(killed.signal, Some(9), "not killed at {point}: {killed:?}");
+    if point == "retry-granted" {
+        assert_eq!(requests_seen(backend, &good.stats()), 0);
+    }
     let args: &[&str] = if flag_again {
         &["resume", "--retry-failed"]
     } else {
@@ -149,16 +152,25 @@ fn killed_after_the_grant(backend: Backend, flag_again: bool) {
     if backend != Direct {
         common::jobs::assert_never_live_twice(backend, &stats);
     }
+    if point == "create-sent" {
+        // The batch made before the kill was found and adopted.
+        assert!(resumed.stderr.contains("adopted batch"), "{resumed:?}");
+    }
 }
 
 #[test]
 fn a_kill_after_the_grant_sends_no_row_twice_in_batch_mode() {
-    killed_after_the_grant(OpenAi, true);
+    killed_after_the_grant(OpenAi, "retry-granted", true);
+}
+
+#[test]
+fn a_kill_after_the_retry_batch_was_created_sends_no_row_twice() {
+    killed_after_the_grant(OpenAi, "create-sent", true);
 }
 
 #[test]
 fn a_kill_after_the_grant_sends_no_row_twice_in_direct_mode() {
-    killed_after_the_grant(Direct, false);
+    killed_after_the_grant(Direct, "retry-granted", false);
 }
 
 /// Answers that do not parse (a server that answers numbers to a label job)
