@@ -84,6 +84,14 @@ enum Command {
         /// Do not ask before submitting a large job (a terminal asks above $10).
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Send again the rows that failed for good (an HTTP 4xx, a refused line), once the
+        /// cause is fixed, each with a fresh set of retry.max_attempts; each is paid again.
+        #[arg(long, display_order = 0)]
+        retry_failed: bool,
+        /// Send again the rows whose answer did not parse; a new answer replaces the old one,
+        /// and each is paid again.
+        #[arg(long, display_order = 0)]
+        retry_parse_failures: bool,
     },
     /// Continue a job from its state alone (no spec needed).
     Resume {
@@ -92,6 +100,14 @@ enum Command {
         /// Submit what may be submitted, then exit 5.
         #[arg(long)]
         detach: bool,
+        /// Send again the rows that failed for good (an HTTP 4xx, a refused line), once the
+        /// cause is fixed, each with a fresh set of retry.max_attempts; each is paid again.
+        #[arg(long, display_order = 0)]
+        retry_failed: bool,
+        /// Send again the rows whose answer did not parse; a new answer replaces the old one,
+        /// and each is paid again.
+        #[arg(long, display_order = 0)]
+        retry_parse_failures: bool,
     },
     /// Chunks, states, counts, tokens and cost; works while `apply` runs.
     Status {
@@ -161,6 +177,11 @@ enum Command {
         /// Share of requests that fail with a server error every time (5% or 0.05).
         #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
         request_failure_rate: f64,
+        /// Share of requests answered HTTP 400 invalid_request_error every time (a batch line, an
+        /// errored Anthropic result, a chat completion): a final error, like a gateway without its
+        /// database or a server refusing the request's grammar.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
+        reject_requests: f64,
         /// Share of requests that fail once (HTTP 500/503 line) and succeed when sent again.
         #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
         request_flake_rate: f64,
@@ -350,19 +371,34 @@ impl Cli {
                 spec,
                 detailed_exitcode,
             },
-            Command::Apply { spec, detach, yes } => Invocation::Apply(ApplySettings {
+            Command::Apply {
+                spec,
+                detach,
+                yes,
+                retry_failed,
+                retry_parse_failures,
+            } => Invocation::Apply(ApplySettings {
                 spec,
                 job: None,
                 detach,
                 yes,
                 resume: false,
+                retry_failed,
+                retry_parse_failures,
             }),
-            Command::Resume { job, detach } => Invocation::Apply(ApplySettings {
+            Command::Resume {
+                job,
+                detach,
+                retry_failed,
+                retry_parse_failures,
+            } => Invocation::Apply(ApplySettings {
                 spec: None,
                 job,
                 detach,
                 yes: true,
                 resume: true,
+                retry_failed,
+                retry_parse_failures,
             }),
             Command::Status {
                 job,
@@ -393,6 +429,7 @@ impl Cli {
                 in_progress,
                 finalizing,
                 request_failure_rate,
+                reject_requests,
                 request_flake_rate,
                 http_error_rate,
                 rate_limit_rate,
@@ -412,6 +449,7 @@ impl Cli {
                     in_progress,
                     finalizing,
                     request_failure_rate,
+                    reject_rate: reject_requests,
                     request_flake_rate,
                     http_error_rate,
                     rate_limit_rate,

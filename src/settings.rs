@@ -49,6 +49,10 @@ pub struct ApplySettings {
     pub yes: bool,
     /// `resume`: never re-plan, and keep a cancelled job cancelled.
     pub resume: bool,
+    /// `--retry-failed`: send again the rows whose last outcome is a final API failure.
+    pub retry_failed: bool,
+    /// `--retry-parse-failures`: send again the rows whose answer did not parse.
+    pub retry_parse_failures: bool,
 }
 
 /// One command with its arguments.

@@ -4,7 +4,7 @@
 //! sleeps, reads the clock or does I/O, so every branch is table-tested.
 
 use crate::provider::{EndKind, RemoteState, StepClass};
-use crate::state::{Backoff, Phase, UnitRecord};
+use crate::state::{Backoff, FailureRecord, Phase, UnitRecord};
 use crate::status::{Receipt, RunState, Totals};
 
 use super::Ending;
@@ -374,6 +374,80 @@ impl Tally {
     pub fn settled(&self) -> u64 {
         self.graded + self.parse_failures + self.api_failures
     }
+}
+
+// ------------------------------------------------------- sending again
+
+/// What `--retry-failed` and `--retry-parse-failures` ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryAsked {
+    /// Rows whose last outcome is a final API failure (a 4xx, a refused
+    /// batch line, a failure with no attempt left).
+    pub failed: bool,
+    /// Rows whose answer did not parse.
+    pub parse_failures: bool,
+}
+
+impl RetryAsked {
+    pub fn any(&self) -> bool {
+        self.failed || self.parse_failures
+    }
+}
+
+pub use crate::state::RETRY_REQUESTED;
+
+/// Does what was asked give this request a fresh set of attempts? Only a
+/// final outcome does: a request pending, or with a retryable failure and
+/// attempts left, is sent anyway (granting it again would hand it more
+/// attempts than `retry.max_attempts`), and a parsed answer is never touched.
+pub fn grant_retry(state: RequestState, max_attempts: u32, asked: RetryAsked) -> bool {
+    match state {
+        RequestState::Succeeded { parsed } => !parsed && asked.parse_failures,
+        s @ RequestState::Failed { .. } => asked.failed && !should_retry(s, max_attempts),
+        RequestState::Pending => false,
+    }
+}
+
+/// The outcome recorded for a request granted a fresh set of attempts,
+/// before anything is sent: a retryable failure that has used none, so
+/// both lanes send it as they send any retry ([`should_retry`]), the
+/// attempts it then uses count from nothing, and a kill before the send
+/// leaves it to be sent by the next run (once: it is no longer final, so
+/// the flag given again does not grant it twice).
+pub fn granted() -> FailureRecord {
+    FailureRecord {
+        code: RETRY_REQUESTED.into(),
+        message: "to be sent again (--retry-failed or --retry-parse-failures); no answer yet"
+            .into(),
+        retryable: true,
+        attempts: 0,
+        ran: false,
+        runs: Some(0),
+    }
+}
+
+/// The rounds a request has been in once a unit of round `unit_attempt`
+/// is merged, given the rounds its earlier failure counted (`None`: no
+/// earlier failure). One more than before, never more than the unit's
+/// round: a request granted a fresh set of attempts (0 rounds) that goes
+/// out in round 5 has been in one round of its new set, while a failure of
+/// an earlier plan (which may count more rounds than this plan's unit has)
+/// starts again with the unit's round, as it always did.
+pub fn rounds_after(earlier: Option<u32>, unit_attempt: u32) -> u32 {
+    match earlier {
+        Some(a) => unit_attempt.min(a.saturating_add(1)),
+        None => unit_attempt,
+    }
+}
+
+/// Should the summary point at `--retry-failed`? When final API failures
+/// are at least half of the rows with an outcome: the cause is then most
+/// likely the server or the request (a gateway without its database, a
+/// refused grammar), fixed once for all rows; a few failures among many
+/// graded rows are better read in the output first.
+pub fn suggest_retry_failed(failed: u64, graded: u64, parse_failures: u64) -> bool {
+    failed > 0
+        && failed.saturating_mul(2) >= failed.saturating_add(graded).saturating_add(parse_failures)
 }
 
 // ---------------------------------------------------------------- halt
@@ -1095,6 +1169,128 @@ mod tests {
         );
         t.shift(failed(false, 1), failed(true, 1), 3);
         assert_eq!((t.graded, t.api_failures, t.pending), (3, 1, 2), "{t:?}");
+    }
+
+    #[test]
+    fn which_requests_a_retry_flag_sends_again() {
+        let failed = |retryable, attempts| RequestState::Failed {
+            retryable,
+            attempts,
+            runs: attempts,
+        };
+        let none = RetryAsked::default();
+        let both = RetryAsked {
+            failed: true,
+            parse_failures: true,
+        };
+        let failed_only = RetryAsked {
+            failed: true,
+            ..none
+        };
+        let parse_only = RetryAsked {
+            parse_failures: true,
+            ..none
+        };
+        let parsed = RequestState::Succeeded { parsed: true };
+        let unparsed = RequestState::Succeeded { parsed: false };
+        // (case, state, what was asked, granted)
+        let cases = [
+            ("a 400, nothing asked", failed(false, 1), none, false),
+            ("a 400, --retry-failed", failed(false, 1), failed_only, true),
+            (
+                "a 400, --retry-parse-failures only",
+                failed(false, 1),
+                parse_only,
+                false,
+            ),
+            (
+                "retryable, attempts spent: final",
+                failed(true, 3),
+                failed_only,
+                true,
+            ),
+            (
+                "retryable, attempts left: sent anyway, not granted more",
+                failed(true, 1),
+                both,
+                false,
+            ),
+            (
+                "granted and not sent yet: not granted twice",
+                failed(true, 0),
+                both,
+                false,
+            ),
+            ("parsed answers are never touched", parsed, both, false),
+            (
+                "an unparsed answer, --retry-failed",
+                unparsed,
+                failed_only,
+                false,
+            ),
+            (
+                "an unparsed answer, --retry-parse-failures",
+                unparsed,
+                parse_only,
+                true,
+            ),
+            ("pending: sent anyway", RequestState::Pending, both, false),
+        ];
+        for (name, state, asked, want) in cases {
+            assert_eq!(grant_retry(state, 3, asked), want, "{name}");
+        }
+        // What a grant records is sent again, with every attempt left.
+        let g = granted();
+        let state = RequestState::Failed {
+            retryable: g.retryable,
+            attempts: g.attempts,
+            runs: g.runs(),
+        };
+        assert!(should_retry(state, 1));
+        assert!(!grant_retry(state, 1, both));
+        let mut t = Tally::default();
+        t.add(state, 1);
+        assert_eq!(t.pending, 1);
+    }
+
+    #[test]
+    fn rounds_after_a_merge() {
+        // (earlier rounds, the unit's round, rounds after)
+        let cases = [
+            (None, 1, 1),
+            (Some(1), 2, 2),
+            // A fresh set of attempts, sent in a late round: its first.
+            (Some(0), 5, 1),
+            (Some(1), 6, 2),
+            // A failure of an earlier plan starts again with the unit's round.
+            (Some(3), 1, 1),
+            // Merged again after a kill: the unit's round, not one more.
+            (Some(2), 2, 2),
+        ];
+        for (earlier, unit, want) in cases {
+            assert_eq!(rounds_after(earlier, unit), want, "{earlier:?} {unit}");
+        }
+    }
+
+    #[test]
+    fn when_the_summary_points_at_retry_failed() {
+        // (failed, graded, parse failures, suggested)
+        let cases = [
+            (0, 0, 0, false),
+            (10, 0, 0, true),
+            (5, 5, 0, true),
+            (5, 4, 2, false),
+            (1, 99, 0, false),
+            (0, 100, 0, false),
+            (u64::MAX, u64::MAX, 0, true),
+        ];
+        for (failed, graded, parse, want) in cases {
+            assert_eq!(
+                suggest_retry_failed(failed, graded, parse),
+                want,
+                "{failed} {graded} {parse}"
+            );
+        }
     }
 
     fn unit(id: u32, phase: Phase) -> UnitRecord {

@@ -15,6 +15,9 @@ use super::Graded;
 pub struct ApplyOptions {
     /// Submit what may be submitted, then exit; a later `resume` collects.
     pub detach: bool,
+    /// `--retry-failed`, `--retry-parse-failures`: rows with a final
+    /// outcome to send again, with a fresh set of attempts.
+    pub retry: super::decide::RetryAsked,
 }
 
 /// How a run ended.
@@ -80,6 +83,10 @@ pub struct Summary {
     pub gate: Option<GateCheck>,
     pub simulated: bool,
     pub message: Option<String>,
+    /// When most rows failed for good: the command that sends them again
+    /// once the cause is fixed (`batchgrader apply SPEC --retry-failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_hint: Option<String>,
     /// Paid at batch prices, what standard prices would have cost, the difference.
     pub receipt: crate::status::Receipt,
 }
@@ -136,6 +143,7 @@ impl Summary {
             agreement: end.graded.agreement,
             simulated: end.simulated,
             message: end.message,
+            retry_hint: None,
             receipt: end.snap.receipt,
         }
     }
@@ -168,6 +176,7 @@ mod tests {
             gate: None,
             simulated: false,
             message: None,
+            retry_hint: None,
             receipt: Default::default(),
         };
         let clean = RunEnd::Finished {

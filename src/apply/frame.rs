@@ -133,6 +133,88 @@ impl<'a> RunFrame<'a> {
         tally_with(self.store, &self.parser, self.spec, self.plan.generation)
     }
 
+    /// `--retry-failed`, `--retry-parse-failures`: give every request of
+    /// the plan whose last outcome `decide::grant_retry` names a fresh set
+    /// of attempts, by recording `decide::granted` for it (one fsynced
+    /// append) before anything is sent. From then on the request is a
+    /// retry like any other, in either lane, and a kill at any point leaves
+    /// it to the next run: once granted it is no longer final, so it is sent
+    /// once whether or not the flag is given again. `busy` names the custom
+    /// ids the lane has out (a batch not merged): never granted. Returns how
+    /// many requests were granted.
+    pub fn grant_retries(
+        &self,
+        asked: decide::RetryAsked,
+        busy: &dyn Fn(&str) -> bool,
+    ) -> Result<u64> {
+        if !asked.any() {
+            return Ok(0);
+        }
+        // A cancelled job sends nothing on `resume`: a grant would only
+        // turn its failures into rows "to be sent again" that never are.
+        if self.cancelled()? {
+            self.event(
+                None,
+                "the job was cancelled: nothing is sent again; `batchgrader apply SPEC --retry-failed` starts it again",
+            );
+            return Ok(0);
+        }
+        let max_attempts = self.spec.run.max_attempts;
+        let meter = self
+            .ui
+            .progress_rows(self.plan.rows, "looking for requests to send again");
+        let mut entries: Vec<(String, Outcome)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for r in self.store.requests(self.plan.generation) {
+            let r = r?;
+            if r.row.is_multiple_of(4096) {
+                meter.set_position(r.row);
+            }
+            if r.seq.is_none() || busy(&state::custom_id(r.row)) {
+                continue;
+            }
+            // A parsed answer is never sent again: the index says a
+            // success without reading its line.
+            if !asked.parse_failures
+                && self
+                    .store
+                    .succeeded(crate::plan::fingerprint_bits(&r.fingerprint))?
+            {
+                continue;
+            }
+            let state = self.request_state(self.store.outcome(&r.fingerprint)?);
+            // Rows with the same request share one outcome: one grant.
+            if decide::grant_retry(state, max_attempts, asked) && seen.insert(r.fingerprint.clone())
+            {
+                entries.push((r.fingerprint, Outcome::Failure(decide::granted())));
+            }
+        }
+        meter.finish_and_clear();
+        let what = match (asked.failed, asked.parse_failures) {
+            (true, true) => "that failed or did not parse",
+            (true, false) => "that failed",
+            _ => "whose answer did not parse",
+        };
+        if entries.is_empty() {
+            self.event(None, &format!("no request {what}: nothing to send again"));
+            return Ok(0);
+        }
+        self.store.add_outcomes(&entries)?;
+        let n = entries.len() as u64;
+        self.event(
+            None,
+            &format!(
+                "{} request{} {what} will be sent again, with {} attempt{} each",
+                n,
+                if n == 1 { "" } else { "s" },
+                max_attempts,
+                if max_attempts == 1 { "" } else { "s" },
+            ),
+        );
+        kill_point("retry-granted");
+        Ok(n)
+    }
+
     /// The budget before anything is sent: `Some(reason)` refuses the
     /// start, and the run's finish then leaves every file as it was.
     /// `untouched`: nothing of this plan was sent yet.

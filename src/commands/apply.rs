@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::connect::{run_direct, runtime, with_runner};
 use super::job;
+use crate::apply::decide::{self, RetryAsked};
 use crate::apply::{ApplyOptions, Summary};
 use crate::cost::usd;
 use crate::error::{Error, Result};
@@ -99,9 +100,13 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
         });
         let opts = ApplyOptions {
             detach: args.detach,
+            retry: RetryAsked {
+                failed: args.retry_failed,
+                parse_failures: args.retry_parse_failures,
+            },
         };
         if spec.endpoint.mode == spec::ProviderMode::Direct {
-            return run_direct(&store, &spec, &plan, ui, interrupted.clone()).await;
+            return run_direct(&store, &spec, &plan, ui, opts, interrupted.clone()).await;
         }
         with_runner(
             &store,
@@ -114,7 +119,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
         )
         .await
     });
-    let (ending, summary) = match result {
+    let (ending, mut summary) = match result {
         Ok(r) => r,
         Err(e) => {
             // The state is consistent at every step; say how to go on.
@@ -122,6 +127,11 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             return Err(e);
         }
     };
+    if summary.output_path.is_some()
+        && decide::suggest_retry_failed(summary.failed, summary.graded, summary.parse_failures)
+    {
+        summary.retry_hint = Some(retry_command(g, args, &summary.job));
+    }
     if ui.json {
         /// The summary, and the warnings of the plan that was applied.
         #[derive(Serialize)]
@@ -137,6 +147,43 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     }
     ui.show(|w| render_summary(w, ui.paint(), &summary));
     Ok(exit::for_run(ending.run_end(&summary)))
+}
+
+/// The command that sends this job's failed rows again: the one that was
+/// run (`apply SPEC` or `resume JOB`), with the state folder when it is
+/// not the default.
+fn retry_command(g: &Global, args: &ApplySettings, job: &str) -> String {
+    let state = if g.state_root == std::path::Path::new("state") {
+        String::new()
+    } else {
+        format!(
+            " --state {}",
+            shell_word(&g.state_root.display().to_string())
+        )
+    };
+    match (&args.spec, args.resume) {
+        (Some(spec), false) => format!(
+            "batchgrader{state} apply {} --retry-failed",
+            shell_word(&spec.display().to_string())
+        ),
+        _ => format!(
+            "batchgrader{state} resume {} --retry-failed",
+            shell_word(job)
+        ),
+    }
+}
+
+/// A word as a shell reads it back: quoted when it holds anything but
+/// plain path characters.
+fn shell_word(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
 }
 
 /// Before a run on the simulated provider: that its answers will not parse,
@@ -276,6 +323,15 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
     if let Some(path) = &s.output_path {
         writeln!(w, "  output      {path}")?;
     }
+    if let Some(cmd) = &s.retry_hint {
+        writeln!(
+            w,
+            "  next        {} of {} rows failed for good; once the cause is fixed (the server, the key, \
+             the request), `{cmd}` sends them again (they are paid again)",
+            num(s.failed),
+            num(s.rows),
+        )?;
+    }
     Ok(())
 }
 
@@ -374,6 +430,7 @@ mod tests {
             gate: None,
             simulated: false,
             message: None,
+            retry_hint: None,
             receipt: Receipt {
                 paid_usd: 3.9071,
                 standard_usd: 7.8142,
@@ -521,6 +578,81 @@ mod tests {
             ..finished()
         };
         insta::assert_snapshot!(text(&s));
+    }
+
+    #[test]
+    fn a_job_that_failed_for_good_is_told_how_to_send_it_again() {
+        let g = |state: &str| Global {
+            state_root: PathBuf::from(state),
+            pricing: None,
+            output: Default::default(),
+        };
+        let args = |spec: Option<&str>, resume| ApplySettings {
+            spec: spec.map(PathBuf::from),
+            job: None,
+            detach: false,
+            yes: false,
+            resume,
+            retry_failed: false,
+            retry_parse_failures: false,
+        };
+        // (state folder, spec given, resume, the command)
+        let cases = [
+            (
+                "state",
+                Some("specs/essays.yaml"),
+                false,
+                "batchgrader apply specs/essays.yaml --retry-failed",
+            ),
+            (
+                "state",
+                None,
+                true,
+                "batchgrader resume essays --retry-failed",
+            ),
+            (
+                "/tmp/my state",
+                None,
+                true,
+                "batchgrader --state '/tmp/my state' resume essays --retry-failed",
+            ),
+            (
+                "s",
+                Some("it's.yaml"),
+                false,
+                "batchgrader --state s apply 'it'\\''s.yaml' --retry-failed",
+            ),
+            // `apply` with no spec continues the job, like `resume`.
+            (
+                "state",
+                None,
+                false,
+                "batchgrader resume essays --retry-failed",
+            ),
+        ];
+        for (state, spec, resume, want) in cases {
+            assert_eq!(
+                retry_command(&g(state), &args(spec, resume), "essays"),
+                want
+            );
+        }
+        let s = Summary {
+            graded: 0,
+            parse_failures: 0,
+            failed: 50_000,
+            distribution: vec![],
+            retry_hint: Some("batchgrader apply specs/essays.yaml --retry-failed".into()),
+            ..finished()
+        };
+        let t = text(&s);
+        assert!(
+            t.contains(
+                "next        50,000 of 50,000 rows failed for good; once the cause is fixed"
+            ) && t
+                .contains("`batchgrader apply specs/essays.yaml --retry-failed` sends them again"),
+            "{t}"
+        );
+        assert!(!text(&finished()).contains("--retry-failed"));
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub async fn run_direct(
     spec: &CheckedSpec,
     plan: &state::PlanRecord,
     ui: &Ui,
+    opts: ApplyOptions,
     interrupted: Arc<AtomicBool>,
 ) -> Result<(Ending, Summary)> {
     let e = &spec.endpoint;
@@ -138,7 +139,12 @@ pub async fn run_direct(
     };
     let client = Arc::new(DirectClient::new(&configs, in_flight)?);
     let out = match RunFrame::open(store, spec, plan, ui, interrupted, server.is_some()) {
-        Ok(frame) => DirectRunner::new(frame, client).run().await,
+        Ok(frame) => {
+            DirectRunner::new(frame, client)
+                .retrying(opts.retry)
+                .run()
+                .await
+        }
         Err(e) => Err(e),
     };
     if let Some(s) = server {

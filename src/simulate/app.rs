@@ -463,6 +463,7 @@ fn run_context<'a>(batch: &'a BatchRecord, flakes: &'a Flakes) -> RunContext<'a>
         endpoint: &batch.endpoint,
         seed: batch.seed,
         request_failure_rate: batch.request_failure_rate,
+        reject_rate: batch.reject_rate,
         // Requests left over without a cancel are those an expiry stopped.
         unrun: if batch.cancel_ms.is_some() {
             Unrun::Cancelled

@@ -26,6 +26,8 @@ pub struct RunContext<'a> {
     pub endpoint: &'a str,
     pub seed: u64,
     pub request_failure_rate: f64,
+    /// Share of requests answered 400 `invalid_request_error` (final).
+    pub reject_rate: f64,
     /// Why the requests past `executed` did not run.
     pub unrun: Unrun,
     pub flakes: &'a Flakes,
@@ -158,6 +160,13 @@ fn failure(ctx: &RunContext, request: &Request) -> Option<Failure> {
         return Some(Failure {
             status: 400,
             error,
+            flake: None,
+        });
+    }
+    if super::faults::rejected(ctx.reject_rate, ctx.seed, ctx.batch_id, &request.custom_id) {
+        return Some(Failure {
+            status: 400,
+            error: super::faults::rejected_request(),
             flake: None,
         });
     }
@@ -511,6 +520,7 @@ mod tests {
             endpoint: ENDPOINT,
             seed: 7,
             request_failure_rate: rate,
+            reject_rate: 0.0,
             unrun: Unrun::Cancelled,
             flakes: &NO_FLAKES,
             answers: Plain::Grade,

@@ -195,6 +195,7 @@ pub(super) async fn create_batch(
                 finalizing_ms: config.finalizing.as_millis() as u64,
             },
             request_failure_rate: config.request_failure_rate,
+            reject_rate: config.reject_rate,
             request_flake_rate: config.request_flake_rate,
             seed: config.seed,
             validated: None,

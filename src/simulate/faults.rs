@@ -117,6 +117,33 @@ pub fn server_error(status: StatusCode) -> ApiError {
     )
 }
 
+/// Is this request refused (`reject_rate`)? One draw per request within
+/// its `scope` (a batch, a chat call): the same batch refuses the same
+/// requests when its files are written again, and at rate 1 every request.
+pub fn rejected(rate: f64, seed: u64, scope: &str, key: &str) -> bool {
+    rate > 0.0
+        && super::hash::unit(super::hash::hash64(&[
+            b"reject",
+            &seed.to_le_bytes(),
+            scope.as_bytes(),
+            key.as_bytes(),
+        ])) < rate
+}
+
+/// The 400 a refused request gets: `invalid_request_error`, which no
+/// client retries (a gateway without its database answers LiteLLM's
+/// `no_db_connection` this way; llama.cpp's server a grammar it cannot use).
+pub fn rejected_request() -> ErrorBody {
+    ErrorBody {
+        message: "The request was refused (simulated: --reject-requests). Sending it again \
+                  will not help until the server is fixed."
+            .into(),
+        kind: "invalid_request_error".into(),
+        param: None,
+        code: Some("request_refused".into()),
+    }
+}
+
 /// What a batch over the enqueued-token quota shows in `errors.data`. OpenAI
 /// reports it this way, after the create was accepted (openai/openai-python
 /// issues #1643 and #2084 quote the message, with a 2,000,000-token limit for
@@ -144,6 +171,30 @@ mod tests {
             server_error,
             either,
         }
+    }
+
+    #[test]
+    fn rejected_requests() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("r{i}")).collect();
+        let share =
+            |rate: f64, scope: &str| keys.iter().filter(|k| rejected(rate, 7, scope, k)).count();
+        // (rate, requests of 1,000 refused: at least, at most)
+        let cases = [
+            (0.0, 0, 0),
+            (1.0, 1000, 1000),
+            (0.5, 430, 570),
+            (0.1, 60, 140),
+        ];
+        for (rate, low, high) in cases {
+            let n = share(rate, "batch_1");
+            assert!((low..=high).contains(&n), "{rate}: {n}");
+        }
+        // The same request of the same batch: the same answer every time.
+        assert_eq!(
+            rejected(0.5, 7, "batch_1", "r3"),
+            rejected(0.5, 7, "batch_1", "r3")
+        );
+        assert_eq!(rejected_request().kind, "invalid_request_error");
     }
 
     #[test]

@@ -58,6 +58,13 @@ pub struct SimConfig {
     /// The draw depends on the batch and the request, so such a request fails
     /// every time it is in that batch.
     pub request_failure_rate: f64,
+    /// Fraction of requests (batch lines, Anthropic results, chat
+    /// completions) answered HTTP 400 `invalid_request_error`: a final
+    /// error, never worth retrying, as a gateway without its database or a
+    /// server that refuses the request's grammar answers every request.
+    /// Drawn per request and batch (per call in chat), so a server started
+    /// without it answers the same requests.
+    pub reject_rate: f64,
     /// Fraction of batch requests that fail once, as an HTTP 500 or 503 line:
     /// the next time this server runs the same `custom_id` with the same body
     /// (in another batch, also after a restart with `data_dir`) it succeeds.
@@ -108,6 +115,7 @@ impl std::fmt::Debug for SimConfig {
             .field("in_progress", &self.in_progress)
             .field("finalizing", &self.finalizing)
             .field("request_failure_rate", &self.request_failure_rate)
+            .field("reject_rate", &self.reject_rate)
             .field("request_flake_rate", &self.request_flake_rate)
             .field("http_error_rate", &self.http_error_rate)
             .field("rate_limit_rate", &self.rate_limit_rate)
@@ -132,6 +140,7 @@ impl Default for SimConfig {
             in_progress: Duration::from_secs(1),
             finalizing: Duration::from_millis(200),
             request_failure_rate: 0.0,
+            reject_rate: 0.0,
             request_flake_rate: 0.0,
             http_error_rate: 0.0,
             rate_limit_rate: 0.0,

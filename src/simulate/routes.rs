@@ -139,6 +139,18 @@ async fn wrong_method_v1(request: Request) -> ApiError {
 async fn chat_completions(State(app): AppState, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = Value::Object(json_body(body)?);
     check_request(&body).map_err(ApiError::bad_request)?;
+    // One draw per call: a request sent again may be lucky (at rate 1, never).
+    let call = format!(
+        "{:016x}",
+        hash64(&[
+            &now_ms().to_le_bytes(),
+            &super::hash::hash_json(b"body", &body).to_le_bytes()
+        ])
+    );
+    if super::faults::rejected(app.config.reject_rate, app.config.seed, "chat", &call) {
+        app.db().counters.rejected_chats += 1;
+        return Err(ApiError::bad_request(super::faults::rejected_request()));
+    }
     let completion = complete(&body, &app.answers);
     let n = {
         let mut db = app.db();
@@ -208,6 +220,7 @@ async fn stats(State(app): AppState) -> ApiResult {
             "usage": usage_json(total),
             "injected_429": counters.injected_429,
             "injected_5xx": counters.injected_5xx,
+            "rejected_chats": counters.rejected_chats,
             "create_commit_errors": counters.create_commit_errors,
             "token_limit_failures": token_limit_failures,
             "expired_batches": expired_batches,

@@ -162,6 +162,9 @@ pub struct BatchRecord {
     pub timing: Timing,
     /// Frozen with the timing, for the same reason.
     pub request_failure_rate: f64,
+    /// Frozen like the failure rate (absent before it existed: none).
+    #[serde(default)]
+    pub reject_rate: f64,
     #[serde(default)]
     pub request_flake_rate: f64,
     pub seed: u64,
@@ -210,6 +213,8 @@ pub struct Counters {
     pub create_commit_errors: u64,
     /// Batch requests that failed once (`request_flake_rate`).
     pub flaked_requests: u64,
+    /// Chat completions answered 400 (`reject_rate`); not in `chat_completions`.
+    pub rejected_chats: u64,
 }
 
 /// Everything that is saved to `state.json`.
@@ -538,6 +543,7 @@ mod tests {
                 finalizing_ms: 100,
             },
             request_failure_rate: 0.0,
+            reject_rate: 0.0,
             request_flake_rate: 0.0,
             seed: 0,
             validated: None,

@@ -279,7 +279,9 @@ impl Log {
     /// for a fingerprint that has a success (recorded, or earlier in
     /// `entries`) is left out: rows whose requests are the same share one
     /// fingerprint, and a copy that failed after another was answered
-    /// turned every copy into a failure, with the answers paid for.
+    /// turned every copy into a failure, with the answers paid for. A grant
+    /// (`FailureRecord::is_grant`) is the exception: asked for by the user
+    /// to send an unparsed answer's request again, it replaces the answer.
     pub fn append(&mut self, entries: &[(String, Outcome)]) -> std::io::Result<()> {
         let mut answered: std::collections::HashSet<u128> = Default::default();
         let mut kept: Vec<&(String, Outcome)> = Vec::with_capacity(entries.len());
@@ -289,6 +291,9 @@ impl Log {
                 match outcome {
                     Outcome::Success(_) => {
                         answered.insert(k);
+                    }
+                    Outcome::Failure(f) if f.is_grant() => {
+                        answered.remove(&k);
                     }
                     Outcome::Failure(_) => {
                         let recorded = match self.index.as_ref() {
@@ -599,6 +604,23 @@ mod tests {
         assert_eq!(log.get(&fp(4)).unwrap(), Some(ok("5")));
         let mut again = Log::open(dir.path()).unwrap();
         assert_eq!(again.get(&fp(2)).unwrap(), Some(ok("8")));
+        // A grant (`--retry-parse-failures`) replaces an answer, and the
+        // failure of the request sent again then stands.
+        let grant = Outcome::Failure(FailureRecord {
+            code: crate::state::RETRY_REQUESTED.into(),
+            ..match failed("x") {
+                Outcome::Failure(f) => f,
+                Outcome::Success(_) => unreachable!(),
+            }
+        });
+        again.append(&[(fp(2), grant.clone())]).unwrap();
+        assert_eq!(again.get(&fp(2)).unwrap(), Some(grant));
+        again.append(&[(fp(2), failed("x"))]).unwrap();
+        assert_eq!(again.get(&fp(2)).unwrap(), Some(failed("x")));
+        assert_eq!(
+            Log::open(dir.path()).unwrap().get(&fp(2)).unwrap(),
+            Some(failed("x"))
+        );
     }
 
     #[test]

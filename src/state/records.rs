@@ -114,7 +114,18 @@ fn ran_default() -> bool {
     true
 }
 
+/// The code of the failure that stands for a grant of a fresh set of
+/// attempts (`--retry-failed`, `--retry-parse-failures`): recorded before
+/// the request is sent again, and the one failure that may replace an
+/// answer in the outcome log (an answer that did not parse).
+pub const RETRY_REQUESTED: &str = "retry_requested";
+
 impl FailureRecord {
+    /// Is this a grant of a fresh set of attempts, not a failure met?
+    pub fn is_grant(&self) -> bool {
+        self.code == RETRY_REQUESTED
+    }
+
     /// The attempts in which the request ran and failed.
     pub fn runs(&self) -> u32 {
         self.runs

@@ -21,6 +21,7 @@ mod reliability;
 mod replan;
 mod report_agreement;
 mod request_schema;
+mod retry_failed;
 mod run_frame;
 mod simulate_server;
 mod split;

@@ -137,6 +137,8 @@ pub struct DirectRunner<'a> {
     held: (u64, u64),
     /// Failures recorded in the current pass.
     pass_failures: u64,
+    /// `--retry-failed`, `--retry-parse-failures`.
+    retry: decide::RetryAsked,
 }
 
 impl<'a> DirectRunner<'a> {
@@ -172,7 +174,14 @@ impl<'a> DirectRunner<'a> {
             ledger_seq: 0,
             held: (0, 0),
             pass_failures: 0,
+            retry: decide::RetryAsked::default(),
         }
+    }
+
+    /// Send again the rows with a final outcome that `asked` names.
+    pub fn retrying(mut self, asked: decide::RetryAsked) -> Self {
+        self.retry = asked;
+        self
     }
 
     fn ms(&self) -> u64 {
@@ -233,6 +242,8 @@ impl<'a> DirectRunner<'a> {
     /// interrupted or halted.
     pub async fn run(&mut self) -> Result<(Ending, Summary)> {
         self.frame.begin();
+        // Direct mode has nothing out between runs: every request is free.
+        self.frame.grant_retries(self.retry, &|_| false)?;
         let mut to_send = self.scan()?;
         self.recover_ledger()?;
         let untouched = self.tally.settled() == 0;

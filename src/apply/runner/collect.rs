@@ -303,16 +303,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let earlier = self.frame.store.outcome(&req.fingerprint)?;
             // Runs of earlier attempts carry over: a request that expired
             // twice and then failed when it ran has run once.
-            let earlier_runs = match &earlier {
-                Some(Outcome::Failure(f)) => f.runs(),
-                _ => 0,
+            let (earlier_runs, earlier_rounds) = match &earlier {
+                Some(Outcome::Failure(f)) => (f.runs(), Some(f.attempts)),
+                _ => (0, None),
             };
+            // Counted from the request's own rounds: one granted a fresh
+            // set of attempts (`--retry-failed`) starts again from none.
+            let attempts = decide::rounds_after(earlier_rounds, u.attempt);
             let before = self.frame.request_state(earlier);
             let failure = |code, message, retryable, ran: bool| FailureRecord {
                 code,
                 message,
                 retryable,
-                attempts: u.attempt,
+                attempts,
                 ran,
                 runs: Some(earlier_runs + u32::from(ran)),
             };

@@ -101,6 +101,18 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         // Size the outcome index for the whole job once, rather than grow it.
         self.frame.store.reserve_outcomes(self.frame.plan.rows)?;
         self.repair_outcomes(&mut units)?;
+        if self.opts.retry.any() {
+            self.set_step(&units, "looking for requests to send again");
+            // A request in a batch that is out is not final; its unit's
+            // merge decides what comes next.
+            let mut busy = HashSet::new();
+            for u in units.iter().filter(|u| u.phase != Phase::Merged) {
+                busy.extend(unit_custom_ids(&self.layout().resolve(&u.file))?.in_order);
+            }
+            self.frame
+                .grant_retries(self.opts.retry, &|id| busy.contains(id))?;
+            self.step = None;
+        }
         self.set_step(&units, "counting where the requests stand");
         self.tally = self.scan_tally()?;
         self.step = None;

@@ -42,6 +42,9 @@ pub struct SimBatch {
     pub in_progress_ms: u64,
     pub validating_ms: u64,
     pub failure_rate: f64,
+    /// `reject_rate` (absent before it existed: none).
+    #[serde(default)]
+    pub reject_rate: f64,
     pub seed: u64,
     /// The shape plain requests are answered in (absent before it existed:
     /// answered with grades).
@@ -287,6 +290,7 @@ impl Sim {
             in_progress_ms: ms(c.in_progress),
             validating_ms: ms(c.validating),
             failure_rate: c.request_failure_rate,
+            reject_rate: c.reject_rate,
             seed: c.seed,
             answers: c.answers.clone(),
             counts: None,
@@ -420,6 +424,10 @@ impl Sim {
             } else if let Err(m) = check_params(params) {
                 counts.errored += 1;
                 errored("invalid_request_error", &m, &b.id, i)
+            } else if crate::simulate::faults::rejected(b.reject_rate, b.seed, &b.id, custom_id) {
+                counts.errored += 1;
+                let e = crate::simulate::faults::rejected_request();
+                errored(&e.kind, &e.message, &b.id, i)
             } else if unit(hash64(&[
                 b"fail",
                 &b.seed.to_le_bytes(),
