@@ -339,6 +339,7 @@ impl Cli {
                 quiet: g.quiet,
                 no_color: g.no_color,
             },
+            typed: Vec::new(),
         };
         let invocation = match self.command {
             Command::Validate { spec } => Invocation::Validate { spec },

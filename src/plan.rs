@@ -419,7 +419,10 @@ fn refuse_if_in_flight(store: &JobStore, prev: &PlanRecord) -> Result<()> {
                 if busy == 1 { "" } else { "es" },
                 if busy == 1 { "is" } else { "are" }
             ),
-            "finish them first with `batchgrader resume`, then plan again (graded rows are kept)",
+            format!(
+                "finish them first with `batchgrader resume {}`, then plan again (graded rows are kept)",
+                prev_name(store)
+            ),
         ));
     }
     Ok(())

@@ -51,7 +51,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             (store, spec, planned.plan)
         }
         _ => {
-            let name = job::resolve(&g.state_root, args.job.as_deref())?;
+            let name = job::resolve(g, args.job.as_deref(), job::Verb::Resume)?;
             let store = JobStore::open_existing(&g.state_root, &name)?;
             let spec = job::saved_spec(&store)?;
             crate::protect::check_output(
@@ -156,7 +156,10 @@ fn mark_detached(store: &JobStore) {
     {
         snap.state = RunState::Detached;
         snap.pid = None;
-        snap.message = Some("stopped on an error; fix it and run `batchgrader resume`".into());
+        snap.message = Some(format!(
+            "stopped on an error; fix it and run `batchgrader resume {}`",
+            snap.job
+        ));
         let _ = status::write(store.layout(), &snap);
     }
 }
