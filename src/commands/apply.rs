@@ -42,6 +42,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
                         &planned.job,
                         &planned.plan,
                         true,
+                        spec.endpoint.is_direct(),
                         &state_dir,
                     )
                 });
