@@ -26,6 +26,9 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     let (store, spec, plan) = match (&args.spec, args.resume) {
         (Some(spec_path), false) => {
             let spec = spec::load(spec_path)?;
+            for w in spec.warnings_text() {
+                ui.warn(&w);
+            }
             let (store, planned) = super::plan::open_and_plan(g, &spec, ui)?;
             if planned.changed {
                 ui.info(&ui.dim(

@@ -18,6 +18,9 @@ use crate::ui::{Paint, Ui, num, plural, print_json};
 
 pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Result<Code> {
     let spec = spec::load(spec_path)?;
+    for w in spec.warnings_text() {
+        ui.warn(&w);
+    }
     let (store, planned) = open_and_plan(g, &spec, ui)?;
     // An unchanged plan may be partly or wholly done: what is left is what
     // has no final outcome yet (Terraform's "no changes" when nothing is).

@@ -87,8 +87,12 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     if problems.is_empty() {
         problems.extend(semantic_problems(&json, &locator));
     }
+    let mut warnings = Vec::new();
     if problems.is_empty() {
         problems.extend(request_problems(&json, &locator));
+        let (errors, warned) = super::request_keys::problems(&json, &locator);
+        problems.extend(errors);
+        warnings = warned;
         problems.extend(prompt_problems(path, &json, &locator));
     }
     let mut json = json;
@@ -110,7 +114,9 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
             message: e.to_string(),
         }])
     })?;
-    Ok(resolve(path, spec))
+    let mut checked = resolve(path, spec);
+    checked.warnings = warnings;
+    Ok(checked)
 }
 
 /// Where `key` appears a second time in one block of the YAML `text`:
