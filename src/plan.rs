@@ -140,7 +140,7 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let sources = spec
         .inputs
         .iter()
-        .map(|p| Source::new(p, spec.input().format))
+        .map(|p| Source::of_input(p, spec.input()))
         .collect::<Result<Vec<_>, _>>()?;
     // Before the job folder is made.
     check_inputs(&spec.inputs)?;
@@ -456,7 +456,7 @@ pub fn check_headers(spec: &CheckedSpec) -> Result<()> {
         return Ok(());
     };
     for path in spec.inputs.iter().filter(|p| p.is_file()) {
-        let Ok(source) = Source::new(path, spec.input().format) else {
+        let Ok(source) = Source::of_input(path, spec.input()) else {
             continue;
         };
         let sources = vec![source];
@@ -482,7 +482,8 @@ fn with_separator_hint(e: Error, row: &Row) -> Error {
         (Some(sep), crate::input::Fields::Csv { .. }) => Error::usage_with_hint(
             e.to_string(),
             format!(
-                "the header is one column holding {sep}: the file seems separated by {sep}, not commas; save it as comma-separated CSV"
+                "the header is one column holding {sep}: the file seems separated by {sep}, not commas; set `input.delimiter: {}` in the spec",
+                if sep == "tabs" { "\"\\t\"" } else { "\";\"" }
             ),
         ),
         _ => e,

@@ -239,6 +239,7 @@ const KNOWN_KEYS: &[&str] = &[
     "path",
     "format",
     "id",
+    "delimiter",
     "prompt",
     "system",
     "system_file",

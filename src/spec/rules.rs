@@ -150,6 +150,12 @@ pub(super) fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<
             out.push(problem_at(locator, &path, msg));
         }
     };
+    check(&["input", "delimiter"], &|v| match v.as_str() {
+        Some(d) if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => Ok(()),
+        _ => Err(format!(
+            "must be one character other than a quote or a line end (`;`, `|`, a tab written \"\\t\"), not {v}"
+        )),
+    });
     check(&["input", "path"], &|v| match v {
         Value::Array(paths) if paths.is_empty() => {
             Err("the list of input files is empty; give at least one path".to_string())
