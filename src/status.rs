@@ -525,7 +525,7 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
             let line = if g.failed() { p.bold(&line) } else { line };
             writeln!(w, "  {:<12}{line}", "gate")?;
         }
-        for (head, body) in text::failure_lines(&q.failures) {
+        for (head, body) in text::failure_lines(&s.job, &q.failures) {
             writeln!(w, "  {head:<12}{body}")?;
         }
     }

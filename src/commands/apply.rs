@@ -256,7 +256,7 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
                 "  unparsed    {}{}",
                 parts.join("; "),
                 if more > 0 {
-                    format!("; {more} more reasons (`batchgrader report`)")
+                    format!("; {more} more reasons (`batchgrader report {}`)", s.job)
                 } else {
                     String::new()
                 }
@@ -295,7 +295,7 @@ fn render_quality(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
         let line = if g.failed() { p.bold(&line) } else { line };
         writeln!(w, "  {:<12}{line}", "gate")?;
     }
-    for (head, body) in text::failure_lines(&s.failures) {
+    for (head, body) in text::failure_lines(&s.job, &s.failures) {
         writeln!(w, "  {head:<12}{body}")?;
     }
     Ok(())
