@@ -95,7 +95,7 @@ enum Command {
     },
     /// Continue a job from its state alone (no spec needed).
     Resume {
-        /// Job name; default: the only job in the state folder.
+        /// Job name; default: the job a live process is working on, else the only job in the state folder.
         job: Option<String>,
         /// Submit what may be submitted, then exit 5.
         #[arg(long)]
@@ -111,7 +111,7 @@ enum Command {
     },
     /// Chunks, states, counts, tokens and cost; works while `apply` runs.
     Status {
-        /// Job name; default: the only job in the state folder.
+        /// Job name; default: the job a live process is working on, else the only job, else the one applied last.
         job: Option<String>,
         /// Redraw every 2 seconds until the job finishes.
         #[arg(long)]
@@ -122,7 +122,7 @@ enum Command {
     },
     /// Cancel the job's batches that are out; `resume` then collects partial results.
     Cancel {
-        /// Job name; default: the only job in the state folder.
+        /// Job name; default: the job a live process is working on, else the only job in the state folder.
         job: Option<String>,
     },
     /// Token usage and spend over time, by day, model and job (from <state>/usage.jsonl).
@@ -133,7 +133,7 @@ enum Command {
     },
     /// Write the output file again from the state, in any format.
     Export {
-        /// Job name; default: the only job in the state folder.
+        /// Job name; default: the job a live process is working on, else the only job in the state folder.
         job: Option<String>,
         /// Where to write; the format follows the extension (.csv, .json, .jsonl).
         /// Default: the spec's output.path.
@@ -148,7 +148,7 @@ enum Command {
     /// The file needs no network to open: the plan and what it cost, the distribution of each
     /// graded property as a chart, failures by class and by chunk, and how long each chunk took.
     Report {
-        /// Job name; default: the only job in the state folder.
+        /// Job name; default: the job a live process is working on, else the only job in the state folder.
         job: Option<String>,
         /// The HTML file to write (default: `<job>.report.html` in the current folder).
         #[arg(long)]
@@ -360,6 +360,7 @@ impl Cli {
                 quiet: g.quiet,
                 no_color: g.no_color,
             },
+            typed: Vec::new(),
         };
         let invocation = match self.command {
             Command::Validate { spec } => Invocation::Validate { spec },

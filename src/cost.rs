@@ -251,6 +251,9 @@ pub fn standard(price: &Price, input_tokens: u64, output_tokens: u64) -> f64 {
 
 /// Render USD for people: `$0.0123` below a dollar, `$12.34` above.
 pub fn usd(v: f64) -> String {
+    // A sum of nothing is -0.0 in Rust, and a rounding error may be a hair
+    // under zero: neither is a refund, so both print as $0.0000.
+    let v = if v.abs() < 0.000_05 { 0.0 } else { v };
     if v < 1.0 {
         format!("${v:.4}")
     } else {
@@ -362,5 +365,9 @@ gpt-4,30,60,15,30,2026-01-01
     fn usd_rendering() {
         assert_eq!(usd(0.01234), "$0.0123");
         assert_eq!(usd(12.345), "$12.35");
+        // No negative zero: an empty sum, or a rounding error under zero.
+        assert_eq!(usd([0.0f64; 0].iter().sum()), "$0.0000");
+        assert_eq!(usd(-0.0), "$0.0000");
+        assert_eq!(usd(-0.000_001), "$0.0000");
     }
 }

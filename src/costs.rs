@@ -33,9 +33,21 @@ fn unknown_provider() -> String {
     "openai".into()
 }
 
+impl Entry {
+    /// A line of a direct-mode run (`direct-<start>-<pid>-<n>`, or its
+    /// `-recovered` line): standard prices, no batch.
+    pub fn is_direct(&self) -> bool {
+        self.batch_id.starts_with("direct-")
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Sum {
+    /// Ledger lines of batches (one per batch).
     pub batches: u64,
+    /// Ledger lines of direct-mode runs (one per 30 s of a run).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub direct_lines: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
@@ -51,7 +63,11 @@ fn is_zero(n: &u64) -> bool {
 
 impl Sum {
     fn add(&mut self, e: &Entry) {
-        self.batches += 1;
+        if e.is_direct() {
+            self.direct_lines += 1;
+        } else {
+            self.batches += 1;
+        }
         self.input_tokens += e.input_tokens;
         self.output_tokens += e.output_tokens;
         self.cache_write_tokens += e.cache_write_tokens;
@@ -69,6 +85,8 @@ pub struct Report {
     pub by_day: BTreeMap<String, Sum>,
     /// OpenAI's and Anthropic's spend side by side.
     pub by_provider: BTreeMap<String, Sum>,
+    /// Batch prices and direct requests' standard prices apart.
+    pub by_lane: BTreeMap<String, Sum>,
     pub by_model: BTreeMap<String, Sum>,
     pub by_job: BTreeMap<String, Sum>,
 }
@@ -94,10 +112,30 @@ pub fn aggregate(entries: &[Entry], since: Option<u64>) -> Report {
         r.total.add(e);
         r.by_day.entry(day(e.ts)).or_default().add(e);
         r.by_provider.entry(e.provider.clone()).or_default().add(e);
+        r.by_lane.entry(lane(e).into()).or_default().add(e);
         r.by_model.entry(e.model.clone()).or_default().add(e);
         r.by_job.entry(e.job.clone()).or_default().add(e);
     }
     r
+}
+
+/// How a lane is named wherever spend is shown.
+pub fn lane(e: &Entry) -> &'static str {
+    if e.is_direct() {
+        "direct (standard prices)"
+    } else {
+        "batch (batch prices)"
+    }
+}
+
+/// What one job's direct-mode runs spent, for its report: the ledger is
+/// the one record of direct spend (direct mode has no batch records).
+pub fn direct_spend(entries: &[Entry], job: &str) -> Sum {
+    let mut s = Sum::default();
+    for e in entries.iter().filter(|e| e.job == job && e.is_direct()) {
+        s.add(e);
+    }
+    s
 }
 
 /// Read the ledger; a missing file is an empty ledger. A bad line is

@@ -54,6 +54,8 @@ pub struct QuoteCheck {
     /// The file's first bytes, to tell a byte order mark.
     head: [u8; 3],
     first: Option<StrayText>,
+    /// The field separator (`input.delimiter`, `,` by default).
+    delimiter: u8,
 }
 
 impl Default for QuoteCheck {
@@ -64,11 +66,20 @@ impl Default for QuoteCheck {
             prev: None,
             head: [0; 3],
             first: None,
+            delimiter: b',',
         }
     }
 }
 
 impl QuoteCheck {
+    /// A check of a file whose fields are separated by `delimiter`.
+    pub fn with_delimiter(delimiter: u8) -> Self {
+        QuoteCheck {
+            delimiter,
+            ..QuoteCheck::default()
+        }
+    }
+
     /// The next bytes of the file, in order.
     pub fn feed(&mut self, buf: &[u8]) {
         for (i, &b) in buf.iter().enumerate() {
@@ -88,7 +99,8 @@ impl QuoteCheck {
                         let at = self.offset + p as u64;
                         let before = if p > 0 { Some(buf[p - 1]) } else { self.prev };
                         let field_start = match before {
-                            None | Some(b',' | b'\r' | b'\n') => true,
+                            None | Some(b'\r' | b'\n') => true,
+                            Some(d) if d == self.delimiter => true,
                             Some(_) => at == 3 && self.head == BOM,
                         };
                         if field_start {
@@ -108,7 +120,8 @@ impl QuoteCheck {
                     let b = buf[i];
                     self.state = match b {
                         b'"' => State::Quoted(opened),
-                        b',' | b'\r' | b'\n' => State::Outside,
+                        b'\r' | b'\n' => State::Outside,
+                        d if d == self.delimiter => State::Outside,
                         _ => {
                             if self.first.is_none() {
                                 self.first = Some(StrayText {

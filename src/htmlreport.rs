@@ -28,6 +28,9 @@ pub struct ReportData {
     pub planned_chunks: usize,
     pub estimate: Option<Estimate>,
     pub prices_as_of: Option<String>,
+    /// The job's lane is direct requests: spend at standard prices, from the
+    /// ledger, and no chunks to time.
+    pub direct: bool,
     pub receipt: Receipt,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -173,14 +176,24 @@ fn receipt(h: &mut String, d: &ReportData) {
         format!("{} in, {} out", num(d.input_tokens), num(d.output_tokens)),
         "tokens",
     );
-    row(h, "paid (batch prices)", usd(d.receipt.paid_usd), "paid");
-    row(
-        h,
-        "at standard prices",
-        usd(d.receipt.standard_usd),
-        "standard",
-    );
-    row(h, "saved", usd(d.receipt.saved_usd), "saved");
+    if d.direct {
+        // Direct requests pay standard prices: there is no discount to show.
+        row(
+            h,
+            "paid (direct, standard prices)",
+            usd(d.receipt.paid_usd),
+            "paid",
+        );
+    } else {
+        row(h, "paid (batch prices)", usd(d.receipt.paid_usd), "paid");
+        row(
+            h,
+            "at standard prices",
+            usd(d.receipt.standard_usd),
+            "standard",
+        );
+        row(h, "saved", usd(d.receipt.saved_usd), "saved");
+    }
     let w = &d.written;
     row(
         h,
@@ -337,6 +350,12 @@ fn failure_examples(h: &mut String, classes: &[FailureClass]) {
 
 fn timing(h: &mut String, d: &ReportData) {
     h.push_str("<h2 id=\"timing\">Time per chunk</h2>\n");
+    if d.direct {
+        h.push_str(
+            "<p class=\"none\">Direct mode: requests were sent one by one, not in chunks.</p>\n",
+        );
+        return;
+    }
     let timed: Vec<&ChunkRow> = d
         .chunks
         .iter()
@@ -641,6 +660,30 @@ mod tests {
         assert!(h.contains("data-failures=\"0\""));
         assert!(h.contains("No chunk was submitted yet."));
         assert_eq!(h.matches("<svg class=\"chart\"").count(), 1);
+    }
+
+    #[test]
+    fn a_direct_job_shows_its_spend_at_standard_prices() {
+        let d = ReportData {
+            direct: true,
+            receipt: Receipt {
+                paid_usd: 0.0621,
+                standard_usd: 0.0621,
+                saved_usd: 0.0,
+            },
+            input_tokens: 1_200,
+            output_tokens: 300,
+            ..ReportData::default()
+        };
+        let h = render(&d);
+        assert!(h.contains("paid (direct, standard prices)"), "{h}");
+        assert!(h.contains("$0.0621"));
+        assert!(h.contains("1,200 in, 300 out"));
+        assert!(!h.contains("batch prices"));
+        assert!(!h.contains("No chunk was submitted yet."));
+        // An empty receipt is $0.0000, never $-0.0000.
+        let h = render(&ReportData::default());
+        assert!(!h.contains("$-0"), "{h}");
     }
 
     mod agreement_fixture {

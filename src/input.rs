@@ -58,6 +58,8 @@ impl InputError {
 pub struct Source {
     pub path: PathBuf,
     pub format: Format,
+    /// A CSV file's field separator (`input.delimiter`; `,` by default).
+    pub delimiter: u8,
 }
 
 impl Source {
@@ -70,6 +72,15 @@ impl Source {
         Ok(Source {
             path: path.to_path_buf(),
             format,
+            delimiter: b',',
+        })
+    }
+
+    /// An input file of a spec: its `input.format` and `input.delimiter`.
+    pub fn of_input(path: &Path, input: &crate::spec::Input) -> Result<Source, InputError> {
+        Ok(Source {
+            delimiter: input.delimiter_byte(),
+            ..Source::new(path, input.format)?
         })
     }
 }
@@ -312,7 +323,7 @@ impl RowReader {
         let counting = Counting {
             inner: open()?,
             count: self.bytes.clone(),
-            quotes: (src.format == Format::Csv).then(QuoteCheck::default),
+            quotes: (src.format == Format::Csv).then(|| QuoteCheck::with_delimiter(src.delimiter)),
             digest: self.digest.clone(),
         };
         if let Some(d) = &self.digest {
@@ -321,6 +332,7 @@ impl RowReader {
         let reader = match src.format {
             Format::Csv => {
                 let mut rdr = csv::ReaderBuilder::new()
+                    .delimiter(src.delimiter)
                     .has_headers(true)
                     .flexible(false)
                     .from_reader(counting);
@@ -375,7 +387,7 @@ impl RowReader {
                 if header_end >= len {
                     // A header that runs to the end of the file may hold an
                     // unclosed quote that swallowed every row.
-                    check_last_record(&src.path, 0, 1, len)?;
+                    check_last_record(&src.path, src.delimiter, 0, 1, len)?;
                 }
                 let mut header = Header::new(names);
                 let raw = if self.keep_raw {
@@ -428,6 +440,7 @@ impl RowReader {
     fn next_in_current(&mut self) -> Option<Result<Row, InputError>> {
         let file = self.next_file - 1;
         let path = &self.sources[file].path;
+        let delimiter = self.sources[file].delimiter;
         let keep_raw = self.keep_raw;
         let reader = self.current.as_mut()?;
         let (line, fields, raw) = match reader {
@@ -459,7 +472,7 @@ impl RowReader {
                 let line = record.position().map_or(0, |p| p.line()) + *line_shift;
                 let end = rdr.position().byte();
                 if end >= *len
-                    && let Err(e) = check_last_record(path, start, start_line, *len)
+                    && let Err(e) = check_last_record(path, delimiter, start, start_line, *len)
                 {
                     return Some(Err(e));
                 }
@@ -660,7 +673,13 @@ fn stray_text(
 /// A CSV record that runs to the end of the file (`start..len`, starting on
 /// line `start_line`) is refused when it ends inside a quoted field: the
 /// parser would otherwise read every row after an unclosed quote as one cell.
-fn check_last_record(path: &Path, start: u64, start_line: u64, len: u64) -> Result<(), InputError> {
+fn check_last_record(
+    path: &Path,
+    delimiter: u8,
+    start: u64,
+    start_line: u64,
+    len: u64,
+) -> Result<(), InputError> {
     let read = || -> std::io::Result<Vec<u8>> {
         let mut f = File::open(path)?;
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
@@ -672,7 +691,7 @@ fn check_last_record(path: &Path, start: u64, start_line: u64, len: u64) -> Resu
         path: path.to_path_buf(),
         source,
     })?;
-    match unclosed_quote(&bytes) {
+    match unclosed_quote(&bytes, delimiter) {
         None => Ok(()),
         Some(lines_before) => {
             let total = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
@@ -694,7 +713,7 @@ fn check_last_record(path: &Path, start: u64, start_line: u64, len: u64) -> Resu
 /// csv crate reads it: `""` inside quotes is a quote; after a closing quote
 /// the field goes on unquoted): the number of `\n` before the quote that
 /// opened it. `None` when every quoted field closes.
-fn unclosed_quote(record: &[u8]) -> Option<u64> {
+fn unclosed_quote(record: &[u8], delimiter: u8) -> Option<u64> {
     #[derive(Clone, Copy)]
     enum S {
         FieldStart,
@@ -711,7 +730,8 @@ fn unclosed_quote(record: &[u8]) -> Option<u64> {
                 opened_at = lines;
                 S::Quoted
             }
-            (S::FieldStart | S::Unquoted | S::QuoteInQuoted, b',' | b'\n' | b'\r') => S::FieldStart,
+            (S::FieldStart | S::Unquoted | S::QuoteInQuoted, b'\n' | b'\r') => S::FieldStart,
+            (S::FieldStart | S::Unquoted | S::QuoteInQuoted, d) if d == delimiter => S::FieldStart,
             (S::FieldStart | S::Unquoted, _) => S::Unquoted,
             (S::Quoted, b'"') => S::QuoteInQuoted,
             (S::Quoted, _) => S::Quoted,
@@ -971,16 +991,19 @@ mod tests {
             Source {
                 path: p,
                 format: Format::Csv,
+                delimiter: b',',
             }
         };
         let (a, b) = (file("a.csv", 10), file("b.csv", 32));
         let folder = Source {
             path: dir.path().to_path_buf(),
             format: Format::Csv,
+            delimiter: b',',
         };
         let missing = Source {
             path: dir.path().join("gone.csv"),
             format: Format::Csv,
+            delimiter: b',',
         };
         let cases = [
             (vec![a.clone()], 10),
@@ -1009,7 +1032,7 @@ mod tests {
             ("a,\"b\"\"\n", Some(0)),
         ];
         for (text, want) in cases {
-            assert_eq!(unclosed_quote(text.as_bytes()), want, "{text:?}");
+            assert_eq!(unclosed_quote(text.as_bytes(), b','), want, "{text:?}");
         }
     }
 

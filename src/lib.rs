@@ -33,6 +33,7 @@ pub mod split;
 pub mod state;
 pub mod stats;
 pub mod status;
+pub mod suggest;
 pub mod template;
 pub mod tokenize;
 pub mod ui;

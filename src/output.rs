@@ -324,6 +324,14 @@ fn write_rows(
     // CSV to CSV is spliced byte for byte when every input shares one header;
     // anything else goes through the cells.
     let csv_verbatim = format == Format::Csv && same_csv_headers(sources)?;
+    // A CSV output keeps the CSV input's separator (`input.delimiter`):
+    // spliced rows must, and the file then reads back with the same spec.
+    let d = char::from(
+        sources
+            .iter()
+            .find(|s| s.format == Format::Csv)
+            .map_or(b',', |s| s.delimiter),
+    );
     let columns = if format == Format::Csv && !csv_verbatim {
         Some(union_columns(sources)?)
     } else {
@@ -350,9 +358,9 @@ fn write_rows(
             header_done = true;
             let header = match (&columns, &row.fields) {
                 (None, Fields::Csv { header, .. }) => {
-                    splice_csv(header.raw.as_deref().unwrap_or_default(), &names)
+                    splice_csv(header.raw.as_deref().unwrap_or_default(), &names, d)
                 }
-                (Some(cols), _) => csv_line(cols.iter().chain(names.iter())),
+                (Some(cols), _) => csv_line(cols.iter().chain(names.iter()), d),
                 (None, Fields::Object(_)) => unreachable!("verbatim CSV needs CSV inputs"),
             };
             w.write_all(header.as_bytes()).map_err(io)?;
@@ -365,11 +373,12 @@ fn write_rows(
         match format {
             Format::Csv => {
                 let line = match &columns {
-                    None => splice_csv(row.raw.as_deref().unwrap_or_default(), &values),
+                    None => splice_csv(row.raw.as_deref().unwrap_or_default(), &values, d),
                     Some(cols) => csv_line(
                         cols.iter()
                             .map(|c| row.get(c).unwrap_or_default().to_string())
                             .chain(values.iter().cloned()),
+                        d,
                     ),
                 };
                 w.write_all(line.as_bytes()).map_err(io)?;
@@ -434,34 +443,34 @@ fn union_columns(sources: &[Source]) -> Result<Vec<String>> {
 }
 
 /// A raw CSV record with fields appended before its line end.
-fn splice_csv(raw: &str, extra: &[String]) -> String {
+fn splice_csv(raw: &str, extra: &[String], d: char) -> String {
     let body = raw.trim_end_matches(['\r', '\n']);
     let end = &raw[body.len()..];
     let end = if end.is_empty() { "\n" } else { end };
     let mut out = String::with_capacity(raw.len() + 32);
     out.push_str(body);
     for v in extra {
-        out.push(',');
-        out.push_str(&csv_field(v));
+        out.push(d);
+        out.push_str(&csv_field(v, d));
     }
     out.push_str(end);
     out
 }
 
-fn csv_line<'a>(fields: impl Iterator<Item = impl AsRef<str> + 'a>) -> String {
+fn csv_line<'a>(fields: impl Iterator<Item = impl AsRef<str> + 'a>, d: char) -> String {
     let mut out = String::new();
     for (i, f) in fields.enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(d);
         }
-        out.push_str(&csv_field(f.as_ref()));
+        out.push_str(&csv_field(f.as_ref(), d));
     }
     out.push('\n');
     out
 }
 
-fn csv_field(v: &str) -> String {
-    if v.contains([',', '"', '\n', '\r']) || v.starts_with(' ') || v.ends_with(' ') {
+fn csv_field(v: &str, d: char) -> String {
+    if v.contains([d, '"', '\n', '\r']) || v.starts_with(' ') || v.ends_with(' ') {
         format!("\"{}\"", v.replace('"', "\"\""))
     } else {
         v.to_string()
@@ -521,14 +530,19 @@ mod tests {
     #[test]
     fn csv_splicing_keeps_line_ends() {
         assert_eq!(
-            splice_csv("a,b\r\n", &["x".into(), "y,z".into()]),
+            splice_csv("a,b\r\n", &["x".into(), "y,z".into()], ','),
             "a,b,x,\"y,z\"\r\n"
         );
         assert_eq!(
-            splice_csv("a,\"q\"\"\"\n", &["1".into()]),
+            splice_csv("a,\"q\"\"\"\n", &["1".into()], ','),
             "a,\"q\"\"\",1\n"
         );
-        assert_eq!(splice_csv("last", &["1".into()]), "last,1\n");
+        assert_eq!(splice_csv("last", &["1".into()], ','), "last,1\n");
+        // A `;`-separated input keeps its separator; a `;` in a value is quoted.
+        assert_eq!(
+            splice_csv("a;b\n", &["x".into(), "y;z".into(), "p,q".into()], ';'),
+            "a;b;x;\"y;z\";p,q\n"
+        );
     }
 
     #[test]

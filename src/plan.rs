@@ -140,7 +140,7 @@ pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let sources = spec
         .inputs
         .iter()
-        .map(|p| Source::new(p, spec.input().format))
+        .map(|p| Source::of_input(p, spec.input()))
         .collect::<Result<Vec<_>, _>>()?;
     // Before the job folder is made.
     check_inputs(&spec.inputs)?;
@@ -420,7 +420,10 @@ fn refuse_if_in_flight(store: &JobStore, prev: &PlanRecord) -> Result<()> {
                 if busy == 1 { "" } else { "es" },
                 if busy == 1 { "is" } else { "are" }
             ),
-            "finish them first with `batchgrader resume`, then plan again (graded rows are kept)",
+            format!(
+                "finish them first with `batchgrader resume {}`, then plan again (graded rows are kept)",
+                prev_name(store)
+            ),
         ));
     }
     Ok(())
@@ -441,7 +444,60 @@ pub fn fingerprint_bits(fp: &str) -> u128 {
 
 /// The template's placeholders and the id column must exist in every file.
 fn check_columns(spec: &CheckedSpec, prompt: &Prompt, sources: &[Source], row: &Row) -> Result<()> {
-    for name in prompt.user.placeholders() {
+    columns_present(spec, &prompt.user.placeholders(), sources, row)
+        .map_err(|e| with_separator_hint(e, row))
+}
+
+/// `validate`'s look at the inputs that exist: each file's first row (the
+/// header of a CSV file) against the placeholders and `input.id`, with the
+/// messages `plan` gives. A file that cannot be read is left to `plan`,
+/// which says why row by row.
+pub fn check_headers(spec: &CheckedSpec) -> Result<()> {
+    let Ok(template) = crate::template::Template::parse(&spec.prompt().user) else {
+        return Ok(());
+    };
+    for path in spec.inputs.iter().filter(|p| p.is_file()) {
+        let Ok(source) = Source::of_input(path, spec.input()) else {
+            continue;
+        };
+        let sources = vec![source];
+        if let Some(Ok(row)) = RowReader::new(sources.clone(), false).next() {
+            columns_present(spec, &template.placeholders(), &sources, &row)
+                .map_err(|e| with_separator_hint(e, &row))?;
+        }
+    }
+    Ok(())
+}
+
+/// A CSV header that is one cell holding `;` or a tab is a file separated
+/// by something else than commas: say so, since the columns the error
+/// lists then make no sense.
+fn with_separator_hint(e: Error, row: &Row) -> Error {
+    let names = row.column_names();
+    let sep = match names.as_slice() {
+        [one] if one.contains(';') => Some("`;`"),
+        [one] if one.contains('\t') => Some("tabs"),
+        _ => None,
+    };
+    match (sep, &row.fields) {
+        (Some(sep), crate::input::Fields::Csv { .. }) => Error::usage_with_hint(
+            e.to_string(),
+            format!(
+                "the header is one column holding {sep}: the file seems separated by {sep}, not commas; set `input.delimiter: {}` in the spec",
+                if sep == "tabs" { "\"\\t\"" } else { "\";\"" }
+            ),
+        ),
+        _ => e,
+    }
+}
+
+fn columns_present(
+    spec: &CheckedSpec,
+    placeholders: &[&str],
+    sources: &[Source],
+    row: &Row,
+) -> Result<()> {
+    for name in placeholders {
         if row.get(name).is_none() {
             return Err(missing_column(spec, sources, row, name));
         }

@@ -57,7 +57,12 @@ impl Target {
             let sources = spec
                 .inputs
                 .iter()
-                .map(|p| Source::new(p, format.or(spec.input().format)))
+                .map(|p| {
+                    Source::new(p, format.or(spec.input().format)).map(|s| Source {
+                        delimiter: spec.input().delimiter_byte(),
+                        ..s
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let (encoding, guessed) = encoding_for_model(&model);
             Ok(Target {

@@ -16,6 +16,9 @@ pub struct Global {
     /// Price table to use instead of the default one.
     pub pricing: Option<PathBuf>,
     pub output: OutputMode,
+    /// The words typed after the program name, as typed: hints that name
+    /// a job repeat the user's own command with the job put in.
+    pub typed: Vec<String>,
 }
 
 /// Where and how results are shown.

@@ -344,12 +344,12 @@ fn phase_word(u: &UnitStatus, now: u64, running: bool) -> String {
 /// The outage line of the live view, `status` and the event lines: once
 /// every provider call has been failing for a while, say so, and say what
 /// the user can do.
-pub fn outage_line(outage_since: Option<u64>, now_secs: u64) -> Option<String> {
+pub fn outage_line(job: &str, outage_since: Option<u64>, now_secs: u64) -> Option<String> {
     const AFTER_SECS: u64 = 10;
     let down = now_secs.saturating_sub(outage_since?);
     (down >= AFTER_SECS).then(|| {
         format!(
-            "provider not answering for {}, retrying; Ctrl-C stops, `batchgrader resume` continues",
+            "provider not answering for {}, retrying; Ctrl-C stops, `batchgrader resume {job}` continues",
             short_duration(down)
         )
     })
@@ -408,7 +408,10 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
     let state = match s.state {
         RunState::Running => format!("running (pid {})", s.pid.unwrap_or(0)),
         RunState::Planned => "planned, not submitted".into(),
-        RunState::Detached => "batches out, no process watching (run `batchgrader resume`)".into(),
+        RunState::Detached => format!(
+            "batches out, no process watching (run `batchgrader resume {}`)",
+            s.job
+        ),
         RunState::Halted
             if s.message
                 .as_deref()
@@ -421,7 +424,7 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
     };
     writeln!(w, "{} {}  {}", p.bold("job"), p.bold(&s.job), state)?;
     if s.state == RunState::Running
-        && let Some(line) = outage_line(s.outage_since, now)
+        && let Some(line) = outage_line(&s.job, s.outage_since, now)
     {
         writeln!(w, "  {line}")?;
     }
@@ -522,7 +525,7 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
             let line = if g.failed() { p.bold(&line) } else { line };
             writeln!(w, "  {:<12}{line}", "gate")?;
         }
-        for (head, body) in text::failure_lines(&q.failures) {
+        for (head, body) in text::failure_lines(&s.job, &q.failures) {
             writeln!(w, "  {head:<12}{body}")?;
         }
     }
@@ -638,14 +641,14 @@ mod tests {
 
     #[test]
     fn outage_lines() {
-        assert_eq!(outage_line(None, 100), None);
-        assert_eq!(outage_line(Some(95), 100), None);
-        let line = outage_line(Some(0), 200).unwrap();
+        assert_eq!(outage_line("j", None, 100), None);
+        assert_eq!(outage_line("j", Some(95), 100), None);
+        let line = outage_line("j", Some(0), 200).unwrap();
         assert!(
             line.starts_with("provider not answering for 3m, retrying"),
             "{line}"
         );
-        assert!(line.contains("Ctrl-C stops, `batchgrader resume` continues"));
+        assert!(line.contains("Ctrl-C stops, `batchgrader resume j` continues"));
         let cases = [
             (5, "5s"),
             (60, "1m"),

@@ -207,7 +207,7 @@ pub fn gate_line(g: &GateCheck) -> String {
 }
 
 /// `(head, body)` lines for the failure classes and their examples.
-pub fn failure_lines(failures: &[FailureClass]) -> Vec<(&'static str, String)> {
+pub fn failure_lines(job: &str, failures: &[FailureClass]) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     for (i, f) in failures.iter().take(SHOWN_FAILURE_CLASSES).enumerate() {
         let head = if i == 0 { "examples" } else { "" };
@@ -240,7 +240,7 @@ pub fn failure_lines(failures: &[FailureClass]) -> Vec<(&'static str, String)> {
         out.push((
             "",
             format!(
-                "{} more failure classes (`batchgrader report`)",
+                "{} more failure classes (`batchgrader report {job}`)",
                 failures.len() - SHOWN_FAILURE_CLASSES
             ),
         ));

@@ -271,7 +271,7 @@ pub fn write_output_to(
     let sources: Vec<Source> = spec
         .inputs
         .iter()
-        .map(|p| Source::new(p, spec.input().format))
+        .map(|p| Source::of_input(p, spec.input()))
         .collect::<Result<_, _>>()?;
     let prompt = crate::prompt::Prompt::load(spec)?;
     let builder = crate::plan::request_builder(spec, &prompt);

@@ -27,6 +27,9 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     let (store, spec, plan) = match (&args.spec, args.resume) {
         (Some(spec_path), false) => {
             let spec = spec::load(spec_path)?;
+            for w in spec.warnings_text() {
+                ui.warn(&w);
+            }
             let (store, planned) = super::plan::open_and_plan(g, &spec, ui)?;
             if planned.changed {
                 ui.info(&ui.dim(
@@ -43,6 +46,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
                         &planned.job,
                         &planned.plan,
                         true,
+                        spec.endpoint.is_direct(),
                         &state_dir,
                     )
                 });
@@ -52,7 +56,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             (store, spec, planned.plan)
         }
         _ => {
-            let name = job::resolve(&g.state_root, args.job.as_deref())?;
+            let name = job::resolve(g, args.job.as_deref(), job::Verb::Resume)?;
             let store = JobStore::open_existing(&g.state_root, &name)?;
             let spec = job::saved_spec(&store)?;
             crate::protect::check_output(
@@ -203,7 +207,10 @@ fn mark_detached(store: &JobStore) {
     {
         snap.state = RunState::Detached;
         snap.pid = None;
-        snap.message = Some("stopped on an error; fix it and run `batchgrader resume`".into());
+        snap.message = Some(format!(
+            "stopped on an error; fix it and run `batchgrader resume {}`",
+            snap.job
+        ));
         let _ = status::write(store.layout(), &snap);
     }
 }
@@ -301,7 +308,7 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
                 "  unparsed    {}{}",
                 parts.join("; "),
                 if more > 0 {
-                    format!("; {more} more reasons (`batchgrader report`)")
+                    format!("; {more} more reasons (`batchgrader report {}`)", s.job)
                 } else {
                     String::new()
                 }
@@ -349,7 +356,7 @@ fn render_quality(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
         let line = if g.failed() { p.bold(&line) } else { line };
         writeln!(w, "  {:<12}{line}", "gate")?;
     }
-    for (head, body) in text::failure_lines(&s.failures) {
+    for (head, body) in text::failure_lines(&s.job, &s.failures) {
         writeln!(w, "  {head:<12}{body}")?;
     }
     Ok(())
@@ -586,6 +593,7 @@ mod tests {
             state_root: PathBuf::from(state),
             pricing: None,
             output: Default::default(),
+            typed: Vec::new(),
         };
         let args = |spec: Option<&str>, resume| ApplySettings {
             spec: spec.map(PathBuf::from),

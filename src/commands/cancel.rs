@@ -15,7 +15,7 @@ use crate::state::JobStore;
 use crate::ui::{Ui, plural, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
-    let job = job::resolve(&g.state_root, job)?;
+    let job = job::resolve(g, job, job::Verb::Cancel)?;
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
@@ -34,7 +34,7 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
         ui.show(|w| {
             writeln!(
                 w,
-                "Cancelled job `{job}` (direct mode): nothing more is sent. `batchgrader resume` writes the output from the answers recorded; `batchgrader apply SPEC` starts the job again."
+                "Cancelled job `{job}` (direct mode): nothing more is sent. `batchgrader resume {job}` writes the output from the answers recorded; `batchgrader apply SPEC` starts the job again."
             )
         });
         return Ok(Code::Success);
@@ -82,13 +82,13 @@ pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
                 plural(n as u64, "es"),
                 unreached.join(", ")
             ),
-            "run `batchgrader cancel` again when the provider answers",
+            format!("run `batchgrader cancel {job}` again when the provider answers"),
         ));
     }
     ui.show(|w| {
         writeln!(
             w,
-            "Cancelled job `{job}`: asked {n} batch{} to stop. `batchgrader resume` collects what they finished (nothing new is submitted); `batchgrader apply SPEC` starts the job again.",
+            "Cancelled job `{job}`: asked {n} batch{} to stop. `batchgrader resume {job}` collects what they finished (nothing new is submitted); `batchgrader apply SPEC` starts the job again.",
             plural(n as u64, "es")
         )
     });

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use crate::cost::usd;
-use crate::costs::{Report, aggregate, read};
+use crate::costs::{Report, Sum, aggregate, read};
 use crate::error::{Error, Result};
 use crate::exit::Code;
 use crate::settings::Global;
@@ -36,16 +36,16 @@ pub fn run(g: &Global, since: Option<Duration>, ui: &Ui) -> Result<Code> {
 fn render(w: &mut impl Write, p: Paint, r: &Report) -> io::Result<()> {
     writeln!(
         w,
-        "{} {} in {} batch{}: {} input and {} output tokens",
+        "{} {} in {}: {} input and {} output tokens",
         p.bold("Spend"),
         usd(r.total.cost_usd),
-        num(r.total.batches),
-        plural(r.total.batches, "es"),
+        what_ran(&r.total, ""),
         num(r.total.input_tokens),
         num(r.total.output_tokens)
     )?;
     for (title, group) in [
         ("day", &r.by_day),
+        ("lane", &r.by_lane),
         ("provider", &r.by_provider),
         ("model", &r.by_model),
         ("job", &r.by_job),
@@ -65,18 +65,28 @@ fn render(w: &mut impl Write, p: Paint, r: &Report) -> io::Result<()> {
             )?;
         }
     }
-    if r.simulated.batches > 0 {
+    if r.simulated.batches + r.simulated.direct_lines > 0 {
         writeln!(
             w,
             "{}",
             p.dim(&format!(
-                "  plus {} simulated batch{} (no real spend)",
-                num(r.simulated.batches),
-                plural(r.simulated.batches, "es")
+                "  plus {} (no real spend)",
+                what_ran(&r.simulated, "simulated ")
             ))
         )?;
     }
     Ok(())
+}
+
+/// `3 batches`, `direct runs`, `2 batches and direct runs`: a direct run
+/// is no batch (and its ledger lines are not runs, so they are not counted).
+fn what_ran(s: &Sum, kind: &str) -> String {
+    let batches = format!("{} {kind}batch{}", num(s.batches), plural(s.batches, "es"));
+    match (s.batches, s.direct_lines) {
+        (_, 0) => batches,
+        (0, _) => format!("{kind}direct runs"),
+        _ => format!("{batches} and {kind}direct runs"),
+    }
 }
 
 #[cfg(test)]
@@ -89,7 +99,11 @@ mod tests {
         let entry = |ts, job: &str, model: &str, cost, simulated| Entry {
             ts,
             job: job.into(),
-            batch_id: format!("batch_{ts}"),
+            batch_id: if job == "chat" {
+                format!("direct-{ts}-77-1")
+            } else {
+                format!("batch_{ts}")
+            },
             provider: if model.starts_with("claude") {
                 "anthropic".into()
             } else {
@@ -110,6 +124,7 @@ mod tests {
                 entry(1_790_090_500, "tickets", "gpt-4.1", 2.08, false),
                 entry(1_790_090_550, "tickets", "claude-haiku-4-5", 0.55, false),
                 entry(1_790_090_600, "demo", "gpt-4o-mini", 0.0, true),
+                entry(1_790_090_700, "chat", "gpt-4o-mini", 0.0621, false),
             ],
             None,
         );

@@ -3,11 +3,178 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::settings::Global;
 use crate::spec::{self, CheckedSpec};
+use crate::state::Layout;
 use crate::state::{JobStore, PlanRecord, StateError};
+use crate::status::{self, RunState};
 
-/// The job a command means: the one named, else the only job in the state folder.
-pub fn resolve(state_root: &Path, job: Option<&str>) -> Result<String> {
+/// A command that takes `[JOB]`, for what it may fall back on when no job
+/// is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Status,
+    Resume,
+    Cancel,
+    Export,
+    Report,
+}
+
+impl Verb {
+    /// The word typed for the command.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verb::Status => "status",
+            Verb::Resume => "resume",
+            Verb::Cancel => "cancel",
+            Verb::Export => "export",
+            Verb::Report => "report",
+        }
+    }
+}
+
+/// One job of the state folder, as the choice sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFacts {
+    pub name: String,
+    /// A live process holds it (an `apply`, `resume` or `plan`).
+    pub running: bool,
+    /// When a run of it last started (unix seconds); `None` if never applied.
+    pub last_applied: Option<u64>,
+}
+
+/// Why no job could be chosen: the message and the hint of a usage error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub hint: String,
+}
+
+/// The job a command means, decided over plain data. Named: that job, if
+/// the state folder holds it (else the nearest name). Not named: the one
+/// job a live process holds, else the only job, else (for `status`, which
+/// only reads) the one applied last; otherwise every job with the command
+/// that works for it. `typed` is the command line as typed, for those
+/// commands; `state` names the folder in messages.
+pub fn choose(
+    jobs: &[JobFacts],
+    named: Option<&str>,
+    verb: Verb,
+    typed: &[String],
+    state: &str,
+) -> std::result::Result<String, Refusal> {
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    if let Some(n) = named {
+        if names.contains(&n) {
+            return Ok(n.to_string());
+        }
+        let hint = match crate::suggest::closest(n, &names) {
+            Some(near) => format!(
+                "did you mean `{near}`? `{}`",
+                command_for(typed, verb, near, Some(n))
+            ),
+            None if names.is_empty() => {
+                "run `batchgrader plan SPEC` or `batchgrader apply SPEC` first, or pass --state"
+                    .to_string()
+            }
+            None => format!("the jobs here: {}", names.join(", ")),
+        };
+        return Err(Refusal {
+            message: format!("no job `{n}` in {state}"),
+            hint,
+        });
+    }
+    let running: Vec<&JobFacts> = jobs.iter().filter(|j| j.running).collect();
+    if running.len() == 1 {
+        return Ok(running[0].name.clone());
+    }
+    if running.is_empty() {
+        match jobs {
+            [] => {
+                return Err(Refusal {
+                    message: format!("no job in {state}"),
+                    hint: "run `batchgrader plan SPEC` or `batchgrader apply SPEC` first, or pass --state".into(),
+                });
+            }
+            [only] => return Ok(only.name.clone()),
+            _ => {}
+        }
+        if verb == Verb::Status {
+            // Reading is harmless, so the job last worked on is a fair guess;
+            // the snapshot names the job it shows.
+            let latest = jobs
+                .iter()
+                .filter_map(|j| j.last_applied.map(|t| (t, &j.name)))
+                .max();
+            if let Some((_, name)) = latest {
+                return Ok(name.clone());
+            }
+        }
+    }
+    let (which, pool): (&str, Vec<&JobFacts>) = if running.is_empty() {
+        ("none is running", jobs.iter().collect())
+    } else {
+        ("several are running", running)
+    };
+    let width = pool.iter().map(|j| j.name.len()).max().unwrap_or(0);
+    let lines: Vec<String> = pool
+        .iter()
+        .map(|j| {
+            format!(
+                "  {:width$}  {}",
+                j.name,
+                command_for(typed, verb, &j.name, None)
+            )
+        })
+        .collect();
+    Err(Refusal {
+        message: format!(
+            "{state} holds several jobs ({}) and {which}; say which one",
+            names.join(", ")
+        ),
+        hint: format!("name the job:\n{}", lines.join("\n")),
+    })
+}
+
+/// The command line that was typed, with `job` as its job (in place of
+/// `replace` when that was the name typed). Without the typed words (a
+/// caller that is not the command line), the bare command.
+pub fn command_for(typed: &[String], verb: Verb, job: &str, replace: Option<&str>) -> String {
+    let mut words: Vec<String> = typed.to_vec();
+    match words.iter().position(|w| w == verb.word()) {
+        Some(at) => match replace.and_then(|r| words[at + 1..].iter().position(|w| w == r)) {
+            Some(i) => words[at + 1 + i] = job.to_string(),
+            None => words.insert(at + 1, job.to_string()),
+        },
+        None => words = vec![verb.word().to_string(), job.to_string()],
+    }
+    let mut line = String::from("batchgrader");
+    for w in &words {
+        line.push(' ');
+        line.push_str(&shell_word(w));
+    }
+    line
+}
+
+/// A word as a shell takes it back: quoted when it holds anything but the
+/// usual characters of paths and flags.
+fn shell_word(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+/// The job a command means (see [`choose`]), from what the state folder
+/// holds: its job folders, which of them a live process holds (the pid of
+/// a running snapshot or of a planning marker, as `status` decides it), and
+/// when each was last applied.
+pub fn resolve(g: &Global, job: Option<&str>, verb: Verb) -> Result<String> {
+    let state_root = &g.state_root;
     if let Some(j) = job {
         // The spec's rule for names: a job can never be a path that leaves
         // the state folder (`../other/job`).
@@ -24,9 +191,8 @@ pub fn resolve(state_root: &Path, job: Option<&str>) -> Result<String> {
                 ),
             ));
         }
-        return Ok(j.to_string());
     }
-    let mut jobs: Vec<String> = std::fs::read_dir(state_root)
+    let mut names: Vec<String> = std::fs::read_dir(state_root)
         .map(|rd| {
             rd.flatten()
                 .filter(|e| crate::state::Layout::is_job_dir(&e.path()))
@@ -34,22 +200,37 @@ pub fn resolve(state_root: &Path, job: Option<&str>) -> Result<String> {
                 .collect()
         })
         .unwrap_or_default();
-    jobs.sort();
-    match jobs.len() {
-        1 => Ok(jobs.remove(0)),
-        0 => Err(Error::usage_with_hint(
-            format!("no job in {}", state_root.display()),
-            "run `batchgrader plan SPEC` or `batchgrader apply SPEC` first, or pass --state",
-        )),
-        _ => Err(Error::usage_with_hint(
-            format!(
-                "{} holds several jobs ({}); say which one",
-                state_root.display(),
-                jobs.join(", ")
-            ),
-            "pass the job name, e.g. `batchgrader status NAME`",
-        )),
-    }
+    names.sort();
+    let jobs: Vec<JobFacts> = names
+        .into_iter()
+        .map(|name| {
+            let layout = Layout::new(state_root, &name);
+            let snap = status::read(&layout).ok().flatten();
+            let applying = snap
+                .as_ref()
+                .is_some_and(|s| s.state == RunState::Running && s.pid.is_some_and(process_alive));
+            let planning = status::read_planning(&layout).is_some_and(|p| process_alive(p.pid));
+            JobFacts {
+                running: applying || planning,
+                last_applied: snap.map(|s| s.started_at.unwrap_or(s.updated_at)),
+                name,
+            }
+        })
+        .collect();
+    choose(
+        &jobs,
+        job,
+        verb,
+        &g.typed,
+        &state_root.display().to_string(),
+    )
+    .map_err(|r| Error::usage_with_hint(r.message, r.hint))
+}
+
+/// Whether a process of this pid exists (signal 0 sends nothing).
+pub fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 /// The job's spec as saved by `plan`, with paths resolved as they were then.
@@ -136,4 +317,150 @@ pub(super) fn lost_records(store: &JobStore) -> Option<StateError> {
             dir.display()
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, running: bool, last_applied: Option<u64>) -> JobFacts {
+        JobFacts {
+            name: name.into(),
+            running,
+            last_applied,
+        }
+    }
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn which_job_a_command_means() {
+        use Verb::*;
+        let two_idle = [job("alpha", false, Some(10)), job("beta", false, Some(20))];
+        let one_running = [job("alpha", false, Some(10)), job("beta", true, Some(5))];
+        let two_running = [job("alpha", true, Some(10)), job("beta", true, Some(5))];
+        let never_applied = [job("alpha", false, None), job("beta", false, None)];
+        let only = [job("solo", false, None)];
+        // (jobs, named, verb, typed, Ok(job) or Err(text the refusal holds))
+        type Row<'a> = (
+            &'a [JobFacts],
+            Option<&'a str>,
+            Verb,
+            &'a str,
+            std::result::Result<&'a str, &'a str>,
+        );
+        let table: &[Row] = &[
+            (&only, None, Resume, "resume", Ok("solo")),
+            (&only, None, Status, "status", Ok("solo")),
+            (&one_running, None, Resume, "resume", Ok("beta")),
+            (&one_running, None, Status, "status --watch", Ok("beta")),
+            (&one_running, None, Export, "export --out o.csv", Ok("beta")),
+            (
+                &one_running,
+                Some("alpha"),
+                Status,
+                "status alpha",
+                Ok("alpha"),
+            ),
+            (&two_idle, None, Status, "status", Ok("beta")),
+            (
+                &two_idle,
+                None,
+                Resume,
+                "resume",
+                Err("batchgrader resume alpha"),
+            ),
+            (
+                &two_idle,
+                None,
+                Resume,
+                "resume",
+                Err("batchgrader resume beta"),
+            ),
+            (&two_idle, None, Resume, "resume", Err("none is running")),
+            (
+                &two_idle,
+                None,
+                Export,
+                "--state s export --out o.csv",
+                Err("batchgrader --state s export alpha --out o.csv"),
+            ),
+            (
+                &two_idle,
+                None,
+                Report,
+                "report --out r.html",
+                Err("batchgrader report beta --out r.html"),
+            ),
+            (
+                &two_running,
+                None,
+                Status,
+                "status --watch",
+                Err("batchgrader status alpha --watch"),
+            ),
+            (
+                &two_running,
+                None,
+                Status,
+                "status",
+                Err("several are running"),
+            ),
+            (
+                &never_applied,
+                None,
+                Status,
+                "status",
+                Err("batchgrader status beta"),
+            ),
+            (&[], None, Status, "status", Err("no job in state")),
+            (
+                &two_idle,
+                Some("alpah"),
+                Resume,
+                "resume alpah",
+                Err("did you mean `alpha`? `batchgrader resume alpha`"),
+            ),
+            (
+                &two_idle,
+                Some("zzzzzz"),
+                Resume,
+                "resume zzzzzz",
+                Err("the jobs here: alpha, beta"),
+            ),
+            (
+                &two_idle,
+                Some("gamma"),
+                Status,
+                "status gamma",
+                Err("no job `gamma` in state"),
+            ),
+        ];
+        for (jobs, named, verb, typed, want) in table {
+            let got = choose(jobs, *named, *verb, &words(typed), "state");
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{typed}"),
+                (Err(w), Err(r)) => assert!(
+                    format!("{}\n{}", r.message, r.hint).contains(w),
+                    "{typed}: {w:?} not in {r:?}"
+                ),
+                _ => panic!("{typed}: wanted {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn commands_are_given_back_as_a_shell_takes_them() {
+        let typed = vec!["--state".to_string(), "my state".into(), "status".into()];
+        assert_eq!(
+            command_for(&typed, Verb::Status, "job", None),
+            "batchgrader --state 'my state' status job"
+        );
+        assert_eq!(
+            command_for(&[], Verb::Resume, "job", None),
+            "batchgrader resume job"
+        );
+    }
 }

@@ -32,6 +32,12 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<T> = args.into_iter().collect();
+    let typed: Vec<String> = args
+        .iter()
+        .skip(1)
+        .map(|a| a.clone().into().to_string_lossy().into_owned())
+        .collect();
     let cli = match cli::parse(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -39,7 +45,8 @@ where
             return exit::for_arguments(!e.use_stderr()).value();
         }
     };
-    let (global, invocation) = cli.resolve();
+    let (mut global, invocation) = cli.resolve();
+    global.typed = typed;
     let o = global.output;
     let ui = Ui::new(o.json, o.quiet, o.no_color);
     let convention = match invocation {

@@ -18,6 +18,9 @@ use crate::ui::{Paint, Ui, num, plural, print_json};
 
 pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Result<Code> {
     let spec = spec::load(spec_path)?;
+    for w in spec.warnings_text() {
+        ui.warn(&w);
+    }
     let (store, planned) = open_and_plan(g, &spec, ui)?;
     // An unchanged plan may be partly or wholly done: what is left is what
     // has no final outcome yet (Terraform's "no changes" when nothing is).
@@ -52,7 +55,15 @@ pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Re
         ui.warn(w);
     }
     ui.show(|w| {
-        render(w, ui.paint(), &planned.job, p, planned.changed, &state_dir)?;
+        render(
+            w,
+            ui.paint(),
+            &planned.job,
+            p,
+            planned.changed,
+            spec.endpoint.is_direct(),
+            &state_dir,
+        )?;
         render_next(w, spec_path, p.outstanding)
     });
     Ok(exit::for_plan(remaining, detailed_exitcode))
@@ -124,9 +135,11 @@ pub(super) fn render(
     job: &str,
     plan: &PlanRecord,
     changed: bool,
+    direct: bool,
     state_dir: &str,
 ) -> io::Result<()> {
-    let line = |w: &mut dyn Write, k: &str, v: &str| writeln!(w, "  {k:<15}{v}");
+    // At least one space after the key, however long the label.
+    let line = |w: &mut dyn Write, k: &str, v: &str| writeln!(w, "  {k:<14} {v}");
     if changed {
         writeln!(w, "{} {}", p.bold("Plan for job"), p.bold(job))?;
     } else {
@@ -219,12 +232,7 @@ pub(super) fn render(
                 Some(h) => v.push_str(&format!(", at most {}", usd(h))),
                 None => v.push_str(", no upper bound (the request sets no max_tokens)"),
             }
-            let label = if price.is_standard() {
-                "cost"
-            } else {
-                "cost (batch)"
-            };
-            line(w, label, &v)?;
+            line(w, cost_label(direct), &v)?;
             line(
                 w,
                 "",
@@ -237,9 +245,19 @@ pub(super) fn render(
                 )),
             )?;
         }
-        _ => line(w, "cost (batch)", "unknown: the model has no price")?,
+        _ => line(w, cost_label(direct), "unknown: the model has no price")?,
     }
     line(w, "state", state_dir)
+}
+
+/// The cost line's label names the prices the job's lane pays: the batch
+/// discount, or standard prices for direct requests.
+fn cost_label(direct: bool) -> &'static str {
+    if direct {
+        "cost (direct, standard prices)"
+    } else {
+        "cost (batch)"
+    }
 }
 
 /// What to run next.
@@ -310,7 +328,16 @@ mod tests {
 
     fn text(job: &str, plan: &PlanRecord, changed: bool) -> String {
         let mut out = Vec::new();
-        render(&mut out, Paint::plain(), job, plan, changed, "state/essays").unwrap();
+        render(
+            &mut out,
+            Paint::plain(),
+            job,
+            plan,
+            changed,
+            false,
+            "state/essays",
+        )
+        .unwrap();
         render_next(&mut out, Path::new("specs/essays.yaml"), plan.outstanding).unwrap();
         String::from_utf8(out).unwrap()
     }
@@ -328,6 +355,26 @@ mod tests {
         plan.estimate = None;
         plan.rows = 1_200;
         insta::assert_snapshot!(text("essays", &plan, false));
+    }
+
+    #[test]
+    fn the_cost_line_names_the_lanes_prices() {
+        for (direct, priced, want) in [
+            (true, true, "cost (direct, standard prices)"),
+            (true, false, "cost (direct, standard prices) unknown"),
+            (false, true, "cost (batch)"),
+            (false, false, "cost (batch)   unknown"),
+        ] {
+            let mut plan = plan_record(vec![chunk(1, 10)]);
+            if !priced {
+                plan.price = None;
+                plan.estimate = None;
+            }
+            let mut out = Vec::new();
+            render(&mut out, Paint::plain(), "j", &plan, true, direct, "s").unwrap();
+            let t = String::from_utf8(out).unwrap();
+            assert!(t.contains(want), "{direct} {priced}: {t}");
+        }
     }
 
     #[test]

@@ -16,12 +16,32 @@ use crate::state::{JobStore, UnitRecord};
 use crate::ui::{Ui, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result<Code> {
-    let job = job::resolve(&g.state_root, job)?;
+    let job = job::resolve(g, job, job::Verb::Report)?;
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;
     let plan = job::current_plan(&store, &job)?;
     let units = store.units(plan.generation)?;
     let graded = crate::apply::grade_stats(&store, &spec, &plan)?;
+    let direct = spec.endpoint.is_direct();
+    // Direct mode keeps no batch records: its spend is in the ledger.
+    let (receipt, input_tokens, output_tokens) = if direct {
+        let ledger = crate::state::Layout::ledger_in(&g.state_root);
+        let (entries, _) =
+            crate::costs::read(&g.state_root).map_err(|e| Error::io("read", &ledger, e))?;
+        let s = crate::costs::direct_spend(&entries, &job);
+        let receipt = crate::status::Receipt {
+            paid_usd: s.cost_usd,
+            standard_usd: s.cost_usd,
+            saved_usd: 0.0,
+        };
+        (receipt, s.input_tokens, s.output_tokens)
+    } else {
+        (
+            decide::receipt(&units),
+            units.iter().map(|u| u.input_tokens).sum(),
+            units.iter().map(|u| u.output_tokens).sum(),
+        )
+    };
     let data = ReportData {
         job: job.clone(),
         model: plan.model.clone(),
@@ -34,9 +54,10 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
         planned_chunks: plan.chunks.len(),
         estimate: plan.estimate,
         prices_as_of: plan.price.as_ref().map(|p| p.prices_as_of.clone()),
-        receipt: decide::receipt(&units),
-        input_tokens: units.iter().map(|u| u.input_tokens).sum(),
-        output_tokens: units.iter().map(|u| u.output_tokens).sum(),
+        direct,
+        receipt,
+        input_tokens,
+        output_tokens,
         written: graded.written,
         grades: graded.grades,
         distribution: graded.distribution,

@@ -14,10 +14,10 @@ use crate::status::{self, RunState, Snapshot};
 use crate::ui::{Ui, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &Ui) -> Result<Code> {
-    let job = job::resolve(&g.state_root, job)?;
+    let job = job::resolve(g, job, job::Verb::Status)?;
     let layout = Layout::new(&g.state_root, &job);
     loop {
-        if let Some(p) = status::read_planning(&layout).filter(|p| process_alive(p.pid)) {
+        if let Some(p) = status::read_planning(&layout).filter(|p| job::process_alive(p.pid)) {
             // A plan holds the job's lock; the marker says how far it is.
             if ui.json {
                 print_json(&serde_json::json!({
@@ -87,10 +87,10 @@ fn read_snapshot(state_root: &Path, job: &str, layout: &Layout) -> Result<Snapsh
         }
     };
     if let Some(mut snap) = derived {
-        if snap.state == RunState::Running && !snap.pid.is_some_and(process_alive) {
+        if snap.state == RunState::Running && !snap.pid.is_some_and(job::process_alive) {
             snap.state = RunState::Detached;
             snap.message = Some(format!(
-                "the process that was applying the job (pid {}) is gone; run `batchgrader resume`",
+                "the process that was applying the job (pid {}) is gone; run `batchgrader resume {job}`",
                 snap.pid.unwrap_or(0)
             ));
         }
@@ -132,11 +132,6 @@ fn decide_state(pending: u64, settled: u64, units: usize) -> RunState {
         (_, 0, 0) => RunState::Planned,
         _ => RunState::Detached,
     }
-}
-
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 #[cfg(test)]

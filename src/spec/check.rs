@@ -11,6 +11,7 @@ use super::place::problem_at;
 use super::rules::{answer_schema_problems, prompt_problems, request_problems, semantic_problems};
 use super::types::JobSpec;
 use super::{CheckedSpec, Problem, SpecError, resolve};
+use crate::suggest::closest;
 
 /// Check spec text; `path` names the file in messages and anchors relative paths.
 pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
@@ -96,8 +97,12 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
     if problems.is_empty() {
         problems.extend(semantic_problems(&json, &locator));
     }
+    let mut warnings = Vec::new();
     if problems.is_empty() {
         problems.extend(request_problems(&json, &locator));
+        let (errors, warned) = super::request_keys::problems(&json, &locator);
+        problems.extend(errors);
+        warnings = warned;
         problems.extend(prompt_problems(path, &json, &locator));
     }
     let mut json = json;
@@ -119,7 +124,9 @@ pub fn check(path: &Path, text: &str) -> Result<CheckedSpec, SpecError> {
             message: e.to_string(),
         }])
     })?;
-    Ok(resolve(path, spec))
+    let mut checked = resolve(path, spec);
+    checked.warnings = warnings;
+    Ok(checked)
 }
 
 /// Where `key` appears a second time in one block of the YAML `text`:
@@ -242,6 +249,7 @@ const KNOWN_KEYS: &[&str] = &[
     "path",
     "format",
     "id",
+    "delimiter",
     "prompt",
     "system",
     "system_file",
@@ -279,26 +287,6 @@ const KNOWN_KEYS: &[&str] = &[
     "max_cost_usd",
 ];
 
-pub(super) fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(key, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-        // A key cut short (`max_cost` for `max_cost_usd`) is far from the
-        // whole key by edits but plainly the same word.
-        .or_else(|| {
-            let mut longer = candidates
-                .iter()
-                .filter(|c| key.len() >= 4 && c.len() > key.len() && c.starts_with(key));
-            match (longer.next(), longer.next()) {
-                (Some(c), None) => Some(*c),
-                _ => None,
-            }
-        })
-}
-
 /// `node`, or what its `$ref` into the schema's `$defs` points to.
 fn resolve_ref<'a>(schema: &'a Value, mut node: &'a Value) -> &'a Value {
     for _ in 0..8 {
@@ -333,21 +321,6 @@ fn keys_at(schema: &Value, path: &[Seg]) -> Vec<String> {
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn friendlier(msg: &str, path: &[Seg]) -> String {

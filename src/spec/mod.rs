@@ -12,6 +12,7 @@ mod gold;
 pub mod limits;
 mod locate;
 mod place;
+mod request_keys;
 mod resolve;
 mod rules;
 pub mod structured;

@@ -171,9 +171,29 @@ pub struct CheckedSpec {
     pub wire: Wire,
     pub run: RunSettings,
     pub endpoint: Endpoint,
+    /// What the spec may get wrong without being refused (a request key
+    /// only a server of its own may take), placed in the file.
+    pub warnings: Vec<super::Problem>,
 }
 
 impl CheckedSpec {
+    /// The warnings, each as `FILE:LINE:COL: field: message`.
+    pub fn warnings_text(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}:{}: {}: {}",
+                    self.file.display(),
+                    p.line,
+                    p.column,
+                    p.field,
+                    p.message
+                )
+            })
+            .collect()
+    }
+
     /// The job's name (`name:`).
     pub fn name(&self) -> &str {
         &self.spec.name
@@ -312,6 +332,7 @@ pub(super) fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
         wire,
         run,
         endpoint,
+        warnings: Vec::new(),
         file: file.to_path_buf(),
         spec,
     }

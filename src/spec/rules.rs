@@ -168,6 +168,12 @@ pub(super) fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<
             out.push(problem_at(locator, &path, msg));
         }
     };
+    check(&["input", "delimiter"], &|v| match v.as_str() {
+        Some(d) if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => Ok(()),
+        _ => Err(format!(
+            "must be one character other than a quote or a line end (`;`, `|`, a tab written \"\\t\"), not {v}"
+        )),
+    });
     check(&["input", "path"], &|v| match v {
         Value::Array(paths) if paths.is_empty() => {
             Err("the list of input files is empty; give at least one path".to_string())
@@ -328,6 +334,20 @@ pub(super) fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<
             "`parse: label` needs a non-empty `output.labels` list".into(),
         ));
     }
+    // Keys that only mean something with their parse mode: without it the
+    // answer comes back as free text and every row is paid for anyway.
+    for (key, mode) in [("labels", "label"), ("pattern", "regex")] {
+        if output.and_then(|o| o.get(key)).is_some() && parse != Some(mode) {
+            out.push(problem_at(
+                locator,
+                &key_path(&["output", key]),
+                format!(
+                    "`output.{key}` is only read with `parse: {mode}` (now `{}`); add `parse: {mode}` under `output:`, or remove `{key}`",
+                    parse.unwrap_or("text")
+                ),
+            ));
+        }
+    }
     if parse == Some("regex") {
         match output
             .and_then(|o| o.get("pattern"))
@@ -471,7 +491,7 @@ pub(super) fn answer_schema_problems(
 /// its Anthropic equivalent where one exists (Anthropic's OpenAI SDK
 /// compatibility page lists what it ignores; the Messages API reference
 /// names the equivalents).
-const OPENAI_ONLY_KEYS: &[(&str, Option<&str>)] = &[
+pub(super) const OPENAI_ONLY_KEYS: &[(&str, Option<&str>)] = &[
     (
         "response_format",
         Some("`output_config: {format: {type: json_schema, schema: ...}}`"),

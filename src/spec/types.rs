@@ -266,6 +266,22 @@ pub struct Input {
     /// Column holding a unique row key. Default: the row number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// A CSV file's field separator, one character (`;`, a tab `"\t"`, `|`). Default `,`.
+    /// A CSV output keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1))]
+    pub delimiter: Option<String>,
+}
+
+impl Input {
+    /// The CSV field separator as the reader and the writer take it (the
+    /// spec's rules allow one ASCII character).
+    pub fn delimiter_byte(&self) -> u8 {
+        self.delimiter
+            .as_deref()
+            .and_then(|d| d.bytes().next())
+            .unwrap_or(b',')
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

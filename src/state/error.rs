@@ -48,10 +48,9 @@ pub enum StateError {
 impl StateError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            StateError::Locked { .. } => Some(
-                "wait for it to finish, or use `batchgrader status` to watch it; if no such process exists, the lock is released automatically"
-                    .into(),
-            ),
+            StateError::Locked { job, .. } => Some(format!(
+                "wait for it to finish, or use `batchgrader status {job} --watch` to watch it; if no such process exists, the lock is released automatically"
+            )),
             StateError::TooNew { .. } => Some("upgrade batchgrader to work on this job".into()),
             StateError::DiskFull { .. } => Some(
                 "free space on that disk, then run the same command again: what was recorded is kept, and nothing is sent twice"

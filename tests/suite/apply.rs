@@ -435,3 +435,57 @@ fn a_batch_created_before_a_crash_is_found_on_a_server_that_drops_metadata() {
         common::reference_output(OpenAi, 25)
     );
 }
+
+/// `input.delimiter: ";"`: the rows are read by `;`, and the CSV output
+/// keeps it (the input's rows spliced, the grade added after a `;`).
+#[test]
+fn a_semicolon_separated_input_is_read_and_written_with_its_delimiter() {
+    let sb = Sandbox::new();
+    sb.write(
+        "in.csv",
+        "id;text\n1;the sky is blue\n2;\"a; b\"\n3;water, wet\n",
+    );
+    let spec = |delimiter: &str| {
+        format!(
+            "version: 1
+name: semi
+provider:
+  kind: simulated
+  simulated: {{validating: 10ms, in_progress: 50ms, finalizing: 10ms}}
+model: gpt-4o-mini
+input:
+  path: in.csv
+  id: id
+{delimiter}prompt:
+  system: Grade it.
+  user: \"{{{{ text }}}}\"
+request:
+  max_tokens: 4
+output:
+  path: out/graded.csv
+  field: grade
+poll: {{interval: 100ms, max_interval: 200ms}}
+"
+        )
+    };
+    // Without the setting, validate says what the file is separated by.
+    sb.write("job.yaml", spec(""));
+    let v = sb.run(&["validate", "job.yaml"]);
+    assert_eq!(v.code, 2, "{v:?}");
+    assert!(v.stderr.contains("input.delimiter: \";\""), "{v:?}");
+    sb.write("job.yaml", spec("  delimiter: \";\"\n"));
+    let v = sb.run(&["validate", "job.yaml"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let r = sb.run(&["apply", "job.yaml"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = sb.read("out/graded.csv");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[0].starts_with("id;text;grade;"), "{out}");
+    assert!(lines[2].starts_with("2;\"a; b\";"), "{out}");
+    assert!(lines[3].starts_with("3;water, wet;"), "{out}");
+    // Export writes the same file again.
+    let e = sb.run(&["export", "--out", "again.csv"]);
+    assert_eq!(e.code, 0, "{e:?}");
+    assert_eq!(sb.read("again.csv"), out);
+}

@@ -252,3 +252,52 @@ fn a_failure_rate_above_the_policy_halts_and_writes_what_was_graded() {
     assert!(r.stderr.contains("max_failure_rate"), "{r:?}");
     assert!(sb.path("out/graded.csv").exists());
 }
+
+#[test]
+fn the_report_and_costs_show_a_direct_jobs_spend_from_the_ledger() {
+    let rows = 40;
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    sb.write("in.csv", common::standard_input(Direct, rows));
+    sb.write("job.yaml", direct_job("spend", &[&server.url], 8, ""));
+    let r = apply(&sb, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (input, output) = common::ledger_tokens(&sb, "spend");
+    assert!(input > 0 && output > 0, "{input} {output}");
+    let cost: f64 = sb
+        .read("state/usage.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["job"] == "spend")
+        .map(|v| v["cost_usd"].as_f64().unwrap())
+        .sum();
+    assert!(cost > 0.0, "a priced model's direct run costs something");
+    let rep = sb.run(&["report", "spend", "--out", "r.html"]);
+    assert_eq!(rep.code, 0, "{rep:?}");
+    let html = sb.read("r.html");
+    assert!(html.contains("paid (direct, standard prices)"), "{html}");
+    assert!(html.contains(&batchgrader::cost::usd(cost)), "{cost}");
+    let billed = format!(
+        "{} in, {} out",
+        batchgrader::ui::num(input),
+        batchgrader::ui::num(output)
+    );
+    assert!(html.contains(&billed), "{billed}");
+    assert!(!html.contains("$-0"), "no negative zero");
+    assert!(!html.contains("No chunk was submitted yet."));
+    let costs = sb.run(&["costs"]);
+    let text = format!("{}{}", costs.stdout, costs.stderr);
+    assert!(text.contains("direct (standard prices)"), "{text}");
+    assert!(text.contains("direct runs"), "{text}");
+    assert!(
+        !text.contains("0 batches"),
+        "a direct run is no batch: {text}"
+    );
+    // The plan names the price the lane pays.
+    let plan = sb.run(&["plan", "job.yaml"]);
+    assert!(
+        plan.stderr.contains("cost (direct, standard prices)")
+            || plan.stdout.contains("cost (direct, standard prices)"),
+        "{plan:?}"
+    );
+}

@@ -229,10 +229,13 @@ impl DirectRunner<'_> {
             unreachable!("only answers stop a run")
         };
         let env = &self.frame.spec.endpoint.key_env;
+        let job = self.frame.job();
         let (kind, hint) = match reason {
             Reason::Quota => (
                 ErrorKind::Quota,
-                "the account is out of credit or over its spend limit: add credit or raise the limit, then run `batchgrader resume`".to_string(),
+                format!(
+                    "the account is out of credit or over its spend limit: add credit or raise the limit, then run `batchgrader resume {job}`"
+                ),
             ),
             Reason::Unauthorized => (
                 ErrorKind::Auth,
@@ -245,11 +248,14 @@ impl DirectRunner<'_> {
             Reason::RetryAfterTooLong { wait } => (
                 ErrorKind::RetryAfterTooLong,
                 format!(
-                    "the server asked to wait {}; run `batchgrader resume` then",
+                    "the server asked to wait {}; run `batchgrader resume {job}` then",
                     crate::provider::error::human_wait(*wait)
                 ),
             ),
-            _ => (ErrorKind::Rejected, "run `batchgrader resume`".to_string()),
+            _ => (
+                ErrorKind::Rejected,
+                format!("run `batchgrader resume {job}`"),
+            ),
         };
         let message = match line {
             LineOutcome::Failure(f) => f.message.clone(),

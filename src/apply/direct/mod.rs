@@ -496,7 +496,10 @@ impl<'a> DirectRunner<'a> {
                         status::short_duration(now.saturating_sub(since) / 1000),
                         self.last_error_text()
                     ),
-                    "check that the servers are up, then run `batchgrader resume` (recorded answers are kept)",
+                    format!(
+                        "check that the servers are up, then run `batchgrader resume {}` (recorded answers are kept)",
+                        self.frame.job()
+                    ),
                 ));
             }
             // 4. Wait for an answer, a flush, or the next thing due.
@@ -531,14 +534,14 @@ impl<'a> DirectRunner<'a> {
                 ready.push(j.map_err(|e| {
                     Error::runtime_with_hint(
                         format!("a request task failed: {e}"),
-                        "run `batchgrader resume`",
+                        format!("run `batchgrader resume {}`", self.frame.job()),
                     )
                 })?);
                 while let Some(j) = flying.try_join_next() {
                     ready.push(j.map_err(|e| {
                         Error::runtime_with_hint(
                             format!("a request task failed: {e}"),
-                            "run `batchgrader resume`",
+                            format!("run `batchgrader resume {}`", self.frame.job()),
                         )
                     })?);
                 }

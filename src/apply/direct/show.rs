@@ -163,10 +163,10 @@ impl DirectRunner<'_> {
                 self.done as f64 / secs.max(0.001)
             )),
             Ending::Finished => None,
-            Ending::Interrupted => Some(
-                "interrupted: every recorded answer is kept; run `batchgrader resume` to send the rest"
-                    .to_string(),
-            ),
+            Ending::Interrupted => Some(format!(
+                "interrupted: every recorded answer is kept; run `batchgrader resume {}` to send the rest",
+                self.frame.job()
+            )),
             Ending::Halted(r) => Some(format!("halted: {r}")),
             Ending::Detached => None,
         };

@@ -456,7 +456,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
 
     fn say_outage(&mut self) {
         let now = state::now_secs();
-        if let Some(line) = status::outage_line(self.outage_since, now)
+        if let Some(line) = status::outage_line(self.job(), self.outage_since, now)
             && self.outage_said.is_none_or(|t| now.saturating_sub(t) >= 60)
         {
             self.outage_said = Some(now);

@@ -57,19 +57,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             .iter()
             .filter_map(|u| u.given_up.as_ref().map(|r| format!("chunk {}: {r}", u.id)))
             .collect();
+        let job = self.job().to_string();
         let message = match &ending {
             Ending::Finished if !given_up.is_empty() => Some(format!(
-                "given up for now: {}; its rows are not graded yet: `batchgrader resume` tries again",
+                "given up for now: {}; its rows are not graded yet: `batchgrader resume {job}` tries again",
                 given_up.join("; ")
             )),
             Ending::Finished => None,
-            Ending::Detached => Some(
-                "detached: batches keep running; `batchgrader resume` collects them".to_string(),
-            ),
-            Ending::Interrupted => Some(
-                "interrupted: state is saved and batches keep running; run `batchgrader resume` to continue"
-                    .to_string(),
-            ),
+            Ending::Detached => Some(format!(
+                "detached: batches keep running; `batchgrader resume {job}` collects them"
+            )),
+            Ending::Interrupted => Some(format!(
+                "interrupted: state is saved and batches keep running; run `batchgrader resume {job}` to continue"
+            )),
             Ending::Halted(r) => Some(format!("halted: {r}")),
         };
         self.step = None;

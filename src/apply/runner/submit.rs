@@ -172,7 +172,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let snap = self.snapshot(
             &units,
             RunState::Halted,
-            Some(format!("{}: `batchgrader resume` collects what the batches finished; `batchgrader apply SPEC` starts the job again", status::CANCELLED_BY)),
+            Some(format!("{}: `batchgrader resume {}` collects what the batches finished; `batchgrader apply SPEC` starts the job again", status::CANCELLED_BY, self.job())),
             None,
         );
         status::write(self.layout(), &snap)
