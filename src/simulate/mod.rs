@@ -425,20 +425,13 @@ mod tests {
             ("  parse: number\n", AnswerShape::Free),
             (
                 "  parse: label\n  labels: [billing, bug]\n",
-                AnswerShape::Labels(labels.clone()),
+                AnswerShape::Labels(labels),
             ),
             (
                 "  parse: regex\n  pattern: 'Score: (\\d+)'\n",
                 AnswerShape::Pattern {
                     pattern: "Score: (\\d+)".into(),
                     labels: vec![],
-                },
-            ),
-            (
-                "  parse: regex\n  pattern: '(billing|bug)'\n  labels: [billing, bug]\n",
-                AnswerShape::Pattern {
-                    pattern: "(billing|bug)".into(),
-                    labels,
                 },
             ),
             // A schema rides in the request and shapes the answer itself.
