@@ -11,7 +11,7 @@ use crate::apply::direct::DirectRunner;
 use crate::apply::{ApplyOptions, Ending, RunFrame, Runner, Summary};
 use crate::error::{Error, Result};
 use crate::provider::anthropic::AnthropicBatches;
-use crate::provider::direct::DirectClient;
+use crate::provider::direct::{DirectClient, Protocol};
 use crate::provider::{AnyBatches, ClientConfig, OpenAiBatches, OpenAiClient, Secret};
 use crate::simulate::{SimConfig, SimServer};
 use crate::spec::{CheckedSpec, Wire};
@@ -96,7 +96,7 @@ async fn simulated(spec: &CheckedSpec, layout: &Layout) -> Result<(ClientConfig,
 }
 
 /// Direct mode: connect to the spec's endpoints (for `simulated`, start its
-/// server and use its chat completions endpoint) and run the job.
+/// server) in the protocol of the spec's wire, and run the job.
 pub async fn run_direct(
     store: &JobStore,
     spec: &CheckedSpec,
@@ -107,15 +107,20 @@ pub async fn run_direct(
 ) -> Result<(Ending, Summary)> {
     let e = &spec.endpoint;
     let in_flight = spec.run.max_requests_in_flight as usize;
-    if spec.wire != Wire::OpenAiChat {
-        return Err(Error::usage_with_hint(
-            format!(
-                "{}: `mode: direct` is for OpenAI-compatible servers",
-                spec.file.display()
-            ),
-            "use `kind: openai` (any OpenAI-compatible server) or `kind: simulated`",
-        ));
-    }
+    let protocol = match spec.wire {
+        Wire::OpenAiChat => Protocol::ChatCompletions,
+        Wire::AnthropicMessages => Protocol::Messages {
+            version: e.anthropic_version.clone(),
+        },
+    };
+    // ANTHROPIC_BASE_URL or OPENAI_BASE_URL, as the wire's batch lane reads it.
+    let (base_env, from_env) = match spec.wire {
+        Wire::OpenAiChat => ("OPENAI_BASE_URL", ClientConfig::from_env as ConfigFn),
+        Wire::AnthropicMessages => (
+            crate::provider::anthropic::BASE_URL_ENV,
+            AnthropicBatches::config_from_env as ConfigFn,
+        ),
+    };
     let (configs, server) = match &e.simulated {
         Some(_) => {
             let (cfg, server) = simulated(spec, store.layout()).await?;
@@ -123,21 +128,18 @@ pub async fn run_direct(
         }
         None => {
             let urls = &e.base_urls;
-            // OPENAI_BASE_URL names one server and overrides the spec's list.
-            let configs = if urls.len() <= 1 || std::env::var_os("OPENAI_BASE_URL").is_some() {
-                vec![ClientConfig::from_env(
-                    urls.first().map(String::as_str),
-                    &e.key_env,
-                )?]
+            // The base URL variable names one server and overrides the spec's list.
+            let configs = if urls.len() <= 1 || std::env::var_os(base_env).is_some() {
+                vec![from_env(urls.first().map(String::as_str), &e.key_env)?]
             } else {
                 urls.iter()
-                    .map(|u| ClientConfig::from_env(Some(u), &e.key_env))
+                    .map(|u| from_env(Some(u), &e.key_env))
                     .collect::<Result<Vec<_>, _>>()?
             };
             (configs, None)
         }
     };
-    let client = Arc::new(DirectClient::new(&configs, in_flight)?);
+    let client = Arc::new(DirectClient::new(&configs, in_flight, protocol)?);
     let out = match RunFrame::open(store, spec, plan, ui, interrupted, server.is_some()) {
         Ok(frame) => {
             DirectRunner::new(frame, client)
@@ -152,6 +154,10 @@ pub async fn run_direct(
     }
     out
 }
+
+/// How a wire's client settings are read from the environment.
+type ConfigFn =
+    fn(Option<&str>, &str) -> std::result::Result<ClientConfig, crate::provider::ProviderError>;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

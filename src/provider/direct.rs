@@ -1,6 +1,8 @@
-//! Direct mode's wire: one `POST {base}/chat/completions` per request, to
-//! one of several base URLs (OpenAI's API, or any OpenAI-compatible server:
-//! vLLM, SGLang, llama.cpp's server, Ollama, a LiteLLM gateway).
+//! Direct mode's wire: one request per row, to one of several base URLs.
+//! [`Protocol`] says which: `POST {base}/chat/completions` (OpenAI's API, or
+//! any OpenAI-compatible server: vLLM, SGLang, llama.cpp's server, Ollama,
+//! a LiteLLM gateway) or Anthropic's `POST {base}/v1/messages`. The command
+//! edge picks it from the spec's one wire decision (`spec::Wire`).
 //!
 //! This module sends one attempt and reports what came back, headers
 //! included; it never sleeps and never retries. What to do with an answer
@@ -10,13 +12,15 @@
 //! flight, not one call.
 //!
 //! The client is built through the HTTP core (`provider::http`: the key as
-//! `Authorization: Bearer`, TLS, the connect timeout) with one pool for all
+//! `Authorization: Bearer`, or as Anthropic's `x-api-key` with
+//! `anthropic-version`; TLS, the connect timeout) with one pool for all
 //! endpoints, and reads answers with the core's capped `read_body` and
-//! header readers. What an answer's body says is the OpenAI chat wire's
-//! (`openai::lines::classify_reply`), read by the runner, not here.
+//! header readers. What an answer's body says is read by the protocol's
+//! classifier ([`Protocol::classify`]: `openai::lines::classify_reply`, or
+//! `anthropic::reply::classify_message_reply`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::Url;
@@ -29,8 +33,76 @@ use super::http::{
     self, Auth, Body, error_chain, host_port, read_body, request_id_of, retry_headers_of,
     transport_failure,
 };
+use super::openai::lines::{LineOutcome, classify_reply};
 use super::retry::{RetryHeaders, TransportFailure};
 use super::watch::CallWatch;
+
+/// The request protocol of a direct run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// `POST {base}/chat/completions`, the key as a bearer token, the
+    /// `x-ratelimit-*` headers (OpenAI's rate-limit guide).
+    ChatCompletions,
+    /// `POST {base}/v1/messages` with `x-api-key` and `anthropic-version`,
+    /// the `anthropic-ratelimit-*` headers (Anthropic's rate-limits page,
+    /// "Response headers").
+    Messages { version: String },
+}
+
+impl Protocol {
+    /// The path joined to each base URL.
+    fn path(&self) -> &'static str {
+        match self {
+            Protocol::ChatCompletions => "chat/completions",
+            Protocol::Messages { .. } => "v1/messages",
+        }
+    }
+
+    fn auth(&self) -> Auth<'_> {
+        match self {
+            Protocol::ChatCompletions => Auth::Bearer,
+            Protocol::Messages { version } => Auth::Anthropic { version },
+        }
+    }
+
+    /// What one request is called in messages (`waiting for ...`, errors).
+    pub fn call(&self) -> &'static str {
+        match self {
+            Protocol::ChatCompletions => "chat completion",
+            Protocol::Messages { .. } => "message",
+        }
+    }
+
+    /// The body to send for a request line's chat body (the plan's one
+    /// request format): as it is, or as the Messages params a Message
+    /// Batches request of the line carries (`anthropic::encode`).
+    pub fn encode(&self, chat_body: &str) -> Result<Bytes, String> {
+        match self {
+            Protocol::ChatCompletions => Ok(Bytes::copy_from_slice(chat_body.as_bytes())),
+            Protocol::Messages { .. } => {
+                super::anthropic::encode::message_body(chat_body).map(Bytes::from)
+            }
+        }
+    }
+
+    /// What an answer says, in the batch lines' terms.
+    pub fn classify(&self, status: u16, body: &str) -> LineOutcome {
+        match self {
+            Protocol::ChatCompletions => classify_reply("", status, body),
+            Protocol::Messages { .. } => {
+                super::anthropic::reply::classify_message_reply(status, body)
+            }
+        }
+    }
+
+    /// The rate-limit headers of an answer, at `now`.
+    pub fn rate_headers(&self, h: &HeaderMap, now: SystemTime) -> RateHeaders {
+        match self {
+            Protocol::ChatCompletions => RateHeaders::from_map(h),
+            Protocol::Messages { .. } => RateHeaders::from_anthropic(h, now),
+        }
+    }
+}
 
 /// What one attempt ended with.
 // Returned once per attempt; boxing the answer would cost an allocation each.
@@ -85,8 +157,42 @@ impl RateHeaders {
         }
     }
 
+    /// Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
+    /// (rate-limits page, "Response headers"): limits per minute as
+    /// OpenAI's, but `reset` is an RFC 3339 time at which the bucket is
+    /// full again, turned here into the time left from `now` (a time
+    /// already past is no wait). `tokens-*` is the most restrictive of the
+    /// input and output token limits, which is the one to pace by.
+    pub fn from_anthropic(h: &HeaderMap, now: SystemTime) -> RateHeaders {
+        let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+        let count = |n: &str| text(n).and_then(|v| v.trim().parse::<u64>().ok());
+        let limit = |n: &str| count(n).filter(|v| *v > 0);
+        let reset = |n: &str| {
+            let at = humantime::parse_rfc3339_weak(&zulu(text(n)?)).ok()?;
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        };
+        RateHeaders {
+            limit_requests: limit("anthropic-ratelimit-requests-limit"),
+            remaining_requests: count("anthropic-ratelimit-requests-remaining"),
+            reset_requests: reset("anthropic-ratelimit-requests-reset"),
+            limit_tokens: limit("anthropic-ratelimit-tokens-limit"),
+            remaining_tokens: count("anthropic-ratelimit-tokens-remaining"),
+            reset_tokens: reset("anthropic-ratelimit-tokens-reset"),
+        }
+    }
+
     pub fn any(&self) -> bool {
         *self != RateHeaders::default()
+    }
+}
+
+/// An RFC 3339 time with its zero offset as `Z` (humantime reads `Z`
+/// only); other offsets are left as they are (and refused by it).
+fn zulu(s: &str) -> String {
+    let s = s.trim();
+    match s.strip_suffix("+00:00") {
+        Some(rest) => format!("{rest}Z"),
+        None => s.to_string(),
     }
 }
 
@@ -136,24 +242,29 @@ pub struct DirectClient {
     watch: CallWatch,
     /// `host:port: chat completion` per endpoint, for the waiting line.
     calls: Vec<Arc<str>>,
+    protocol: Protocol,
 }
 
 impl DirectClient {
     /// `configs` hold the same key and differ in base URL; `pool` is the
     /// most connections kept open per endpoint.
-    pub fn new(configs: &[ClientConfig], pool: usize) -> Result<DirectClient, ProviderError> {
+    pub fn new(
+        configs: &[ClientConfig],
+        pool: usize,
+        protocol: Protocol,
+    ) -> Result<DirectClient, ProviderError> {
         const OP: &str = "configure provider";
         let first = configs
             .first()
             .ok_or_else(|| ProviderError::config(OP, "no base URL", None))?;
-        let mut headers = Auth::Bearer.headers(first)?;
+        let mut headers = protocol.auth().headers(first)?;
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let mut urls = Vec::new();
         let mut shown = Vec::new();
         for c in configs {
             validate_base_url(&c.base_url)?;
-            urls.push(join_url(&c.base_url, "chat/completions")?);
+            urls.push(join_url(&c.base_url, protocol.path())?);
             shown.push(display_url(&c.base_url));
         }
         let plain_http = configs.iter().all(ClientConfig::is_plain_http);
@@ -165,7 +276,7 @@ impl DirectClient {
         )?;
         let calls = configs
             .iter()
-            .map(|c| format!("{}: chat completion", host_port(&c.base_url)).into())
+            .map(|c| format!("{}: {}", host_port(&c.base_url), protocol.call()).into())
             .collect();
         Ok(DirectClient {
             http,
@@ -174,7 +285,13 @@ impl DirectClient {
             secrets: configs.iter().flat_map(ClientConfig::secrets).collect(),
             watch: CallWatch::default(),
             calls,
+            protocol,
         })
+    }
+
+    /// The protocol its requests speak.
+    pub fn protocol(&self) -> &Protocol {
+        &self.protocol
     }
 
     /// The requests out now.
@@ -213,7 +330,7 @@ impl DirectClient {
         let headers = response.headers();
         let request_id = request_id_of(headers).map(|r| clean_text(&self.redact(&r), MAX_LABEL));
         let retry = retry_headers_of(headers);
-        let limits = RateHeaders::from_map(headers);
+        let limits = self.protocol.rate_headers(headers, SystemTime::now());
         // The client's total timeout bounds the time; the cap the memory.
         match read_body(&mut response, MAX_CHAT_BODY).await {
             Ok(Body::Whole(body)) => Sent::Answer(Answer {
@@ -226,7 +343,7 @@ impl DirectClient {
             Ok(Body::TooLarge { head, declared }) => Sent::Transport {
                 failure: TransportFailure::Other,
                 detail: format!(
-                    "HTTP {status}{}: the answer is {}, above the {} a chat completion may be \
+                    "HTTP {status}{}: the answer is {}, above the {} a {} may be \
                      (stopped reading); it begins: {}",
                     request_id
                         .map(|r| format!(" (request {r})"))
@@ -236,6 +353,7 @@ impl DirectClient {
                         |n| format!("{n} bytes")
                     ),
                     cap_text(MAX_CHAT_BODY),
+                    self.protocol.call(),
                     bounded::describe_body(&self.redact(&String::from_utf8_lossy(&head)))
                 ),
             },
@@ -303,5 +421,99 @@ mod tests {
         assert_eq!(r.remaining_tokens, Some(0));
         assert_eq!(r.reset_tokens, Some(Duration::from_secs(360)));
         assert!(!RateHeaders::from_map(&HeaderMap::new()).any());
+    }
+
+    #[test]
+    fn anthropic_rate_headers_reset_at_a_time() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |secs: u64| {
+            humantime::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string()
+        };
+        let ahead = at(1_800_000_012);
+        let ahead_offset = ahead.replace('Z', "+00:00");
+        let past = at(1_799_999_000);
+        // (headers, what is read)
+        let full = RateHeaders {
+            limit_requests: Some(4000),
+            remaining_requests: Some(3999),
+            reset_requests: Some(Duration::from_secs(12)),
+            limit_tokens: Some(400_000),
+            remaining_tokens: Some(0),
+            reset_tokens: Some(Duration::ZERO),
+        };
+        let cases: Vec<(Vec<(&str, &str)>, RateHeaders)> = vec![
+            (
+                vec![
+                    ("anthropic-ratelimit-requests-limit", "4000"),
+                    ("anthropic-ratelimit-requests-remaining", "3999"),
+                    ("anthropic-ratelimit-requests-reset", &ahead),
+                    ("anthropic-ratelimit-tokens-limit", "400000"),
+                    ("anthropic-ratelimit-tokens-remaining", "0"),
+                    // A reset already past: no wait.
+                    ("anthropic-ratelimit-tokens-reset", &past),
+                ],
+                full,
+            ),
+            // A `+00:00` offset is the same time.
+            (
+                vec![("anthropic-ratelimit-requests-reset", &ahead_offset)],
+                RateHeaders {
+                    reset_requests: Some(Duration::from_secs(12)),
+                    ..RateHeaders::default()
+                },
+            ),
+            // Not a time, not a count, a zero limit: unknown.
+            (
+                vec![
+                    ("anthropic-ratelimit-requests-reset", "12s"),
+                    ("anthropic-ratelimit-requests-remaining", "many"),
+                    ("anthropic-ratelimit-tokens-limit", "0"),
+                ],
+                RateHeaders::default(),
+            ),
+            // OpenAI's names mean nothing here.
+            (
+                vec![("x-ratelimit-limit-requests", "5000")],
+                RateHeaders::default(),
+            ),
+        ];
+        for (pairs, want) in cases {
+            let mut h = HeaderMap::new();
+            for (k, v) in &pairs {
+                h.insert(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            assert_eq!(RateHeaders::from_anthropic(&h, now), want, "{pairs:?}");
+            assert_eq!(
+                Protocol::Messages {
+                    version: "2023-06-01".into()
+                }
+                .rate_headers(&h, now),
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn each_protocol_sends_its_path_and_body() {
+        let chat = r#"{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":"u"}],"max_tokens":4}"#;
+        assert_eq!(Protocol::ChatCompletions.path(), "chat/completions");
+        assert_eq!(
+            Protocol::ChatCompletions.encode(chat).unwrap().as_ref(),
+            chat.as_bytes()
+        );
+        let messages = Protocol::Messages {
+            version: "2023-06-01".into(),
+        };
+        assert_eq!(messages.path(), "v1/messages");
+        let sent: serde_json::Value =
+            serde_json::from_slice(&messages.encode(chat).unwrap()).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!({"model":"m","system":"S","messages":[{"role":"user","content":"u"}],"max_tokens":4})
+        );
     }
 }

@@ -22,8 +22,9 @@ pub enum Wire {
     /// API, or `POST /chat/completions` in direct mode): OpenAI, Azure,
     /// LiteLLM, vLLM, llama.cpp, the simulated provider by default.
     OpenAiChat,
-    /// Anthropic Messages bodies, sent through Message Batches: Anthropic,
-    /// or the simulated provider with `api: anthropic`.
+    /// Anthropic Messages bodies, sent through Message Batches (or `POST
+    /// /v1/messages` in direct mode): Anthropic, or the simulated provider
+    /// with `api: anthropic`.
     AnthropicMessages,
 }
 

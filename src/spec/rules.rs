@@ -257,17 +257,6 @@ pub(super) fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<
             ),
         ));
     }
-    // Direct mode speaks the OpenAI chat completions wire; the Messages
-    // API of Anthropic is reached through its batch API here.
-    if json_at(json, &key_path(&["provider", "mode"])) == Some(&Value::from("direct"))
-        && Wire::of_json(json) == Wire::AnthropicMessages
-    {
-        out.push(problem_at(
-            locator,
-            &key_path(&["provider", "mode"]),
-            "direct mode sends OpenAI chat completions; for Anthropic use `mode: batch` (Message Batches), or an OpenAI-compatible gateway (LiteLLM) with `kind: openai`".into(),
-        ));
-    }
     if let Some(list) =
         json_at(json, &key_path(&["provider", "base_url"])).and_then(Value::as_array)
     {

@@ -542,6 +542,8 @@ mod tests {
             answer: answer.into(),
             input_tokens: 10,
             output_tokens: 1,
+            cache_write_tokens: 0,
+            cache_read_tokens: 0,
         })
     }
 

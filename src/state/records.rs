@@ -88,6 +88,13 @@ pub struct ResultRecord {
     pub answer: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Prompt-cache writes and reads of the answer (Anthropic), billed apart
+    /// from input; kept so the ledger a killed direct run missed can be
+    /// completed from the outcome log. Absent when zero (and in older logs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
 }
 
 /// A request that failed, kept by fingerprint (filled by `apply`).

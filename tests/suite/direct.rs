@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::sim::Server;
-use common::{Direct, Job, Run, Sandbox, wait_for_store_release};
+use common::{Anthropic, Direct, DirectAnthropic, Job, Run, Sandbox, wait_for_store_release};
 
 /// A direct job against `urls` (one, or a YAML list), `extra` appended.
 fn direct_job(name: &str, urls: &[&str], in_flight: u32, extra: &str) -> String {
@@ -300,4 +300,118 @@ fn the_report_and_costs_show_a_direct_jobs_spend_from_the_ledger() {
             || plan.stdout.contains("cost (direct, standard prices)"),
         "{plan:?}"
     );
+}
+
+// ------------------------------------------------------------ Claude direct
+
+/// Messages the simulated Anthropic API answered.
+fn messages_answered(server: &Server) -> u64 {
+    server.stats()["messages"].as_u64().unwrap()
+}
+
+/// The tokens the simulated Anthropic API billed for direct messages.
+fn messages_billed(server: &Server) -> (u64, u64) {
+    let s = server.stats();
+    (
+        s["messages_usage"]["input_tokens"].as_u64().unwrap(),
+        s["messages_usage"]["output_tokens"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn claude_direct_through_429_and_529_storms_answers_every_row_once_as_its_batches_do() {
+    let rows = 40;
+    let job = common::standard_name(DirectAnthropic);
+    let sb = Sandbox::new();
+    let server = DirectAnthropic.server(
+        &sb,
+        &["--rate-limit-rate", "20%", "--server-error-rate", "20%"],
+    );
+    common::standard_job(&sb, DirectAnthropic, &server.url, rows, "");
+    let r = DirectAnthropic.run(&sb, &["apply", "job.yaml", "--yes"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let stats = server.stats();
+    assert!(stats["injected_429"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["injected_5xx"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["batches_created"], 0, "direct mode makes no batches");
+    // Faults come before any answer: each row was answered exactly once.
+    assert_eq!(messages_answered(&server), rows as u64, "{stats}");
+    assert_eq!(recorded(&sb, job), rows);
+    let out = sb.read("out/graded.csv");
+    assert_eq!(
+        out.lines().count(),
+        rows + 1 + 1,
+        "a cell holds a line break"
+    );
+    // In input order, and what the Message Batches lane writes for the
+    // same rows: the simulator answers a request alike in both lanes.
+    assert_eq!(out, common::reference_output(Anthropic, rows));
+    assert_eq!(out, common::reference_output(DirectAnthropic, rows));
+    // The ledger holds what the server billed, at standard prices
+    // (claude-haiku-4-5: $1 / $5 per million input / output tokens).
+    let billed = messages_billed(&server);
+    assert_eq!(common::ledger_tokens(&sb, job), billed);
+    let text = sb.read("state/usage.jsonl");
+    let mut cost = 0.0;
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["provider"], "anthropic", "{l}");
+        assert_eq!(v["cost_usd"], v["standard_cost_usd"], "{l}");
+        cost += v["cost_usd"].as_f64().unwrap();
+    }
+    let want = (billed.0 as f64 * 1.0 + billed.1 as f64 * 5.0) / 1e6;
+    assert!((cost - want).abs() < 1e-9, "{cost} {want}");
+    let st = sb.run(&["status", job]);
+    let shown = format!("{}{}", st.stdout, st.stderr);
+    assert!(shown.contains("rate_limited"), "{shown}");
+    assert!(shown.contains("server_error"), "{shown}");
+    common::assert_key_nowhere(&sb, DirectAnthropic.key(), &[&r, &st]);
+}
+
+#[test]
+fn claude_direct_sigkill_then_resume_resends_only_what_was_in_flight() {
+    let rows = 200;
+    let in_flight = 8u64;
+    let job = common::standard_name(DirectAnthropic);
+    let sb = Sandbox::new();
+    let server = DirectAnthropic.server(&sb, &[]);
+    common::standard_job(&sb, DirectAnthropic, &server.url, rows, "");
+    let r = DirectAnthropic.run(
+        &sb,
+        &["apply", "job.yaml", "--yes"],
+        &[("BATCHGRADER_TEST_KILL_AT", "direct-commit:80")],
+    );
+    assert_eq!(r.signal, Some(9), "killed by its own hook: {r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let sent_before_kill = messages_answered(&server);
+    let durable = recorded(&sb, job) as u64;
+    assert!(durable >= 80 && durable < rows as u64, "{durable}");
+    let in_flight_at_kill = sent_before_kill - durable;
+    assert!(
+        in_flight_at_kill <= in_flight * 4,
+        "{in_flight_at_kill} sent and not recorded"
+    );
+    wait_for_store_release(&sb, job);
+    let r = DirectAnthropic.run(&sb, &["resume"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let resent = messages_answered(&server) - rows as u64;
+    assert_eq!(
+        resent, in_flight_at_kill,
+        "only the requests without a recorded answer were sent again"
+    );
+    assert_eq!(
+        sb.read("out/graded.csv"),
+        common::reference_output(DirectAnthropic, rows),
+        "the output of a run never killed"
+    );
+    // The resume put in what the killed run recorded and never ledgered:
+    // each recorded answer once.
+    let held = outcome_tokens(&sb, job);
+    assert_eq!(common::ledger_tokens(&sb, job), held);
+    let billed = messages_billed(&server);
+    assert!(
+        held.0 <= billed.0 && held.1 <= billed.1,
+        "{held:?} {billed:?}"
+    );
+    assert!(sb.read("state/usage.jsonl").contains("-recovered\""));
 }

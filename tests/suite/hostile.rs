@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Direct, Job, OpenAi, Run, Sandbox};
+use common::{Direct, DirectAnthropic, Job, OpenAi, Run, Sandbox};
 
 const KEY_ENV: &str = "BG_HOSTILE_KEY";
 const KEY: &str = "sk-hostile-test-key-0042";
@@ -55,6 +55,16 @@ const WRONG_SHAPES: [&str; 5] = [
     r#"{"choices":[]}"#,
     r#"{"choices":[{"message":{"content":null,"refusal":null}}]}"#,
     r#"{"choices":[{"message":{"role":"assistant","content":7}}]}"#,
+];
+
+/// 2xx bodies that are not a Messages response (Messages API reference:
+/// a `Message` has a `content` list and `usage`): none may become an answer.
+const WRONG_MESSAGES: [&str; 5] = [
+    "{}",
+    r#"{"content":"nope","usage":{"input_tokens":3,"output_tokens":1}}"#,
+    r#"{"content":[{"type":"text","text":"7"}]}"#,
+    r#"{"choices":[{"message":{"content":"7"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+    "[]",
 ];
 
 /// A hostile HTTP server on 127.0.0.1; counts the bytes of body it got out.
@@ -275,6 +285,12 @@ fn wrong_shapes(stream: &mut TcpStream, request_line: &str, requests: &AtomicU64
             &json,
             WRONG_SHAPES[n % WRONG_SHAPES.len()].as_bytes(),
         ),
+        ["POST", "/v1/messages"] => respond(
+            stream,
+            200,
+            &json,
+            WRONG_MESSAGES[n % WRONG_MESSAGES.len()].as_bytes(),
+        ),
         ["GET", "/v1/files/file-out/content"] => {
             let mut lines = String::new();
             for row in 0..=7 {
@@ -347,8 +363,13 @@ fn batch_job(sb: &Sandbox, url: &str) {
 /// A six-row direct job against `url`, with no system prompt and the
 /// answers kept as text; a failing request is given up after two seconds.
 fn direct_job(sb: &Sandbox, url: &str) {
+    direct_job_of(sb, Direct, url);
+}
+
+/// [`direct_job`] of `backend` (chat completions, or Anthropic messages).
+fn direct_job_of(sb: &Sandbox, backend: common::Backend, url: &str) {
     sb.write("in.csv", "id,text\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n");
-    let spec = Job::new(Direct, "hostile", url)
+    let spec = Job::new(backend, "hostile", url)
         .key_env(KEY_ENV)
         .in_flight(2)
         .yaml("retry:\n  give_up_after: 2s\n")
@@ -749,13 +770,14 @@ fn a_result_line_of_200_mb_is_a_bad_line_not_a_200_mb_string() {
 
 #[test]
 fn a_2xx_of_the_wrong_shape_is_never_an_answer_in_either_lane() {
-    for lane in ["batch", "direct"] {
+    for lane in ["batch", "direct", "claude-direct"] {
         let server = Hostile::start(Behaviour::WrongShape);
         let sb = Sandbox::new();
-        if lane == "batch" {
-            batch_job(&sb, &server.url());
-        } else {
-            direct_job(&sb, &server.url());
+        match lane {
+            "batch" => batch_job(&sb, &server.url()),
+            "direct" => direct_job(&sb, &server.url()),
+            // Anthropic's base URL has no /v1 (the path carries it).
+            _ => direct_job_of(&sb, DirectAnthropic, server.url().trim_end_matches("/v1")),
         }
         // One attempt per request: what is checked is how each answer is
         // taken, not how often it is asked again.
@@ -782,8 +804,13 @@ fn a_2xx_of_the_wrong_shape_is_never_an_answer_in_either_lane() {
         for row in rows.records() {
             let row = row.unwrap();
             assert_eq!(&row[status], "failed", "{lane}: {row:?}");
+            let shape = if lane == "claude-direct" {
+                "a Messages response"
+            } else {
+                "a chat completion"
+            };
             assert!(
-                row[error].starts_with("bad_response: HTTP 200, but not a chat completion: "),
+                row[error].starts_with(&format!("bad_response: HTTP 200, but not {shape}: ")),
                 "{lane}: {row:?}"
             );
         }

@@ -45,7 +45,12 @@ async fn chat_completion(base_url: &str, body: &str) -> Result<(u16, String), Re
         max_attempts: config.max_attempts,
         ..RetryPolicy::default()
     };
-    let c = DirectClient::new(&[config], 1).unwrap();
+    let c = DirectClient::new(
+        &[config],
+        1,
+        batchgrader::provider::direct::Protocol::ChatCompletions,
+    )
+    .unwrap();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -895,7 +900,12 @@ async fn direct_mode_answers_over_the_cap_are_not_held() {
     }])
     .await;
     let config = ClientConfig::new(s.base_url(), Secret::new(KEY), KEY_ENV);
-    let c = DirectClient::new(&[config], 1).unwrap();
+    let c = DirectClient::new(
+        &[config],
+        1,
+        batchgrader::provider::direct::Protocol::ChatCompletions,
+    )
+    .unwrap();
     match c.send(0, bytes::Bytes::from_static(b"{}")).await {
         Sent::Transport { detail, .. } => {
             assert!(

@@ -177,6 +177,8 @@ fn changed_input_replans_only_requests_without_a_result() {
                         answer: "7".into(),
                         input_tokens: r.tokens,
                         output_tokens: 1,
+                        cache_write_tokens: 0,
+                        cache_read_tokens: 0,
                     },
                 )
                 .unwrap();

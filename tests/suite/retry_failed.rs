@@ -67,7 +67,7 @@ fn all_refused(sb: &Sandbox, backend: Backend) -> Server {
     let port = bad.port();
     drop(bad);
     let api: &[&str] = match backend {
-        Anthropic => &["--api", "anthropic", "--api-key", Anthropic.key()],
+        Anthropic | Backend::DirectAnthropic => &["--api", "anthropic", "--api-key", backend.key()],
         OpenAi | Direct => &[],
     };
     Server::start_at(sb, port, "fixed", api)

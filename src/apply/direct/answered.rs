@@ -120,19 +120,25 @@ impl DirectRunner<'_> {
                         let after = RequestState::Succeeded {
                             parsed: self.frame.parser.parse(&s.content).is_ok(),
                         };
-                        let (i, o) = (s.usage.prompt_tokens, s.usage.completion_tokens);
+                        let u = s.usage;
                         shifts.push_back(Shift {
                             before: req.before,
                             after,
-                            input_tokens: i,
-                            output_tokens: o,
+                            tokens: Tokens {
+                                input: u.prompt_tokens,
+                                output: u.completion_tokens,
+                                cache_write: u.cache_write_tokens,
+                                cache_read: u.cache_read_tokens,
+                            },
                         });
                         committer.push(
                             req.fingerprint,
                             Outcome::Success(ResultRecord {
                                 answer: s.content,
-                                input_tokens: i,
-                                output_tokens: o,
+                                input_tokens: u.prompt_tokens,
+                                output_tokens: u.completion_tokens,
+                                cache_write_tokens: u.cache_write_tokens,
+                                cache_read_tokens: u.cache_read_tokens,
                             }),
                         );
                     }
@@ -180,8 +186,7 @@ impl DirectRunner<'_> {
         shifts.push_back(Shift {
             before: req.before,
             after: failed_state(&f),
-            input_tokens: 0,
-            output_tokens: 0,
+            tokens: Tokens::default(),
         });
         committer.push(req.fingerprint, Outcome::Failure(f));
     }
@@ -261,7 +266,7 @@ impl DirectRunner<'_> {
             LineOutcome::Failure(f) => f.message.clone(),
             LineOutcome::Success(_) => body.chars().take(200).collect(),
         };
-        ProviderError::new("chat completion", kind)
+        ProviderError::new(self.client.protocol().call(), kind)
             .with_status(Some(*status))
             .with_request_id(request_id.clone())
             .with_detail(self.client.redact(&message))

@@ -19,10 +19,44 @@
 //! That is one answer's tokens per such row, the same as an uninterrupted
 //! run pays for it (it sends both).
 
-/// The tokens (input, output) of `held`, the answers the state holds, that
-/// no line of `job` in the ledger text accounts for.
-pub fn shortfall(ledger: &str, job: &str, held: (u64, u64)) -> (u64, u64) {
-    let (mut input, mut output) = (0u64, 0u64);
+/// Token counts of answers, as a ledger line holds them: input and output,
+/// and the prompt-cache writes and reads Anthropic bills apart from input
+/// (`usage.cache_creation_input_tokens`, `cache_read_input_tokens`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub cache_write: u64,
+    pub cache_read: u64,
+}
+
+impl Tokens {
+    pub fn add(&mut self, t: Tokens) {
+        self.input = self.input.saturating_add(t.input);
+        self.output = self.output.saturating_add(t.output);
+        self.cache_write = self.cache_write.saturating_add(t.cache_write);
+        self.cache_read = self.cache_read.saturating_add(t.cache_read);
+    }
+
+    /// Each count less `t`'s, floored at zero.
+    pub fn less(self, t: Tokens) -> Tokens {
+        Tokens {
+            input: self.input.saturating_sub(t.input),
+            output: self.output.saturating_sub(t.output),
+            cache_write: self.cache_write.saturating_sub(t.cache_write),
+            cache_read: self.cache_read.saturating_sub(t.cache_read),
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Tokens::default()
+    }
+}
+
+/// The tokens of `held`, the answers the state holds, that no line of
+/// `job` in the ledger text accounts for.
+pub fn shortfall(ledger: &str, job: &str, held: Tokens) -> Tokens {
+    let mut booked = Tokens::default();
     for line in ledger.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -31,20 +65,32 @@ pub fn shortfall(ledger: &str, job: &str, held: (u64, u64)) -> (u64, u64) {
             continue;
         }
         let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-        input = input.saturating_add(n("input_tokens"));
-        output = output.saturating_add(n("output_tokens"));
+        booked.add(Tokens {
+            input: n("input_tokens"),
+            output: n("output_tokens"),
+            cache_write: n("cache_write_tokens"),
+            cache_read: n("cache_read_tokens"),
+        });
     }
-    (held.0.saturating_sub(input), held.1.saturating_sub(output))
+    held.less(booked)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::shortfall;
+    use super::{Tokens, shortfall};
 
     fn line(job: &str, id: &str, i: u64, o: u64) -> String {
         format!(
             "{{\"ts\":1,\"job\":\"{job}\",\"batch_id\":\"{id}\",\"input_tokens\":{i},\"output_tokens\":{o}}}\n"
         )
+    }
+
+    fn io((input, output): (u64, u64)) -> Tokens {
+        Tokens {
+            input,
+            output,
+            ..Tokens::default()
+        }
     }
 
     #[test]
@@ -73,7 +119,34 @@ mod tests {
             ),
         ];
         for (ledger, held, want) in cases {
-            assert_eq!(shortfall(&ledger, "j", held), want, "{ledger}");
+            assert_eq!(shortfall(&ledger, "j", io(held)), io(want), "{ledger}");
+        }
+    }
+
+    #[test]
+    fn cache_tokens_are_counted_apart() {
+        let cached = |w: u64, r: u64| Tokens {
+            input: 10,
+            output: 2,
+            cache_write: w,
+            cache_read: r,
+        };
+        let ledger = "{\"job\":\"j\",\"batch_id\":\"direct-1-1\",\"input_tokens\":10,\"output_tokens\":2,\"cache_write_tokens\":5,\"cache_read_tokens\":30}\n";
+        // (tokens held, tokens to add)
+        for (held, want) in [
+            (cached(5, 30), Tokens::default()),
+            (
+                cached(8, 90),
+                Tokens {
+                    cache_write: 3,
+                    cache_read: 60,
+                    ..Tokens::default()
+                },
+            ),
+            // A line without cache counts books none.
+            (cached(0, 0), Tokens::default()),
+        ] {
+            assert_eq!(shortfall(ledger, "j", held), want, "{held:?}");
         }
     }
 }

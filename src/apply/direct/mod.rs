@@ -1,6 +1,7 @@
 //! Direct mode (`provider.mode: direct`): the plan's requests sent one by
-//! one to `POST {base}/chat/completions`, many at a time, each answer
-//! recorded durably as it arrives.
+//! one to `POST {base}/chat/completions` (or Anthropic's `POST
+//! {base}/v1/messages`: `provider::direct::Protocol`), many at a time, each
+//! answer recorded durably as it arrives.
 //!
 //! The same plan, outcome log, halt policy and output writer as batch mode;
 //! what differs is the shell:
@@ -46,7 +47,6 @@ use super::{Ending, RunFrame, Summary};
 use crate::cost;
 use crate::error::{Error, Result};
 use crate::provider::direct::{DirectClient, RateHeaders, Sent};
-use crate::provider::openai::lines::classify_reply;
 use crate::provider::retry::{Reason, RetryHeaders, RetryPolicy, TransportFailure};
 use crate::provider::{ErrorKind, LineOutcome, ProviderError};
 use crate::state::journal::LedgerEntry;
@@ -54,6 +54,7 @@ use crate::state::{self, FailureRecord, Outcome, ResultRecord};
 use crate::status::{self, DirectView, EndpointView, RunState, Snapshot};
 use commit::Committer;
 use endpoints::{Endpoints, Failed};
+use ledger::Tokens;
 use pace::{Pace, PaceConfig};
 use source::{Req, Source};
 use verdict::{Got, Verdict};
@@ -97,8 +98,7 @@ enum Attempted {
 struct Shift {
     before: RequestState,
     after: RequestState,
-    input_tokens: u64,
-    output_tokens: u64,
+    tokens: Tokens,
 }
 
 /// How a pass ended.
@@ -118,9 +118,8 @@ pub struct DirectRunner<'a> {
     tally: Tally,
     /// Spend of earlier runs (standard prices), from the outcome log.
     spent_before: f64,
-    /// Durable in this run.
-    run_input: u64,
-    run_output: u64,
+    /// Tokens of the answers durable in this run.
+    run: Tokens,
     done: u64,
     total: u64,
     errors: BTreeMap<String, u64>,
@@ -131,10 +130,10 @@ pub struct DirectRunner<'a> {
     outage_since_ms: Option<u64>,
     /// Rate samples: (when, done, tokens).
     samples: VecDeque<(Instant, u64, u64)>,
-    ledger_written: (u64, u64),
+    ledger_written: Tokens,
     ledger_seq: u32,
     /// The tokens of the answers the state held for the plan at the last scan.
-    held: (u64, u64),
+    held: Tokens,
     /// Failures recorded in the current pass.
     pass_failures: u64,
     /// `--retry-failed`, `--retry-parse-failures`.
@@ -160,8 +159,7 @@ impl<'a> DirectRunner<'a> {
             policy: RetryPolicy::default(),
             tally: Tally::default(),
             spent_before: 0.0,
-            run_input: 0,
-            run_output: 0,
+            run: Tokens::default(),
             done: 0,
             total: 0,
             errors: BTreeMap::new(),
@@ -170,9 +168,9 @@ impl<'a> DirectRunner<'a> {
             last_errors: vec![None; endpoints],
             outage_since_ms: None,
             samples: VecDeque::new(),
-            ledger_written: (0, 0),
+            ledger_written: Tokens::default(),
             ledger_seq: 0,
-            held: (0, 0),
+            held: Tokens::default(),
             pass_failures: 0,
             retry: decide::RetryAsked::default(),
         }
@@ -192,17 +190,16 @@ impl<'a> DirectRunner<'a> {
         self.frame.spec.run.max_attempts
     }
 
-    fn cost(&self, input: u64, output: u64) -> f64 {
-        // The plan of a direct job holds standard prices (plan.rs).
-        self.frame
-            .plan
-            .price
-            .as_ref()
-            .map_or(0.0, |p| cost::actual(p, input, output))
+    fn cost(&self, t: Tokens) -> f64 {
+        // The plan of a direct job holds standard prices (plan.rs), so the
+        // "actual" price is the standard one, cache writes and reads included.
+        self.frame.plan.price.as_ref().map_or(0.0, |p| {
+            cost::actual_cached(p, t.input, t.output, t.cache_write, t.cache_read)
+        })
     }
 
     fn spent(&self) -> f64 {
-        self.spent_before + self.cost(self.run_input, self.run_output)
+        self.spent_before + self.cost(self.run)
     }
 
     fn event(&self, msg: &str) {
@@ -214,15 +211,19 @@ impl<'a> DirectRunner<'a> {
     fn scan(&mut self) -> Result<HashMap<u64, RequestState>> {
         let max = self.max_attempts();
         let mut tally = Tally::default();
-        let (mut input, mut output) = (0u64, 0u64);
+        let mut held = Tokens::default();
         let mut send = HashMap::new();
         for r in self.frame.store.requests(self.frame.plan.generation) {
             let r = r?;
             let Some(seq) = r.seq else { continue };
             let outcome = self.frame.store.outcome(&r.fingerprint)?;
             if let Some(Outcome::Success(res)) = &outcome {
-                input += res.input_tokens;
-                output += res.output_tokens;
+                held.add(Tokens {
+                    input: res.input_tokens,
+                    output: res.output_tokens,
+                    cache_write: res.cache_write_tokens,
+                    cache_read: res.cache_read_tokens,
+                });
             }
             let state = self.frame.request_state(outcome);
             tally.add(state, max);
@@ -231,10 +232,9 @@ impl<'a> DirectRunner<'a> {
             }
         }
         self.tally = tally;
-        self.held = (input, output);
-        self.spent_before = self.cost(input, output);
-        self.run_input = 0;
-        self.run_output = 0;
+        self.held = held;
+        self.spent_before = self.cost(held);
+        self.run = Tokens::default();
         Ok(send)
     }
 
@@ -306,12 +306,11 @@ impl<'a> DirectRunner<'a> {
             }
             // Every answer of the pass is durable: count again from the log.
             let (done, total) = (self.done, self.total);
-            let (input, output) = (self.run_input, self.run_output);
+            let run = self.run;
             let spent = self.spent();
             to_send = self.scan()?;
-            self.spent_before = spent - self.cost(input, output);
-            self.run_input = input;
-            self.run_output = output;
+            self.spent_before = spent - self.cost(run);
+            self.run = run;
             self.done = done;
             self.total = total;
         };
@@ -335,11 +334,14 @@ impl<'a> DirectRunner<'a> {
             .collect();
         let wanted = move |seq: u64, _: &state::RequestRecord| to_send.get(&seq).copied();
         let cap = output_cap(self.frame.spec.request());
+        // Held apart from `self`, which the loop changes as answers come.
+        let client = self.client.clone();
         let mut source = Source::new(
             files,
             self.frame.store.requests(self.frame.plan.generation),
             &wanted,
             cap,
+            client.protocol(),
         );
         let max_in_flight = u64::from(self.frame.spec.run.max_requests_in_flight.max(1));
         let unrecorded_cap = max_in_flight * UNRECORDED_FACTOR;
@@ -359,8 +361,7 @@ impl<'a> DirectRunner<'a> {
             while applied < durable {
                 let Some(s) = shifts.pop_front() else { break };
                 self.tally.shift(s.before, s.after, self.max_attempts());
-                self.run_input += s.input_tokens;
-                self.run_output += s.output_tokens;
+                self.run.add(s.tokens);
                 self.done += 1;
                 applied += 1;
             }
@@ -439,7 +440,7 @@ impl<'a> DirectRunner<'a> {
                         }
                         Sent::Answer(a) => {
                             let body = String::from_utf8_lossy(&a.body).into_owned();
-                            let line = classify_reply("", a.status, &body);
+                            let line = client.protocol().classify(a.status, &body);
                             Attempted::Answer {
                                 status: a.status,
                                 request_id: a.request_id,
@@ -473,8 +474,7 @@ impl<'a> DirectRunner<'a> {
                 while applied < durable {
                     let Some(s) = shifts.pop_front() else { break };
                     self.tally.shift(s.before, s.after, self.max_attempts());
-                    self.run_input += s.input_tokens;
-                    self.run_output += s.output_tokens;
+                    self.run.add(s.tokens);
                     self.done += 1;
                     applied += 1;
                 }

@@ -7,7 +7,7 @@ use super::*;
 impl DirectRunner<'_> {
     pub(super) fn rates(&mut self) -> (f64, f64) {
         let now = Instant::now();
-        let tokens = self.run_input + self.run_output;
+        let tokens = self.run.input + self.run.output;
         self.samples.push_back((now, self.done, tokens));
         while self.samples.len() > 2
             && now.duration_since(self.samples[0].0) > Duration::from_secs(10)
@@ -104,28 +104,26 @@ impl DirectRunner<'_> {
     /// The usage recorded since the last ledger line, as one more line
     /// (one per run and part, so `costs` sees direct runs as they go).
     pub(super) fn write_ledger(&mut self) -> Result<()> {
-        let (i, o) = (self.run_input, self.run_output);
-        let (di, do_) = (
-            i.saturating_sub(self.ledger_written.0),
-            o.saturating_sub(self.ledger_written.1),
-        );
-        if di == 0 && do_ == 0 {
+        let new = self.run.less(self.ledger_written);
+        if new.is_zero() {
             return Ok(());
         }
         self.ledger_seq += 1;
         let id = format!("{}-{}", self.run_id, self.ledger_seq);
-        self.record_usage(&id, di, do_)?;
-        self.ledger_written = (i, o);
+        self.record_usage(&id, new)?;
+        self.ledger_written = self.run;
         Ok(())
     }
 
-    /// One ledger line of `input` and `output` tokens at the plan's prices
-    /// (standard prices: direct mode has no batch discount).
-    pub(super) fn record_usage(&self, id: &str, input: u64, output: u64) -> Result<()> {
-        let cost = self.cost(input, output);
+    /// One ledger line of `t` at the plan's prices (standard prices: direct
+    /// mode has no batch discount).
+    pub(super) fn record_usage(&self, id: &str, t: Tokens) -> Result<()> {
+        let cost = self.cost(t);
         self.frame.record_usage(&LedgerEntry {
-            input_tokens: input,
-            output_tokens: output,
+            input_tokens: t.input,
+            output_tokens: t.output,
+            cache_write_tokens: t.cache_write,
+            cache_read_tokens: t.cache_read,
             cost_usd: cost,
             standard_cost_usd: cost,
             ..self.frame.ledger_entry(id)
@@ -141,13 +139,22 @@ impl DirectRunner<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let (i, o) = ledger::shortfall(&text, self.frame.job(), self.held);
-        if i == 0 && o == 0 {
+        let t = ledger::shortfall(&text, self.frame.job(), self.held);
+        if t.is_zero() {
             return Ok(());
         }
-        self.record_usage(&format!("{}-recovered", self.run_id), i, o)?;
+        self.record_usage(&format!("{}-recovered", self.run_id), t)?;
+        let cache = if t.cache_write + t.cache_read > 0 {
+            format!(
+                " (and {} cache-write, {} cache-read)",
+                t.cache_write, t.cache_read
+            )
+        } else {
+            String::new()
+        };
         self.event(&format!(
-            "the ledger was missing {i} input and {o} output tokens of answers an interrupted run recorded; added"
+            "the ledger was missing {} input and {} output tokens{cache} of answers an interrupted run recorded; added",
+            t.input, t.output
         ));
         Ok(())
     }

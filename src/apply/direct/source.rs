@@ -1,7 +1,9 @@
 //! The requests of a pass, streamed from the plan: its chunk files (the
 //! request lines, in plan order) walked in step with its request records
 //! (row, fingerprint, tokens), so memory stays flat however many rows the
-//! job has. The same bytes are sent that a batch would carry.
+//! job has. The same request is sent that a batch would carry: the line's
+//! body as it is, or the Messages params its Message Batches request holds
+//! (`Protocol::encode`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -12,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::apply::decide::RequestState;
 use crate::error::{Error, Result};
+use crate::provider::direct::Protocol;
 use crate::state::{RequestRecord, StateError, custom_id};
 
 /// One request to send.
@@ -48,6 +51,7 @@ pub struct Source<'a, I: Iterator<Item = std::result::Result<RequestRecord, Stat
     /// requests, with its state before this pass.
     wanted: &'a dyn Fn(u64, &RequestRecord) -> Option<RequestState>,
     output_cap: u64,
+    protocol: &'a Protocol,
     line: String,
 }
 
@@ -57,6 +61,7 @@ impl<'a, I: Iterator<Item = std::result::Result<RequestRecord, StateError>>> Sou
         records: I,
         wanted: &'a dyn Fn(u64, &RequestRecord) -> Option<RequestState>,
         output_cap: u64,
+        protocol: &'a Protocol,
     ) -> Self {
         Source {
             files,
@@ -65,6 +70,7 @@ impl<'a, I: Iterator<Item = std::result::Result<RequestRecord, StateError>>> Sou
             records,
             wanted,
             output_cap,
+            protocol,
             line: String::new(),
         }
     }
@@ -131,10 +137,14 @@ impl<'a, I: Iterator<Item = std::result::Result<RequestRecord, StateError>>> Sou
             let Some(before) = (self.wanted)(seq, &record) else {
                 continue;
             };
+            let body = self
+                .protocol
+                .encode(line.body.get())
+                .map_err(|e| damaged(&path, n, &e))?;
             return Ok(Some(Req {
                 rate_tokens: record.tokens + self.output_cap,
                 fingerprint: record.fingerprint,
-                body: bytes::Bytes::copy_from_slice(line.body.get().as_bytes()),
+                body,
                 before,
                 tries: 0,
                 limited: 0,

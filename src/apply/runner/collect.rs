@@ -340,6 +340,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                             answer,
                             input_tokens: i,
                             output_tokens: o,
+                            cache_write_tokens: w,
+                            cache_read_tokens: r,
                         },
                     ));
                 }
@@ -543,11 +545,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                         answer,
                         input_tokens,
                         output_tokens,
+                        cache_write_tokens,
+                        cache_read_tokens,
                         ..
                     }) => Outcome::Success(ResultRecord {
                         answer,
                         input_tokens,
                         output_tokens,
+                        cache_write_tokens,
+                        cache_read_tokens,
                     }),
                     Some(ResultLine::Failure {
                         code,

@@ -80,6 +80,15 @@ pub fn params(body: &Map<String, Value>) -> Value {
     Value::Object(out)
 }
 
+/// The body of one direct `POST /v1/messages` from a request line's chat
+/// body: the same params a Message Batches request of that line carries
+/// ([`params`]), so both lanes send one encoding.
+pub fn message_body(chat_body: &str) -> Result<Vec<u8>, String> {
+    let body: Map<String, Value> = serde_json::from_str(chat_body)
+        .map_err(|e| format!("the request body is not a JSON object: {e}"))?;
+    serde_json::to_vec(&params(&body)).map_err(|e| e.to_string())
+}
+
 /// Writes the create body for `chunk` to `dest` (fsynced); returns the
 /// number of requests.
 pub fn write_create_body(chunk: &Path, dest: &Path, tag: &str) -> io::Result<u64> {
@@ -130,6 +139,20 @@ mod tests {
         assert_eq!(
             keys,
             ["model", "system", "messages", "max_tokens", "temperature"]
+        );
+    }
+
+    #[test]
+    fn a_direct_message_carries_the_batch_requests_params() {
+        let line = r#"{"custom_id":"r7","method":"POST","url":"/v1/chat/completions","body":{"model":"claude-x","messages":[{"role":"system","content":"Grade it."},{"role":"user","content":"essay 7"}],"max_tokens":16,"output_config":{"format":{"type":"json_schema","schema":{"type":"object"}}}}}"#;
+        let v: Value = serde_json::from_str(line).unwrap();
+        let direct: Value =
+            serde_json::from_slice(&message_body(&v["body"].to_string()).unwrap()).unwrap();
+        assert_eq!(direct, request(line, "0123456789").unwrap()["params"]);
+        assert!(
+            message_body("[1]")
+                .unwrap_err()
+                .contains("not a JSON object")
         );
     }
 

@@ -5,7 +5,9 @@
 //! Built on the provider's HTTP core (`provider/http`: one retry loop,
 //! streamed downloads, unclear creates) with Anthropic's headers
 //! (`Auth::Anthropic`); `types` are this API's wire types, `encode` turns
-//! a chunk file into a create body.
+//! a chunk file into a create body (and one request line into the Messages
+//! params direct mode sends), `reply` reads a direct `POST /v1/messages`
+//! answer.
 //!
 //! **Crash safety without metadata.** A message batch carries no metadata,
 //! so a create that may have happened (a timeout, a 5xx, a kill between
@@ -28,6 +30,7 @@
 //! Only when no candidate is left is the create made again.
 
 pub mod encode;
+pub mod reply;
 pub mod types;
 
 use std::path::Path;

@@ -63,6 +63,11 @@ pub struct LineSuccess {
 pub struct TokenUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt-cache writes and reads (Anthropic's `cache_creation_input_tokens`
+    /// and `cache_read_input_tokens`), billed apart from `prompt_tokens`; 0
+    /// on the chat wire.
+    pub cache_write_tokens: u64,
+    pub cache_read_tokens: u64,
 }
 
 /// A request that did not get a usable answer.
@@ -261,7 +266,20 @@ pub fn classify_reply(custom_id: &str, status: u16, body: &str) -> LineOutcome {
             note: answer.note,
         });
     }
-    let api = parsed.as_ref().and_then(ApiError::from_value);
+    error_reply(custom_id, status, parsed.as_ref(), body)
+}
+
+/// A direct answer that is not a 2xx, described by its body's error
+/// (OpenAI's envelope, Anthropic's `{"type":"error","error":{...}}`, vLLM's
+/// integer `code`, or no JSON at all: then the status and raw text). Every
+/// wire's error answers are read here.
+pub fn error_reply(
+    custom_id: &str,
+    status: u16,
+    parsed: Option<&Value>,
+    body: &str,
+) -> LineOutcome {
+    let api = parsed.and_then(ApiError::from_value);
     // vLLM puts the HTTP status in an integer `code`; its `type` names the
     // failure better.
     let code = api
@@ -398,6 +416,7 @@ fn plain_success(line: &str) -> Option<LineSuccess> {
     let usage = r.body.usage.map_or(TokenUsage::default(), |u| TokenUsage {
         prompt_tokens: u.prompt_tokens.or(u.input_tokens).unwrap_or(0),
         completion_tokens: u.completion_tokens.or(u.output_tokens).unwrap_or(0),
+        ..TokenUsage::default()
     });
     Some(LineSuccess {
         custom_id: l.custom_id.into_owned(),
@@ -540,6 +559,7 @@ fn extract_usage(body: Option<&Value>) -> TokenUsage {
     TokenUsage {
         prompt_tokens: count(&["prompt_tokens", "input_tokens"]),
         completion_tokens: count(&["completion_tokens", "output_tokens"]),
+        ..TokenUsage::default()
     }
 }
 

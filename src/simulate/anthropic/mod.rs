@@ -1,5 +1,9 @@
 //! The simulated provider speaking Anthropic's Message Batches API
-//! (`simulated.api: anthropic`, `simulate-server --api anthropic`).
+//! (`simulated.api: anthropic`, `simulate-server --api anthropic`), and
+//! `POST /v1/messages` for direct mode: the message a batch result would
+//! hold for the same params, behind the same fault flags (429
+//! `rate_limit_error` with `retry-after`, 529 `overloaded_error`, 500
+//! `api_error`), with the `anthropic-ratelimit-*` headers.
 //!
 //! An implementation of the documented protocol of its own: it shares no
 //! wire type with the client in `provider/anthropic/`. Batches move on the
@@ -40,6 +44,7 @@ use state::{Sim, SimBatch};
 const BODY_LIMIT: usize = 256 * 1000 * 1000 + (1 << 20);
 
 /// An Anthropic-style error answer.
+#[derive(Debug)]
 pub struct Failure {
     status: StatusCode,
     kind: &'static str,
@@ -94,12 +99,14 @@ fn ok(v: Value) -> Reply {
 
 pub fn router(sim: Arc<Sim>) -> Router {
     let v1 = Router::new()
+        .route("/messages", post(messages))
         .route("/messages/batches", post(create).get(list))
         .route("/messages/batches/{id}", get(retrieve).delete(delete))
         .route("/messages/batches/{id}/cancel", post(cancel))
         .route("/messages/batches/{id}/results", get(results))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(sim.clone(), inject))
+        .layer(middleware::from_fn_with_state(sim.clone(), rate_headers))
         .layer(middleware::from_fn_with_state(sim.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)
@@ -156,6 +163,33 @@ async fn inject(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Re
         Some(f) => f.into_response(),
         None => next.run(request).await,
     }
+}
+
+/// The rate-limit headers on every answer of `POST /v1/messages`, the
+/// injected 429s and 529s included (Anthropic sends them on each).
+async fn rate_headers(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
+    let counted = request.method() == axum::http::Method::POST
+        && request
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/messages");
+    let mut response = next.run(request).await;
+    if counted {
+        for (name, value) in sim.rate_headers() {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+    }
+    response
+}
+
+/// `POST /v1/messages`: one message, not streamed.
+async fn messages(State(sim): State<Arc<Sim>>, body: Bytes) -> Reply {
+    let params: Value = serde_json::from_slice(&body)
+        .map_err(|e| Failure::invalid(format!("the request body is not JSON: {e}")))?;
+    ok(sim.message(&params)?)
 }
 
 async fn create(State(sim): State<Arc<Sim>>, body: Bytes) -> Reply {

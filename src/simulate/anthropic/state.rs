@@ -75,6 +75,73 @@ pub struct Counters {
     pub create_commit_errors: u64,
     pub queue_full_refusals: u64,
     pub flaked_requests: u64,
+    /// Direct `POST /v1/messages` answered, and their usage.
+    #[serde(default)]
+    pub messages: u64,
+    #[serde(default)]
+    pub messages_input_tokens: u64,
+    #[serde(default)]
+    pub messages_output_tokens: u64,
+}
+
+/// The rate limits the simulation announces on `POST /v1/messages`, per
+/// minute: an account with room enough that they pace nothing in tests,
+/// sent so clients follow the headers as they would Anthropic's.
+pub const SIM_REQUESTS_PER_MINUTE: u64 = 20_000;
+pub const SIM_TOKENS_PER_MINUTE: u64 = 4_000_000;
+
+/// Requests and tokens of the current one-minute window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub start_ms: u64,
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+impl Window {
+    /// The window at `now`: a new one once a minute has passed.
+    pub fn at(self, now_ms: u64) -> Window {
+        if now_ms >= self.start_ms + 60_000 {
+            Window {
+                start_ms: now_ms,
+                requests: 0,
+                tokens: 0,
+            }
+        } else {
+            self
+        }
+    }
+
+    /// `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
+    /// (Anthropic's rate-limits page, "Response headers"): `reset` is the
+    /// RFC 3339 time the bucket is full again (here: the window's end).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let reset = rfc3339(self.start_ms + 60_000);
+        vec![
+            (
+                "anthropic-ratelimit-requests-limit",
+                SIM_REQUESTS_PER_MINUTE.to_string(),
+            ),
+            (
+                "anthropic-ratelimit-requests-remaining",
+                SIM_REQUESTS_PER_MINUTE
+                    .saturating_sub(self.requests)
+                    .to_string(),
+            ),
+            ("anthropic-ratelimit-requests-reset", reset.clone()),
+            (
+                "anthropic-ratelimit-tokens-limit",
+                SIM_TOKENS_PER_MINUTE.to_string(),
+            ),
+            (
+                "anthropic-ratelimit-tokens-remaining",
+                SIM_TOKENS_PER_MINUTE
+                    .saturating_sub(self.tokens)
+                    .to_string(),
+            ),
+            ("anthropic-ratelimit-tokens-reset", reset),
+        ]
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -95,6 +162,7 @@ pub struct Sim {
     request_ids: AtomicU64,
     api_calls: AtomicU64,
     base: OnceLock<String>,
+    window: Mutex<Window>,
 }
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,6 +238,7 @@ impl Sim {
             request_ids: AtomicU64::new(0),
             api_calls: AtomicU64::new(0),
             base: OnceLock::new(),
+            window: Mutex::new(Window::default()),
         }))
     }
 
@@ -319,6 +388,39 @@ impl Sim {
         }
         self.save(&db).map_err(internal)?;
         Ok((batch, commit_fails))
+    }
+
+    /// One direct `POST /v1/messages`: the message its batch result would
+    /// hold (the same deterministic answer to the same params), or the
+    /// invalid-request error a batch line would carry.
+    pub fn message(&self, params: &Value) -> Result<Value, Failure> {
+        check_params(params).map_err(Failure::invalid)?;
+        let n = {
+            let mut db = guard(&self.db);
+            db.counters.messages += 1;
+            db.counters.messages
+        };
+        let plain = self.config.answers.plain();
+        let nonce = self.nonce.to_le_bytes();
+        let (v, input, output) =
+            message(params, &format!("direct{:x}", hash64(&[&nonce])), n, &plain);
+        {
+            let mut db = guard(&self.db);
+            db.counters.messages_input_tokens += input;
+            db.counters.messages_output_tokens += output;
+        }
+        let mut w = guard(&self.window);
+        *w = w.at(now_ms());
+        w.tokens += input + output;
+        Ok(v)
+    }
+
+    /// One more request in the rate window; the headers to answer with.
+    pub fn rate_headers(&self) -> Vec<(&'static str, String)> {
+        let mut w = guard(&self.window);
+        *w = w.at(now_ms());
+        w.requests += 1;
+        w.headers()
     }
 
     pub fn get(&self, id: &str) -> Option<SimBatch> {
@@ -564,6 +666,11 @@ impl Sim {
             "token_limit_failures": counters.queue_full_refusals,
             "expired_batches": expired,
             "flaked_requests": counters.flaked_requests,
+            "messages": counters.messages,
+            "messages_usage": {
+                "input_tokens": counters.messages_input_tokens,
+                "output_tokens": counters.messages_output_tokens,
+            },
             "usage": {"input_tokens": total.0, "output_tokens": total.1},
             "batches": list,
         })
@@ -651,7 +758,7 @@ fn check_params(p: &Value) -> Result<(), String> {
         }
     }
     if p.get("stream") == Some(&Value::Bool(true)) {
-        return Err("stream: batch requests cannot stream".into());
+        return Err("stream: the simulation does not stream (batch requests cannot)".into());
     }
     if let Some(config) = p.get("output_config") {
         check_output_config(config)?;
@@ -835,4 +942,65 @@ fn message(params: &Value, batch: &str, i: u64, plain: &Plain) -> (Value, u64, u
         },
     });
     (v, c.prompt_tokens, c.completion_tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_window_counts_a_minute_then_starts_again() {
+        let w = Window {
+            start_ms: 1_000,
+            requests: 5,
+            tokens: 700,
+        };
+        // (now, window)
+        for (now, want) in [
+            (1_000, w),
+            (60_999, w),
+            (
+                61_000,
+                Window {
+                    start_ms: 61_000,
+                    requests: 0,
+                    tokens: 0,
+                },
+            ),
+        ] {
+            assert_eq!(w.at(now), want, "{now}");
+        }
+        let h: HashMap<&str, String> = w.headers().into_iter().collect();
+        assert_eq!(
+            h["anthropic-ratelimit-requests-remaining"],
+            (SIM_REQUESTS_PER_MINUTE - 5).to_string()
+        );
+        assert_eq!(
+            h["anthropic-ratelimit-tokens-remaining"],
+            (SIM_TOKENS_PER_MINUTE - 700).to_string()
+        );
+        assert_eq!(h["anthropic-ratelimit-requests-reset"], rfc3339(61_000));
+        assert!(h["anthropic-ratelimit-tokens-reset"].ends_with('Z'));
+    }
+
+    #[test]
+    fn a_direct_message_is_the_batch_results_message() {
+        let sim = Sim::open(SimConfig::default()).unwrap();
+        let params = json!({
+            "model": "claude-haiku-4-5",
+            "max_tokens": 4,
+            "system": "Grade the answer from 0 to 10.",
+            "messages": [{"role": "user", "content": "answer 7"}],
+        });
+        let direct = sim.message(&params).unwrap();
+        let (batch, _, _) = message(&params, "msgbatch_x", 0, &sim.config.answers.plain());
+        for key in ["content", "stop_reason", "usage", "type", "role", "model"] {
+            assert_eq!(direct[key], batch[key], "{key}");
+        }
+        assert_eq!(sim.message(&params).unwrap()["content"], direct["content"]);
+        let bad = sim
+            .message(&json!({"model": "m", "messages": []}))
+            .unwrap_err();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    }
 }

@@ -1,5 +1,6 @@
 //! The graded jobs the end-to-end tests share, per backend (OpenAI's batch
-//! API, Anthropic's Message Batches, direct chat completions), against the
+//! API, Anthropic's Message Batches, direct chat completions, direct
+//! Anthropic messages), against the
 //! simulated provider in its own process: the job file, its input, the
 //! output of an uninterrupted run, the kill-then-resume test, and the checks
 //! on what the server saw and what the ledger holds.
@@ -20,17 +21,25 @@ pub enum Backend {
     Anthropic,
     /// `kind: openai`, `mode: direct`: one chat completion per row.
     Direct,
+    /// `kind: anthropic`, `mode: direct`: one `POST /v1/messages` per row.
+    DirectAnthropic,
 }
 
-pub use Backend::{Anthropic, Direct, OpenAi};
+pub use Backend::{Anthropic, Direct, DirectAnthropic, OpenAi};
 
 impl Backend {
+    /// Whether it sends one request per row (`mode: direct`).
+    pub const fn is_direct(self) -> bool {
+        matches!(self, Direct | DirectAnthropic)
+    }
+
     /// The variable the job names for its key.
     pub const fn key_env(self) -> &'static str {
         match self {
             OpenAi => "BG_TEST_KEY",
             Anthropic => "BG_TEST_ANTHROPIC_KEY",
             Direct => "DIRECT_TEST_KEY",
+            DirectAnthropic => "DIRECT_TEST_ANTHROPIC_KEY",
         }
     }
 
@@ -38,7 +47,7 @@ impl Backend {
     pub const fn key(self) -> &'static str {
         match self {
             OpenAi => "sk-test-not-a-real-key-4242",
-            Anthropic => "sk-ant-test-not-a-real-key-4242",
+            Anthropic | DirectAnthropic => "sk-ant-test-not-a-real-key-4242",
             Direct => "sk-test-direct-0001",
         }
     }
@@ -47,7 +56,7 @@ impl Backend {
     /// `extra` flags.
     pub fn server(self, sb: &Sandbox, extra: &[&str]) -> Server {
         match self {
-            Anthropic => {
+            Anthropic | DirectAnthropic => {
                 let mut args = vec!["--api", "anthropic", "--api-key", self.key()];
                 args.extend_from_slice(extra);
                 Server::start(sb, &args)
@@ -99,7 +108,7 @@ impl<'a> Job<'a> {
     }
 
     pub fn chunk(mut self, requests: u32) -> Job<'a> {
-        assert_ne!(self.backend, Direct, "direct jobs have no chunks");
+        assert!(!self.backend.is_direct(), "direct jobs have no chunks");
         self.chunk = requests;
         self
     }
@@ -127,9 +136,14 @@ impl<'a> Job<'a> {
                 "claude-haiku-4-5",
                 "  max_tokens: 4\n  temperature: 0\n",
             ),
+            DirectAnthropic => (
+                "anthropic\n  mode: direct",
+                "claude-haiku-4-5",
+                "  max_tokens: 4\n  temperature: 0\n",
+            ),
         };
         let pace = match backend {
-            Direct => format!(
+            Direct | DirectAnthropic => format!(
                 "concurrency:
   max_requests_in_flight: {in_flight}
 "
@@ -181,7 +195,8 @@ pub fn url_list(urls: &[&str]) -> String {
 /// `rows` rows of the backend's standard input. Batch backends: `id`,
 /// `text`, `note`, with cells that must survive verbatim (a quoted comma,
 /// a line break, non-ASCII text, leading zeros; for OpenAI every fifth note
-/// empty). Direct: `id`, `text`, the texts all different.
+/// empty; direct Anthropic jobs the Message Batches job's, so both lanes
+/// answer the same requests). Direct: `id`, `text`, the texts all different.
 pub fn standard_input(backend: Backend, rows: usize) -> String {
     if backend == Direct {
         let mut s = String::from("id,text\n");
@@ -217,6 +232,7 @@ pub fn standard_name(backend: Backend) -> &'static str {
         OpenAi => "crash",
         Anthropic => "claude",
         Direct => "ref",
+        DirectAnthropic => "claude-direct",
     }
 }
 
@@ -226,7 +242,7 @@ pub fn standard_name(backend: Backend) -> &'static str {
 pub fn standard_job(sb: &Sandbox, backend: Backend, url: &str, rows: usize, extra: &str) {
     sb.write("in.csv", standard_input(backend, rows));
     let job = Job::new(backend, standard_name(backend), url);
-    let job = if backend == Direct {
+    let job = if backend.is_direct() {
         job.in_flight(8)
     } else {
         job
@@ -237,7 +253,7 @@ pub fn standard_job(sb: &Sandbox, backend: Backend, url: &str, rows: usize, extr
 /// Applies the job in `sb` (direct jobs with `--yes`).
 fn apply_args(backend: Backend) -> &'static [&'static str] {
     match backend {
-        Direct => &["apply", "job.yaml", "--yes"],
+        Direct | DirectAnthropic => &["apply", "job.yaml", "--yes"],
         OpenAi | Anthropic => &["apply", "job.yaml"],
     }
 }
@@ -257,7 +273,7 @@ pub fn reference_output(backend: Backend, rows: usize) -> String {
             standard_job(&sb, backend, &server.url, rows, "");
             let r = backend.run(&sb, apply_args(backend), &[]);
             assert_eq!(r.code, 0, "{r:?}");
-            if backend != Direct {
+            if !backend.is_direct() {
                 assert_one_batch_per_chunk(backend, &server.stats(), rows.div_ceil(10), rows);
             }
             sb.read("out/graded.csv")
@@ -270,7 +286,7 @@ pub fn reference_output(backend: Backend, rows: usize) -> String {
 /// once in the ledger, the same output as a run never killed, and the key
 /// in no file and nothing printed.
 pub fn crash_then_resume(backend: Backend, point: &str) {
-    assert_ne!(backend, Direct, "a batch backend");
+    assert!(!backend.is_direct(), "a batch backend");
     let sb = Sandbox::new();
     let server = backend.server(&sb, &[]);
     standard_job(&sb, backend, &server.url, 25, "");
@@ -330,7 +346,7 @@ pub fn assert_one_batch_per_chunk(backend: Backend, stats: &Value, chunks: usize
             assert_eq!(stats["batches_created"], chunks as u64, "{stats:#}");
             assert_one_batch_per_submit(stats, rows);
         }
-        Direct => panic!("direct mode makes no batches"),
+        Direct | DirectAnthropic => panic!("direct mode makes no batches"),
     }
 }
 
@@ -398,7 +414,7 @@ pub fn assert_never_live_twice(backend: Backend, stats: &Value) {
             let id = id.as_str().unwrap();
             let request = match backend {
                 Anthropic => split_tag(id).0,
-                OpenAi | Direct => id.to_string(),
+                OpenAi | Direct | DirectAnthropic => id.to_string(),
             };
             live.entry(request).or_default().push((
                 start,
