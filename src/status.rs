@@ -514,20 +514,14 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
         writeln!(w, "  {m}")?;
     }
     if let Some(q) = &s.quality {
-        use crate::agreement::text;
-        for a in &q.agreement {
-            for (head, body) in text::field_lines(&s.job, a) {
-                writeln!(w, "  {head:<12}{body}")?;
-            }
-        }
-        if let Some(g) = &q.gate {
-            let line = text::gate_line(g);
-            let line = if g.failed() { p.bold(&line) } else { line };
-            writeln!(w, "  {:<12}{line}", "gate")?;
-        }
-        for (head, body) in text::failure_lines(&s.job, &q.failures) {
-            writeln!(w, "  {head:<12}{body}")?;
-        }
+        crate::agreement::text::write_quality(
+            w,
+            p,
+            &s.job,
+            &q.agreement,
+            q.gate.as_ref(),
+            &q.failures,
+        )?;
     }
     if let Some(p) = &s.output_path {
         writeln!(w, "  output {p}")?;

@@ -206,6 +206,32 @@ pub fn gate_line(g: &GateCheck) -> String {
     }
 }
 
+/// The agreement block, the gate and the failure examples, under the
+/// summary's and `status`'s 12-column heads (the one writer of both).
+pub fn write_quality(
+    w: &mut impl std::io::Write,
+    p: crate::ui::Paint,
+    job: &str,
+    agreement: &[FieldAgreement],
+    gate: Option<&GateCheck>,
+    failures: &[FailureClass],
+) -> std::io::Result<()> {
+    for a in agreement {
+        for (head, body) in field_lines(job, a) {
+            writeln!(w, "  {head:<12}{body}")?;
+        }
+    }
+    if let Some(g) = gate {
+        let line = gate_line(g);
+        let line = if g.failed() { p.bold(&line) } else { line };
+        writeln!(w, "  {:<12}{line}", "gate")?;
+    }
+    for (head, body) in failure_lines(job, failures) {
+        writeln!(w, "  {head:<12}{body}")?;
+    }
+    Ok(())
+}
+
 /// `(head, body)` lines for the failure classes and their examples.
 pub fn failure_lines(job: &str, failures: &[FailureClass]) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();

@@ -345,21 +345,7 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
 /// Agreement with the gold values, the quality gate, and example rows of
 /// each failure class.
 fn render_quality(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
-    use crate::agreement::text;
-    for a in &s.agreement {
-        for (head, body) in text::field_lines(&s.job, a) {
-            writeln!(w, "  {head:<12}{body}")?;
-        }
-    }
-    if let Some(g) = &s.gate {
-        let line = text::gate_line(g);
-        let line = if g.failed() { p.bold(&line) } else { line };
-        writeln!(w, "  {:<12}{line}", "gate")?;
-    }
-    for (head, body) in text::failure_lines(&s.job, &s.failures) {
-        writeln!(w, "  {head:<12}{body}")?;
-    }
-    Ok(())
+    crate::agreement::text::write_quality(w, p, &s.job, &s.agreement, s.gate.as_ref(), &s.failures)
 }
 
 /// One line per graded property: quartiles and a sparkline of the
