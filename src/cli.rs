@@ -92,6 +92,20 @@ enum Command {
         /// and each is paid again.
         #[arg(long, display_order = 0)]
         retry_parse_failures: bool,
+        /// Rehearse: grade N rows now in the direct lane (gold rows first), write
+        /// OUTPUT.sample.EXT, show agreement, failures and what the rest costs, and stop.
+        /// The sample's rows are not sent again by the full `apply`.
+        #[arg(long, value_name = "N", display_order = 0, conflicts_with_all = ["retry_failed", "retry_parse_failures", "detach"])]
+        sample: Option<u64>,
+        /// Which rows `--sample` takes (the same seed, the same rows).
+        #[arg(
+            long,
+            value_name = "SEED",
+            default_value_t = 0,
+            requires = "sample",
+            display_order = 0
+        )]
+        seed: u64,
     },
     /// Continue a job from its state alone (no spec needed).
     Resume {
@@ -378,6 +392,8 @@ impl Cli {
                 yes,
                 retry_failed,
                 retry_parse_failures,
+                sample,
+                seed,
             } => Invocation::Apply(ApplySettings {
                 spec,
                 job: None,
@@ -386,6 +402,8 @@ impl Cli {
                 resume: false,
                 retry_failed,
                 retry_parse_failures,
+                sample,
+                seed,
             }),
             Command::Resume {
                 job,
@@ -400,6 +418,8 @@ impl Cli {
                 resume: true,
                 retry_failed,
                 retry_parse_failures,
+                sample: None,
+                seed: 0,
             }),
             Command::Status {
                 job,

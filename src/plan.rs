@@ -220,7 +220,9 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         // Whether the saved plan still holds takes a pass over the inputs.
         // A first plan skips it: its hash is taken as the rows are read.
         let plan_hash = hash_inputs(head.clone(), &sources, ui)?;
-        if prev.plan_hash == plan_hash {
+        // A plan whose requests were partly answered by a rehearsal is made
+        // again, so that its batches leave those rows out.
+        if prev.plan_hash == plan_hash && !store.plan_is_stale(prev.generation)? {
             match store.check_plan_files(prev, &spec.file.display().to_string()) {
                 Ok(()) => {
                     store.put_job(&job)?;

@@ -56,6 +56,10 @@ pub struct ApplySettings {
     pub retry_failed: bool,
     /// `--retry-parse-failures`: send again the rows whose answer did not parse.
     pub retry_parse_failures: bool,
+    /// `--sample N`: rehearse on N rows in the direct lane, then stop.
+    pub sample: Option<u64>,
+    /// `--seed`: which rows the sample takes.
+    pub seed: u64,
 }
 
 /// One command with its arguments.

@@ -54,6 +54,35 @@ pub struct RunFrame<'a> {
     refused_start: bool,
     /// The quality gate's watch over the gold rows (`halt.min_kappa`).
     quality: RefCell<Option<super::quality::QualityWatch>>,
+    /// A rehearsal (`apply --sample`): its rows go to the sample file, and
+    /// the job's output is not written.
+    rehearsal: Option<SampleFile>,
+    /// What the job's direct runs (a rehearsal) spent, from the ledger: the
+    /// batch lane's budget counts it beside its own batches.
+    pub direct_spent_usd: f64,
+}
+
+/// What the ledger text says the direct runs of `job` cost (their lines'
+/// ids start `direct-`).
+pub fn direct_spend(ledger: &str, job: &str) -> f64 {
+    ledger
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("job").and_then(serde_json::Value::as_str) == Some(job))
+        .filter(|v| {
+            v.get("batch_id")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|id| id.starts_with("direct-"))
+        })
+        .filter_map(|v| v.get("cost_usd").and_then(serde_json::Value::as_f64))
+        .sum()
+}
+
+/// Where a rehearsal writes its rows, and which rows (by row number).
+#[derive(Debug, Clone)]
+pub struct SampleFile {
+    pub path: std::path::PathBuf,
+    pub rows: std::collections::BTreeSet<u64>,
 }
 
 impl<'a> RunFrame<'a> {
@@ -81,7 +110,20 @@ impl<'a> RunFrame<'a> {
             throughput: RefCell::default(),
             refused_start: false,
             quality: RefCell::new(super::quality::QualityWatch::load(store, spec, plan)?),
+            rehearsal: None,
+            direct_spent_usd: std::fs::read_to_string(store.layout().ledger())
+                .map_or(0.0, |t| direct_spend(&t, spec.name())),
         })
+    }
+
+    /// This run is a rehearsal that writes `sample` instead of the output.
+    pub fn rehearsing(mut self, sample: SampleFile) -> Self {
+        self.rehearsal = Some(sample);
+        self
+    }
+
+    pub fn is_rehearsal(&self) -> bool {
+        self.rehearsal.is_some()
     }
 
     /// The quality gate's verdict now (`settled`: requests with a final
@@ -289,24 +331,55 @@ impl<'a> RunFrame<'a> {
     ) -> Result<(Ending, Summary)> {
         let Closing {
             write_output,
-            state,
+            mut state,
         } = decide::closing(&ending, self.refused_start);
         let mut graded = Graded::default();
+        let written_to = match &self.rehearsal {
+            None => &self.spec.output_path,
+            Some(s) => &s.path,
+        };
         if write_output {
-            self.event(None, "writing the output");
+            self.event(
+                None,
+                &format!("writing the output to {}", written_to.display()),
+            );
             // `status` says the process is busy writing, not hung.
             let mut busy = snapshot(RunState::Running, None, None);
             busy.step = Some(("writing the output".to_string(), state::now_secs()));
             self.show(&busy);
             let began = Instant::now();
-            graded = write_output_file(self.store, self.spec, self.plan, self.ui)?;
-            let bytes = std::fs::metadata(&self.spec.output_path).map_or(0, |m| m.len());
+            graded = match &self.rehearsal {
+                None => write_output_file(self.store, self.spec, self.plan, self.ui)?,
+                Some(s) => super::write_output_to(
+                    self.store,
+                    self.spec,
+                    self.plan,
+                    &s.path,
+                    self.spec.output().format,
+                    super::Rows::Only(&s.rows),
+                    self.ui,
+                )?,
+            };
+            let bytes = std::fs::metadata(written_to).map_or(0, |m| m.len());
             self.throughput
                 .borrow_mut()
                 .add("output", bytes, began.elapsed());
             kill_point("output");
         }
-        let out_path = write_output.then(|| self.spec.output_path.display().to_string());
+        // A rehearsal leaves the job planned: the rest is still to grade.
+        let mut message = message;
+        if let Some(s) = &self.rehearsal
+            && state == RunState::Finished
+        {
+            state = RunState::Planned;
+            message = Some(format!(
+                "rehearsed on {} row{} (`apply --sample`), written to {}; `batchgrader apply SPEC` grades the rest",
+                s.rows.len(),
+                if s.rows.len() == 1 { "" } else { "s" },
+                s.path.display()
+            ));
+        }
+        let out_path = write_output.then(|| written_to.display().to_string());
         // The gate at the end is judged on the output's agreement.
         let gate = self
             .spec
@@ -315,7 +388,9 @@ impl<'a> RunFrame<'a> {
             .gate
             .filter(|_| write_output)
             .map(|g| decide::quality_gate(&g, &decide::gate_numbers(&graded.agreement)));
-        let mut snap = snapshot(state, message.clone(), out_path.clone());
+        // `status` names the job's output, which a rehearsal does not write.
+        let snap_out = out_path.clone().filter(|_| self.rehearsal.is_none());
+        let mut snap = snapshot(state, message.clone(), snap_out);
         if write_output {
             snap.quality = Some(status::Quality {
                 agreement: graded.agreement.clone(),
@@ -430,6 +505,20 @@ pub fn failed_state(f: &FailureRecord) -> RequestState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_direct_spend_of_a_job_is_its_direct_lines() {
+        let ledger = concat!(
+            "{\"job\":\"j\",\"batch_id\":\"direct-1-1\",\"cost_usd\":0.25}\n",
+            "{\"job\":\"j\",\"batch_id\":\"batch_abc\",\"cost_usd\":4.0}\n",
+            "{\"job\":\"other\",\"batch_id\":\"direct-2-1\",\"cost_usd\":1.0}\n",
+            "{\"job\":\"j\",\"batch_id\":\"direct-1-recovered\",\"cost_usd\":0.5}\n",
+            "{\"job\":\"j\",\"batch_id\":\"direct-3-1\",\"cost_u",
+        );
+        assert_eq!(super::direct_spend(ledger, "j"), 0.75);
+        assert_eq!(super::direct_spend(ledger, "none"), 0.0);
+        assert_eq!(super::direct_spend("", "j"), 0.0);
+    }
+
     #[test]
     fn a_run_stopped_by_a_cancel_says_so_in_the_words_status_knows() {
         assert!(super::CANCELLED.contains(crate::status::CANCELLED_BY));

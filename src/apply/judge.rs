@@ -230,10 +230,13 @@ pub fn write_output_file(
 
 /// Which rows an output file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rows {
+pub enum Rows<'a> {
     All,
     /// Only rows where the judge and a gold value differ (`export --disagreements`).
     Disagreements,
+    /// Only these rows, by row number (a rehearsal's sample file); the
+    /// others are neither written nor counted.
+    Only(&'a std::collections::BTreeSet<u64>),
 }
 
 /// Same, to any path and format (`export`).
@@ -243,7 +246,7 @@ pub fn write_output_to(
     plan: &PlanRecord,
     path: &Path,
     format: Option<crate::spec::Format>,
-    rows: Rows,
+    rows: Rows<'_>,
     ui: &Ui,
 ) -> Result<Graded> {
     let format = output::format_for(path, format)?;
@@ -309,6 +312,14 @@ pub fn write_output_to(
             }
             return Ok(RowResult::default());
         }
+        if let Rows::Only(only) = rows
+            && !only.contains(&row.number)
+        {
+            return Ok(RowResult {
+                omit: true,
+                ..RowResult::default()
+            });
+        }
         let at = RowAt {
             number: row.number,
             key: &key,
@@ -331,6 +342,10 @@ pub fn write_output_to(
     )?;
     meter.finish_and_clear();
     let graded = judge.finish();
+    if let Rows::Only(_) = rows {
+        // The file counts every row it read; the judge only the sample's.
+        return Ok(graded);
+    }
     debug_assert_eq!(graded.written, written);
     Ok(Graded { written, ..graded })
 }

@@ -24,6 +24,9 @@ use crate::status::{self, RunState, receipt_line};
 use crate::ui::{Paint, Ui, num, plural, print_json};
 
 pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
+    if let Some(n) = args.sample {
+        return super::rehearse::run(g, args, n, ui);
+    }
     let (store, spec, plan) = match (&args.spec, args.resume) {
         (Some(spec_path), false) => {
             let spec = spec::load(spec_path)?;
@@ -68,6 +71,17 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             )?;
             let plan = job::current_plan(&store, &name)?;
             simulated_note(&spec, ui);
+            if store.plan_is_stale(plan.generation)? {
+                // A rehearsal answered some of the plan's rows (and was
+                // stopped before it planned again): its batches would
+                // carry them. Planned again from the saved spec first.
+                ui.info(&ui.dim(
+                    "A rehearsal (`apply --sample`) answered rows of this plan: planned again first, without them.",
+                ));
+                drop(store);
+                let (store, planned) = super::plan::open_and_plan(g, &spec, ui)?;
+                return run_planned(g, args, ui, store, spec, planned.plan);
+            }
             // The saved plan is applied without reading the inputs again,
             // but the output needs them: a job with nothing sent yet stops
             // here rather than pay for answers it cannot write out. One
@@ -83,6 +97,29 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             (store, spec, plan)
         }
     };
+    run_planned(g, args, ui, store, spec, plan)
+}
+
+/// Run a job whose plan is current.
+fn run_planned(
+    g: &Global,
+    args: &ApplySettings,
+    ui: &Ui,
+    store: JobStore,
+    spec: spec::CheckedSpec,
+    plan: PlanRecord,
+) -> Result<Code> {
+    if store.plan_is_stale(plan.generation)? {
+        // Never reached by a plan made since (it has another generation):
+        // the last guard before a batch could carry a row answered directly.
+        return Err(Error::runtime_with_hint(
+            format!(
+                "the plan of job `{}` has rows a rehearsal answered",
+                spec.name()
+            ),
+            "run `batchgrader apply SPEC` to plan again",
+        ));
+    }
     if !args.resume && store.cancelled_at()?.is_some() {
         // `apply` is the user asking for the job to run again.
         store.set_cancelled(None)?;
@@ -110,7 +147,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             },
         };
         if spec.endpoint.mode == spec::ProviderMode::Direct {
-            return run_direct(&store, &spec, &plan, ui, opts, interrupted.clone()).await;
+            return run_direct(&store, &spec, &plan, ui, opts, interrupted.clone(), None).await;
         }
         with_runner(
             &store,
@@ -589,6 +626,8 @@ mod tests {
             resume,
             retry_failed: false,
             retry_parse_failures: false,
+            sample: None,
+            seed: 0,
         };
         // (state folder, spec given, resume, the command)
         let cases = [

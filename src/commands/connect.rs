@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::apply::direct::DirectRunner;
-use crate::apply::{ApplyOptions, Ending, RunFrame, Runner, Summary};
+use crate::apply::{ApplyOptions, Ending, RunFrame, Runner, SampleFile, Summary};
 use crate::error::{Error, Result};
 use crate::provider::anthropic::AnthropicBatches;
 use crate::provider::direct::{DirectClient, Protocol};
@@ -95,8 +95,16 @@ async fn simulated(spec: &CheckedSpec, layout: &Layout) -> Result<(ClientConfig,
     Ok((cfg, server))
 }
 
+/// A rehearsal's part of a direct run: the plan positions to send, and
+/// the sample file its rows go to.
+pub struct Rehearsal {
+    pub seqs: std::collections::HashSet<u64>,
+    pub file: SampleFile,
+}
+
 /// Direct mode: connect to the spec's endpoints (for `simulated`, start its
-/// server) in the protocol of the spec's wire, and run the job.
+/// server) in the protocol of the spec's wire, and run the job (or, with
+/// `rehearsal`, its sample: the direct lane of a job of either mode).
 pub async fn run_direct(
     store: &JobStore,
     spec: &CheckedSpec,
@@ -104,6 +112,7 @@ pub async fn run_direct(
     ui: &Ui,
     opts: ApplyOptions,
     interrupted: Arc<AtomicBool>,
+    rehearsal: Option<Rehearsal>,
 ) -> Result<(Ending, Summary)> {
     let e = &spec.endpoint;
     let in_flight = spec.run.max_requests_in_flight as usize;
@@ -141,12 +150,20 @@ pub async fn run_direct(
     };
     let client = Arc::new(DirectClient::new(&configs, in_flight, protocol)?);
     let out = match RunFrame::open(store, spec, plan, ui, interrupted, server.is_some()) {
-        Ok(frame) => {
-            DirectRunner::new(frame, client)
-                .retrying(opts.retry)
-                .run()
-                .await
-        }
+        Ok(frame) => match rehearsal {
+            None => {
+                DirectRunner::new(frame, client)
+                    .retrying(opts.retry)
+                    .run()
+                    .await
+            }
+            Some(r) => {
+                DirectRunner::new(frame.rehearsing(r.file), client)
+                    .only(r.seqs)
+                    .run()
+                    .await
+            }
+        },
         Err(e) => Err(e),
     };
     if let Some(s) = server {

@@ -9,6 +9,7 @@ mod costs;
 mod export;
 mod job;
 mod plan;
+mod rehearse;
 mod report;
 mod schema;
 mod simulate_server;

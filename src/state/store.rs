@@ -62,6 +62,9 @@ const KEY_VERSION: &[u8] = b"format_version";
 const KEY_JOB: &[u8] = b"job";
 const KEY_PLAN: &[u8] = b"plan";
 const KEY_CANCELLED: &[u8] = b"cancelled";
+/// The generation of a plan some of whose requests were answered outside
+/// its batches (a rehearsal): it must be made again before a batch is sent.
+const KEY_STALE_PLAN: &[u8] = b"stale_plan";
 /// The length of `outcomes.jsonl` after the last append this state knows
 /// of: a shorter file was cut or emptied.
 const KEY_OUTCOMES_LEN: &[u8] = b"outcomes_len";
@@ -498,6 +501,26 @@ impl JobStore {
         .map_err(self.err())?;
         self.db.flush().map_err(self.err())?;
         Ok(())
+    }
+
+    /// The plan of `generation` had requests answered outside its batches
+    /// (`apply --sample`): the next plan is made afresh, without them.
+    /// Recorded and flushed before the first such request is sent.
+    pub fn mark_plan_stale(&self, generation: u64) -> Result<(), StateError> {
+        self.db
+            .insert(
+                KEY_STALE_PLAN,
+                serde_json::to_vec(&generation).expect("numbers serialize"),
+            )
+            .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Whether the plan of `generation` must be made again before its
+    /// batches are sent (a later plan has another generation).
+    pub fn plan_is_stale(&self, generation: u64) -> Result<bool, StateError> {
+        Ok(self.get_json::<u64>(KEY_STALE_PLAN)? == Some(generation))
     }
 
     /// Update only the job record (e.g. a new spec path with an unchanged plan).

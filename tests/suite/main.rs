@@ -17,6 +17,7 @@ mod fuzz_readers;
 mod hostile;
 mod plan;
 mod provider_client;
+mod rehearsal;
 mod reliability;
 mod replan;
 mod report_agreement;

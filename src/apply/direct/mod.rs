@@ -138,6 +138,12 @@ pub struct DirectRunner<'a> {
     pass_failures: u64,
     /// `--retry-failed`, `--retry-parse-failures`.
     retry: decide::RetryAsked,
+    /// A rehearsal (`apply --sample`): only these plan positions are sent.
+    only: Option<std::collections::HashSet<u64>>,
+    /// Direct mode pays standard prices, whatever lane the plan priced
+    /// (a batch job's rehearsal runs here at the plan's batch prices
+    /// otherwise).
+    price: Option<cost::Price>,
 }
 
 impl<'a> DirectRunner<'a> {
@@ -152,6 +158,11 @@ impl<'a> DirectRunner<'a> {
             },
             0,
         );
+        let price = frame
+            .plan
+            .price
+            .clone()
+            .map(cost::Price::at_standard_prices);
         DirectRunner {
             run_id: format!("direct-{}-{}", frame.started_at, std::process::id()),
             frame,
@@ -173,7 +184,15 @@ impl<'a> DirectRunner<'a> {
             held: Tokens::default(),
             pass_failures: 0,
             retry: decide::RetryAsked::default(),
+            only: None,
+            price,
         }
+    }
+
+    /// Send only the requests at these plan positions (a rehearsal).
+    pub fn only(mut self, seqs: std::collections::HashSet<u64>) -> Self {
+        self.only = Some(seqs);
+        self
     }
 
     /// Send again the rows with a final outcome that `asked` names.
@@ -191,9 +210,8 @@ impl<'a> DirectRunner<'a> {
     }
 
     fn cost(&self, t: Tokens) -> f64 {
-        // The plan of a direct job holds standard prices (plan.rs), so the
-        // "actual" price is the standard one, cache writes and reads included.
-        self.frame.plan.price.as_ref().map_or(0.0, |p| {
+        // Standard prices, cache writes and reads included.
+        self.price.as_ref().map_or(0.0, |p| {
             cost::actual_cached(p, t.input, t.output, t.cache_write, t.cache_read)
         })
     }
@@ -227,7 +245,8 @@ impl<'a> DirectRunner<'a> {
             }
             let state = self.frame.request_state(outcome);
             tally.add(state, max);
-            if state == RequestState::Pending || decide::should_retry(state, max) {
+            let wanted = self.only.as_ref().is_none_or(|o| o.contains(&seq));
+            if wanted && (state == RequestState::Pending || decide::should_retry(state, max)) {
                 send.insert(seq, state);
             }
         }
@@ -247,7 +266,12 @@ impl<'a> DirectRunner<'a> {
         let mut to_send = self.scan()?;
         self.recover_ledger()?;
         let untouched = self.tally.settled() == 0;
-        if let Some(reason) = self.frame.refuse_start(untouched) {
+        // The budget before the start is the whole job's bound; a
+        // rehearsal sends a sample, and the run's own check (`decide::halt`
+        // on what was spent) still holds it to the budget.
+        if !self.frame.is_rehearsal()
+            && let Some(reason) = self.frame.refuse_start(untouched)
+        {
             return self.finish(Ending::Halted(reason));
         }
         if self.frame.cancelled()? {

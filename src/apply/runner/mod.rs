@@ -301,7 +301,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     }
 
     fn halt_reason(&self, units: &[UnitRecord]) -> Result<Option<String>> {
-        let spent: f64 = units.iter().map(|u| u.cost_usd).sum();
+        // A rehearsal's direct spend counts against the same budget.
+        let spent: f64 =
+            units.iter().map(|u| u.cost_usd).sum::<f64>() + self.frame.direct_spent_usd;
         Ok(decide::halt(
             &self.frame.policy(),
             &self.tally,
