@@ -138,6 +138,23 @@ pub fn direct_spend(entries: &[Entry], job: &str) -> Sum {
     s
 }
 
+/// The ledger lines in `text` (a line that does not parse, such as one
+/// torn by a kill, is skipped).
+pub fn entries_of(text: &str) -> Vec<Entry> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// What `job` spent in all, both lanes, by the ledger lines in `text`.
+pub fn job_spend(text: &str, job: &str) -> f64 {
+    entries_of(text)
+        .iter()
+        .filter(|e| e.job == job)
+        .map(|e| e.cost_usd)
+        .sum()
+}
+
 /// Read the ledger; a missing file is an empty ledger. A bad line is
 /// skipped (a line torn by a crash must not hide the rest) and its line
 /// number returned, so the totals are never silently short.
@@ -164,6 +181,26 @@ pub fn read(state_root: &Path) -> std::io::Result<(Vec<Entry>, Vec<usize>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_spend_by_lane_from_the_ledger_text() {
+        let line = |job: &str, id: &str, cost: f64| {
+            format!(
+                "{{\"ts\":1,\"job\":\"{job}\",\"batch_id\":\"{id}\",\"model\":\"m\",\"input_tokens\":1,\"output_tokens\":1,\"cost_usd\":{cost}}}\n"
+            )
+        };
+        let text = line("j", "direct-1-1", 0.25)
+            + &line("j", "batch_abc", 4.0)
+            + &line("other", "direct-2-1", 1.0)
+            + &line("j", "direct-1-recovered", 0.5)
+            + "{\"job\":\"j\",\"batch_id\":\"direct-3-1\",\"cost_u";
+        let entries = entries_of(&text);
+        assert_eq!(entries.len(), 4, "the torn line is skipped");
+        assert_eq!(direct_spend(&entries, "j").cost_usd, 0.75);
+        assert_eq!(job_spend(&text, "j"), 4.75);
+        assert_eq!(job_spend(&text, "none"), 0.0);
+        assert_eq!(job_spend("", "j"), 0.0);
+    }
 
     fn e(ts: u64, job: &str, model: &str, cost: f64, simulated: bool) -> Entry {
         Entry {

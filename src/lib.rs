@@ -11,6 +11,7 @@ pub mod commands;
 pub mod cost;
 pub mod costs;
 pub mod csvquote;
+pub mod deadline;
 pub mod error;
 pub mod exit;
 pub mod grades;

@@ -147,6 +147,9 @@ pub struct Snapshot {
     /// failure examples, the quality gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
+    /// The job's deadline as its first `apply` fixed it (`deadline:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<crate::deadline::Deadline>,
 }
 
 /// The output pass's findings, kept for `status`.
@@ -356,6 +359,31 @@ pub fn outage_line(job: &str, outage_since: Option<u64>, now_secs: u64) -> Optio
 }
 
 /// `45s`, `3m`, `2h 5m`: minutes are precise enough for a wait or an outage.
+/// The deadline and the time left, for `status` and the live view.
+pub fn deadline_line(d: &crate::deadline::Deadline, now: u64) -> String {
+    let at = utc_time(d.at);
+    if now >= d.at {
+        format!("deadline {at}: passed")
+    } else if d.due(now) {
+        format!(
+            "deadline {at}: in {}; past the margin, the rows left go to the direct lane",
+            short_duration(d.at - now)
+        )
+    } else {
+        format!(
+            "deadline {at}: in {}; the batches give way to the direct lane in {}",
+            short_duration(d.at - now),
+            short_duration(d.switch_at() - now)
+        )
+    }
+}
+
+/// A Unix time as RFC 3339 UTC, to the second.
+pub fn utc_time(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+}
+
 pub fn short_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
@@ -468,6 +496,11 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
     )?;
     if let Some(r) = receipt_line(&s.receipt) {
         writeln!(w, "  {r}")?;
+    }
+    if let Some(d) = &s.deadline
+        && s.state != RunState::Finished
+    {
+        writeln!(w, "  {}", deadline_line(d, now))?;
     }
     if let Some(d) = &s.direct {
         for line in direct_lines(d, now) {
@@ -605,6 +638,7 @@ mod tests {
             ],
             direct: None,
             quality: None,
+            deadline: None,
         }
     }
 

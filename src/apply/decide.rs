@@ -714,6 +714,8 @@ pub fn closing(ending: &Ending, refused_start: bool) -> Closing {
         Ending::Finished => (true, RunState::Finished),
         Ending::Halted(_) => (!refused_start, RunState::Halted),
         Ending::Interrupted | Ending::Detached => (false, RunState::Detached),
+        // The direct lane takes over in the same process and writes the output.
+        Ending::Deadline => (false, RunState::Running),
     };
     Closing {
         write_output,
@@ -735,6 +737,7 @@ mod tests {
             (halted(), true, false, RunState::Halted),
             (Ending::Interrupted, false, false, RunState::Detached),
             (Ending::Detached, false, false, RunState::Detached),
+            (Ending::Deadline, false, false, RunState::Running),
         ];
         for (ending, refused, write, state) in cases {
             assert_eq!(

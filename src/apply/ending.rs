@@ -18,6 +18,8 @@ pub struct ApplyOptions {
     /// `--retry-failed`, `--retry-parse-failures`: rows with a final
     /// outcome to send again, with a fresh set of attempts.
     pub retry: super::decide::RetryAsked,
+    /// The job's deadline, fixed at its first `apply` (`deadline:`).
+    pub deadline: Option<crate::deadline::Deadline>,
 }
 
 /// How a run ended.
@@ -31,6 +33,9 @@ pub enum Ending {
     Interrupted,
     /// The halt policy stopped the job.
     Halted(String),
+    /// The deadline's margin was reached: the batches that were out were
+    /// cancelled and collected; the rows left go to the direct lane.
+    Deadline,
 }
 
 impl Ending {
@@ -43,7 +48,7 @@ impl Ending {
                 below_gate: summary.gate.as_ref().is_some_and(GateCheck::failed),
             },
             Ending::Halted(_) => RunEnd::Halted,
-            Ending::Detached | Ending::Interrupted => RunEnd::StillRunning,
+            Ending::Detached | Ending::Interrupted | Ending::Deadline => RunEnd::StillRunning,
         }
     }
 }
@@ -89,6 +94,19 @@ pub struct Summary {
     pub retry_hint: Option<String>,
     /// Paid at batch prices, what standard prices would have cost, the difference.
     pub receipt: crate::status::Receipt,
+    /// A batch job that switched lanes (its deadline): requests and spend of each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<Lanes>,
+}
+
+/// Requests answered and spend of each lane of one job (a batch job whose
+/// deadline sent its last rows in the direct lane).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Lanes {
+    pub batch_requests: u64,
+    pub batch_usd: f64,
+    pub direct_requests: u64,
+    pub direct_usd: f64,
 }
 
 impl Ending {
@@ -99,6 +117,7 @@ impl Ending {
             Ending::Detached => "detached",
             Ending::Interrupted => "interrupted",
             Ending::Halted(_) => "halted",
+            Ending::Deadline => "deadline",
         }
     }
 }
@@ -144,6 +163,7 @@ impl Summary {
             simulated: end.simulated,
             message: end.message,
             retry_hint: None,
+            lanes: None,
             receipt: end.snap.receipt,
         }
     }
@@ -177,6 +197,7 @@ mod tests {
             simulated: false,
             message: None,
             retry_hint: None,
+            lanes: None,
             receipt: Default::default(),
         };
         let clean = RunEnd::Finished {

@@ -60,22 +60,8 @@ pub struct RunFrame<'a> {
     /// What the job's direct runs (a rehearsal) spent, from the ledger: the
     /// batch lane's budget counts it beside its own batches.
     pub direct_spent_usd: f64,
-}
-
-/// What the ledger text says the direct runs of `job` cost (their lines'
-/// ids start `direct-`).
-pub fn direct_spend(ledger: &str, job: &str) -> f64 {
-    ledger
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("job").and_then(serde_json::Value::as_str) == Some(job))
-        .filter(|v| {
-            v.get("batch_id")
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|id| id.starts_with("direct-"))
-        })
-        .filter_map(|v| v.get("cost_usd").and_then(serde_json::Value::as_f64))
-        .sum()
+    /// The deadline the job's first `apply` fixed, shown in every snapshot.
+    pub deadline: Option<crate::deadline::Deadline>,
 }
 
 /// Where a rehearsal writes its rows, and which rows (by row number).
@@ -111,8 +97,15 @@ impl<'a> RunFrame<'a> {
             refused_start: false,
             quality: RefCell::new(super::quality::QualityWatch::load(store, spec, plan)?),
             rehearsal: None,
-            direct_spent_usd: std::fs::read_to_string(store.layout().ledger())
-                .map_or(0.0, |t| direct_spend(&t, spec.name())),
+            deadline: spec
+                .run
+                .deadline
+                .as_ref()
+                .and_then(|_| store.fixed_deadline().ok().flatten())
+                .map(|f| f.deadline),
+            direct_spent_usd: std::fs::read_to_string(store.layout().ledger()).map_or(0.0, |t| {
+                crate::costs::direct_spend(&crate::costs::entries_of(&t), spec.name()).cost_usd
+            }),
         })
     }
 
@@ -453,6 +446,7 @@ pub fn snapshot_of(
         units: Vec::new(),
         direct: None,
         quality: None,
+        deadline: None,
     }
 }
 
@@ -505,20 +499,6 @@ pub fn failed_state(f: &FailureRecord) -> RequestState {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_direct_spend_of_a_job_is_its_direct_lines() {
-        let ledger = concat!(
-            "{\"job\":\"j\",\"batch_id\":\"direct-1-1\",\"cost_usd\":0.25}\n",
-            "{\"job\":\"j\",\"batch_id\":\"batch_abc\",\"cost_usd\":4.0}\n",
-            "{\"job\":\"other\",\"batch_id\":\"direct-2-1\",\"cost_usd\":1.0}\n",
-            "{\"job\":\"j\",\"batch_id\":\"direct-1-recovered\",\"cost_usd\":0.5}\n",
-            "{\"job\":\"j\",\"batch_id\":\"direct-3-1\",\"cost_u",
-        );
-        assert_eq!(super::direct_spend(ledger, "j"), 0.75);
-        assert_eq!(super::direct_spend(ledger, "none"), 0.0);
-        assert_eq!(super::direct_spend("", "j"), 0.0);
-    }
-
     #[test]
     fn a_run_stopped_by_a_cancel_says_so_in_the_words_status_knows() {
         assert!(super::CANCELLED.contains(crate::status::CANCELLED_BY));

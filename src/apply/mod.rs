@@ -30,8 +30,8 @@ mod quality;
 mod runner;
 pub mod throughput;
 
-pub use ending::{ApplyOptions, Ending, RunEnd, Summary};
-pub use frame::{RunFrame, SampleFile, snapshot_of, tally_of};
+pub use ending::{ApplyOptions, Ending, Lanes, RunEnd, Summary};
+pub use frame::{RunFrame, SampleFile, request_state, snapshot_of, tally_of};
 pub use judge::{Graded, Rows, gold_rows, grade_stats, write_output_file, write_output_to};
 pub use progress::Progress;
 pub use runner::Runner;

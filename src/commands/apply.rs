@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use super::connect::{run_direct, runtime, with_runner};
+use super::connect::{DirectLane, run_direct, runtime, with_runner};
 use super::job;
 use crate::apply::decide::{self, RetryAsked};
-use crate::apply::{ApplyOptions, Summary};
+use crate::apply::{ApplyOptions, Ending, Summary, tally_of};
 use crate::cost::usd;
 use crate::error::{Error, Result};
 use crate::exit::{self, Code};
@@ -125,6 +125,7 @@ fn run_planned(
         store.set_cancelled(None)?;
         ui.info("The job was cancelled; applying it again.");
     }
+    let deadline = fix_deadline(&store, &spec, ui)?;
     let started = !store.units(plan.generation)?.is_empty();
     if plan.outstanding > 0 && !started && !args.yes && !confirm(ui, &plan)? {
         ui.info("Nothing submitted.");
@@ -145,11 +146,21 @@ fn run_planned(
                 failed: args.retry_failed,
                 parse_failures: args.retry_parse_failures,
             },
+            deadline,
         };
         if spec.endpoint.mode == spec::ProviderMode::Direct {
-            return run_direct(&store, &spec, &plan, ui, opts, interrupted.clone(), None).await;
+            return run_direct(
+                &store,
+                &spec,
+                &plan,
+                ui,
+                opts,
+                interrupted.clone(),
+                DirectLane::Job,
+            )
+            .await;
         }
-        with_runner(
+        let batch = with_runner(
             &store,
             &spec,
             &plan,
@@ -158,7 +169,29 @@ fn run_planned(
             interrupted.clone(),
             async |r| r.run().await,
         )
-        .await
+        .await?;
+        if batch.0 != Ending::Deadline {
+            return Ok(batch);
+        }
+        // The deadline's margin: the batches are cancelled and collected.
+        // The rows left go to the direct lane. From here the plan's
+        // unsubmitted chunks must never be sent: a later run plans again.
+        store.mark_plan_stale(plan.generation)?;
+        let before = tally_of(&store, &spec, plan.generation)?;
+        let refused = fallback_refusal(&store, &spec, &plan)?;
+        let (ending, mut summary) = run_direct(
+            &store,
+            &spec,
+            &plan,
+            ui,
+            opts,
+            interrupted.clone(),
+            DirectLane::Fallback { refused },
+        )
+        .await?;
+        let after = tally_of(&store, &spec, plan.generation)?;
+        summary.lanes = Some(lanes(&store, &spec, before.settled(), after.settled()));
+        Ok((ending, summary))
     });
     let (ending, mut summary) = match result {
         Ok(r) => r,
@@ -188,6 +221,103 @@ fn run_planned(
     }
     ui.show(|w| render_summary(w, ui.paint(), &summary));
     Ok(exit::for_run(ending.run_end(&summary)))
+}
+
+/// The job's deadline: fixed by its first `apply` (a duration counts from
+/// then), and fixed again only when the spec's words change.
+fn fix_deadline(
+    store: &JobStore,
+    spec: &spec::CheckedSpec,
+    ui: &Ui,
+) -> Result<Option<crate::deadline::Deadline>> {
+    let Some(d) = &spec.run.deadline else {
+        return Ok(None);
+    };
+    if spec.endpoint.is_direct() {
+        return Ok(None);
+    }
+    if let Some(fixed) = store.fixed_deadline()?
+        && fixed.text == d.text
+    {
+        return Ok(Some(fixed.deadline));
+    }
+    let now = crate::state::now_secs();
+    let deadline = crate::deadline::resolve(d.when, d.margin, now);
+    store.fix_deadline(&crate::state::FixedDeadline {
+        text: d.text.clone(),
+        deadline,
+    })?;
+    ui.info(&format!(
+        "Deadline {} (in {}); the batches give way to the direct lane {} before it.",
+        crate::status::utc_time(deadline.at),
+        crate::status::short_duration(deadline.at.saturating_sub(now)),
+        crate::status::short_duration(deadline.margin_secs)
+    ));
+    Ok(Some(deadline))
+}
+
+/// Whether the budget allows the deadline's direct fallback: the job's
+/// spend so far (the ledger) plus the most the requests without a final
+/// outcome can cost at standard prices.
+fn fallback_refusal(
+    store: &JobStore,
+    spec: &spec::CheckedSpec,
+    plan: &PlanRecord,
+) -> Result<Option<String>> {
+    let Some(budget) = spec.run.halt.max_cost_usd else {
+        return Ok(None);
+    };
+    let Some(price) = plan.price.as_ref() else {
+        return Ok(None);
+    };
+    let ledger = std::fs::read_to_string(store.layout().ledger()).unwrap_or_default();
+    let spent = crate::costs::job_spend(&ledger, spec.name());
+    let parser = crate::answer::Parser::for_spec(spec).map_err(Error::usage)?;
+    let max_attempts = spec.run.max_attempts;
+    let (mut requests, mut tokens) = (0u64, 0u64);
+    for r in store.requests(plan.generation) {
+        let r = r?;
+        if r.seq.is_none() {
+            continue;
+        }
+        let state = crate::apply::request_state(store.outcome(&r.fingerprint)?, &parser);
+        if state == decide::RequestState::Pending || decide::should_retry(state, max_attempts) {
+            requests += 1;
+            tokens += r.tokens;
+        }
+    }
+    let cap = spec
+        .request()
+        .get("max_completion_tokens")
+        .or_else(|| spec.request().get("max_tokens"))
+        .and_then(serde_json::Value::as_u64);
+    let bound = cap.map(|c| crate::cost::standard(price, tokens, requests.saturating_mul(c)));
+    Ok(crate::deadline::fallback_refused(
+        Some(budget),
+        spent,
+        bound,
+    ))
+}
+
+/// Requests and spend of each lane, for the receipt of a job whose deadline
+/// switched lanes (`settled_*`: requests with a final outcome before and
+/// after the direct lane ran).
+fn lanes(
+    store: &JobStore,
+    spec: &spec::CheckedSpec,
+    settled_before: u64,
+    settled_after: u64,
+) -> crate::apply::Lanes {
+    let ledger = std::fs::read_to_string(store.layout().ledger()).unwrap_or_default();
+    let entries = crate::costs::entries_of(&ledger);
+    let job = entries.iter().filter(|e| e.job == spec.name());
+    let (direct, batch): (Vec<_>, Vec<_>) = job.partition(|e| e.is_direct());
+    crate::apply::Lanes {
+        batch_requests: settled_before,
+        batch_usd: batch.iter().map(|e| e.cost_usd).sum(),
+        direct_requests: settled_after.saturating_sub(settled_before),
+        direct_usd: direct.iter().map(|e| e.cost_usd).sum(),
+    }
 }
 
 /// The command that sends this job's failed rows again: the one that was
@@ -364,6 +494,18 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
     if let Some(r) = receipt_line(&s.receipt) {
         writeln!(w, "  receipt     {r}")?;
     }
+    if let Some(l) = &s.lanes {
+        writeln!(
+            w,
+            "  lanes       batch: {} request{}, {}; direct (the deadline's fallback, standard prices): {} request{}, {}",
+            num(l.batch_requests),
+            plural(l.batch_requests, "s"),
+            usd(l.batch_usd),
+            num(l.direct_requests),
+            plural(l.direct_requests, "s"),
+            usd(l.direct_usd)
+        )?;
+    }
     if let Some(path) = &s.output_path {
         writeln!(w, "  output      {path}")?;
     }
@@ -461,6 +603,7 @@ mod tests {
             simulated: false,
             message: None,
             retry_hint: None,
+            lanes: None,
             receipt: Receipt {
                 paid_usd: 3.9071,
                 standard_usd: 7.8142,

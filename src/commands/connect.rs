@@ -102,6 +102,17 @@ pub struct Rehearsal {
     pub file: SampleFile,
 }
 
+/// What a direct run is for.
+pub enum DirectLane {
+    /// A direct-mode job.
+    Job,
+    /// `apply --sample`: a sample of a job of either mode.
+    Rehearsal(Rehearsal),
+    /// A batch job past its deadline's margin: the rows its batches did
+    /// not answer; `refused` when the budget does not allow it.
+    Fallback { refused: Option<String> },
+}
+
 /// Direct mode: connect to the spec's endpoints (for `simulated`, start its
 /// server) in the protocol of the spec's wire, and run the job (or, with
 /// `rehearsal`, its sample: the direct lane of a job of either mode).
@@ -112,7 +123,7 @@ pub async fn run_direct(
     ui: &Ui,
     opts: ApplyOptions,
     interrupted: Arc<AtomicBool>,
-    rehearsal: Option<Rehearsal>,
+    lane: DirectLane,
 ) -> Result<(Ending, Summary)> {
     let e = &spec.endpoint;
     let in_flight = spec.run.max_requests_in_flight as usize;
@@ -150,16 +161,22 @@ pub async fn run_direct(
     };
     let client = Arc::new(DirectClient::new(&configs, in_flight, protocol)?);
     let out = match RunFrame::open(store, spec, plan, ui, interrupted, server.is_some()) {
-        Ok(frame) => match rehearsal {
-            None => {
+        Ok(frame) => match lane {
+            DirectLane::Job => {
                 DirectRunner::new(frame, client)
                     .retrying(opts.retry)
                     .run()
                     .await
             }
-            Some(r) => {
+            DirectLane::Rehearsal(r) => {
                 DirectRunner::new(frame.rehearsing(r.file), client)
                     .only(r.seqs)
+                    .run()
+                    .await
+            }
+            DirectLane::Fallback { refused } => {
+                DirectRunner::new(frame, client)
+                    .after_batches(refused)
                     .run()
                     .await
             }

@@ -64,9 +64,56 @@ pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Re
             spec.endpoint.is_direct(),
             &state_dir,
         )?;
+        if let Some(line) = deadline_line(&spec, &store)? {
+            writeln!(w, "  {:<14} {line}", "deadline")?;
+        }
         render_next(w, spec_path, p.outstanding)
     });
     Ok(exit::for_plan(remaining, detailed_exitcode))
+}
+
+/// The deadline, its margin, and the lane that takes the rows left.
+fn deadline_line(spec: &CheckedSpec, store: &JobStore) -> io::Result<Option<String>> {
+    let Some(d) = &spec.run.deadline else {
+        return Ok(None);
+    };
+    if spec.endpoint.is_direct() {
+        return Ok(Some(
+            "set, but the job is in the direct lane already: it has no effect".into(),
+        ));
+    }
+    let fallback = format!(
+        "then the rows left go to the direct lane ({}, standard prices)",
+        match spec.wire {
+            crate::spec::Wire::AnthropicMessages => "POST /v1/messages",
+            crate::spec::Wire::OpenAiChat => "POST /v1/chat/completions",
+        }
+    );
+    let margin = match d.margin {
+        Some(m) => crate::status::short_duration(m.as_secs()),
+        None => "15% of the time left at the first apply, 1 to 30 minutes".into(),
+    };
+    let fixed = store
+        .fixed_deadline()
+        .ok()
+        .flatten()
+        .filter(|f| f.text == d.text);
+    Ok(Some(match (fixed, d.when) {
+        (Some(f), _) => format!(
+            "{} (fixed by the first apply); margin {}; {fallback}",
+            crate::status::deadline_line(&f.deadline, crate::state::now_secs())
+                .trim_start_matches("deadline "),
+            crate::status::short_duration(f.deadline.margin_secs)
+        ),
+        (None, crate::deadline::When::At(t)) => format!(
+            "{}; margin {margin}; {fallback}",
+            crate::status::utc_time(t)
+        ),
+        (None, crate::deadline::When::After(after)) => format!(
+            "{} after the first apply; margin {margin}; {fallback}",
+            crate::status::short_duration(after.as_secs())
+        ),
+    }))
 }
 
 /// The plan as it stands now: rows already answered since it was made are

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use super::connect::{Rehearsal, run_direct, runtime};
+use super::connect::{DirectLane, Rehearsal, run_direct, runtime};
 use crate::apply::{ApplyOptions, SampleFile, Summary, gold_rows};
 use crate::cost::{self, usd};
 use crate::error::{Error, Result};
@@ -155,7 +155,7 @@ pub fn run(g: &Global, args: &ApplySettings, n: u64, ui: &Ui) -> Result<Code> {
             ui,
             ApplyOptions::default(),
             interrupted.clone(),
-            Some(Rehearsal { seqs, file }),
+            DirectLane::Rehearsal(Rehearsal { seqs, file }),
         )
         .await
     });

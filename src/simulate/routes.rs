@@ -202,6 +202,12 @@ async fn stats(State(app): AppState) -> ApiResult {
                     "fault": b.fault,
                     "custom_ids": null,
                     "usage": usage_json(view.usage),
+                    // Lines answered (in the output file) and failed.
+                    "request_counts": {
+                        "total": view.counts.total,
+                        "completed": view.counts.completed,
+                        "failed": view.counts.failed,
+                    },
                 });
                 (b.id.clone(), entry)
             })

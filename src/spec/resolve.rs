@@ -116,6 +116,18 @@ pub struct RunSettings {
     pub tokens_per_minute: Option<u64>,
     pub poll_interval: Duration,
     pub poll_max_interval: Duration,
+    /// `deadline:` and `deadline_margin:` as read; fixed at the first apply.
+    pub deadline: Option<DeadlineSpec>,
+}
+
+/// The spec's deadline before the first apply fixes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadlineSpec {
+    /// The spec's words (`6h`, `2026-12-09T06:00:00Z`, and the margin):
+    /// the job's fixed deadline is made again only when they change.
+    pub text: String,
+    pub when: crate::deadline::When,
+    pub margin: Option<Duration>,
 }
 
 /// Where the requests go and how to authenticate.
@@ -304,6 +316,21 @@ pub(super) fn resolve(file: &Path, spec: JobSpec) -> CheckedSpec {
             .unwrap_or(Duration::from_secs(30)),
         poll_max_interval: units::parse_duration(&spec.poll.max_interval)
             .unwrap_or(Duration::from_secs(300)),
+        deadline: spec.deadline.as_deref().and_then(|t| {
+            let when = crate::deadline::parse(t).ok()?;
+            let margin = spec
+                .deadline_margin
+                .as_deref()
+                .and_then(|m| crate::deadline::parse_margin(m).ok());
+            Some(DeadlineSpec {
+                text: format!(
+                    "{t} (margin {})",
+                    spec.deadline_margin.as_deref().unwrap_or("default")
+                ),
+                when,
+                margin,
+            })
+        }),
     };
     let endpoint = Endpoint {
         kind: p.kind,

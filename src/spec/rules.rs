@@ -227,6 +227,16 @@ pub(super) fn semantic_problems(json: &Value, locator: &locate::Locator) -> Vec<
         });
     }
     check(&["retry", "give_up_after"], &positive);
+    check(&["deadline"], &|v| match v.as_str() {
+        Some(t) => crate::deadline::parse(t).map(|_| ()),
+        None => Err(
+            "must be a time or a duration in quotes, e.g. \"2026-12-09T06:00:00Z\" or 6h".into(),
+        ),
+    });
+    check(&["deadline_margin"], &|v| match v.as_str() {
+        Some(t) => crate::deadline::parse_margin(t).map(|_| ()),
+        None => Err("must be a duration, e.g. 10m".into()),
+    });
     check(&["halt", "max_failure_rate"], &|v| {
         let rate: Rate = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         rate.fraction().map(|_| ())

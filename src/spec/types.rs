@@ -53,6 +53,17 @@ pub struct JobSpec {
     /// When to stop early.
     #[serde(default)]
     pub halt: Halt,
+    /// Finish by this time: an RFC 3339 time (`2026-12-09T06:00:00Z`, or with an
+    /// offset) or a duration counted from the job's first `apply` (`6h`). When the
+    /// time left falls under `deadline_margin`, the batches still out are cancelled,
+    /// what they finished is collected, and the rows left are sent in the direct
+    /// lane at standard prices (within `halt.max_cost_usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// How long before the deadline the batches give way to the direct lane.
+    /// Default: 15% of the time left at the first `apply`, between 1 and 30 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_margin: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -35,7 +35,7 @@ pub use records::*;
 pub use requests::Lookup as RequestLookup;
 /// Writes a new plan's request records into its folder.
 pub use requests::Writer as RequestWriter;
-pub use store::{JobStore, OutcomeAppender, owner_only};
+pub use store::{FixedDeadline, JobStore, OutcomeAppender, owner_only};
 
 /// Version of the on-disk layout. A binary refuses state newer than it knows.
 pub const FORMAT_VERSION: u32 = 1;

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::db_err;
 use super::*;
@@ -65,6 +65,16 @@ const KEY_CANCELLED: &[u8] = b"cancelled";
 /// The generation of a plan some of whose requests were answered outside
 /// its batches (a rehearsal): it must be made again before a batch is sent.
 const KEY_STALE_PLAN: &[u8] = b"stale_plan";
+/// The job's deadline as fixed by its first `apply` (`FixedDeadline`).
+const KEY_DEADLINE: &[u8] = b"deadline";
+
+/// A deadline fixed by the job's first `apply`, with the spec's words it
+/// was fixed from (new words fix it again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixedDeadline {
+    pub text: String,
+    pub deadline: crate::deadline::Deadline,
+}
 /// The length of `outcomes.jsonl` after the last append this state knows
 /// of: a shorter file was cut or emptied.
 const KEY_OUTCOMES_LEN: &[u8] = b"outcomes_len";
@@ -521,6 +531,23 @@ impl JobStore {
     /// batches are sent (a later plan has another generation).
     pub fn plan_is_stale(&self, generation: u64) -> Result<bool, StateError> {
         Ok(self.get_json::<u64>(KEY_STALE_PLAN)? == Some(generation))
+    }
+
+    /// The deadline the job's first `apply` fixed, if any.
+    pub fn fixed_deadline(&self) -> Result<Option<FixedDeadline>, StateError> {
+        self.get_json(KEY_DEADLINE)
+    }
+
+    /// Fix the job's deadline (flushed before the run relies on it).
+    pub fn fix_deadline(&self, d: &FixedDeadline) -> Result<(), StateError> {
+        self.db
+            .insert(
+                KEY_DEADLINE,
+                serde_json::to_vec(d).expect("records serialize"),
+            )
+            .map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        Ok(())
     }
 
     /// Update only the job record (e.g. a new spec path with an unchanged plan).

@@ -11,6 +11,7 @@ mod apply;
 mod bad_input;
 mod chaos;
 mod cli_output;
+mod deadline;
 mod direct;
 mod faults;
 mod fuzz_readers;

@@ -144,6 +144,13 @@ pub struct DirectRunner<'a> {
     /// (a batch job's rehearsal runs here at the plan's batch prices
     /// otherwise).
     price: Option<cost::Price>,
+    /// A batch job's lane switch (a rehearsal, the deadline's fallback):
+    /// the job's spend before this run is the ledger's (batch lines at
+    /// batch prices), not its answers' tokens at standard prices.
+    ledger_base: Option<f64>,
+    /// The deadline's fallback, refused by the budget: end at once,
+    /// writing the output with what the batches answered.
+    refused: Option<String>,
 }
 
 impl<'a> DirectRunner<'a> {
@@ -186,7 +193,16 @@ impl<'a> DirectRunner<'a> {
             retry: decide::RetryAsked::default(),
             only: None,
             price,
+            ledger_base: None,
+            refused: None,
         }
+    }
+
+    /// The deadline's fallback of a batch job: the rows its batches did not
+    /// answer (every request without a final outcome), unless `refused`.
+    pub fn after_batches(mut self, refused: Option<String>) -> Self {
+        self.refused = refused;
+        self
     }
 
     /// Send only the requests at these plan positions (a rehearsal).
@@ -217,7 +233,7 @@ impl<'a> DirectRunner<'a> {
     }
 
     fn spent(&self) -> f64 {
-        self.spent_before + self.cost(self.run)
+        self.ledger_base.unwrap_or(self.spent_before) + self.cost(self.run)
     }
 
     fn event(&self, msg: &str) {
@@ -265,6 +281,13 @@ impl<'a> DirectRunner<'a> {
         self.frame.grant_retries(self.retry, &|_| false)?;
         let mut to_send = self.scan()?;
         self.recover_ledger()?;
+        if self.frame.spec.endpoint.mode != crate::spec::ProviderMode::Direct {
+            let ledger = std::fs::read_to_string(self.frame.layout().ledger()).unwrap_or_default();
+            self.ledger_base = Some(crate::costs::job_spend(&ledger, self.frame.job()));
+        }
+        if let Some(reason) = self.refused.take() {
+            return self.finish(Ending::Halted(reason));
+        }
         let untouched = self.tally.settled() == 0;
         // The budget before the start is the whole job's bound; a
         // rehearsal sends a sample, and the run's own check (`decide::halt`

@@ -79,6 +79,7 @@ impl DirectRunner<'_> {
         Snapshot {
             message,
             outage_since: self.outage_since(),
+            deadline: self.frame.deadline,
             direct: Some(self.view(in_flight)),
             ..snap
         }
@@ -175,7 +176,7 @@ impl DirectRunner<'_> {
                 self.frame.job()
             )),
             Ending::Halted(r) => Some(format!("halted: {r}")),
-            Ending::Detached => None,
+            Ending::Detached | Ending::Deadline => None,
         };
         let view = self.view(0);
         let spent = self.spent();
@@ -187,6 +188,7 @@ impl DirectRunner<'_> {
             message,
             outage_since,
             direct: Some(view.clone()),
+            deadline: f.deadline,
             ..crate::apply::snapshot_of(f.job(), f.plan, tally, state, f.started_at, spent)
         })
     }

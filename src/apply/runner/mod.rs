@@ -57,6 +57,10 @@ pub struct Runner<'a, B: BatchBackend> {
     halting: Option<String>,
     /// The long local step under way, and since when (for `status`).
     step: Option<(String, u64)>,
+    /// The deadline's margin was reached: nothing more is submitted, the
+    /// batches out were cancelled and are collected, then the direct lane
+    /// takes the rows left.
+    switching: bool,
 }
 
 fn now_ms_since(start: Instant, t: Instant) -> u64 {
@@ -75,7 +79,35 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             outage_said: None,
             halting: None,
             step: None,
+            switching: false,
         }
+    }
+
+    /// The deadline's margin is reached.
+    fn deadline_due(&self) -> bool {
+        self.opts.deadline.is_some_and(|d| d.due(state::now_secs()))
+    }
+
+    /// Give way to the direct lane: cancel the batches that are out (what
+    /// they finished is collected, it was paid) and submit nothing more.
+    async fn start_switch(&mut self, units: &mut [UnitRecord]) -> Result<()> {
+        let out = units
+            .iter()
+            .filter(|u| matches!(u.phase, Phase::Creating | Phase::Submitted))
+            .count();
+        self.event(
+            None,
+            &format!(
+                "the deadline is near: cancelling the {out} batch{} out and collecting what {} finished; the rows left go to the direct lane",
+                if out == 1 { "" } else { "es" },
+                if out == 1 { "it" } else { "they" }
+            ),
+        );
+        self.switching = true;
+        self.settle_creating(units).await?;
+        let _unreached = self.cancel_in_flight(units).await;
+        kill_point("deadline-cancelled");
+        Ok(())
     }
 
     fn job(&self) -> &str {
@@ -151,6 +183,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             if self.interrupted() {
                 return self.finish(Ending::Interrupted).await;
             }
+            if !self.switching && !cancelled && self.halting.is_none() && self.deadline_due() {
+                self.start_switch(&mut units).await?;
+            }
             self.say_outage();
             self.write_status(&units, RunState::Running, None);
             let now = Instant::now();
@@ -161,11 +196,20 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 Admission {
                     max_in_flight: self.frame.spec.run.max_batches_in_flight as usize,
                     token_budget: self.frame.spec.chunking().max_tokens,
-                    submit: !cancelled && self.halting.is_none(),
+                    submit: !cancelled && self.halting.is_none() && !self.switching,
                 },
             );
             if cancelled && !step.collecting {
                 return self.finish(Ending::Halted(CANCELLED.into())).await;
+            }
+            if self.switching && !step.collecting {
+                return self
+                    .finish(if self.tally.pending == 0 {
+                        Ending::Finished
+                    } else {
+                        Ending::Deadline
+                    })
+                    .await;
             }
             if let Some(reason) = self.halting.clone()
                 && !step.collecting
@@ -195,7 +239,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             }
             if step.actions.is_empty() {
                 // Never asleep for long: Ctrl-C, and a clock that jumps.
-                let latest = now + Duration::from_secs(60);
+                let mut latest = now + Duration::from_secs(60);
+                // Awake when the deadline's margin begins.
+                if let Some(d) = self.opts.deadline
+                    && !self.switching
+                {
+                    let secs = d.switch_at().saturating_sub(state::now_secs());
+                    latest = latest.min(now + Duration::from_secs(secs));
+                }
                 let wake = step
                     .wake_at_ms
                     .and_then(|ms| self.frame.started.checked_add(Duration::from_millis(ms)))
@@ -221,7 +272,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     .expect("actions name known units");
                 let mut unit = units[idx].clone();
                 let flag = self.frame.interrupt_flag();
-                let halting = self.halting.is_some();
+                let halting = self.halting.is_some() || self.switching;
                 let waiting = self.show_waiting(&units);
                 // Ctrl-C cuts a call short (a hung server, a long backoff):
                 // dropping it is like a kill, which the protocol survives.

@@ -19,6 +19,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             outage_since: self.outage_since,
             step: self.step.clone().filter(|_| state == RunState::Running),
             units: units.iter().map(unit_status).collect(),
+            deadline: self.frame.deadline,
             ..crate::apply::snapshot_of(
                 self.job(),
                 self.frame.plan,
@@ -71,6 +72,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 "interrupted: state is saved and batches keep running; run `batchgrader resume {job}` to continue"
             )),
             Ending::Halted(r) => Some(format!("halted: {r}")),
+            Ending::Deadline => Some(
+                "the deadline is near: the batches were cancelled and collected; the rows left go to the direct lane"
+                    .to_string(),
+            ),
         };
         self.step = None;
         self.frame

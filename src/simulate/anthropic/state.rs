@@ -651,6 +651,7 @@ impl Sim {
                     "ended_at_ms": match b.phase(now) { Phase::Ended { at } => Some(at), _ => None },
                     "custom_ids": ids,
                     "usage": {"input_tokens": c.input_tokens, "output_tokens": c.output_tokens},
+                    "request_counts": {"succeeded": c.succeeded, "errored": c.errored, "canceled": c.canceled},
                 })
             })
             .collect();
