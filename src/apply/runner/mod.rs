@@ -155,15 +155,27 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             self.write_status(&units, RunState::Running, None);
             let now = Instant::now();
             let views: Vec<UnitView> = units.iter().map(|u| self.view(u, now)).collect();
+            let now_ms = now_ms_since(self.frame.started, now);
+            let submit = !cancelled && self.halting.is_none();
             let step = decide::step(
                 &views,
-                now_ms_since(self.frame.started, now),
+                now_ms,
                 Admission {
                     max_in_flight: self.frame.spec.run.max_batches_in_flight as usize,
                     token_budget: self.frame.spec.chunking().max_tokens,
-                    submit: !cancelled && self.halting.is_none(),
+                    submit,
                 },
             );
+            if let Some(why) = decide::stalled(&views, now_ms, submit, &step) {
+                // A bug, not a fault of the provider or the input: say so
+                // and stop, rather than hang. Every transition is recorded,
+                // so the state is as good as after a Ctrl-C.
+                self.event(None, &format!("internal error: {why}"));
+                return Err(Error::runtime_with_hint(
+                    format!("internal error: {why}"),
+                    "the job's state is kept: `batchgrader resume` takes it up again; please report this, with the job folder's events.jsonl",
+                ));
+            }
             if cancelled && !step.collecting {
                 return self.finish(Ending::Halted(CANCELLED.into())).await;
             }
