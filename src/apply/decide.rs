@@ -379,6 +379,74 @@ pub fn bad_lines(good: u64, bad: u64, failed_fetches: u32) -> BadLines {
     }
 }
 
+// ---------------------------------------------------------------- twins
+
+/// A batch the provider lists as made by a create of this job's plan (its
+/// metadata says which chunk, attempt and submit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedBatch<'a> {
+    pub id: &'a str,
+    pub chunk: u32,
+    pub attempt: u32,
+    pub submit: u32,
+    /// Not ended yet: it may still run requests, and bill them.
+    pub running: bool,
+    /// Ended having maybe run something (not refused as a whole, or with
+    /// usage reported).
+    pub billed: bool,
+}
+
+/// A unit as twin-finding needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitIdent<'a> {
+    pub chunk: u32,
+    pub attempt: u32,
+    /// Creates of the unit so far: the submit number of its latest.
+    pub creates: u32,
+    pub phase: Phase,
+    pub batch_id: Option<&'a str>,
+}
+
+/// What a listed batch of this job's plan is to the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Twin {
+    /// A unit holds it, or the ledger has it: the job knows it.
+    Recorded,
+    /// A create whose answer is not recorded yet: the unit's recovery
+    /// adopts it (`find`), it is no twin.
+    Unsettled,
+    /// Refused as a whole, or not run: it costs nothing and holds nothing.
+    Idle,
+    /// A batch made behind the job's back (a gateway that retried a create
+    /// on its own): cancel it while it runs, record its usage once it ends.
+    Found,
+}
+
+/// Judge one listed batch. `ledger` holds the batch ids of the job's
+/// ledger lines (batches merged in this or an earlier plan generation, and
+/// twins already recorded).
+pub fn twin(
+    listed: &ListedBatch,
+    units: &[UnitIdent],
+    ledger: &std::collections::HashSet<String>,
+) -> Twin {
+    if ledger.contains(listed.id) || units.iter().any(|u| u.batch_id == Some(listed.id)) {
+        return Twin::Recorded;
+    }
+    let adoptable = units.iter().any(|u| {
+        u.phase == Phase::Creating
+            && u.batch_id.is_none()
+            && (u.chunk, u.attempt, u.creates) == (listed.chunk, listed.attempt, listed.submit)
+    });
+    if adoptable {
+        return Twin::Unsettled;
+    }
+    if !listed.running && !listed.billed {
+        return Twin::Idle;
+    }
+    Twin::Found
+}
+
 // ------------------------------------------------------------ requests
 
 /// What is known of one outstanding request after its latest attempt.
@@ -1147,6 +1215,78 @@ mod tests {
             }
         }
         assert_eq!(checked, (one.len() * one.len() * 3) as u64);
+    }
+
+    #[test]
+    fn twin_table() {
+        let unit = |chunk, creates, phase, batch_id| UnitIdent {
+            chunk,
+            attempt: 1,
+            creates,
+            phase,
+            batch_id,
+        };
+        let units = [
+            unit(1, 1, Submitted, Some("b1")),
+            unit(2, 1, Creating, None),
+            unit(3, 2, Uploaded, None),
+            unit(4, 1, Merged, Some("b4")),
+        ];
+        let ledger: std::collections::HashSet<String> = ["b-old".to_string()].into();
+        let listed = |id, chunk, submit, running, billed| ListedBatch {
+            id,
+            chunk,
+            attempt: 1,
+            submit,
+            running,
+            billed,
+        };
+        // (case, listed batch, verdict)
+        let cases = [
+            (
+                "a unit's batch",
+                listed("b1", 1, 1, true, false),
+                Twin::Recorded,
+            ),
+            (
+                "a merged unit's",
+                listed("b4", 4, 1, false, true),
+                Twin::Recorded,
+            ),
+            (
+                "in the ledger",
+                listed("b-old", 9, 1, false, true),
+                Twin::Recorded,
+            ),
+            (
+                "the create a creating unit waits to adopt",
+                listed("b2", 2, 1, true, false),
+                Twin::Unsettled,
+            ),
+            (
+                "a second batch of a submitted chunk, running",
+                listed("b1x", 1, 1, true, false),
+                Twin::Found,
+            ),
+            (
+                "a second batch of a merged chunk, ended",
+                listed("b4x", 4, 1, false, true),
+                Twin::Found,
+            ),
+            (
+                "a requeued submit's refused batch",
+                listed("b3", 3, 1, false, false),
+                Twin::Idle,
+            ),
+            (
+                "a batch of a submit the unit has not made yet",
+                listed("b3y", 3, 3, true, false),
+                Twin::Found,
+            ),
+        ];
+        for (name, l, want) in cases {
+            assert_eq!(twin(&l, &units, &ledger), want, "{name}");
+        }
     }
 
     #[test]

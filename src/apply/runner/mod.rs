@@ -10,6 +10,7 @@
 mod collect;
 mod snapshot;
 mod submit;
+mod twins;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -57,6 +58,11 @@ pub struct Runner<'a, B: BatchBackend> {
     halting: Option<String>,
     /// The long local step under way, and since when (for `status`).
     step: Option<(String, u64)>,
+    /// Batches made behind the job's back, found by this run.
+    twins: twins::Twins,
+    /// When the run last looked for twins between steps (Unix seconds,
+    /// and the instant, for the pace).
+    twins_looked: Option<(u64, Instant)>,
 }
 
 fn now_ms_since(start: Instant, t: Instant) -> u64 {
@@ -75,6 +81,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             outage_said: None,
             halting: None,
             step: None,
+            twins: twins::Twins::new(),
+            twins_looked: None,
         }
     }
 
@@ -259,6 +267,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }
                 let merged = unit.phase == Phase::Merged && units[idx].phase != Phase::Merged;
                 units[idx] = unit;
+                self.look_for_twins(&units).await?;
                 self.write_status(&units, RunState::Running, None);
                 if merged
                     && self.halting.is_none()

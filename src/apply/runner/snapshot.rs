@@ -46,6 +46,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         if ending == Ending::Finished {
             self.clean_pending(&mut units).await?;
         }
+        // Twins are looked for before the output is written (not after
+        // Ctrl-C, which must stop at once: the next run looks).
+        if ending != Ending::Interrupted {
+            self.settle_twins(&units).await?;
+        }
         // The tally follows each merge; at a finish nothing may be pending,
         // so a count that says otherwise (rows of one text share an outcome
         // across chunks) is made again from the store. Other endings count
@@ -71,6 +76,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 "interrupted: state is saved and batches keep running; run `batchgrader resume {job}` to continue"
             )),
             Ending::Halted(r) => Some(format!("halted: {r}")),
+        };
+        let message = match (message, self.twins_line()) {
+            (Some(m), Some(t)) => Some(format!("{m}; {t}")),
+            (m, t) => m.or(t),
         };
         self.step = None;
         self.frame
