@@ -221,6 +221,13 @@ enum Command {
         /// Answer `metadata: null` on batches, like servers that do not keep it.
         #[arg(long)]
         drop_metadata: bool,
+        /// With `--api anthropic`: cut every line of every results stream in the middle.
+        #[arg(long)]
+        malformed_results: bool,
+        /// Share of batch creates that make a second batch behind the answer (a gateway
+        /// retrying a create that made its batch and answered 500); the answer names the second.
+        #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate_arg)]
+        twin_create_rate: f64,
         /// The wire protocol: `openai` (Files + Batches) or `anthropic` (Message Batches,
         /// served at the root: the base URL has no /v1). With `anthropic`, token-limit
         /// refusals are 429s of a full queue and failures are `errored` result lines.
@@ -459,6 +466,8 @@ impl Cli {
                 token_limit_every,
                 expire_every,
                 drop_metadata,
+                malformed_results,
+                twin_create_rate,
                 api,
                 labels,
                 pattern,
@@ -480,6 +489,8 @@ impl Cli {
                     expire_every,
                     seed: 0,
                     drop_metadata,
+                    malformed_results,
+                    twin_create_rate,
                     anthropic: api == SimApiArg::Anthropic,
                     answers: answer_shape(labels, pattern),
                 },

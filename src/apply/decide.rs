@@ -120,12 +120,25 @@ pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
             actions.push(Action::Poll(u.id));
         }
     }
+    // A unit given up does nothing more in this run: it is not judged in
+    // it, and no slot it holds frees in it. Waiting for it would wait on
+    // nothing (an Anthropic chunk given up with its results unread held
+    // every later chunk back for good), so it neither blocks submissions
+    // nor counts against the limits; the halt policy counts it as a failed
+    // chunk instead.
+    let live = |u: &&UnitView| !u.given_up;
     let unjudged = units
         .iter()
+        .filter(live)
         .any(|u| matches!(u.phase, Phase::Ended | Phase::Downloaded));
-    let mut busy = units.iter().filter(|u| in_flight(u.phase)).count();
+    let mut busy = units
+        .iter()
+        .filter(live)
+        .filter(|u| in_flight(u.phase))
+        .count();
     let mut enqueued: u64 = units
         .iter()
+        .filter(live)
         .filter(|u| in_flight(u.phase))
         .map(|u| u.tokens)
         .sum();
@@ -163,7 +176,11 @@ pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
             .filter_map(|u| {
                 let due = match u.phase {
                     Phase::Submitted => Some(u.next_poll_ms.unwrap_or(now_ms)),
-                    Phase::Planned | Phase::Uploaded if submit => u.not_before_ms,
+                    // A time already past is no reason to wake: waking at
+                    // once with nothing to do would spin.
+                    Phase::Planned | Phase::Uploaded if submit => {
+                        u.not_before_ms.filter(|t| *t > now_ms)
+                    }
                     Phase::Merged => None,
                     _ => None,
                 };
@@ -182,6 +199,43 @@ pub fn step(units: &[UnitView], now_ms: u64, admission: Admission) -> Step {
         all_merged,
         collecting,
     }
+}
+
+/// The loop's invariant, checked after every step: the loop can make
+/// progress. It can when it is done (every unit merged or given up), when
+/// it is ending (submissions off and nothing left to collect: a halt or a
+/// `cancel`), when the step names work to do now, or when it names a time
+/// still to come at which something is due (a poll, a parked unit's retry,
+/// a requeued unit's submit). Anything else would wait on nothing for good,
+/// or wake at once with nothing to do, for good: `Some` says which units
+/// are stuck and how, for the internal error that ends the run instead.
+pub fn stalled(units: &[UnitView], now_ms: u64, submit: bool, step: &Step) -> Option<String> {
+    let ending = !submit && !step.collecting;
+    let due_later = step.wake_at_ms.is_some_and(|t| t > now_ms);
+    if step.all_merged || ending || !step.actions.is_empty() || due_later {
+        return None;
+    }
+    let mut stuck: Vec<String> = units
+        .iter()
+        .filter(|u| u.phase != Phase::Merged)
+        .map(|u| {
+            format!(
+                "chunk {} {}{}",
+                u.id,
+                format!("{:?}", u.phase).to_lowercase(),
+                if u.given_up { " (given up)" } else { "" }
+            )
+        })
+        .collect();
+    stuck.sort();
+    Some(format!(
+        "the batch loop has nothing to do and nothing to wait for{}: {}",
+        match step.wake_at_ms {
+            Some(t) => format!(" (its next wake-up, at {t} ms, is not after now, {now_ms} ms)"),
+            None => String::new(),
+        },
+        stuck.join(", ")
+    ))
 }
 
 // ---------------------------------------------------------- step failures
@@ -293,6 +347,104 @@ pub fn missing_line(end: &EndKind) -> (String, String, bool) {
         ),
         EndKind::Lost { reason } => ("batch_lost".into(), reason.clone(), true),
     }
+}
+
+/// How many times in all a result file in which no line is a result line
+/// is fetched: such a file is most often not a result file at all (a
+/// proxy's error page), and fetching it again costs nothing, while sending
+/// its requests again is paid twice. A server that keeps serving it is not
+/// waited on for ever, though.
+pub const FETCHES_OF_AN_UNREADABLE_FILE: u32 = 3;
+
+/// What to do with a result file some of whose lines are not result lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadLines {
+    /// Throw the file away and fetch it again, as a failed download.
+    FetchAgain,
+    /// Merge what can be read; a request whose line cannot be read counts as
+    /// not executed (`missing_line`) and is sent again within its rounds.
+    NotExecuted,
+}
+
+/// The one judgement of unreadable result lines, so that the same lines
+/// mean the same in every chunk: with `good` readable lines and `bad`
+/// unreadable ones, after `failed_fetches` failed downloads in a row of
+/// this unit. Only a file with no readable line at all is fetched again,
+/// and only up to `FETCHES_OF_AN_UNREADABLE_FILE` times.
+pub fn bad_lines(good: u64, bad: u64, failed_fetches: u32) -> BadLines {
+    if good == 0 && bad > 0 && failed_fetches + 1 < FETCHES_OF_AN_UNREADABLE_FILE {
+        BadLines::FetchAgain
+    } else {
+        BadLines::NotExecuted
+    }
+}
+
+// ---------------------------------------------------------------- twins
+
+/// A batch the provider lists as made by a create of this job's plan (its
+/// metadata says which chunk, attempt and submit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedBatch<'a> {
+    pub id: &'a str,
+    pub chunk: u32,
+    pub attempt: u32,
+    pub submit: u32,
+    /// Not ended yet: it may still run requests, and bill them.
+    pub running: bool,
+    /// Ended having maybe run something (not refused as a whole, or with
+    /// usage reported).
+    pub billed: bool,
+}
+
+/// A unit as twin-finding needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitIdent<'a> {
+    pub chunk: u32,
+    pub attempt: u32,
+    /// Creates of the unit so far: the submit number of its latest.
+    pub creates: u32,
+    pub phase: Phase,
+    pub batch_id: Option<&'a str>,
+}
+
+/// What a listed batch of this job's plan is to the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Twin {
+    /// A unit holds it, or the ledger has it: the job knows it.
+    Recorded,
+    /// A create whose answer is not recorded yet: the unit's recovery
+    /// adopts it (`find`), it is no twin.
+    Unsettled,
+    /// Refused as a whole, or not run: it costs nothing and holds nothing.
+    Idle,
+    /// A batch made behind the job's back (a gateway that retried a create
+    /// on its own): cancel it while it runs, record its usage once it ends.
+    Found,
+}
+
+/// Judge one listed batch. `ledger` holds the batch ids of the job's
+/// ledger lines (batches merged in this or an earlier plan generation, and
+/// twins already recorded).
+pub fn twin(
+    listed: &ListedBatch,
+    units: &[UnitIdent],
+    ledger: &std::collections::HashSet<String>,
+) -> Twin {
+    if ledger.contains(listed.id) || units.iter().any(|u| u.batch_id == Some(listed.id)) {
+        return Twin::Recorded;
+    }
+    let adoptable = units.iter().any(|u| {
+        u.phase == Phase::Creating
+            && u.batch_id.is_none()
+            && (u.chunk, u.attempt, u.creates) == (listed.chunk, listed.attempt, listed.submit)
+    });
+    if adoptable {
+        return Twin::Unsettled;
+    }
+    if !listed.running && !listed.billed {
+        return Twin::Idle;
+    }
+    Twin::Found
 }
 
 // ------------------------------------------------------------ requests
@@ -924,6 +1076,239 @@ mod tests {
         let mut p = u(3, Planned);
         p.given_up = true;
         assert!(step(&[p], 0, adm(4, true)).actions.is_empty());
+    }
+
+    #[test]
+    fn a_unit_given_up_blocks_nothing() {
+        // Given up with its results unread (an Anthropic file of bad lines):
+        // the next chunk still goes, and its slot is not counted.
+        let mut g = u(1, Ended);
+        g.given_up = true;
+        let s = step(&[g, u(2, Planned)], 0, adm(1, true));
+        assert_eq!(s.actions, vec![Submit(2)], "{s:?}");
+        let mut out = u(1, Submitted);
+        out.given_up = true;
+        let s = step(&[out, u(2, Planned)], 0, adm(1, true));
+        assert_eq!(s.actions, vec![Submit(2)], "{s:?}");
+    }
+
+    #[test]
+    fn stalled_table() {
+        let waiting = |wake| Step {
+            actions: vec![],
+            wake_at_ms: wake,
+            all_merged: false,
+            collecting: false,
+        };
+        let mut gone = u(1, Ended);
+        gone.given_up = true;
+        // (case, units, submit allowed, step, stalled)
+        let cases: Vec<(&str, Vec<UnitView>, bool, Step, bool)> = vec![
+            (
+                "done",
+                vec![u(1, Merged)],
+                true,
+                Step {
+                    all_merged: true,
+                    ..waiting(None)
+                },
+                false,
+            ),
+            (
+                "work now",
+                vec![u(1, Submitted)],
+                true,
+                Step {
+                    actions: vec![Poll(1)],
+                    collecting: true,
+                    ..waiting(None)
+                },
+                false,
+            ),
+            (
+                "a poll to come",
+                vec![u(1, Submitted)],
+                true,
+                waiting(Some(2000)),
+                false,
+            ),
+            (
+                "halting, nothing to collect: the run ends",
+                vec![u(1, Planned)],
+                false,
+                waiting(None),
+                false,
+            ),
+            (
+                "given up but unjudged, the next chunk waiting on it",
+                vec![gone, u(2, Planned)],
+                true,
+                waiting(None),
+                true,
+            ),
+            (
+                "halting, a batch to collect, no wake-up",
+                vec![u(1, Submitted)],
+                false,
+                Step {
+                    collecting: true,
+                    ..waiting(None)
+                },
+                true,
+            ),
+            (
+                "a wake-up already past: a spin",
+                vec![u(1, Uploaded)],
+                true,
+                waiting(Some(500)),
+                true,
+            ),
+        ];
+        for (name, units, submit, st, want) in cases {
+            let got = stalled(&units, 1000, submit, &st);
+            assert_eq!(got.is_some(), want, "{name}: {got:?}");
+        }
+        let why = stalled(&[gone, u(2, Planned)], 1000, true, &waiting(None)).unwrap();
+        assert!(
+            why.contains("chunk 1 ended (given up)") && why.contains("chunk 2 planned"),
+            "{why}"
+        );
+    }
+
+    /// Every state of two units (phase, given up, parked, requeued, poll
+    /// times before, at and after now), with submissions on and off and one
+    /// or two slots: `step` never leaves the loop waiting on nothing.
+    #[test]
+    fn no_state_of_the_units_stalls_the_loop() {
+        let phases = [
+            Planned, Uploaded, Creating, Submitted, Ended, Downloaded, Merged,
+        ];
+        let times = [None, Some(500), Some(1000), Some(1500)];
+        let mut one = Vec::new();
+        for phase in phases {
+            for given_up in [false, true] {
+                for parked_until_ms in times {
+                    for not_before_ms in times {
+                        for next_poll_ms in times {
+                            one.push(UnitView {
+                                id: 0,
+                                phase,
+                                not_before_ms,
+                                next_poll_ms,
+                                parked_until_ms,
+                                given_up,
+                                tokens: 100,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut checked = 0u64;
+        for a in &one {
+            for b in &one {
+                let units = [UnitView { id: 1, ..*a }, UnitView { id: 2, ..*b }];
+                for (max, submit) in [(1, true), (2, true), (1, false)] {
+                    let s = step(&units, 1000, adm(max, submit));
+                    if let Some(why) = stalled(&units, 1000, submit, &s) {
+                        panic!("{units:?} (slots {max}, submit {submit}): {why}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, (one.len() * one.len() * 3) as u64);
+    }
+
+    #[test]
+    fn twin_table() {
+        let unit = |chunk, creates, phase, batch_id| UnitIdent {
+            chunk,
+            attempt: 1,
+            creates,
+            phase,
+            batch_id,
+        };
+        let units = [
+            unit(1, 1, Submitted, Some("b1")),
+            unit(2, 1, Creating, None),
+            unit(3, 2, Uploaded, None),
+            unit(4, 1, Merged, Some("b4")),
+        ];
+        let ledger: std::collections::HashSet<String> = ["b-old".to_string()].into();
+        let listed = |id, chunk, submit, running, billed| ListedBatch {
+            id,
+            chunk,
+            attempt: 1,
+            submit,
+            running,
+            billed,
+        };
+        // (case, listed batch, verdict)
+        let cases = [
+            (
+                "a unit's batch",
+                listed("b1", 1, 1, true, false),
+                Twin::Recorded,
+            ),
+            (
+                "a merged unit's",
+                listed("b4", 4, 1, false, true),
+                Twin::Recorded,
+            ),
+            (
+                "in the ledger",
+                listed("b-old", 9, 1, false, true),
+                Twin::Recorded,
+            ),
+            (
+                "the create a creating unit waits to adopt",
+                listed("b2", 2, 1, true, false),
+                Twin::Unsettled,
+            ),
+            (
+                "a second batch of a submitted chunk, running",
+                listed("b1x", 1, 1, true, false),
+                Twin::Found,
+            ),
+            (
+                "a second batch of a merged chunk, ended",
+                listed("b4x", 4, 1, false, true),
+                Twin::Found,
+            ),
+            (
+                "a requeued submit's refused batch",
+                listed("b3", 3, 1, false, false),
+                Twin::Idle,
+            ),
+            (
+                "a batch of a submit the unit has not made yet",
+                listed("b3y", 3, 3, true, false),
+                Twin::Found,
+            ),
+        ];
+        for (name, l, want) in cases {
+            assert_eq!(twin(&l, &units, &ledger), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_lines_table() {
+        use BadLines::*;
+        // (good lines, bad lines, failed fetches before, verdict)
+        let cases = [
+            (5, 0, 0, NotExecuted),
+            (5, 2, 0, NotExecuted),
+            (0, 0, 0, NotExecuted),
+            (0, 3, 0, FetchAgain),
+            (0, 3, 1, FetchAgain),
+            (0, 3, 2, NotExecuted),
+            (0, 3, 9, NotExecuted),
+            (1, 3, 0, NotExecuted),
+        ];
+        for (good, bad, failed, want) in cases {
+            assert_eq!(bad_lines(good, bad, failed), want, "{good} {bad} {failed}");
+        }
     }
 
     #[test]

@@ -310,6 +310,7 @@ impl<'a> RunFrame<'a> {
             simulated: self.simulated,
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            kind: None,
         }
     }
 

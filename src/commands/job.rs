@@ -192,14 +192,40 @@ pub fn resolve(g: &Global, job: Option<&str>, verb: Verb) -> Result<String> {
             ));
         }
     }
-    let mut names: Vec<String> = std::fs::read_dir(state_root)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| crate::state::Layout::is_job_dir(&e.path()))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
+    // A state folder, or a job folder, this user may not read is said as
+    // such: taken for "no job", it sent users to plan again.
+    use crate::state::{Access, StateError, denied_at};
+    let denied = |path: &std::path::Path| {
+        Error::State(StateError::Denied {
+            path: denied_at(path),
         })
-        .unwrap_or_default();
+    };
+    let entries = match std::fs::read_dir(state_root) {
+        Ok(rd) => rd.flatten().collect(),
+        Err(e) if Access::of(e.kind()) == Access::Denied => return Err(denied(state_root)),
+        Err(_) => Vec::new(),
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut refused: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        match std::fs::metadata(e.path().join("db")) {
+            Ok(m) if m.is_dir() => names.push(name),
+            Err(err) if Access::of(err.kind()) == Access::Denied => {
+                refused.push((name, e.path().join("db")));
+            }
+            _ => {}
+        }
+    }
+    if let Some((_, path)) = refused
+        .iter()
+        .find(|(name, _)| Some(name.as_str()) == job)
+        .or(refused
+            .first()
+            .filter(|_| job.is_none() && names.is_empty()))
+    {
+        return Err(denied(path));
+    }
     names.sort();
     let jobs: Vec<JobFacts> = names
         .into_iter()

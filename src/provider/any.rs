@@ -12,8 +12,8 @@ use std::path::Path;
 
 use super::anthropic::AnthropicBatches;
 use super::batch::{
-    BatchBackend, BatchLimits, EndKind, LineError, RemoteBatch, RemoteState, ResultLine, ResultRef,
-    SubmitIdentity,
+    BatchBackend, BatchLimits, EndKind, LineError, OwnBatch, RemoteBatch, RemoteState, ResultLine,
+    ResultRef, SubmitIdentity,
 };
 use super::bounded::{MAX_LABEL, MAX_MESSAGE, clean_text, id_problem};
 use super::error::{ErrorKind, ProviderError};
@@ -167,6 +167,25 @@ impl BatchBackend for AnyBatches {
         each!(self, b => b.find(staged, identity).await)?
             .map(|b| checked_batch("find batch", b))
             .transpose()
+    }
+
+    async fn list_own(
+        &self,
+        job: &str,
+        plan: &str,
+        since: u64,
+    ) -> Result<Option<Vec<OwnBatch>>, ProviderError> {
+        let Some(found) = each!(self, b => b.list_own(job, plan, since).await)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for o in found {
+            out.push(OwnBatch {
+                batch: checked_batch("list batches", o.batch)?,
+                ..o
+            });
+        }
+        Ok(Some(out))
     }
 
     async fn status(&self, batch_id: &str) -> Result<RemoteBatch, ProviderError> {

@@ -113,6 +113,17 @@ pub struct RemoteBatch {
     pub state: RemoteState,
 }
 
+/// A batch the provider lists as made for a job's plan, with the submit
+/// identity its create carried: what finds a twin (a batch made behind the
+/// job's back, by a gateway that retried a create on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnBatch {
+    pub chunk: u32,
+    pub attempt: u32,
+    pub submit: u32,
+    pub batch: RemoteBatch,
+}
+
 /// A result line that cannot be merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineError {
@@ -193,6 +204,20 @@ pub trait BatchBackend {
     ) -> Result<Option<RemoteBatch>, ProviderError>;
 
     async fn status(&self, batch_id: &str) -> Result<RemoteBatch, ProviderError>;
+
+    /// Every batch the provider holds that a create of this job's plan
+    /// (`job`, `plan` as in [`SubmitIdentity`]) made since `since` (Unix
+    /// seconds), by the identity each carries; `None` when this provider's
+    /// batches carry nothing that says so (Message Batches have no
+    /// metadata, and a server may drop it).
+    async fn list_own(
+        &self,
+        _job: &str,
+        _plan: &str,
+        _since: u64,
+    ) -> Result<Option<Vec<OwnBatch>>, ProviderError> {
+        Ok(None)
+    }
 
     /// Stream one result file to `dest` (written whole or not at all);
     /// returns its size in bytes.

@@ -30,7 +30,7 @@ pub mod watch;
 pub use any::AnyBatches;
 pub use api_error::ApiError;
 pub use batch::{
-    BatchBackend, BatchLimits, BilledUsage, EndKind, LineError, RemoteBatch, RemoteState,
+    BatchBackend, BatchLimits, BilledUsage, EndKind, LineError, OwnBatch, RemoteBatch, RemoteState,
     ResultLine, ResultRef, StepClass, SubmitIdentity,
 };
 pub use config::{ClientConfig, DEFAULT_BASE_URL, Secret, encode_path_segment};

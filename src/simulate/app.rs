@@ -181,6 +181,19 @@ impl App {
             ])) < rate
     }
 
+    /// Whether the create that made batch number `seq` makes a second one
+    /// behind its answer (`twin_create_rate`). Drawn like the commit errors.
+    pub fn create_twins(&self, seq: u64) -> bool {
+        let rate = self.config.twin_create_rate;
+        rate > 0.0
+            && unit(hash64(&[
+                b"twin",
+                &self.config.seed.to_le_bytes(),
+                &self.nonce.to_le_bytes(),
+                &seq.to_le_bytes(),
+            ])) < rate
+    }
+
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }

@@ -157,7 +157,7 @@ pub(super) async fn create_batch(
     let metadata = check_metadata(body.get("metadata"))?;
 
     let now = now_ms();
-    let (id, object, commit_fails) = {
+    let (id, object, commit_fails, twin) = {
         let mut db = app.db();
         let file = db
             .files
@@ -204,13 +204,34 @@ pub(super) async fn create_batch(
             fault,
             answers: config.answers.clone(),
         };
-        let object = shown(&app, batch_object(&record, &view(&record, now)));
+        let mut object = shown(&app, batch_object(&record, &view(&record, now)));
+        let mut twin = None;
+        if app.create_twins(seq) {
+            // A gateway (LiteLLM) met a 500 from a backend that had made
+            // the batch, and retried the create on its own: the backend
+            // runs both, with the same file and metadata, and the client
+            // is told only of the second.
+            let (twin_id, twin_seq) = app.new_id(&mut db, "batch_sim_");
+            db.counters.batches_created += 1;
+            db.counters.twin_creates += 1;
+            let second = BatchRecord {
+                id: twin_id.clone(),
+                seq: twin_seq,
+                ..record.clone()
+            };
+            object = shown(&app, batch_object(&second, &view(&second, now)));
+            db.batches.insert(twin_id.clone(), second);
+            twin = Some(twin_id);
+        }
         db.batches.insert(id.clone(), record);
         let commit_fails = app.create_commit_fails(seq);
         db.counters.create_commit_errors += u64::from(commit_fails);
-        (id, object, commit_fails)
+        (id, object, commit_fails, twin)
     };
     app.commit(Some(id)).await?;
+    if let Some(twin) = twin {
+        app.commit(Some(twin)).await?;
+    }
     if commit_fails {
         // The batch is saved and its driver runs; only the answer is lost,
         // as when a create times out or meets a 5xx on the way back. The

@@ -97,6 +97,14 @@ pub struct SimConfig {
     /// Answer `metadata: null` on every Batch object, as some
     /// OpenAI-compatible servers do (metadata is still kept for `/_sim/stats`).
     pub drop_metadata: bool,
+    /// Message Batches: every line of every results stream is cut in the
+    /// middle (no line is JSON), as a proxy that mangles the stream would.
+    pub malformed_results: bool,
+    /// OpenAI Batches: share of `POST /v1/batches` that make a second batch
+    /// of the same file and metadata behind the answer (a gateway that
+    /// retried a create whose first try made its batch and answered 500),
+    /// answered with the second. The client sees one batch; two run.
+    pub twin_create_rate: f64,
     /// Speak Anthropic's Message Batches API instead of OpenAI's Files +
     /// Batches (see `anthropic`).
     pub anthropic: bool,
@@ -125,6 +133,8 @@ impl std::fmt::Debug for SimConfig {
             .field("expire_every", &self.expire_every)
             .field("seed", &self.seed)
             .field("drop_metadata", &self.drop_metadata)
+            .field("malformed_results", &self.malformed_results)
+            .field("twin_create_rate", &self.twin_create_rate)
             .field("anthropic", &self.anthropic)
             .field("answers", &self.answers)
             .finish()
@@ -150,6 +160,8 @@ impl Default for SimConfig {
             expire_every: 0,
             seed: 0,
             drop_metadata: false,
+            malformed_results: false,
+            twin_create_rate: 0.0,
             anthropic: false,
             answers: AnswerShape::Free,
         }

@@ -228,6 +228,7 @@ async fn stats(State(app): AppState) -> ApiResult {
             "injected_5xx": counters.injected_5xx,
             "rejected_chats": counters.rejected_chats,
             "create_commit_errors": counters.create_commit_errors,
+            "twin_creates": counters.twin_creates,
             "token_limit_failures": token_limit_failures,
             "expired_batches": expired_batches,
             "flaked_requests": counters.flaked_requests,

@@ -211,6 +211,9 @@ pub struct Counters {
     pub injected_5xx: u64,
     /// Creates that saved their batch and then answered 500.
     pub create_commit_errors: u64,
+    /// Creates that made a second batch behind their answer (`twin_create_rate`).
+    #[serde(default)]
+    pub twin_creates: u64,
     /// Batch requests that failed once (`request_flake_rate`).
     pub flaked_requests: u64,
     /// Chat completions answered 400 (`reject_rate`); not in `chat_completions`.

@@ -29,6 +29,10 @@ pub enum StateError {
     Corrupt { job: String, message: String },
     #[error("no job `{job}` in {}", root.display())]
     NoJob { job: String, root: PathBuf },
+    /// The job's folder (or a file of it) is there, but this user may not
+    /// read or write it: not "no job".
+    #[error("permission denied: {} cannot be read or written by this user", path.display())]
+    Denied { path: PathBuf },
     /// A file the state reads and writes is a symbolic link.
     #[error(
         "{} is a symbolic link inside the state folder; batchgrader never reads or writes a job's state through one",
@@ -65,6 +69,10 @@ impl StateError {
                 "the job's database is {}; if another program holds or changed it, stop that program; if it is damaged, move the job's folder aside and plan the job again (the old folder keeps its results/ and events.jsonl, which name every batch sent)",
                 dir.display()
             )),
+            StateError::Denied { path } => Some(format!(
+                "the folder belongs to another user, or its mode forbids you (`ls -ld {}` shows owner and mode): run the command as that user, have the owner give you access (chown or chmod), or pass --state to use a state folder of your own",
+                path.display()
+            )),
             StateError::NoJob { .. } => {
                 Some("run `batchgrader plan SPEC` first, or pass --state to point at the right folder".into())
             }
@@ -73,10 +81,72 @@ impl StateError {
     }
 }
 
+/// What an I/O error met on a job's folder or its files means to the
+/// user, by its kind alone (EACCES and EPERM are both `PermissionDenied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing there: no job (where a job was looked for).
+    Missing,
+    /// There, but not this user's to read or write.
+    Denied,
+    /// Anything else: said with the system's words and the path.
+    Failed,
+}
+
+impl Access {
+    pub fn of(kind: std::io::ErrorKind) -> Access {
+        match kind {
+            std::io::ErrorKind::NotFound => Access::Missing,
+            std::io::ErrorKind::PermissionDenied => Access::Denied,
+            _ => Access::Failed,
+        }
+    }
+}
+
+impl StateError {
+    /// A failed `action` on `path`: permission denied says so, with the
+    /// folder that refused; anything else keeps the system's error.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match Access::of(source.kind()) {
+            Access::Denied => StateError::Denied {
+                path: denied_at(&path),
+            },
+            Access::Missing | Access::Failed => StateError::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
+}
+
+/// The first folder on the way to `path` that this user may not enter, or
+/// `path` itself when every folder on the way lets it through (the file
+/// itself refused): the path a user must look at.
+pub fn denied_at(path: &Path) -> PathBuf {
+    let ancestors: Vec<&Path> = path.ancestors().collect();
+    for pair in ancestors.windows(2).rev() {
+        let (inner, outer) = (pair[0], pair[1]);
+        if outer.as_os_str().is_empty() {
+            continue;
+        }
+        if std::fs::symlink_metadata(inner)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+        {
+            return outer.to_path_buf();
+        }
+    }
+    path.to_path_buf()
+}
+
 pub(super) fn db_err(dir: &Path) -> impl Fn(sled::Error) -> StateError + '_ {
     move |e| match &e {
         sled::Error::Io(io) if disk_full(io) => StateError::DiskFull {
             dir: dir.to_path_buf(),
+        },
+        sled::Error::Io(io) if Access::of(io.kind()) == Access::Denied => StateError::Denied {
+            path: denied_at(dir),
         },
         _ => StateError::Db {
             dir: dir.to_path_buf(),
@@ -113,6 +183,36 @@ pub(super) fn db_message(e: &sled::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_table() {
+        use std::io::ErrorKind::*;
+        let cases = [
+            (NotFound, Access::Missing),
+            (PermissionDenied, Access::Denied),
+            (StorageFull, Access::Failed),
+            (InvalidData, Access::Failed),
+            (Other, Access::Failed),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(Access::of(kind), want, "{kind:?}");
+        }
+        let denied = StateError::io(
+            "open lock file",
+            "/s/job/lock",
+            std::io::Error::from_raw_os_error(13),
+        );
+        assert!(matches!(denied, StateError::Denied { .. }), "{denied:?}");
+        assert!(
+            denied.to_string().starts_with("permission denied: "),
+            "{denied}"
+        );
+        assert!(denied.hint().unwrap().contains("ls -ld"), "{denied:?}");
+        let eperm = StateError::io("read", "/s/job/db", std::io::Error::from_raw_os_error(1));
+        assert!(matches!(eperm, StateError::Denied { .. }), "{eperm:?}");
+        let other = StateError::io("read", "/s/job/db", std::io::Error::from_raw_os_error(5));
+        assert!(matches!(other, StateError::Io { .. }), "{other:?}");
+    }
 
     #[test]
     fn a_full_disk_is_said_as_such_however_sled_passes_it_on() {

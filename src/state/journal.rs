@@ -104,6 +104,10 @@ pub struct LedgerEntry<'a> {
     /// What the same tokens cost at standard (non-batch) prices.
     pub standard_cost_usd: f64,
     pub simulated: bool,
+    /// `twin` for a batch a create made behind the job's back (a gateway
+    /// that retried it): paid for, not part of the job's plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'a str>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -174,6 +178,7 @@ mod tests {
             cost_usd: 0.5,
             standard_cost_usd: 1.0,
             simulated: false,
+            kind: None,
         };
         record_usage_once(&ledger, &entry).unwrap();
         append_event(&events, Some(1), "after the tear");
@@ -203,6 +208,7 @@ mod tests {
             cost_usd: 0.5,
             standard_cost_usd: 1.0,
             simulated: false,
+            kind: None,
         };
         record_usage_once(&p, &e("b1")).unwrap();
         record_usage_once(&p, &e("b1")).unwrap();

@@ -28,7 +28,7 @@ mod records;
 mod store;
 
 pub use crate::provider::batch::{BilledUsage, EndKind, ResultRef};
-pub use error::StateError;
+pub use error::{Access, StateError, denied_at};
 pub use layout::Layout;
 pub use outcomes::Outcome;
 pub use records::*;

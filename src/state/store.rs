@@ -36,11 +36,8 @@ impl OutcomeAppender {
     pub fn append(&self, entries: &[(String, Outcome)]) -> Result<(), StateError> {
         let mut guard = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let log = guard.as_mut().expect("loaded by outcome_appender");
-        log.append(entries).map_err(|source| StateError::Io {
-            action: "append to",
-            path: self.path.clone(),
-            source,
-        })
+        log.append(entries)
+            .map_err(|source| StateError::io("append to", self.path.clone(), source))
     }
 }
 
@@ -99,11 +96,8 @@ impl JobStore {
     pub fn open(root: &Path, job: &str) -> Result<JobStore, StateError> {
         let layout = Layout::new(root, job);
         let dir = layout.dir().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
-            action: "create state folder",
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| StateError::io("create state folder", dir.clone(), source))?;
         // The job folder holds prompts, answers and the spec: the owner's
         // only (0700), whatever the umask; files inside are then out of
         // anyone else's reach, whatever their own mode.
@@ -149,13 +143,22 @@ impl JobStore {
 
     /// Open an existing job; an error naming the job when there is none.
     pub fn open_existing(root: &Path, job: &str) -> Result<JobStore, StateError> {
-        if !Layout::new(root, job).db().exists() {
-            return Err(StateError::NoJob {
-                job: job.into(),
-                root: root.to_path_buf(),
-            });
+        let layout = Layout::new(root, job);
+        // A folder this user may not read is not "no job": say which
+        // (`Path::exists` would answer false for both).
+        match std::fs::metadata(layout.db()) {
+            Ok(_) => JobStore::open(root, job),
+            Err(e) => match Access::of(e.kind()) {
+                Access::Missing => Err(StateError::NoJob {
+                    job: job.into(),
+                    root: root.to_path_buf(),
+                }),
+                Access::Denied => Err(StateError::Denied {
+                    path: denied_at(&layout.db()),
+                }),
+                Access::Failed => Err(StateError::io("read", layout.db(), e)),
+            },
         }
-        JobStore::open(root, job)
     }
 
     pub fn dir(&self) -> &Path {
@@ -198,11 +201,7 @@ impl JobStore {
         &self,
         f: impl FnOnce(&mut outcomes::Log) -> std::io::Result<T>,
     ) -> Result<T, StateError> {
-        let io = |source| StateError::Io {
-            action: "use",
-            path: self.dir.join(outcomes::FILE),
-            source,
-        };
+        let io = |source| StateError::io("use", self.dir.join(outcomes::FILE), source);
         let mut guard = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(outcomes::Log::open(&self.dir).map_err(io)?);
@@ -296,11 +295,8 @@ impl JobStore {
             .map_or(0, u64::from_be_bytes);
         // Checked from the file itself: a damaged log must not be indexed
         // (a command that fails leaves every state file as it was).
-        let (scan, len) = outcomes::scan(&self.dir).map_err(|source| StateError::Io {
-            action: "read",
-            path: self.dir.join(outcomes::FILE),
-            source,
-        })?;
+        let (scan, len) = outcomes::scan(&self.dir)
+            .map_err(|source| StateError::io("read", self.dir.join(outcomes::FILE), source))?;
         let mut problems = Vec::new();
         if len < recorded {
             problems.push(format!(
@@ -421,11 +417,8 @@ impl JobStore {
 
     /// One request record of the current plan's generation.
     pub fn request(&self, generation: u64, row: u64) -> Result<Option<RequestRecord>, StateError> {
-        let io = |source| StateError::Io {
-            action: "read request records in",
-            path: self.plan_dir(generation),
-            source,
-        };
+        let io =
+            |source| StateError::io("read request records in", self.plan_dir(generation), source);
         let mut cached = self.lookup.lock().unwrap_or_else(|p| p.into_inner());
         if cached.as_ref().is_none_or(|(g, _)| *g != generation) {
             *cached = Some((
@@ -443,11 +436,7 @@ impl JobStore {
         generation: u64,
     ) -> impl Iterator<Item = Result<RequestRecord, StateError>> + '_ {
         let dir = self.plan_dir(generation);
-        let err = move |source| StateError::Io {
-            action: "read request records in",
-            path: dir.clone(),
-            source,
-        };
+        let err = move |source| StateError::io("read request records in", dir.clone(), source);
         let records = requests::Records::open(&self.plan_dir(generation));
         let (records, first_err) = match records {
             Ok(r) => (Some(r), None),
@@ -617,11 +606,7 @@ fn refuse_links(layout: &Layout) -> Result<(), StateError> {
 /// crash never leaves a stale lock; the file's text names the holder.
 fn take_lock(path: &Path, job: &str) -> Result<File, StateError> {
     let path = path.to_path_buf();
-    let io = |action, source| StateError::Io {
-        action,
-        path: path.clone(),
-        source,
-    };
+    let io = |action, source| StateError::io(action, path.clone(), source);
     let mut file = crate::nofollow::open(
         OpenOptions::new()
             .read(true)

@@ -737,3 +737,81 @@ fn a_schema_job_is_graded_into_typed_columns_through_structured_outputs() {
     }
     common::assert_key_nowhere(&sb, KEY, &[&r]);
 }
+
+/// `apply` under `timeout`, with the backend's key: a hang becomes exit 124.
+fn apply_within(sb: &Sandbox, secs: u32, args: &[&str]) -> common::Run {
+    let limit = secs.to_string();
+    sb.command_under(&["timeout", "-s", "KILL", &limit], args)
+        .env(KEY_ENV, KEY)
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn results_whose_lines_are_all_unreadable_end_the_run_and_resume_too() {
+    // Every line of every results stream is cut in the middle. Each file is
+    // fetched a bounded number of times, then its requests count as not
+    // executed, are sent again within their rounds, and end failed: the
+    // run ends (it used to wait for good on the retry chunk).
+    let sb = Sandbox::new();
+    let server = server(&sb, &["--malformed-results"]);
+    job(&sb, &server, "retry:\n  max_attempts: 1\n");
+    let r = apply_within(&sb, 120, &["apply", "job.yaml", "--json"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let s = common::statuses(&sb);
+    assert_eq!(s.len(), 25);
+    for (id, (status, error)) in &s {
+        assert_eq!(status, "failed", "row {id}: {error}");
+        assert!(error.contains("not_executed"), "row {id}: {error}");
+    }
+    assert!(r.stderr.contains("never held a result line"), "{r:?}");
+    // Rounds are bounded: one request is in at most three batches.
+    let stats = server.stats();
+    let mut rounds: HashMap<String, usize> = HashMap::new();
+    for b in common::batches(&stats) {
+        for id in b["custom_ids"].as_array().unwrap() {
+            let (id, _) = common::split_tag(id.as_str().unwrap());
+            *rounds.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(rounds.len(), 25, "{stats:#}");
+    assert!(rounds.values().all(|n| *n == 3), "{rounds:?}");
+    common::assert_never_live_twice(Anthropic, &stats);
+    // Nothing is left to send: `resume` ends at once, sending nothing.
+    let again = apply_within(&sb, 60, &["resume", "--json"]);
+    assert_eq!(again.code, 3, "{again:?}");
+    assert_eq!(server.stats()["batches_created"], stats["batches_created"]);
+}
+
+#[test]
+fn a_chunk_given_up_with_its_results_unread_holds_no_other_chunk_back() {
+    // Calls keep failing past `give_up_after` on the unreadable files, so
+    // the first chunk is given up while its results are unread, with one
+    // batch in flight at a time: the other chunks still go, the run ends
+    // without sending the given-up chunk's requests again, and `resume`
+    // takes it up again.
+    let sb = Sandbox::new();
+    let server = server(&sb, &["--malformed-results"]);
+    sb.write("in.csv", common::standard_input(Anthropic, 25));
+    sb.write(
+        "job.yaml",
+        spec(
+            common::standard_name(Anthropic),
+            &server.url,
+            10,
+            1,
+            "retry:\n  max_attempts: 1\n  give_up_after: 1s\n",
+        ),
+    );
+    let r = apply_within(&sb, 120, &["apply", "job.yaml", "--json"]);
+    assert!(r.code == 3 || r.code == 4, "{r:?}");
+    assert!(r.stderr.contains("giving up the chunk"), "{r:?}");
+    let stats = server.stats();
+    // Every chunk was sent, none of them twice in the run.
+    assert_eq!(stats["batches_created"], 3, "{stats:#}");
+    common::assert_never_live_twice(Anthropic, &stats);
+    let again = apply_within(&sb, 120, &["resume", "--json"]);
+    assert!(again.code == 3 || again.code == 4, "{again:?}");
+    common::assert_never_live_twice(Anthropic, &server.stats());
+}

@@ -340,3 +340,67 @@ fn a_chunk_given_up_in_an_outage_is_tried_again_by_resume() {
     assert!(s.values().all(|v| v == "ok"), "{s:?}");
     assert_eq!(server.stats()["batches_created"], 1);
 }
+
+/// A gateway that retries a create which made its batch and answered 500
+/// runs a second batch the job never hears of. Every twin is found (by
+/// the job's metadata in the batch list), cancelled while it runs, its
+/// usage put in the ledger as twin spend (the server's own count), named in
+/// the summary and in `status`, and none of its results is merged.
+#[test]
+fn twin_batches_made_behind_the_jobs_back_are_found_cancelled_and_counted() {
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &["--twin-create-rate", "100%", "--in-progress", "3s"]);
+    common::standard_job(&sb, OpenAi, &server.url, 25, "");
+    let r = OpenAi.run(&sb, &["apply", "job.yaml", "--json"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The rows are the reference's: nothing of a twin was merged.
+    assert_eq!(
+        sb.read("out/graded.csv"),
+        common::reference_output(OpenAi, 25)
+    );
+    let stats = server.stats();
+    assert_eq!(stats["twin_creates"], 3, "{stats:#}");
+    assert_eq!(stats["batches_created"], 6, "{stats:#}");
+    let ledger = std::fs::read_to_string(sb.path("state/usage.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = ledger
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let recorded: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter(|l| l["kind"].is_null())
+        .map(|l| l["batch_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(recorded.len(), 3, "{ledger}");
+    let summary = r.json();
+    let message = summary["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("3 twin batches found"), "{summary:#}");
+    for b in common::batches(&stats) {
+        let id = b["id"].as_str().unwrap();
+        if recorded.contains(id) {
+            assert_eq!(b["status"], "completed", "{b:#}");
+            continue;
+        }
+        // A twin: cancelled, its usage in the ledger once, as the server
+        // counts it, and named in the summary.
+        assert_eq!(b["status"], "cancelled", "{b:#}");
+        let twin_lines: Vec<&serde_json::Value> =
+            lines.iter().filter(|l| l["batch_id"] == id).collect();
+        assert_eq!(twin_lines.len(), 1, "{id}: {ledger}");
+        assert_eq!(twin_lines[0]["kind"], "twin", "{ledger}");
+        assert_eq!(twin_lines[0]["input_tokens"], b["usage"]["input_tokens"]);
+        assert_eq!(twin_lines[0]["output_tokens"], b["usage"]["output_tokens"]);
+        assert!(message.contains(id), "{id}: {message}");
+    }
+    assert_eq!(stats["batches_cancelled"], 3, "{stats:#}");
+    let status = OpenAi.run(&sb, &["status", "--json"], &[]);
+    assert!(status.stdout.contains("3 twin batches found"), "{status:?}");
+    // The next run finds the same twins recorded and reports nothing new.
+    let again = OpenAi.run(&sb, &["resume", "--json"], &[]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(server.stats()["batches_created"], 6);
+    assert_eq!(
+        std::fs::read_to_string(sb.path("state/usage.jsonl")).unwrap(),
+        ledger
+    );
+}

@@ -619,3 +619,63 @@ fn rows_that_send_the_same_request_all_keep_its_answer_when_a_copy_fails() {
     assert!(same.iter().all(|(s, _)| s == "ok"), "{same:?}");
     assert!(same.iter().all(|(_, g)| *g == same[0].1), "{same:?}");
 }
+
+/// A job folder another user cannot read is "permission denied", with the
+/// folder and what to do, for every command that reads a job; never "no
+/// job" (which sent users to plan again). As root (which passes every
+/// permission check) the commands run as `nobody` through `setpriv`, so
+/// the kernel refuses them for real; as anyone else, the folder is made
+/// unreadable to its owner.
+#[test]
+fn a_job_folder_this_user_cannot_read_is_permission_denied_not_no_job() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    sb.write("in.csv", rows_csv(3));
+    sb.write("job.yaml", sim_spec("locked", "{path: out/graded.csv}", ""));
+    let r = sb.run(&["apply", "job.yaml"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let job_dir = sb.path("state/locked");
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let set_mode = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let wrapper: &[&str] = if root {
+        // Another user: the sandbox and the state folder let it through,
+        // the job folder (0700, root's) does not.
+        set_mode(sb.dir.path(), 0o755);
+        set_mode(&sb.path("state"), 0o755);
+        set_mode(&sb.path("out"), 0o777);
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+    } else {
+        set_mode(&job_dir, 0o000);
+        &["env"]
+    };
+    let commands: [&[&str]; 7] = [
+        &["status", "locked"],
+        &["status"],
+        &["export", "locked", "--out", "/dev/null"],
+        &["report", "locked", "--out", "/dev/null"],
+        &["cancel", "locked"],
+        &["resume", "locked"],
+        &["apply", "job.yaml"],
+    ];
+    for args in commands {
+        let run: common::Run = sb.command_under(wrapper, args).output().unwrap().into();
+        assert_refused(
+            &run,
+            1,
+            &["permission denied: state/locked ", "`ls -ld state/locked`"],
+        );
+        assert!(!run.stderr.contains("no job"), "{args:?}: {run:?}");
+        assert!(!run.stderr.contains("os error"), "{args:?}: {run:?}");
+    }
+    set_mode(&job_dir, 0o700);
+}

@@ -265,7 +265,12 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             }
             if let Some((n, why)) = first_bad {
                 let place = format!("{}:{n}", path.display());
-                if good == 0 {
+                let failed_fetches = u
+                    .backoff
+                    .as_ref()
+                    .filter(|b| b.step == "download")
+                    .map_or(0, |b| b.failures);
+                if decide::bad_lines(good, bad, failed_fetches) == decide::BadLines::FetchAgain {
                     // Not a result file at all (an HTML page, a proxy's
                     // error): fetch it again later rather than pay for its
                     // requests twice.
@@ -282,9 +287,18 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 self.event(
                     Some(u.id),
                     &format!(
-                        "{bad} line{} of {} are not result lines (first at {place}: {why}); their requests count as not executed",
+                        "{bad} line{} of {} {} not result lines (first at {place}: {why}); their requests count as not executed{}",
                         if bad == 1 { "" } else { "s" },
-                        r.name
+                        r.name,
+                        if bad == 1 { "is" } else { "are" },
+                        if good == 0 {
+                            format!(
+                                " (the file was fetched {} times and never held a result line)",
+                                decide::FETCHES_OF_AN_UNREADABLE_FILE
+                            )
+                        } else {
+                            String::new()
+                        }
                     ),
                 );
             }
@@ -614,6 +628,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
     /// Retryable failures with attempts left go into new units.
     pub(super) fn plan_retries(&mut self, units: &[UnitRecord]) -> Result<Vec<UnitRecord>> {
         let max_attempts = self.frame.spec.run.max_attempts;
+        // A request of a unit that is not merged (given up for this run,
+        // maybe with its batch out or its results unread) is not sent
+        // again: that unit's merge decides, in the next run. Sending it
+        // now would pay for it twice.
+        let mut held = HashSet::new();
+        for u in units.iter().filter(|u| u.phase != Phase::Merged) {
+            held.extend(unit_custom_ids(&self.layout().resolve(&u.file))?.in_order);
+        }
         // Custom id → prompt tokens of each request to send again.
         let mut rows: HashMap<String, u64> = HashMap::new();
         let meter = self
@@ -640,8 +662,9 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             let state = self
                 .frame
                 .request_state(self.frame.store.outcome(&r.fingerprint)?);
-            if decide::should_retry(state, max_attempts) {
-                rows.insert(custom_id(r.row), r.tokens);
+            let id = custom_id(r.row);
+            if decide::should_retry(state, max_attempts) && !held.contains(&id) {
+                rows.insert(id, r.tokens);
             }
         }
         meter.finish_and_clear();

@@ -10,6 +10,7 @@
 mod collect;
 mod snapshot;
 mod submit;
+mod twins;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -61,6 +62,11 @@ pub struct Runner<'a, B: BatchBackend> {
     /// batches out were cancelled and are collected, then the direct lane
     /// takes the rows left.
     switching: bool,
+    /// Batches made behind the job's back, found by this run.
+    twins: twins::Twins,
+    /// When the run last looked for twins between steps (Unix seconds,
+    /// and the instant, for the pace).
+    twins_looked: Option<(u64, Instant)>,
 }
 
 fn now_ms_since(start: Instant, t: Instant) -> u64 {
@@ -80,6 +86,8 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             halting: None,
             step: None,
             switching: false,
+            twins: twins::Twins::new(),
+            twins_looked: None,
         }
     }
 
@@ -190,15 +198,27 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             self.write_status(&units, RunState::Running, None);
             let now = Instant::now();
             let views: Vec<UnitView> = units.iter().map(|u| self.view(u, now)).collect();
+            let now_ms = now_ms_since(self.frame.started, now);
+            let submit = !cancelled && self.halting.is_none() && !self.switching;
             let step = decide::step(
                 &views,
-                now_ms_since(self.frame.started, now),
+                now_ms,
                 Admission {
                     max_in_flight: self.frame.spec.run.max_batches_in_flight as usize,
                     token_budget: self.frame.spec.chunking().max_tokens,
-                    submit: !cancelled && self.halting.is_none() && !self.switching,
+                    submit,
                 },
             );
+            if let Some(why) = decide::stalled(&views, now_ms, submit, &step) {
+                // A bug, not a fault of the provider or the input: say so
+                // and stop, rather than hang. Every transition is recorded,
+                // so the state is as good as after a Ctrl-C.
+                self.event(None, &format!("internal error: {why}"));
+                return Err(Error::runtime_with_hint(
+                    format!("internal error: {why}"),
+                    "the job's state is kept: `batchgrader resume` takes it up again; please report this, with the job folder's events.jsonl",
+                ));
+            }
             if cancelled && !step.collecting {
                 return self.finish(Ending::Halted(CANCELLED.into())).await;
             }
@@ -298,6 +318,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 }
                 let merged = unit.phase == Phase::Merged && units[idx].phase != Phase::Merged;
                 units[idx] = unit;
+                self.look_for_twins(&units).await?;
                 self.write_status(&units, RunState::Running, None);
                 if merged
                     && self.halting.is_none()

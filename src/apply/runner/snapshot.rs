@@ -47,6 +47,11 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         if ending == Ending::Finished {
             self.clean_pending(&mut units).await?;
         }
+        // Twins are looked for before the output is written (not after
+        // Ctrl-C, which must stop at once: the next run looks).
+        if ending != Ending::Interrupted {
+            self.settle_twins(&units).await?;
+        }
         // The tally follows each merge; at a finish nothing may be pending,
         // so a count that says otherwise (rows of one text share an outcome
         // across chunks) is made again from the store. Other endings count
@@ -76,6 +81,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 "the deadline is near: the batches were cancelled and collected; the rows left go to the direct lane"
                     .to_string(),
             ),
+        };
+        let message = match (message, self.twins_line()) {
+            (Some(m), Some(t)) => Some(format!("{m}; {t}")),
+            (m, t) => m.or(t),
         };
         self.step = None;
         self.frame

@@ -210,6 +210,38 @@ impl OpenAiClient {
         }
     }
 
+    /// Every listed batch that `matches`, walking `GET /batches` with
+    /// `limit`/`after` as `find_batch` does, to the end or to a whole page
+    /// created before `stop_before_created_at`.
+    pub async fn find_batches(
+        &self,
+        mut matches: impl FnMut(&Batch) -> bool,
+        stop_before_created_at: Option<i64>,
+    ) -> Result<Vec<Batch>, ProviderError> {
+        let mut after: Option<String> = None;
+        let mut cursors = HashSet::new();
+        let mut found = Vec::new();
+        loop {
+            let page = self.list_batches(after.as_deref(), LIST_LIMIT_MAX).await?;
+            found.extend(page.data.iter().filter(|b| matches(b)).cloned());
+            let raw_empty = page.data.is_empty() && page.skipped == 0;
+            let all_older = stop_before_created_at.is_some_and(|cutoff| {
+                !page.data.is_empty()
+                    && page
+                        .data
+                        .iter()
+                        .all(|b| b.created_at.is_some_and(|c| c < cutoff))
+            });
+            if !page.has_more || raw_empty || all_older {
+                return Ok(found);
+            }
+            match page.next_after {
+                Some(c) if cursors.insert(c.clone()) => after = Some(c),
+                _ => return Ok(found),
+            }
+        }
+    }
+
     /// `POST /batches/{id}/cancel` (OpenAPI spec, `/batches/{batch_id}/cancel`).
     /// Idempotent, so retried normally.
     pub async fn cancel_batch(&self, id: &str) -> Result<Batch, ProviderError> {

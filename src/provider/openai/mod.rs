@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::batch::{
-    BatchBackend, BatchLimits, BilledUsage, EndKind, LineError, RemoteBatch, RemoteState,
+    BatchBackend, BatchLimits, BilledUsage, EndKind, LineError, OwnBatch, RemoteBatch, RemoteState,
     ResultLine, ResultRef, SubmitIdentity,
 };
 use super::error::{ErrorKind, ProviderError};
@@ -76,6 +76,26 @@ pub fn metadata(id: &SubmitIdentity) -> BTreeMap<String, String> {
         ("batchgrader_submit".to_string(), id.submit.to_string()),
         ("batchgrader_plan".to_string(), id.plan.clone()),
     ])
+}
+
+/// The (chunk, attempt, submit) of a create of this job's plan, read back
+/// from the metadata `metadata` wrote; `None` for anyone else's batch.
+pub fn own_identity(
+    m: &BTreeMap<String, String>,
+    job: &str,
+    plan: &str,
+) -> Option<(u32, u32, u32)> {
+    if m.get("batchgrader_job").map(String::as_str) != Some(job)
+        || m.get("batchgrader_plan").map(String::as_str) != Some(plan)
+    {
+        return None;
+    }
+    let n = |k: &str| m.get(k)?.parse::<u32>().ok();
+    Some((
+        n("batchgrader_chunk")?,
+        n("batchgrader_attempt")?,
+        n("batchgrader_submit")?,
+    ))
 }
 
 /// Did the submit with this identity make `b`? By metadata when the server
@@ -250,6 +270,46 @@ impl BatchBackend for OpenAiBatches {
 
     async fn status(&self, batch_id: &str) -> Result<RemoteBatch, ProviderError> {
         Ok(remote(&self.client.retrieve_batch(batch_id).await?))
+    }
+
+    /// By the metadata every create carries (`metadata`). A server that
+    /// answers no metadata at all tells nothing: `None`.
+    async fn list_own(
+        &self,
+        job: &str,
+        plan: &str,
+        since: u64,
+    ) -> Result<Option<Vec<OwnBatch>>, ProviderError> {
+        let cutoff = i64::try_from(since).unwrap_or(i64::MAX) - CLOCK_SLACK_SECS;
+        let mut any_metadata = false;
+        let listed = self
+            .client
+            .find_batches(
+                |b| {
+                    let m = b.metadata.as_ref().filter(|m| !m.is_empty());
+                    any_metadata |= m.is_some();
+                    m.is_some_and(|m| own_identity(m, job, plan).is_some())
+                },
+                Some(cutoff),
+            )
+            .await?;
+        if !any_metadata {
+            return Ok(None);
+        }
+        Ok(Some(
+            listed
+                .iter()
+                .filter_map(|b| {
+                    let (chunk, attempt, submit) = own_identity(b.metadata.as_ref()?, job, plan)?;
+                    Some(OwnBatch {
+                        chunk,
+                        attempt,
+                        submit,
+                        batch: remote(b),
+                    })
+                })
+                .collect(),
+        ))
     }
 
     async fn fetch(&self, result: &ResultRef, dest: &Path) -> Result<u64, ProviderError> {
@@ -438,6 +498,24 @@ mod tests {
         for (name, json, want) in cases {
             assert_eq!(remote_state(&batch(json)), want, "{name}");
         }
+    }
+
+    #[test]
+    fn own_identity_reads_back_what_a_create_carried() {
+        let id = ident();
+        let m = metadata(&id);
+        assert_eq!(
+            own_identity(&m, &id.job, &id.plan),
+            Some((id.chunk, id.attempt, id.submit))
+        );
+        assert_eq!(own_identity(&m, "another-job", &id.plan), None);
+        assert_eq!(own_identity(&m, &id.job, "another-plan"), None);
+        let mut broken = m.clone();
+        broken.insert("batchgrader_chunk".into(), "x".into());
+        assert_eq!(own_identity(&broken, &id.job, &id.plan), None);
+        let mut partial = m;
+        partial.remove("batchgrader_submit");
+        assert_eq!(own_identity(&partial, &id.job, &id.plan), None);
     }
 
     #[test]

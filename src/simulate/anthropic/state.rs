@@ -493,7 +493,10 @@ impl Sim {
         if now > b.created_ms + RETENTION_MS {
             return Err(Failure::not_found(id));
         }
-        let (lines, counts) = self.run(&b).map_err(internal)?;
+        let (mut lines, counts) = self.run(&b).map_err(internal)?;
+        if self.config.malformed_results {
+            lines = malformed(&lines);
+        }
         let mut db = guard(&self.db);
         if let Some(stored) = db.batches.get_mut(id)
             && stored.counts.is_none()
@@ -676,6 +679,22 @@ impl Sim {
             "batches": list,
         })
     }
+}
+
+/// The results stream of a broken proxy (`malformed_results`): every line
+/// cut in the middle, so that none of them is JSON, while the response is
+/// a 200 of the right length and type.
+fn malformed(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut cut = line.len() / 2;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push_str(&line[..cut]);
+        out.push('\n');
+    }
+    out
 }
 
 fn dir(config: &SimConfig) -> Option<PathBuf> {
