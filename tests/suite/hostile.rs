@@ -602,6 +602,42 @@ fn a_200_with_an_endless_body_is_cut_at_the_cap_and_memory_stays_bounded() {
 }
 
 #[test]
+fn endless_answers_to_many_requests_in_flight_hold_a_bounded_total() {
+    // 48 requests at once, each answered 200 with a body without end: one
+    // answer is cut at 16 MiB, and all of them together never hold more
+    // than 64 MiB (`MAX_ANSWERS_HELD`); the rest are dropped, named, and
+    // sent again.
+    let server = Hostile::start(Behaviour::Endless);
+    let sb = Sandbox::new();
+    let rows: String = (1..=48).map(|i| format!("{i},t{i}\n")).collect();
+    let spec = Job::new(Direct, "hostile", &server.url())
+        .key_env(KEY_ENV)
+        .in_flight(48)
+        .yaml("retry:\n  max_attempts: 1\n  give_up_after: 2s\n");
+    sb.write("in.csv", format!("id,text\n{rows}"));
+    sb.write("job.yaml", spec);
+    let run = sb.run_env(&["apply", "job.yaml", "--yes"], &env("5s"));
+    // 48 answers of 16 MiB would be 768 MiB; the binary's own ~100 MB
+    // plus the 64 MiB it may hold, with room for socket and parser buffers.
+    let rss = children_max_rss();
+    assert!(rss < 260_000_000, "peak RSS {rss} bytes: {run:?}");
+    // No replica ever answered: the run stops after `give_up_after`.
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("no endpoint has answered for"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("HTTP 200: no room for the answer after")
+            && run.stderr.contains(
+                "of the 64 MiB direct mode holds at once (stopped reading; it is sent again)"
+            ),
+        "{run:?}"
+    );
+}
+
+#[test]
 fn a_token_in_the_base_urls_query_reaches_no_terminal_log_or_state() {
     // The base URL from OPENAI_BASE_URL, which wins over the spec's. Nothing
     // listens on port 1: every call fails, and its error names the URL it
