@@ -134,6 +134,15 @@ impl Drop for Held {
     }
 }
 
+/// Whether `text` is a JSON object, as far as its first character says.
+/// Every answer and result line the APIs document is one (a list is an
+/// object with `data`); serde's derived structs would also take an array,
+/// field by field in order, so `[1,2]` became a file with the id `1`.
+pub fn is_json_object(text: &str) -> bool {
+    text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .starts_with('{')
+}
+
 /// Server text made safe to show and store: escape sequences (CSI, OSC,
 /// DCS and the other string controls, in their 7-bit and 8-bit forms)
 /// removed, other control characters and Unicode bidi overrides turned

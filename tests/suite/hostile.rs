@@ -44,8 +44,11 @@ enum Behaviour {
     /// the wrong shape (`WRONG_SHAPES`, one after another).
     WrongShape,
     /// A Files + Batches API whose result file holds every request twice:
-    /// first answered `7`, then `3`.
+    /// first answered `7`, then `3`, and lines for requests never sent.
     Duplicates,
+    /// A working Files + Batches API but for one route (`POST /v1/files`),
+    /// which answers 200 with this body.
+    WrongAt(&'static str, &'static str),
 }
 
 /// 2xx bodies that are not a chat completion: none may become an answer.
@@ -133,6 +136,25 @@ fn serve(mut stream: TcpStream, b: Behaviour, sent: &AtomicU64, requests: &Atomi
             Behaviour::LongResultLine => batch_api(&mut stream, &line, sent),
             Behaviour::WrongShape => wrong_shapes(&mut stream, &line, requests),
             Behaviour::Duplicates => duplicates(&mut stream, &line),
+            Behaviour::WrongAt(route, body) => {
+                if line.starts_with(&format!("{route} ")) {
+                    respond(&mut stream, 200, &[("content-type", "application/json")], body.as_bytes())
+                } else if line.starts_with("GET /v1/batches?") || line.starts_with("GET /v1/batches ") {
+                    // A create that may have happened is looked for: none.
+                    respond(
+                        &mut stream,
+                        200,
+                        &[("content-type", "application/json")],
+                        br#"{"object":"list","data":[],"has_more":false}"#,
+                    )
+                } else if line.starts_with("GET /v1/files/file-out/content ") {
+                    // The good lines alone: no 200 MB line to wait for.
+                    let good: String = (0..=7).map(|row| result_line(row, &answer_body("7"))).collect();
+                    respond(&mut stream, 200, &[], good.as_bytes())
+                } else {
+                    batch_api(&mut stream, &line, &AtomicU64::new(0))
+                }
+            }
             Behaviour::Hang => {
                 // Hold the connection (and drain anything sent) for longer
                 // than any test runs.
@@ -315,6 +337,9 @@ fn duplicates(stream: &mut TcpStream, request_line: &str) -> bool {
                 for row in 0..=7 {
                     lines.push_str(&result_line(row, &answer_body(answer)));
                 }
+                // Requests this batch never had.
+                lines.push_str(&result_line(999, &answer_body(answer)));
+                lines.push_str(&answer_line("zz-foreign", &answer_body(answer)));
             }
             respond(stream, 200, &[], lines.as_bytes())
         }
@@ -324,8 +349,13 @@ fn duplicates(stream: &mut TcpStream, request_line: &str) -> bool {
 
 /// One line of a batch output file: the 200 answer `body` to request `r{row}`.
 fn result_line(row: usize, body: &str) -> String {
+    answer_line(&format!("r{row}"), body)
+}
+
+/// One line of a batch output file: the 200 answer `body` to `custom_id`.
+fn answer_line(custom_id: &str, body: &str) -> String {
     format!(
-        "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":{body}}},\"error\":null}}\n"
+        "{{\"custom_id\":\"{custom_id}\",\"response\":{{\"status_code\":200,\"body\":{body}}},\"error\":null}}\n"
     )
 }
 
@@ -866,12 +896,68 @@ fn a_repeated_result_line_is_named_and_the_first_is_kept() {
             .contains("not merged: a second result for `r1` (the first is kept)"),
         "{run:?}"
     );
+    for foreign in ["r999", "zz-foreign"] {
+        assert!(
+            run.stderr.contains(&format!(
+                "ignoring a result for `{foreign}`, which this chunk did not send"
+            )),
+            "{run:?}"
+        );
+    }
     let out = sb.read("out/graded.csv");
     let mut rows = csv::Reader::from_reader(out.as_bytes());
     let header: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();
     let grade = header.iter().position(|h| h == "grade").unwrap();
     for row in rows.records() {
         assert_eq!(&row.unwrap()[grade], "7");
+    }
+}
+
+#[test]
+fn a_2xx_of_the_wrong_shape_on_any_batch_route_is_named_and_never_an_answer() {
+    // (route, what the call is named in the error, a body that is JSON but
+    // not the object the route documents); `{}` and an array on each too.
+    let routes = [
+        (
+            "POST /v1/files",
+            "upload file",
+            r#"{"object":"file","bytes":1}"#,
+        ),
+        (
+            "POST /v1/batches",
+            "create batch",
+            r#"{"object":"batch","status":"validating"}"#,
+        ),
+        (
+            "GET /v1/batches/batch_1",
+            "batch batch_1",
+            r#"{"id":"batch_1","object":"batch","status":["completed"]}"#,
+        ),
+        ("GET /v1/files/file-out/content", "file-out", r#"{"id":7}"#),
+    ];
+    for (route, call, own) in routes {
+        for body in ["{}", "[1,2]", own] {
+            let server = Hostile::start(Behaviour::WrongAt(route, body));
+            let sb = Sandbox::new();
+            batch_job(&sb, &server.url());
+            let spec = sb
+                .read("job.yaml")
+                .replace("retry:\n", "retry:\n  max_attempts: 1\n");
+            sb.write("job.yaml", spec);
+            let (run, took) = apply(&sb);
+            let case = format!("{route} answering {body}");
+            // Never an answer, never a panic, never a hang: the chunk's step
+            // fails, is retried, and is given up (exit 3), its rows not graded.
+            assert_eq!(run.code, 3, "{case}: {run:?}");
+            assert!(took < Duration::from_secs(60), "{case}: {took:?}");
+            assert!(!run.stderr.contains("panicked"), "{case}: {run:?}");
+            assert!(run.stderr.contains(call), "{case}: {run:?}");
+            let out = sb.read("out/graded.csv");
+            assert!(
+                out.lines().skip(1).all(|l| !l.contains(",ok")),
+                "{case}: {out}"
+            );
+        }
     }
 }
 

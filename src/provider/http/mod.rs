@@ -301,7 +301,12 @@ impl HttpClient {
         op: &str,
         reply: &Reply,
     ) -> Result<T, ProviderError> {
-        serde_json::from_str(&reply.body).map_err(|e| {
+        let parsed = if bounded::is_json_object(&reply.body) {
+            serde_json::from_str(&reply.body).map_err(|e| e.to_string())
+        } else {
+            Err("not a JSON object".to_string())
+        };
+        parsed.map_err(|e| {
             let body = self.redact(&reply.body);
             let what = bounded::describe_body(&body);
             let detail = if bounded::is_page(&body) {
