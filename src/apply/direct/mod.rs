@@ -110,6 +110,9 @@ struct Out {
     copy: Option<Copy>,
 }
 
+/// The first task of each copy's request (`Out`'s key).
+type CopyOf = HashMap<tokio::task::Id, tokio::task::Id>;
+
 /// The copy of a request sent to a second replica.
 struct Copy {
     endpoint: usize,
@@ -375,10 +378,12 @@ impl<'a> DirectRunner<'a> {
         let max_in_flight = u64::from(self.frame.spec.run.max_requests_in_flight.max(1));
         let unrecorded_cap = max_in_flight * UNRECORDED_FACTOR;
         let mut flying: JoinSet<Done> = JoinSet::new();
-        // The requests on the wire by fingerprint, and the tasks of the
-        // copies that lost a race (their endpoint), to be reaped.
-        let mut out: HashMap<String, Out> = HashMap::new();
+        // The requests on the wire by their first task (two rows may send
+        // the same request), and the tasks of the copies that lost a race
+        // (their endpoint), to be reaped.
+        let mut out: HashMap<tokio::task::Id, Out> = HashMap::new();
         let mut losers: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let mut copy_of = CopyOf::new();
         let mut again: VecDeque<Req> = VecDeque::new();
         let mut shifts: VecDeque<Shift> = VecDeque::new();
         let mut applied = committer.durable();
@@ -464,10 +469,9 @@ impl<'a> DirectRunner<'a> {
                     break;
                 }
                 self.endpoints.started(endpoint);
-                let fingerprint = req.fingerprint.clone();
                 let task = spawn_attempt(&mut flying, &self.client, req.clone(), endpoint);
                 out.insert(
-                    fingerprint,
+                    task.id(),
                     Out {
                         req,
                         endpoint,
@@ -481,7 +485,7 @@ impl<'a> DirectRunner<'a> {
             // goes to another replica as well (`hedge`).
             if halting.is_none() {
                 let room = unrecorded(&flying) < unrecorded_cap;
-                self.hedge(&mut flying, &mut out, now, room);
+                self.hedge(&mut flying, &mut out, &mut copy_of, now, room);
             }
             // 3. The end of the pass: nothing left to send or wait for.
             let idle = flying.is_empty() && (halting.is_some() || (exhausted && again.is_empty()));
@@ -574,7 +578,7 @@ impl<'a> DirectRunner<'a> {
                             format!("run `batchgrader resume {}`", self.frame.job()),
                         )
                     })?;
-                    self.settle_race(&d, id, &mut out, &mut losers);
+                    self.settle_race(&d, id, &mut out, &mut copy_of, &mut losers);
                     ready.push(d);
                 }
             }

@@ -11,14 +11,15 @@ impl DirectRunner<'_> {
     pub(super) fn hedge(
         &mut self,
         flying: &mut JoinSet<Done>,
-        out: &mut HashMap<String, Out>,
+        out: &mut HashMap<tokio::task::Id, Out>,
+        copy_of: &mut CopyOf,
         now: u64,
         room: bool,
     ) {
         if !room || self.client.endpoints() < 2 {
             return;
         }
-        let mut due: Vec<(u64, String)> = out
+        let mut due: Vec<(u64, tokio::task::Id)> = out
             .iter()
             .filter(|(_, o)| {
                 let seen = hedge::Out {
@@ -29,14 +30,16 @@ impl DirectRunner<'_> {
                 let free = self.endpoints.pick_other(now, o.endpoint).is_some();
                 hedge::should_hedge(seen, free)
             })
-            .map(|(fp, o)| (o.started_ms, fp.clone()))
+            .map(|(id, o)| (o.started_ms, *id))
             .collect();
         due.sort_unstable();
-        for (_, fp) in due {
+        for (_, first) in due {
             if (flying.len() as u32) >= self.pace.window() {
                 break;
             }
-            let Some(o) = out.get_mut(&fp) else { continue };
+            let Some(o) = out.get_mut(&first) else {
+                continue;
+            };
             let Some(to) = self.endpoints.pick_other(now, o.endpoint) else {
                 continue;
             };
@@ -45,6 +48,7 @@ impl DirectRunner<'_> {
             }
             self.endpoints.started(to);
             let task = spawn_attempt(flying, &self.client, o.req.clone(), to);
+            copy_of.insert(task.id(), first);
             o.copy = Some(Copy {
                 endpoint: to,
                 started_ms: now,
@@ -78,11 +82,13 @@ impl DirectRunner<'_> {
         &mut self,
         d: &Done,
         id: tokio::task::Id,
-        out: &mut HashMap<String, Out>,
+        out: &mut HashMap<tokio::task::Id, Out>,
+        copy_of: &mut CopyOf,
         losers: &mut HashMap<tokio::task::Id, usize>,
     ) {
         let now = self.ms();
-        let Some(o) = out.remove(&d.req.fingerprint) else {
+        let first = copy_of.remove(&id).unwrap_or(id);
+        let Some(o) = out.remove(&first) else {
             return;
         };
         let started = match &o.copy {
@@ -97,6 +103,7 @@ impl DirectRunner<'_> {
                 .record(d.endpoint, now.saturating_sub(started));
         }
         let Some(copy) = o.copy else { return };
+        copy_of.remove(&copy.task.id());
         let copy_won = copy.task.id() == id;
         let (loser, task) = if copy_won {
             (o.endpoint, o.task)
