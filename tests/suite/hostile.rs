@@ -46,8 +46,8 @@ enum Behaviour {
     /// A Files + Batches API whose result file holds every request twice:
     /// first answered `7`, then `3`, and lines for requests never sent.
     Duplicates,
-    /// A working Files + Batches API but for one route (`POST /v1/files`),
-    /// which answers 200 with this body.
+    /// A working Files + Batches API but for one route (a request line's
+    /// start), which answers 200 with this body.
     WrongAt(&'static str, &'static str),
     /// Just enough of Anthropic's Message Batches API, but for one route
     /// (a request line's start), which answers 200 with this body.
@@ -150,7 +150,7 @@ fn serve(mut stream: TcpStream, b: Behaviour, sent: &AtomicU64, requests: &Atomi
             Behaviour::ClaudeWrongAt(..) => claude_api(&mut stream, &request, &mut ids, false),
             Behaviour::ClaudeForeignLines => claude_api(&mut stream, &request, &mut ids, true),
             Behaviour::WrongAt(route, body) => {
-                if line.starts_with(&format!("{route} ")) {
+                if line.starts_with(route) {
                     respond(&mut stream, 200, &[("content-type", "application/json")], body.as_bytes())
                 } else if line.starts_with("GET /v1/batches?") || line.starts_with("GET /v1/batches ") {
                     // A create that may have happened is looked for: none.
@@ -997,21 +997,21 @@ fn a_2xx_of_the_wrong_shape_on_any_batch_route_is_named_and_never_an_answer() {
     // not the object the route documents); `{}` and an array on each too.
     let routes = [
         (
-            "POST /v1/files",
+            "POST /v1/files ",
             "upload file",
             r#"{"object":"file","bytes":1}"#,
         ),
         (
-            "POST /v1/batches",
+            "POST /v1/batches ",
             "create batch",
             r#"{"object":"batch","status":"validating"}"#,
         ),
         (
-            "GET /v1/batches/batch_1",
+            "GET /v1/batches/batch_1 ",
             "batch batch_1",
             r#"{"id":"batch_1","object":"batch","status":["completed"]}"#,
         ),
-        ("GET /v1/files/file-out/content", "file-out", r#"{"id":7}"#),
+        ("GET /v1/files/file-out/content ", "file-out", r#"{"id":7}"#),
     ];
     for (route, call, own) in routes {
         for body in ["{}", "[1,2]", own] {
@@ -1023,7 +1023,7 @@ fn a_2xx_of_the_wrong_shape_on_any_batch_route_is_named_and_never_an_answer() {
                 .replace("retry:\n", "retry:\n  max_attempts: 1\n");
             sb.write("job.yaml", spec);
             let (run, took) = apply(&sb);
-            let case = format!("{route} answering {body}");
+            let case = format!("{route}answering {body}");
             // Never an answer, never a panic, never a hang: the chunk's step
             // fails, is retried, and is given up (exit 3), its rows not graded.
             assert_eq!(run.code, 3, "{case}: {run:?}");
