@@ -19,12 +19,24 @@ impl DirectRunner<'_> {
         if !room || self.client.endpoints() < 2 {
             return;
         }
+        // This runs once per turn of the loop (thousands a second at full
+        // speed): nothing is due before the floor, so look no further.
+        let out_ms = |o: &Out| now.saturating_sub(o.started_ms);
+        if !out
+            .values()
+            .any(|o| o.copy.is_none() && out_ms(o) >= hedge::HEDGE_FLOOR_MS)
+        {
+            return;
+        }
+        let after: Vec<Option<u64>> = (0..self.client.endpoints())
+            .map(|i| self.latencies.hedge_after(i))
+            .collect();
         let mut due: Vec<(u64, tokio::task::Id)> = out
             .iter()
             .filter(|(_, o)| {
                 let seen = hedge::Out {
-                    out_ms: now.saturating_sub(o.started_ms),
-                    after_ms: self.latencies.hedge_after(o.endpoint),
+                    out_ms: out_ms(o),
+                    after_ms: after[o.endpoint],
                     hedged: o.copy.is_some(),
                 };
                 let free = self.endpoints.pick_other(now, o.endpoint).is_some();
