@@ -22,6 +22,15 @@ pub const MAX_CONTROL_BODY: usize = 8 << 20;
 /// answers read at once, this bounds the memory a hostile server can take.
 pub const MAX_CHAT_BODY: usize = 16 << 20;
 
+/// The most bytes of direct-mode answers held at once, across every
+/// request in flight. `MAX_CHAT_BODY` bounds one answer; without a bound on
+/// their sum, a server that sends endless 200 bodies to 45 requests at once
+/// took a run to 266 MB. Four answers at the per-answer cap fit, and real
+/// answers (a few KB each) leave it far from full at any `max_requests_in_flight`.
+/// An answer that would take the total over it is dropped, as a retryable
+/// failure that names it, rather than held ([`ByteBudget`]).
+pub const MAX_ANSWERS_HELD: usize = 4 * MAX_CHAT_BODY;
+
 /// Error bodies say what they have to say in their first 64 KiB.
 pub const MAX_ERROR_BODY: usize = 64 << 10;
 
@@ -43,6 +52,96 @@ pub const MAX_LABEL: usize = 100;
 pub const MAX_EXCERPT: usize = 200;
 /// An event line (the log and the terminal).
 pub const MAX_EVENT: usize = 4000;
+
+/// Bytes that every request in flight draws from as its answer arrives,
+/// and gives back when its answer is dropped: the sum held stays under the
+/// total whatever the server sends. Lock-free, shared by clones.
+#[derive(Debug, Clone)]
+pub struct ByteBudget(std::sync::Arc<BudgetInner>);
+
+#[derive(Debug)]
+struct BudgetInner {
+    total: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+/// What one answer holds of a [`ByteBudget`]; given back on drop.
+#[derive(Debug)]
+pub struct Held {
+    budget: ByteBudget,
+    bytes: usize,
+}
+
+impl ByteBudget {
+    pub fn new(total: usize) -> ByteBudget {
+        ByteBudget(std::sync::Arc::new(BudgetInner {
+            total,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn total(&self) -> usize {
+        self.0.total
+    }
+
+    /// Bytes held now, by every answer.
+    pub fn used(&self) -> usize {
+        self.0.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Nothing held yet.
+    pub fn hold(&self) -> Held {
+        Held {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `n` bytes if the total allows; never blocks (two answers
+    /// waiting on each other's bytes would wait for ever).
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|t| *t <= self.0.total)
+            })
+            .is_ok()
+    }
+}
+
+impl Held {
+    /// Holds `n` more bytes, or nothing more when the budget has no room.
+    pub fn grow(&mut self, n: usize) -> bool {
+        let ok = self.budget.take(n);
+        if ok {
+            self.bytes += n;
+        }
+        ok
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget
+            .0
+            .used
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Whether `text` is a JSON object, as far as its first character says.
+/// Every answer and result line the APIs document is one (a list is an
+/// object with `data`); serde's derived structs would also take an array,
+/// field by field in order, so `[1,2]` became a file with the id `1`.
+pub fn is_json_object(text: &str) -> bool {
+    text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .starts_with('{')
+}
 
 /// Server text made safe to show and store: escape sequences (CSI, OSC,
 /// DCS and the other string controls, in their 7-bit and 8-bit forms)
@@ -269,6 +368,36 @@ pub fn read_line_capped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_budget_never_lends_more_than_its_total() {
+        let b = ByteBudget::new(100);
+        let mut one = b.hold();
+        let mut two = b.hold();
+        // (who, bytes asked) → granted, total held after
+        let table: &[(u8, usize, bool, usize)] = &[
+            (1, 60, true, 60),
+            (2, 30, true, 90),
+            (2, 11, false, 90),
+            (1, 10, true, 100),
+            (1, 1, false, 100),
+            (2, usize::MAX, false, 100),
+        ];
+        for (k, &(who, n, granted, used)) in table.iter().enumerate() {
+            let h = if who == 1 { &mut one } else { &mut two };
+            assert_eq!(h.grow(n), granted, "step {k}");
+            assert_eq!(b.used(), used, "step {k}");
+        }
+        assert_eq!((one.bytes(), two.bytes()), (70, 30));
+        // A dropped answer gives its bytes back.
+        drop(one);
+        assert_eq!(b.used(), 30);
+        let mut three = b.hold();
+        assert!(three.grow(70));
+        drop(two);
+        drop(three);
+        assert_eq!(b.used(), 0);
+    }
 
     #[test]
     fn clean_text_table() {

@@ -26,12 +26,14 @@ use bytes::Bytes;
 use reqwest::Url;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::bounded::{self, MAX_CHAT_BODY, MAX_LABEL, cap_text, clean_text};
+use super::bounded::{
+    self, ByteBudget, MAX_ANSWERS_HELD, MAX_CHAT_BODY, MAX_LABEL, cap_text, clean_text,
+};
 use super::config::{ClientConfig, join_url, validate_base_url};
 use super::error::ProviderError;
 use super::http::{
-    self, Auth, Body, error_chain, host_port, read_body, request_id_of, retry_headers_of,
-    transport_failure,
+    self, Auth, Body, Held, error_chain, host_port, read_body_held, request_id_of,
+    retry_headers_of, transport_failure,
 };
 use super::openai::lines::{LineOutcome, classify_reply};
 use super::retry::{RetryHeaders, TransportFailure};
@@ -124,7 +126,10 @@ pub struct Answer {
     pub request_id: Option<String>,
     pub retry: RetryHeaders,
     pub limits: RateHeaders,
-    pub body: Bytes,
+    pub body: Vec<u8>,
+    /// The body's share of the client's byte budget, given back when this
+    /// is dropped: keep it as long as the body (or text made from it).
+    pub held: bounded::Held,
 }
 
 /// The `x-ratelimit-*` headers of a synchronous OpenAI endpoint (OpenAI's
@@ -243,6 +248,8 @@ pub struct DirectClient {
     /// `host:port: chat completion` per endpoint, for the waiting line.
     calls: Vec<Arc<str>>,
     protocol: Protocol,
+    /// What the answers being read may hold in all (`MAX_ANSWERS_HELD`).
+    budget: ByteBudget,
 }
 
 impl DirectClient {
@@ -286,7 +293,13 @@ impl DirectClient {
             watch: CallWatch::default(),
             calls,
             protocol,
+            budget: ByteBudget::new(MAX_ANSWERS_HELD),
         })
+    }
+
+    /// The bytes every answer in flight draws from.
+    pub fn budget(&self) -> &ByteBudget {
+        &self.budget
     }
 
     /// The protocol its requests speak.
@@ -331,16 +344,33 @@ impl DirectClient {
         let request_id = request_id_of(headers).map(|r| clean_text(&self.redact(&r), MAX_LABEL));
         let retry = retry_headers_of(headers);
         let limits = self.protocol.rate_headers(headers, SystemTime::now());
-        // The client's total timeout bounds the time; the cap the memory.
-        match read_body(&mut response, MAX_CHAT_BODY).await {
-            Ok(Body::Whole(body)) => Sent::Answer(Answer {
+        // The client's total timeout bounds the time; the cap one answer's
+        // memory, the budget the sum over every answer in flight.
+        let mut held = self.budget.hold();
+        let read = read_body_held(&mut response, MAX_CHAT_BODY, &mut |n| held.grow(n)).await;
+        match read {
+            Ok(Held::Read(Body::Whole(body))) => Sent::Answer(Answer {
                 status,
                 request_id,
                 retry,
                 limits,
-                body: body.into(),
+                body,
+                held,
             }),
-            Ok(Body::TooLarge { head, declared }) => Sent::Transport {
+            Ok(Held::NoRoom { read }) => Sent::Transport {
+                failure: TransportFailure::Other,
+                detail: format!(
+                    "HTTP {status}{}: no room for the answer after {read} bytes: the answers \
+                     being read in flight already hold {:.1} MiB of the {} direct mode holds \
+                     at once (stopped reading; it is sent again)",
+                    request_id
+                        .map(|r| format!(" (request {r})"))
+                        .unwrap_or_default(),
+                    self.budget.used() as f64 / f64::from(1 << 20),
+                    cap_text(self.budget.total()),
+                ),
+            },
+            Ok(Held::Read(Body::TooLarge { head, declared })) => Sent::Transport {
                 failure: TransportFailure::Other,
                 detail: format!(
                     "HTTP {status}{}: the answer is {}, above the {} a {} may be \

@@ -176,6 +176,77 @@ fn two_endpoints_one_down_the_job_completes_on_the_other() {
     );
 }
 
+/// A replica that takes every request and never answers: it reads what
+/// comes and holds the connection open for two minutes.
+fn hung_replica() -> String {
+    use std::io::Read;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+#[test]
+fn a_hung_replica_is_hedged_to_a_healthy_one_and_each_row_is_recorded_once() {
+    let rows = 40;
+    let want = common::reference_output(Direct, rows);
+    let sb = Sandbox::new();
+    let server = Server::start(&sb, &[]);
+    let hung = hung_replica();
+    sb.write("in.csv", common::standard_input(Direct, rows));
+    sb.write(
+        "job.yaml",
+        direct_job("hedge", &[&hung, &server.url], 4, ""),
+    );
+    // Each call may wait a minute: without hedging, the requests sent to
+    // the hung replica would hold the run that long.
+    let t = Instant::now();
+    let r = apply(&sb, &[("BATCHGRADER_HTTP_TIMEOUT", "60s")]);
+    let took = t.elapsed();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(took < Duration::from_secs(50), "{took:?}: {r:?}");
+    // Every row answered by the healthy replica once (a hung copy never
+    // answers), recorded once, in input order.
+    assert_eq!(answered(&server), rows as u64);
+    assert_eq!(recorded(&sb, "hedge"), rows);
+    assert_eq!(sb.read("out/graded.csv"), want);
+    // The ledger holds each answer once.
+    assert_eq!(
+        common::ledger_tokens(&sb, "hedge"),
+        outcome_tokens(&sb, "hedge")
+    );
+    let stats = server.stats();
+    assert_eq!(
+        common::ledger_tokens(&sb, "hedge"),
+        (
+            stats["chat_usage"]["input_tokens"].as_u64().unwrap(),
+            stats["chat_usage"]["output_tokens"].as_u64().unwrap()
+        )
+    );
+    // Said once, naming the replica it waited on and the one it went to.
+    let said = format!(
+        "{hung} has not answered a chat completion in 5s, 4× its recent answers' 95th percentile (at least 5s): sent to {} as well",
+        server.url
+    );
+    assert_eq!(r.stderr.matches(&said).count(), 1, "{r:?}");
+    // The plain progress line names the request it waits on.
+    let host = hung.trim_start_matches("http://").trim_end_matches("/v1");
+    assert!(
+        r.stderr
+            .contains(&format!("waiting for {host}: chat completion, ")),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_sending_at_once_and_resume_finishes() {
     let rows = 80;

@@ -44,8 +44,17 @@ enum Behaviour {
     /// the wrong shape (`WRONG_SHAPES`, one after another).
     WrongShape,
     /// A Files + Batches API whose result file holds every request twice:
-    /// first answered `7`, then `3`.
+    /// first answered `7`, then `3`, and lines for requests never sent.
     Duplicates,
+    /// A working Files + Batches API but for one route (a request line's
+    /// start), which answers 200 with this body.
+    WrongAt(&'static str, &'static str),
+    /// Just enough of Anthropic's Message Batches API, but for one route
+    /// (a request line's start), which answers 200 with this body.
+    ClaudeWrongAt(&'static str, &'static str),
+    /// Message Batches whose results hold every request twice (first `7`,
+    /// then `3`), a line of another create's tag and one never sent.
+    ClaudeForeignLines,
 }
 
 /// 2xx bodies that are not a chat completion: none may become an answer.
@@ -116,8 +125,7 @@ fn read_request(stream: &mut TcpStream) -> Option<String> {
             Ok(0) => return None,
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(_) if got.windows(4).any(|w| w == b"\r\n\r\n") => {
-                let text = String::from_utf8_lossy(&got);
-                return Some(text.lines().next().unwrap_or("").to_string());
+                return Some(String::from_utf8_lossy(&got).into_owned());
             }
             Err(_) if started.elapsed() > Duration::from_secs(5) => return None,
             Err(_) => {}
@@ -127,12 +135,39 @@ fn read_request(stream: &mut TcpStream) -> Option<String> {
 
 fn serve(mut stream: TcpStream, b: Behaviour, sent: &AtomicU64, requests: &AtomicU64) {
     // Keep-alive: answer every request on the connection the same way.
-    while let Some(line) = read_request(&mut stream) {
+    // The custom ids of the last message batch created (with their tags).
+    let mut ids: Vec<String> = Vec::new();
+    while let Some(request) = read_request(&mut stream) {
+        let line = request.lines().next().unwrap_or("").to_string();
         requests.fetch_add(1, Ordering::SeqCst);
         let ok = match b {
             Behaviour::LongResultLine => batch_api(&mut stream, &line, sent),
             Behaviour::WrongShape => wrong_shapes(&mut stream, &line, requests),
             Behaviour::Duplicates => duplicates(&mut stream, &line),
+            Behaviour::ClaudeWrongAt(route, body) if line.starts_with(route) => {
+                respond(&mut stream, 200, &[("content-type", "application/json")], body.as_bytes())
+            }
+            Behaviour::ClaudeWrongAt(..) => claude_api(&mut stream, &request, &mut ids, false),
+            Behaviour::ClaudeForeignLines => claude_api(&mut stream, &request, &mut ids, true),
+            Behaviour::WrongAt(route, body) => {
+                if line.starts_with(route) {
+                    respond(&mut stream, 200, &[("content-type", "application/json")], body.as_bytes())
+                } else if line.starts_with("GET /v1/batches?") || line.starts_with("GET /v1/batches ") {
+                    // A create that may have happened is looked for: none.
+                    respond(
+                        &mut stream,
+                        200,
+                        &[("content-type", "application/json")],
+                        br#"{"object":"list","data":[],"has_more":false}"#,
+                    )
+                } else if line.starts_with("GET /v1/files/file-out/content ") {
+                    // The good lines alone: no 200 MB line to wait for.
+                    let good: String = (0..=7).map(|row| result_line(row, &answer_body("7"))).collect();
+                    respond(&mut stream, 200, &[], good.as_bytes())
+                } else {
+                    batch_api(&mut stream, &line, &AtomicU64::new(0))
+                }
+            }
             Behaviour::Hang => {
                 // Hold the connection (and drain anything sent) for longer
                 // than any test runs.
@@ -273,6 +308,71 @@ fn batch_api(stream: &mut TcpStream, request_line: &str, sent: &AtomicU64) -> bo
     }
 }
 
+/// Just enough of Anthropic's Message Batches API for one job: a create
+/// ends at once, and its results answer each request it carried `7`;
+/// `foreign`: then each again with `3`, one under another create's tag,
+/// and one for a request never sent.
+fn claude_api(stream: &mut TcpStream, request: &str, ids: &mut Vec<String>, foreign: bool) -> bool {
+    let json = [("content-type", "application/json")];
+    let line = request.lines().next().unwrap_or("");
+    let port = stream.local_addr().unwrap().port();
+    let batch = format!(
+        r#"{{"id":"msgbatch_1","type":"message_batch","processing_status":"ended",
+        "request_counts":{{"processing":0,"succeeded":{n},"errored":0,"canceled":0,"expired":0}},
+        "created_at":"2026-01-01T00:00:00Z","ended_at":"2026-01-01T00:00:01Z",
+        "expires_at":"2026-01-02T00:00:00Z",
+        "results_url":"http://127.0.0.1:{port}/v1/messages/batches/msgbatch_1/results"}}"#,
+        n = ids.len()
+    );
+    let result = |custom_id: &str, grade: &str| {
+        format!(
+            "{{\"custom_id\":\"{custom_id}\",\"result\":{{\"type\":\"succeeded\",\"message\":             {{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-haiku-4-5\",             \"content\":[{{\"type\":\"text\",\"text\":\"{grade}\"}}],\"stop_reason\":\"end_turn\",             \"usage\":{{\"input_tokens\":5,\"output_tokens\":1}}}}}}}}\n"
+        )
+    };
+    match line.split_whitespace().nth(1).unwrap_or("") {
+        "/v1/messages/batches" if line.starts_with("POST") => {
+            let body = request.split("\r\n\r\n").nth(1).unwrap_or("");
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            *ids = v["requests"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|q| q["custom_id"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let batch = batch.replace(r#""succeeded":0"#, &format!(r#""succeeded":{}"#, ids.len()));
+            respond(stream, 200, &json, batch.as_bytes())
+        }
+        "/v1/messages/batches/msgbatch_1" => respond(stream, 200, &json, batch.as_bytes()),
+        "/v1/messages/batches/msgbatch_1/results" => {
+            let mut lines: String = ids.iter().map(|id| result(id, "7")).collect();
+            if foreign {
+                // The runner names the first five lines it does not merge.
+                if let Some(first) = ids.first() {
+                    let (id, _) = first.rsplit_once('_').unwrap_or((first, ""));
+                    lines.push_str(&result(&format!("{id}_00000abcde"), "3"));
+                }
+                lines.push_str(&result("zz-never-sent", "3"));
+                lines.extend(ids.iter().map(|id| result(id, "3")));
+            }
+            respond(stream, 200, &[], lines.as_bytes())
+        }
+        p if p.starts_with("/v1/messages/batches?") || p == "/v1/messages/batches" => respond(
+            stream,
+            200,
+            &json,
+            br#"{"data":[],"has_more":false,"first_id":null,"last_id":null}"#,
+        ),
+        _ => respond(
+            stream,
+            404,
+            &json,
+            br#"{"type":"error","error":{"type":"not_found_error","message":"no such route"}}"#,
+        ),
+    }
+}
+
 /// Direct mode's chat completions and the Files + Batches API, every
 /// answer a 2xx of the wrong shape.
 fn wrong_shapes(stream: &mut TcpStream, request_line: &str, requests: &AtomicU64) -> bool {
@@ -315,6 +415,9 @@ fn duplicates(stream: &mut TcpStream, request_line: &str) -> bool {
                 for row in 0..=7 {
                     lines.push_str(&result_line(row, &answer_body(answer)));
                 }
+                // Requests this batch never had.
+                lines.push_str(&result_line(999, &answer_body(answer)));
+                lines.push_str(&answer_line("zz-foreign", &answer_body(answer)));
             }
             respond(stream, 200, &[], lines.as_bytes())
         }
@@ -324,8 +427,13 @@ fn duplicates(stream: &mut TcpStream, request_line: &str) -> bool {
 
 /// One line of a batch output file: the 200 answer `body` to request `r{row}`.
 fn result_line(row: usize, body: &str) -> String {
+    answer_line(&format!("r{row}"), body)
+}
+
+/// One line of a batch output file: the 200 answer `body` to `custom_id`.
+fn answer_line(custom_id: &str, body: &str) -> String {
     format!(
-        "{{\"custom_id\":\"r{row}\",\"response\":{{\"status_code\":200,\"body\":{body}}},\"error\":null}}\n"
+        "{{\"custom_id\":\"{custom_id}\",\"response\":{{\"status_code\":200,\"body\":{body}}},\"error\":null}}\n"
     )
 }
 
@@ -602,6 +710,42 @@ fn a_200_with_an_endless_body_is_cut_at_the_cap_and_memory_stays_bounded() {
 }
 
 #[test]
+fn endless_answers_to_many_requests_in_flight_hold_a_bounded_total() {
+    // 48 requests at once, each answered 200 with a body without end: one
+    // answer is cut at 16 MiB, and all of them together never hold more
+    // than 64 MiB (`MAX_ANSWERS_HELD`); the rest are dropped, named, and
+    // sent again.
+    let server = Hostile::start(Behaviour::Endless);
+    let sb = Sandbox::new();
+    let rows: String = (1..=48).map(|i| format!("{i},t{i}\n")).collect();
+    let spec = Job::new(Direct, "hostile", &server.url())
+        .key_env(KEY_ENV)
+        .in_flight(48)
+        .yaml("retry:\n  max_attempts: 1\n  give_up_after: 2s\n");
+    sb.write("in.csv", format!("id,text\n{rows}"));
+    sb.write("job.yaml", spec);
+    let run = sb.run_env(&["apply", "job.yaml", "--yes"], &env("5s"));
+    // 48 answers of 16 MiB would be 768 MiB; the binary's own ~100 MB
+    // plus the 64 MiB it may hold, with room for socket and parser buffers.
+    let rss = children_max_rss();
+    assert!(rss < 260_000_000, "peak RSS {rss} bytes: {run:?}");
+    // No replica ever answered: the run stops after `give_up_after`.
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("no endpoint has answered for"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("HTTP 200: no room for the answer after")
+            && run.stderr.contains(
+                "of the 64 MiB direct mode holds at once (stopped reading; it is sent again)"
+            ),
+        "{run:?}"
+    );
+}
+
+#[test]
 fn a_token_in_the_base_urls_query_reaches_no_terminal_log_or_state() {
     // The base URL from OPENAI_BASE_URL, which wins over the spec's. Nothing
     // listens on port 1: every call fails, and its error names the URL it
@@ -830,6 +974,130 @@ fn a_repeated_result_line_is_named_and_the_first_is_kept() {
             .contains("not merged: a second result for `r1` (the first is kept)"),
         "{run:?}"
     );
+    for foreign in ["r999", "zz-foreign"] {
+        assert!(
+            run.stderr.contains(&format!(
+                "ignoring a result for `{foreign}`, which this chunk did not send"
+            )),
+            "{run:?}"
+        );
+    }
+    let out = sb.read("out/graded.csv");
+    let mut rows = csv::Reader::from_reader(out.as_bytes());
+    let header: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();
+    let grade = header.iter().position(|h| h == "grade").unwrap();
+    for row in rows.records() {
+        assert_eq!(&row.unwrap()[grade], "7");
+    }
+}
+
+#[test]
+fn a_2xx_of_the_wrong_shape_on_any_batch_route_is_named_and_never_an_answer() {
+    // (route, what the call is named in the error, a body that is JSON but
+    // not the object the route documents); `{}` and an array on each too.
+    let routes = [
+        (
+            "POST /v1/files ",
+            "upload file",
+            r#"{"object":"file","bytes":1}"#,
+        ),
+        (
+            "POST /v1/batches ",
+            "create batch",
+            r#"{"object":"batch","status":"validating"}"#,
+        ),
+        (
+            "GET /v1/batches/batch_1 ",
+            "batch batch_1",
+            r#"{"id":"batch_1","object":"batch","status":["completed"]}"#,
+        ),
+        ("GET /v1/files/file-out/content ", "file-out", r#"{"id":7}"#),
+    ];
+    for (route, call, own) in routes {
+        for body in ["{}", "[1,2]", own] {
+            let server = Hostile::start(Behaviour::WrongAt(route, body));
+            let sb = Sandbox::new();
+            batch_job(&sb, &server.url());
+            let spec = sb
+                .read("job.yaml")
+                .replace("retry:\n", "retry:\n  max_attempts: 1\n");
+            sb.write("job.yaml", spec);
+            let (run, took) = apply(&sb);
+            let case = format!("{route}answering {body}");
+            // Never an answer, never a panic, never a hang: the chunk's step
+            // fails, is retried, and is given up (exit 3), its rows not graded.
+            assert_eq!(run.code, 3, "{case}: {run:?}");
+            assert!(took < Duration::from_secs(60), "{case}: {took:?}");
+            assert!(!run.stderr.contains("panicked"), "{case}: {run:?}");
+            assert!(run.stderr.contains(call), "{case}: {run:?}");
+            let out = sb.read("out/graded.csv");
+            assert!(
+                out.lines().skip(1).all(|l| !l.contains(",ok")),
+                "{case}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn claude_a_2xx_of_the_wrong_shape_on_any_batch_route_is_named_and_never_an_answer() {
+    // (route, what the call is named in the error, a body that is JSON but
+    // not what the Message Batches API documents); `{}` and an array too.
+    let routes = [
+        (
+            "POST /v1/messages/batches ",
+            "create",
+            r#"{"type":"message_batch","processing_status":"in_progress"}"#,
+        ),
+        (
+            "GET /v1/messages/batches/msgbatch_1 ",
+            "msgbatch_1",
+            r#"{"id":"msgbatch_1","type":"message_batch","processing_status":["ended"]}"#,
+        ),
+        (
+            "GET /v1/messages/batches/msgbatch_1/results ",
+            "msgbatch_1",
+            r#"{"custom_id":7,"result":{"type":"succeeded","message":{}}}"#,
+        ),
+    ];
+    for (route, call, own) in routes {
+        for body in ["{}", "[1,2]", own] {
+            let server = Hostile::start(Behaviour::ClaudeWrongAt(route, body));
+            let sb = Sandbox::new();
+            anthropic_job(&sb, server.port);
+            let spec = sb
+                .read("job.yaml")
+                .replace("retry:\n", "retry:\n  max_attempts: 1\n");
+            sb.write("job.yaml", spec);
+            let (run, took) = apply(&sb);
+            let case = format!("{route}answering {body}");
+            assert_eq!(run.code, 3, "{case}: {run:?}");
+            assert!(took < Duration::from_secs(60), "{case}: {took:?}");
+            assert!(!run.stderr.contains("panicked"), "{case}: {run:?}");
+            assert!(run.stderr.contains(call), "{case}: {run:?}");
+            let out = sb.read("out/graded.csv");
+            assert!(
+                out.lines().skip(1).all(|l| !l.contains(",ok")),
+                "{case}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn claude_foreign_and_repeated_result_lines_are_named_and_not_merged() {
+    let server = Hostile::start(Behaviour::ClaudeForeignLines);
+    let sb = Sandbox::new();
+    anthropic_job(&sb, server.port);
+    let run = sb.run_env(&["apply", "job.yaml", "--yes", "--json"], &env("2s"));
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["graded"], 6, "{run:?}");
+    assert!(
+        run.stderr.contains("not merged: a second result for `"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("00000abcde"), "{run:?}");
+    assert!(run.stderr.contains("zz-never-sent"), "{run:?}");
     let out = sb.read("out/graded.csv");
     let mut rows = csv::Reader::from_reader(out.as_bytes());
     let header: Vec<String> = rows.headers().unwrap().iter().map(String::from).collect();

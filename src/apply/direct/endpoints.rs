@@ -52,17 +52,7 @@ impl Endpoints {
     /// The endpoint for the next request, or when one may be free again
     /// (`None`: only when an endpoint with a request out may free one).
     pub fn pick(&self, now_ms: u64) -> Result<usize, Option<u64>> {
-        let usable = |e: &Endpoint| {
-            // A failing endpoint gets one probe at a time.
-            e.cool_until_ms <= now_ms && (e.failures == 0 || e.outstanding == 0)
-        };
-        if let Some((i, _)) = self
-            .list
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| usable(e))
-            .min_by_key(|(_, e)| (e.outstanding, e.sent))
-        {
+        if let Some(i) = self.pick_where(now_ms, |_| true) {
             return Ok(i);
         }
         Err(self
@@ -71,6 +61,25 @@ impl Endpoints {
             .filter(|e| e.cool_until_ms > now_ms)
             .map(|e| e.cool_until_ms)
             .min())
+    }
+
+    /// An endpoint other than `except` for a copy of a request out there
+    /// too long (a hedge), by the same rule as [`Endpoints::pick`].
+    pub fn pick_other(&self, now_ms: u64, except: usize) -> Option<usize> {
+        self.pick_where(now_ms, |i| i != except)
+    }
+
+    fn pick_where(&self, now_ms: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        let usable = |e: &Endpoint| {
+            // A failing endpoint gets one probe at a time.
+            e.cool_until_ms <= now_ms && (e.failures == 0 || e.outstanding == 0)
+        };
+        self.list
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| allowed(*i) && usable(e))
+            .min_by_key(|(_, e)| (e.outstanding, e.sent))
+            .map(|(i, _)| i)
     }
 
     pub fn started(&mut self, i: usize) {
@@ -146,6 +155,24 @@ mod tests {
         assert_eq!(e.pick(0), Ok(1));
         e.started(1);
         assert_eq!(e.pick(0), Ok(1));
+    }
+
+    #[test]
+    fn a_hedge_goes_to_another_usable_endpoint() {
+        let mut e = Endpoints::new(3);
+        e.started(0);
+        e.started(1);
+        // The least loaded other than the first.
+        assert_eq!(e.pick_other(0, 0), Some(2));
+        e.started(2);
+        e.started(2);
+        assert_eq!(e.pick_other(0, 0), Some(1));
+        // Left out or failing with a request out: not a place for a copy.
+        e.failed(1, 0, true);
+        e.failed(2, 0, false);
+        assert_eq!(e.pick_other(0, 0), None);
+        // Only one endpoint: nowhere else.
+        assert_eq!(Endpoints::new(1).pick_other(0, 0), None);
     }
 
     #[test]

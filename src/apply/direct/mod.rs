@@ -28,8 +28,10 @@
 mod answered;
 mod commit;
 pub mod endpoints;
+pub mod hedge;
 mod ledger;
 pub mod pace;
+mod race;
 mod show;
 mod source;
 pub mod verdict;
@@ -39,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use super::decide::{self, NEVER_RAN_FACTOR, RequestState, Tally};
 use super::frame::{CANCELLED, failed_state};
@@ -54,6 +56,7 @@ use crate::state::{self, FailureRecord, Outcome, ResultRecord};
 use crate::status::{self, DirectView, EndpointView, RunState, Snapshot};
 use commit::Committer;
 use endpoints::{Endpoints, Failed};
+use hedge::Latencies;
 use ledger::Tokens;
 use pace::{Pace, PaceConfig};
 use source::{Req, Source};
@@ -91,7 +94,30 @@ enum Attempted {
         limits: RateHeaders,
         body: String,
         line: LineOutcome,
+        /// The body's bytes, counted against the client's budget until
+        /// the answer is handled.
+        _held: crate::provider::bounded::Held,
     },
+}
+
+/// A request on the wire: where, since when, and its copy on another
+/// replica once it has been out too long there (`hedge`).
+struct Out {
+    req: Req,
+    endpoint: usize,
+    started_ms: u64,
+    task: AbortHandle,
+    copy: Option<Copy>,
+}
+
+/// The first task of each copy's request (`Out`'s key).
+type CopyOf = HashMap<tokio::task::Id, tokio::task::Id>;
+
+/// The copy of a request sent to a second replica.
+struct Copy {
+    endpoint: usize,
+    started_ms: u64,
+    task: AbortHandle,
 }
 
 /// What one recorded outcome moves, once durable.
@@ -125,6 +151,10 @@ pub struct DirectRunner<'a> {
     errors: BTreeMap<String, u64>,
     pace: Pace,
     endpoints: Endpoints,
+    /// Each endpoint's recent answer times, for when to hedge.
+    latencies: Latencies,
+    /// Replicas a request was hedged from (said once each).
+    hedged_from: Vec<bool>,
     last_errors: Vec<Option<String>>,
     /// Since when no endpoint has answered (ms since start).
     outage_since_ms: Option<u64>,
@@ -183,6 +213,8 @@ impl<'a> DirectRunner<'a> {
             errors: BTreeMap::new(),
             pace,
             endpoints: Endpoints::new(endpoints),
+            latencies: Latencies::new(endpoints),
+            hedged_from: vec![false; endpoints],
             last_errors: vec![None; endpoints],
             outage_since_ms: None,
             samples: VecDeque::new(),
@@ -393,6 +425,12 @@ impl<'a> DirectRunner<'a> {
         let max_in_flight = u64::from(self.frame.spec.run.max_requests_in_flight.max(1));
         let unrecorded_cap = max_in_flight * UNRECORDED_FACTOR;
         let mut flying: JoinSet<Done> = JoinSet::new();
+        // The requests on the wire by their first task (two rows may send
+        // the same request), and the tasks of the copies that lost a race
+        // (their endpoint), to be reaped.
+        let mut out: HashMap<tokio::task::Id, Out> = HashMap::new();
+        let mut losers: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let mut copy_of = CopyOf::new();
         let mut again: VecDeque<Req> = VecDeque::new();
         let mut shifts: VecDeque<Shift> = VecDeque::new();
         let mut applied = committer.durable();
@@ -478,32 +516,23 @@ impl<'a> DirectRunner<'a> {
                     break;
                 }
                 self.endpoints.started(endpoint);
-                let client = self.client.clone();
-                flying.spawn(async move {
-                    let sent = client.send(endpoint, req.body.clone()).await;
-                    let result = match sent {
-                        Sent::Transport { failure, detail } => {
-                            Attempted::Transport { failure, detail }
-                        }
-                        Sent::Answer(a) => {
-                            let body = String::from_utf8_lossy(&a.body).into_owned();
-                            let line = client.protocol().classify(a.status, &body);
-                            Attempted::Answer {
-                                status: a.status,
-                                request_id: a.request_id,
-                                retry: a.retry,
-                                limits: a.limits,
-                                body,
-                                line,
-                            }
-                        }
-                    };
-                    Done {
+                let task = spawn_attempt(&mut flying, &self.client, req.clone(), endpoint);
+                out.insert(
+                    task.id(),
+                    Out {
                         req,
                         endpoint,
-                        result,
-                    }
-                });
+                        started_ms: now,
+                        task,
+                        copy: None,
+                    },
+                );
+            }
+            // A request out far longer than its replica's recent answers
+            // goes to another replica as well (`hedge`).
+            if halting.is_none() {
+                let room = unrecorded(&flying) < unrecorded_cap;
+                self.hedge(&mut flying, &mut out, &mut copy_of, now, room);
             }
             // 3. The end of the pass: nothing left to send or wait for.
             let idle = flying.is_empty() && (halting.is_some() || (exhausted && again.is_empty()));
@@ -572,25 +601,32 @@ impl<'a> DirectRunner<'a> {
             let flushed = committer.flushed.clone();
             let joined = tokio::select! {
                 biased;
-                j = flying.join_next(), if !flying.is_empty() => j,
+                j = flying.join_next_with_id(), if !flying.is_empty() => j,
                 () = flushed.notified(), if !shifts.is_empty() => None,
                 () = tokio::time::sleep(sleep) => None,
             };
             let mut ready: Vec<Done> = Vec::new();
             if let Some(j) = joined {
-                ready.push(j.map_err(|e| {
-                    Error::runtime_with_hint(
-                        format!("a request task failed: {e}"),
-                        format!("run `batchgrader resume {}`", self.frame.job()),
-                    )
-                })?);
-                while let Some(j) = flying.try_join_next() {
-                    ready.push(j.map_err(|e| {
+                let mut j = Some(j);
+                while let Some(result) = j.take().or_else(|| flying.try_join_next_with_id()) {
+                    // A copy that lost its race is dropped, answer and all:
+                    // the winner alone is recorded.
+                    let id = match &result {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Some(endpoint) = losers.remove(&id) {
+                        self.endpoints.finished(endpoint);
+                        continue;
+                    }
+                    let (_, d) = result.map_err(|e| {
                         Error::runtime_with_hint(
                             format!("a request task failed: {e}"),
                             format!("run `batchgrader resume {}`", self.frame.job()),
                         )
-                    })?);
+                    })?;
+                    self.settle_race(&d, id, &mut out, &mut copy_of, &mut losers);
+                    ready.push(d);
                 }
             }
             for d in ready {
@@ -612,6 +648,43 @@ impl<'a> DirectRunner<'a> {
         p.prompt_tokens.checked_div(p.outstanding).unwrap_or(0)
             + output_cap(self.frame.spec.request())
     }
+}
+
+/// One attempt of `req` to `endpoint`, as a task of `flying`.
+fn spawn_attempt(
+    flying: &mut JoinSet<Done>,
+    client: &Arc<DirectClient>,
+    req: Req,
+    endpoint: usize,
+) -> AbortHandle {
+    let client = client.clone();
+    flying.spawn(async move {
+        let sent = client.send(endpoint, req.body.clone()).await;
+        let result = match sent {
+            Sent::Transport { failure, detail } => Attempted::Transport { failure, detail },
+            Sent::Answer(a) => {
+                // Valid UTF-8 (every JSON answer) becomes text without a
+                // copy: the budget counted it once.
+                let body = String::from_utf8(a.body)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                let line = client.protocol().classify(a.status, &body);
+                Attempted::Answer {
+                    status: a.status,
+                    request_id: a.request_id,
+                    retry: a.retry,
+                    limits: a.limits,
+                    body,
+                    line,
+                    _held: a.held,
+                }
+            }
+        };
+        Done {
+            req,
+            endpoint,
+            result,
+        }
+    })
 }
 
 fn min_some(a: Option<u64>, b: u64) -> Option<u64> {

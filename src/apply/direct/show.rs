@@ -98,7 +98,12 @@ impl DirectRunner<'_> {
     /// A plain progress line (CI, pipes).
     pub(super) fn progress_line(&mut self, in_flight: usize) {
         let view = self.view(in_flight);
-        let lines = status::direct_lines(&view, state::now_secs());
+        let mut lines = status::direct_lines(&view, state::now_secs());
+        // Which replica the run waits on, and for how long, as on a terminal.
+        lines.extend(crate::provider::watch::waiting_line(
+            self.client.watch().oldest().as_ref(),
+            Duration::from_secs(3),
+        ));
         self.event(&lines.join("; "));
     }
 

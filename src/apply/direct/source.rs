@@ -18,7 +18,7 @@ use crate::provider::direct::Protocol;
 use crate::state::{RequestRecord, StateError, custom_id};
 
 /// One request to send.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Req {
     pub fingerprint: String,
     /// Prompt tokens plus the request's output cap (for `tokens_per_minute`).

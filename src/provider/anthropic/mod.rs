@@ -349,6 +349,9 @@ pub fn classify_own(line: &str, own: &str) -> Result<ResultLine, LineError> {
 }
 
 fn classify_tagged(line: &str) -> Result<(ResultLine, Option<String>), String> {
+    if !crate::provider::bounded::is_json_object(line) {
+        return Err("not a result line: not a JSON object".to_string());
+    }
     let parsed: types::ResultLine =
         serde_json::from_str(line.trim()).map_err(|e| format!("not a result line: {e}"))?;
     let (id, tag) = untag(&parsed.custom_id);

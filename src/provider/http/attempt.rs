@@ -263,7 +263,36 @@ pub(crate) enum Body {
 /// `content-length` over the cap reads only an excerpt. The request's own
 /// timeout bounds the time.
 pub(crate) async fn read_body(response: &mut Response, cap: usize) -> reqwest::Result<Body> {
+    match read_body_held(response, cap, &mut |_| true).await? {
+        Held::Read(body) => Ok(body),
+        // Not reached: the room asked of above is never refused.
+        Held::NoRoom { .. } => Ok(Body::TooLarge {
+            head: Vec::new(),
+            declared: None,
+        }),
+    }
+}
+
+/// A body read against a shared byte budget.
+pub(crate) enum Held {
+    Read(Body),
+    /// The budget had no room for the next part: `read` bytes had come.
+    NoRoom {
+        read: usize,
+    },
+}
+
+/// [`read_body`], asking `room(n)` before the buffer grows by `n` bytes
+/// (its capacity, not its length: the memory is what is counted). The
+/// buffer is sized to a declared length at once, else doubled, so at most
+/// twice the bytes read are asked for.
+pub(crate) async fn read_body_held(
+    response: &mut Response,
+    cap: usize,
+    room: &mut (dyn FnMut(usize) -> bool + Send),
+) -> reqwest::Result<Held> {
     const HEAD: usize = 4096;
+    const FIRST: usize = 16 << 10;
     let declared = response.content_length();
     if declared.is_some_and(|n| n > cap as u64) {
         let mut head = Vec::new();
@@ -274,19 +303,33 @@ pub(crate) async fn read_body(response: &mut Response, cap: usize) -> reqwest::R
             }
         }
         head.truncate(HEAD);
-        return Ok(Body::TooLarge { head, declared });
+        return Ok(Held::Read(Body::TooLarge { head, declared }));
     }
     let mut buf: Vec<u8> = Vec::new();
+    if let Some(n) = declared.map(|n| n as usize).filter(|n| *n > 0) {
+        if !room(n) {
+            return Ok(Held::NoRoom { read: 0 });
+        }
+        buf.reserve_exact(n);
+    }
     while let Some(chunk) = response.chunk().await? {
-        if buf.len() + chunk.len() > cap {
+        let len = buf.len() + chunk.len();
+        if len > cap {
             buf.extend_from_slice(&chunk[..HEAD.saturating_sub(buf.len()).min(chunk.len())]);
             buf.truncate(HEAD);
-            return Ok(Body::TooLarge {
+            return Ok(Held::Read(Body::TooLarge {
                 head: buf,
                 declared,
-            });
+            }));
+        }
+        if len > buf.capacity() {
+            let want = len.max(buf.capacity() * 2).max(FIRST).min(cap);
+            if !room(want - buf.capacity()) {
+                return Ok(Held::NoRoom { read: len });
+            }
+            buf.reserve_exact(want - buf.len());
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Body::Whole(buf))
+    Ok(Held::Read(Body::Whole(buf)))
 }

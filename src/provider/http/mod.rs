@@ -37,7 +37,7 @@ use crate::provider::config::{ClientConfig, join_url, validate_base_url};
 use crate::provider::error::{ErrorKind, ProviderError};
 use crate::provider::retry::{self, Decision, Outcome, RetryPolicy, TransportFailure};
 use crate::provider::watch::CallWatch;
-pub(crate) use attempt::{Body, read_body, request_id_of, retry_headers_of};
+pub(crate) use attempt::{Body, Held, read_body_held, request_id_of, retry_headers_of};
 use outcome::{Attempt, Done};
 pub(crate) use outcome::{error_chain, transport_failure};
 pub(crate) use setup::{Auth, build, client_builder, host_port};
@@ -301,7 +301,12 @@ impl HttpClient {
         op: &str,
         reply: &Reply,
     ) -> Result<T, ProviderError> {
-        serde_json::from_str(&reply.body).map_err(|e| {
+        let parsed = if bounded::is_json_object(&reply.body) {
+            serde_json::from_str(&reply.body).map_err(|e| e.to_string())
+        } else {
+            Err("not a JSON object".to_string())
+        };
+        parsed.map_err(|e| {
             let body = self.redact(&reply.body);
             let what = bounded::describe_body(&body);
             let detail = if bounded::is_page(&body) {

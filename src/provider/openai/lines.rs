@@ -406,6 +406,11 @@ fn plain_success(line: &str) -> Option<LineSuccess> {
         output_tokens: Option<u64>,
     }
 
+    // An array would fill the struct's fields in order: the lenient path
+    // refuses it by name.
+    if !crate::provider::bounded::is_json_object(line) {
+        return None;
+    }
     let l: Line = serde_json::from_str(line).ok()?;
     let r = l.response;
     if l.error.is_some() || l.custom_id.is_empty() || !(200..300).contains(&r.status_code) {
