@@ -13,6 +13,10 @@ use crate::simulate::{AnswerShape, SimConfig};
 use crate::spec::{Format, units};
 use crate::split::SplitLimits;
 
+/// The state folder when neither --state nor BATCHGRADER_STATE names one
+/// (relative to the current folder).
+pub const DEFAULT_STATE: &str = "state";
+
 /// Help text wraps at this width (also clap's `max_term_width`).
 const HELP_WIDTH: usize = 100;
 
@@ -31,14 +35,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// Folder holding every job's state.
-    #[arg(
-        long,
-        global = true,
-        env = "BATCHGRADER_STATE",
-        default_value = "state"
-    )]
-    state: PathBuf,
+    /// Folder holding every job's state [default: ./state; the commands that take a job also
+    /// look where it was planned].
+    #[arg(long, global = true, env = "BATCHGRADER_STATE", value_name = "STATE")]
+    state: Option<PathBuf>,
     /// Machine-readable JSON on stdout (human text still goes to stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -70,6 +70,10 @@ enum Command {
         /// error (Terraform's convention).
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan in this state folder even though the job already has state in another one
+        /// (every row is graded, and paid for, again).
+        #[arg(long)]
+        new_state: bool,
     },
     /// Plan if needed, then submit, poll, download and merge; write the output.
     ///
@@ -92,6 +96,10 @@ enum Command {
         /// and each is paid again.
         #[arg(long, display_order = 0)]
         retry_parse_failures: bool,
+        /// Plan in this state folder even though the job already has state in another one
+        /// (every row is graded, and paid for, again).
+        #[arg(long)]
+        new_state: bool,
     },
     /// Continue a job from its state alone (no spec needed).
     Resume {
@@ -352,8 +360,20 @@ impl Cli {
     /// The plain settings that commands take.
     pub fn resolve(self) -> (Global, Invocation) {
         let g = self.global;
+        let new_state = matches!(
+            self.command,
+            Command::Plan {
+                new_state: true,
+                ..
+            } | Command::Apply {
+                new_state: true,
+                ..
+            }
+        );
         let global = Global {
-            state_root: g.state,
+            state_explicit: g.state.is_some(),
+            state_root: g.state.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE)),
+            new_state,
             pricing: g.pricing,
             output: OutputMode {
                 json: g.json,
@@ -368,6 +388,7 @@ impl Cli {
             Command::Plan {
                 spec,
                 detailed_exitcode,
+                ..
             } => Invocation::Plan {
                 spec,
                 detailed_exitcode,
@@ -378,6 +399,7 @@ impl Cli {
                 yes,
                 retry_failed,
                 retry_parse_failures,
+                ..
             } => Invocation::Apply(ApplySettings {
                 spec,
                 job: None,

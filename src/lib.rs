@@ -24,6 +24,7 @@ pub mod plan;
 pub mod prompt;
 pub mod protect;
 pub mod provider;
+pub mod registry;
 pub mod request;
 pub mod rowtokens;
 pub mod settings;

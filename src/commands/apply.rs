@@ -38,7 +38,9 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
                 for w in &planned.plan.warnings {
                     ui.warn(w);
                 }
-                let state_dir = planned.job_dir.display().to_string();
+                let state_dir = crate::registry::normal(&planned.job_dir)
+                    .display()
+                    .to_string();
                 ui.show(|w| {
                     super::plan::render(
                         w,
@@ -56,6 +58,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             (store, spec, planned.plan)
         }
         _ => {
+            let g = &super::homes::state_for(g, args.job.as_deref(), job::Verb::Resume, ui)?;
             let name = job::resolve(g, args.job.as_deref(), job::Verb::Resume)?;
             let store = JobStore::open_existing(&g.state_root, &name)?;
             let spec = job::saved_spec(&store)?;
@@ -83,6 +86,13 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             (store, spec, plan)
         }
     };
+    super::homes::record(
+        spec.name(),
+        &spec.file,
+        store.layout().root(),
+        crate::registry::Event::Apply,
+        ui,
+    );
     if !args.resume && store.cancelled_at()?.is_some() {
         // `apply` is the user asking for the job to run again.
         store.set_cancelled(None)?;
@@ -577,6 +587,8 @@ mod tests {
     fn a_job_that_failed_for_good_is_told_how_to_send_it_again() {
         let g = |state: &str| Global {
             state_root: PathBuf::from(state),
+            state_explicit: state != "state",
+            new_state: false,
             pricing: None,
             output: Default::default(),
             typed: Vec::new(),
