@@ -212,6 +212,10 @@ enum Command {
         /// counted like --token-limit-every, which wins when both are due).
         #[arg(long, value_name = "N", default_value_t = 0)]
         expire_every: u64,
+        /// Bill N more prompt tokens on every answered batch line than the plan counts, like a
+        /// provider that counts otherwise.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        bill_extra_prompt_tokens: u64,
         /// Answer `metadata: null` on batches, like servers that do not keep it.
         #[arg(long)]
         drop_metadata: bool,
@@ -460,6 +464,7 @@ impl Cli {
                 create_commit_error_rate,
                 token_limit_every,
                 expire_every,
+                bill_extra_prompt_tokens,
                 drop_metadata,
                 api,
                 labels,
@@ -484,6 +489,7 @@ impl Cli {
                     drop_metadata,
                     anthropic: api == SimApiArg::Anthropic,
                     answers: answer_shape(labels, pattern),
+                    extra_prompt_tokens: bill_extra_prompt_tokens,
                 },
                 port,
             },

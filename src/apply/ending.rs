@@ -89,6 +89,10 @@ pub struct Summary {
     pub retry_hint: Option<String>,
     /// Paid at batch prices, what standard prices would have cost, the difference.
     pub receipt: crate::status::Receipt,
+    /// The plan's upper bound of the cost ("at most"), when it has one: the
+    /// summary says so when the spend passed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_at_most_usd: Option<f64>,
 }
 
 impl Ending {
@@ -144,6 +148,7 @@ impl Summary {
             simulated: end.simulated,
             message: end.message,
             retry_hint: None,
+            plan_at_most_usd: None,
             receipt: end.snap.receipt,
         }
     }
@@ -177,6 +182,7 @@ mod tests {
             simulated: false,
             message: None,
             retry_hint: None,
+            plan_at_most_usd: None,
             receipt: Default::default(),
         };
         let clean = RunEnd::Finished {

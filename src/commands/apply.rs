@@ -146,6 +146,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     {
         summary.retry_hint = Some(retry_command(g, args, &summary.job));
     }
+    summary.plan_at_most_usd = plan.estimate.as_ref().and_then(|e| e.high);
     if ui.json {
         /// The summary, and the warnings of the plan that was applied.
         #[derive(Serialize)]
@@ -247,6 +248,29 @@ fn confirm(ui: &Ui, plan: &PlanRecord) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// The line that says the spend passed the plan's "at most", or nothing.
+/// The plan counts prompts by OpenAI's published rule and every answer at
+/// its `max_tokens`; a provider that counts otherwise (another tokenizer, a
+/// response schema's own tokens) can bill more, and the user must hear it.
+/// Sub-cent rounding of the two sums is no excess.
+pub(crate) fn past_the_bound(spent_usd: f64, at_most_usd: Option<f64>) -> Option<String> {
+    let bound = at_most_usd?;
+    let excess = spent_usd - bound;
+    if excess <= 1e-9 {
+        return None;
+    }
+    let share = if bound > 0.0 {
+        format!(" (+{:.0}%)", (excess / bound * 100.0).ceil())
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "spent {}, more than the plan's at most {}{share}: the provider billed more tokens than the plan counted",
+        usd(spent_usd),
+        usd(bound)
+    ))
+}
+
 /// The end-of-run summary: counts, rates, the values, spend, the output.
 fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
     let head = match s.ending.as_str() {
@@ -334,6 +358,9 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
             .map(|e| format!(" (estimated {})", usd(e)))
             .unwrap_or_default()
     )?;
+    if let Some(line) = past_the_bound(s.actual_cost_usd, s.plan_at_most_usd) {
+        writeln!(w, "  {}", p.bold(&line))?;
+    }
     if let Some(r) = receipt_line(&s.receipt) {
         writeln!(w, "  receipt     {r}")?;
     }
@@ -434,12 +461,50 @@ mod tests {
             simulated: false,
             message: None,
             retry_hint: None,
+            plan_at_most_usd: Some(4.4021),
             receipt: Receipt {
                 paid_usd: 3.9071,
                 standard_usd: 7.8142,
                 saved_usd: 3.9071,
             },
         }
+    }
+
+    #[test]
+    fn spend_past_the_plan_s_at_most_is_said() {
+        // (spent, at most, the line holds)
+        let table = [
+            (0.0390, Some(0.0390), None),
+            (0.0389, Some(0.0390), None),
+            (0.5, None, None),
+            (
+                0.0398,
+                Some(0.0390),
+                Some("spent $0.0398, more than the plan's at most $0.0390 (+3%)"),
+            ),
+            (
+                0.01,
+                Some(0.0),
+                Some("spent $0.0100, more than the plan's at most $0.0000:"),
+            ),
+        ];
+        for (spent, bound, want) in table {
+            let got = past_the_bound(spent, bound);
+            match want {
+                None => assert_eq!(got, None, "{spent} {bound:?}"),
+                Some(w) => assert!(got.as_deref().is_some_and(|g| g.contains(w)), "{got:?}"),
+            }
+        }
+        let within = text(&finished());
+        assert!(!within.contains("more than the plan"), "{within}");
+        let over = text(&Summary {
+            actual_cost_usd: 4.5,
+            ..finished()
+        });
+        assert!(
+            over.contains("spent $4.50, more than the plan's at most $4.40 (+3%)"),
+            "{over}"
+        );
     }
 
     fn text(s: &Summary) -> String {
