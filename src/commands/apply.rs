@@ -100,8 +100,10 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
     }
     let started = !store.units(plan.generation)?.is_empty();
     if plan.outstanding > 0 && !started && !args.yes && !confirm(ui, &plan)? {
-        ui.info("Nothing submitted.");
-        return Ok(Code::Success);
+        // Not a success: a script that answered for the user must not go
+        // on as if the job ran. The plan is kept; `apply` asks again.
+        ui.info("Nothing submitted: the job is planned, and `apply` asks again.");
+        return Ok(Code::Halted);
     }
     let rt = runtime()?;
     let interrupted = Arc::new(AtomicBool::new(false));
