@@ -328,7 +328,14 @@ impl<'a> RunFrame<'a> {
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
         let line = self.throughput.borrow().line();
         if let Some(line) = line {
-            self.event(None, &line);
+            // Developer figures (bench/scale reads them from a run's log):
+            // always in events.jsonl, on stderr only in plain output (CI,
+            // logs), never in the live view a person watches.
+            if self.ui.tty {
+                journal::append_event(&self.layout().events(), None, &line);
+            } else {
+                self.event(None, &line);
+            }
         }
         let summary = Summary::of(RunEnd {
             job: self.job(),

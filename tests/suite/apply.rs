@@ -524,3 +524,33 @@ fn answering_no_to_the_cost_question_exits_4() {
     assert_eq!(run.code, 4, "{run:?}");
     assert!(!sb.path("out.csv").exists());
 }
+
+/// On a terminal, a run shows no developer figures: the `throughput:`
+/// line goes to events.jsonl only (and to stderr in plain output).
+#[test]
+fn an_interactive_run_prints_no_throughput_line() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", "id,text\na,one\nb,two\n");
+    sb.write(
+        "s.yaml",
+        "version: 1\nname: tty\nprovider:\n  kind: simulated\n  simulated: { validating: 10ms, in_progress: 50ms, finalizing: 10ms }\nmodel: gpt-4o-mini\ninput:\n  path: in.csv\n  id: id\nprompt:\n  user: \"{{ text }}\"\nrequest:\n  max_tokens: 4\noutput:\n  path: out.csv\npoll:\n  interval: 50ms\n  max_interval: 100ms\n",
+    );
+    let out = sb
+        .command_under(
+            &["sh", "-c", "exec script -qec \"$0 $*\" /dev/null"],
+            &["apply", "s.yaml", "--yes"],
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let run: common::Run = out.into();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Finished"), "{run:?}");
+    assert!(!run.stdout.contains("throughput:"), "{run:?}");
+    assert!(sb.read("state/tty/events.jsonl").contains("throughput:"));
+    // Plain output keeps it, for logs and bench/scale.
+    sb.write("in.csv", "id,text\na,one\nb,two\nc,three\n");
+    let plain = sb.run(&["apply", "s.yaml", "--yes"]);
+    assert_eq!(plain.code, 0, "{plain:?}");
+    assert!(plain.stderr.contains("throughput:"), "{plain:?}");
+}
