@@ -306,7 +306,13 @@ impl<'a> RunFrame<'a> {
                 .add("output", bytes, began.elapsed());
             kill_point("output");
         }
-        let out_path = write_output.then(|| self.spec.output_path.display().to_string());
+        // Absolute and free of `..`: `apply specs/x.yaml` (a path relative
+        // to the spec) and `resume` (the spec saved whole) say the same.
+        let out_path = write_output.then(|| {
+            crate::registry::normal(&self.spec.output_path)
+                .display()
+                .to_string()
+        });
         // The gate at the end is judged on the output's agreement.
         let gate = self
             .spec

@@ -165,3 +165,17 @@ fn the_registry_holds_where_jobs_live_and_nothing_else() {
         );
     }
 }
+
+#[test]
+fn apply_and_resume_name_the_output_file_the_same_way() {
+    let sb = Sandbox::new();
+    sb.write("work/in.csv", "id,text\na,one\nb,two\nc,three\n");
+    sb.write("work/specs/x.yaml", SPEC);
+    let applied = sb.run(&["--json", "apply", "work/specs/x.yaml", "--yes"]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let resumed = sb.run(&["--json", "resume", "tickets"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    let want = canonical(sb.path("work/out/graded.csv"));
+    assert_eq!(applied.json()["output_path"], want.as_str(), "{applied:?}");
+    assert_eq!(resumed.json()["output_path"], want.as_str(), "{resumed:?}");
+}
