@@ -352,9 +352,12 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
         }
         render_quality(w, p, s)?;
     }
+    // The spend is the job's, over every run of its current plan (a resume
+    // counts what earlier runs paid): said so, beside the plan's estimate,
+    // which is for the same rows.
     writeln!(
         w,
-        "  cost        {} spent{}",
+        "  cost        {} spent by this job's plan, all runs{}",
         usd(s.actual_cost_usd),
         s.estimated_cost_usd
             .map(|e| format!(" (estimated {})", usd(e)))
