@@ -13,6 +13,10 @@ use crate::simulate::{AnswerShape, SimConfig};
 use crate::spec::{Format, units};
 use crate::split::SplitLimits;
 
+/// The state folder when neither --state nor BATCHGRADER_STATE names one
+/// (relative to the current folder).
+pub const DEFAULT_STATE: &str = "state";
+
 /// Help text wraps at this width (also clap's `max_term_width`).
 const HELP_WIDTH: usize = 100;
 
@@ -31,14 +35,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// Folder holding every job's state.
-    #[arg(
-        long,
-        global = true,
-        env = "BATCHGRADER_STATE",
-        default_value = "state"
-    )]
-    state: PathBuf,
+    /// Folder holding every job's state [default: ./state; the commands that take a job also
+    /// look where it was planned].
+    #[arg(long, global = true, env = "BATCHGRADER_STATE", value_name = "STATE")]
+    state: Option<PathBuf>,
     /// Machine-readable JSON on stdout (human text still goes to stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -70,6 +70,10 @@ enum Command {
         /// error (Terraform's convention).
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan in this state folder even though the job already has state in another one
+        /// (every row is graded, and paid for, again).
+        #[arg(long)]
+        new_state: bool,
     },
     /// Plan if needed, then submit, poll, download and merge; write the output.
     ///
@@ -106,6 +110,10 @@ enum Command {
             display_order = 0
         )]
         seed: u64,
+        /// Plan in this state folder even though the job already has state in another one
+        /// (every row is graded, and paid for, again).
+        #[arg(long)]
+        new_state: bool,
     },
     /// Continue a job from its state alone (no spec needed).
     Resume {
@@ -218,6 +226,10 @@ enum Command {
         /// counted like --token-limit-every, which wins when both are due).
         #[arg(long, value_name = "N", default_value_t = 0)]
         expire_every: u64,
+        /// Bill N more prompt tokens on every answered batch line than the plan counts, like a
+        /// provider that counts otherwise.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        bill_extra_prompt_tokens: u64,
         /// Answer `metadata: null` on batches, like servers that do not keep it.
         #[arg(long)]
         drop_metadata: bool,
@@ -373,8 +385,20 @@ impl Cli {
     /// The plain settings that commands take.
     pub fn resolve(self) -> (Global, Invocation) {
         let g = self.global;
+        let new_state = matches!(
+            self.command,
+            Command::Plan {
+                new_state: true,
+                ..
+            } | Command::Apply {
+                new_state: true,
+                ..
+            }
+        );
         let global = Global {
-            state_root: g.state,
+            state_explicit: g.state.is_some(),
+            state_root: g.state.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE)),
+            new_state,
             pricing: g.pricing,
             output: OutputMode {
                 json: g.json,
@@ -389,6 +413,7 @@ impl Cli {
             Command::Plan {
                 spec,
                 detailed_exitcode,
+                ..
             } => Invocation::Plan {
                 spec,
                 detailed_exitcode,
@@ -401,6 +426,7 @@ impl Cli {
                 retry_parse_failures,
                 sample,
                 seed,
+                ..
             } => Invocation::Apply(ApplySettings {
                 spec,
                 job: None,
@@ -465,6 +491,7 @@ impl Cli {
                 create_commit_error_rate,
                 token_limit_every,
                 expire_every,
+                bill_extra_prompt_tokens,
                 drop_metadata,
                 malformed_results,
                 twin_create_rate,
@@ -493,6 +520,7 @@ impl Cli {
                     twin_create_rate,
                     anthropic: api == SimApiArg::Anthropic,
                     answers: answer_shape(labels, pattern),
+                    extra_prompt_tokens: bill_extra_prompt_tokens,
                 },
                 port,
             },

@@ -54,7 +54,7 @@ pub const TABLE: &[Row] = &[
     Row {
         code: Code::Halted,
         name: "halted",
-        description: "halted by policy (failure rate, budget, chunk failure), or by `cancel`",
+        description: "halted by policy (failure rate, budget, chunk failure), by `cancel`, or by answering no to `apply`'s cost question",
     },
     Row {
         code: Code::Running,

@@ -493,12 +493,12 @@ fn bars(h: &mut String, name: &str, counts: &[(String, u64)], class: &str) {
     for (i, (label, n)) in counts.iter().enumerate() {
         let w = (*n as f64 / max * bar_w).max(if *n > 0 { 1.0 } else { 0.0 });
         let y = i as f64 * row + 2.0;
-        let shown: String = label.chars().take(40).collect();
+        let shown = cut_label(label, 40);
         let _ = write!(
             h,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
              <rect class=\"{class}\" data-label=\"{}\" data-count=\"{n}\" x=\"{left}\" y=\"{y}\" \
-             width=\"{w:.1}\" height=\"{}\"><title>{}: {n}</title></rect>\
+             width=\"{w:.1}\" height=\"{}\"><title>{}: {}</title></rect>\
              <text x=\"{:.1}\" y=\"{}\">{}</text>",
             left - 6.0,
             y + 13.0,
@@ -506,12 +506,25 @@ fn bars(h: &mut String, name: &str, counts: &[(String, u64)], class: &str) {
             esc(label),
             row - 6.0,
             esc(label),
+            num(*n),
             left + w + 4.0,
             y + 13.0,
             num(*n)
         );
     }
     h.push_str("</svg>");
+}
+
+/// A chart label of at most `max` characters: a longer one is cut with
+/// an ellipsis, so a cut label never passes for a whole one (the bar's
+/// tooltip keeps it whole).
+fn cut_label(label: &str, max: usize) -> String {
+    if label.chars().count() <= max {
+        return label.to_string();
+    }
+    let mut shown: String = label.chars().take(max.saturating_sub(1)).collect();
+    shown.push('…');
+    shown
 }
 
 fn short(x: f64) -> String {
@@ -554,6 +567,19 @@ fn esc(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cut_labels_end_in_an_ellipsis() {
+        let table = [
+            ("short", 40, "short"),
+            ("exactly", 7, "exactly"),
+            ("one too long", 11, "one too lo…"),
+            ("日本語のラベルです", 5, "日本語の…"),
+        ];
+        for (label, max, want) in table {
+            assert_eq!(cut_label(label, max), want, "{label}");
+        }
+    }
+
     use super::*;
 
     #[test]

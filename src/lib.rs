@@ -25,6 +25,7 @@ pub mod plan;
 pub mod prompt;
 pub mod protect;
 pub mod provider;
+pub mod registry;
 pub mod rehearsal;
 pub mod request;
 pub mod rowtokens;

@@ -13,6 +13,11 @@ use crate::split::SplitLimits;
 pub struct Global {
     /// Folder holding every job's state.
     pub state_root: PathBuf,
+    /// Named by --state or BATCHGRADER_STATE (else the default `./state`,
+    /// and the registry may point a job's command elsewhere).
+    pub state_explicit: bool,
+    /// `--new-state`: plan here even though the job has state elsewhere.
+    pub new_state: bool,
     /// Price table to use instead of the default one.
     pub pricing: Option<PathBuf>,
     pub output: OutputMode,

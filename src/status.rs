@@ -418,6 +418,37 @@ pub fn receipt_line(r: &Receipt) -> Option<String> {
     })
 }
 
+/// The counts of the rows line, with the chunk table as their one source
+/// for what the provider has done and the merged outcomes for the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowCounts {
+    /// Merged answers, this run's and earlier runs'.
+    pub answered: u64,
+    /// Requests the provider reports done (answered or failed) in chunks
+    /// whose results are not merged yet: taken out of `pending`, so that
+    /// the line never shows less done than the table under it.
+    pub collecting: u64,
+    pub failed: u64,
+    pub pending: u64,
+}
+
+/// The rows line's counts: `answered + collecting + failed + pending` is
+/// always the job's rows (given totals that add up, as the runner's do).
+pub fn row_counts(t: &Totals, units: &[UnitStatus]) -> RowCounts {
+    let reported: u64 = units
+        .iter()
+        .filter(|u| u.phase != Phase::Merged)
+        .map(|u| (u.completed + u.failed).min(u.requests))
+        .sum();
+    let collecting = reported.min(t.pending);
+    RowCounts {
+        answered: t.succeeded + t.already_done,
+        collecting,
+        failed: t.failed,
+        pending: t.pending - collecting,
+    }
+}
+
 /// The chunk table and totals, for `status` and the live view of `apply`.
 /// `now` (Unix seconds) is passed in so that the text depends on the
 /// snapshot alone.
@@ -466,11 +497,12 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
         )?;
     }
     let t = &s.totals;
+    let c = row_counts(t, &s.units);
     writeln!(
         w,
-        "  rows {}: {} answered{}, {} failed, {} pending{}",
+        "  rows {}: {} answered{}, {}{} failed, {} pending{}",
         num(t.rows),
-        num(t.succeeded + t.already_done),
+        num(c.answered),
         // "graded" in the summary and the output is an answer that
         // parsed: the ones that did not are said apart here too.
         if t.parse_failures > 0 {
@@ -478,8 +510,16 @@ pub fn render_to(w: &mut impl Write, p: Paint, s: &Snapshot, now: u64) -> io::Re
         } else {
             String::new()
         },
-        num(t.failed),
-        num(t.pending),
+        if c.collecting > 0 {
+            format!(
+                "{} done at the provider, not collected yet, ",
+                num(c.collecting)
+            )
+        } else {
+            String::new()
+        },
+        num(c.failed),
+        num(c.pending),
         if t.already_done > 0 {
             format!(" ({} from earlier runs)", num(t.already_done))
         } else {
@@ -639,6 +679,67 @@ mod tests {
             direct: None,
             quality: None,
             deadline: None,
+        }
+    }
+
+    #[test]
+    fn the_rows_line_adds_up_and_shows_what_the_table_shows() {
+        let t = |succeeded, failed, pending| Totals {
+            rows: 5_000,
+            to_grade: 5_000,
+            already_done: 0,
+            succeeded,
+            parse_failures: 0,
+            failed,
+            pending,
+        };
+        let u = |phase, requests, completed, failed| UnitStatus {
+            requests,
+            failed,
+            ..unit(1, phase, Some("x"), completed)
+        };
+        // The case: two chunks of 1,000 done at the provider, one
+        // merged, 488 of the other merged so far... (totals, units, want
+        // answered, collecting, failed, pending)
+        type Row = (Totals, Vec<UnitStatus>, (u64, u64, u64, u64));
+        let table: Vec<Row> = vec![
+            (
+                t(1_488, 0, 3_512),
+                vec![
+                    u(Phase::Merged, 1_000, 1_000, 0),
+                    u(Phase::Downloaded, 1_000, 1_000, 0),
+                    u(Phase::Submitted, 1_000, 0, 0),
+                ],
+                (1_488, 1_000, 0, 2_512),
+            ),
+            // A running chunk's progress counts, failures too.
+            (
+                t(0, 0, 5_000),
+                vec![u(Phase::Submitted, 1_250, 400, 5)],
+                (0, 405, 0, 4_595),
+            ),
+            // Never more than is pending, whatever the table says.
+            (
+                t(4_990, 5, 5),
+                vec![u(Phase::Ended, 1_000, 1_000, 0)],
+                (4_990, 5, 5, 0),
+            ),
+            // A count over the chunk's size counts as its size.
+            (
+                t(0, 0, 5_000),
+                vec![u(Phase::Submitted, 100, 150, 0)],
+                (0, 100, 0, 4_900),
+            ),
+            (t(5_000, 0, 0), vec![], (5_000, 0, 0, 0)),
+        ];
+        for (totals, units, want) in table {
+            let c = row_counts(&totals, &units);
+            assert_eq!((c.answered, c.collecting, c.failed, c.pending), want);
+            assert_eq!(
+                c.answered + c.collecting + c.failed + c.pending,
+                totals.rows,
+                "{c:?}"
+            );
         }
     }
 

@@ -100,11 +100,39 @@ fn encoders_wanted(threads: usize, input_bytes: u64) -> usize {
     }
 }
 
-/// Chat format overhead, as OpenAI's cookbook counts it for current models:
-/// every message costs 3 tokens plus its role and content, and every reply
-/// is primed with 3 more.
+/// Chat format overhead, as OpenAI's cookbook counts it for current models
+/// ("How to count tokens with tiktoken", openai-cookbook
+/// examples/How_to_count_tokens_with_tiktoken.ipynb): every message costs 3
+/// tokens plus its role and content, and every reply is primed with 3 more.
 const TOKENS_PER_MESSAGE: usize = 3;
 const REPLY_PRIMING: usize = 3;
+
+/// Prompt tokens of a chat request by that rule, with `count` counting a
+/// text's tokens: the one rule of the plan's count ([`Counter::chat_tokens`])
+/// and the simulated provider's bill, so that the plan's "at most" is a
+/// bound there.
+pub fn chat_rule<'a>(
+    count: impl Fn(&str) -> usize,
+    messages: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> usize {
+    messages
+        .into_iter()
+        .map(|(role, content)| TOKENS_PER_MESSAGE + count(role) + count(content))
+        .sum::<usize>()
+        + REPLY_PRIMING
+}
+
+/// One encoder of `encoding` for the whole process, built on first use
+/// (the simulated provider's counter); `None` if it cannot be built.
+pub fn shared_encoder(encoding: Encoding) -> Option<&'static CoreBPE> {
+    static O200K: std::sync::OnceLock<Option<CoreBPE>> = std::sync::OnceLock::new();
+    static CL100K: std::sync::OnceLock<Option<CoreBPE>> = std::sync::OnceLock::new();
+    let cell = match encoding {
+        Encoding::O200kBase => &O200K,
+        Encoding::Cl100kBase => &CL100K,
+    };
+    cell.get_or_init(|| build(encoding).ok()).as_ref()
+}
 
 impl Counter {
     /// A counter with an encoder for each of the pool's threads (up to
@@ -150,11 +178,7 @@ impl Counter {
 
     /// Prompt tokens of a whole chat request.
     pub fn chat_tokens<'a>(&self, messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
-        messages
-            .into_iter()
-            .map(|(role, content)| self.message_tokens(role, content))
-            .sum::<usize>()
-            + REPLY_PRIMING
+        chat_rule(|t| self.count(t), messages)
     }
 
     /// The constant part of every request's prompt tokens: the system message

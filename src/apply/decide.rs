@@ -837,6 +837,16 @@ pub fn totals(rows: u64, to_grade: u64, already_done: u64, tally: &Tally) -> Tot
     }
 }
 
+/// A running batch's counts (completed, failed) after a poll: never below
+/// what was shown before, since a provider's counters can lag between its
+/// replicas (a poll answered by a stale one), and the second value says
+/// whether they moved, so the store keeps what the live view showed and
+/// `status` after a Ctrl-C never shows less than the live view did.
+pub fn remote_progress(before: (u64, u64), reported: (u64, u64)) -> ((u64, u64), bool) {
+    let now = (before.0.max(reported.0), before.1.max(reported.1));
+    (now, now != before)
+}
+
 /// Paid at batch prices against what standard prices would have cost.
 pub fn receipt(units: &[UnitRecord]) -> Receipt {
     let paid: f64 = units.iter().map(|u| u.cost_usd).sum();
@@ -877,6 +887,25 @@ pub fn closing(ending: &Ending, refused_start: bool) -> Closing {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_batch_s_progress_never_goes_backwards() {
+        // (before, reported by the poll, shown after, moved)
+        let table = [
+            ((0, 0), (150, 0), (150, 0), true),
+            ((400, 2), (150, 1), (400, 2), false),
+            ((400, 2), (400, 2), (400, 2), false),
+            ((400, 2), (380, 5), (400, 5), true),
+            ((400, 2), (1_250, 0), (1_250, 2), true),
+        ];
+        for (before, reported, shown, moved) in table {
+            assert_eq!(
+                remote_progress(before, reported),
+                (shown, moved),
+                "{before:?} {reported:?}"
+            );
+        }
+    }
     use super::*;
 
     #[test]

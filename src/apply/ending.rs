@@ -97,6 +97,10 @@ pub struct Summary {
     /// A batch job that switched lanes (its deadline): requests and spend of each.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lanes: Option<Lanes>,
+    /// The plan's upper bound of the cost ("at most"), when it has one: the
+    /// summary says so when the spend passed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_at_most_usd: Option<f64>,
 }
 
 /// Requests answered and spend of each lane of one job (a batch job whose
@@ -164,6 +168,7 @@ impl Summary {
             message: end.message,
             retry_hint: None,
             lanes: None,
+            plan_at_most_usd: None,
             receipt: end.snap.receipt,
         }
     }
@@ -198,6 +203,7 @@ mod tests {
             message: None,
             retry_hint: None,
             lanes: None,
+            plan_at_most_usd: None,
             receipt: Default::default(),
         };
         let clean = RunEnd::Finished {

@@ -373,7 +373,10 @@ impl<'a> RunFrame<'a> {
                 s.path.display()
             ));
         }
-        let out_path = write_output.then(|| written_to.display().to_string());
+        // Absolute and free of `..`: `apply specs/x.yaml` (a path relative
+        // to the spec) and `resume` (the spec saved whole) say the same.
+        let out_path =
+            write_output.then(|| crate::registry::normal(written_to).display().to_string());
         // The gate at the end is judged on the output's agreement.
         let gate = self
             .spec
@@ -397,7 +400,14 @@ impl<'a> RunFrame<'a> {
             .map_err(|e| Error::io("write", self.layout().status(), e))?;
         let line = self.throughput.borrow().line();
         if let Some(line) = line {
-            self.event(None, &line);
+            // Developer figures (bench/scale reads them from a run's log):
+            // always in events.jsonl, on stderr only in plain output (CI,
+            // logs), never in the live view a person watches.
+            if self.ui.tty {
+                journal::append_event(&self.layout().events(), None, &line);
+            } else {
+                self.event(None, &line);
+            }
         }
         let summary = Summary::of(RunEnd {
             job: self.job(),

@@ -41,7 +41,9 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
                 for w in &planned.plan.warnings {
                     ui.warn(w);
                 }
-                let state_dir = planned.job_dir.display().to_string();
+                let state_dir = crate::registry::normal(&planned.job_dir)
+                    .display()
+                    .to_string();
                 ui.show(|w| {
                     super::plan::render(
                         w,
@@ -59,6 +61,7 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             (store, spec, planned.plan)
         }
         _ => {
+            let g = &super::homes::state_for(g, args.job.as_deref(), job::Verb::Resume, ui)?;
             let name = job::resolve(g, args.job.as_deref(), job::Verb::Resume)?;
             let store = JobStore::open_existing(&g.state_root, &name)?;
             let spec = job::saved_spec(&store)?;
@@ -109,6 +112,13 @@ fn run_planned(
     spec: spec::CheckedSpec,
     plan: PlanRecord,
 ) -> Result<Code> {
+    super::homes::record(
+        spec.name(),
+        &spec.file,
+        store.layout().root(),
+        crate::registry::Event::Apply,
+        ui,
+    );
     if store.plan_is_stale(plan.generation)? {
         // Never reached by a plan made since (it has another generation):
         // the last guard before a batch could carry a row answered directly.
@@ -128,8 +138,10 @@ fn run_planned(
     let deadline = fix_deadline(&store, &spec, ui)?;
     let started = !store.units(plan.generation)?.is_empty();
     if plan.outstanding > 0 && !started && !args.yes && !confirm(ui, &plan)? {
-        ui.info("Nothing submitted.");
-        return Ok(Code::Success);
+        // Not a success: a script that answered for the user must not go
+        // on as if the job ran. The plan is kept; `apply` asks again.
+        ui.info("Nothing submitted: the job is planned, and `apply` asks again.");
+        return Ok(Code::Halted);
     }
     let rt = runtime()?;
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -206,6 +218,7 @@ fn run_planned(
     {
         summary.retry_hint = Some(retry_command(g, args, &summary.job));
     }
+    summary.plan_at_most_usd = plan.estimate.as_ref().and_then(|e| e.high);
     if ui.json {
         /// The summary, and the warnings of the plan that was applied.
         #[derive(Serialize)]
@@ -404,6 +417,29 @@ fn confirm(ui: &Ui, plan: &PlanRecord) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// The line that says the spend passed the plan's "at most", or nothing.
+/// The plan counts prompts by OpenAI's published rule and every answer at
+/// its `max_tokens`; a provider that counts otherwise (another tokenizer, a
+/// response schema's own tokens) can bill more, and the user must hear it.
+/// Sub-cent rounding of the two sums is no excess.
+pub(crate) fn past_the_bound(spent_usd: f64, at_most_usd: Option<f64>) -> Option<String> {
+    let bound = at_most_usd?;
+    let excess = spent_usd - bound;
+    if excess <= 1e-9 {
+        return None;
+    }
+    let share = if bound > 0.0 {
+        format!(" (+{:.0}%)", (excess / bound * 100.0).ceil())
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "spent {}, more than the plan's at most {}{share}: the provider billed more tokens than the plan counted",
+        usd(spent_usd),
+        usd(bound)
+    ))
+}
+
 /// The end-of-run summary: counts, rates, the values, spend, the output.
 fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
     let head = match s.ending.as_str() {
@@ -483,14 +519,20 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
         }
         render_quality(w, p, s)?;
     }
+    // The spend is the job's, over every run of its current plan (a resume
+    // counts what earlier runs paid): said so, beside the plan's estimate,
+    // which is for the same rows.
     writeln!(
         w,
-        "  cost        {} spent{}",
+        "  cost        {} spent by this job's plan, all runs{}",
         usd(s.actual_cost_usd),
         s.estimated_cost_usd
             .map(|e| format!(" (estimated {})", usd(e)))
             .unwrap_or_default()
     )?;
+    if let Some(line) = past_the_bound(s.actual_cost_usd, s.plan_at_most_usd) {
+        writeln!(w, "  {}", p.bold(&line))?;
+    }
     if let Some(r) = receipt_line(&s.receipt) {
         writeln!(w, "  receipt     {r}")?;
     }
@@ -604,12 +646,50 @@ mod tests {
             message: None,
             retry_hint: None,
             lanes: None,
+            plan_at_most_usd: Some(4.4021),
             receipt: Receipt {
                 paid_usd: 3.9071,
                 standard_usd: 7.8142,
                 saved_usd: 3.9071,
             },
         }
+    }
+
+    #[test]
+    fn spend_past_the_plan_s_at_most_is_said() {
+        // (spent, at most, the line holds)
+        let table = [
+            (0.0390, Some(0.0390), None),
+            (0.0389, Some(0.0390), None),
+            (0.5, None, None),
+            (
+                0.0398,
+                Some(0.0390),
+                Some("spent $0.0398, more than the plan's at most $0.0390 (+3%)"),
+            ),
+            (
+                0.01,
+                Some(0.0),
+                Some("spent $0.0100, more than the plan's at most $0.0000:"),
+            ),
+        ];
+        for (spent, bound, want) in table {
+            let got = past_the_bound(spent, bound);
+            match want {
+                None => assert_eq!(got, None, "{spent} {bound:?}"),
+                Some(w) => assert!(got.as_deref().is_some_and(|g| g.contains(w)), "{got:?}"),
+            }
+        }
+        let within = text(&finished());
+        assert!(!within.contains("more than the plan"), "{within}");
+        let over = text(&Summary {
+            actual_cost_usd: 4.5,
+            ..finished()
+        });
+        assert!(
+            over.contains("spent $4.50, more than the plan's at most $4.40 (+3%)"),
+            "{over}"
+        );
     }
 
     fn text(s: &Summary) -> String {
@@ -757,6 +837,8 @@ mod tests {
     fn a_job_that_failed_for_good_is_told_how_to_send_it_again() {
         let g = |state: &str| Global {
             state_root: PathBuf::from(state),
+            state_explicit: state != "state",
+            new_state: false,
             pricing: None,
             output: Default::default(),
             typed: Vec::new(),

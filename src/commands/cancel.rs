@@ -15,6 +15,7 @@ use crate::state::JobStore;
 use crate::ui::{Ui, plural, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, ui: &Ui) -> Result<Code> {
+    let g = &super::homes::state_for(g, job, job::Verb::Cancel, ui)?;
     let job = job::resolve(g, job, job::Verb::Cancel)?;
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;

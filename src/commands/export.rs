@@ -17,6 +17,7 @@ pub fn run(
     disagreements: bool,
     ui: &Ui,
 ) -> Result<Code> {
+    let g = &super::homes::state_for(g, job, job::Verb::Export, ui)?;
     let job = job::resolve(g, job, job::Verb::Export)?;
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;

@@ -140,6 +140,11 @@ pub fn choose(
 /// `replace` when that was the name typed). Without the typed words (a
 /// caller that is not the command line), the bare command.
 pub fn command_for(typed: &[String], verb: Verb, job: &str, replace: Option<&str>) -> String {
+    line_of(&words_for(typed, verb, job, replace))
+}
+
+/// The words of [`command_for`], program name left out.
+pub fn words_for(typed: &[String], verb: Verb, job: &str, replace: Option<&str>) -> Vec<String> {
     let mut words: Vec<String> = typed.to_vec();
     match words.iter().position(|w| w == verb.word()) {
         Some(at) => match replace.and_then(|r| words[at + 1..].iter().position(|w| w == r)) {
@@ -148,8 +153,28 @@ pub fn command_for(typed: &[String], verb: Verb, job: &str, replace: Option<&str
         },
         None => words = vec![verb.word().to_string(), job.to_string()],
     }
+    words
+}
+
+/// The command line `typed` (words after the program name) run in the
+/// state folder `state`: any --state it had replaced, --new-state dropped.
+pub fn with_state(typed: &[String], state: &std::path::Path) -> String {
+    let mut words = vec!["--state".to_string(), state.display().to_string()];
+    let mut rest = typed.iter();
+    while let Some(w) = rest.next() {
+        if w == "--state" {
+            rest.next();
+        } else if !(w.starts_with("--state=") || w == "--new-state") {
+            words.push(w.clone());
+        }
+    }
+    line_of(&words)
+}
+
+/// `batchgrader` and `words`, each as a shell reads it back.
+fn line_of(words: &[String]) -> String {
     let mut line = String::from("batchgrader");
-    for w in &words {
+    for w in words {
         line.push(' ');
         line.push_str(&shell_word(w));
     }
@@ -248,7 +273,8 @@ pub fn resolve(g: &Global, job: Option<&str>, verb: Verb) -> Result<String> {
         job,
         verb,
         &g.typed,
-        &state_root.display().to_string(),
+        // Absolute: "no job in state" does not say which `state` was read.
+        &crate::registry::normal(state_root).display().to_string(),
     )
     .map_err(|r| Error::usage_with_hint(r.message, r.hint))
 }
@@ -487,6 +513,33 @@ mod tests {
         assert_eq!(
             command_for(&[], Verb::Resume, "job", None),
             "batchgrader resume job"
+        );
+    }
+
+    #[test]
+    fn the_typed_command_is_given_back_in_another_state_folder() {
+        let dir = std::path::Path::new("/p/work/state");
+        // (typed, the same command in /p/work/state)
+        let table = [
+            (
+                "plan work/specs/x.yaml",
+                "batchgrader --state /p/work/state plan work/specs/x.yaml",
+            ),
+            (
+                "--state other apply x.yaml --yes",
+                "batchgrader --state /p/work/state apply x.yaml --yes",
+            ),
+            (
+                "--state=other --json plan x.yaml --new-state",
+                "batchgrader --state /p/work/state --json plan x.yaml",
+            ),
+        ];
+        for (typed, want) in table {
+            assert_eq!(with_state(&words(typed), dir), want, "{typed}");
+        }
+        assert_eq!(
+            with_state(&words("status x"), std::path::Path::new("/a b/state")),
+            "batchgrader --state '/a b/state' status x"
         );
     }
 }

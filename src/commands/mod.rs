@@ -7,6 +7,7 @@ mod cancel;
 mod connect;
 mod costs;
 mod export;
+mod homes;
 mod job;
 mod plan;
 mod rehearse;

@@ -31,7 +31,9 @@ pub fn run(g: &Global, spec_path: &Path, detailed_exitcode: bool, ui: &Ui) -> Re
     };
     let shown = left_to_do(&planned.plan, remaining);
     let p = &shown;
-    let state_dir = planned.job_dir.display().to_string();
+    let state_dir = crate::registry::normal(&planned.job_dir)
+        .display()
+        .to_string();
     if ui.json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -143,6 +145,7 @@ pub(super) fn open_and_plan(
     spec: &CheckedSpec,
     ui: &Ui,
 ) -> Result<(JobStore, Planned)> {
+    super::homes::refuse_elsewhere(g, spec.name(), &spec.file)?;
     protect::check_output(
         &spec.output_path,
         OutputFrom::Spec(&spec.file),
@@ -163,6 +166,13 @@ pub(super) fn open_and_plan(
         return Err(damage.into());
     }
     let mut planned = planner::plan(&store, spec, prepared, ui)?;
+    super::homes::record(
+        spec.name(),
+        &spec.file,
+        &g.state_root,
+        crate::registry::Event::Plan,
+        ui,
+    );
     // Shown with the plan's warnings but not saved in it: it follows the
     // spec's `output` block, which can change without a new plan.
     planned

@@ -16,6 +16,7 @@ use crate::state::{JobStore, UnitRecord};
 use crate::ui::{Ui, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result<Code> {
+    let g = &super::homes::state_for(g, job, job::Verb::Report, ui)?;
     let job = job::resolve(g, job, job::Verb::Report)?;
     let store = JobStore::open_existing(&g.state_root, &job)?;
     let spec = job::saved_spec(&store)?;

@@ -14,6 +14,7 @@ use crate::status::{self, RunState, Snapshot};
 use crate::ui::{Ui, print_json};
 
 pub fn run(g: &Global, job: Option<&str>, watch: bool, exit_status: bool, ui: &Ui) -> Result<Code> {
+    let g = &super::homes::state_for(g, job, job::Verb::Status, ui)?;
     let job = job::resolve(g, job, job::Verb::Status)?;
     let layout = Layout::new(&g.state_root, &job);
     loop {

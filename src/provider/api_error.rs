@@ -72,9 +72,16 @@ impl ApiError {
         found.filter(|e| e.message.is_some() || e.kind.is_some() || e.code.is_some())
     }
 
-    /// The most specific identifier: `code`, else `type`.
+    /// The most specific identifier: `code`, else `type`. A numeric `code`
+    /// is the HTTP status again (vLLM and LiteLLM put it there), which says
+    /// nothing beside the status: the `type` names the failure then, and
+    /// without one there is no name.
     pub fn code_or_type(&self) -> Option<&str> {
-        self.code.as_deref().or(self.kind.as_deref())
+        let named = self
+            .code
+            .as_deref()
+            .filter(|_| self.numeric_code().is_none());
+        named.or(self.kind.as_deref())
     }
 
     /// An integer `code` (vLLM puts the HTTP status there).
@@ -125,12 +132,12 @@ mod tests {
             // vLLM, nested, integer code.
             (
                 r#"{"error":{"message":"bad","type":"BadRequestError","param":null,"code":400}}"#,
-                Some(("400", "bad")),
+                Some(("BadRequestError", "bad")),
             ),
             // vLLM, old flat shape.
             (
                 r#"{"object":"error","message":"flat","type":"NotFoundError","param":null,"code":404}"#,
-                Some(("404", "flat")),
+                Some(("NotFoundError", "flat")),
             ),
             // Anthropic.
             (

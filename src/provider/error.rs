@@ -311,7 +311,29 @@ mod tests {
 
     #[test]
     fn display_table() {
+        let gateway = ApiError {
+            message: Some("model not found".into()),
+            kind: None,
+            code: Some("400".into()),
+            param: None,
+        };
         let cases = [
+            // A gateway's status in `code` is not printed twice.
+            (
+                ProviderError::new("chat completion", ErrorKind::Rejected)
+                    .with_status(Some(400))
+                    .with_api(Some(gateway)),
+                "chat completion failed: HTTP 400: model not found",
+            ),
+            (
+                ProviderError::new("chat completion", ErrorKind::Rejected)
+                    .with_status(Some(400))
+                    .with_api(api("400", "bad").map(|a| ApiError {
+                        kind: Some("BadRequestError".into()),
+                        ..a
+                    })),
+                "chat completion failed: HTTP 400 BadRequestError: bad",
+            ),
             (
                 ProviderError::new("create batch", ErrorKind::Auth)
                     .with_status(Some(401))

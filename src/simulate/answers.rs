@@ -453,29 +453,47 @@ fn truncate_to_limit(mut completion: Completion, limit: Option<u64>) -> Completi
     completion
 }
 
-/// Characters / 4 plus the chat format's per-message and priming overhead.
+/// Prompt tokens billed by the rule the plan counts with
+/// (`tokenize::chat_rule`: OpenAI's published chat-format counting), with
+/// the model's tiktoken encoding; text parts of a message are counted
+/// joined. Should the encoder be unavailable, characters / 4.
 fn prompt_tokens(body: &Value) -> u64 {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let chars: usize = messages
+    let texts: Vec<(String, String)> = messages
         .iter()
-        .map(|m| content_chars(m.get("content").unwrap_or(&Value::Null)))
-        .sum();
-    ((chars / CHARS_PER_TOKEN) as u64 + 4 * messages.len() as u64 + 3).max(1)
+        .map(|m| {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+            (
+                role.to_string(),
+                content_text(m.get("content").unwrap_or(&Value::Null)),
+            )
+        })
+        .collect();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let pairs = texts.iter().map(|(r, c)| (r.as_str(), c.as_str()));
+    let n = match crate::tokenize::shared_encoder(crate::tokenize::encoding_for_model(model).0) {
+        Some(bpe) => crate::tokenize::chat_rule(|t| bpe.count_ordinary(t), pairs),
+        None => crate::tokenize::chat_rule(|t| t.chars().count() / CHARS_PER_TOKEN, pairs),
+    };
+    (n as u64).max(1)
 }
 
-fn content_chars(content: &Value) -> usize {
+/// A message's text: the string, or its text parts one after another.
+fn content_text(content: &Value) -> String {
     match content {
-        Value::String(s) => s.chars().count(),
+        Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
             .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .map(|s| s.chars().count())
-            .sum(),
-        _ => 0,
+            .collect(),
+        _ => String::new(),
     }
 }
 
@@ -712,13 +730,19 @@ mod tests {
     }
 
     #[test]
-    fn prompt_tokens_estimate() {
-        // 30 + 47 characters → 77 / 4 = 19, + 2 messages × 4 + 3.
-        assert_eq!(complete(&request(json!({}))).prompt_tokens, 19 + 8 + 3);
-        let parts = json!({"model": "m", "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "abcdefgh"}]}
+    fn prompt_tokens_are_billed_as_the_plan_counts_them() {
+        let counter = crate::tokenize::Counter::new(crate::tokenize::Encoding::O200kBase).unwrap();
+        let planned = counter.chat_tokens([
+            ("system", "Grade the answer from 0 to 10."),
+            ("user", "The sky is blue because of Rayleigh scattering."),
+        ]);
+        assert_eq!(complete(&request(json!({}))).prompt_tokens, planned as u64);
+        // The cookbook's figures: 3 per message, 3 priming the reply.
+        let user = counter.count("user") + counter.count("abcdefgh");
+        let parts = json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "abcd"}, {"type": "text", "text": "efgh"}]}
         ]});
-        assert_eq!(complete(&parts).prompt_tokens, 2 + 4 + 3);
+        assert_eq!(complete(&parts).prompt_tokens, (3 + user + 3) as u64);
     }
 
     #[test]

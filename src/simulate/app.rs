@@ -278,7 +278,7 @@ impl App {
         let batch_fault = batch.fault;
         let app = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let ctx = run_context(&batch, &flakes);
+            let ctx = run_context(&batch, &flakes, app.config.extra_prompt_tokens);
             match app.blobs.reader(&batch.input_file_id) {
                 Ok(reader) => {
                     let mut ids = Vec::new();
@@ -337,7 +337,7 @@ impl App {
         let app = self.clone();
         let (out_name, err_name) = (output_id.clone(), error_id.clone());
         let results = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let ctx = run_context(&batch, &flakes);
+            let ctx = run_context(&batch, &flakes, app.config.extra_prompt_tokens);
             let (start_ms, span_ms) = batch.run_window().unwrap_or_default();
             let clock = RunClock { start_ms, span_ms };
             let reader = match app.blobs.reader(&batch.input_file_id) {
@@ -470,7 +470,11 @@ fn flakes(db: &Db, batch: &BatchRecord) -> Flakes {
     }
 }
 
-fn run_context<'a>(batch: &'a BatchRecord, flakes: &'a Flakes) -> RunContext<'a> {
+fn run_context<'a>(
+    batch: &'a BatchRecord,
+    flakes: &'a Flakes,
+    extra_prompt_tokens: u64,
+) -> RunContext<'a> {
     RunContext {
         batch_id: &batch.id,
         endpoint: &batch.endpoint,
@@ -485,6 +489,7 @@ fn run_context<'a>(batch: &'a BatchRecord, flakes: &'a Flakes) -> RunContext<'a>
         },
         flakes,
         answers: batch.answers.plain(),
+        extra_prompt_tokens,
     }
 }
 

@@ -33,6 +33,9 @@ pub struct RunContext<'a> {
     pub flakes: &'a Flakes,
     /// How plain requests are answered (the batch's frozen answer shape).
     pub answers: Plain,
+    /// Prompt tokens billed on every answered line beyond what the chat rule
+    /// counts (`--bill-extra-prompt-tokens`): a provider that counts otherwise.
+    pub extra_prompt_tokens: u64,
 }
 
 /// Requests that fail once (`request_flake_rate`): those whose draw falls
@@ -419,7 +422,8 @@ fn request_id(ctx: &RunContext, request: &Request) -> String {
 }
 
 fn success_line(ctx: &RunContext, request: &Request, created: u64) -> (String, u64, u64) {
-    let completion = complete(&request.body, &ctx.answers);
+    let mut completion = complete(&request.body, &ctx.answers);
+    completion.prompt_tokens += ctx.extra_prompt_tokens;
     let id = format!("chatcmpl-sim-{:016x}", line_hash(b"chatcmpl", ctx, request));
     let body = completion_json(&request.body, &completion, &id, created);
     let line = json!({
@@ -524,6 +528,7 @@ mod tests {
             unrun: Unrun::Cancelled,
             flakes: &NO_FLAKES,
             answers: Plain::Grade,
+            extra_prompt_tokens: 0,
         }
     }
 

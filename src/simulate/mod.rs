@@ -111,6 +111,10 @@ pub struct SimConfig {
     /// The shape of the answers to requests without a JSON `response_format`:
     /// the job's labels or pattern, so a rehearsal parses as the real job would.
     pub answers: AnswerShape,
+    /// Prompt tokens billed on every answered batch line beyond the chat
+    /// rule the plan counts with: a provider whose count differs from the
+    /// plan's (another tokenizer, a schema's tokens). 0 by default.
+    pub extra_prompt_tokens: u64,
 }
 
 /// By hand, so that a key never reaches a log.
@@ -137,6 +141,7 @@ impl std::fmt::Debug for SimConfig {
             .field("twin_create_rate", &self.twin_create_rate)
             .field("anthropic", &self.anthropic)
             .field("answers", &self.answers)
+            .field("extra_prompt_tokens", &self.extra_prompt_tokens)
             .finish()
     }
 }
@@ -164,6 +169,7 @@ impl Default for SimConfig {
             twin_create_rate: 0.0,
             anthropic: false,
             answers: AnswerShape::Free,
+            extra_prompt_tokens: 0,
         }
     }
 }

@@ -489,3 +489,68 @@ poll: {{interval: 100ms, max_interval: 200ms}}
     assert_eq!(e.code, 0, "{e:?}");
     assert_eq!(sb.read("again.csv"), out);
 }
+
+/// Answering no to the cost question on a terminal submits nothing and
+/// exits 4, not 0: a script must not go on as if the job ran.
+#[test]
+fn answering_no_to_the_cost_question_exits_4() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", "id,text\na,one\nb,two\nc,three\n");
+    // A dollar a token: the estimate is above the $10 that asks.
+    sb.write(
+        "p.csv",
+        "model,input_per_1m,output_per_1m,batch_input_per_1m,batch_output_per_1m,prices_as_of\ngpt-4o-mini,2000000,2000000,1000000,1000000,2026-01-01\n",
+    );
+    sb.write(
+        "s.yaml",
+        "version: 1\nname: ask\nprovider:\n  kind: simulated\nmodel: gpt-4o-mini\ninput:\n  path: in.csv\n  id: id\nprompt:\n  user: \"{{ text }}\"\nrequest:\n  max_tokens: 4\noutput:\n  path: out.csv\n",
+    );
+    // `script` gives the binary a terminal on stdin and stderr.
+    let mut cmd = sb.command_under(
+        &["sh", "-c", "exec script -qec \"$0 $*\" /dev/null"],
+        &["--pricing", "p.csv", "apply", "s.yaml"],
+    );
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let run: common::Run = child.wait_with_output().unwrap().into();
+    assert!(run.stdout.contains("[y/N]"), "{run:?}");
+    assert!(run.stdout.contains("Nothing submitted"), "{run:?}");
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(!sb.path("out.csv").exists());
+}
+
+/// On a terminal, a run shows no developer figures: the `throughput:`
+/// line goes to events.jsonl only (and to stderr in plain output).
+#[test]
+fn an_interactive_run_prints_no_throughput_line() {
+    let sb = Sandbox::new();
+    sb.write("in.csv", "id,text\na,one\nb,two\n");
+    sb.write(
+        "s.yaml",
+        "version: 1\nname: tty\nprovider:\n  kind: simulated\n  simulated: { validating: 10ms, in_progress: 50ms, finalizing: 10ms }\nmodel: gpt-4o-mini\ninput:\n  path: in.csv\n  id: id\nprompt:\n  user: \"{{ text }}\"\nrequest:\n  max_tokens: 4\noutput:\n  path: out.csv\npoll:\n  interval: 50ms\n  max_interval: 100ms\n",
+    );
+    let out = sb
+        .command_under(
+            &["sh", "-c", "exec script -qec \"$0 $*\" /dev/null"],
+            &["apply", "s.yaml", "--yes"],
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let run: common::Run = out.into();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Finished"), "{run:?}");
+    assert!(!run.stdout.contains("throughput:"), "{run:?}");
+    assert!(sb.read("state/tty/events.jsonl").contains("throughput:"));
+    // Plain output keeps it, for logs and bench/scale.
+    sb.write("in.csv", "id,text\na,one\nb,two\nc,three\n");
+    let plain = sb.run(&["apply", "s.yaml", "--yes"]);
+    assert_eq!(plain.code, 0, "{plain:?}");
+    assert!(plain.stderr.contains("throughput:"), "{plain:?}");
+}

@@ -15,7 +15,10 @@ use serde_json::Value;
 
 fn chaos(args: &[&str]) -> (i32, String, String) {
     let script = common::repo().join("bench/chaos");
-    let out = Command::new("python3")
+    let mut cmd = Command::new("python3");
+    // The binary it runs keeps its job registry in a test home.
+    common::user_home(&mut cmd, common::process_home());
+    let out = cmd
         .arg(&script)
         .args(args)
         .output()

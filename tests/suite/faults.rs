@@ -71,11 +71,12 @@ fn failure_rate_passed_in_the_first_chunk_creates_no_second_batch() {
 
 #[test]
 fn budget_passed_mid_run_stops_before_the_next_batch() {
-    // The simulated provider counts about a token per 4 characters, far
-    // more than the tokenizer finds in runs of one letter: the estimate's
-    // upper bound passes the start check, the actual spend does not.
+    // The simulated provider bills 1,000 prompt tokens a request more than
+    // the plan counts, as a provider that counts otherwise would: the
+    // estimate's upper bound passes the start check, the actual spend does
+    // not, and the summary says the spend passed the plan's "at most".
     let sb = Sandbox::new();
-    let server = Server::start(&sb, &[]);
+    let server = Server::start(&sb, &["--bill-extra-prompt-tokens", "1000"]);
     let text = "a".repeat(4000);
     job(
         &sb,
@@ -92,6 +93,13 @@ fn budget_passed_mid_run_stops_before_the_next_batch() {
     let run = apply(&sb);
     assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stderr.contains("passed halt.max_cost_usd"), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "more than the plan's at most {}",
+            batchgrader::cost::usd(high)
+        )),
+        "{run:?}"
+    );
     let stats = server.stats();
     assert_eq!(stats["batches_created"], 2, "{stats:#}");
     let summary = run.json();

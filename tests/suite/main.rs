@@ -27,5 +27,6 @@ mod retry_failed;
 mod run_frame;
 mod simulate_server;
 mod split;
+mod state_home;
 mod structured;
 mod tokens;

@@ -117,3 +117,51 @@ fn tokens_command_reports_per_row_statistics() {
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("no column `nope`"), "{bad:?}");
 }
+
+/// The plan's "at most" is a bound on the simulated provider: it bills
+/// prompts by the rule the plan counts with, in batch and direct mode, for
+/// texts in several scripts, and the summary says nothing of passing it.
+#[test]
+fn the_simulated_provider_bills_what_the_plan_counted() {
+    let texts = [
+        "The sky is blue because of Rayleigh scattering.",
+        "Le ciel est bleu à cause de la diffusion de Rayleigh.",
+        "空が青いのはレイリー散乱のためです。",
+        "Небо голубое из-за рэлеевского рассеяния.",
+        "emoji 🌍🌈 and numbers 3.14159, 2,718",
+    ];
+    for mode in ["batch", "direct"] {
+        let sb = Sandbox::new();
+        let mut csv = String::from("text\n");
+        for t in texts {
+            csv.push_str(&format!("\"{t}\"\n"));
+        }
+        sb.write("in.csv", &csv);
+        let provider = format!(
+            "provider:\n  kind: simulated\n  mode: {mode}\n  simulated: {{ validating: 10ms, in_progress: 50ms, finalizing: 10ms }}\npoll:\n  interval: 50ms\n  max_interval: 100ms\n"
+        );
+        sb.write(
+            "s.yaml",
+            spec("bound", "in.csv", "Grade: {{ text }}", &provider),
+        );
+        let plan = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(plan.code, 0, "{mode}: {plan:?}");
+        let p = plan.json();
+        let at_most = p["estimate"]["high"]
+            .as_f64()
+            .expect("max_tokens gives a bound");
+        let apply = sb.run(&["apply", "s.yaml", "--yes", "--json"]);
+        assert_eq!(apply.code, 0, "{mode}: {apply:?}");
+        let (billed_in, _) = common::ledger_tokens(&sb, "bound");
+        assert_eq!(billed_in, p["prompt_tokens"].as_u64().unwrap(), "{mode}");
+        let spent = apply.json()["actual_cost_usd"].as_f64().unwrap();
+        assert!(
+            spent > 0.0 && spent <= at_most,
+            "{mode}: {spent} > {at_most}"
+        );
+        assert!(
+            !apply.stderr.contains("more than the plan"),
+            "{mode}: {apply:?}"
+        );
+    }
+}

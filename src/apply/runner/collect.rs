@@ -53,8 +53,15 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             batch.state,
         ) {
             (StatusVerdict::KeepPolling, RemoteState::Running { done, failed, .. }) => {
-                u.completed = done;
+                let ((completed, failed), moved) =
+                    decide::remote_progress((u.completed, u.failed), (done, failed));
+                u.completed = completed;
                 u.failed = failed;
+                if moved && !(changed || was_parked) {
+                    // Kept, so that what the live view showed is what
+                    // `status` shows after the run stops.
+                    self.put(u)?;
+                }
                 if changed || was_parked {
                     self.put(u)?;
                     self.event(Some(u.id), &format!("batch {batch_id} is {label}"));

@@ -35,10 +35,33 @@ fn harness_env(cmd: &mut Command) {
     cmd.env_remove("BATCHGRADER_STATE")
         .env_remove("BATCHGRADER_PRICING")
         .env("NO_COLOR", "1");
+    user_home(cmd, process_home());
+}
+
+/// Runs of the binary keep the per-user job registry under `home`, never
+/// in the real user's home.
+pub fn user_home(cmd: &mut Command, home: &Path) {
+    cmd.env("HOME", home)
+        .env("XDG_STATE_HOME", home.join(".local/state"));
+}
+
+/// The user home of this test process's runs that have no sandbox of
+/// their own: a folder under Cargo's scratch folder for tests.
+pub fn process_home() -> &'static Path {
+    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("home-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("temp home")
+            .keep()
+    })
 }
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// The user home of the sandbox's runs (the job registry lives in it).
+    pub home: tempfile::TempDir,
 }
 
 pub struct Run {
@@ -86,6 +109,7 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         Sandbox {
             dir: tempfile::tempdir().expect("temp dir"),
+            home: tempfile::tempdir().expect("temp home"),
         }
     }
 
@@ -120,7 +144,14 @@ impl Sandbox {
     /// The binary with `args`, in the sandbox, not started: for runs a test
     /// spawns, signals or pipes itself.
     pub fn command(&self, args: &[&str]) -> Command {
-        command_in(self.dir.path(), args)
+        let mut cmd = command_in(self.dir.path(), args);
+        user_home(&mut cmd, self.home.path());
+        cmd
+    }
+
+    /// The sandbox's job registry file.
+    pub fn registry(&self) -> PathBuf {
+        self.home.path().join(".local/state/batchgrader/jobs.jsonl")
     }
 
     /// The binary with `args`, in the sandbox, started by `wrapper` (a
@@ -129,6 +160,7 @@ impl Sandbox {
     pub fn command_under(&self, wrapper: &[&str], args: &[&str]) -> Command {
         let mut cmd = Command::new(wrapper[0]);
         harness_env(&mut cmd);
+        user_home(&mut cmd, self.home.path());
         cmd.current_dir(self.dir.path())
             .args(&wrapper[1..])
             .arg(bin_path())
