@@ -101,6 +101,7 @@ pub struct Prepared {
 pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let mut warnings = Vec::new();
     let prices = PriceTable::load(pricing)?;
+    warnings.extend(prices.warnings.iter().cloned());
     // Direct mode pays standard prices: the plan keeps the prices the job pays.
     let direct = spec.endpoint.is_direct();
     let price = prices

@@ -315,6 +315,8 @@ mod tests {
                 batch_input_per_1m: 0.075,
                 batch_output_per_1m: 0.3,
                 prices_as_of: "2026-01-01".into(),
+                cached_input_per_1m: None,
+                cache_write_per_1m: None,
             }),
             estimate: Some(Estimate {
                 low: 0.3637,

@@ -179,6 +179,7 @@ fn changed_input_replans_only_requests_without_a_result() {
                         output_tokens: 1,
                         cache_write_tokens: 0,
                         cache_read_tokens: 0,
+                        reasoning_tokens: 0,
                     },
                 )
                 .unwrap();
