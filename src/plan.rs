@@ -559,6 +559,9 @@ fn hash_head(spec: &CheckedSpec, prompt: &Prompt, price: Option<&cost::Price>) -
         // Absent without a schema, so plans made before schemas keep their hash.
         #[serde(skip_serializing_if = "Option::is_none")]
         schema: Option<&'a serde_json::Value>,
+        // Absent under `auto`, so plans made before caching keep their hash.
+        #[serde(skip_serializing_if = "spec::CacheSetting::is_auto")]
+        cache: spec::CacheSetting,
     }
     let head = Inputs {
         format: PLAN_FORMAT,
@@ -571,6 +574,7 @@ fn hash_head(spec: &CheckedSpec, prompt: &Prompt, price: Option<&cost::Price>) -
         expected_output_tokens: spec.output().expected_output_tokens,
         price,
         schema: spec.schema.as_ref(),
+        cache: spec.prompt().cache,
     };
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&head).expect("plain data serializes"));

@@ -203,8 +203,14 @@ pub(super) fn build(
                 .map_err(|e| Error::io("create gold values in", scratch, e))?,
         )
     };
-    let builder = request_builder(spec, prompt);
     let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
+    // The shared prefix's tokens: the system message (rubric and examples).
+    let prefix_tokens = fixed_tokens - counter.fixed_chat_tokens(None) as u64;
+    let builder = request_builder(spec, prompt).with_cache(crate::request::cache_tail(
+        spec,
+        prompt.system.as_deref(),
+        prefix_tokens,
+    ));
     let id_column = spec.input().id.as_deref();
 
     let sources = reader.sources().to_vec();
