@@ -285,6 +285,54 @@ pub struct Estimate {
     pub expected: Option<f64>,
     /// Plus `max_tokens` per request, when the request caps output.
     pub high: Option<f64>,
+    /// The prompt's cost if the cache is hit as it can be, when the
+    /// requests ask for caching ([`with_cache_hits`]). `low`, `expected`
+    /// and `high` assume no hit: a provider's cache is best effort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<CachedEstimate>,
+}
+
+/// The prompt's cost with cache hits: every request but the first of each
+/// batch reads the shared prefix from the cache, and (where the provider
+/// bills writes) the first writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CachedEstimate {
+    /// The shared prefix of each request (system prompt and examples).
+    pub prefix_tokens: u64,
+    /// Prompt tokens read from the cache, over the plan.
+    pub read_tokens: u64,
+    /// Prompt tokens written to the cache, over the plan.
+    pub write_tokens: u64,
+    /// `low` with those tokens at the cache prices.
+    pub low: f64,
+}
+
+/// [`CachedEstimate`] of `requests` requests in `batches` batches holding
+/// `prompt_tokens` in all, with a shared prefix of `prefix_tokens`.
+/// `block`: the provider caches in blocks of this many tokens (OpenAI: 128,
+/// prompt caching guide), 1 for a whole block (Anthropic); `writes`: the
+/// provider bills writes apart (Anthropic).
+pub fn with_cache_hits(
+    price: &Price,
+    requests: u64,
+    batches: u64,
+    prompt_tokens: u64,
+    prefix_tokens: u64,
+    block: u64,
+    writes: bool,
+) -> CachedEstimate {
+    let firsts = batches.min(requests);
+    let cached = prefix_tokens / block.max(1) * block.max(1);
+    let read_tokens = (requests - firsts) * cached;
+    let write_tokens = if writes { firsts * prefix_tokens } else { 0 };
+    let plain = prompt_tokens.saturating_sub(read_tokens + write_tokens);
+    CachedEstimate {
+        prefix_tokens,
+        read_tokens,
+        write_tokens,
+        low: plain as f64 * price.batch_input_per_1m / 1e6
+            + cache_cost(price, write_tokens, read_tokens, true),
+    }
 }
 
 /// Estimate the cost of `requests` requests holding `prompt_tokens` in all.
@@ -301,6 +349,7 @@ pub fn estimate(
         low: input,
         expected: expected_output_per_request.map(|e| input + output(e)),
         high: max_output_per_request.map(|m| input + output(m)),
+        cached: None,
     }
 }
 
@@ -519,6 +568,27 @@ gpt-x,2.00,8.00,1.00,4.00,0.50,,2026-01-02
         // Direct mode's price is the standard one in the batch fields.
         let direct = claude.clone().at_standard_prices();
         assert!((direct.cache_read_per_1m(true) - 0.30).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_estimate_with_cache_hits() {
+        let t = PriceTable::parse("t", CACHED).unwrap();
+        let (claude, gpt) = (t.lookup("claude-x").unwrap(), t.lookup("gpt-x").unwrap());
+        // 1,000 requests in 2 batches, 2,000-token prefix, 2,100,000 tokens.
+        // OpenAI: 998 requests read 1,920 tokens (15 blocks of 128); the
+        // rest is plain: 2,100,000 - 1,916,160 = 183,840 at $1.00, the
+        // reads at $0.25 per 1M.
+        let e = with_cache_hits(gpt, 1000, 2, 2_100_000, 2000, 128, false);
+        assert_eq!((e.read_tokens, e.write_tokens), (1_916_160, 0));
+        assert!((e.low - (0.18384 + 0.47904)).abs() < 1e-12, "{e:?}");
+        // Anthropic: 998 reads of 2,000, 2 writes of 2,000; plain 100,000
+        // at $1.50, reads at $0.15, writes at $3.00 per 1M.
+        let e = with_cache_hits(claude, 1000, 2, 2_100_000, 2000, 1, true);
+        assert_eq!((e.read_tokens, e.write_tokens), (1_996_000, 4_000));
+        assert!((e.low - (0.15 + 0.2994 + 0.012)).abs() < 1e-12, "{e:?}");
+        // No request, no hit; never more tokens cached than there are.
+        let e = with_cache_hits(gpt, 0, 0, 0, 2000, 128, false);
+        assert_eq!((e.read_tokens, e.write_tokens, e.low), (0, 0, 0.0));
     }
 
     #[test]

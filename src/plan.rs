@@ -289,13 +289,31 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         .or_else(|| request_params.get("max_tokens"))
         .and_then(serde_json::Value::as_u64);
     let estimate = price.as_ref().map(|p| {
-        cost::estimate(
+        let mut e = cost::estimate(
             p,
             built.outstanding,
             built.prompt_tokens,
             spec.output().expected_output_tokens,
             max_output,
-        )
+        );
+        // Cached in 128-token blocks on OpenAI (prompt caching guide), a
+        // marked block whole on Anthropic, which bills the write apart.
+        let (block, writes) = match spec.wire {
+            Wire::OpenAiChat => (128, false),
+            Wire::AnthropicMessages => (1, true),
+        };
+        e.cached = built.cached_prefix.map(|prefix| {
+            cost::with_cache_hits(
+                p,
+                built.outstanding,
+                built.chunks.len() as u64,
+                built.prompt_tokens,
+                prefix,
+                block,
+                writes,
+            )
+        });
+        e
     });
     if let (Some(budget), Some(e)) = (spec.run.halt.max_cost_usd, &estimate) {
         match e.high {

@@ -233,6 +233,17 @@ pub(super) fn render(
                 None => v.push_str(", no upper bound (the request sets no max_tokens)"),
             }
             line(w, cost_label(direct), &v)?;
+            if let Some(c) = &e.cached {
+                line(
+                    w,
+                    "",
+                    &format!(
+                        "{} prompt if the {}-token shared prefix is read from the cache by every request after each batch's first; the figures above assume no cache hits (caching is best effort)",
+                        usd(c.low),
+                        num(c.prefix_tokens)
+                    ),
+                )?;
+            }
             line(
                 w,
                 "",
@@ -322,6 +333,7 @@ mod tests {
                 low: 0.3637,
                 expected: Some(0.4216),
                 high: Some(0.6533),
+                cached: None,
             }),
             warnings: vec![],
             gold_rows: 0,

@@ -166,6 +166,18 @@ fn a_long_rubric_is_cached_counted_and_priced_on_both_providers() {
             )
             .replace("  system: Grade it.\n", &format!("  system: {rubric:?}\n"));
         sb.write("s.yaml", &yaml);
+        // The plan's estimate gives the prompt's cost with cache hits
+        // beside the one without, which its figures assume.
+        let plan = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(plan.code, 0, "{api}: {plan:?}");
+        let e = &plan.json()["estimate"];
+        let with_hits = e["cached"]["low"].as_f64().unwrap();
+        assert!(with_hits < e["low"].as_f64().unwrap(), "{api}: {e}");
+        let plan = sb.run(&["plan", "s.yaml"]);
+        assert!(
+            plan.stderr.contains("shared prefix") && plan.stderr.contains("assume no cache hits"),
+            "{api}: {plan:?}"
+        );
         let run = sb.run(&["apply", "s.yaml"]);
         assert_eq!(run.code, 0, "{api}: {run:?}");
         let lines = common::chunk_lines(&sb, "job");
