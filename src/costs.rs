@@ -24,7 +24,14 @@ pub struct Entry {
     pub cache_write_tokens: u64,
     #[serde(default)]
     pub cache_read_tokens: u64,
+    /// Of `output_tokens`, those spent reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
     pub cost_usd: f64,
+    /// What the prompt cache saved on the line's tokens; absent in lines
+    /// without cache tokens (and in older ledgers).
+    #[serde(default)]
+    pub cache_saved_usd: Option<f64>,
     #[serde(default)]
     pub simulated: bool,
 }
@@ -54,7 +61,12 @@ pub struct Sum {
     pub cache_write_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub cache_read_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
     pub cost_usd: f64,
+    /// What the prompt cache saved, summed over the lines that say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_saved_usd: Option<f64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -72,7 +84,11 @@ impl Sum {
         self.output_tokens += e.output_tokens;
         self.cache_write_tokens += e.cache_write_tokens;
         self.cache_read_tokens += e.cache_read_tokens;
+        self.reasoning_tokens += e.reasoning_tokens;
         self.cost_usd += e.cost_usd;
+        if let Some(s) = e.cache_saved_usd {
+            *self.cache_saved_usd.get_or_insert(0.0) += s;
+        }
     }
 }
 
@@ -210,6 +226,8 @@ mod tests {
             provider: "openai".into(),
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            reasoning_tokens: 0,
+            cache_saved_usd: None,
             model: model.into(),
             input_tokens: 100,
             output_tokens: 10,

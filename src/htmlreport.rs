@@ -194,6 +194,14 @@ fn receipt(h: &mut String, d: &ReportData) {
         );
         row(h, "saved", usd(d.receipt.saved_usd), "saved");
     }
+    if let Some(c) = d.receipt.cache_saved_usd {
+        let (label, v) = if c < 0.0 {
+            ("the prompt cache cost more", -c)
+        } else {
+            ("the prompt cache saved", c)
+        };
+        row(h, label, usd(v), "cache");
+    }
     let w = &d.written;
     row(
         h,
@@ -696,6 +704,7 @@ mod tests {
                 paid_usd: 0.0621,
                 standard_usd: 0.0621,
                 saved_usd: 0.0,
+                cache_saved_usd: None,
             },
             input_tokens: 1_200,
             output_tokens: 300,

@@ -101,6 +101,7 @@ pub struct Prepared {
 pub fn prepare(spec: &CheckedSpec, pricing: Option<&Path>) -> Result<Prepared> {
     let mut warnings = Vec::new();
     let prices = PriceTable::load(pricing)?;
+    warnings.extend(prices.warnings.iter().cloned());
     // Direct mode pays standard prices: the plan keeps the prices the job pays.
     let direct = spec.endpoint.is_direct();
     let price = prices
@@ -290,13 +291,31 @@ pub fn plan(store: &JobStore, spec: &CheckedSpec, prepared: Prepared, ui: &Ui) -
         .or_else(|| request_params.get("max_tokens"))
         .and_then(serde_json::Value::as_u64);
     let estimate = price.as_ref().map(|p| {
-        cost::estimate(
+        let mut e = cost::estimate(
             p,
             built.outstanding,
             built.prompt_tokens,
             spec.output().expected_output_tokens,
             max_output,
-        )
+        );
+        // Cached in 128-token blocks on OpenAI (prompt caching guide), a
+        // marked block whole on Anthropic, which bills the write apart.
+        let (block, writes) = match spec.wire {
+            Wire::OpenAiChat => (128, false),
+            Wire::AnthropicMessages => (1, true),
+        };
+        e.cached = built.cached_prefix.map(|prefix| {
+            cost::with_cache_hits(
+                p,
+                built.outstanding,
+                built.chunks.len() as u64,
+                built.prompt_tokens,
+                prefix,
+                block,
+                writes,
+            )
+        });
+        e
     });
     if let (Some(budget), Some(e)) = (spec.run.halt.max_cost_usd, &estimate) {
         match e.high {
@@ -560,6 +579,9 @@ fn hash_head(spec: &CheckedSpec, prompt: &Prompt, price: Option<&cost::Price>) -
         // Absent without a schema, so plans made before schemas keep their hash.
         #[serde(skip_serializing_if = "Option::is_none")]
         schema: Option<&'a serde_json::Value>,
+        // Absent under `auto`, so plans made before caching keep their hash.
+        #[serde(skip_serializing_if = "spec::CacheSetting::is_auto")]
+        cache: spec::CacheSetting,
     }
     let head = Inputs {
         format: PLAN_FORMAT,
@@ -572,6 +594,7 @@ fn hash_head(spec: &CheckedSpec, prompt: &Prompt, price: Option<&cost::Price>) -
         expected_output_tokens: spec.output().expected_output_tokens,
         price,
         schema: spec.schema.as_ref(),
+        cache: spec.prompt().cache,
     };
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&head).expect("plain data serializes"));

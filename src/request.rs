@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::spec::structured::ANTHROPIC_DROPPED;
-use crate::spec::{CheckedSpec, Wire};
+use crate::spec::{CacheSetting, CheckedSpec, Wire};
 
 /// Builds Chat Completions bodies: `model`, `messages`, then the spec's
 /// `request` parameters in the order written.
@@ -19,6 +19,12 @@ use crate::spec::{CheckedSpec, Wire};
 pub struct RequestBuilder {
     prefix: String,
     suffix: String,
+    /// The caching fields (`,"prompt_cache_key":...` or
+    /// `,"cache_control":...`), written last in every body, before its
+    /// closing brace; empty when caching is not asked for. Left out of the
+    /// fingerprint: they do not change what the model answers, so turning
+    /// caching on never sends an answered row again.
+    cache_tail: String,
     /// SHA-256 fed `prefix`: every body starts with it, and it holds the
     /// system message, which may be a long rubric with examples that would
     /// otherwise be hashed again for every row.
@@ -56,16 +62,40 @@ impl RequestBuilder {
         RequestBuilder {
             prefix,
             suffix,
+            cache_tail: String::new(),
             prefix_hash,
         }
     }
 
-    /// `crate::plan::fingerprint(body)`, without hashing the part every
-    /// body of this builder starts with again.
+    /// The same builder with the caching fields of [`cache_tail`] in every
+    /// body it writes (its fingerprints are unchanged).
+    pub fn with_cache(mut self, tail: String) -> Self {
+        self.cache_tail = tail;
+        self
+    }
+
+    /// `crate::plan::fingerprint(body)` of the body without its caching
+    /// fields, without hashing the part every body of this builder starts
+    /// with again.
     pub fn fingerprint(&self, body: &str) -> String {
-        let digest = match body.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => self.prefix_hash.clone().chain_update(rest).finalize(),
-            None => Sha256::digest(body),
+        let (head, close) = match body
+            .strip_suffix('}')
+            .and_then(|b| b.strip_suffix(self.cache_tail.as_str()))
+        {
+            Some(head) if !self.cache_tail.is_empty() => (head, "}"),
+            _ => (body, ""),
+        };
+        let digest = match head.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => self
+                .prefix_hash
+                .clone()
+                .chain_update(rest)
+                .chain_update(close)
+                .finalize(),
+            None => Sha256::new()
+                .chain_update(head)
+                .chain_update(close)
+                .finalize(),
         };
         crate::hex::lower(&digest[..16])
     }
@@ -90,6 +120,7 @@ impl RequestBuilder {
                 + user.len()
                 + user.len() / 8
                 + self.suffix.len()
+                + self.cache_tail.len()
                 + 8,
         );
         out.extend_from_slice(LINE_HEAD.as_bytes());
@@ -106,7 +137,75 @@ impl RequestBuilder {
     fn write_body(&self, out: &mut Vec<u8>, user: &str) {
         out.extend_from_slice(self.prefix.as_bytes());
         write_json_str(out, user);
-        out.extend_from_slice(self.suffix.as_bytes());
+        // `suffix` ends with the body's closing brace; the caching fields go
+        // just before it (nothing at all when there are none).
+        let open = &self.suffix[..self.suffix.len() - 1];
+        out.extend_from_slice(open.as_bytes());
+        out.extend_from_slice(self.cache_tail.as_bytes());
+        out.push(b'}');
+    }
+}
+
+/// The shortest prefix a provider caches, in tokens. OpenAI caches prompts
+/// of 1,024 tokens or more (prompt caching guide); Anthropic's minimum
+/// cacheable prompt is 1,024 tokens for most models and 2,048 for its
+/// Haiku models (prompt caching guide, "Cache limitations"). A shorter
+/// prefix marked for caching is simply not cached, at no charge.
+pub fn min_cacheable_prefix(wire: Wire, model: &str) -> u64 {
+    match wire {
+        Wire::AnthropicMessages if model.contains("haiku") => 2048,
+        _ => 1024,
+    }
+}
+
+/// Whether a job's requests ask for prompt caching: `prompt.cache`, and
+/// under `auto` whether the shared prefix (system prompt and examples,
+/// `prefix_tokens`) is long enough to be cached at all.
+pub fn cache_wanted(setting: CacheSetting, prefix_tokens: u64, min_prefix: u64) -> bool {
+    match setting {
+        CacheSetting::Fixed(on) => on,
+        CacheSetting::Word(_) => prefix_tokens >= min_prefix,
+    }
+}
+
+/// Anthropic's cache breakpoint. The 1-hour TTL is what its batch
+/// processing guide recommends for a prefix shared across a batch, since
+/// a batch may take longer than the default 5 minutes to reach every
+/// request.
+pub const ANTHROPIC_CACHE_CONTROL: &str = r#"{"type":"ephemeral","ttl":"1h"}"#;
+
+/// The caching fields of `spec`'s request lines when [`cache_wanted`],
+/// else nothing. OpenAI caches a long prefix on its own; a
+/// `prompt_cache_key` (at most 64 characters, OpenAPI spec
+/// `ModelResponseProperties`) keeps the requests of one job on one cache.
+/// It is derived from the job's name, model and system prompt only, so it
+/// is the same in every plan and names nothing of the user's. On the
+/// Messages wire the line carries Anthropic's `cache_control`, which the
+/// encoder (`provider::anthropic::encode::params`) puts on the system
+/// block: the rubric and examples are cached, each row's message is not.
+pub fn cache_tail(spec: &CheckedSpec, system: Option<&str>, prefix_tokens: u64) -> String {
+    let Some(system) = system else {
+        return String::new();
+    };
+    let min = min_cacheable_prefix(spec.wire, spec.model());
+    if !cache_wanted(spec.prompt().cache, prefix_tokens, min) {
+        return String::new();
+    }
+    match spec.wire {
+        Wire::OpenAiChat => {
+            let digest = Sha256::new()
+                .chain_update(spec.name().as_bytes())
+                .chain_update([0])
+                .chain_update(spec.model().as_bytes())
+                .chain_update([0])
+                .chain_update(system.as_bytes())
+                .finalize();
+            format!(
+                ",\"prompt_cache_key\":\"batchgrader-{}\"",
+                crate::hex::lower(&digest[..12])
+            )
+        }
+        Wire::AnthropicMessages => format!(",\"cache_control\":{ANTHROPIC_CACHE_CONTROL}"),
     }
 }
 
@@ -303,6 +402,67 @@ mod tests {
                     "{body:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn caching_fields_change_the_line_and_never_the_fingerprint() {
+        let params: Map<String, Value> =
+            serde_json::from_value(json!({"max_tokens": 4, "temperature": 0})).unwrap();
+        let plain = RequestBuilder::new("m", Some("a long rubric"), &params);
+        let tails = [
+            r#","prompt_cache_key":"batchgrader-0123456789abcdef01234567""#.to_string(),
+            format!(r#","cache_control":{ANTHROPIC_CACHE_CONTROL}"#),
+        ];
+        for tail in tails {
+            let cached = plain.clone().with_cache(tail.clone());
+            for user in ["row 1", "", "a \"quoted\" }"] {
+                let (line, range) = cached.line("r1", user);
+                let body = &line[range];
+                // The fields are the body's last key, the rest byte for byte.
+                let v: Value = serde_json::from_str(body).unwrap();
+                let key = tail[2..].split('"').next().unwrap();
+                assert_eq!(v.as_object().unwrap().keys().next_back().unwrap(), key);
+                assert_eq!(body.replace(&tail, ""), plain.body(user));
+                assert_eq!(body, cached.body(user));
+                // One identity with or without caching, from either builder.
+                let want = crate::plan::fingerprint(&plain.body(user));
+                assert_eq!(cached.fingerprint(body), want, "{body}");
+                assert_eq!(plain.fingerprint(&plain.body(user)), want);
+            }
+        }
+        // No caching: the very bytes of before.
+        let none = plain.clone().with_cache(String::new());
+        assert_eq!(none.line("r1", "x"), plain.line("r1", "x"));
+    }
+
+    #[test]
+    fn when_a_job_asks_for_caching() {
+        let auto = CacheSetting::default();
+        // (setting, prefix tokens, provider minimum, asked)
+        let cases = [
+            (auto, 2000, 1024, true),
+            (auto, 1024, 1024, true),
+            (auto, 1023, 1024, false),
+            (auto, 1500, 2048, false),
+            (auto, 0, 1024, false),
+            (CacheSetting::Fixed(true), 10, 1024, true),
+            (CacheSetting::Fixed(false), 5000, 1024, false),
+        ];
+        for (setting, prefix, min, want) in cases {
+            assert_eq!(
+                cache_wanted(setting, prefix, min),
+                want,
+                "{setting:?} {prefix} {min}"
+            );
+        }
+        let cases = [
+            (Wire::OpenAiChat, "gpt-4o-mini", 1024),
+            (Wire::AnthropicMessages, "claude-sonnet-4-5", 1024),
+            (Wire::AnthropicMessages, "claude-3-5-haiku", 2048),
+        ];
+        for (wire, model, want) in cases {
+            assert_eq!(min_cacheable_prefix(wire, model), want, "{model}");
         }
     }
 

@@ -72,6 +72,11 @@ pub struct Receipt {
     pub paid_usd: f64,
     pub standard_usd: f64,
     pub saved_usd: f64,
+    /// What the prompt cache saved at the prices paid: cached tokens at the
+    /// plain input price less what they cost (`cost::cache_saving`);
+    /// `None` when nothing was read from or written to a cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_saved_usd: Option<f64>,
 }
 
 impl From<&UnitRecord> for UnitStatus {
@@ -410,10 +415,13 @@ fn elapsed(u: &UnitStatus, now: u64) -> String {
 pub fn receipt_line(r: &Receipt) -> Option<String> {
     (*r != Receipt::default()).then(|| {
         format!(
-            "paid {} at batch prices; {} at standard prices; saved {}",
+            "paid {} at batch prices; {} at standard prices; saved {}{}",
             usd(r.paid_usd),
             usd(r.standard_usd),
-            usd(r.saved_usd)
+            usd(r.saved_usd),
+            r.cache_saved_usd
+                .map(cache_saving_words)
+                .unwrap_or_default()
         )
     })
 }
@@ -446,6 +454,16 @@ pub fn row_counts(t: &Totals, units: &[UnitStatus]) -> RowCounts {
         collecting,
         failed: t.failed,
         pending: t.pending - collecting,
+    }
+}
+
+/// `; the prompt cache saved $X` beside the batch discount's saving, or
+/// what it cost when its writes were not paid back by reads.
+pub fn cache_saving_words(saved: f64) -> String {
+    if saved < -0.000_05 {
+        format!("; the prompt cache cost {} more", usd(-saved))
+    } else {
+        format!("; the prompt cache saved {}", usd(saved))
     }
 }
 
@@ -668,6 +686,7 @@ mod tests {
                 paid_usd: 0.1574,
                 standard_usd: 0.3148,
                 saved_usd: 0.1574,
+                cache_saved_usd: None,
             },
             outage_since: Some(NOW - 180),
             step: None,
@@ -787,6 +806,32 @@ mod tests {
         ];
         for (secs, want) in cases {
             assert_eq!(short_duration(secs), want);
+        }
+    }
+
+    #[test]
+    fn the_receipt_says_what_the_cache_saved_beside_the_batch_discount() {
+        let r = |cache| Receipt {
+            paid_usd: 0.5,
+            standard_usd: 1.0,
+            saved_usd: 0.5,
+            cache_saved_usd: cache,
+        };
+        let base = "paid $0.5000 at batch prices; $1.00 at standard prices; saved $0.5000";
+        let cases = [
+            (None, base.to_string()),
+            (
+                Some(0.25),
+                format!("{base}; the prompt cache saved $0.2500"),
+            ),
+            (
+                Some(-0.1),
+                format!("{base}; the prompt cache cost $0.1000 more"),
+            ),
+            (Some(0.0), format!("{base}; the prompt cache saved $0.0000")),
+        ];
+        for (cache, want) in cases {
+            assert_eq!(receipt_line(&r(cache)).unwrap(), want, "{cache:?}");
         }
     }
 

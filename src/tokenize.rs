@@ -105,7 +105,7 @@ fn encoders_wanted(threads: usize, input_bytes: u64) -> usize {
 /// examples/How_to_count_tokens_with_tiktoken.ipynb): every message costs 3
 /// tokens plus its role and content, and every reply is primed with 3 more.
 const TOKENS_PER_MESSAGE: usize = 3;
-const REPLY_PRIMING: usize = 3;
+pub const REPLY_PRIMING: usize = 3;
 
 /// Prompt tokens of a chat request by that rule, with `count` counting a
 /// text's tokens: the one rule of the plan's count ([`Counter::chat_tokens`])

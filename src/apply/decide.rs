@@ -3,6 +3,7 @@
 //! the side effects they name and records each transition. Nothing here
 //! sleeps, reads the clock or does I/O, so every branch is table-tested.
 
+use crate::cost::Price;
 use crate::provider::{EndKind, RemoteState, StepClass};
 use crate::state::{Backoff, FailureRecord, Phase, UnitRecord};
 use crate::status::{Receipt, RunState, Totals};
@@ -847,14 +848,21 @@ pub fn remote_progress(before: (u64, u64), reported: (u64, u64)) -> ((u64, u64),
     (now, now != before)
 }
 
-/// Paid at batch prices against what standard prices would have cost.
-pub fn receipt(units: &[UnitRecord]) -> Receipt {
+/// Paid at batch prices against what standard prices would have cost, and
+/// what the prompt cache saved at batch prices (given the plan's price).
+pub fn receipt(units: &[UnitRecord], price: Option<&Price>) -> Receipt {
     let paid: f64 = units.iter().map(|u| u.cost_usd).sum();
     let standard: f64 = units.iter().map(|u| u.standard_cost_usd).sum();
+    let (write, read) = units.iter().fold((0u64, 0u64), |(w, r), u| {
+        (w + u.cache_write_tokens, r + u.cache_read_tokens)
+    });
     Receipt {
         paid_usd: paid,
         standard_usd: standard,
         saved_usd: (standard - paid).max(0.0),
+        cache_saved_usd: price
+            .filter(|_| write + read > 0)
+            .map(|p| crate::cost::cache_saving(p, write, read, true)),
     }
 }
 
@@ -2059,7 +2067,25 @@ mod tests {
         let mut b = unit(2, Merged);
         b.cost_usd = 0.25;
         b.standard_cost_usd = 0.5;
-        let r = receipt(&[a, b]);
+        let r = receipt(&[a.clone(), b.clone()], None);
         assert_eq!((r.paid_usd, r.standard_usd, r.saved_usd), (0.75, 1.5, 0.75));
+        assert_eq!(r.cache_saved_usd, None);
+        // With cache reads and a price: 3M read at a batch cache price of
+        // $0.10 against $1.00 input per 1M saves $2.70; with no cache
+        // tokens there is no cache line, price or not.
+        let price = crate::cost::Price {
+            model: "m".into(),
+            input_per_1m: 2.0,
+            output_per_1m: 8.0,
+            batch_input_per_1m: 1.0,
+            batch_output_per_1m: 4.0,
+            cached_input_per_1m: Some(0.2),
+            cache_write_per_1m: None,
+            prices_as_of: "2026-12-01".into(),
+        };
+        assert_eq!(receipt(&[a.clone()], Some(&price)).cache_saved_usd, None);
+        b.cache_read_tokens = 3_000_000;
+        let saved = receipt(&[a, b], Some(&price)).cache_saved_usd.unwrap();
+        assert!((saved - 2.7).abs() < 1e-9, "{saved}");
     }
 }

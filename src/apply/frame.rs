@@ -311,7 +311,20 @@ impl<'a> RunFrame<'a> {
             cache_write_tokens: 0,
             cache_read_tokens: 0,
             kind: None,
+            reasoning_tokens: 0,
+            cache_saved_usd: None,
         }
+    }
+
+    /// What the prompt cache saved on `write` and `read` tokens at the
+    /// plan's prices (batch, or standard in a direct plan); `None` with no
+    /// cache tokens or no price.
+    pub fn cache_saved(&self, write: u64, read: u64) -> Option<f64> {
+        self.plan
+            .price
+            .as_ref()
+            .filter(|_| write + read > 0)
+            .map(|p| crate::cost::cache_saving(p, write, read, true))
     }
 
     /// End the run: write the output when [`decide::closing`] says so, the

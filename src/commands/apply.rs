@@ -651,6 +651,7 @@ mod tests {
                 paid_usd: 3.9071,
                 standard_usd: 7.8142,
                 saved_usd: 3.9071,
+                cache_saved_usd: None,
             },
         }
     }
@@ -826,6 +827,7 @@ mod tests {
                 paid_usd: 1.4218,
                 standard_usd: 2.8436,
                 saved_usd: 1.4218,
+                cache_saved_usd: None,
             },
             distribution: vec![("7".into(), 9_000), ("8".into(), 9_000)],
             ..finished()

@@ -43,6 +43,9 @@ fn render(w: &mut impl Write, p: Paint, r: &Report) -> io::Result<()> {
         num(r.total.input_tokens),
         num(r.total.output_tokens)
     )?;
+    if let Some(line) = cache_and_reasoning(&r.total) {
+        writeln!(w, "  {line}")?;
+    }
     for (title, group) in [
         ("day", &r.by_day),
         ("lane", &r.by_lane),
@@ -78,6 +81,36 @@ fn render(w: &mut impl Write, p: Paint, r: &Report) -> io::Result<()> {
     Ok(())
 }
 
+/// `1,920,000 input tokens read from the prompt cache, 2,000 written to it
+/// (the prompt cache saved $0.23); 12,000 output tokens spent reasoning`,
+/// when any of them is there.
+fn cache_and_reasoning(s: &Sum) -> Option<String> {
+    let mut parts = Vec::new();
+    if s.cache_read_tokens + s.cache_write_tokens > 0 {
+        let saved = s
+            .cache_saved_usd
+            .map(|v| {
+                crate::status::cache_saving_words(v)
+                    .trim_start_matches("; ")
+                    .to_string()
+            })
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
+        parts.push(format!(
+            "{} input tokens read from the prompt cache, {} written to it{saved}",
+            num(s.cache_read_tokens),
+            num(s.cache_write_tokens)
+        ));
+    }
+    if s.reasoning_tokens > 0 {
+        parts.push(format!(
+            "{} output tokens spent reasoning",
+            num(s.reasoning_tokens)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// `3 batches`, `direct runs`, `2 batches and direct runs`: a direct run
 /// is no batch (and its ledger lines are not runs, so they are not counted).
 fn what_ran(s: &Sum, kind: &str) -> String {
@@ -93,6 +126,39 @@ fn what_ran(s: &Sum, kind: &str) -> String {
 mod tests {
     use super::*;
     use crate::costs::Entry;
+
+    #[test]
+    fn the_cache_and_reasoning_line_says_what_there_is() {
+        let sum = |read, write, reasoning, saved| Sum {
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+            reasoning_tokens: reasoning,
+            cache_saved_usd: saved,
+            ..Sum::default()
+        };
+        let cases = [
+            (sum(0, 0, 0, None), None),
+            (
+                sum(1_920_000, 2_000, 0, Some(0.2304)),
+                Some(
+                    "1,920,000 input tokens read from the prompt cache, 2,000 written to it (the prompt cache saved $0.2304)",
+                ),
+            ),
+            (
+                sum(0, 5_000, 700, Some(-0.01)),
+                Some(
+                    "0 input tokens read from the prompt cache, 5,000 written to it (the prompt cache cost $0.0100 more); 700 output tokens spent reasoning",
+                ),
+            ),
+            (
+                sum(0, 0, 12, None),
+                Some("12 output tokens spent reasoning"),
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(cache_and_reasoning(&s).as_deref(), want);
+        }
+    }
 
     #[test]
     fn spend_by_day_model_and_job() {
@@ -114,6 +180,8 @@ mod tests {
             output_tokens: 20_000,
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            reasoning_tokens: 0,
+            cache_saved_usd: None,
             cost_usd: cost,
             simulated,
         };

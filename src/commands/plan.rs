@@ -290,6 +290,17 @@ pub(super) fn render(
                 None => v.push_str(", no upper bound (the request sets no max_tokens)"),
             }
             line(w, cost_label(direct), &v)?;
+            if let Some(c) = &e.cached {
+                line(
+                    w,
+                    "",
+                    &format!(
+                        "{} prompt if the {}-token shared prefix is read from the cache by every request after each batch's first; the figures above assume no cache hits (caching is best effort)",
+                        usd(c.low),
+                        num(c.prefix_tokens)
+                    ),
+                )?;
+            }
             line(
                 w,
                 "",
@@ -372,11 +383,14 @@ mod tests {
                 batch_input_per_1m: 0.075,
                 batch_output_per_1m: 0.3,
                 prices_as_of: "2026-01-01".into(),
+                cached_input_per_1m: None,
+                cache_write_per_1m: None,
             }),
             estimate: Some(Estimate {
                 low: 0.3637,
                 expected: Some(0.4216),
                 high: Some(0.6533),
+                cached: None,
             }),
             warnings: vec![],
             gold_rows: 0,

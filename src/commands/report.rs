@@ -34,11 +34,12 @@ pub fn run(g: &Global, job: Option<&str>, out: Option<&Path>, ui: &Ui) -> Result
             paid_usd: s.cost_usd,
             standard_usd: s.cost_usd,
             saved_usd: 0.0,
+            cache_saved_usd: None,
         };
         (receipt, s.input_tokens, s.output_tokens)
     } else {
         (
-            decide::receipt(&units),
+            decide::receipt(&units, plan.price.as_ref()),
             units.iter().map(|u| u.input_tokens).sum(),
             units.iter().map(|u| u.output_tokens).sum(),
         )

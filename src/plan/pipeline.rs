@@ -13,6 +13,9 @@ pub(super) struct Built {
     pub warnings: Vec<String>,
     /// Rows with at least one gold value.
     pub gold_rows: u64,
+    /// The shared prefix's tokens (the system message), when the requests
+    /// ask for prompt caching.
+    pub cached_prefix: Option<u64>,
 }
 
 /// A batch's rendered rows, or the name of a column a row lacks.
@@ -203,8 +206,12 @@ pub(super) fn build(
                 .map_err(|e| Error::io("create gold values in", scratch, e))?,
         )
     };
-    let builder = request_builder(spec, prompt);
     let fixed_tokens = counter.fixed_chat_tokens(prompt.system.as_deref()) as u64;
+    // The shared prefix's tokens: the system message (rubric and examples).
+    let prefix_tokens = fixed_tokens - counter.fixed_chat_tokens(None) as u64;
+    let tail = crate::request::cache_tail(spec, prompt.system.as_deref(), prefix_tokens);
+    let cached_prefix = (!tail.is_empty()).then_some(prefix_tokens);
+    let builder = request_builder(spec, prompt).with_cache(tail);
     let id_column = spec.input().id.as_deref();
 
     let sources = reader.sources().to_vec();
@@ -368,6 +375,7 @@ pub(super) fn build(
         chunks,
         warnings,
         gold_rows,
+        cached_prefix,
     })
 }
 

@@ -325,6 +325,7 @@ mod tests {
             output_tokens: 2,
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            reasoning_tokens: 0,
         };
         assert_eq!(checked_line(ok.clone()), Ok(ok));
         assert_eq!(

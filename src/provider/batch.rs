@@ -81,8 +81,20 @@ pub struct ResultRef {
 /// Token usage as the provider billed it for a whole batch, when it says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BilledUsage {
+    /// Input at the plain input price: without `cache_read_tokens`.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// The batch's cached input (`Batch.usage.input_tokens_details
+    /// .cached_tokens`); 0 in units recorded before it was read, whose
+    /// `input_tokens` still hold them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where a batch is, as the runner needs to know it.
@@ -147,6 +159,9 @@ pub enum ResultLine {
         /// `cache_read_input_tokens`); 0 where a provider has none.
         cache_write_tokens: u64,
         cache_read_tokens: u64,
+        /// Of `output_tokens`, those spent reasoning (OpenAI's
+        /// `reasoning_tokens`); 0 where a provider does not say.
+        reasoning_tokens: u64,
     },
     Failure {
         custom_id: String,

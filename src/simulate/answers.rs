@@ -23,6 +23,9 @@ pub struct Completion {
     pub finish_reason: &'static str,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those read from the simulated prompt cache
+    /// ([`cached_tokens`]); set by the caller, which knows what came before.
+    pub cached_tokens: u64,
 }
 
 /// The most completion tokens the simulated models give.
@@ -423,8 +426,62 @@ fn answer(body: &Value, constrained: bool, plain: &Plain) -> Completion {
         finish_reason,
         prompt_tokens: prompt_tokens(body),
         completion_tokens,
+        cached_tokens: 0,
     };
     truncate_to_limit(completion, output_limit(body))
+}
+
+/// The shortest prefix the simulated providers cache, as OpenAI's (its
+/// prompt caching guide: 1,024 tokens), cached in blocks of 128 tokens.
+const MIN_CACHED_PREFIX: u64 = 1024;
+const CACHE_BLOCK: u64 = 128;
+
+/// The simulated prompt cache: a request that asks for caching, whose
+/// shared prefix (`prefix_tokens`) was seen before in the same job (`warm`),
+/// reads the prefix from the cache in whole 128-token blocks once it is
+/// 1,024 tokens or more (OpenAI's rule); otherwise nothing is cached.
+pub fn cached_tokens(prefix_tokens: u64, warm: bool) -> u64 {
+    if warm && prefix_tokens >= MIN_CACHED_PREFIX {
+        prefix_tokens / CACHE_BLOCK * CACHE_BLOCK
+    } else {
+        0
+    }
+}
+
+/// The tokens of a chat body's system message, the shared prefix, as
+/// [`prompt_tokens`] counts them.
+pub fn prefix_tokens(body: &Value) -> u64 {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.first())
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+        .map_or(0, |m| {
+            let content = content_text(m.get("content").unwrap_or(&Value::Null));
+            let model = body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            // The system message's share of `prompt_tokens`: the same rule,
+            // without the reply's priming (it comes once, after the last message).
+            let one = [("system", content.as_str())];
+            let n =
+                match crate::tokenize::shared_encoder(crate::tokenize::encoding_for_model(model).0)
+                {
+                    Some(bpe) => crate::tokenize::chat_rule(|t| bpe.count_ordinary(t), one),
+                    None => {
+                        crate::tokenize::chat_rule(|t| t.chars().count() / CHARS_PER_TOKEN, one)
+                    }
+                };
+            n.saturating_sub(crate::tokenize::REPLY_PRIMING) as u64
+        })
+}
+
+/// What a request's caching is keyed by: OpenAI's `prompt_cache_key` and
+/// the prefix itself (a cache holds one prefix).
+pub fn cache_key(body: &Value) -> Option<String> {
+    let key = body.get("prompt_cache_key").and_then(Value::as_str)?;
+    let system = body.pointer("/messages/0/content").map(Value::to_string);
+    Some(format!("{key}\u{0}{}", system.unwrap_or_default()))
 }
 
 fn estimate_tokens(text: &str) -> u64 {
@@ -681,7 +738,7 @@ pub fn completion_json(request: &Value, completion: &Completion, id: &str, creat
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
             "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-            "prompt_tokens_details": { "cached_tokens": 0 },
+            "prompt_tokens_details": { "cached_tokens": completion.cached_tokens },
             "completion_tokens_details": { "reasoning_tokens": 0 },
         },
     })

@@ -10,7 +10,9 @@ use std::io::{self, BufRead};
 
 use serde_json::{Value, json};
 
-use super::answers::{Plain, check_request, complete, completion_json};
+use super::answers::{
+    Plain, cache_key, cached_tokens, check_request, complete, completion_json, prefix_tokens,
+};
 use super::api_error::ErrorBody;
 use super::hash::{SplitMix64, hash_json, hash64, unit};
 use super::state::{Counts, LineError, Usage, Validation};
@@ -362,6 +364,9 @@ pub fn run(
     };
     let mut usage = Usage::default();
     let mut flaked = Vec::new();
+    // Cache keys seen in this batch: a batch's first request of a key
+    // writes the cache, the later ones read it.
+    let mut warm = std::collections::HashSet::new();
     for_each_line(reader, |raw, line| {
         let index = (line - 1) as usize;
         let Some(&pos) = position.get(index) else {
@@ -382,8 +387,10 @@ pub fn run(
             (Kind::Failure, line)
         } else {
             counts.completed += 1;
-            let (line, prompt, completion) = success_line(ctx, &request, created_ms / 1000);
+            let (line, prompt, completion, cached) =
+                success_line(ctx, &request, created_ms / 1000, &mut warm);
             usage.add(prompt, completion);
+            usage.cached_tokens += cached;
             (Kind::Success, line)
         };
         slots[pos as usize] = Some(entry);
@@ -421,9 +428,19 @@ fn request_id(ctx: &RunContext, request: &Request) -> String {
     format!("req_sim_{:016x}", line_hash(b"request", ctx, request))
 }
 
-fn success_line(ctx: &RunContext, request: &Request, created: u64) -> (String, u64, u64) {
+fn success_line(
+    ctx: &RunContext,
+    request: &Request,
+    created: u64,
+    warm: &mut std::collections::HashSet<String>,
+) -> (String, u64, u64, u64) {
     let mut completion = complete(&request.body, &ctx.answers);
     completion.prompt_tokens += ctx.extra_prompt_tokens;
+    if let Some(key) = cache_key(&request.body) {
+        let hot = !warm.insert(key);
+        completion.cached_tokens =
+            cached_tokens(prefix_tokens(&request.body), hot).min(completion.prompt_tokens);
+    }
     let id = format!("chatcmpl-sim-{:016x}", line_hash(b"chatcmpl", ctx, request));
     let body = completion_json(&request.body, &completion, &id, created);
     let line = json!({
@@ -440,6 +457,7 @@ fn success_line(ctx: &RunContext, request: &Request, created: u64) -> (String, u
         line.to_string(),
         completion.prompt_tokens,
         completion.completion_tokens,
+        completion.cached_tokens,
     )
 }
 

@@ -222,6 +222,7 @@ async fn stats(State(app): AppState) -> ApiResult {
             "chat_usage": usage_json(Usage {
                 input_tokens: counters.chat_input_tokens,
                 output_tokens: counters.chat_output_tokens,
+                cached_tokens: 0,
             }),
             "usage": usage_json(total),
             "injected_429": counters.injected_429,

@@ -73,6 +73,9 @@ pub struct Counts {
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the simulated prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
 }
 
 impl Usage {
@@ -595,6 +598,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 100,
                 output_tokens: 10,
+                cached_tokens: 0,
             },
         })
     }

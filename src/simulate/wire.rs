@@ -57,7 +57,7 @@ pub fn batch_object(batch: &BatchRecord, view: &View) -> Value {
         },
         "usage": {
             "input_tokens": view.usage.input_tokens,
-            "input_tokens_details": { "cached_tokens": 0 },
+            "input_tokens_details": { "cached_tokens": view.usage.cached_tokens },
             "output_tokens": view.usage.output_tokens,
             "output_tokens_details": { "reasoning_tokens": 0 },
             "total_tokens": view.usage.input_tokens + view.usage.output_tokens,

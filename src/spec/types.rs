@@ -310,6 +310,39 @@ pub struct Prompt {
     /// User message template; `{{ column }}` is replaced by the row's cell.
     #[schemars(length(min = 1))]
     pub user: String,
+    /// Prompt caching of the shared prefix (system prompt and examples):
+    /// `auto` (the default) asks for it when the prefix is long enough for
+    /// the provider to cache; `true` always; `false` never.
+    #[serde(default, skip_serializing_if = "CacheSetting::is_auto")]
+    pub cache: CacheSetting,
+}
+
+/// `prompt.cache`: the word `auto`, or `true` / `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CacheSetting {
+    /// `true`: ask for caching whatever the prefix; `false`: never.
+    Fixed(bool),
+    /// `auto`: ask when the shared prefix is long enough to be cached.
+    Word(CacheWord),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheWord {
+    Auto,
+}
+
+impl Default for CacheSetting {
+    fn default() -> Self {
+        CacheSetting::Word(CacheWord::Auto)
+    }
+}
+
+impl CacheSetting {
+    pub fn is_auto(&self) -> bool {
+        *self == CacheSetting::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

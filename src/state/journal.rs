@@ -95,11 +95,20 @@ pub struct LedgerEntry<'a> {
     pub model: &'a str,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    /// Prompt-cache writes and reads (Anthropic's usage), when there were any.
+    /// Prompt-cache writes and reads, when there were any: billed apart
+    /// from `input_tokens` on both providers (OpenAI's cached input is
+    /// taken out of its input count when read).
     #[serde(skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub cache_read_tokens: u64,
+    /// Of `output_tokens`, those a reasoning model spent reasoning.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
+    /// What the prompt cache saved on these tokens at the prices paid
+    /// (`cost::cache_saving`), when there were cache tokens and a price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_saved_usd: Option<f64>,
     pub cost_usd: f64,
     /// What the same tokens cost at standard (non-batch) prices.
     pub standard_cost_usd: f64,
@@ -175,6 +184,8 @@ mod tests {
             output_tokens: 1,
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            reasoning_tokens: 0,
+            cache_saved_usd: None,
             cost_usd: 0.5,
             standard_cost_usd: 1.0,
             simulated: false,
@@ -204,6 +215,8 @@ mod tests {
             input_tokens: 10,
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            reasoning_tokens: 0,
+            cache_saved_usd: None,
             output_tokens: 2,
             cost_usd: 0.5,
             standard_cost_usd: 1.0,

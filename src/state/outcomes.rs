@@ -544,6 +544,7 @@ mod tests {
             output_tokens: 1,
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            reasoning_tokens: 0,
         })
     }
 

@@ -88,13 +88,17 @@ pub struct ResultRecord {
     pub answer: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    /// Prompt-cache writes and reads of the answer (Anthropic), billed apart
-    /// from input; kept so the ledger a killed direct run missed can be
-    /// completed from the outcome log. Absent when zero (and in older logs).
+    /// Prompt-cache writes and reads of the answer (Anthropic's, and
+    /// OpenAI's cached input), billed apart from input; kept so the ledger
+    /// a killed direct run missed can be completed from the outcome log.
+    /// Absent when zero (and in older logs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_read_tokens: u64,
+    /// Of `output_tokens`, those spent reasoning (OpenAI reasoning models).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
 }
 
 /// A request that failed, kept by fingerprint (filled by `apply`).
@@ -192,11 +196,14 @@ pub struct UnitRecord {
     pub batch_error: Option<String>,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    /// Prompt-cache writes and reads (Anthropic), billed apart from input.
+    /// Prompt-cache writes and reads, billed apart from input.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_read_tokens: u64,
+    /// Of `output_tokens`, those spent reasoning.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
     pub cost_usd: f64,
     pub submitted_at: Option<u64>,
     pub ended_at: Option<u64>,
@@ -282,6 +289,7 @@ impl UnitRecord {
             input_tokens: 0,
             cache_write_tokens: 0,
             cache_read_tokens: 0,
+            reasoning_tokens: 0,
             output_tokens: 0,
             cost_usd: 0.0,
             submitted_at: None,

@@ -179,6 +179,7 @@ fn changed_input_replans_only_requests_without_a_result() {
                         output_tokens: 1,
                         cache_write_tokens: 0,
                         cache_read_tokens: 0,
+                        reasoning_tokens: 0,
                     },
                 )
                 .unwrap();
@@ -439,4 +440,68 @@ fn status_follows_the_database_when_its_derived_file_is_gone() {
             "{damage}: {s}"
         );
     }
+}
+
+/// Prompt caching changes what a request line carries, never which request
+/// it is: a job graded without caching and planned again with it (under
+/// `auto`, its rubric long enough; then `true`) has nothing to send, and
+/// its lines are the same bytes in every plan that asks for caching.
+#[test]
+fn turning_caching_on_sends_no_answered_row_again() {
+    let sb = Sandbox::new();
+    setup(&sb, &["alpha", "beta", "gamma"]);
+    // About 2,000 tokens of rubric: over OpenAI's 1,024-token minimum.
+    let rubric = "Grade the essay for clarity and evidence. ".repeat(250);
+    let yaml = sb
+        .read("s.yaml")
+        .replace(
+            "name: job\n",
+            "name: job\nprovider:\n  kind: simulated\n  simulated: {validating: 10ms, in_progress: 50ms, finalizing: 10ms}\npoll: {interval: 100ms, max_interval: 200ms}\n",
+        )
+        .replace(
+            "  system: Grade it.\n",
+            &format!("  system: {rubric:?}\n  cache: false\n"),
+        );
+    sb.write("s.yaml", &yaml);
+    let run = sb.run(&["apply", "s.yaml"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let uncached = chunk_lines(&sb, "job");
+    assert_eq!(uncached.len(), 3);
+    assert!(
+        uncached
+            .iter()
+            .all(|l| l["body"].get("prompt_cache_key").is_none()),
+        "caching is off: {uncached:?}"
+    );
+
+    let mut lines_of = Vec::new();
+    for setting in ["", "  cache: true\n"] {
+        sb.write("s.yaml", yaml.replace("  cache: false\n", setting));
+        let plan = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(plan.code, 0, "{setting:?}: {plan:?}");
+        assert_eq!(plan.json()["outstanding"], 0, "{setting:?}: {plan:?}");
+        let lines = chunk_lines(&sb, "job");
+        let keys: Vec<&str> = lines
+            .iter()
+            .map(|l| l["body"]["prompt_cache_key"].as_str().unwrap_or(""))
+            .collect();
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with("batchgrader-") && k.len() <= 64 && *k == keys[0]),
+            "{setting:?}: one key for the job's rows: {keys:?}"
+        );
+        // The rest of each line is what was graded.
+        for (cached, plain) in lines.iter().zip(&uncached) {
+            let mut body = cached["body"].clone();
+            body.as_object_mut().unwrap().remove("prompt_cache_key");
+            assert_eq!(&body, &plain["body"]);
+        }
+        lines_of.push(lines);
+    }
+    assert_eq!(
+        lines_of[0], lines_of[1],
+        "the same caching fields in every plan"
+    );
+    let run = sb.run(&["apply", "s.yaml", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
 }

@@ -165,3 +165,137 @@ fn the_simulated_provider_bills_what_the_plan_counted() {
         );
     }
 }
+
+/// One price row of the shipped table, read here apart from the program's
+/// own parser: (input, batch input, batch output, cached input, cache
+/// write) per 1M.
+fn shipped_price(model: &str) -> (f64, f64, f64, Option<f64>, Option<f64>) {
+    let text = std::fs::read_to_string(repo().join("config/pricing.csv")).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{model},")))
+        .unwrap_or_else(|| panic!("no row for {model}"));
+    let c: Vec<&str> = row.split(',').collect();
+    assert_eq!(c.len(), 8, "{row}");
+    let opt = |s: &str| (!s.is_empty()).then(|| s.parse::<f64>().unwrap());
+    (
+        c[1].parse().unwrap(),
+        c[3].parse().unwrap(),
+        c[4].parse().unwrap(),
+        opt(c[5]),
+        opt(c[6]),
+    )
+}
+
+/// A job with a ~2,000-token rubric, graded in one batch on each simulated
+/// provider: its request lines ask for caching, the simulator bills the
+/// cache (its rule, worked out here from the rubric's length), and the
+/// ledger's cost and the receipt's saving are what the price table says,
+/// computed here without the program's cost code.
+#[test]
+fn a_long_rubric_is_cached_counted_and_priced_on_both_providers() {
+    const ROWS: u64 = 6;
+    let rubric = "Grade the essay for clarity and evidence. ".repeat(250);
+    for (api, model) in [
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-sonnet-4-5"),
+    ] {
+        let sb = Sandbox::new();
+        let mut csv = String::from("id,text\n");
+        for i in 1..=ROWS {
+            csv.push_str(&format!("k{i},essay number {i}\n"));
+        }
+        sb.write("in.csv", csv);
+        let yaml = spec("job", "in.csv", "Grade: {{ text }}", "")
+            .replace("model: gpt-4o-mini\n", &format!("model: {model}\n"))
+            .replace(
+                "name: job\n",
+                &format!("name: job\nprovider:\n  kind: simulated\n  simulated: {{api: {api}, validating: 10ms, in_progress: 50ms, finalizing: 10ms}}\npoll: {{interval: 100ms, max_interval: 200ms}}\n"),
+            )
+            .replace("  system: Grade it.\n", &format!("  system: {rubric:?}\n"));
+        sb.write("s.yaml", &yaml);
+        // The plan's estimate gives the prompt's cost with cache hits
+        // beside the one without, which its figures assume.
+        let plan = sb.run(&["plan", "s.yaml", "--json"]);
+        assert_eq!(plan.code, 0, "{api}: {plan:?}");
+        let e = &plan.json()["estimate"];
+        let with_hits = e["cached"]["low"].as_f64().unwrap();
+        assert!(with_hits < e["low"].as_f64().unwrap(), "{api}: {e}");
+        let plan = sb.run(&["plan", "s.yaml"]);
+        assert!(
+            plan.stderr.contains("shared prefix") && plan.stderr.contains("assume no cache hits"),
+            "{api}: {plan:?}"
+        );
+        let run = sb.run(&["apply", "s.yaml"]);
+        assert_eq!(run.code, 0, "{api}: {run:?}");
+        let lines = common::chunk_lines(&sb, "job");
+        assert_eq!(lines.len() as u64, ROWS);
+        let field = if api == "openai" {
+            "prompt_cache_key"
+        } else {
+            "cache_control"
+        };
+        assert!(
+            lines.iter().all(|l| l["body"].get(field).is_some()),
+            "{api}: every line asks for caching"
+        );
+
+        // The simulator's rule: the system message counts as the plan
+        // counts it (OpenAI's chat format: 3 tokens, then the role and the
+        // content in o200k_base, counted here with tiktoken itself); the
+        // batch's first request writes it, the others read it (OpenAI: in
+        // whole 128-token blocks).
+        let bpe = tiktoken_rs::o200k_base().unwrap();
+        let prefix =
+            (3 + bpe.encode_ordinary("system").len() + bpe.encode_ordinary(&rubric).len()) as u64;
+        let (write, read) = if api == "openai" {
+            (0, (ROWS - 1) * (prefix / 128 * 128))
+        } else {
+            (prefix, (ROWS - 1) * prefix)
+        };
+        let ledger = sb.read("state/usage.jsonl");
+        let entries: Vec<Value> = ledger
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 1, "{api}: one batch: {ledger}");
+        let e = &entries[0];
+        let n = |k: &str| e[k].as_u64().unwrap_or(0);
+        assert_eq!(
+            (n("cache_write_tokens"), n("cache_read_tokens")),
+            (write, read),
+            "{api}: {e}"
+        );
+
+        let (input, batch_input, output_price, cached, cache_write) = shipped_price(model);
+        let discount = batch_input / input;
+        let read_price = cached.unwrap_or(input) * discount;
+        let write_price = cache_write.unwrap_or(input) * discount;
+        let saved = ((write + read) as f64 * batch_input
+            - write as f64 * write_price
+            - read as f64 * read_price)
+            / 1e6;
+        assert!(saved > 0.0, "{api}: the cache paid off");
+        let got = e["cache_saved_usd"].as_f64().unwrap();
+        assert!(
+            (got - saved).abs() < 1e-12,
+            "{api}: saved {got}, want {saved}"
+        );
+        // The receipt says the same.
+        let status = sb.run(&["status", "job", "--json"]);
+        let r = &status.json()["receipt"];
+        let receipt = r["cache_saved_usd"].as_f64().unwrap();
+        assert!((receipt - saved).abs() < 1e-12, "{api}: receipt {r}");
+        // And the ledger's cost is the table's prices over its tokens.
+        let cost = (n("input_tokens") as f64 * batch_input
+            + n("output_tokens") as f64 * output_price
+            + write as f64 * write_price
+            + read as f64 * read_price)
+            / 1e6;
+        let paid = e["cost_usd"].as_f64().unwrap();
+        assert!(
+            (paid - cost).abs() < 1e-12,
+            "{api}: paid {paid}, want {cost}"
+        );
+    }
+}

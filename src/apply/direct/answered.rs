@@ -129,6 +129,7 @@ impl DirectRunner<'_> {
                                 output: u.completion_tokens,
                                 cache_write: u.cache_write_tokens,
                                 cache_read: u.cache_read_tokens,
+                                reasoning: u.reasoning_tokens,
                             },
                         });
                         committer.push(
@@ -139,6 +140,7 @@ impl DirectRunner<'_> {
                                 output_tokens: u.completion_tokens,
                                 cache_write_tokens: u.cache_write_tokens,
                                 cache_read_tokens: u.cache_read_tokens,
+                                reasoning_tokens: u.reasoning_tokens,
                             }),
                         );
                     }

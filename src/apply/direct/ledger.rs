@@ -20,14 +20,16 @@
 //! run pays for it (it sends both).
 
 /// Token counts of answers, as a ledger line holds them: input and output,
-/// and the prompt-cache writes and reads Anthropic bills apart from input
-/// (`usage.cache_creation_input_tokens`, `cache_read_input_tokens`).
+/// the prompt-cache writes and reads billed apart from input (Anthropic's
+/// `usage.cache_creation_input_tokens`, `cache_read_input_tokens`; OpenAI's
+/// cached input), and the reasoning tokens among the output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
     pub input: u64,
     pub output: u64,
     pub cache_write: u64,
     pub cache_read: u64,
+    pub reasoning: u64,
 }
 
 impl Tokens {
@@ -36,6 +38,7 @@ impl Tokens {
         self.output = self.output.saturating_add(t.output);
         self.cache_write = self.cache_write.saturating_add(t.cache_write);
         self.cache_read = self.cache_read.saturating_add(t.cache_read);
+        self.reasoning = self.reasoning.saturating_add(t.reasoning);
     }
 
     /// Each count less `t`'s, floored at zero.
@@ -45,6 +48,7 @@ impl Tokens {
             output: self.output.saturating_sub(t.output),
             cache_write: self.cache_write.saturating_sub(t.cache_write),
             cache_read: self.cache_read.saturating_sub(t.cache_read),
+            reasoning: self.reasoning.saturating_sub(t.reasoning),
         }
     }
 
@@ -70,6 +74,7 @@ pub fn shortfall(ledger: &str, job: &str, held: Tokens) -> Tokens {
             output: n("output_tokens"),
             cache_write: n("cache_write_tokens"),
             cache_read: n("cache_read_tokens"),
+            reasoning: n("reasoning_tokens"),
         });
     }
     held.less(booked)
@@ -130,6 +135,7 @@ mod tests {
             output: 2,
             cache_write: w,
             cache_read: r,
+            reasoning: 0,
         };
         let ledger = "{\"job\":\"j\",\"batch_id\":\"direct-1-1\",\"input_tokens\":10,\"output_tokens\":2,\"cache_write_tokens\":5,\"cache_read_tokens\":30}\n";
         // (tokens held, tokens to add)

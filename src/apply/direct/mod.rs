@@ -289,6 +289,7 @@ impl<'a> DirectRunner<'a> {
                     output: res.output_tokens,
                     cache_write: res.cache_write_tokens,
                     cache_read: res.cache_read_tokens,
+                    reasoning: res.reasoning_tokens,
                 });
             }
             let state = self.frame.request_state(outcome);

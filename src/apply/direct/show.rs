@@ -130,6 +130,8 @@ impl DirectRunner<'_> {
             output_tokens: t.output,
             cache_write_tokens: t.cache_write,
             cache_read_tokens: t.cache_read,
+            reasoning_tokens: t.reasoning,
+            cache_saved_usd: self.frame.cache_saved(t.cache_write, t.cache_read),
             cost_usd: cost,
             standard_cost_usd: cost,
             ..self.frame.ledger_entry(id)

@@ -316,7 +316,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         let mut successes = Vec::new();
         let mut failures = Vec::new();
         let (mut input_tokens, mut output_tokens) = (0u64, 0u64);
-        let (mut cache_write, mut cache_read) = (0u64, 0u64);
+        let (mut cache_write, mut cache_read, mut reasoning) = (0u64, 0u64, 0u64);
         for id in &ids.in_order {
             let Some(req) = self.request_of(id)? else {
                 continue;
@@ -347,12 +347,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                     output_tokens: o,
                     cache_write_tokens: w,
                     cache_read_tokens: r,
+                    reasoning_tokens: t,
                     ..
                 }) => {
                     input_tokens += i;
                     output_tokens += o;
                     cache_write += w;
                     cache_read += r;
+                    reasoning += t;
                     let parsed = self.frame.parser.parse(&answer).is_ok();
                     shifts.push((before, RequestState::Succeeded { parsed }));
                     successes.push((
@@ -363,6 +365,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                             output_tokens: o,
                             cache_write_tokens: w,
                             cache_read_tokens: r,
+                            reasoning_tokens: t,
                         },
                     ));
                 }
@@ -386,14 +389,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             }
         }
         // The provider's own count of the batch is what it bills.
+        // Its cached input is then its own count too: a unit recorded
+        // before that count was read has none, and its input holds them.
         if let Some(b) = u.billed {
             input_tokens = b.input_tokens;
             output_tokens = b.output_tokens;
+            cache_read = b.cache_read_tokens;
+            reasoning = b.reasoning_tokens;
         }
         u.input_tokens = input_tokens;
         u.output_tokens = output_tokens;
         u.cache_write_tokens = cache_write;
         u.cache_read_tokens = cache_read;
+        u.reasoning_tokens = reasoning;
         if let Some(p) = self.frame.plan.price.as_ref() {
             let (i, o, w, r) = (input_tokens, output_tokens, cache_write, cache_read);
             u.cost_usd = cost::actual_cached(p, i, o, w, r);
@@ -440,6 +448,10 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             output_tokens: u.output_tokens,
             cache_write_tokens: u.cache_write_tokens,
             cache_read_tokens: u.cache_read_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            cache_saved_usd: self
+                .frame
+                .cache_saved(u.cache_write_tokens, u.cache_read_tokens),
             cost_usd: u.cost_usd,
             standard_cost_usd: u.standard_cost_usd,
             ..self.frame.ledger_entry(&batch_id)
@@ -568,6 +580,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                         output_tokens,
                         cache_write_tokens,
                         cache_read_tokens,
+                        reasoning_tokens,
                         ..
                     }) => Outcome::Success(ResultRecord {
                         answer,
@@ -575,6 +588,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                         output_tokens,
                         cache_write_tokens,
                         cache_read_tokens,
+                        reasoning_tokens,
                     }),
                     Some(ResultLine::Failure {
                         code,

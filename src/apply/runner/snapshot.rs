@@ -10,7 +10,7 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
         message: Option<String>,
         output: Option<String>,
     ) -> Snapshot {
-        let receipt = decide::receipt(units);
+        let receipt = decide::receipt(units, self.frame.plan.price.as_ref());
         let paid = receipt.paid_usd;
         Snapshot {
             output_path: output,

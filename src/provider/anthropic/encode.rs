@@ -60,12 +60,24 @@ pub fn params(body: &Map<String, Value>) -> Value {
             }));
         }
     }
+    // A line that asks for caching carries `cache_control`: it marks the
+    // system block, the shared prefix (Messages API: `system` as a list of
+    // text blocks, each may carry `cache_control`; prompt caching guide).
+    let cache = body.get("cache_control");
     let mut out = Map::new();
     for (k, v) in body {
         match k.as_str() {
+            "cache_control" => {}
             "messages" => {
                 if !system.is_empty() {
-                    out.insert("system".into(), Value::String(system.join("\n\n")));
+                    let text = Value::String(system.join("\n\n"));
+                    let system = match cache {
+                        Some(c) => serde_json::json!([
+                            {"type": "text", "text": text, "cache_control": c}
+                        ]),
+                        None => text,
+                    };
+                    out.insert("system".into(), system);
                 }
                 out.insert(
                     "messages".into(),
@@ -154,6 +166,25 @@ mod tests {
                 .unwrap_err()
                 .contains("not a JSON object")
         );
+    }
+
+    #[test]
+    fn a_line_asking_for_caching_marks_the_system_block() {
+        let line = r#"{"custom_id":"r7","method":"POST","url":"/v1/chat/completions","body":{"model":"claude-x","messages":[{"role":"system","content":"Rubric."},{"role":"user","content":"essay 7"}],"max_tokens":16,"cache_control":{"type":"ephemeral","ttl":"1h"}}}"#;
+        let r = request(line, "t").unwrap();
+        let p = &r["params"];
+        assert_eq!(
+            p["system"],
+            serde_json::json!([{"type": "text", "text": "Rubric.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+        );
+        // Not a top-level parameter, and the row's message is not cached.
+        assert!(p.get("cache_control").is_none(), "{p}");
+        assert_eq!(
+            p["messages"],
+            serde_json::json!([{"role": "user", "content": "essay 7"}])
+        );
+        let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["model", "system", "messages", "max_tokens"]);
     }
 
     #[test]

@@ -370,6 +370,7 @@ fn classify_result(custom_id: String, result: BatchResult) -> ResultLine {
                 output_tokens: u.output_tokens,
                 cache_write_tokens: u.cache_creation_input_tokens.unwrap_or(0),
                 cache_read_tokens: u.cache_read_input_tokens.unwrap_or(0),
+                reasoning_tokens: 0,
             },
             // `{"type":"succeeded","message":{}}` is a server fault, not an
             // empty answer to blame on the model: retried like a 5xx.
@@ -837,6 +838,7 @@ mod tests {
                 output_tokens: 1,
                 cache_write_tokens: 5,
                 cache_read_tokens: 30,
+                reasoning_tokens: 0,
             }
         );
         let err = |kind: &str| {

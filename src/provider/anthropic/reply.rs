@@ -88,6 +88,9 @@ fn message_of(v: &Value) -> Result<(Message, Vec<Value>, TokenUsage), String> {
         completion_tokens: u.output_tokens,
         cache_write_tokens: u.cache_creation_input_tokens.unwrap_or(0),
         cache_read_tokens: u.cache_read_input_tokens.unwrap_or(0),
+        // Extended thinking is billed inside `output_tokens` and not
+        // counted apart in `usage` (Messages API reference).
+        reasoning_tokens: 0,
     };
     Ok((m, content, usage))
 }
@@ -165,6 +168,7 @@ mod tests {
                     completion_tokens: 1,
                     cache_write_tokens: 5,
                     cache_read_tokens: 30,
+                    reasoning_tokens: 0,
                 }
             );
         }

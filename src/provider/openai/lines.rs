@@ -61,13 +61,40 @@ pub struct LineSuccess {
 /// Token counts of one request; 0 when the server sent none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
+    /// Input tokens billed at the plain input price: the cache reads and
+    /// writes below are not among them.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// Prompt-cache writes and reads (Anthropic's `cache_creation_input_tokens`
-    /// and `cache_read_input_tokens`), billed apart from `prompt_tokens`; 0
-    /// on the chat wire.
+    /// Prompt-cache writes and reads, billed apart from `prompt_tokens`:
+    /// Anthropic's `cache_creation_input_tokens` and `cache_read_input_tokens`
+    /// (which its `input_tokens` leave out), and on the OpenAI wire the
+    /// `cached_tokens` of `prompt_tokens_details` (Chat Completions) or
+    /// `input_tokens_details` (Responses), which OpenAI counts inside the
+    /// input and which are taken out of `prompt_tokens` here (OpenAPI spec,
+    /// `CompletionUsage`, `ResponseUsage`). OpenAI reports no writes.
     pub cache_write_tokens: u64,
     pub cache_read_tokens: u64,
+    /// Of `completion_tokens`, those a reasoning model spent thinking
+    /// (`completion_tokens_details.reasoning_tokens`, or the Responses API's
+    /// `output_tokens_details.reasoning_tokens`): billed as output, and
+    /// inside `max_completion_tokens`.
+    pub reasoning_tokens: u64,
+}
+
+impl TokenUsage {
+    /// OpenAI's usage: `input` counts the cached tokens; they are moved out
+    /// so every wire's `prompt_tokens` means the same thing. A server that
+    /// says more were cached than were sent is believed only up to the input.
+    pub fn openai(input: u64, output: u64, cached: u64, reasoning: u64) -> TokenUsage {
+        let cached = cached.min(input);
+        TokenUsage {
+            prompt_tokens: input - cached,
+            completion_tokens: output,
+            cache_write_tokens: 0,
+            cache_read_tokens: cached,
+            reasoning_tokens: reasoning.min(output),
+        }
+    }
 }
 
 /// A request that did not get a usable answer.
@@ -404,6 +431,15 @@ fn plain_success(line: &str) -> Option<LineSuccess> {
         completion_tokens: Option<u64>,
         input_tokens: Option<u64>,
         output_tokens: Option<u64>,
+        prompt_tokens_details: Option<Details>,
+        completion_tokens_details: Option<Details>,
+        input_tokens_details: Option<Details>,
+        output_tokens_details: Option<Details>,
+    }
+    #[derive(Deserialize)]
+    struct Details {
+        cached_tokens: Option<u64>,
+        reasoning_tokens: Option<u64>,
     }
 
     // An array would fill the struct's fields in order: the lenient path
@@ -418,10 +454,20 @@ fn plain_success(line: &str) -> Option<LineSuccess> {
     }
     let choice = r.body.choices.into_iter().next()?;
     let id = |s: Option<Cow<str>>| s.filter(|s| !s.is_empty()).map(Cow::into_owned);
-    let usage = r.body.usage.map_or(TokenUsage::default(), |u| TokenUsage {
-        prompt_tokens: u.prompt_tokens.or(u.input_tokens).unwrap_or(0),
-        completion_tokens: u.completion_tokens.or(u.output_tokens).unwrap_or(0),
-        ..TokenUsage::default()
+    let usage = r.body.usage.map_or(TokenUsage::default(), |u| {
+        let detail = |a: Option<Details>, b: Option<Details>, f: fn(Details) -> Option<u64>| {
+            a.and_then(f).or_else(|| b.and_then(f)).unwrap_or(0)
+        };
+        TokenUsage::openai(
+            u.prompt_tokens.or(u.input_tokens).unwrap_or(0),
+            u.completion_tokens.or(u.output_tokens).unwrap_or(0),
+            detail(u.prompt_tokens_details, u.input_tokens_details, |d| {
+                d.cached_tokens
+            }),
+            detail(u.completion_tokens_details, u.output_tokens_details, |d| {
+                d.reasoning_tokens
+            }),
+        )
     });
     Some(LineSuccess {
         custom_id: l.custom_id.into_owned(),
@@ -561,11 +607,32 @@ fn extract_usage(body: Option<&Value>) -> TokenUsage {
             })
             .unwrap_or(0)
     };
-    TokenUsage {
-        prompt_tokens: count(&["prompt_tokens", "input_tokens"]),
-        completion_tokens: count(&["completion_tokens", "output_tokens"]),
-        ..TokenUsage::default()
-    }
+    // `prompt_tokens_details.cached_tokens` (Chat Completions) or
+    // `input_tokens_details.cached_tokens` (Responses), and the same for
+    // reasoning under the output's details.
+    let detail = |objects: &[&str], name: &str| {
+        objects
+            .iter()
+            .find_map(|o| {
+                usage
+                    .and_then(|u| u.get(*o))
+                    .and_then(|d| d.get(name))
+                    .and_then(lenient::value_to_u64)
+            })
+            .unwrap_or(0)
+    };
+    TokenUsage::openai(
+        count(&["prompt_tokens", "input_tokens"]),
+        count(&["completion_tokens", "output_tokens"]),
+        detail(
+            &["prompt_tokens_details", "input_tokens_details"],
+            "cached_tokens",
+        ),
+        detail(
+            &["completion_tokens_details", "output_tokens_details"],
+            "reasoning_tokens",
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -943,6 +1010,78 @@ mod tests {
     }
 
     #[test]
+    fn cached_and_reasoning_tokens_are_read_on_both_usage_shapes() {
+        let with = |usage: &str| {
+            OPENAI_OK.replace(
+                r#""usage": {"prompt_tokens": 120, "completion_tokens": 1, "total_tokens": 121}"#,
+                &format!(r#""usage": {usage}"#),
+            )
+        };
+        // (usage, plain input, cache reads, output, reasoning): OpenAI
+        // counts cached tokens inside the input and reasoning inside the
+        // output (OpenAPI spec, `CompletionUsage`, `ResponseUsage`).
+        let cases = [
+            (
+                r#"{"prompt_tokens": 2100, "completion_tokens": 300, "prompt_tokens_details": {"cached_tokens": 1920}, "completion_tokens_details": {"reasoning_tokens": 256}}"#,
+                180,
+                1920,
+                300,
+                256,
+            ),
+            (
+                r#"{"input_tokens": 1500, "output_tokens": 500, "input_tokens_details": {"cached_tokens": 1024}, "output_tokens_details": {"reasoning_tokens": 300}}"#,
+                476,
+                1024,
+                500,
+                300,
+            ),
+            (
+                r#"{"prompt_tokens": 50, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 0}}"#,
+                50,
+                0,
+                2,
+                0,
+            ),
+            // More cached than sent, more reasoning than output: a server's
+            // error, never a negative or an inflated count.
+            (
+                r#"{"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 99}, "completion_tokens_details": {"reasoning_tokens": 9}}"#,
+                0,
+                10,
+                2,
+                2,
+            ),
+            (
+                r#"{"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": "odd"}"#,
+                10,
+                0,
+                2,
+                0,
+            ),
+        ];
+        for (usage, input, cached, output, reasoning) in cases {
+            let line = with(usage);
+            for (path, got) in [
+                ("typed", plain_success(&line).map(|s| s.usage)),
+                ("lenient", Some(success(&line).usage)),
+            ] {
+                let Some(u) = got else { continue };
+                assert_eq!(
+                    (
+                        u.prompt_tokens,
+                        u.cache_read_tokens,
+                        u.completion_tokens,
+                        u.reasoning_tokens,
+                        u.cache_write_tokens
+                    ),
+                    (input, cached, output, reasoning, 0),
+                    "{path}: {usage}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_typed_path_agrees_with_the_lenient_one() {
         let lines = [
             OPENAI_OK.to_string(),
@@ -956,6 +1095,9 @@ mod tests {
             OPENAI_OK.replace(r#""prompt_tokens": 120"#, r#""prompt_tokens": null, "input_tokens": 9"#),
             OPENAI_OK.replace(r#", "usage": {"prompt_tokens": 120, "completion_tokens": 1, "total_tokens": 121}"#, ""),
             OPENAI_OK.replace(r#""usage": {"#, r#""usage": {"output_tokens": 4, "#),
+            OPENAI_OK.replace(r#""total_tokens": 121"#, r#""total_tokens": 121, "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 1}"#),
+            OPENAI_OK.replace(r#""total_tokens": 121"#, r#""total_tokens": 121, "prompt_tokens_details": null, "input_tokens_details": {"cached_tokens": 7}"#),
+            OPENAI_OK.replace(r#""total_tokens": 121"#, r#""total_tokens": 121, "prompt_tokens_details": {"cached_tokens": "64"}"#),
             OPENAI_OK.replace(r#""choices": [{"#, r#""choices": [{"index": 0, "message": {"content": "first"}}, {"#),
             // Shapes the typed path leaves to the lenient one; it must not
             // accept them with a different answer.
@@ -980,6 +1122,6 @@ mod tests {
                 assert_eq!(lenient, Ok(LineOutcome::Success(fast)), "{line}");
             }
         }
-        assert_eq!(typed, 12, "the common shapes take the typed path");
+        assert_eq!(typed, 14, "the common shapes take the typed path");
     }
 }

@@ -183,9 +183,25 @@ pub fn remote_state(b: &Batch) -> RemoteState {
         })
         .collect();
     let usage = b.usage.as_ref().and_then(|u| {
+        // The batch's input counts its cached tokens, as a line's does: the
+        // same reading moves them out (`TokenUsage::openai`).
+        let t = crate::provider::TokenUsage::openai(
+            u.input_tokens?,
+            u.output_tokens?,
+            u.input_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            u.output_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        );
         Some(BilledUsage {
-            input_tokens: u.input_tokens?,
-            output_tokens: u.output_tokens?,
+            input_tokens: t.prompt_tokens,
+            output_tokens: t.completion_tokens,
+            cache_read_tokens: t.cache_read_tokens,
+            reasoning_tokens: t.reasoning_tokens,
         })
     });
     RemoteState::Ended {
@@ -326,8 +342,9 @@ impl BatchBackend for OpenAiBatches {
                     answer: s.content,
                     input_tokens: s.usage.prompt_tokens,
                     output_tokens: s.usage.completion_tokens,
-                    cache_write_tokens: 0,
-                    cache_read_tokens: 0,
+                    cache_write_tokens: s.usage.cache_write_tokens,
+                    cache_read_tokens: s.usage.cache_read_tokens,
+                    reasoning_tokens: s.usage.reasoning_tokens,
                 },
                 LineOutcome::Failure(f) => ResultLine::Failure {
                     ran: !never_ran(&f.code),
@@ -429,6 +446,8 @@ mod tests {
                     usage: Some(BilledUsage {
                         input_tokens: 10,
                         output_tokens: 3,
+                        cache_read_tokens: 0,
+                        reasoning_tokens: 0,
                     }),
                 },
             ),

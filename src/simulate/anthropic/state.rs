@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use super::Failure;
 use crate::simulate::SimConfig;
-use crate::simulate::answers::{AnswerShape, Plain, complete, complete_constrained};
+use crate::simulate::answers::{
+    AnswerShape, Plain, cached_tokens, complete, complete_constrained, prefix_tokens,
+};
 use crate::simulate::app::now_ms;
 use crate::simulate::faults::{CallFault, CallRates, call_fault};
 use crate::simulate::hash::{SplitMix64, hash_json, hash64, unit};
@@ -402,8 +404,13 @@ impl Sim {
         };
         let plain = self.config.answers.plain();
         let nonce = self.nonce.to_le_bytes();
-        let (v, input, output) =
-            message(params, &format!("direct{:x}", hash64(&[&nonce])), n, &plain);
+        let (v, input, output) = message(
+            params,
+            &format!("direct{:x}", hash64(&[&nonce])),
+            n,
+            &plain,
+            None,
+        );
         {
             let mut db = guard(&self.db);
             db.counters.messages_input_tokens += input;
@@ -516,6 +523,9 @@ impl Sim {
         let plain = b.answers.plain();
         let mut counts = Counts::default();
         let mut lines: Vec<String> = Vec::with_capacity(requests.len());
+        // Cached system blocks seen in this batch: the first request writes
+        // the cache, the later ones read it.
+        let mut warm: HashSet<String> = HashSet::new();
         for (i, r) in requests.iter().enumerate() {
             let i = i as u64;
             let custom_id = r.get("custom_id").and_then(Value::as_str).unwrap_or("");
@@ -546,7 +556,7 @@ impl Sim {
                 counts.errored += 1;
                 errored("overloaded_error", "Overloaded (simulated)", &b.id, i)
             } else {
-                let (message, input, output) = message(params, &b.id, i, &plain);
+                let (message, input, output) = message(params, &b.id, i, &plain, Some(&mut warm));
                 counts.succeeded += 1;
                 counts.input_tokens += input;
                 counts.output_tokens += output;
@@ -900,7 +910,15 @@ fn unsupported_in(schema: &serde_json::Map<String, Value>, depth: usize) -> Resu
 
 /// A deterministic `Message` for `params`: the OpenAI simulation's answer
 /// to the same prompt (in the same shape), so both simulated APIs grade alike.
-fn message(params: &Value, batch: &str, i: u64, plain: &Plain) -> (Value, u64, u64) {
+/// `warm`: the cached system blocks seen before in the batch (`None`: a
+/// direct call, which the simulator does not cache).
+fn message(
+    params: &Value,
+    batch: &str,
+    i: u64,
+    plain: &Plain,
+    warm: Option<&mut HashSet<String>>,
+) -> (Value, u64, u64) {
     let mut messages = Vec::new();
     if let Some(s) = params.get("system") {
         let text = match s {
@@ -942,6 +960,26 @@ fn message(params: &Value, batch: &str, i: u64, plain: &Plain) -> (Value, u64, u
         "msg_sim{:016x}",
         hash64(&[b"msg", batch.as_bytes(), &i.to_le_bytes()])
     );
+    // A system block marked with `cache_control` is cached whole: the first
+    // request of the batch writes it, the later ones read it (Anthropic
+    // reports both apart from `input_tokens`); under the simulated minimum
+    // nothing is cached. The prefix as the simulator counts it.
+    let marked = params
+        .get("system")
+        .and_then(Value::as_array)
+        .is_some_and(|b| b.iter().any(|b| b.get("cache_control").is_some()));
+    let (write, read) = match warm {
+        Some(warm) if marked => {
+            let prefix = prefix_tokens(&chat).min(c.prompt_tokens);
+            let hot = !warm.insert(params["system"].to_string());
+            match (cached_tokens(prefix, true) > 0, hot) {
+                (false, _) => (0, 0),
+                (true, false) => (prefix, 0),
+                (true, true) => (0, prefix),
+            }
+        }
+        _ => (0, 0),
+    };
     let v = json!({
         "id": id,
         "type": "message",
@@ -955,13 +993,13 @@ fn message(params: &Value, batch: &str, i: u64, plain: &Plain) -> (Value, u64, u
         },
         "stop_sequence": null,
         "usage": {
-            "input_tokens": c.prompt_tokens,
+            "input_tokens": c.prompt_tokens - write - read,
             "output_tokens": c.completion_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": write,
+            "cache_read_input_tokens": read,
         },
     });
-    (v, c.prompt_tokens, c.completion_tokens)
+    (v, c.prompt_tokens - write - read, c.completion_tokens)
 }
 
 #[cfg(test)]
@@ -1013,7 +1051,7 @@ mod tests {
             "messages": [{"role": "user", "content": "answer 7"}],
         });
         let direct = sim.message(&params).unwrap();
-        let (batch, _, _) = message(&params, "msgbatch_x", 0, &sim.config.answers.plain());
+        let (batch, _, _) = message(&params, "msgbatch_x", 0, &sim.config.answers.plain(), None);
         for key in ["content", "stop_reason", "usage", "type", "role", "model"] {
             assert_eq!(direct[key], batch[key], "{key}");
         }
