@@ -6,7 +6,7 @@
 //! One JSON line per event in `$XDG_STATE_HOME/batchgrader/jobs.jsonl`
 //! (else `~/.local/state/batchgrader/jobs.jsonl`), the place the XDG Base
 //! Directory Specification gives to "state data that should persist between
-//! application restarts" (https://specifications.freedesktop.org/basedir-spec/latest/).
+//! application restarts" (<https://specifications.freedesktop.org/basedir-spec/latest/>).
 //! A line holds a job name, two absolute paths, an event and a time: never a
 //! key or any text of the job. Appends take an exclusive `flock` and write
 //! each line with one `write` on an `O_APPEND` file, so two processes writing
