@@ -431,7 +431,14 @@ fn refuse_if_in_flight(store: &JobStore, prev: &PlanRecord) -> Result<()> {
     let busy = store
         .units(prev.generation)?
         .into_iter()
-        .filter(|u| !matches!(u.phase, state::Phase::Planned | state::Phase::Merged))
+        // A unit `uploaded` holds a staged file and no batch (never
+        // created, found not made, or requeued): nothing is out.
+        .filter(|u| {
+            !matches!(
+                u.phase,
+                state::Phase::Planned | state::Phase::Uploaded | state::Phase::Merged
+            )
+        })
         .count();
     if busy > 0 {
         return Err(Error::usage_with_hint(

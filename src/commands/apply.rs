@@ -75,11 +75,12 @@ pub fn run(g: &Global, args: &ApplySettings, ui: &Ui) -> Result<Code> {
             let plan = job::current_plan(&store, &name)?;
             simulated_note(&spec, ui);
             if store.plan_is_stale(plan.generation)? {
-                // A rehearsal answered some of the plan's rows (and was
-                // stopped before it planned again): its batches would
-                // carry them. Planned again from the saved spec first.
+                // Rows of the plan were answered outside its batches (a
+                // rehearsal stopped before it planned again, or the
+                // deadline's direct lane): its batches would carry them.
+                // Planned again from the saved spec first.
                 ui.info(&ui.dim(
-                    "A rehearsal (`apply --sample`) answered rows of this plan: planned again first, without them.",
+                    "Rows of this plan were answered outside its batches (`apply --sample`, or the deadline's direct lane): planned again first, without them.",
                 ));
                 drop(store);
                 let (store, planned) = super::plan::open_and_plan(g, &spec, ui)?;
@@ -124,7 +125,7 @@ fn run_planned(
         // the last guard before a batch could carry a row answered directly.
         return Err(Error::runtime_with_hint(
             format!(
-                "the plan of job `{}` has rows a rehearsal answered",
+                "the plan of job `{}` has rows answered outside its batches",
                 spec.name()
             ),
             "run `batchgrader apply SPEC` to plan again",

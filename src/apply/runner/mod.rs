@@ -103,13 +103,14 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
             .iter()
             .filter(|u| matches!(u.phase, Phase::Creating | Phase::Submitted))
             .count();
+        let what = match out {
+            0 => "no batch is out".to_string(),
+            1 => "cancelling the batch out and collecting what it finished".to_string(),
+            n => format!("cancelling the {n} batches out and collecting what they finished"),
+        };
         self.event(
             None,
-            &format!(
-                "the deadline is near: cancelling the {out} batch{} out and collecting what {} finished; the rows left go to the direct lane",
-                if out == 1 { "" } else { "es" },
-                if out == 1 { "it" } else { "they" }
-            ),
+            &format!("the deadline is near: {what}; the rows left go to the direct lane"),
         );
         self.switching = true;
         self.settle_creating(units).await?;
@@ -223,8 +224,19 @@ impl<'a, B: BatchBackend> Runner<'a, B> {
                 return self.finish(Ending::Halted(CANCELLED.into())).await;
             }
             if self.switching && !step.collecting {
+                // A chunk given up in this run may still hold a batch: the
+                // direct lane must not answer its rows. The next run tries
+                // it again (and collects it) before the switch goes on.
+                let batch_out = units.iter().any(|u| {
+                    matches!(
+                        u.phase,
+                        Phase::Creating | Phase::Submitted | Phase::Ended | Phase::Downloaded
+                    )
+                });
                 return self
-                    .finish(if self.tally.pending == 0 {
+                    .finish(if batch_out {
+                        Ending::Detached
+                    } else if self.tally.pending == 0 {
                         Ending::Finished
                     } else {
                         Ending::Deadline
