@@ -479,25 +479,10 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
         // Rates over the rows that got an answer or a final error, as the
         // halt policy counts them (over all rows, a halted run's rates read
         // as much lower than the rate that halted it).
-        let answered = s.graded + s.parse_failures + s.failed;
-        if answered > 0 && (s.failed > 0 || s.parse_failures > 0) {
-            writeln!(
-                w,
-                "  rates       API failures {:.1}%, parse failures {:.1}% (of {} answered)",
-                s.failed as f64 * 100.0 / answered as f64,
-                s.parse_failures as f64 * 100.0 / answered as f64,
-                num(answered)
-            )?;
+        if s.failed > 0 || s.parse_failures > 0 {
+            write_rates(w, s)?;
         }
-        if !s.distribution.is_empty() {
-            let parts: Vec<String> = s
-                .distribution
-                .iter()
-                .take(15)
-                .map(|(v, n)| format!("{v}: {}", num(*n)))
-                .collect();
-            writeln!(w, "  values      {}", parts.join(", "))?;
-        }
+        write_values(w, s)?;
         render_grades(w, &s.grades)?;
         if !s.parse_failures_by_reason.is_empty() {
             let parts: Vec<String> = s
@@ -562,6 +547,37 @@ fn render_summary(w: &mut impl Write, p: Paint, s: &Summary) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The failure rates over the rows that got an answer or a final error
+/// (nothing when none did).
+pub(super) fn write_rates(w: &mut impl Write, s: &Summary) -> io::Result<()> {
+    let answered = s.graded + s.parse_failures + s.failed;
+    if answered == 0 {
+        return Ok(());
+    }
+    writeln!(
+        w,
+        "  rates       API failures {:.1}%, parse failures {:.1}% (of {} answered)",
+        s.failed as f64 * 100.0 / answered as f64,
+        s.parse_failures as f64 * 100.0 / answered as f64,
+        num(answered)
+    )
+}
+
+/// How often each value was answered (`number` and `label` parses), the
+/// 15 commonest.
+pub(super) fn write_values(w: &mut impl Write, s: &Summary) -> io::Result<()> {
+    if s.distribution.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<String> = s
+        .distribution
+        .iter()
+        .take(15)
+        .map(|(v, n)| format!("{v}: {}", num(*n)))
+        .collect();
+    writeln!(w, "  values      {}", parts.join(", "))
 }
 
 /// Agreement with the gold values, the quality gate, and example rows of

@@ -112,9 +112,8 @@ pub fn run(g: &Global, args: &ApplySettings, n: u64, ui: &Ui) -> Result<Code> {
             ),
         ));
     }
-    let rows = choose(&store, &spec, &plan, n, args.seed)?;
-    let (seqs, before) = to_send(&store, &plan, &rows)?;
-    let gold_in_sample = count_gold(&store, &spec, &plan, &rows)?;
+    let (rows, gold_in_sample) = choose(&store, &spec, &plan, n, args.seed)?;
+    let (seqs, before) = scan_sample(&store, &plan, &rows)?;
     ui.info(&format!(
         "Rehearsing job `{}` on {} of its {} rows ({} with gold values; seed {}), in the direct lane at standard prices{}.",
         spec.name(),
@@ -160,7 +159,7 @@ pub fn run(g: &Global, args: &ApplySettings, n: u64, ui: &Ui) -> Result<Code> {
         .await
     });
     let (ending, summary) = result?;
-    let tokens = sample_tokens(&store, &plan, &rows)?;
+    let (_, tokens) = scan_sample(&store, &plan, &rows)?;
     let spent = spent_now(&plan, &tokens, &before);
     // Planned again now, without the rows the sample answered: what the
     // rest costs, and a plan whose batches never carry a sample row.
@@ -239,89 +238,63 @@ fn stratum(gold: &[Option<String>]) -> Option<String> {
     )
 }
 
-/// The sample's rows: every row of the plan is a candidate (rows graded
-/// before stay in it without being sent again, so the same seed keeps the
-/// same sample after an interrupted rehearsal).
+/// The sample's rows, and how many of them have a gold value. Every row of
+/// the plan is a candidate (rows graded before stay in it without being
+/// sent again, so the same seed keeps the same sample after an interrupted
+/// rehearsal); the records are streamed, never held.
 fn choose(
     store: &JobStore,
     spec: &CheckedSpec,
     plan: &PlanRecord,
     n: u64,
     seed: u64,
-) -> Result<BTreeSet<u64>> {
+) -> Result<(BTreeSet<u64>, u64)> {
     let gold = gold_rows(store, spec, plan)?;
-    let mut gold = gold.into_iter().peekable();
-    let mut candidates = Vec::new();
+    let mut next_gold = gold.iter().peekable();
     let mut failed = None;
-    for r in store.requests(plan.generation) {
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => {
-                failed = Some(e);
-                break;
+    let candidates = store
+        .requests(plan.generation)
+        .map_while(|r| r.map_err(|e| failed = Some(e)).ok())
+        .map(|r| {
+            while next_gold.peek().is_some_and(|g| g.row < r.row) {
+                next_gold.next();
             }
-        };
-        while gold.peek().is_some_and(|g| g.row < r.row) {
-            gold.next();
-        }
-        let g = match gold.peek() {
-            Some(g) if g.row == r.row => stratum(&g.gold),
-            _ => None,
-        };
-        candidates.push(Candidate {
-            row: r.row,
-            gold: g,
+            let g = match next_gold.peek() {
+                Some(g) if g.row == r.row => stratum(&g.gold),
+                _ => None,
+            };
+            Candidate {
+                row: r.row,
+                gold: g,
+            }
         });
-    }
+    let chosen = rehearsal::choose(candidates, n, seed);
     if let Some(e) = failed {
         return Err(e.into());
     }
-    Ok(rehearsal::choose(candidates, n, seed))
+    let with_gold = gold
+        .iter()
+        .filter(|g| chosen.contains(&g.row) && g.gold.iter().any(Option::is_some))
+        .count() as u64;
+    Ok((chosen, with_gold))
 }
 
-/// The plan positions of the sample's rows that still need an answer, and
-/// the tokens the sample's rows held before this run (answered earlier).
-fn to_send(
+/// One pass over the sample's rows: the plan positions of those that still
+/// need an answer, and the planned and billed tokens of those answered.
+fn scan_sample(
     store: &JobStore,
     plan: &PlanRecord,
     rows: &BTreeSet<u64>,
 ) -> Result<(HashSet<u64>, SampleTokens)> {
     let mut seqs = HashSet::new();
-    for r in store.requests(plan.generation) {
-        let r = r?;
-        if let Some(seq) = r.seq
-            && rows.contains(&r.row)
-        {
-            seqs.insert(seq);
-        }
-    }
-    Ok((seqs, sample_tokens(store, plan, rows)?))
-}
-
-/// The rows of the sample with a gold value.
-fn count_gold(
-    store: &JobStore,
-    spec: &CheckedSpec,
-    plan: &PlanRecord,
-    rows: &BTreeSet<u64>,
-) -> Result<u64> {
-    Ok(gold_rows(store, spec, plan)?
-        .iter()
-        .filter(|g| rows.contains(&g.row) && g.gold.iter().any(Option::is_some))
-        .count() as u64)
-}
-
-/// The planned and billed tokens of the sample's answered rows.
-fn sample_tokens(
-    store: &JobStore,
-    plan: &PlanRecord,
-    rows: &BTreeSet<u64>,
-) -> Result<SampleTokens> {
     let mut t = SampleTokens::default();
     for r in store.requests(plan.generation) {
         let r = r?;
         if !rows.contains(&r.row) {
             continue;
+        }
+        if let Some(seq) = r.seq {
+            seqs.insert(seq);
         }
         if let Some(Outcome::Success(res)) = store.outcome(&r.fingerprint)? {
             t.answered += 1;
@@ -330,7 +303,7 @@ fn sample_tokens(
             t.output += res.output_tokens;
         }
     }
-    Ok(t)
+    Ok((seqs, t))
 }
 
 /// What this rehearsal's answers cost at standard prices (the rows
@@ -363,7 +336,6 @@ fn render(w: &mut impl Write, p: Paint, s: &Summary, v: &Verdict, job: &str) -> 
     if let Some(m) = s.message.as_ref().filter(|_| s.ending != "finished") {
         writeln!(w, "  {m}")?;
     }
-    let answered = s.graded + s.parse_failures + s.failed;
     writeln!(
         w,
         "  sample      {} of {} asked rows ({} with gold values, seed {}): {} graded, {} parse failure{}, {} failed{}",
@@ -381,24 +353,8 @@ fn render(w: &mut impl Write, p: Paint, s: &Summary, v: &Verdict, job: &str) -> 
             String::new()
         }
     )?;
-    if answered > 0 {
-        writeln!(
-            w,
-            "  rates       parse failures {:.1}%, API failures {:.1}% (of {} answered)",
-            s.parse_failures as f64 * 100.0 / answered as f64,
-            s.failed as f64 * 100.0 / answered as f64,
-            num(answered)
-        )?;
-    }
-    if !s.distribution.is_empty() {
-        let parts: Vec<String> = s
-            .distribution
-            .iter()
-            .take(15)
-            .map(|(v, n)| format!("{v}: {}", num(*n)))
-            .collect();
-        writeln!(w, "  values      {}", parts.join(", "))?;
-    }
+    super::apply::write_rates(w, s)?;
+    super::apply::write_values(w, s)?;
     crate::agreement::text::write_quality(w, p, job, &s.agreement, s.gate.as_ref(), &s.failures)?;
     writeln!(
         w,
